@@ -1,0 +1,1 @@
+"""Thin entry points, one per stage: arguments, config, session, one call."""

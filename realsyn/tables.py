@@ -1,0 +1,104 @@
+"""Table names and the lakehouse that reads and writes them as Delta tables.
+
+A logical name such as ``bronze.documents`` lives at ``<root>/bronze/documents`` when storage is a folder or
+URI, or at ``<catalog>.<schema>.bronze_documents`` when storage is a metastore schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from realsyn.config import StorageConfig
+
+# Bronze: as ingested.
+BRONZE_DOCUMENTS = "bronze.documents"
+BRONZE_TEXTS = "bronze.texts"
+BRONZE_IMAGE_REFS = "bronze.image_refs"
+BRONZE_INGEST_REJECTS = "bronze.ingest_rejects"
+
+# Properties of every table realsyn creates: no deletion vectors, so delta-rs and DuckDB read them.
+TABLE_PROPERTIES = {
+    "delta.enableDeletionVectors": "false",
+    "delta.autoOptimize.optimizeWrite": "true",
+}
+
+
+class Lakehouse:
+    """Reads, creates and writes realsyn's Delta tables in one storage location."""
+
+    def __init__(self, spark: SparkSession, storage: StorageConfig) -> None:
+        self.spark = spark
+        self.storage = storage
+
+    def location(self, name: str) -> str:
+        """Path or fully qualified table name of logical table ``name``."""
+        layer, _, table = name.partition(".")
+        if self.storage.catalog is not None:
+            return f"{self.storage.catalog}.{layer}_{table}"
+        assert self.storage.root is not None
+        return f"{self.storage.root.rstrip('/')}/{layer}/{table}"
+
+    @property
+    def _by_path(self) -> bool:
+        return self.storage.catalog is None
+
+    def exists(self, name: str) -> bool:
+        """Whether the Delta table ``name`` exists."""
+        loc = self.location(name)
+        if self._by_path:
+            return DeltaTable.isDeltaTable(self.spark, loc)
+        return self.spark.catalog.tableExists(loc)
+
+    def delta(self, name: str) -> DeltaTable:
+        """The DeltaTable handle of ``name``."""
+        loc = self.location(name)
+        if self._by_path:
+            return DeltaTable.forPath(self.spark, loc)
+        return DeltaTable.forName(self.spark, loc)
+
+    def read(self, name: str) -> DataFrame:
+        """The current version of table ``name``."""
+        loc = self.location(name)
+        if self._by_path:
+            return self.spark.read.format("delta").load(loc)
+        return self.spark.read.table(loc)
+
+    def create_if_absent(self, name: str, schema: StructType, partition_by: Sequence[str] = ()) -> None:
+        """Create an empty table with ``schema`` unless it exists (safe to call from concurrent reruns)."""
+        builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema)
+        loc = self.location(name)
+        builder = builder.location(loc) if self._by_path else builder.tableName(loc)
+        for key, value in TABLE_PROPERTIES.items():
+            builder = builder.property(key, value)
+        if partition_by:
+            builder = builder.partitionedBy(*partition_by)
+        builder.execute()
+
+    def insert_new(self, name: str, df: DataFrame, keys: Sequence[str]) -> None:
+        """Insert the rows of ``df`` whose key is not in the table yet (a MERGE: atomic and idempotent).
+
+        ``df`` must be unique on ``keys``; rerunning with the same ``df`` changes nothing.
+        """
+        self.create_if_absent(name, df.schema)
+        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        (
+            self.delta(name)
+            .alias("t")
+            .merge(df.alias("s"), condition)
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+    def overwrite(self, name: str, df: DataFrame) -> None:
+        """Replace the whole content of ``name`` with ``df`` in one commit."""
+        self.create_if_absent(name, df.schema)
+        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        loc = self.location(name)
+        if self._by_path:
+            writer.save(loc)
+        else:
+            writer.saveAsTable(loc)

@@ -1,0 +1,1 @@
+"""Pure batch functions over pandas / Arrow / numpy (no Spark import), and per-worker model loading."""
