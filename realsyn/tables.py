@@ -20,6 +20,9 @@ BRONZE_TEXTS = "bronze.texts"
 BRONZE_IMAGE_REFS = "bronze.image_refs"
 BRONZE_INGEST_REJECTS = "bronze.ingest_rejects"
 
+# Gold: per-stage row counts (rows in, kept, rejected) for the whole pipeline.
+FUNNEL = "gold.funnel"
+
 # Properties of every table realsyn creates: no deletion vectors, so delta-rs and DuckDB read them.
 TABLE_PROPERTIES = {
     "delta.enableDeletionVectors": "false",
@@ -85,13 +88,7 @@ class Lakehouse:
         """
         self.create_if_absent(name, df.schema)
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        (
-            self.delta(name)
-            .alias("t")
-            .merge(df.alias("s"), condition)
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
+        (self.delta(name).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute())
 
     def overwrite(self, name: str, df: DataFrame) -> None:
         """Replace the whole content of ``name`` with ``df`` in one commit."""

@@ -1,0 +1,86 @@
+"""Keep-or-reject bookkeeping shared by every filtering stage.
+
+A filter step adds one nullable reason column: null keeps the row, a string rejects it. The first failing
+check wins, so every rejected row carries exactly one reason. Rows in = kept + rejected, per step, and the
+counts go to the ``gold.funnel`` table from which the paper's Figure 2 is drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from realsyn.tables import FUNNEL, Lakehouse
+
+REASON = "reject_reason"
+
+FUNNEL_SCHEMA = T.StructType(
+    [
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("step_index", T.IntegerType(), False),
+        T.StructField("step", T.StringType(), False),
+        T.StructField("rows_in", T.LongType(), False),
+        T.StructField("rows_out", T.LongType(), False),
+        T.StructField("rows_rejected", T.LongType(), False),
+    ]
+)
+
+
+def first_reason(checks: Sequence[tuple[Column, str]]) -> Column:
+    """The reason of the first check whose condition is true, else null (keep).
+
+    A condition that evaluates to null counts as not failing; write conditions so that missing values
+    are handled explicitly where they matter.
+    """
+    reason: Column = F.lit(None).cast("string")
+    for condition, name in reversed(checks):
+        reason = F.when(F.coalesce(condition, F.lit(False)), F.lit(name)).otherwise(reason)
+    return reason
+
+
+def split(df: DataFrame, reason: str = REASON) -> tuple[DataFrame, DataFrame]:
+    """Split on the reason column: (kept rows without it, rejected rows with it)."""
+    kept = df.filter(F.col(reason).isNull()).drop(reason)
+    rejected = df.filter(F.col(reason).isNotNull())
+    return kept, rejected
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    """Counts of one step of one stage."""
+
+    step: str
+    rows_in: int
+    rows_out: int
+
+    @property
+    def rows_rejected(self) -> int:
+        """Rows this step dropped."""
+        return self.rows_in - self.rows_out
+
+
+def write_funnel(lakehouse: Lakehouse, stage: str, steps: Sequence[FunnelStep]) -> None:
+    """Replace the funnel rows of ``stage`` with ``steps`` (one atomic commit; reruns give the same rows)."""
+    spark: SparkSession = lakehouse.spark
+    rows = [(stage, i, s.step, s.rows_in, s.rows_out, s.rows_rejected) for i, s in enumerate(steps)]
+    df = spark.createDataFrame(rows, FUNNEL_SCHEMA)
+    lakehouse.create_if_absent(FUNNEL, FUNNEL_SCHEMA)
+    (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"stage = '{stage}'")
+        .save(lakehouse.location(FUNNEL))
+        if lakehouse.storage.catalog is None
+        else df.writeTo(lakehouse.location(FUNNEL)).overwrite(F.col("stage") == stage)
+    )
+
+
+def format_funnel(steps: Sequence[FunnelStep], title: str) -> str:
+    """The funnel as a small text table, like the paper's Figure 2."""
+    lines = [title, f"{'step':<32}{'in':>14}{'out':>14}{'dropped':>14}"]
+    lines += [f"{s.step:<32}{s.rows_in:>14,}{s.rows_out:>14,}{s.rows_rejected:>14,}" for s in steps]
+    return "\n".join(lines)
