@@ -6,10 +6,12 @@ URI, or at ``<catalog>.<schema>.bronze_documents`` when storage is a metastore s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from realsyn.config import StorageConfig
@@ -19,6 +21,22 @@ BRONZE_DOCUMENTS = "bronze.documents"
 BRONZE_TEXTS = "bronze.texts"
 BRONZE_IMAGE_REFS = "bronze.image_refs"
 BRONZE_INGEST_REJECTS = "bronze.ingest_rejects"
+# Bronze: one row per distinct image URL with its final fetch status and, when ok, the image bytes.
+BRONZE_FETCHED_IMAGES = "bronze.fetched_images"
+
+# Silver: sentence k-means tree, leaf of every sentence, top-k sentences per image.
+SILVER_SENTENCE_EMBEDDINGS = "silver.sentence_embeddings"
+SILVER_IMAGE_EMBEDDINGS = "silver.image_embeddings"
+# Silver: inputs the embed stage could not embed (undecodable image bytes, empty text), one reason each.
+SILVER_IMAGE_EMBEDDING_REJECTS = "silver.image_embedding_rejects"
+SILVER_SENTENCE_EMBEDDING_REJECTS = "silver.sentence_embedding_rejects"
+SILVER_CENTROIDS = "silver.centroids"
+SILVER_SENTENCE_CLUSTERS = "silver.sentence_clusters"
+SILVER_RETRIEVAL = "silver.retrieval"
+
+# Silver: sentences after split, filters and dedup (key sentence_id), and what the filters/dedup dropped.
+SILVER_SENTENCES = "silver.sentences"
+SILVER_SENTENCE_REJECTS = "silver.sentence_rejects"
 
 # Gold: per-stage row counts (rows in, kept, rejected) for the whole pipeline.
 FUNNEL = "gold.funnel"
@@ -43,7 +61,10 @@ class Lakehouse:
         if self.storage.catalog is not None:
             return f"{self.storage.catalog}.{layer}_{table}"
         assert self.storage.root is not None
-        return f"{self.storage.root.rstrip('/')}/{layer}/{table}"
+        root = self.storage.root.rstrip("/")
+        if "://" not in root and not root.startswith("dbfs:"):
+            root = str(Path(root).resolve())  # Delta's table builder takes no relative paths
+        return f"{root}/{layer}/{table}"
 
     @property
     def _by_path(self) -> bool:
@@ -70,12 +91,22 @@ class Lakehouse:
             return self.spark.read.format("delta").load(loc)
         return self.spark.read.table(loc)
 
-    def create_if_absent(self, name: str, schema: StructType, partition_by: Sequence[str] = ()) -> None:
-        """Create an empty table with ``schema`` unless it exists (safe to call from concurrent reruns)."""
+    def create_if_absent(
+        self,
+        name: str,
+        schema: StructType,
+        partition_by: Sequence[str] = (),
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create an empty table with ``schema`` unless it exists (safe to call from concurrent reruns).
+
+        ``properties`` are added to the shared table properties (e.g. ``parquet.block.size``, which Delta
+        passes to the Parquet writer of every later write).
+        """
         builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema)
         loc = self.location(name)
         builder = builder.location(loc) if self._by_path else builder.tableName(loc)
-        for key, value in TABLE_PROPERTIES.items():
+        for key, value in {**TABLE_PROPERTIES, **(properties or {})}.items():
             builder = builder.property(key, value)
         if partition_by:
             builder = builder.partitionedBy(*partition_by)
@@ -89,6 +120,17 @@ class Lakehouse:
         self.create_if_absent(name, df.schema)
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         (self.delta(name).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute())
+
+    def replace_partition(self, name: str, df: DataFrame, column: str, value: str) -> None:
+        """Replace the rows of ``name`` where ``column = value`` with ``df`` in one commit (others untouched)."""
+        self.create_if_absent(name, df.schema)
+        escaped = value.replace("'", "''")
+        loc = self.location(name)
+        if self._by_path:
+            writer = df.write.format("delta").mode("overwrite").option("replaceWhere", f"`{column}` = '{escaped}'")
+            writer.save(loc)
+        else:
+            df.writeTo(loc).overwrite(F.col(column) == value)
 
     def overwrite(self, name: str, df: DataFrame) -> None:
         """Replace the whole content of ``name`` with ``df`` in one commit."""

@@ -1,0 +1,21 @@
+"""The whole pipeline on the embedded demo corpus: what `make run` does."""
+
+from __future__ import annotations
+
+from realsyn.cli import job_parser, parse
+from realsyn.demo_corpus import generate
+from realsyn.ingest import run_ingest
+from realsyn.spark import get_spark
+from realsyn.tables import Lakehouse
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m jobs.demo --conf conf/local.yaml``."""
+    cfg, _ = parse(job_parser(__doc__ or ""), argv)
+    print(f"demo corpus at {generate(cfg.demo)}")
+    lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
+    print(run_ingest(lakehouse, cfg))
+
+
+if __name__ == "__main__":
+    main()
