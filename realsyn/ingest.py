@@ -343,7 +343,7 @@ def _rejects(df: DataFrame, kind: str, raw: Column, raw_chars: int) -> DataFrame
         "doc_id",
         position.alias("position"),
         F.col("reject_reason").alias("reason"),
-        F.substring(raw, 1, raw_chars).alias("raw"),
+        F.substring(F.make_valid_utf8(raw), 1, raw_chars).alias("raw"),
     )
 
 
@@ -388,6 +388,16 @@ def _write(lakehouse: Lakehouse, docs: DataFrame, icfg: IngestConfig) -> IngestS
     new = valid.join(present, "doc_id", "left_anti")
     texts = _texts(new, icfg)
     images = _image_refs(new)
+    # Counted before writing: the tables read above change with the writes below.
+    by_outcome = docs.groupBy(F.col("reject_reason").isNull().alias("ok")).count().collect()
+    counts = {r["ok"]: int(r["count"]) for r in by_outcome}
+    n_already = valid.join(present, "doc_id", "left_semi").count()
+    summary = IngestSummary(
+        documents_read=counts.get(True, 0) + counts.get(False, 0),
+        documents_new=counts.get(True, 0) - n_already,
+        documents_already_present=n_already,
+        documents_rejected=counts.get(False, 0),
+    )
 
     chars = icfg.raw_chars_in_rejects
     rejects = (
@@ -416,17 +426,6 @@ def _write(lakehouse: Lakehouse, docs: DataFrame, icfg: IngestConfig) -> IngestS
     )
     lakehouse.insert_new(BRONZE_DOCUMENTS, documents, ["doc_id"])
 
-    counts = {
-        r["ok"]: int(r["count"]) for r in docs.groupBy(F.col("reject_reason").isNull().alias("ok")).count().collect()
-    }
-    read = counts.get(True, 0) + counts.get(False, 0)
-    n_already = valid.join(present, "doc_id", "left_semi").count()
-    summary = IngestSummary(
-        documents_read=read,
-        documents_new=counts.get(True, 0) - n_already,
-        documents_already_present=n_already,
-        documents_rejected=counts.get(False, 0),
-    )
     write_funnel(lakehouse, "ingest", ingest_funnel(lakehouse))
     log.info("ingest: %s", summary)
     return summary

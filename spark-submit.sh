@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Submit one realsyn job, locally or to a cluster, with the code packaged and Delta added.
+#
+#   ./spark-submit.sh <job> [job options: --conf conf/x.yaml --set k=v ...] [-- spark-submit options]
+#
+#   ./spark-submit.sh ingest --conf conf/local.yaml
+#   ./spark-submit.sh ingest --conf conf/emr.yaml -- --master yarn --deploy-mode client
+#
+# <job> is a file jobs/<job>.py. The code is built into a wheel, which is also a zip that --py-files takes.
+# Delta's jars are added with --packages unless REALSYN_DELTA_PACKAGES=0 (clusters that ship Delta, such as
+# Databricks or EMR with Delta enabled). SPARK_SUBMIT picks the spark-submit binary (default: the one on PATH,
+# else the project virtualenv's).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ $# -lt 1 || "$1" == -* ]]; then
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+fi
+job="$1"; shift
+script="$here/jobs/$job.py"
+[[ -f "$script" ]] || { echo "spark-submit.sh: no job named '$job' (no $script)" >&2; exit 2; }
+
+job_args=(); spark_args=()
+while [[ $# -gt 0 ]]; do
+  if [[ "$1" == "--" ]]; then shift; spark_args=("$@"); break; fi
+  job_args+=("$1"); shift
+done
+
+python="${PYTHON:-$here/.venv/bin/python}"
+[[ -x "$python" ]] || python="$(command -v python3)"
+if [[ -x "$here/.venv/bin/python" ]]; then
+  export PATH="$here/.venv/bin:$PATH"  # the virtualenv's pyspark provides spark-submit and its Python
+  export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$here/.venv/bin/python}"
+fi
+submit="${SPARK_SUBMIT:-spark-submit}"
+
+# Package the code: a pure-Python wheel is a zip with the packages at its root.
+dist="$here/dist"
+rm -rf "$dist" && mkdir -p "$dist"
+"$python" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$dist" "$here" >&2
+wheel="$(ls "$dist"/realsyn-*.whl)"
+cp "$wheel" "$dist/realsyn.zip"
+
+delta_version="${DELTA_VERSION:-4.0.1}"
+extra=()
+if [[ "${REALSYN_DELTA_PACKAGES:-1}" != "0" ]]; then
+  extra+=(--packages "io.delta:delta-spark_2.13:${delta_version}")
+fi
+
+exec "$submit" \
+  --name "realsyn-$job" \
+  --py-files "$dist/realsyn.zip" \
+  --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
+  --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
+  ${extra[@]+"${extra[@]}"} \
+  ${spark_args[@]+"${spark_args[@]}"} \
+  "$script" ${job_args[@]+"${job_args[@]}"}
