@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse
-from realsyn.demo_corpus import generate
+from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.ingest import run_ingest
 from realsyn.spark import get_spark
 from realsyn.tables import Lakehouse
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: ``python -m jobs.demo --conf conf/local.yaml``."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
     print(f"demo corpus at {generate(cfg.demo)}")
+    cfg = with_demo_inputs(cfg)
     lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
     print(run_ingest(lakehouse, cfg))
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from realsyn.config import DemoCorpusConfig
+from realsyn.config import Config, DemoCorpusConfig, IngestInput
 
 DOCS_PER_SHARD = 10_000
 MANIFEST = "manifest.json"
@@ -269,3 +269,13 @@ def generate(cfg: DemoCorpusConfig) -> Path:
         pq.write_table(pa.Table.from_pylist(rows), out / "obelics" / f"docs_shard_{shard:05d}.parquet")
     marker.write_text(json.dumps(manifest))
     return out
+
+
+def with_demo_inputs(cfg: Config) -> Config:
+    """``cfg`` with the ingest inputs pointing at the demo corpus written under ``cfg.demo.output``."""
+    out = Path(cfg.demo.output)
+    inputs = [
+        IngestInput(path=str(out / "mmc4"), layout="mmc4", format="jsonl", source="demo-mmc4"),
+        IngestInput(path=str(out / "obelics"), layout="obelics", format="parquet", source="demo-obelics"),
+    ]
+    return cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": inputs})})

@@ -1,0 +1,60 @@
+"""spark-submit.sh packages the code and runs a job end to end in a separate Spark application."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from deltalake import DeltaTable
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_spark_submit_runs_ingest(tmp_path: Path) -> None:
+    docs = tmp_path / "in" / "docs.jsonl"
+    docs.parent.mkdir()
+    docs.write_text(
+        "\n".join(
+            json.dumps({"url": f"https://s.example/{i}", "text_list": ["A.", "B."], "image_info": []}) for i in range(4)
+        )
+        + "\n{broken\n"
+    )
+    conf = tmp_path / "job.yaml"
+    conf.write_text(
+        f"storage:\n  root: {tmp_path / 'lake'}\n"
+        f"ingest:\n  inputs:\n    - path: {docs.parent}\n      layout: mmc4\n      source: s\n"
+    )
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(
+        [
+            str(REPO / "spark-submit.sh"),
+            "ingest",
+            "--conf",
+            str(conf),
+            "--",
+            "--master",
+            "local[1]",
+            "--conf",
+            "spark.ui.enabled=false",
+            "--conf",
+            "spark.sql.shuffle.partitions=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "documents read 5 = new 4 + already present 0 + rejected 1" in result.stdout
+    texts = DeltaTable(str(tmp_path / "lake" / "bronze" / "texts")).to_pandas()
+    assert sorted(texts["text"]) == ["A.", "A.", "A.", "A.", "B.", "B.", "B.", "B."]
+
+
+def test_unknown_job_is_refused() -> None:
+    result = subprocess.run([str(REPO / "spark-submit.sh"), "no_such_job"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "no job named 'no_such_job'" in result.stderr
