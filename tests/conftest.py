@@ -22,6 +22,7 @@ SHARED_DATA = Path(os.environ.get("REALSYN_SHARED_DATA", REPO.parent / "shared" 
 def spark() -> Iterator[SparkSession]:
     """A local[2] Spark session with Delta, UI off and few shuffle partitions."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     session = get_spark(
         SparkConfig(
             master="local[2]",

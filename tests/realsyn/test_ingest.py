@@ -69,21 +69,19 @@ def obelics_doc(url: str, texts: list[str | None], images: list[str | None], alt
     }
 
 
-def test_obelics_parquet_positions(lakehouse: Lakehouse, storage: StorageConfig, tmp_path: Path) -> None:
-    write_obelics(
-        tmp_path / "obelics" / "part-0.parquet",
-        [
-            obelics_doc(
-                "https://a.example/1",
-                ["Intro.", None, "A red barn."],
-                [None, "https://img.example/barn.jpg", None],
-                "barn",
-            )
-        ],
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_obelics_positions(lakehouse: Lakehouse, storage: StorageConfig, tmp_path: Path, fmt: str) -> None:
+    doc = obelics_doc(
+        "https://a.example/1", ["Intro.", None, "A red barn."], [None, "https://img.example/barn.jpg", None], "barn"
     )
+    if fmt == "parquet":
+        write_obelics(tmp_path / "obelics" / "part-0.parquet", [doc])
+    else:
+        (tmp_path / "obelics").mkdir()
+        (tmp_path / "obelics" / "part-0.jsonl").write_text(json.dumps(doc) + "\n")
     run_ingest(
         lakehouse,
-        config(storage, IngestInput(path=str(tmp_path / "obelics"), layout="obelics", format="parquet", source="ob")),
+        config(storage, IngestInput(path=str(tmp_path / "obelics"), layout="obelics", format=fmt, source="ob")),
     )
     doc_id = stable_id("ob", "https://a.example/1")
     assertDataFrameEqual(
