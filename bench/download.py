@@ -1,0 +1,282 @@
+"""Download throughput: the fetch job vs img2dataset vs a plain aiohttp loop, side by side, on loopback.
+
+A loopback HTTP server (its own process, aiohttp) serves real photographs (scikit-image and scikit-learn sample
+images, cropped and scaled into distinct web-sized JPEGs) at N distinct URLs. The same URL list is then fetched by:
+
+- realsyn: ``run_fetch_images`` on local Spark (bronze.image_refs -> bronze.fetched_images, Delta MERGE), with
+  every check on (resolved-address check, size limit, Pillow decode of every image);
+- udfs.fetch: the fetcher alone, in this one process (no Spark, no Delta), same checks;
+- img2dataset: installed by this script in its own virtualenv (``--i2d-venv``) from PyPI, run with
+  ``--disable_all_reencoding True`` to a WebDataset output;
+- plain aiohttp: one process, one event loop, GET and read the body, nothing else.
+
+Images per second are wall-clock, from start to the last byte written. Usage:
+``python bench/download.py --quick`` (2,000 URLs) or ``python bench/download.py --urls 10000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+N_VARIANTS = 96
+
+
+def photographs() -> list[Image.Image]:
+    """Real photographs that ship with scikit-image and scikit-learn."""
+    import skimage
+    from sklearn.datasets import load_sample_image
+
+    folder = Path(skimage.__file__).parent / "data"
+    names = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]
+    photos = [Image.open(folder / n).convert("RGB") for n in names if (folder / n).exists()]
+    photos += [Image.fromarray(load_sample_image(n)) for n in ("china.jpg", "flower.jpg")]
+    return photos
+
+
+def web_jpegs(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` distinct JPEGs (random crops of the photographs, longest side 256-640 px, quality 85)."""
+    rng = np.random.default_rng(seed)
+    photos = photographs()
+    out = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        w, h = img.size
+        cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = img.crop((x, y, x + cw, y + ch))
+        scale = rng.uniform(256, 640) / max(cw, ch)
+        crop = crop.resize((max(1, int(cw * scale)), max(1, int(ch * scale))))
+        buf = io.BytesIO()
+        crop.save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def serve(bodies: list[bytes], port_out: mp.connection.Connection) -> None:
+    """Serve ``/img/<i>.jpg`` -> ``bodies[i % len(bodies)]`` on 127.0.0.1 until killed."""
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        i = int(request.match_info["i"])
+        return web.Response(body=bodies[i % len(bodies)], content_type="image/jpeg")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/img/{i}.jpg", handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        port_out.send(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def plain_aiohttp(urls: list[str], concurrency: int) -> tuple[int, int]:
+    """GET every URL and read its body in one event loop; return (ok count, bytes)."""
+    import aiohttp
+
+    async def run() -> tuple[int, int]:
+        sem = asyncio.Semaphore(concurrency)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+            async def one(url: str) -> int:
+                async with sem, session.get(url) as resp:
+                    body = await resp.read()
+                    return len(body) if resp.status == 200 else -1
+
+            sizes = await asyncio.gather(*(one(u) for u in urls))
+        return sum(1 for s in sizes if s >= 0), sum(s for s in sizes if s > 0)
+
+    return asyncio.run(run())
+
+
+def ensure_img2dataset(venv: Path) -> Path | str:
+    """The img2dataset executable of ``venv`` (created and installed from PyPI when missing), or why not."""
+    exe = venv / "bin" / "img2dataset"
+    if exe.exists():
+        return exe
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", "img2dataset"], check=True, capture_output=True, text=True
+        )
+    except subprocess.CalledProcessError as e:
+        return f"cannot install img2dataset: {' '.join(map(str, e.cmd))} failed:\n{(e.stderr or '')[-2000:]}"
+    return exe if exe.exists() else "img2dataset installed but its executable is missing"
+
+
+def run_img2dataset(exe: Path, urls: list[str], work: Path, processes: int, threads: int) -> tuple[float, int]:
+    """Run img2dataset on ``urls``; return (seconds, images written)."""
+    url_file = work / "urls.txt"
+    url_file.write_text("\n".join(urls) + "\n", encoding="utf-8")
+    out = work / "i2d"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [
+        str(exe),
+        "--url_list",
+        str(url_file),
+        "--output_folder",
+        str(out),
+        "--output_format",
+        "webdataset",
+        "--disable_all_reencoding",
+        "True",
+        "--processes_count",
+        str(processes),
+        "--thread_count",
+        str(threads),
+        "--number_sample_per_shard",
+        str(max(1, len(urls) // processes)),
+        "--timeout",
+        "10",
+        "--retries",
+        "0",
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"img2dataset failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    import json
+
+    ok = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
+    return seconds, ok
+
+
+def run_realsyn(urls: list[str], root: Path, concurrency: int, tasks: int) -> tuple[float, dict[str, int], float]:
+    """Write the URLs to bronze.image_refs, then time run_fetch_images; return (seconds, statuses, MB)."""
+    from realsyn.config import Config, FetchConfig, SparkConfig, StorageConfig
+    from realsyn.fetch import run_fetch_images
+    from realsyn.ids import stable_id
+    from realsyn.spark import get_spark
+    from realsyn.tables import BRONZE_IMAGE_REFS, Lakehouse
+
+    spark = get_spark(
+        SparkConfig(
+            master=f"local[{tasks}]",
+            app_name="bench-download",
+            conf={
+                "spark.ui.enabled": "false",
+                "spark.sql.shuffle.partitions": str(tasks),
+                "spark.default.parallelism": str(tasks),
+                "spark.driver.memory": "4g",
+                "spark.sql.execution.arrow.pyspark.enabled": "true",
+                "spark.databricks.delta.snapshotPartitions": "2",  # a small Delta log: 50 tasks are overhead
+            },
+        )
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    shutil.rmtree(root, ignore_errors=True)
+    cfg = Config(
+        storage=StorageConfig(root=str(root)),
+        fetch=FetchConfig(
+            allow_networks=["127.0.0.0/8"],  # the loopback server; refused by default
+            concurrency=concurrency,
+            per_host=concurrency,  # one host serves every URL here
+            tasks=tasks,
+        ),
+    )
+    lakehouse = Lakehouse(spark, cfg.storage)
+    rows = [(f"doc{i // 4}", i % 4, u, stable_id(u), None, None, None, None) for i, u in enumerate(urls)]
+    schema = (
+        "doc_id string, position int, url string, url_id string, alt_text string, "
+        "matched_text_index int, matched_sim double, meta string"
+    )
+    lakehouse.insert_new(BRONZE_IMAGE_REFS, spark.createDataFrame(rows, schema), ["doc_id", "position"])
+    started = time.perf_counter()
+    summary = run_fetch_images(lakehouse, cfg)
+    seconds = time.perf_counter() - started
+    return seconds, summary.by_status, summary.bytes / 1e6
+
+
+def main() -> None:
+    """Run the four downloaders on the same URLs and print images/s and the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="2,000 URLs")
+    parser.add_argument("--urls", type=int, default=10_000, help="number of distinct URLs (ignored with --quick)")
+    parser.add_argument("--concurrency", type=int, default=128, help="requests in flight, per process / task")
+    parser.add_argument("--tasks", type=int, default=2, help="Spark tasks (cores) of the fetch job")
+    parser.add_argument("--i2d-venv", type=Path, default=Path(tempfile.gettempdir()) / "realsyn-bench-img2dataset")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "realsyn-bench-download")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("realsyn.fetch").setLevel(logging.INFO)  # the job's progress lines
+    n = 2_000 if args.quick else args.urls
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    bodies = web_jpegs(N_VARIANTS)
+    print(f"{n:,} URLs over {N_VARIANTS} distinct photographs, mean {np.mean([len(b) for b in bodies]) / 1e3:.0f} kB")
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    server = ctx.Process(target=serve, args=(bodies, send), daemon=True)
+    server.start()
+    port = recv.recv()
+    i2d = ensure_img2dataset(args.i2d_venv)
+    try:
+        results: dict[str, tuple[float, int]] = {}
+
+        def urls_for(tag: str) -> list[str]:  # fresh query strings: no run profits from another's caches
+            return [f"http://127.0.0.1:{port}/img/{i}.jpg?{tag}" for i in range(n)]
+
+        started = time.perf_counter()
+        ok, _ = plain_aiohttp(urls_for("plain"), args.concurrency)
+        results["plain aiohttp loop (1 process)"] = (time.perf_counter() - started, ok)
+
+        from udfs.fetch import OK, FetchOptions, fetch_batch
+
+        opts = FetchOptions(
+            allow_networks=("127.0.0.0/8",), concurrency=args.concurrency, per_host=args.concurrency, decode_threads=2
+        )
+        started = time.perf_counter()
+        fetched = fetch_batch(urls_for("udfs"), opts)
+        results["udfs.fetch alone (1 process, checks on)"] = (
+            time.perf_counter() - started,
+            sum(r.status == OK for r in fetched),
+        )
+        del fetched
+
+        if isinstance(i2d, Path):
+            results["img2dataset (2 processes)"] = run_img2dataset(
+                i2d, urls_for("i2d"), args.work, args.tasks, args.concurrency
+            )
+        else:
+            print(f"img2dataset not measured: {i2d}")
+
+        seconds, statuses, mb = run_realsyn(urls_for("realsyn"), args.work / "lakehouse", args.concurrency, args.tasks)
+        results[f"realsyn fetch job (Spark local[{args.tasks}], Delta)"] = (seconds, statuses.get("ok", 0))
+    finally:
+        server.kill()
+
+    print(f"\n{'downloader':<48}{'seconds':>9}{'ok':>8}{'images/s':>10}")
+    rate = {}
+    for name, (secs, ok) in results.items():
+        rate[name] = ok / secs
+        print(f"{name:<48}{secs:>9.2f}{ok:>8,}{rate[name]:>10,.0f}")
+    ours = rate[next(k for k in rate if k.startswith("realsyn"))]
+    plain = rate["plain aiohttp loop (1 process)"]
+    print(f"\nfetch job statuses: {statuses}; {mb:,.1f} MB")
+    print(f"download_vs_plain_aiohttp: {ours / plain:.2f}")
+    if "img2dataset (2 processes)" in rate:
+        print(f"download_vs_img2dataset: {ours / rate['img2dataset (2 processes)']:.2f}")
+    else:
+        print("download_vs_img2dataset: n/a")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Image acquisition: bronze.image_refs -> bronze.fetched_images, one row per distinct URL with a final status.
+
+Inside each Spark task, ``udfs.fetch`` keeps many requests in flight on one event loop (per-host limits,
+timeouts, retries of transient failures, SSRF and size protection, decode check). The pending URLs are fetched
+in commit batches of ``fetch.commit_every`` URLs; each batch is MERGEd on ``url_id`` (an insert-only MERGE reads
+its source once, so every URL is fetched once), so a job killed mid-run keeps every committed batch, loses only
+the batch in flight, and never duplicates a row.
+
+A rerun fetches only URLs without a row (every row holds a final status). ``retry_failed`` also refetches the
+rows whose failure was transient (``retryable``: timeouts, connection errors, HTTP 429 / 5xx) and replaces them
+in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, Row
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from realsyn.config import Config, ConfigError, FetchConfig
+from realsyn.tables import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS, Lakehouse
+from udfs.fetch import FetchOptions, FetchProgress, fetch_arrow
+
+log = logging.getLogger(__name__)
+
+FETCHED_IMAGES_SCHEMA = T.StructType(
+    [
+        T.StructField("url_id", T.StringType()),
+        T.StructField("url", T.StringType()),
+        T.StructField("status", T.StringType()),
+        T.StructField("retryable", T.BooleanType()),
+        T.StructField("http_status", T.IntegerType()),
+        T.StructField("error", T.StringType()),
+        T.StructField("attempts", T.IntegerType()),
+        T.StructField("elapsed_ms", T.LongType()),
+        T.StructField("fetched_at", T.TimestampType()),
+        T.StructField("image_id", T.StringType()),
+        T.StructField("content", T.BinaryType()),
+        T.StructField("content_path", T.StringType()),
+        T.StructField("n_bytes", T.LongType()),
+        T.StructField("width", T.IntegerType()),
+        T.StructField("height", T.IntegerType()),
+        T.StructField("format", T.StringType()),
+    ]
+)
+
+# Optimized writes would shuffle every image's bytes once more before writing; each task already writes one
+# large file per commit batch.
+TABLE_PROPERTIES = {"delta.autoOptimize.optimizeWrite": "false"}
+
+
+@dataclass
+class FetchSummary:
+    """What one run fetched: URLs pending at the start, rows written per status, bytes and wall time."""
+
+    pending: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+    seconds: float = 0.0
+    retry_failed: bool = False
+
+    @property
+    def fetched(self) -> int:
+        """URLs that got a final status in this run."""
+        return sum(self.by_status.values())
+
+    @property
+    def ok(self) -> int:
+        """URLs fetched as a valid image."""
+        return self.by_status.get("ok", 0)
+
+    def __str__(self) -> str:
+        statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(self.by_status.items(), key=lambda kv: -kv[1]))
+        rate = self.fetched / self.seconds if self.seconds else 0.0
+        return (
+            f"fetch_images{' --retry-failed' if self.retry_failed else ''}: {self.fetched:,} of {self.pending:,} "
+            f"pending URLs fetched in {self.seconds:,.1f} s ({rate:,.0f} URLs/s, "
+            f"{self.bytes / max(self.seconds, 1e-9) / 1e6:,.2f} MB/s): {statuses or 'nothing to do'}"
+        )
+
+
+def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None) -> FetchOptions:
+    """The fetcher options of a config section (images written under ``content_prefix`` if set)."""
+    return FetchOptions(
+        concurrency=fcfg.concurrency,
+        per_host=fcfg.per_host,
+        connect_timeout_s=fcfg.connect_timeout_s,
+        read_timeout_s=fcfg.read_timeout_s,
+        total_timeout_s=fcfg.total_timeout_s,
+        max_attempts=fcfg.max_attempts,
+        backoff_base_s=fcfg.backoff_base_s,
+        backoff_max_s=fcfg.backoff_max_s,
+        max_retry_after_s=fcfg.max_retry_after_s,
+        max_redirects=fcfg.max_redirects,
+        max_bytes=fcfg.max_bytes,
+        max_pixels=fcfg.max_pixels,
+        user_agent=fcfg.user_agent,
+        user_agent_token=fcfg.user_agent_token,
+        opt_out_directives=tuple(fcfg.opt_out_directives),
+        allow_networks=tuple(fcfg.allow_networks),
+        allowed_schemes=tuple(fcfg.allowed_schemes),
+        file_roots=tuple(fcfg.file_roots),
+        verify_tls=fcfg.verify_tls,
+        content_prefix=content_prefix,
+    )
+
+
+def content_prefix(lakehouse: Lakehouse, fcfg: FetchConfig) -> str | None:
+    """Where image files go when ``fetch.content_store`` is ``files`` (None: bytes stay in the table)."""
+    if fcfg.content_store == "table":
+        return None
+    if fcfg.content_prefix:
+        return fcfg.content_prefix
+    if lakehouse.storage.root is None:
+        raise ConfigError(
+            "fetch.content_prefix: required when fetch.content_store is 'files' and storage.catalog is set"
+        )
+    return lakehouse.location(BRONZE_FETCHED_IMAGES) + "_files"
+
+
+def pending_urls(refs: DataFrame, fetched: DataFrame | None, retry_failed: bool = False) -> DataFrame:
+    """Distinct ``(url_id, url)`` of ``refs`` without a final row in ``fetched`` (or with a transient one)."""
+    urls = refs.filter(F.col("url").isNotNull()).select("url_id", "url").dropDuplicates(["url_id"])
+    if fetched is None:
+        return urls
+    done = fetched.filter(~F.col("retryable")) if retry_failed else fetched
+    return urls.join(done.select("url_id"), "url_id", "left_anti")
+
+
+def fetch_urls(urls: DataFrame, fcfg: FetchConfig, prefix: str | None = None) -> DataFrame:
+    """Fetch the ``url`` of every row of ``urls`` (``url_id``, ``url``) inside the tasks; one row per URL."""
+    options = fetch_options(fcfg, prefix)
+    rows_per_batch = fcfg.rows_per_batch
+    interval = fcfg.progress_interval_s
+
+    def fetch_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        def report(progress: FetchProgress) -> None:
+            print(f"realsyn.fetch task: {progress.line()}", file=sys.stderr, flush=True)
+
+        yield from fetch_arrow(batches, options, rows_per_batch, report, interval)
+
+    return urls.select("url_id", "url").mapInArrow(fetch_partition, FETCHED_IMAGES_SCHEMA)
+
+
+def _write(lakehouse: Lakehouse, fetched: DataFrame, retry_failed: bool) -> None:
+    if not retry_failed:
+        lakehouse.insert_new(BRONZE_FETCHED_IMAGES, fetched, ["url_id"])
+        return
+    # Transient failures are replaced in place; a final row is never touched.
+    lakehouse.create_if_absent(BRONZE_FETCHED_IMAGES, FETCHED_IMAGES_SCHEMA, properties=TABLE_PROPERTIES)
+    (
+        lakehouse.delta(BRONZE_FETCHED_IMAGES)
+        .alias("t")
+        .merge(fetched.alias("s"), "t.url_id = s.url_id")
+        .whenMatchedUpdateAll(condition="t.retryable")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _batch_stats(lakehouse: Lakehouse, part: DataFrame, committed_after: datetime) -> list[Row]:
+    """Rows per status (and bytes) of the URLs of ``part`` as just committed.
+
+    The time filter lets Delta skip every file written before this batch, and only small columns are read.
+    """
+    table = lakehouse.read(BRONZE_FETCHED_IMAGES).filter(F.col("fetched_at") >= F.lit(committed_after))
+    return (
+        table.join(part.select("url_id"), "url_id", "left_semi")
+        .groupBy("status")
+        .agg(F.count("*").alias("n"), F.sum("n_bytes").alias("b"))
+        .collect()
+    )
+
+
+def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = False) -> FetchSummary:
+    """Fetch every image URL of bronze.image_refs without a final status into bronze.fetched_images.
+
+    ``retry_failed`` also refetches URLs whose last failure was transient, replacing their rows.
+    """
+    spark = lakehouse.spark
+    fcfg = cfg.fetch
+    prefix = content_prefix(lakehouse, fcfg)
+    started = time.monotonic()
+    summary = FetchSummary(retry_failed=retry_failed)
+    if not lakehouse.exists(BRONZE_IMAGE_REFS):
+        log.warning("%s does not exist: nothing to fetch", BRONZE_IMAGE_REFS)
+        return summary
+    lakehouse.create_if_absent(BRONZE_FETCHED_IMAGES, FETCHED_IMAGES_SCHEMA, properties=TABLE_PROPERTIES)
+    fetched_before = lakehouse.read(BRONZE_FETCHED_IMAGES)
+    pending = pending_urls(lakehouse.read(BRONZE_IMAGE_REFS), fetched_before, retry_failed)
+    # Materialised with its lineage cut: a commit to bronze.fetched_images must not re-evaluate what was pending.
+    pending = pending.localCheckpoint(eager=True)
+    try:
+        summary.pending = pending.count()
+        if summary.pending == 0:
+            log.info("fetch_images: no pending URL")
+            return summary
+        n_batches = math.ceil(summary.pending / fcfg.commit_every)
+        tasks = fcfg.tasks or spark.sparkContext.defaultParallelism
+        tasks = max(1, min(tasks, math.ceil(summary.pending / n_batches)))
+        log.info(
+            "fetch_images: %d pending URLs in %d commit batch(es) of %d task(s)", summary.pending, n_batches, tasks
+        )
+        batch_of = F.pmod(F.xxhash64("url_id"), F.lit(n_batches))
+        for b in range(n_batches):
+            part = pending.filter(batch_of == b) if n_batches > 1 else pending
+            committed_after = datetime.now(timezone.utc) - timedelta(minutes=10)  # executor clocks may differ a little
+            fetched = fetch_urls(part.repartition(tasks), fcfg, prefix)
+            if retry_failed:
+                # An update MERGE reads its source twice: materialise it so that no URL is fetched twice.
+                fetched = fetched.persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                _write(lakehouse, fetched, retry_failed)
+            finally:
+                fetched.unpersist()
+            stats = _batch_stats(lakehouse, part, committed_after)
+            for row in stats:
+                summary.by_status[row["status"]] = summary.by_status.get(row["status"], 0) + int(row["n"])
+                summary.bytes += int(row["b"] or 0)
+            summary.seconds = time.monotonic() - started
+            ok = summary.ok
+            log.info(
+                "fetch_images: batch %d/%d committed; running ok %d, failed %d, %.1f MB, %.2f MB/s, %.0f URLs/s",
+                b + 1,
+                n_batches,
+                ok,
+                summary.fetched - ok,
+                summary.bytes / 1e6,
+                summary.bytes / max(summary.seconds, 1e-9) / 1e6,
+                summary.fetched / max(summary.seconds, 1e-9),
+            )
+    finally:
+        pending.unpersist()
+    summary.seconds = time.monotonic() - started
+    return summary

@@ -1,0 +1,395 @@
+"""udfs.fetch against a real HTTP server on loopback that serves good, broken and hostile answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pytest
+from aiohttp import web
+from PIL import Image
+from sklearn.datasets import load_sample_image
+
+from realsyn.ids import bytes_id
+from udfs import fetch as F
+
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+# Small timeouts so that every hostile endpoint ends within a few seconds.
+OPTS = F.FetchOptions(
+    connect_timeout_s=1.0,
+    read_timeout_s=0.5,
+    total_timeout_s=1.5,
+    max_attempts=2,
+    backoff_base_s=0.05,
+    backoff_max_s=0.1,
+    max_retry_after_s=2.0,
+    max_redirects=3,
+    max_bytes=1_000_000,
+    max_pixels=50_000_000,
+    allow_networks=LOOPBACK,
+    allowed_schemes=(*F.DEFAULT_SCHEMES, "memory"),
+)
+
+
+def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels, with a few bytes of data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+PHOTO = Image.fromarray(load_sample_image("china.jpg")).resize((160, 107))
+rotated = Image.fromarray(load_sample_image("flower.jpg")).resize((40, 20))
+exif = Image.Exif()
+exif[0x0112] = 6  # rotate 90° clockwise to display: stored 40x20, shown 20x40
+BODIES = {
+    "jpeg": (_encode(PHOTO, "JPEG", quality=85), "image/jpeg"),
+    "png": (_encode(PHOTO, "PNG"), "image/png"),
+    "webp": (_encode(PHOTO, "WEBP"), "image/webp"),
+    "gif": (_encode(PHOTO.convert("P"), "GIF"), "image/gif"),
+    "cmyk": (_encode(PHOTO.convert("CMYK"), "JPEG"), "image/jpeg"),
+    "png16": (_encode(Image.fromarray(np.arange(48 * 32, dtype=np.uint16).reshape(32, 48) * 40), "PNG"), "image/png"),
+    "exif": (_encode(rotated, "JPEG", exif=exif), "image/jpeg"),
+    "html": (b"<!doctype html><html><body><img src=x.jpg></body></html>", "image/jpeg"),
+    "bomb": (_bomb_png(100_000, 100_000), "image/png"),
+}
+BODIES["wrong-type"] = (BODIES["png"][0], "text/html")
+BODIES["truncated"] = (BODIES["jpeg"][0][: len(BODIES["jpeg"][0]) // 2], "image/jpeg")
+
+
+class LoopbackServer:
+    """An aiohttp server on 127.0.0.1 in a background thread; counts the requests per path."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def url(self, path: str) -> str:
+        """Absolute URL of ``path`` on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_route("GET", "/{name}", self._handle)
+        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        """Stop the server and its thread."""
+
+        async def shutdown() -> None:
+            await self.runner.cleanup()
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        key = f"{name}?{request.query_string}"
+        self.hits[key] += 1
+        n = self.hits[key]
+        if name in BODIES:
+            body, ctype = BODIES[name]
+            return web.Response(body=body, content_type=ctype)
+        if name == "missing":
+            return web.Response(status=404, text="not here")
+        if name == "flaky":  # 500 first, then the image
+            return web.Response(status=500) if n == 1 else web.Response(body=BODIES["jpeg"][0])
+        if name == "always-503":
+            return web.Response(status=503)
+        if name == "rate-limited":  # 429 with Retry-After: 1 first, then the image
+            if n == 1:
+                return web.Response(status=429, headers={"Retry-After": "1"})
+            return web.Response(body=BODIES["png"][0], content_type="image/png")
+        if name == "rate-limited-long":
+            return web.Response(status=429, headers={"Retry-After": "3600"})
+        if name == "drip":  # one byte every 0.2 s: each read is in time, the whole is not
+            resp = web.StreamResponse(headers={"Content-Type": "image/jpeg", "Content-Length": "200"})
+            await resp.prepare(request)
+            for _ in range(200):
+                await resp.write(b"\xff")
+                await asyncio.sleep(0.2)
+            return resp
+        if name == "never":
+            await asyncio.sleep(30)
+            return web.Response(status=204)
+        if name == "huge":  # no Content-Length: the limit must hold while streaming
+            resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+            await resp.prepare(request)
+            for _ in range(50):
+                await resp.write(b"\0" * 1_000_000)
+            return resp
+        if name == "huge-declared":
+            return web.Response(body=b"\0" * 2_000_000, content_type="image/jpeg")
+        if name == "loop":
+            raise web.HTTPFound(f"/loop?{n}")
+        if name == "to-metadata":
+            raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+        if name == "to-private":
+            raise web.HTTPFound("http://10.0.0.1/x.jpg")
+        if name == "to-localhost-name":
+            raise web.HTTPFound(f"http://localhost:{self.port}/jpeg")
+        if name == "to-file":
+            raise web.HTTPFound("file:///etc/passwd")
+        if name == "to-jpeg":
+            raise web.HTTPMovedPermanently("/jpeg")
+        if name == "noai":
+            body, ctype = BODIES["jpeg"]
+            return web.Response(body=body, content_type=ctype, headers={"X-Robots-Tag": "noindex, noai"})
+        if name == "noimageai-for-us":
+            body, ctype = BODIES["jpeg"]
+            return web.Response(body=body, content_type=ctype, headers={"X-Robots-Tag": "realsyn: noimageai"})
+        if name == "noai-for-others":
+            body, ctype = BODIES["jpeg"]
+            return web.Response(body=body, content_type=ctype, headers={"X-Robots-Tag": "otherbot: noai"})
+        return web.Response(status=400)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LoopbackServer]:
+    """A loopback server for the tests of this module."""
+    srv = LoopbackServer()
+    yield srv
+    srv.stop()
+
+
+def _summary(r: F.FetchResult) -> tuple[object, ...]:
+    return (r.status, r.http_status, r.attempts, r.width, r.height, r.format)
+
+
+# name -> (status, http_status, attempts, width, height, format)
+EXPECTED = {
+    "jpeg": (F.OK, 200, 1, 160, 107, "JPEG"),
+    "png": (F.OK, 200, 1, 160, 107, "PNG"),
+    "webp": (F.OK, 200, 1, 160, 107, "WEBP"),
+    "gif": (F.OK, 200, 1, 160, 107, "GIF"),
+    "cmyk": (F.OK, 200, 1, 160, 107, "JPEG"),
+    "png16": (F.OK, 200, 1, 48, 32, "PNG"),
+    "exif": (F.OK, 200, 1, 20, 40, "JPEG"),
+    "wrong-type": (F.OK, 200, 1, 160, 107, "PNG"),
+    "to-jpeg": (F.OK, 200, 1, 160, 107, "JPEG"),
+    "flaky": (F.OK, 200, 2, 160, 107, "JPEG"),
+    "rate-limited": (F.OK, 200, 2, 160, 107, "PNG"),
+    "noai-for-others": (F.OK, 200, 1, 160, 107, "JPEG"),
+    "missing": (F.HTTP_ERROR, 404, 1, None, None, None),
+    "always-503": (F.HTTP_ERROR, 503, 2, None, None, None),
+    "rate-limited-long": (F.HTTP_ERROR, 429, 1, None, None, None),
+    "drip": (F.TIMEOUT, None, 2, None, None, None),
+    "never": (F.TIMEOUT, None, 2, None, None, None),
+    "huge": (F.TOO_LARGE, 200, 1, None, None, None),
+    "huge-declared": (F.TOO_LARGE, 200, 1, None, None, None),
+    "loop": (F.TOO_MANY_REDIRECTS, None, 1, None, None, None),
+    "to-metadata": (F.BLOCKED, None, 1, None, None, None),
+    "to-private": (F.BLOCKED, None, 1, None, None, None),
+    "to-file": (F.BLOCKED, None, 1, None, None, None),
+    "truncated": (F.DECODE_ERROR, 200, 1, None, None, None),
+    "html": (F.NOT_AN_IMAGE, 200, 1, None, None, None),
+    "bomb": (F.TOO_MANY_PIXELS, 200, 1, None, None, None),
+    "noai": (F.OPTED_OUT, 200, 1, None, None, None),
+    "noimageai-for-us": (F.OPTED_OUT, 200, 1, None, None, None),
+}
+RETRYABLE = {"always-503", "rate-limited-long", "drip", "never"}
+
+
+def test_every_endpoint_ends_in_its_status_within_its_timeout(server: LoopbackServer) -> None:
+    names = sorted(EXPECTED)
+    started = time.monotonic()
+    results = F.fetch_batch([server.url(f"/{n}") for n in names], OPTS)
+    took = time.monotonic() - started
+
+    assert {n: _summary(r) for n, r in zip(names, results, strict=True)} == EXPECTED
+    assert {n for n, r in zip(names, results, strict=True) if r.retryable} == RETRYABLE
+    # All in parallel: the slowest is two attempts of the 1.5 s total timeout, plus backoff.
+    assert took < 5.0
+    by_name = dict(zip(names, results, strict=True))
+    for name in ("jpeg", "png", "webp", "gif", "cmyk", "png16", "exif"):
+        r = by_name[name]
+        assert (r.content, r.image_id, r.n_bytes) == (BODIES[name][0], bytes_id(BODIES[name][0]), len(BODIES[name][0]))
+    assert all(r.content is None and r.image_id is None for n, r in by_name.items() if EXPECTED[n][0] != F.OK)
+    # Retry-After: 1 was honoured before the second attempt.
+    assert by_name["rate-limited"].elapsed_ms >= 1000
+    assert "Retry-After 3600" in (by_name["rate-limited-long"].error or "")
+    assert by_name["never"].elapsed_ms < 2 * 1500 + 500
+    # Redirects to refused places never left this machine: the refusal came before any connection.
+    assert "169.254.169.254" in (by_name["to-metadata"].error or "")
+    assert "link-local" in (by_name["to-metadata"].error or "")
+    assert "private" in (by_name["to-private"].error or "")
+    assert server.hits["loop?"] == 1 and sum(v for k, v in server.hits.items() if k.startswith("loop")) == 4
+
+
+def test_loopback_is_refused_without_the_allow_list(server: LoopbackServer) -> None:
+    opts = replace(OPTS, allow_networks=())
+    before = server.hits["jpeg?refused"]
+    results = F.fetch_batch(
+        [server.url("/jpeg?refused"), f"http://localhost:{server.port}/jpeg?refused", "http://[::1]:9/x.jpg"], opts
+    )
+    assert [(r.status, r.retryable, r.attempts) for r in results] == [(F.BLOCKED, False, 1)] * 3
+    assert "loopback" in (results[0].error or "") and "loopback" in (results[1].error or "")
+    assert server.hits["jpeg?refused"] == before  # not a single request reached the server
+    # A redirect to a host name is checked on the name's resolved address.
+    allowed = F.fetch_batch([server.url("/to-localhost-name")], OPTS)
+    assert [r.status for r in allowed] == [F.OK]
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("169.254.169.254", "link-local"),
+        ("127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("100.64.0.1", "not-global"),
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("0.0.0.0", "unspecified"),
+        ("::1", "loopback"),
+        ("fe80::1", "link-local"),
+        ("fd00::1", "private"),
+        ("::ffff:169.254.169.254", "link-local"),
+        ("8.8.8.8", None),
+        ("2606:4700::1111", None),
+    ],
+)
+def test_blocked_reason(address: str, reason: str | None) -> None:
+    assert F.blocked_reason(address) == reason
+
+
+def test_allow_list_overrides_the_rules() -> None:
+    allow = F.parse_networks(["10.0.0.0/8"])
+    assert (F.blocked_reason("10.9.9.9", allow), F.blocked_reason("192.168.0.1", allow)) == (None, "private")
+
+
+def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
+    jpeg, png = BODIES["jpeg"][0], BODIES["png"][0]
+    (tmp_path / "a b.jpg").write_bytes(jpeg)
+    (tmp_path / "page.html").write_bytes(BODIES["html"][0])
+    with fsspec.open("memory://realsyn-test/img.png", "wb") as f:
+        f.write(png)
+    urls = [
+        str(tmp_path / "a b.jpg"),
+        (tmp_path / "a b.jpg").as_uri(),
+        str(tmp_path / "missing.jpg"),
+        (tmp_path / "page.html").as_uri(),
+        "data:image/png;base64," + base64.b64encode(png).decode(),
+        "data:image/png;base64,@@@",
+        "memory://realsyn-test/img.png",
+        "memory://realsyn-test/absent.png",
+        "ftp://example.org/x.jpg",
+        "file://otherhost/etc/x.jpg",
+        "",
+    ]
+    results = F.fetch_batch(urls, OPTS)
+    assert [(r.status, r.image_id, r.format) for r in results] == [
+        (F.OK, bytes_id(jpeg), "JPEG"),
+        (F.OK, bytes_id(jpeg), "JPEG"),
+        (F.NOT_FOUND, None, None),
+        (F.NOT_AN_IMAGE, None, None),
+        (F.OK, bytes_id(png), "PNG"),
+        (F.INVALID_URL, None, None),
+        (F.OK, bytes_id(png), "PNG"),
+        (F.NOT_FOUND, None, None),
+        (F.BLOCKED, None, None),
+        (F.BLOCKED, None, None),
+        (F.INVALID_URL, None, None),
+    ]
+
+
+def test_file_roots_and_size_limit(tmp_path: Path) -> None:
+    inside, outside = tmp_path / "in", tmp_path / "out"
+    inside.mkdir()
+    outside.mkdir()
+    (inside / "a.jpg").write_bytes(BODIES["jpeg"][0])
+    (outside / "b.jpg").write_bytes(BODIES["jpeg"][0])
+    (inside / "link.jpg").symlink_to(outside / "b.jpg")
+    opts = replace(OPTS, file_roots=(str(inside),), max_bytes=len(BODIES["jpeg"][0]) + 10)
+    (inside / "big.png").write_bytes(BODIES["png"][0])
+    results = F.fetch_batch(
+        [str(inside / n) for n in ("a.jpg", "link.jpg", "big.png")] + [str(outside / "b.jpg")], opts
+    )
+    assert [r.status for r in results] == [F.OK, F.BLOCKED, F.TOO_LARGE, F.BLOCKED]
+    no_files = replace(OPTS, allowed_schemes=("http", "https"))
+    assert [r.status for r in F.fetch_batch([str(inside / "a.jpg")], no_files)] == [F.BLOCKED]
+
+
+def test_content_to_files(tmp_path: Path) -> None:
+    jpeg = BODIES["jpeg"][0]
+    (tmp_path / "a.jpg").write_bytes(jpeg)
+    opts = replace(OPTS, content_prefix=str(tmp_path / "store"))
+    [r] = F.fetch_batch([str(tmp_path / "a.jpg")], opts)
+    image_id = bytes_id(jpeg)
+    assert (r.status, r.content, r.content_path) == (F.OK, None, f"{tmp_path}/store/{image_id[:2]}/{image_id}.jpg")
+    assert Path(r.content_path).read_bytes() == jpeg
+
+
+def test_fetch_arrow_keeps_keys_and_schema(server: LoopbackServer) -> None:
+    batch = pa.RecordBatch.from_pydict(
+        {"url_id": ["a", "b", "c"], "url": [server.url("/png"), server.url("/missing"), server.url("/gif")]}
+    )
+    reports: list[str] = []
+    out = pa.Table.from_batches(
+        list(F.fetch_arrow([batch], OPTS, rows_per_batch=2, progress=lambda p: reports.append(p.line())))
+    )
+    assert out.schema == F.ARROW_SCHEMA
+    rows = sorted(
+        zip(out["url_id"].to_pylist(), out["status"].to_pylist(), out["http_status"].to_pylist(), strict=True)
+    )
+    assert rows == [("a", F.OK, 200), ("b", F.HTTP_ERROR, 404), ("c", F.OK, 200)]
+    png, gif = len(BODIES["png"][0]), len(BODIES["gif"][0])
+    assert reports[-1].startswith("fetched 3: ok 2, failed 1, ") and f"{(png + gif) / 1e6:,.1f} MB" in reports[-1]
+
+
+def test_helpers() -> None:
+    assert F.parse_retry_after("7") == 7.0
+    assert (
+        F.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", F.datetime(2015, 10, 21, 7, 27, 30, tzinfo=F.timezone.utc))
+        == 30.0
+    )
+    assert F.parse_retry_after("soon") is None
+    assert F.opted_out(["noindex, NoAI"], "realsyn", ["noai"]) is True
+    assert F.opted_out(["googlebot: noai"], "realsyn", ["noai"]) is False
+    assert F.opted_out(["realsyn: noai"], "realsyn", ["noai"]) is True
+    assert F.opted_out(["noindex"], "realsyn", ["noai", "noimageai"]) is False
+    assert [F.is_transient(s, h) for s, h in [(F.TIMEOUT, None), (F.HTTP_ERROR, 429), (F.HTTP_ERROR, 502)]] == [
+        True
+    ] * 3
+    assert [F.is_transient(s, h) for s, h in [(F.HTTP_ERROR, 404), (F.BLOCKED, None), (F.DNS_ERROR, None)]] == [
+        False
+    ] * 3

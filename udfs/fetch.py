@@ -1,0 +1,807 @@
+"""Image acquisition: fetch image references safely and fast, one result record per URL with a final status.
+
+Sources: ``http(s)://`` URLs (async, aiohttp), local paths and ``file://`` URIs, ``data:`` URIs (inline bytes),
+and any URI that fsspec reads (``s3://``, ``gs://``, ``abfss://``, ``dbfs:/``...). Pure: no Spark import; the
+Spark stage (``realsyn.fetch``) calls :func:`fetch_arrow` inside each task.
+
+Safety, on by default:
+- the address a host name resolves to is checked before connecting (and on every redirect hop): private,
+  loopback, link-local (169.254.169.254, the cloud metadata service), multicast, reserved and other non-global
+  addresses are refused unless a network is on the allow-list; the connection goes to the checked address;
+- responses larger than ``max_bytes`` are cut off while streaming; images larger than ``max_pixels`` are refused
+  from their header (decompression bombs); content is accepted only when Pillow decodes it, whatever the
+  Content-Type says;
+- ``X-Robots-Tag: noai`` / ``noimageai`` (optionally addressed to our user-agent token) is honoured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import hashlib
+import io
+import ipaddress
+import os
+import queue
+import random
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # aiohttp depends on async-timeout before Python 3.11
+    from async_timeout import timeout as _deadline
+
+K = TypeVar("K")
+
+# Final statuses. Every URL ends in exactly one of them.
+OK = "ok"
+HTTP_ERROR = "http_error"  # an HTTP status other than 2xx / redirect (http_status says which)
+TIMEOUT = "timeout"  # connect, read or total timeout
+CONNECTION_ERROR = "connection_error"  # refused, reset, closed early, TLS or protocol error
+DNS_ERROR = "dns_error"  # the host name does not resolve
+TOO_LARGE = "too_large"  # more than max_bytes (Content-Length or counted while streaming)
+TOO_MANY_PIXELS = "too_many_pixels"  # width x height over max_pixels: a decompression bomb
+NOT_AN_IMAGE = "not_an_image"  # Pillow does not recognise the bytes as an image (HTML, text, ...)
+DECODE_ERROR = "decode_error"  # recognised as an image but does not decode (truncated, corrupt)
+BLOCKED = "blocked"  # refused address or scheme (SSRF protection), or a file outside file_roots
+OPTED_OUT = "opted_out"  # X-Robots-Tag forbids AI use
+TOO_MANY_REDIRECTS = "too_many_redirects"
+INVALID_URL = "invalid_url"
+NOT_FOUND = "not_found"  # a file or object that does not exist
+IO_ERROR = "io_error"  # any other error reading a file or object
+ERROR = "error"  # an unexpected error; the text is in `error`
+
+STATUSES = (
+    OK,
+    HTTP_ERROR,
+    TIMEOUT,
+    CONNECTION_ERROR,
+    DNS_ERROR,
+    TOO_LARGE,
+    TOO_MANY_PIXELS,
+    NOT_AN_IMAGE,
+    DECODE_ERROR,
+    BLOCKED,
+    OPTED_OUT,
+    TOO_MANY_REDIRECTS,
+    INVALID_URL,
+    NOT_FOUND,
+    IO_ERROR,
+    ERROR,
+)
+
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+DEFAULT_SCHEMES = ("http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs")
+_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "TIFF": "tif", "BMP": "bmp"}
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """Limits, timeouts and safety settings of one fetcher (one per Spark task)."""
+
+    concurrency: int = 128
+    per_host: int = 16
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    total_timeout_s: float = 30.0
+    max_attempts: int = 3
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    max_retry_after_s: float = 60.0
+    max_redirects: int = 5
+    max_bytes: int = 20_000_000
+    max_pixels: int = 89_478_485
+    user_agent: str = "realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)"
+    user_agent_token: str = "realsyn"
+    opt_out_directives: tuple[str, ...] = ("noai", "noimageai")
+    allow_networks: tuple[str, ...] = ()
+    allowed_schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    file_roots: tuple[str, ...] = ()
+    verify_tls: bool = True
+    content_prefix: str | None = None
+    dns_threads: int = 32
+    io_threads: int = 8
+    decode_threads: int = 2
+
+
+@dataclass
+class FetchResult:
+    """The outcome of one URL: a final status, and the image when ``status == "ok"``."""
+
+    url: str
+    status: str
+    retryable: bool = False
+    http_status: int | None = None
+    error: str | None = None
+    attempts: int = 0
+    elapsed_ms: int = 0
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    image_id: str | None = None
+    content: bytes | None = None
+    content_path: str | None = None
+    n_bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+
+
+ARROW_SCHEMA = pa.schema(
+    [
+        ("url_id", pa.string()),
+        ("url", pa.string()),
+        ("status", pa.string()),
+        ("retryable", pa.bool_()),
+        ("http_status", pa.int32()),
+        ("error", pa.string()),
+        ("attempts", pa.int32()),
+        ("elapsed_ms", pa.int64()),
+        ("fetched_at", pa.timestamp("us", tz="UTC")),
+        ("image_id", pa.string()),
+        ("content", pa.binary()),
+        ("content_path", pa.string()),
+        ("n_bytes", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+    ]
+)
+
+
+def is_transient(status: str, http_status: int | None) -> bool:
+    """Whether a failure may succeed later: timeouts, connection errors, HTTP 429 and 5xx."""
+    if status in (TIMEOUT, CONNECTION_ERROR):
+        return True
+    return status == HTTP_ERROR and http_status is not None and (http_status == 429 or http_status >= 500)
+
+
+def content_id(data: bytes) -> str:
+    """Id of image bytes; equal to ``realsyn.ids.bytes_id`` (first 128 bits of SHA-256, hex)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+class BlockedAddressError(Exception):
+    """A host resolved only to refused addresses (or is a refused IP literal)."""
+
+
+def parse_networks(networks: Sequence[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parse allow-list entries ("127.0.0.0/8", "::1") into networks; raise ValueError on a bad entry."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def blocked_reason(address: str, allow: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> str | None:
+    """Why connecting to IP ``address`` is refused (None: allowed). The allow-list wins over every rule."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if any(ip in net for net in allow):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+        if any(ip in net for net in allow):
+            return None
+    for check in ("is_loopback", "is_link_local", "is_multicast", "is_unspecified", "is_reserved", "is_private"):
+        if getattr(ip, check):
+            return check[3:].replace("_", "-")
+    if not ip.is_global:
+        return "not-global"
+    return None
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def opted_out(x_robots_tags: Iterable[str], token: str, directives: Sequence[str]) -> bool:
+    """Whether X-Robots-Tag values forbid use, globally or for user agent ``token`` ("realsyn: noai")."""
+    wanted = {d.lower() for d in directives}
+    for value in x_robots_tags:
+        agent, sep, rest = value.partition(":")
+        scoped = bool(sep) and agent.strip().lower() not in wanted and " " not in agent.strip()
+        if scoped and agent.strip().lower() != token.lower():
+            continue
+        listed = rest if scoped else value
+        if any(d.strip().lower() in wanted for d in listed.split(",")):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What decoding a candidate image found."""
+
+    status: str
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+
+
+def validate_image(data: bytes, max_pixels: int) -> ImageCheck:
+    """Decode ``data`` with Pillow: refuse non-images, undecodable data and images over ``max_pixels``.
+
+    The pixel limit is checked from the header before decoding. Width and height are as displayed (after the
+    EXIF orientation). JPEG is decoded at reduced DCT scale, which still reads every byte of the image data.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            return ImageCheck(TOO_MANY_PIXELS, str(e))
+        except UnidentifiedImageError:
+            return ImageCheck(NOT_AN_IMAGE, "not a recognised image format")
+        except Exception as e:
+            return ImageCheck(DECODE_ERROR, f"{type(e).__name__}: {e}")
+        try:
+            width, height = img.size
+            fmt = img.format
+            if width <= 0 or height <= 0:
+                return ImageCheck(DECODE_ERROR, f"empty image {width}x{height}", format=fmt)
+            if width * height > max_pixels:
+                return ImageCheck(TOO_MANY_PIXELS, f"{width}x{height} pixels > {max_pixels}", width, height, fmt)
+            orientation = img.getexif().get(0x0112, 1)
+            if fmt == "JPEG":
+                img.draft(None, (max(1, width // 8), max(1, height // 8)))
+            img.load()
+        except Image.DecompressionBombError as e:
+            return ImageCheck(TOO_MANY_PIXELS, str(e))
+        except Exception as e:
+            return ImageCheck(DECODE_ERROR, f"{type(e).__name__}: {e}", format=fmt)
+        finally:
+            img.close()
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageCheck(OK, None, width, height, fmt)
+
+
+def store_content(prefix: str, image_id: str, fmt: str | None, data: bytes) -> str:
+    """Write image bytes to ``<prefix>/<id[:2]>/<id>.<ext>`` (local folder or fsspec URI); return the path.
+
+    The name is the content hash, so a rewrite after a retry writes the same bytes to the same place.
+    """
+    path = f"{prefix.rstrip('/')}/{image_id[:2]}/{image_id}.{_EXT.get(fmt or '', 'bin')}"
+    if "://" not in prefix:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+        return path
+    import fsspec
+
+    with fsspec.open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+class _Outcome(Exception):
+    """Ends one attempt with a status (raised from deep inside the HTTP code, caught by the attempt loop)."""
+
+    def __init__(
+        self,
+        status: str,
+        error: str | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+def _make_resolver(allow: tuple[Any, ...], executor: ThreadPoolExecutor) -> Any:
+    from aiohttp.abc import AbstractResolver, ResolveResult
+
+    class GuardedResolver(AbstractResolver):
+        """Threaded getaddrinfo with a per-fetcher cache that returns only allowed addresses."""
+
+        def __init__(self) -> None:
+            self._cache: dict[tuple[str, int, int], tuple[float, asyncio.Future[list[ResolveResult]]]] = {}
+
+        async def _lookup(self, host: str, port: int, family: int) -> list[ResolveResult]:
+            loop = asyncio.get_running_loop()
+            infos = await loop.run_in_executor(
+                executor, lambda: socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+            )
+            allowed: list[ResolveResult] = []
+            refused: list[str] = []
+            for fam, _, proto, _, sockaddr in infos:
+                address = str(sockaddr[0])
+                reason = blocked_reason(address, allow)
+                if reason is not None:
+                    refused.append(f"{address} ({reason})")
+                    continue
+                allowed.append(
+                    ResolveResult(
+                        hostname=host,
+                        host=address,
+                        port=int(sockaddr[1]),
+                        family=fam,
+                        proto=proto,
+                        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                    )
+                )
+            if not allowed:
+                raise BlockedAddressError(f"{host} resolves to refused address {', '.join(refused[:3])}")
+            return allowed
+
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            key = (host, port, int(family))
+            now = time.monotonic()
+            cached = self._cache.get(key)
+            if cached is None or now - cached[0] > 300.0:
+                cached = (now, asyncio.ensure_future(self._lookup(host, port, int(family))))
+                self._cache[key] = cached
+            try:
+                return await asyncio.shield(cached[1])
+            except socket.gaierror as e:
+                if e.errno == socket.EAI_AGAIN:  # a temporary failure is not cached
+                    self._cache.pop(key, None)
+                raise
+
+        async def close(self) -> None:
+            for _, fut in self._cache.values():
+                if not fut.done():
+                    fut.cancel()
+            self._cache.clear()
+
+    return GuardedResolver()
+
+
+class Fetcher:
+    """Fetches URLs concurrently inside one running event loop (use :func:`iter_fetch` from sync code)."""
+
+    def __init__(self, options: FetchOptions) -> None:
+        self.options = options
+        self._allow = parse_networks(options.allow_networks)
+        self._roots = tuple(os.path.realpath(r) for r in options.file_roots)
+        self._schemes = frozenset(s.lower() for s in options.allowed_schemes)
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._io = ThreadPoolExecutor(options.io_threads, thread_name_prefix="fetch-io")
+        self._dns = ThreadPoolExecutor(options.dns_threads, thread_name_prefix="fetch-dns")
+        self._decode = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="fetch-decode")
+        self._session: Any = None
+        self._slots: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> Fetcher:
+        import aiohttp
+
+        o = self.options
+        self._slots = asyncio.Semaphore(o.concurrency)
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            use_dns_cache=False,
+            resolver=_make_resolver(self._allow, self._dns),
+            ssl=o.verify_tls,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,  # a proxy would hide the real destination from the address check
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": o.user_agent, "Accept": "image/avif,image/webp,image/*,*/*;q=0.8"},
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=o.connect_timeout_s, sock_read=o.read_timeout_s),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+        for pool in (self._io, self._dns, self._decode):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def fetch(self, url: str) -> FetchResult:
+        """Fetch one URL to a final result; never raises (except on cancellation)."""
+        start = time.monotonic()
+        attempts = 0
+        o = self.options
+        while True:
+            attempts += 1
+            try:
+                result = await self._attempt(url)
+                break
+            except _Outcome as out:
+                wait = out.retry_after
+                if out.retryable and attempts < o.max_attempts and (wait is None or wait <= o.max_retry_after_s):
+                    if wait is None:
+                        wait = min(o.backoff_max_s, o.backoff_base_s * 2 ** (attempts - 1)) * random.uniform(0.5, 1)
+                    await asyncio.sleep(wait)
+                    continue
+                error = out.error
+                if wait is not None and wait > o.max_retry_after_s:
+                    error = f"{error}; Retry-After {wait:.0f} s is over max_retry_after_s={o.max_retry_after_s:g}"
+                result = FetchResult(url, out.status, out.retryable, out.http_status, error)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug or an unforeseen library error must not stop the batch
+                result = FetchResult(url, ERROR, False, None, f"{type(e).__name__}: {e}")
+                break
+        result.attempts = attempts
+        result.elapsed_ms = int((time.monotonic() - start) * 1000)
+        result.fetched_at = datetime.now(timezone.utc)
+        return result
+
+    async def _attempt(self, url: str) -> FetchResult:
+        if not isinstance(url, str) or not url.strip():
+            raise _Outcome(INVALID_URL, "empty URL")
+        url = url.strip()
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if len(scheme) == 1:  # a Windows drive letter, not a scheme
+            scheme = ""
+        kind = scheme or "file"
+        if kind not in self._schemes:
+            raise _Outcome(BLOCKED, f"scheme {kind!r} is not in fetch.allowed_schemes")
+        if scheme in ("http", "https"):
+            data, http_status = await self._get_http(url)
+        elif scheme == "data":
+            data, http_status = _read_data_uri(url, self.options.max_bytes), None
+        elif scheme in ("", "file"):
+            path = _local_path(url)
+            data, http_status = await self._in_thread(self._io, self._read_file, path), None
+        else:
+            data, http_status = await self._in_thread(self._io, _read_fsspec, url, self.options.max_bytes), None
+        return await self._in_thread(self._decode, self._accept, url, data, http_status)
+
+    async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def _accept(self, url: str, data: bytes, http_status: int | None) -> FetchResult:
+        check = validate_image(data, self.options.max_pixels)
+        if check.status != OK:
+            raise _Outcome(check.status, check.error, http_status)
+        image_id = content_id(data)
+        result = FetchResult(url, OK, False, http_status, None, image_id=image_id, n_bytes=len(data))
+        result.width, result.height, result.format = check.width, check.height, check.format
+        if self.options.content_prefix:
+            result.content_path = store_content(self.options.content_prefix, image_id, check.format, data)
+        else:
+            result.content = data
+        return result
+
+    def _read_file(self, path: str) -> bytes:
+        real = os.path.realpath(path)
+        if self._roots and not any(real == r or real.startswith(r.rstrip("/") + "/") for r in self._roots):
+            raise _Outcome(BLOCKED, f"{real} is outside fetch.file_roots")
+        try:
+            with open(real, "rb") as f:  # noqa: PTH123
+                size = os.fstat(f.fileno()).st_size
+                if size > self.options.max_bytes:
+                    raise _Outcome(TOO_LARGE, f"{size} bytes > max_bytes={self.options.max_bytes}")
+                return f.read(self.options.max_bytes + 1)
+        except FileNotFoundError as e:
+            raise _Outcome(NOT_FOUND, str(e)) from None
+        except OSError as e:
+            raise _Outcome(IO_ERROR, f"{type(e).__name__}: {e}") from None
+
+    def _host_slot(self, host: str) -> asyncio.Semaphore:
+        slot = self._host_slots.get(host)
+        if slot is None:
+            slot = self._host_slots[host] = asyncio.Semaphore(self.options.per_host)
+        return slot
+
+    def _check_hop(self, url: Any) -> None:
+        if url.scheme not in ("http", "https") or url.scheme not in self._schemes:
+            raise _Outcome(BLOCKED, f"redirect to scheme {url.scheme!r} refused")
+        host = url.raw_host
+        if not host:
+            raise _Outcome(INVALID_URL, "no host")
+        try:
+            reason = blocked_reason(host, self._allow)
+        except ValueError:
+            return  # a host name: checked on its resolved addresses by the resolver
+        if reason is not None:
+            raise _Outcome(BLOCKED, f"address {host} refused ({reason})")
+
+    async def _get_http(self, url: str) -> tuple[bytes, int]:
+        import aiohttp
+        from yarl import URL
+
+        o = self.options
+        assert self._slots is not None
+        try:
+            current = URL(url, encoded="%" in url)
+        except (ValueError, TypeError) as e:
+            raise _Outcome(INVALID_URL, f"{type(e).__name__}: {e}") from None
+        deadline: float | None = None
+        for _hop in range(o.max_redirects + 1):
+            self._check_hop(current)
+            async with self._host_slot(current.raw_host or ""), self._slots:
+                if deadline is None:
+                    deadline = time.monotonic() + o.total_timeout_s
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    async with _deadline(remaining):
+                        redirect, payload = await self._request(current)
+                except _Outcome:
+                    raise
+                except (TimeoutError, asyncio.TimeoutError):
+                    raise _Outcome(TIMEOUT, f"no complete answer within the timeouts ({url})", retryable=True) from None
+                except BlockedAddressError as e:
+                    raise _Outcome(BLOCKED, str(e)) from None
+                except aiohttp.ClientConnectorDNSError as e:
+                    cause = e.os_error
+                    temporary = isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_AGAIN
+                    raise _Outcome(DNS_ERROR, f"{current.host}: {cause}", retryable=temporary) from None
+                except aiohttp.InvalidURL as e:
+                    raise _Outcome(INVALID_URL, f"{type(e).__name__}: {e}") from None
+                except (aiohttp.ClientError, OSError) as e:
+                    raise _Outcome(CONNECTION_ERROR, f"{type(e).__name__}: {e}", retryable=True) from None
+                except ValueError as e:
+                    raise _Outcome(INVALID_URL, f"{type(e).__name__}: {e}") from None
+            if redirect is None:
+                assert payload is not None
+                return payload
+            current = redirect
+        raise _Outcome(TOO_MANY_REDIRECTS, f"more than max_redirects={o.max_redirects} redirects")
+
+    async def _request(self, url: Any) -> tuple[Any, tuple[bytes, int] | None]:
+        from yarl import URL
+
+        o = self.options
+        async with self._session.get(url, allow_redirects=False) as resp:
+            status = resp.status
+            if status in REDIRECT_CODES:
+                location = resp.headers.get("Location")
+                if not location:
+                    raise _Outcome(HTTP_ERROR, f"redirect {status} without Location", status)
+                return url.join(URL(location, encoded="%" in location)), None
+            if o.opt_out_directives and opted_out(
+                resp.headers.getall("X-Robots-Tag", []), o.user_agent_token, o.opt_out_directives
+            ):
+                raise _Outcome(OPTED_OUT, "X-Robots-Tag: " + "; ".join(resp.headers.getall("X-Robots-Tag")), status)
+            if not 200 <= status < 300:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+                transient = status == 429 or status >= 500
+                raise _Outcome(HTTP_ERROR, f"HTTP {status} {resp.reason or ''}".strip(), status, retry_after, transient)
+            length = resp.content_length
+            if length is not None and length > o.max_bytes:
+                raise _Outcome(TOO_LARGE, f"Content-Length {length} > max_bytes={o.max_bytes}", status)
+            body = bytearray()
+            async for chunk in resp.content.iter_any():
+                body += chunk
+                if len(body) > o.max_bytes:
+                    resp.close()
+                    raise _Outcome(TOO_LARGE, f"more than max_bytes={o.max_bytes} bytes streamed", status)
+            return None, (bytes(body), status)
+
+
+def _local_path(url: str) -> str:
+    if not url.lower().startswith("file:"):
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise _Outcome(BLOCKED, f"file URI on another host {parts.netloc!r} refused")
+    return urllib.request.url2pathname(parts.path)
+
+
+def _read_data_uri(url: str, max_bytes: int) -> bytes:
+    header, sep, payload = url[5:].partition(",")
+    if not sep:
+        raise _Outcome(INVALID_URL, "data URI without ','")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise _Outcome(TOO_LARGE, f"data URI of more than max_bytes={max_bytes} bytes")
+    if header.lower().endswith(";base64"):
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise _Outcome(INVALID_URL, f"bad base64 in data URI: {e}") from None
+    return urllib.parse.unquote_to_bytes(payload)
+
+
+def _read_fsspec(url: str, max_bytes: int) -> bytes:
+    if url.lower().startswith("dbfs:/") and os.path.isdir("/dbfs"):  # noqa: PTH112
+        url = "/dbfs/" + url[len("dbfs:") :].lstrip("/")  # the Databricks FUSE mount
+    try:
+        import fsspec
+
+        with fsspec.open(url, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError as e:
+        raise _Outcome(NOT_FOUND, str(e)) from None
+    except (ImportError, ValueError) as e:
+        raise _Outcome(IO_ERROR, f"cannot open {url!r}: {type(e).__name__}: {e}") from None
+    except Exception as e:
+        raise _Outcome(IO_ERROR, f"{type(e).__name__}: {e}", retryable=True) from None
+    if len(data) > max_bytes:
+        raise _Outcome(TOO_LARGE, f"more than max_bytes={max_bytes} bytes")
+    return data
+
+
+async def fetch_stream(
+    items: Iterable[tuple[K, str]], options: FetchOptions
+) -> AsyncGenerator[list[tuple[K, FetchResult]], None]:
+    """Fetch ``(key, url)`` pairs, keeping many in flight; yield lists of finished pairs as they complete.
+
+    The input is consumed lazily, so a long iterator (a Spark partition) streams through bounded memory.
+    """
+    source = iter(items)
+    max_tasks = 4 * options.concurrency
+    async with Fetcher(options) as fetcher:
+        keys: dict[asyncio.Future[FetchResult], K] = {}
+        finished: list[asyncio.Future[FetchResult]] = []
+        wake = asyncio.Event()
+
+        def on_done(task: asyncio.Future[FetchResult]) -> None:
+            finished.append(task)
+            wake.set()
+
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(keys) < max_tasks:
+                    try:
+                        key, url = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    task: asyncio.Future[FetchResult] = asyncio.ensure_future(fetcher.fetch(url))
+                    task.add_done_callback(on_done)
+                    keys[task] = key
+                if not keys:
+                    return
+                await wake.wait()
+                wake.clear()
+                done, finished[:] = list(finished), []
+                yield [(keys.pop(t), t.result()) for t in done]
+        finally:
+            for task in keys:
+                task.cancel()
+            await asyncio.gather(*keys, return_exceptions=True)
+
+
+def iter_fetch(items: Iterable[tuple[K, str]], options: FetchOptions) -> Iterator[tuple[K, FetchResult]]:
+    """Synchronous :func:`fetch_stream`: yields ``(key, result)`` in completion order.
+
+    The event loop runs in a thread of its own, so fetching goes on while the caller is busy with the results
+    (a Spark task writing them to the JVM); at most ``4 * concurrency`` finished results wait for the caller.
+    ``items`` is consumed in that thread.
+    """
+    finished: queue.Queue[list[tuple[K, FetchResult]] | BaseException | None] = queue.Queue()
+    room = threading.Semaphore(4 * options.concurrency)
+    stop = threading.Event()
+
+    async def produce() -> None:
+        stream = fetch_stream(items, options)
+        try:
+            async for chunk in stream:
+                for _ in chunk:
+                    while not room.acquire(blocking=False):
+                        if stop.is_set():
+                            return
+                        await asyncio.sleep(0.002)
+                finished.put(chunk)
+                if stop.is_set():
+                    return
+        finally:
+            await stream.aclose()
+
+    def run() -> None:
+        try:
+            asyncio.run(produce())
+            finished.put(None)
+        except BaseException as e:
+            finished.put(e)
+
+    thread = threading.Thread(target=run, name="fetch-loop", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = finished.get()
+            if got is None:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            for pair in got:
+                room.release()
+                yield pair
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fetch_batch(urls: Sequence[str], options: FetchOptions) -> list[FetchResult]:
+    """Fetch a batch of URLs; one result per URL, in input order."""
+    results: list[FetchResult | None] = [None] * len(urls)
+    for i, result in iter_fetch(enumerate(urls), options):
+        results[i] = result
+    return [r for r in results if r is not None]
+
+
+@dataclass
+class FetchProgress:
+    """Running counts of one fetch loop."""
+
+    ok: int = 0
+    failed: int = 0
+    bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def bytes_per_s(self) -> float:
+        """Image bytes accepted per second since the start."""
+        return self.bytes / max(1e-9, time.monotonic() - self.started)
+
+    def line(self) -> str:
+        """One log line: counts, volume and rate."""
+        return (
+            f"fetched {self.ok + self.failed:,}: ok {self.ok:,}, failed {self.failed:,}, "
+            f"{self.bytes / 1e6:,.1f} MB, {self.bytes_per_s / 1e6:,.2f} MB/s"
+        )
+
+
+def fetch_arrow(
+    batches: Iterable[pa.RecordBatch],
+    options: FetchOptions,
+    rows_per_batch: int = 256,
+    progress: Callable[[FetchProgress], None] | None = None,
+    progress_interval_s: float = 30.0,
+) -> Iterator[pa.RecordBatch]:
+    """Fetch the ``url`` of each input row (with its ``url_id``); yield batches of :data:`ARROW_SCHEMA`.
+
+    Output batches hold at most ``rows_per_batch`` rows or about 64 MB of content, in completion order.
+    ``progress`` is called every ``progress_interval_s`` seconds and once at the end.
+    """
+
+    # Read in this thread (the input stream of a Spark task belongs to it); URLs are small.
+    items: list[tuple[str, str]] = []
+    for batch in batches:
+        items += zip(batch.column("url_id").to_pylist(), batch.column("url").to_pylist(), strict=True)
+
+    state = FetchProgress()
+    last_report = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    size = 0
+    for url_id, r in iter_fetch(items, options):
+        if r.status == OK:
+            state.ok += 1
+            state.bytes += r.n_bytes or 0
+        else:
+            state.failed += 1
+        rows.append({"url_id": url_id, **r.__dict__})
+        size += len(r.content or b"")
+        if len(rows) >= rows_per_batch or size >= 64_000_000:
+            yield pa.RecordBatch.from_pylist(rows, schema=ARROW_SCHEMA)
+            rows, size = [], 0
+        if progress is not None and time.monotonic() - last_report >= progress_interval_s:
+            progress(state)
+            last_report = time.monotonic()
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=ARROW_SCHEMA)
+    if progress is not None:
+        progress(state)
