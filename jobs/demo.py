@@ -5,6 +5,7 @@ from __future__ import annotations
 from realsyn.cli import job_parser, parse
 from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.fetch import run_fetch_images
+from realsyn.images import run_extract_images
 from realsyn.ingest import run_ingest
 from realsyn.spark import get_spark
 from realsyn.tables import Lakehouse
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
     print(run_ingest(lakehouse, cfg))
     print(run_fetch_images(lakehouse, cfg))
+    print(run_extract_images(lakehouse, cfg))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,347 @@
+"""Image extraction (paper section 3.1): quality filter, exact, perceptual and semantic dedup -> silver.images.
+
+Input: ``bronze.fetched_images`` rows with ``status = 'ok'`` (one per URL) and ``bronze.image_refs`` (which
+documents use which URL). Steps, each writing what it drops to ``silver.image_rejects`` with one reason:
+
+1. quality (one row per URL): ``undecodable`` (Pillow cannot read the header), ``too_small`` (shorter side
+   < ``images.min_short_side``), ``aspect_ratio`` (long / short side > ``images.max_aspect_ratio``). Sizes are
+   read from the bytes, not trusted from the fetcher.
+2. exact dedup: URLs whose bytes are identical are one image (``image_id`` = hash of the bytes) that keeps every
+   URL and document; the extra URL rows are rejected as ``exact_duplicate`` (their references live on).
+3. perceptual dedup: 64-bit pHash; images whose hashes differ in at most ``max_distance`` bits are linked,
+   candidate pairs come from banding (:mod:`udfs.images`), groups are connected components
+   (:mod:`realsyn.components`). Images whose bytes decode only partially are rejected as ``undecodable``.
+4. semantic dedup (only where ``silver.image_embeddings`` holds the configured model): CLIP image cosine
+   within k-means clusters (:mod:`realsyn.semdedup`).
+
+Representative of a duplicate group (steps 3 and 4): the largest resolution (width * height), then the
+smallest ``image_id``. The representative takes over the URLs and documents of the whole group, and the other
+members are rejected as ``near_duplicate`` / ``semantic_duplicate`` with ``duplicate_of`` naming it.
+
+Rows in (fetched URLs) = rows of ``silver.images`` + rows of ``silver.image_rejects``; the per-step counts go
+to ``gold.funnel`` under stage ``images``. Both silver tables are replaced atomically on every run, so a rerun
+(or a retry after a crash) gives identical tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from realsyn.components import COMPONENT, REPRESENTATIVE, choose_representatives, connected_components
+from realsyn.config import Config, ImagePerceptualDedupConfig, ImagesConfig, ImageSemanticDedupConfig
+from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
+from realsyn.ids import bytes_id_col
+from realsyn.semdedup import SemDedupParams, semantic_dedup
+from realsyn.tables import (
+    BRONZE_FETCHED_IMAGES,
+    BRONZE_IMAGE_REFS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGE_REJECTS,
+    SILVER_IMAGES,
+    Lakehouse,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "images"
+PHASH = "phash"
+DUPLICATE_OF = "duplicate_of"
+STEP = "step"
+
+IMAGE_COLUMNS = ["image_id", "content", "width", "height", "format", "url_ids", "doc_ids"]
+REJECT_SCHEMA = T.StructType(
+    [
+        T.StructField(STEP, T.StringType(), False),
+        T.StructField(REASON, T.StringType(), False),
+        T.StructField("image_id", T.StringType(), True),
+        T.StructField("url_ids", T.ArrayType(T.StringType()), True),
+        T.StructField("doc_ids", T.ArrayType(T.StringType()), True),
+        T.StructField("width", T.IntegerType(), True),
+        T.StructField("height", T.IntegerType(), True),
+        T.StructField("format", T.StringType(), True),
+        T.StructField(DUPLICATE_OF, T.StringType(), True),
+    ]
+)
+
+
+_INFO_TYPE = T.StructType(
+    [
+        T.StructField("width", T.IntegerType()),
+        T.StructField("height", T.IntegerType()),
+        T.StructField("format", T.StringType()),
+    ]
+)
+
+
+@F.pandas_udf(_INFO_TYPE)  # type: ignore[call-overload]
+def _image_info(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    from udfs.images import image_info_batch
+
+    for contents in batches:
+        yield image_info_batch(contents)
+
+
+@F.pandas_udf(T.LongType())  # type: ignore[call-overload]
+def _phash(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+    from udfs.images import phash_batch
+
+    for contents in batches:
+        yield phash_batch(contents)
+
+
+def url_rows(fetched: DataFrame, refs: DataFrame) -> DataFrame:
+    """One row per successfully fetched URL with its bytes, size read from the bytes, and its documents.
+
+    Columns: url_id, image_id, content, width, height, format, doc_ids (sorted, distinct; empty when no
+    reference names the URL).
+    """
+    docs = refs.groupBy("url_id").agg(F.array_sort(F.collect_set("doc_id")).alias("doc_ids"))
+    ok = fetched.where(F.col("status") == "ok").select(
+        "url_id", F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"), "content"
+    )
+    info = _image_info(F.col("content"))
+    return (
+        ok.join(docs, "url_id", "left")
+        .withColumn("doc_ids", F.coalesce(F.col("doc_ids"), F.array().cast("array<string>")))
+        .withColumn("_info", info)
+        .select("url_id", "image_id", "content", "_info.width", "_info.height", "_info.format", "doc_ids")
+    )
+
+
+def quality_reason(cfg: ImagesConfig) -> Column:
+    """The first failed quality check of a row with width/height, or null to keep it."""
+    w, h = F.col("width"), F.col("height")
+    short, long = F.least(w, h), F.greatest(w, h)
+    return first_reason(
+        [
+            (w.isNull() | h.isNull(), "undecodable"),
+            (short < cfg.min_short_side, "too_small"),
+            (long > short * F.lit(cfg.max_aspect_ratio), "aspect_ratio"),
+        ]
+    )
+
+
+def exact_dedup(urls: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(images, rejects): one image per content hash with all its URLs and documents; extra URL rows rejected.
+
+    The URL row with the smallest url_id stands for the image; the others are ``exact_duplicate`` rejects.
+    """
+    groups = urls.groupBy("image_id").agg(
+        F.array_sort(F.collect_set("url_id")).alias("url_ids"),
+        F.array_sort(F.array_distinct(F.flatten(F.collect_list("doc_ids")))).alias("all_doc_ids"),
+        F.min("url_id").alias("_first_url"),
+    )
+    joined = urls.join(groups, "image_id")
+    images = joined.where(F.col("url_id") == F.col("_first_url")).select(
+        "image_id", "content", "width", "height", "format", "url_ids", F.col("all_doc_ids").alias("doc_ids")
+    )
+    rejects = joined.where(F.col("url_id") != F.col("_first_url")).select(
+        F.lit("exact_dedup").alias(STEP),
+        F.lit("exact_duplicate").alias(REASON),
+        "image_id",
+        F.array("url_id").alias("url_ids"),
+        "doc_ids",
+        "width",
+        "height",
+        "format",
+        F.col("image_id").alias(DUPLICATE_OF),
+    )
+    return images, rejects
+
+
+def phash_pairs(hashes: DataFrame, cfg: ImagePerceptualDedupConfig) -> DataFrame:
+    """Pairs ``(src, dst)`` of distinct hashes (src < dst) within ``cfg.max_distance`` bits, found by banding.
+
+    ``hashes`` has one column ``phash`` (long, distinct). Every hash emits its band keys; hashes sharing a key
+    are compared exactly; pairs of hashes that share no key are never compared.
+    """
+    n_bands, t = cfg.bands, cfg.max_distance
+
+    @F.pandas_udf(T.ArrayType(T.LongType()))  # type: ignore[call-overload]
+    def keys(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        from udfs.images import band_keys_batch
+
+        for h in batches:
+            yield band_keys_batch(h, n_bands, t)
+
+    buckets = (
+        hashes.select(PHASH, F.explode(keys(F.col(PHASH))).alias("key"))
+        .groupBy("key")
+        .agg(F.array_sort(F.collect_set(PHASH)).alias("members"))
+        .where(F.size("members") > 1)
+    )
+    pairs = F.expr(
+        "flatten(transform(members, (a, i) -> transform("
+        f"filter(slice(members, i + 2, size(members)), b -> bit_count(a ^ b) <= {int(t)}), "
+        "b -> named_struct('src', a, 'dst', b))))"
+    )
+    return buckets.select(F.explode(pairs).alias("p")).select("p.src", "p.dst").distinct()
+
+
+def _merge_groups(df: DataFrame, step: str, reason: str) -> tuple[DataFrame, DataFrame]:
+    """Representatives with the URLs and documents of their whole group, and the other members as rejects.
+
+    ``df`` has the image columns plus ``component`` and ``representative``.
+    """
+    refs = df.groupBy(COMPONENT).agg(
+        F.array_sort(F.array_distinct(F.flatten(F.collect_list("url_ids")))).alias("_url_ids"),
+        F.array_sort(F.array_distinct(F.flatten(F.collect_list("doc_ids")))).alias("_doc_ids"),
+    )
+    is_rep = F.col("image_id") == F.col(REPRESENTATIVE)
+    kept = (
+        df.where(is_rep)
+        .join(refs, COMPONENT)
+        .select(*[c for c in IMAGE_COLUMNS if c not in ("url_ids", "doc_ids")], "_url_ids", "_doc_ids")
+        .withColumnRenamed("_url_ids", "url_ids")
+        .withColumnRenamed("_doc_ids", "doc_ids")
+    )
+    rejects = df.where(~is_rep).select(
+        F.lit(step).alias(STEP),
+        F.lit(reason).alias(REASON),
+        "image_id",
+        "url_ids",
+        "doc_ids",
+        "width",
+        "height",
+        "format",
+        F.col(REPRESENTATIVE).alias(DUPLICATE_OF),
+    )
+    return kept.select(*IMAGE_COLUMNS), rejects
+
+
+def _by_resolution() -> list[Column]:
+    return [F.desc(F.col("width").cast("long") * F.col("height").cast("long"))]
+
+
+def perceptual_dedup(images: DataFrame, cfg: ImagePerceptualDedupConfig) -> tuple[DataFrame, DataFrame]:
+    """(kept, rejects): one representative per group of perceptual near-duplicates.
+
+    Images that cannot be fully decoded for hashing are rejected as ``undecodable``. Identical hashes are
+    collapsed before the search, so many copies of one picture cost one vertex, not a quadratic clique.
+    """
+    hashed = images.withColumn(PHASH, _phash(F.col("content")))
+    hashed = hashed.withColumn(REASON, F.when(F.col(PHASH).isNull(), F.lit("undecodable")))
+    ok, broken = split(hashed)
+    broken_rejects = broken.select(
+        F.lit("perceptual_dedup").alias(STEP),
+        REASON,
+        "image_id",
+        "url_ids",
+        "doc_ids",
+        "width",
+        "height",
+        "format",
+        F.lit(None).cast("string").alias(DUPLICATE_OF),
+    )
+    hashes = ok.select(PHASH).distinct()
+    pairs = phash_pairs(hashes, cfg)
+    labels = connected_components(pairs, "src", "dst", vertices=hashes)
+    grouped = ok.join(labels.withColumnRenamed("id", PHASH), PHASH).drop(PHASH)
+    grouped = choose_representatives(grouped, COMPONENT, "image_id", _by_resolution())
+    kept, dup_rejects = _merge_groups(grouped, "perceptual_dedup", "near_duplicate")
+    return kept, broken_rejects.unionByName(dup_rejects)
+
+
+def semantic_image_dedup(
+    images: DataFrame, embeddings: DataFrame, cfg: ImageSemanticDedupConfig
+) -> tuple[DataFrame, DataFrame]:
+    """(kept, rejects): one representative per group of semantic duplicates among images with an embedding.
+
+    ``embeddings`` has image_id and embedding of one model; images without one are kept unchanged.
+    """
+    with_emb = images.join(embeddings.select("image_id", "embedding"), "image_id")
+    without = images.join(embeddings.select("image_id"), "image_id", "left_anti")
+    params = SemDedupParams(
+        threshold=cfg.min_cosine,
+        items_per_cluster=cfg.items_per_cluster,
+        clusters_per_item=cfg.clusters_per_item,
+        seed=cfg.seed,
+    )
+    grouped = semantic_dedup(with_emb, "image_id", "embedding", _by_resolution(), params).drop("embedding")
+    kept, rejects = _merge_groups(grouped, "semantic_dedup", "semantic_duplicate")
+    return kept.unionByName(without.select(*IMAGE_COLUMNS)), rejects
+
+
+def _embeddings_of(lakehouse: Lakehouse, cfg: ImageSemanticDedupConfig) -> DataFrame | None:
+    """The image embeddings of the configured model, or None when the step cannot run."""
+    if not cfg.enabled or not lakehouse.exists(SILVER_IMAGE_EMBEDDINGS):
+        return None
+    table = lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
+    model_id = cfg.model_id
+    if model_id is None:
+        models = [r[0] for r in table.select("model_id").distinct().limit(2).collect()]
+        if len(models) != 1:
+            log.warning("semantic image dedup skipped: set images.semantic_dedup.model_id (models: %s)", models)
+            return None
+        model_id = models[0]
+    return table.where(F.col("model_id") == model_id)
+
+
+@dataclass(frozen=True)
+class ImagesSummary:
+    """Counts of one run of the image extraction stage."""
+
+    steps: list[FunnelStep]
+
+    @property
+    def kept(self) -> int:
+        """Images written to silver.images."""
+        return self.steps[-1].rows_out
+
+
+def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
+    """Read the fetched images and their references, write silver.images, silver.image_rejects and the funnel."""
+    icfg = cfg.images
+    for name in (BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS):
+        if not lakehouse.exists(name):
+            raise RuntimeError(f"{name} does not exist: run the stage that writes it first")
+    urls = url_rows(lakehouse.read(BRONZE_FETCHED_IMAGES), lakehouse.read(BRONZE_IMAGE_REFS))
+    urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)
+    passed, bad = split(urls)
+    quality_rejects = bad.select(
+        F.lit("quality").alias(STEP),
+        REASON,
+        "image_id",
+        F.array("url_id").alias("url_ids"),
+        "doc_ids",
+        "width",
+        "height",
+        "format",
+        F.lit(None).cast("string").alias(DUPLICATE_OF),
+    )
+    images, exact_rejects = exact_dedup(passed)
+    images = images.localCheckpoint(eager=True)
+    n_passed = passed.count()
+    steps = [FunnelStep("quality", urls.count(), n_passed), FunnelStep("exact_dedup", n_passed, images.count())]
+    rejects = [quality_rejects, exact_rejects]
+
+    if icfg.perceptual_dedup.enabled:
+        kept, rej = perceptual_dedup(images, icfg.perceptual_dedup)
+        kept = kept.localCheckpoint(eager=True)
+        steps.append(FunnelStep("perceptual_dedup", images.count(), kept.count()))
+        images, rejects = kept, [*rejects, rej]
+
+    embeddings = _embeddings_of(lakehouse, icfg.semantic_dedup)
+    if embeddings is not None:
+        kept, rej = semantic_image_dedup(images, embeddings, icfg.semantic_dedup)
+        kept = kept.localCheckpoint(eager=True)
+        steps.append(FunnelStep("semantic_dedup", images.count(), kept.count()))
+        images, rejects = kept, [*rejects, rej]
+
+    all_rejects = rejects[0]
+    for r in rejects[1:]:
+        all_rejects = all_rejects.unionByName(r)
+    lakehouse.overwrite(SILVER_IMAGES, images.select(*IMAGE_COLUMNS))
+    lakehouse.overwrite(
+        SILVER_IMAGE_REJECTS, all_rejects.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in REJECT_SCHEMA])
+    )
+    write_funnel(lakehouse, STAGE, steps)
+    print(format_funnel(steps, "image extraction"))
+    return ImagesSummary(steps)

@@ -1,0 +1,156 @@
+"""Semantic near-duplicates: embedding cosine above a threshold, searched only within k-means clusters.
+
+This is the search of NeMo Curator's SemDeDup (Abbas et al. 2023): spherical k-means splits the embeddings
+into clusters, and pairs are compared exactly (one matrix product per cluster) only inside a cluster, so the
+work is about n * (cluster size) instead of n^2. Where SemDeDup then keeps the item farthest from the
+centroid, here every pair with cosine >= ``threshold`` is an edge, the edges are grouped by connected
+components (:mod:`realsyn.components`, union-find semantics) and the caller's ranking picks one
+representative per group, the same rule as every other near-duplicate step of realsyn.
+
+Generic over any DataFrame with an id column and an L2-normalised ``array<float>`` embedding column (images or
+sentences). Centroids are trained on the driver from a deterministic sample (the rows with the smallest hash
+of their id), which is the only data the driver holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from realsyn.components import group_duplicates
+from udfs.kmeans import as_matrix, l2_normalize, spherical_kmeans, top_p
+
+CLUSTER = "cluster"
+# faiss trains on at most this many points per centroid anyway; more would only cost driver memory.
+_POINTS_PER_CENTROID = 256
+SIMILARITY = "similarity"
+
+
+@dataclass(frozen=True)
+class SemDedupParams:
+    """Knobs of the semantic near-duplicate search.
+
+    ``threshold``: cosine at or above which two items are duplicates. ``items_per_cluster``: the number of
+    k-means clusters is ceil(n / items_per_cluster) (SemDeDup uses ~50k clusters for LAION-440M, ~9k per
+    cluster). ``clusters_per_item``: each item is searched in its nearest this-many clusters (1 as in SemDeDup;
+    2 also finds pairs that straddle a cluster border, at twice the work). ``max_train_points``: size of the
+    deterministic sample the centroids are trained on. ``niter``, ``seed``: faiss k-means settings.
+    """
+
+    threshold: float = 0.95
+    items_per_cluster: int = 1_000
+    clusters_per_item: int = 1
+    max_train_points: int = 200_000
+    niter: int = 20
+    seed: int = 0
+
+
+def similar_pairs(
+    ids: Sequence[str], vectors: npt.NDArray[np.float32], threshold: float, chunk_size: int = 2_048
+) -> tuple[list[str], list[str], list[float]]:
+    """All pairs (i < j by id) whose cosine is >= ``threshold``: (src ids, dst ids, similarities).
+
+    ``vectors`` are rows of unit length (renormalised here). Work is one matrix product per chunk of
+    ``chunk_size`` rows, so memory stays at ``chunk_size * len(ids)`` floats. ``src < dst`` always holds.
+    """
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    sorted_ids = [ids[i] for i in order]
+    x = l2_normalize(vectors[order]) if len(order) else vectors
+    src: list[str] = []
+    dst: list[str] = []
+    sim: list[float] = []
+    for start in range(0, x.shape[0], chunk_size):
+        block = x[start : start + chunk_size] @ x.T
+        rows, cols = np.nonzero(block >= np.float32(threshold))
+        rows = rows + start
+        keep = cols > rows
+        for r, c in zip(rows[keep], cols[keep], strict=True):
+            src.append(sorted_ids[r])
+            dst.append(sorted_ids[c])
+            sim.append(float(block[r - start, c]))
+    return src, dst, sim
+
+
+def train_centroids(df: DataFrame, id_col: str, embedding_col: str, params: SemDedupParams) -> np.ndarray:
+    """Spherical k-means centroids for ``df``: k = ceil(n / items_per_cluster), trained on a deterministic sample.
+
+    The sample is the ``min(max_train_points, 256 * k)`` rows with the smallest xxhash64 of their id (ties by
+    id), so it does not depend on partitioning; only that sample reaches the driver.
+    """
+    n = df.count()
+    k = max(1, math.ceil(n / params.items_per_cluster))
+    sample = (
+        df.select(id_col, embedding_col)
+        .orderBy(F.xxhash64(F.col(id_col)), F.col(id_col))
+        .limit(min(params.max_train_points, _POINTS_PER_CENTROID * k))
+        .collect()
+    )
+    x = l2_normalize(as_matrix([r[embedding_col] for r in sample]))
+    return spherical_kmeans(x, k, niter=params.niter, seed=params.seed, max_points_per_centroid=_POINTS_PER_CENTROID)
+
+
+def assign_clusters(df: DataFrame, embedding_col: str, centroids: np.ndarray, clusters_per_item: int = 1) -> DataFrame:
+    """Add ``cluster`` (int): the nearest centroid by cosine; with ``clusters_per_item`` > 1, one row per cluster."""
+    spark = df.sparkSession
+    shared = spark.sparkContext.broadcast(np.ascontiguousarray(centroids, dtype=np.float32))
+    p = clusters_per_item
+
+    @F.pandas_udf(T.ArrayType(T.IntegerType()))  # type: ignore[call-overload]
+    def nearest(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        c = shared.value
+        for emb in batches:
+            x = l2_normalize(as_matrix(emb, dim=c.shape[1]))
+            idx, _ = top_p(x, c, p)
+            yield pd.Series([row.astype(np.int32).tolist() for row in idx])
+
+    return df.withColumn(CLUSTER, F.explode(nearest(F.col(embedding_col))))
+
+
+def duplicate_pairs(df: DataFrame, id_col: str, embedding_col: str, params: SemDedupParams) -> DataFrame:
+    """Pairs ``(src, dst, similarity)`` with cosine >= ``params.threshold`` inside the same k-means cluster.
+
+    ``src < dst``; a pair found in several clusters appears once (with its one similarity).
+    """
+    centroids = train_centroids(df, id_col, embedding_col, params)
+    clustered = assign_clusters(df.select(id_col, embedding_col), embedding_col, centroids, params.clusters_per_item)
+    threshold = params.threshold
+    schema = T.StructType(
+        [
+            T.StructField("src", T.StringType(), False),
+            T.StructField("dst", T.StringType(), False),
+            T.StructField(SIMILARITY, T.DoubleType(), False),
+        ]
+    )
+
+    def per_cluster(group: pd.DataFrame) -> pd.DataFrame:
+        ids = [str(i) for i in group[id_col]]
+        src, dst, sim = similar_pairs(ids, as_matrix(group[embedding_col]), threshold)
+        return pd.DataFrame({"src": src, "dst": dst, SIMILARITY: sim})
+
+    pairs = clustered.groupBy(CLUSTER).applyInPandas(per_cluster, schema)
+    return pairs.groupBy("src", "dst").agg(F.max(SIMILARITY).alias(SIMILARITY))
+
+
+def semantic_dedup(
+    df: DataFrame,
+    id_col: str,
+    embedding_col: str,
+    order_by: Sequence[Column],
+    params: SemDedupParams,
+) -> DataFrame:
+    """Group semantic near-duplicates of ``df`` and choose one representative per group.
+
+    Returns ``df`` with ``component`` (smallest id of the group) and ``representative`` (first by ``order_by``,
+    then smallest id; see :func:`realsyn.components.choose_representatives`). Rows whose id equals their
+    representative are the ones to keep. ``df`` must be unique on ``id_col``; ids are compared as strings.
+    """
+    pairs = duplicate_pairs(df, id_col, embedding_col, params)
+    return group_duplicates(df, pairs, id_col, order_by)

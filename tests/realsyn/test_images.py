@@ -1,0 +1,221 @@
+"""Image extraction stage on known inputs built from real photographs (scikit-image, scikit-learn)."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageEnhance
+from pyspark.sql import SparkSession
+from skimage import data
+from sklearn.datasets import load_sample_image
+
+from realsyn.config import Config
+from realsyn.ids import bytes_id, stable_id
+from realsyn.images import run_extract_images
+from realsyn.tables import (
+    BRONZE_FETCHED_IMAGES,
+    BRONZE_IMAGE_REFS,
+    FUNNEL,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGE_REJECTS,
+    SILVER_IMAGES,
+    Lakehouse,
+)
+
+
+def _photo(name: str) -> Image.Image:
+    if name in ("china", "flower"):
+        return Image.fromarray(load_sample_image(f"{name}.jpg"))
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+def _encode(im: Image.Image, fmt: str = "PNG", **kw: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _crop(im: Image.Image, frac: float) -> Image.Image:
+    w, h = im.size
+    dx, dy = int(w * frac), int(h * frac)
+    return im.crop((dx, dy, w - dx, h - dy))
+
+
+def _inputs() -> dict[str, bytes]:
+    """URL name -> image bytes: originals, edited copies, exact copies, and images that must be filtered."""
+    ast, cof, che, roc, chi, flo = (_photo(n) for n in ["astronaut", "coffee", "chelsea", "rocket", "china", "flower"])
+    rocket = _encode(roc, "JPEG", quality=85)
+    coffee_jpeg = _encode(cof, "JPEG", quality=90)
+    return {
+        "astronaut": _encode(ast),  # 512 x 512
+        "astronaut-small-jpeg": _encode(ast.resize((256, 256)), "JPEG", quality=40),
+        "coffee": _encode(cof),  # 600 x 400
+        "coffee-crop-recolour": _encode(ImageEnhance.Color(_crop(cof, 0.02)).enhance(0.85)),  # 576 x 384
+        "chelsea": _encode(che.resize((300, 200))),
+        "chelsea-bright": _encode(ImageEnhance.Brightness(che).enhance(1.1), "JPEG", quality=70),  # 451 x 300
+        "rocket-1": rocket,
+        "rocket-2": rocket,
+        "rocket-3": rocket,
+        "china": _encode(chi, "JPEG", quality=90),
+        "flower": _encode(flo, "JPEG", quality=90),
+        "tiny-astronaut": _encode(ast.resize((90, 90))),
+        "flower-strip": _encode(flo.crop((0, 0, 640, 150))),  # 640 / 150 > 3
+        "html": b"<html>404</html>",
+        "coffee-truncated": coffee_jpeg[: len(coffee_jpeg) // 2],
+    }
+
+
+def _write_bronze(spark: SparkSession, lakehouse: Lakehouse, contents: dict[str, bytes]) -> dict[str, str]:
+    url_ids = {name: stable_id(f"https://example.org/{name}") for name in contents}
+    fetched = [
+        (url_ids[n], f"https://example.org/{n}", "ok", bytes_id(c), c, None, None, None) for n, c in contents.items()
+    ]
+    fetched.append(
+        (stable_id("https://example.org/gone"), "https://example.org/gone", "http_error", None, None, None, None, None)
+    )
+    lakehouse.overwrite(
+        BRONZE_FETCHED_IMAGES,
+        spark.createDataFrame(
+            fetched,
+            "url_id string, url string, status string, image_id string, content binary, width int, height int, "
+            "format string",
+        ),
+    )
+    # Document i uses the i-th URL; d-all uses every rocket copy and the astronaut.
+    refs = [(f"d{i:02d}", 0, f"https://example.org/{n}", url_ids[n]) for i, n in enumerate(contents)]
+    refs += [
+        ("d-all", j, f"https://example.org/{n}", url_ids[n])
+        for j, n in enumerate([n for n in ["rocket-2", "rocket-3", "astronaut"] if n in contents])
+    ]
+    lakehouse.overwrite(
+        BRONZE_IMAGE_REFS, spark.createDataFrame(refs, "doc_id string, position int, url string, url_id string")
+    )
+    return url_ids
+
+
+def test_extract_images_end_to_end(spark: SparkSession, lakehouse: Lakehouse) -> None:
+    contents = _inputs()
+    names = list(contents)
+    url_ids = _write_bronze(spark, lakehouse, contents)
+    doc = {n: f"d{i:02d}" for i, n in enumerate(names)}
+    cfg = Config(storage=lakehouse.storage)
+
+    summary = run_extract_images(lakehouse, cfg)
+
+    def urls(*ns: str) -> list[str]:
+        return sorted(url_ids[n] for n in ns)
+
+    expected_images = {
+        # representative (largest resolution) -> (size, url names of the group, documents)
+        "astronaut": (
+            (512, 512, "png"),
+            ["astronaut", "astronaut-small-jpeg"],
+            [doc["astronaut"], doc["astronaut-small-jpeg"], "d-all"],
+        ),
+        "coffee": ((600, 400, "png"), ["coffee", "coffee-crop-recolour"], [doc["coffee"], doc["coffee-crop-recolour"]]),
+        "chelsea-bright": ((451, 300, "jpeg"), ["chelsea", "chelsea-bright"], [doc["chelsea"], doc["chelsea-bright"]]),
+        "rocket-1": (
+            (640, 427, "jpeg"),
+            ["rocket-1", "rocket-2", "rocket-3"],
+            [doc["rocket-1"], doc["rocket-2"], doc["rocket-3"], "d-all"],
+        ),
+        "china": ((640, 427, "jpeg"), ["china"], [doc["china"]]),
+        "flower": ((640, 427, "jpeg"), ["flower"], [doc["flower"]]),
+    }
+    got = {
+        r["image_id"]: (r["width"], r["height"], r["format"], r["url_ids"], r["doc_ids"], bytes(r["content"]))
+        for r in lakehouse.read(SILVER_IMAGES).collect()
+    }
+    assert got == {
+        bytes_id(contents[rep]): (*size, urls(*group), sorted(docs), contents[rep])
+        for rep, (size, group, docs) in expected_images.items()
+    }
+
+    rejects = sorted(
+        (r["step"], r["reject_reason"], r["image_id"], tuple(r["url_ids"]), r["duplicate_of"])
+        for r in lakehouse.read(SILVER_IMAGE_REJECTS).collect()
+    )
+    rid = {n: bytes_id(c) for n, c in contents.items()}
+    assert rejects == sorted(
+        [
+            ("quality", "too_small", rid["tiny-astronaut"], (url_ids["tiny-astronaut"],), None),
+            ("quality", "aspect_ratio", rid["flower-strip"], (url_ids["flower-strip"],), None),
+            ("quality", "undecodable", rid["html"], (url_ids["html"],), None),
+            # The copy with the larger url_id is the rejected row; both URLs live on in the kept image.
+            *[
+                ("exact_dedup", "exact_duplicate", rid["rocket-1"], (u,), rid["rocket-1"])
+                for u in urls("rocket-1", "rocket-2", "rocket-3")[1:]
+            ],
+            ("perceptual_dedup", "undecodable", rid["coffee-truncated"], (url_ids["coffee-truncated"],), None),
+            (
+                "perceptual_dedup",
+                "near_duplicate",
+                rid["astronaut-small-jpeg"],
+                (url_ids["astronaut-small-jpeg"],),
+                rid["astronaut"],
+            ),
+            (
+                "perceptual_dedup",
+                "near_duplicate",
+                rid["coffee-crop-recolour"],
+                (url_ids["coffee-crop-recolour"],),
+                rid["coffee"],
+            ),
+            ("perceptual_dedup", "near_duplicate", rid["chelsea"], (url_ids["chelsea"],), rid["chelsea-bright"]),
+        ]
+    )
+
+    funnel = [
+        (r["step"], r["rows_in"], r["rows_out"], r["rows_rejected"])
+        for r in lakehouse.read(FUNNEL).where("stage = 'images'").orderBy("step_index").collect()
+    ]
+    assert funnel == [("quality", 15, 12, 3), ("exact_dedup", 12, 10, 2), ("perceptual_dedup", 10, 6, 4)]
+    assert summary.kept == 6
+
+    # A rerun replaces the tables with identical content.
+    before_images = lakehouse.read(SILVER_IMAGES).collect()
+    before_rejects = lakehouse.read(SILVER_IMAGE_REJECTS).collect()
+    run_extract_images(lakehouse, cfg)
+    assert sorted(lakehouse.read(SILVER_IMAGES).collect()) == sorted(before_images)
+    assert sorted(lakehouse.read(SILVER_IMAGE_REJECTS).collect()) == sorted(before_rejects)
+
+
+def test_semantic_dedup_uses_image_embeddings_when_present(spark: SparkSession, lakehouse: Lakehouse) -> None:
+    contents = {n: _encode(_photo(n), "JPEG", quality=90) for n in ["astronaut", "coffee", "china", "flower"]}
+    url_ids = _write_bronze(spark, lakehouse, contents)
+    iid = {n: bytes_id(c) for n, c in contents.items()}
+    # Planted vectors: astronaut and china nearly the same direction (cosine ~0.9999), the others orthogonal;
+    # flower has no embedding and passes through. Another model's vectors must be ignored.
+    emb = [
+        (iid["astronaut"], "m", [1.0, 0.0, 0.0]),
+        (iid["china"], "m", [0.99995, 0.01, 0.0]),
+        (iid["coffee"], "m", [0.0, 0.0, 1.0]),
+        (iid["coffee"], "other", [1.0, 0.0, 0.0]),
+    ]
+    lakehouse.overwrite(
+        SILVER_IMAGE_EMBEDDINGS, spark.createDataFrame(emb, "image_id string, model_id string, embedding array<float>")
+    )
+    cfg = Config.model_validate(
+        {
+            "storage": {"root": lakehouse.storage.root},
+            "images": {"perceptual_dedup": {"enabled": False}, "semantic_dedup": {"model_id": "m"}},
+        }
+    )
+    run_extract_images(lakehouse, cfg)
+    got = {r["image_id"]: (r["url_ids"], r["doc_ids"]) for r in lakehouse.read(SILVER_IMAGES).collect()}
+    # china (640 x 427) outranks astronaut (512 x 512) by resolution and takes over its URL and documents.
+    assert got == {
+        iid["china"]: (sorted([url_ids["astronaut"], url_ids["china"]]), ["d-all", "d00", "d02"]),
+        iid["coffee"]: ([url_ids["coffee"]], ["d01"]),
+        iid["flower"]: ([url_ids["flower"]], ["d03"]),
+    }
+    rejects = [
+        (r["step"], r["reject_reason"], r["image_id"], r["duplicate_of"])
+        for r in lakehouse.read(SILVER_IMAGE_REJECTS).collect()
+    ]
+    assert rejects == [("semantic_dedup", "semantic_duplicate", iid["astronaut"], iid["china"])]
+    funnel = [
+        (r["step"], r["rows_in"], r["rows_out"])
+        for r in lakehouse.read(FUNNEL).where("stage = 'images'").orderBy("step_index").collect()
+    ]
+    assert funnel == [("quality", 4, 4), ("exact_dedup", 4, 4), ("semantic_dedup", 4, 3)]
