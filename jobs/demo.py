@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from realsyn.cli import job_parser, parse
 from realsyn.demo_corpus import generate, with_demo_inputs
+from realsyn.embed import run_embed
 from realsyn.fetch import run_fetch_images
 from realsyn.images import run_extract_images
 from realsyn.sentences import run_extract_sentences
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     print(run_fetch_images(lakehouse, cfg))
     print(run_extract_images(lakehouse, cfg))
     print(run_extract_sentences(lakehouse, cfg))
+    print(run_embed(lakehouse, cfg))
 
 
 if __name__ == "__main__":

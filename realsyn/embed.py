@@ -1,0 +1,300 @@
+"""Embed stage: CLIP vectors of images and sentences, computed once per (id, model) in iterator UDFs.
+
+Reads ``silver.images`` (image_id, content) and ``silver.sentences`` (sentence_id, text), embeds only the ids
+that have neither a vector nor a reject for the configured model yet, and MERGEs the results into
+``silver.image_embeddings`` / ``silver.sentence_embeddings`` (key: id + model_id; L2-normalised float32
+arrays) and the reject tables ``silver.image_embedding_rejects`` / ``silver.sentence_embedding_rejects``
+(one reason each). Undecodable or hostile bytes never fail a task.
+
+Each Python worker loads the model once (udfs/clip.py) on the GPU Spark assigned to the task
+(``TaskContext.resources()["gpu"]``), or on the CPU with as many threads as the task has cores. Decoding runs
+on CPU threads ahead of the model; batch sizes and Arrow batch sizes come from the ``embed`` config section.
+With the tiny random-weight models of tests and the demo the vectors are meaningless as embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from pyspark import StorageLevel, TaskContext
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from realsyn.config import Config, ConfigError, EmbedConfig
+from realsyn.funnel import REASON, FunnelStep, write_funnel
+from realsyn.tables import (
+    SILVER_IMAGE_EMBEDDING_REJECTS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_SENTENCE_EMBEDDING_REJECTS,
+    SILVER_SENTENCE_EMBEDDINGS,
+    Lakehouse,
+)
+from udfs.clip import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
+
+log = logging.getLogger(__name__)
+
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def embedding_schema(key: str) -> T.StructType:
+    """Schema of an embedding table keyed by ``key`` and model_id."""
+    return T.StructType(
+        [
+            T.StructField(key, T.StringType(), False),
+            T.StructField("model_id", T.StringType(), False),
+            T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
+        ]
+    )
+
+
+def reject_schema(key: str) -> T.StructType:
+    """Schema of an embedding reject table: the id, the model, one reason and a short detail."""
+    return T.StructType(
+        [
+            T.StructField(key, T.StringType(), False),
+            T.StructField("model_id", T.StringType(), False),
+            T.StructField(REASON, T.StringType(), False),
+            T.StructField("detail", T.StringType(), True),
+        ]
+    )
+
+
+def _result_schema(key: str) -> T.StructType:
+    """What the UDF yields: a vector or a reason per id (exactly one of the two is set)."""
+    return T.StructType(
+        [
+            T.StructField(key, T.StringType(), False),
+            T.StructField("model_id", T.StringType(), False),
+            T.StructField("embedding", T.ArrayType(T.FloatType(), False), True),
+            T.StructField(REASON, T.StringType(), True),
+            T.StructField("detail", T.StringType(), True),
+        ]
+    )
+
+
+def resolve_model(cfg: EmbedConfig) -> ModelSpec:
+    """The registry entry named by ``embed.model``.
+
+    Raises ConfigError naming the key and file when the entry is absent, and ModelNotAvailable naming the path
+    when a checkpoint file or model directory it points to does not exist.
+    """
+    path = Path(cfg.registry)
+    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+        path = PROJECT_ROOT / path
+    try:
+        spec = get_spec(load_registry(path), cfg.model, str(path))
+    except RegistryError as e:
+        raise ConfigError(f"embed.model / embed.registry: {e}") from None
+    check_local_files(spec)
+    return spec
+
+
+def _task_device(cfg: EmbedConfig) -> str:
+    """The device of the running task: the GPU Spark assigned to it, else CPU (see udfs.clip.pick_device)."""
+    import torch
+
+    from udfs.clip import pick_device
+
+    ctx = TaskContext.get()
+    resources = ctx.resources() if ctx is not None else {}
+    gpu = resources.get("gpu")
+    addresses = list(gpu.addresses) if gpu is not None else []
+    device = pick_device(cfg.device, addresses, torch.cuda.is_available(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if device == "cpu" and ctx is not None:
+        torch.set_num_threads(max(1, ctx.cpus()))
+    return device
+
+
+def _results_frame(key: str, model_id: str, batch: object) -> pd.DataFrame:
+    from udfs.clip import EmbeddedBatch
+
+    assert isinstance(batch, EmbeddedBatch)
+    n_ok, n_bad = len(batch.ids), len(batch.rejected_ids)
+    return pd.DataFrame(
+        {
+            key: list(batch.ids) + list(batch.rejected_ids),
+            "model_id": [model_id] * (n_ok + n_bad),
+            "embedding": list(batch.vectors[:n_ok]) + [None] * n_bad,
+            REASON: [None] * n_ok + list(batch.reasons),
+            "detail": [None] * n_ok + list(batch.details),
+        }
+    )
+
+
+def embed_images(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
+    """(image_id, content) -> (image_id, model_id, embedding | null, reject_reason | null, detail)."""
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from udfs.clip import embed_images as embed_batches
+        from udfs.clip import get_encoder
+
+        encoder = get_encoder(spec, _task_device(cfg), cfg.precision)
+        items = ((i, c) for frame in frames for i, c in zip(frame["image_id"], frame["content"], strict=True))
+        for batch in embed_batches(
+            encoder,
+            items,
+            cfg.image_batch_size,
+            decode_threads=cfg.decode_threads,
+            prefetch=cfg.prefetch_batches,
+            max_pixels=cfg.max_image_pixels,
+            draft=cfg.jpeg_draft,
+        ):
+            yield _results_frame("image_id", spec.name, batch)
+
+    return df.select("image_id", "content").mapInPandas(run, _result_schema("image_id"))
+
+
+def embed_sentences(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
+    """(sentence_id, text) -> (sentence_id, model_id, embedding | null, reject_reason | null, detail)."""
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from udfs.clip import embed_texts, get_encoder
+
+        encoder = get_encoder(spec, _task_device(cfg), cfg.precision)
+        items = ((i, t) for frame in frames for i, t in zip(frame["sentence_id"], frame["text"], strict=True))
+        for batch in embed_texts(encoder, items, cfg.text_batch_size, prefetch=cfg.prefetch_batches):
+            yield _results_frame("sentence_id", spec.name, batch)
+
+    return df.select("sentence_id", "text").mapInPandas(run, _result_schema("sentence_id"))
+
+
+def not_yet_embedded(df: DataFrame, done: list[DataFrame], key: str, model_id: str) -> DataFrame:
+    """Rows of ``df`` whose ``key`` has no vector and no reject for ``model_id`` in any of ``done``."""
+    for table in done:
+        seen = table.filter(F.col("model_id") == model_id).select(key)
+        df = df.join(seen, on=key, how="left_anti")
+    return df
+
+
+@contextmanager
+def _session_conf(df: DataFrame, key: str, value: str) -> Iterator[None]:
+    conf = df.sparkSession.conf
+    before = conf.get(key, None)
+    conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            conf.unset(key)
+        else:
+            conf.set(key, before)
+
+
+@dataclass(frozen=True)
+class EmbedCounts:
+    """What one side (images or sentences) of one run did."""
+
+    input_table: str
+    computed: int
+    embedded: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    """What :func:`run_embed` did; ``None`` for a side that was switched off or whose input does not exist."""
+
+    model_id: str
+    images: EmbedCounts | None
+    sentences: EmbedCounts | None
+
+
+def _embed_side(
+    lakehouse: Lakehouse,
+    cfg: EmbedConfig,
+    spec: ModelSpec,
+    *,
+    kind: str,
+    input_table: str,
+    key: str,
+    output: str,
+    rejects: str,
+    arrow_batch: int,
+) -> EmbedCounts | None:
+    if not lakehouse.exists(input_table):
+        log.warning("embed: %s does not exist yet; no %s embedded", input_table, kind)
+        print(f"embed: {input_table} does not exist yet; no {kind} embedded")
+        return None
+    block = str(cfg.parquet_block_size_mb << 20)
+    properties = {"parquet.block.size": block}
+    lakehouse.create_if_absent(output, embedding_schema(key), properties=properties)
+    lakehouse.create_if_absent(rejects, reject_schema(key), properties=properties)
+    source = lakehouse.read(input_table)
+    todo = not_yet_embedded(source, [lakehouse.read(output), lakehouse.read(rejects)], key, spec.name)
+    if cfg.partitions:
+        todo = todo.repartition(cfg.partitions)
+    stage = embed_images if kind == "images" else embed_sentences
+    results = todo.transform(lambda d: stage(d, cfg, spec)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with _session_conf(results, ARROW_BATCH_CONF, str(arrow_batch)):
+            computed = results.count()
+        if computed:
+            ok = results.filter(F.col(REASON).isNull()).select(key, "model_id", "embedding")
+            bad = results.filter(F.col(REASON).isNotNull()).select(key, "model_id", REASON, "detail")
+            n_bad = bad.count()  # on the cached results; an empty MERGE would still add a commit
+            if computed > n_bad:
+                lakehouse.insert_new(output, ok, [key, "model_id"])
+            if n_bad:
+                lakehouse.insert_new(rejects, bad, [key, "model_id"])
+    finally:
+        results.unpersist()
+    embedded = lakehouse.read(output).filter(F.col("model_id") == spec.name).count()
+    rejected = lakehouse.read(rejects).filter(F.col("model_id") == spec.name).count()
+    write_funnel(
+        lakehouse, f"embed_{kind}[{spec.name}]", [FunnelStep("decode_and_embed", embedded + rejected, embedded)]
+    )
+    return EmbedCounts(input_table, computed, embedded, rejected)
+
+
+def run_embed(lakehouse: Lakehouse, cfg: Config) -> EmbedSummary:
+    """Embed every image and sentence not yet embedded with ``embed.model``; print and return the counts."""
+    ecfg = cfg.embed
+    spec = resolve_model(ecfg)
+    images = (
+        _embed_side(
+            lakehouse,
+            ecfg,
+            spec,
+            kind="images",
+            input_table=ecfg.image_input,
+            key="image_id",
+            output=SILVER_IMAGE_EMBEDDINGS,
+            rejects=SILVER_IMAGE_EMBEDDING_REJECTS,
+            arrow_batch=ecfg.image_arrow_batch_size,
+        )
+        if ecfg.images
+        else None
+    )
+    sentences = (
+        _embed_side(
+            lakehouse,
+            ecfg,
+            spec,
+            kind="sentences",
+            input_table=ecfg.sentence_input,
+            key="sentence_id",
+            output=SILVER_SENTENCE_EMBEDDINGS,
+            rejects=SILVER_SENTENCE_EMBEDDING_REJECTS,
+            arrow_batch=ecfg.text_arrow_batch_size,
+        )
+        if ecfg.sentences
+        else None
+    )
+    summary = EmbedSummary(spec.name, images, sentences)
+    for name, counts in (("images", images), ("sentences", sentences)):
+        if counts is not None:
+            print(
+                f"embed [{spec.name}] {name}: computed {counts.computed:,} this run; "
+                f"{counts.embedded:,} embedded and {counts.rejected:,} rejected in total"
+            )
+    if spec.random_init:
+        print(f"embed: model {spec.name!r} has random weights: its vectors are meaningless as embeddings")
+    return summary

@@ -1,0 +1,709 @@
+"""CLIP-style embedding of image bytes and sentences: model registry, per-worker cache, decode, batched inference.
+
+Pure functions over Python / numpy batches; no Spark here. The Spark stage (realsyn/embed.py) wraps
+:func:`embed_images` and :func:`embed_texts` in iterator UDFs and picks the device from the task's resources.
+
+Models come from a registry of named configs (conf/models.yaml): open_clip models by name plus a pretrained tag
+or checkpoint file, Hugging Face CLIP / SigLIP by id or local directory, and small configs with random weights
+for tests and the offline demo (their vectors are meaningless as embeddings). A model is loaded once per Python
+worker and device, then reused by every task that worker runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+DevicePolicy = Literal["auto", "cpu", "cuda"]
+
+# Reject reasons (one per rejected row).
+REASON_EMPTY_IMAGE = "empty_image"
+REASON_UNDECODABLE = "undecodable_image"
+REASON_TOO_MANY_PIXELS = "too_many_pixels"
+REASON_EMPTY_TEXT = "empty_text"
+
+# Pillow's own decompression-bomb threshold (about a 9,500 x 9,500 image).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ModelNotAvailable(RuntimeError):
+    """The weights (or config) of a registered model cannot be found; the message names what was looked for."""
+
+
+class RegistryError(ValueError):
+    """The model registry file is invalid or does not name the requested model."""
+
+
+class ModelSpec(BaseModel):
+    """One named entry of the model registry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    family: Literal["open_clip", "hf"]
+    # open_clip: a built-in architecture name ("ViT-B-32", "EVA02-L-14"), or "hf-hub:org/repo" / "local-dir:/path".
+    architecture: str | None = None
+    # open_clip: an inline architecture (embed_dim, vision_cfg, text_cfg) instead of a named one.
+    config: dict[str, Any] | None = None
+    # open_clip: a pretrained tag of the architecture ("openai", "laion2b_s34b_b79k") or a checkpoint file path.
+    pretrained: str | None = None
+    # hf: a Hugging Face Hub id ("openai/clip-vit-base-patch32") or a local directory saved by save_pretrained.
+    source: str | None = None
+    # Build the architecture with random weights (tests, demo, throughput benchmarks): vectors are meaningless.
+    random_init: bool = False
+    # Seed of the random weights: every worker must build the same model.
+    seed: int = 0
+    # Whether the model may run in float16 on a GPU.
+    half: bool = True
+    # Where downloaded weights are cached (None: the library default, e.g. $HF_HOME).
+    cache_dir: str | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModelSpec:
+        if self.family == "open_clip":
+            if (self.architecture is None) == (self.config is None):
+                raise ValueError("an open_clip model needs exactly one of 'architecture' and 'config'")
+            schema = (self.architecture or "").startswith(("hf-hub:", "local-dir:"))
+            if self.pretrained is None and not self.random_init and not schema:
+                raise ValueError("an open_clip model needs 'pretrained' (a tag or checkpoint file) or random_init")
+            if self.source is not None:
+                raise ValueError("'source' is for hf models; use 'architecture' and 'pretrained'")
+        else:
+            if self.source is None:
+                raise ValueError("an hf model needs 'source' (a Hub id or a local directory)")
+            if self.architecture is not None or self.config is not None or self.pretrained is not None:
+                raise ValueError("an hf model takes 'source' only (not architecture / config / pretrained)")
+        return self
+
+
+def load_registry(path: str | Path) -> dict[str, ModelSpec]:
+    """Read a registry file: ``models: {name: {family: ..., ...}}``; raise RegistryError naming file and entry."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise RegistryError(f"{path}: cannot read model registry: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise RegistryError(f"{path}: not valid YAML: {e}") from e
+    models = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(models, dict):
+        raise RegistryError(f"{path}: expected a top-level 'models' mapping of name -> model config")
+    specs: dict[str, ModelSpec] = {}
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise RegistryError(f"{path}: models.{name}: expected a mapping")
+        try:
+            specs[str(name)] = ModelSpec.model_validate({"name": str(name), **entry})
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or name}: {err['msg']}" for err in e.errors())
+            raise RegistryError(f"{path}: models.{name}: {problems}") from None
+    return specs
+
+
+def get_spec(registry: Mapping[str, ModelSpec], name: str, where: str = "the model registry") -> ModelSpec:
+    """The entry ``name``; raise RegistryError listing the known names when it is absent."""
+    if name not in registry:
+        raise RegistryError(f"model {name!r} is not in {where}; known models: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def check_local_files(spec: ModelSpec) -> None:
+    """Raise ModelNotAvailable when a file or directory the entry names does not exist (Hub ids are not checked).
+
+    Run on the driver before any work so that a wrong path stops the job at once instead of failing every task.
+    """
+    if spec.random_init and spec.config is not None:
+        return
+    paths: list[tuple[str, str]] = []
+    if spec.family == "open_clip":
+        arch = spec.architecture or ""
+        if arch.startswith("local-dir:"):
+            paths.append(("open_clip directory", arch.removeprefix("local-dir:")))
+        if spec.pretrained is not None and not spec.random_init and _looks_like_path(spec.pretrained):
+            paths.append(("checkpoint file", spec.pretrained))
+    elif spec.source is not None and _looks_like_path(spec.source):
+        paths.append(("Hugging Face model directory", spec.source))
+    for what, path in paths:
+        if not Path(path).expanduser().exists():
+            raise ModelNotAvailable(f"model {spec.name!r}: {what} not found: {path}")
+
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or (os.sep in value and Path(value).suffix in _WEIGHT_SUFFIXES)
+
+
+def pick_device(
+    policy: DevicePolicy,
+    gpu_addresses: Sequence[str],
+    cuda_available: bool,
+    visible_devices: str | None,
+) -> str:
+    """The torch device of a task from the GPU addresses Spark assigned to it.
+
+    Spark's addresses are physical GPU indexes; where CUDA_VISIBLE_DEVICES narrows what this process sees
+    (YARN / Kubernetes isolation), the address is mapped to its position in that list. Without an assigned GPU,
+    ``auto`` uses the process's current CUDA device (all tasks then share it) or the CPU.
+    """
+    if policy == "cpu":
+        return "cpu"
+    if gpu_addresses and cuda_available:
+        address = gpu_addresses[0].strip()
+        visible = [v.strip() for v in (visible_devices or "").split(",") if v.strip()]
+        if visible and address in visible:
+            return f"cuda:{visible.index(address)}"
+        if visible and len(visible) == 1:
+            return "cuda:0"  # the only device this process can see is the one assigned to it
+        return f"cuda:{int(address)}"
+    if cuda_available:
+        return "cuda"
+    if policy == "cuda":
+        raise RuntimeError("embed.device is 'cuda' but no CUDA device is available to this task")
+    return "cpu"
+
+
+# --------------------------------------------------------------------------------------------- image decoding
+
+
+class Rejected(Exception):
+    """An input that gives no vector; ``reason`` is one of the REASON_* constants."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    from PIL import Image
+
+    rgba = img.convert("RGBA")
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    from PIL import Image
+
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
+        arr = arr * 255.0
+    elif img.mode != "F" and (img.mode.startswith("I;16") or (arr.size and arr.max() > 255)):
+        arr = arr / 257.0  # 16-bit range 0..65535 onto 0..255
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image as it should be seen: EXIF orientation applied, transparency on white, 16-bit scaled."""
+    from PIL import ImageOps
+
+    with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels usable
+        img = ImageOps.exif_transpose(img) or img
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        img = _to_8bit_gray(img)
+    elif mode == "P":
+        img = _flatten_alpha(img) if "transparency" in img.info else img.convert("RGB")
+    elif mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        img = _flatten_alpha(img)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # 1, L, CMYK, YCbCr, HSV (Adobe CMYK JPEGs are un-inverted by the decoder)
+    return img
+
+
+def decode_image(
+    data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
+    """Decode image bytes to 8-bit RGB (first frame of animations); raise Rejected for anything unusable.
+
+    ``draft_size`` lets the JPEG decoder downscale in the DCT domain to no less than that size (faster, but
+    not pixel-identical to a full decode); None decodes at full size.
+    """
+    from PIL import Image
+
+    if not data:
+        raise Rejected(REASON_EMPTY_IMAGE)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise Rejected(REASON_TOO_MANY_PIXELS, f"{width}x{height}")
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        return to_rgb(img)
+    except Rejected:
+        raise
+    except Image.DecompressionBombError as e:
+        raise Rejected(REASON_TOO_MANY_PIXELS, str(e)[:200]) from None
+    except Exception as e:  # hostile bytes raise anything (OSError, SyntaxError, struct.error...)
+        message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))  # keep details deterministic
+        raise Rejected(REASON_UNDECODABLE, f"{type(e).__name__}: {message}"[:300]) from None
+
+
+# ------------------------------------------------------------------------------------------------- the models
+
+
+def _is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def _slice(inputs: Any, start: int, stop: int) -> Any:
+    if isinstance(inputs, Mapping):
+        return {k: v[start:stop] for k, v in inputs.items()}
+    return inputs[start:stop]
+
+
+def _to_device(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    return inputs.to(device, non_blocking=True)
+
+
+@dataclass
+class Encoder:
+    """A loaded model with its own image transform and tokenizer, ready to run batches on one device."""
+
+    model_id: str
+    model: Any
+    device: torch.device
+    dtype: torch.dtype
+    image_transform: Callable[[Image.Image], torch.Tensor]
+    tokenize: Callable[[list[str]], Any]
+    encode_image_fn: Callable[[torch.Tensor], torch.Tensor]
+    encode_text_fn: Callable[[Any], torch.Tensor]
+    image_size: int
+    context_length: int
+    # When set, ``image_transform`` stops before ToTensor + Normalize (uint8 HWC out) and these finish the
+    # transform on the model's device, batched: the same float32 arithmetic, a quarter of the bytes to move.
+    pixel_mean: tuple[float, ...] | None = None
+    pixel_std: tuple[float, ...] | None = None
+    # The model's own transform, whole (PIL image -> normalised float tensor).
+    model_transform: Callable[[Image.Image], torch.Tensor] | None = None
+    # Largest batch that ran without running out of memory; halved on every out-of-memory error.
+    max_batch: int = 1 << 30
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _forward(self, fn: Callable[[Any], torch.Tensor], inputs: Any, n: int) -> np.ndarray:
+        import torch
+
+        outputs: list[np.ndarray] = []
+        start = 0
+        while start < n:
+            size = min(self.max_batch, n - start)
+            try:
+                with torch.inference_mode():
+                    chunk = _to_device(_slice(inputs, start, start + size), self.device)
+                    if isinstance(chunk, torch.Tensor) and chunk.dtype == torch.uint8:
+                        chunk = self._normalize(chunk)
+                    if isinstance(chunk, torch.Tensor) and chunk.is_floating_point():
+                        chunk = chunk.to(self.dtype)
+                    out = fn(chunk).float()
+                    out = torch.nn.functional.normalize(out, dim=-1)
+                    outputs.append(out.cpu().numpy().astype(np.float32, copy=False))
+                start += size
+            except Exception as e:
+                if not _is_oom(e) or size == 1:
+                    raise
+                self.max_batch = max(1, size // 2)
+                log.warning(
+                    "%s: out of memory at batch %d on %s; continuing with %d",
+                    self.model_id,
+                    size,
+                    self.device,
+                    self.max_batch,
+                )
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if not outputs:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(outputs, axis=0)
+
+    def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """ToTensor + Normalize of a uint8 (N, H, W, C) batch, as torchvision does them, on the device."""
+        import torch
+
+        assert self.pixel_mean is not None and self.pixel_std is not None
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+        mean = torch.tensor(self.pixel_mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.pixel_std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        return x.sub(mean).div(std)
+
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """L2-normalised float32 vectors of a batch of preprocessed images (N, 3, H, W)."""
+        return self._forward(self.encode_image_fn, pixels, int(pixels.shape[0]))
+
+    def encode_texts(self, tokens: Any) -> np.ndarray:
+        """L2-normalised float32 vectors of a batch of tokenized texts (as returned by ``tokenize``)."""
+        first = next(iter(tokens.values())) if isinstance(tokens, Mapping) else tokens
+        return self._forward(self.encode_text_fn, tokens, int(first.shape[0]))
+
+    def preprocess(self, data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False) -> Any:
+        """Decode and transform one image exactly as the model's own preprocessing does (raises Rejected)."""
+        img = decode_image(data, max_pixels, 2 * self.image_size if draft else None)
+        return self.image_transform(img)
+
+
+def _resolve_dtype(precision: Precision, device: torch.device, half_allowed: bool) -> torch.dtype:
+    import torch
+
+    if precision == "fp32" or (device.type == "cpu" and precision == "auto"):
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" or (precision == "auto" and half_allowed):
+        return torch.float16 if device.type != "cpu" else torch.float32
+    return torch.float32
+
+
+def _register_inline_open_clip(spec: ModelSpec) -> str:
+    import open_clip
+
+    name = f"realsyn-{spec.name}"
+    if name not in open_clip.list_models():
+        folder = Path(tempfile.mkdtemp(prefix="realsyn-open-clip-"))
+        (folder / f"{name}.json").write_text(json.dumps(spec.config), encoding="utf-8")
+        open_clip.add_model_config(folder / f"{name}.json")
+    return name
+
+
+def split_open_clip_transform(
+    transform: Any,
+) -> tuple[Callable[[Image.Image], torch.Tensor], tuple[float, ...], tuple[float, ...]] | None:
+    """Split a torchvision Compose that ends in ToTensor + Normalize into a PIL part (giving uint8 HWC tensors)
+    and the normalisation constants; None when the transform has another shape (it then runs whole on the CPU).
+    """
+    import torch
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 2 or type(steps[-1]).__name__ != "Normalize":
+        return None
+    if type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor"):
+        return None
+    head = steps[:-2]
+    mean = tuple(float(v) for v in steps[-1].mean)
+    std = tuple(float(v) for v in steps[-1].std)
+
+    def to_uint8(img: Image.Image) -> torch.Tensor:
+        for step in head:
+            img = step(img)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+
+    return to_uint8, mean, std
+
+
+def _load_open_clip(spec: ModelSpec) -> tuple[Any, Any, Any, int, int]:
+    import open_clip
+    import torch
+
+    arch = _register_inline_open_clip(spec) if spec.config is not None else str(spec.architecture)
+    if arch.startswith("local-dir:") and not Path(arch.removeprefix("local-dir:")).is_dir():
+        raise ModelNotAvailable(
+            f"model {spec.name!r}: open_clip directory not found: {arch.removeprefix('local-dir:')}"
+        )
+    pretrained = None if spec.random_init else spec.pretrained
+    if pretrained is not None and (_looks_like_path(pretrained) or Path(pretrained).suffix in _WEIGHT_SUFFIXES):
+        if not Path(pretrained).expanduser().is_file():
+            raise ModelNotAvailable(f"model {spec.name!r}: checkpoint file not found: {pretrained}")
+        pretrained = str(Path(pretrained).expanduser())
+    elif pretrained is not None and not open_clip.get_pretrained_cfg(arch, pretrained):
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise ModelNotAvailable(
+            f"model {spec.name!r}: open_clip has no pretrained tag {pretrained!r} for {arch!r} (known: {known})"
+        )
+    torch.manual_seed(spec.seed)
+    try:
+        model, _, transform = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained, cache_dir=spec.cache_dir, load_weights=not spec.random_init
+        )
+    except (RuntimeError, OSError, ValueError) as e:
+        where = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+        looked = where.get("hf_hub") or where.get("url") or arch
+        cache = spec.cache_dir or os.environ.get("HF_HOME", "~/.cache/huggingface")
+        raise ModelNotAvailable(
+            f"model {spec.name!r}: weights of open_clip {arch!r} / {pretrained!r} not available "
+            f"(looked for {looked!r} in the cache {cache} and online): {e}"
+        ) from e
+    tokenizer = open_clip.get_tokenizer(arch, cache_dir=spec.cache_dir)
+    context_length = int(getattr(tokenizer, "context_length", None) or model.context_length)
+    size = model.visual.image_size
+    image_size = int(size[0] if isinstance(size, tuple | list) else size)
+    return model, transform, tokenizer, context_length, image_size
+
+
+def _load_hf(spec: ModelSpec) -> tuple[Any, Any, Any, int, int]:
+    import torch
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+    source = str(spec.source)
+    local = Path(source)
+    looks_local = source.startswith((".", "/", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise ModelNotAvailable(f"model {spec.name!r}: Hugging Face model directory not found: {source}")
+    try:
+        if spec.random_init:
+            torch.manual_seed(spec.seed)
+            model = AutoModel.from_config(AutoConfig.from_pretrained(source, cache_dir=spec.cache_dir))
+        else:
+            model = AutoModel.from_pretrained(source, cache_dir=spec.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=spec.cache_dir)
+        processor = AutoImageProcessor.from_pretrained(source, cache_dir=spec.cache_dir)
+    except OSError as e:
+        cache = spec.cache_dir or os.environ.get("HF_HOME", "~/.cache/huggingface")
+        raise ModelNotAvailable(
+            f"model {spec.name!r}: Hugging Face model {source!r} not available "
+            f"(not a local directory; looked in the cache {cache} and on the Hub): {e}"
+        ) from e
+    text_cfg = model.config.text_config
+    context_length = int(text_cfg.max_position_embeddings)
+    image_size = int(model.config.vision_config.image_size)
+    padding = "max_length"  # SigLIP was trained with max-length padding; CLIP pools at EOS, so padding is neutral
+
+    def tokenize(texts: list[str]) -> Any:
+        enc = tokenizer(texts, padding=padding, truncation=True, max_length=context_length, return_tensors="pt")
+        keep = {"input_ids"} | (
+            {"attention_mask"} if "attention_mask" in enc and "Siglip" not in type(model).__name__ else set()
+        )
+        return {k: v for k, v in enc.items() if k in keep}
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        return processor(images=img, return_tensors="pt")["pixel_values"][0]
+
+    return model, transform, tokenize, context_length, image_size
+
+
+def _features(out: Any) -> torch.Tensor:
+    import torch
+
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def load_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") -> Encoder:
+    """Load ``spec`` onto ``device`` (no caching; see :func:`get_encoder`)."""
+    import torch
+
+    dev = torch.device(device)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    if spec.family == "open_clip":
+        model, transform, tokenizer, context_length, image_size = _load_open_clip(spec)
+        whole = transform
+        split = split_open_clip_transform(transform)
+        if split is not None:
+            transform, mean, std = split
+
+        def tokenize(texts: list[str]) -> Any:
+            return tokenizer(texts, context_length=context_length)
+
+        encode_image_fn: Callable[[torch.Tensor], torch.Tensor] = model.encode_image
+        encode_text_fn: Callable[[Any], torch.Tensor] = model.encode_text
+    else:
+        model, transform, tokenize, context_length, image_size = _load_hf(spec)
+        whole = transform
+
+        def encode_image_fn(pixels: torch.Tensor) -> torch.Tensor:
+            return _features(model.get_image_features(pixel_values=pixels))
+
+        def encode_text_fn(tokens: Any) -> torch.Tensor:
+            return _features(model.get_text_features(**tokens))
+
+    dtype = _resolve_dtype(precision, dev, spec.half)
+    model = model.to(device=dev, dtype=dtype).eval()
+    log.info("loaded model %s on %s (%s)", spec.name, dev, dtype)
+    return Encoder(
+        model_id=spec.name,
+        model=model,
+        device=dev,
+        dtype=dtype,
+        image_transform=transform,
+        tokenize=tokenize,
+        encode_image_fn=encode_image_fn,
+        encode_text_fn=encode_text_fn,
+        image_size=image_size,
+        context_length=context_length,
+        pixel_mean=mean,
+        pixel_std=std,
+        model_transform=whole,
+    )
+
+
+_ENCODERS: dict[tuple[str, str, str], Encoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def get_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") -> Encoder:
+    """The encoder of ``spec`` on ``device``, loaded once per Python process and then reused."""
+    key = (spec.model_dump_json(), device, precision)
+    with _ENCODERS_LOCK:
+        encoder = _ENCODERS.get(key)
+        if encoder is None:
+            encoder = _ENCODERS[key] = load_encoder(spec, device, precision)
+        return encoder
+
+
+def loaded_encoders() -> int:
+    """How many encoders this process holds (one per model, device and precision)."""
+    return len(_ENCODERS)
+
+
+# --------------------------------------------------------------------------------------------- batch pipelines
+
+
+@dataclass
+class EmbeddedBatch:
+    """Result of one model batch: vectors of the accepted ids, and a reason for each rejected id."""
+
+    ids: list[Any]
+    vectors: np.ndarray
+    rejected_ids: list[Any] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    ids: list[Any]
+    inputs: Any
+    rejected_ids: list[Any]
+    reasons: list[str]
+    details: list[str]
+
+
+def _chunks(items: Iterable[tuple[Any, Any]], size: int) -> Iterator[list[tuple[Any, Any]]]:
+    chunk: list[tuple[Any, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _pipelined(
+    chunks: Iterator[list[tuple[Any, Any]]],
+    prepare: Callable[[list[tuple[Any, Any]]], _Prepared],
+    run: Callable[[Any], np.ndarray],
+    prefetch: int,
+    pin: bool,
+) -> Iterator[EmbeddedBatch]:
+    """Prepare up to ``prefetch`` batches on a CPU thread while the model runs the current one."""
+
+    def prepare_pinned(chunk: list[tuple[Any, Any]]) -> _Prepared:
+        prepared = prepare(chunk)
+        if pin and prepared.inputs is not None:
+            if isinstance(prepared.inputs, Mapping):
+                prepared.inputs = {k: v.pin_memory() for k, v in prepared.inputs.items()}
+            else:
+                prepared.inputs = prepared.inputs.pin_memory()
+        return prepared
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="realsyn-prefetch") as pool:
+        pending: deque[Future[_Prepared]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(prepare_pinned, chunk))
+            if len(pending) > prefetch:
+                yield _finish(pending.popleft().result(), run)
+        while pending:
+            yield _finish(pending.popleft().result(), run)
+
+
+def _finish(prepared: _Prepared, run: Callable[[Any], np.ndarray]) -> EmbeddedBatch:
+    vectors = np.zeros((0, 0), dtype=np.float32) if prepared.inputs is None else run(prepared.inputs)
+    return EmbeddedBatch(prepared.ids, vectors, prepared.rejected_ids, prepared.reasons, prepared.details)
+
+
+def embed_images(
+    encoder: Encoder,
+    items: Iterable[tuple[Any, bytes | None]],
+    batch_size: int,
+    decode_threads: int = 4,
+    prefetch: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = False,
+) -> Iterator[EmbeddedBatch]:
+    """Embed ``(id, image bytes)`` pairs in batches of ``batch_size``; undecodable bytes become rejects.
+
+    Decoding and the model's transform run on ``decode_threads`` CPU threads, ``prefetch`` batches ahead of
+    the model.
+    """
+    import torch
+
+    with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="realsyn-decode") as decoders:
+
+        def one(data: bytes | None) -> Any:
+            try:
+                return encoder.preprocess(data, max_pixels, draft)
+            except Rejected as r:
+                return r
+
+        def prepare(chunk: list[tuple[Any, Any]]) -> _Prepared:
+            results = list(decoders.map(one, [data for _, data in chunk]))
+            ok = [(key, t) for (key, _), t in zip(chunk, results, strict=True) if not isinstance(t, Rejected)]
+            bad = [(key, t) for (key, _), t in zip(chunk, results, strict=True) if isinstance(t, Rejected)]
+            inputs = torch.stack([t for _, t in ok]) if ok else None
+            return _Prepared(
+                [k for k, _ in ok], inputs, [k for k, _ in bad], [r.reason for _, r in bad], [r.detail for _, r in bad]
+            )
+
+        yield from _pipelined(
+            _chunks(items, batch_size), prepare, encoder.encode_images, prefetch, encoder.device.type == "cuda"
+        )
+
+
+def embed_texts(
+    encoder: Encoder,
+    items: Iterable[tuple[Any, str | None]],
+    batch_size: int,
+    prefetch: int = 2,
+) -> Iterator[EmbeddedBatch]:
+    """Embed ``(id, text)`` pairs in batches; the tokenizer truncates to the model's context length.
+
+    Null or blank texts become rejects.
+    """
+
+    def prepare(chunk: list[tuple[Any, Any]]) -> _Prepared:
+        ok = [(key, text) for key, text in chunk if isinstance(text, str) and text.strip()]
+        bad = [key for key, text in chunk if not (isinstance(text, str) and text.strip())]
+        inputs = encoder.tokenize([t for _, t in ok]) if ok else None
+        return _Prepared([k for k, _ in ok], inputs, bad, [REASON_EMPTY_TEXT] * len(bad), [""] * len(bad))
+
+    yield from _pipelined(
+        _chunks(items, batch_size), prepare, encoder.encode_texts, prefetch, encoder.device.type == "cuda"
+    )
