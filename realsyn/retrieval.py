@@ -1,0 +1,225 @@
+"""Top-k sentences per image as a join over leaf ids of the sentence k-means tree.
+
+Each image descends the tree to its ``probe_leaves`` nearest leaves (looking at the leaves of its
+``coarse_probe`` nearest coarse clusters). Images and sentences then meet on leaf id in a cogroup; inside each
+group one matrix product scores every image against every sentence exactly, and each image keeps its
+``top_k`` best there. A window over the image finally merges the lists of its leaves into the global top-k.
+
+A leaf with more than ``max_group_sentences`` sentences (or more than ``max_group_images`` probing images) is
+split into hash chunks of about that size, and every image chunk meets every sentence chunk of the leaf, so no
+task receives a huge group while the result stays exact over the probed leaves. A leaf with fewer than k
+sentences contributes what it has; an image whose probed leaves hold fewer than k sentences in all gets fewer
+than k rows. Ties in score go to the smaller sentence id.
+
+``run_retrieve`` reads ``silver.image_embeddings``, ``silver.sentence_embeddings``, ``silver.centroids`` and
+``silver.sentence_clusters`` and replaces the rows of one model id in ``silver.retrieval`` (image_id,
+model_id, rank (1 = best), sentence_id, score, leaf_id).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from realsyn.clustering import resolve_model_id, tree_from_centroids
+from realsyn.config import Config, RetrievalConfig
+from realsyn.tables import (
+    SILVER_CENTROIDS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_RETRIEVAL,
+    SILVER_SENTENCE_CLUSTERS,
+    SILVER_SENTENCE_EMBEDDINGS,
+    Lakehouse,
+)
+from udfs.kmeans import Tree, as_matrix, descend, top_k_exact
+
+RETRIEVAL_SCHEMA = T.StructType(
+    [
+        T.StructField("image_id", T.StringType(), False),
+        T.StructField("model_id", T.StringType(), False),
+        T.StructField("rank", T.IntegerType(), False),
+        T.StructField("sentence_id", T.StringType(), False),
+        T.StructField("score", T.FloatType(), False),
+        T.StructField("leaf_id", T.LongType(), False),
+    ]
+)
+
+
+def image_leaves(
+    images: DataFrame, tree: Tree, p: int, coarse_probe: int, id_col: str = "image_id", embedding_col: str = "embedding"
+) -> DataFrame:
+    """One row per (image, probed leaf): ``images`` columns id and embedding, plus ``leaf_id``."""
+    schema = T.StructType(
+        [
+            images.schema[id_col],
+            images.schema[embedding_col],
+            T.StructField("leaf_id", T.LongType(), False),
+        ]
+    )
+    dim = tree.leaves.shape[1]
+
+    def probe(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+        for pdf in batches:
+            leaves, _, _ = descend(as_matrix(pdf[embedding_col], dim), tree, p, coarse_probe)
+            rows, cols = np.nonzero(leaves >= 0)
+            yield pd.DataFrame(
+                {
+                    id_col: pdf[id_col].to_numpy()[rows],
+                    embedding_col: pdf[embedding_col].to_numpy()[rows],
+                    "leaf_id": leaves[rows, cols],
+                }
+            )
+
+    return images.select(id_col, embedding_col).mapInPandas(probe, schema)
+
+
+def _chunk_plan(probes: DataFrame, sentences: DataFrame, cfg: RetrievalConfig) -> list[tuple[int, int, int]]:
+    """(leaf_id, image chunks, sentence chunks) for every leaf that both images and sentences reach."""
+    counts = (
+        probes.select("leaf_id", F.lit(1).alias("is_image"))
+        .unionByName(sentences.select("leaf_id", F.lit(0).alias("is_image")))
+        .groupBy("leaf_id")
+        .agg(F.sum("is_image").alias("images"), F.sum(1 - F.col("is_image")).alias("sentences"))
+        .filter((F.col("images") > 0) & (F.col("sentences") > 0))
+        .collect()
+    )
+    return sorted(
+        (
+            int(r["leaf_id"]),
+            math.ceil(int(r["images"]) / cfg.max_group_images),
+            math.ceil(int(r["sentences"]) / cfg.max_group_sentences),
+        )
+        for r in counts
+    )
+
+
+def retrieve(
+    images: DataFrame,
+    sentences: DataFrame,
+    tree: Tree,
+    cfg: RetrievalConfig,
+    image_col: str = "image_id",
+    sentence_col: str = "sentence_id",
+    embedding_col: str = "embedding",
+) -> DataFrame:
+    """Top ``cfg.top_k`` sentences per image: (image, rank, sentence, score, leaf_id), rank 1 = best.
+
+    ``images`` has (image_col, embedding); ``sentences`` has (sentence_col, embedding, leaf_id) with leaves of
+    ``tree``. Both sides hold unit-norm embeddings of one model.
+    """
+    spark = images.sparkSession
+    k = cfg.top_k
+    probes = image_leaves(images, tree, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
+    sentences = sentences.select(sentence_col, embedding_col, "leaf_id")
+    plan = F.broadcast(
+        spark.createDataFrame(
+            _chunk_plan(probes, sentences, cfg), "leaf_id long, image_chunks long, sentence_chunks long"
+        )
+    )
+    keys = ["leaf_id", "image_chunk", "sentence_chunk"]
+    image_side = (
+        probes.join(plan, "leaf_id")
+        .withColumn("image_chunk", F.pmod(F.xxhash64(image_col), F.col("image_chunks")))
+        .withColumn("sentence_chunk", F.explode(F.sequence(F.lit(0).cast("long"), F.col("sentence_chunks") - 1)))
+        .select(*keys, image_col, embedding_col)
+    )
+    sentence_side = (
+        sentences.join(plan, "leaf_id")
+        .withColumn("sentence_chunk", F.pmod(F.xxhash64(sentence_col), F.col("sentence_chunks")))
+        .withColumn("image_chunk", F.explode(F.sequence(F.lit(0).cast("long"), F.col("image_chunks") - 1)))
+        .select(*keys, sentence_col, embedding_col)
+    )
+    candidate_schema = T.StructType(
+        [
+            T.StructField(image_col, T.StringType(), False),
+            T.StructField(sentence_col, T.StringType(), False),
+            T.StructField("score", T.FloatType(), False),
+            T.StructField("leaf_id", T.LongType(), False),
+        ]
+    )
+
+    def score_group(imgs: pd.DataFrame, sents: pd.DataFrame) -> pd.DataFrame:
+        if imgs.empty or sents.empty:
+            return pd.DataFrame({f.name: pd.Series(dtype=object) for f in candidate_schema.fields})
+        sents = sents.sort_values(sentence_col, kind="stable")
+        idx, scores = top_k_exact(as_matrix(imgs[embedding_col]), as_matrix(sents[embedding_col]), k)
+        width = idx.shape[1]
+        return pd.DataFrame(
+            {
+                image_col: np.repeat(imgs[image_col].to_numpy(), width),
+                sentence_col: sents[sentence_col].to_numpy()[idx.ravel()],
+                "score": scores.ravel(),
+                "leaf_id": np.int64(imgs["leaf_id"].iloc[0]),
+            }
+        )
+
+    candidates = (
+        image_side.groupBy(*keys).cogroup(sentence_side.groupBy(*keys)).applyInPandas(score_group, candidate_schema)
+    )
+    order = Window.partitionBy(image_col).orderBy(F.col("score").desc(), F.col(sentence_col).asc())
+    return (
+        candidates.withColumn("rank", F.row_number().over(order))
+        .filter(F.col("rank") <= k)
+        .select(image_col, "rank", sentence_col, "score", "leaf_id")
+    )
+
+
+@dataclass(frozen=True)
+class RetrievalSummary:
+    """What ``run_retrieve`` did."""
+
+    model_id: str | None
+    images: int
+    sentences: int
+    rows: int
+
+
+def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
+    """Retrieve the top-k sentences of every image of one model and replace that model's rows of silver.retrieval.
+
+    Missing input tables or an empty tree write nothing and return zero counts.
+    """
+    needed = [SILVER_IMAGE_EMBEDDINGS, SILVER_SENTENCE_EMBEDDINGS, SILVER_CENTROIDS, SILVER_SENTENCE_CLUSTERS]
+    missing = [name for name in needed if not lakehouse.exists(name)]
+    if missing:
+        print(f"retrieve: {', '.join(missing)} not there yet; nothing to retrieve")
+        return RetrievalSummary(None, 0, 0, 0)
+    image_embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
+    model_id = resolve_model_id(image_embeddings, cfg.retrieval.model_id, "retrieval.model_id")
+    if model_id is None:
+        print(f"retrieve: {SILVER_IMAGE_EMBEDDINGS} is empty; nothing to retrieve")
+        return RetrievalSummary(None, 0, 0, 0)
+    tree = tree_from_centroids(lakehouse.read(SILVER_CENTROIDS), model_id)
+    if tree.n_leaves == 0:
+        print(f"retrieve: no sentence clusters for model {model_id}; run cluster_sentences first")
+        return RetrievalSummary(model_id, 0, 0, 0)
+    images = image_embeddings.filter(F.col("model_id") == model_id).select("image_id", "embedding")
+    sentences = (
+        lakehouse.read(SILVER_SENTENCE_CLUSTERS)
+        .filter(F.col("model_id") == model_id)
+        .join(
+            lakehouse.read(SILVER_SENTENCE_EMBEDDINGS).filter(F.col("model_id") == model_id),
+            ["sentence_id", "model_id"],
+        )
+        .select("sentence_id", "embedding", "leaf_id")
+    )
+    result = retrieve(images, sentences, tree, cfg.retrieval).select(
+        "image_id", F.lit(model_id).alias("model_id"), "rank", "sentence_id", "score", "leaf_id"
+    )
+    lakehouse.replace_partition(SILVER_RETRIEVAL, result, "model_id", model_id)
+    written = lakehouse.read(SILVER_RETRIEVAL).filter(F.col("model_id") == model_id)
+    totals = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("image_id").alias("images")).first()
+    n_rows, n_images = (int(totals["rows"]), int(totals["images"])) if totals is not None else (0, 0)
+    n_sentences = sentences.count()
+    print(
+        f"retrieve: model {model_id}: {n_images} images got {n_rows} sentences "
+        f"(top {cfg.retrieval.top_k} of {n_sentences}, {cfg.retrieval.probe_leaves} leaves probed)"
+    )
+    return RetrievalSummary(model_id, n_images, n_sentences, n_rows)

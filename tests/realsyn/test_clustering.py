@@ -1,0 +1,182 @@
+"""Hierarchical k-means in Spark: planted clusters, skew, tiny and empty inputs, reruns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from realsyn.clustering import (
+    LEVEL_COARSE,
+    LEVEL_LEAF,
+    assign_leaves,
+    centroids_frame,
+    coarse_cluster_count,
+    run_cluster_sentences,
+    train_tree,
+    tree_from_centroids,
+)
+from realsyn.config import ClusterConfig, Config, ConfigError
+from realsyn.tables import SILVER_CENTROIDS, SILVER_SENTENCE_CLUSTERS, SILVER_SENTENCE_EMBEDDINGS, Lakehouse
+from udfs.kmeans import Tree, l2_normalize
+
+DIM = 12
+
+
+def planted_tree_points(
+    sizes: list[list[int]], noise: float = 0.03, tilt: float = 0.5, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
+    """Points in ``len(sizes)`` topics (orthogonal axes), each split into sub-clusters of the given sizes.
+
+    Sub-cluster j of topic t sits at axis t tilted by ``tilt`` towards axis ``len(sizes) + j``. Returns the points
+    and a label "t/j" per point.
+    """
+    rng = np.random.default_rng(seed)
+    points, labels = [], []
+    for t, subs in enumerate(sizes):
+        for j, n in enumerate(subs):
+            centre = np.zeros(DIM)
+            centre[t] = 1.0
+            centre[len(sizes) + j] = tilt
+            points.append(centre + noise * rng.normal(size=(n, DIM)))
+            labels += [f"{t}/{j}"] * n
+    return l2_normalize(np.concatenate(points)), labels
+
+
+def embeddings_df(spark: SparkSession, x: np.ndarray, prefix: str = "s", model_id: str | None = None) -> DataFrame:
+    rows = [(f"{prefix}{i:04d}", [float(v) for v in vec]) for i, vec in enumerate(x)]
+    df = spark.createDataFrame(rows, "sentence_id string, embedding array<float>")
+    return df if model_id is None else df.withColumn("model_id", F.lit(model_id))
+
+
+def leaf_partition(assigned: DataFrame, labels: list[str]) -> set[tuple[str, int]]:
+    by_id = {r["sentence_id"]: int(r["leaf_id"]) for r in assigned.collect()}
+    return {(labels[int(sid[1:])], leaf) for sid, leaf in by_id.items()}
+
+
+def test_planted_two_level_clusters_are_recovered(spark: SparkSession) -> None:
+    x, labels = planted_tree_points([[40, 40], [40, 40], [40, 40]])
+    cfg = ClusterConfig(leaf_size=40, coarse_clusters=3, seed=1)
+    df = embeddings_df(spark, x).repartition(2)
+    tree = train_tree(df, cfg, "sentence_id")
+    assert tree.coarse.shape == (3, DIM)
+    assert tree.n_leaves == 6
+    np.testing.assert_array_equal(np.bincount(tree.parent), [2, 2, 2])
+    pairs = leaf_partition(assign_leaves(df, tree, "sentence_id"), labels)
+    # one leaf per planted sub-cluster and one planted sub-cluster per leaf
+    assert len(pairs) == 6
+    assert len({label for label, _ in pairs}) == 6
+    assert len({leaf for _, leaf in pairs}) == 6
+    # sibling sub-clusters share a coarse parent
+    parent_of = {label: int(tree.parent[leaf]) for label, leaf in pairs}
+    assert all(parent_of[f"{t}/0"] == parent_of[f"{t}/1"] for t in range(3))
+    assert len({parent_of[f"{t}/0"] for t in range(3)}) == 3
+
+
+def test_skewed_coarse_clusters_get_leaves_in_proportion(spark: SparkSession) -> None:
+    # one big topic with four close sub-clusters, one small topic, one tiny topic: the coarse level keeps the
+    # topics apart (splitting the big topic gains less than separating the tiny one), the fine level gives
+    # each topic one leaf per ~leaf_size rows
+    x, labels = planted_tree_points([[60, 60, 60, 60], [30], [10]], noise=0.01, tilt=0.15)
+    cfg = ClusterConfig(leaf_size=60, coarse_clusters=3, seed=0)
+    df = embeddings_df(spark, x)
+    tree = train_tree(df, cfg, "sentence_id")
+    assert sorted(np.bincount(tree.parent, minlength=3).tolist()) == [1, 1, 4]
+    pairs = leaf_partition(assign_leaves(df, tree, "sentence_id"), labels)
+    assert len(pairs) == 6 == len({leaf for _, leaf in pairs}) == len({label for label, _ in pairs})
+
+
+def test_empty_input_gives_an_empty_tree(spark: SparkSession) -> None:
+    df = spark.createDataFrame([], "sentence_id string, embedding array<float>")
+    tree = train_tree(df, ClusterConfig(), "sentence_id")
+    assert tree.n_leaves == 0
+    assert coarse_cluster_count(1_000_000, ClusterConfig(leaf_size=400)) == 50
+
+
+def test_centroids_round_trip(spark: SparkSession) -> None:
+    eye = np.eye(4, dtype=np.float32)
+    tree = Tree.from_parts(eye[:2], [eye[[0, 2]], eye[[1]]])
+    frame = centroids_frame(spark, tree, "m", {0: 5, 1: 7, 2: 11})
+    back = tree_from_centroids(frame, "m")
+    np.testing.assert_array_equal(back.coarse, tree.coarse)
+    np.testing.assert_array_equal(back.leaves, tree.leaves)
+    np.testing.assert_array_equal(back.parent, [0, 0, 1])
+    rows = {(r["level"], r["centroid_id"]): (r["parent_id"], r["size"], r["vector"]) for r in frame.collect()}
+    as_list = eye.tolist()
+    assert rows == {
+        (LEVEL_COARSE, 0): (None, 12, as_list[0]),
+        (LEVEL_COARSE, 1): (None, 11, as_list[1]),
+        (LEVEL_LEAF, 0): (0, 5, as_list[0]),
+        (LEVEL_LEAF, 1): (0, 7, as_list[2]),
+        (LEVEL_LEAF, 2): (1, 11, as_list[1]),
+    }
+    assert tree_from_centroids(frame, "other").n_leaves == 0
+
+
+def write_embeddings(lakehouse: Lakehouse, df: DataFrame) -> None:
+    lakehouse.overwrite(SILVER_SENTENCE_EMBEDDINGS, df.select("sentence_id", "model_id", "embedding"))
+
+
+def config(lakehouse: Lakehouse, **cluster: object) -> Config:
+    return Config(storage=lakehouse.storage, cluster=ClusterConfig(**cluster))  # type: ignore[arg-type]
+
+
+def test_run_cluster_sentences_is_retry_safe_and_incremental(spark: SparkSession, lakehouse: Lakehouse) -> None:
+    x, labels = planted_tree_points([[40, 40], [40]])
+    all_rows = embeddings_df(spark, x, model_id="clip-test")
+    write_embeddings(lakehouse, all_rows.filter(F.col("sentence_id") != "s0000"))
+    cfg = config(lakehouse, leaf_size=40, coarse_clusters=2, seed=3)
+    first = run_cluster_sentences(lakehouse, cfg)
+    assert (first.model_id, first.sentences, first.coarse_clusters, first.leaves) == ("clip-test", 119, 2, 3)
+    centroids_1 = lakehouse.read(SILVER_CENTROIDS).toPandas()
+    clusters_1 = lakehouse.read(SILVER_SENTENCE_CLUSTERS).toPandas()
+    assert sorted(clusters_1["sentence_id"]) == [f"s{i:04d}" for i in range(1, 120)]
+    assert set(clusters_1["model_id"]) == {"clip-test"}
+    assert len(leaf_partition(spark.createDataFrame(clusters_1), labels)) == 3
+    leaf_sizes = centroids_1[centroids_1["level"] == LEVEL_LEAF]["size"].tolist()
+    assert sorted(leaf_sizes) == [39, 40, 40]
+
+    # a forced retrain (as after a crash) rewrites identical tables without duplicates
+    retrain = config(lakehouse, leaf_size=40, coarse_clusters=2, seed=3, retrain=True)
+    assert run_cluster_sentences(lakehouse, retrain) == first
+    assertDataFrameEqual(lakehouse.read(SILVER_SENTENCE_CLUSTERS), spark.createDataFrame(clusters_1))
+    centroids_2 = lakehouse.read(SILVER_CENTROIDS).toPandas()
+    key = ["level", "centroid_id"]
+    a, b = centroids_1.sort_values(key).reset_index(drop=True), centroids_2.sort_values(key).reset_index(drop=True)
+    assert a.drop(columns="vector").equals(b.drop(columns="vector"))
+    assert all(np.array_equal(u, v) for u, v in zip(a["vector"], b["vector"], strict=True))
+
+    # a new sentence joins the kept tree; rows already there are untouched; a rerun adds nothing
+    write_embeddings(lakehouse, all_rows)
+    summary = run_cluster_sentences(lakehouse, cfg)
+    assert (summary.trained, summary.newly_assigned) == (False, 1)
+    after = lakehouse.read(SILVER_SENTENCE_CLUSTERS).toPandas().set_index("sentence_id")["leaf_id"]
+    assert after["s0000"] == after["s0001"]  # same planted sub-cluster
+    assert after.drop("s0000").sort_index().equals(clusters_1.set_index("sentence_id")["leaf_id"].sort_index())
+    assert run_cluster_sentences(lakehouse, cfg).newly_assigned == 0
+    assert lakehouse.read(SILVER_SENTENCE_CLUSTERS).count() == 120
+
+
+def test_absent_or_empty_inputs_write_nothing(spark: SparkSession, lakehouse: Lakehouse) -> None:
+    cfg = config(lakehouse)
+    assert run_cluster_sentences(lakehouse, cfg).sentences == 0
+    write_embeddings(
+        lakehouse, spark.createDataFrame([], "sentence_id string, model_id string, embedding array<float>")
+    )
+    summary = run_cluster_sentences(lakehouse, cfg)
+    assert (summary.model_id, summary.sentences, summary.leaves) == (None, 0, 0)
+    assert not lakehouse.exists(SILVER_CENTROIDS)
+    assert not lakehouse.exists(SILVER_SENTENCE_CLUSTERS)
+
+
+def test_several_models_need_a_configured_model_id(spark: SparkSession, lakehouse: Lakehouse) -> None:
+    x = l2_normalize(np.eye(DIM)[:2])
+    both = embeddings_df(spark, x, model_id="a").unionByName(embeddings_df(spark, x, model_id="b"))
+    write_embeddings(lakehouse, both)
+    with pytest.raises(ConfigError, match=r"cluster\.model_id"):
+        run_cluster_sentences(lakehouse, config(lakehouse))
+    summary = run_cluster_sentences(lakehouse, config(lakehouse, model_id="b", leaf_size=1))
+    assert (summary.model_id, summary.sentences, summary.leaves) == ("b", 2, 2)
+    assert {r["model_id"] for r in lakehouse.read(SILVER_SENTENCE_CLUSTERS).collect()} == {"b"}

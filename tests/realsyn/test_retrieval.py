@@ -1,0 +1,145 @@
+"""Top-k retrieval as a join over leaf ids: hand-worked cases, equality with brute force, reruns."""
+
+from __future__ import annotations
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from realsyn.clustering import run_cluster_sentences, train_tree
+from realsyn.config import ClusterConfig, Config, RetrievalConfig
+from realsyn.retrieval import RETRIEVAL_SCHEMA, retrieve, run_retrieve
+from realsyn.tables import (
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_RETRIEVAL,
+    SILVER_SENTENCE_EMBEDDINGS,
+    Lakehouse,
+)
+from udfs.kmeans import Tree, descend, l2_normalize
+
+RESULT_COLUMNS = "image_id string, rank int, sentence_id string, score float, leaf_id long"
+
+
+def hand_tree() -> Tree:
+    """Coarse (1,0) with leaves (1,0) and (0.8,0.6); coarse (-1,0) with leaf (-1,0)."""
+    coarse = np.array([[1, 0], [-1, 0]], np.float32)
+    return Tree.from_parts(coarse, [np.array([[1, 0], [0.8, 0.6]], np.float32), np.array([[-1, 0]], np.float32)])
+
+
+def hand_sentences(spark: SparkSession) -> DataFrame:
+    rows = [
+        ("a", [1.0, 0.0], 0),
+        ("b", [0.6, 0.8], 1),
+        ("c", [0.8, 0.6], 1),
+        ("e", [0.0, 1.0], 1),
+        ("d", [-1.0, 0.0], 2),
+    ]
+    return spark.createDataFrame(rows, "sentence_id string, embedding array<float>, leaf_id long")
+
+
+def hand_images(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame([("q1", [0.8, 0.6]), ("q2", [-0.6, 0.8])], "image_id string, embedding array<float>")
+
+
+def test_hand_worked_top_k(spark: SparkSession) -> None:
+    # q1 = (0.8, 0.6): coarse 0 (0.8 > -0.8); leaves 1 (1.0) then 0 (0.8).
+    #   sentences: c 1.0, b 0.96, a 0.8, e 0.6
+    # q2 = (-0.6, 0.8): coarse 1 (0.6 > -0.6); only leaf 2, whose one sentence d scores 0.6 (< k rows)
+    cfg = RetrievalConfig(top_k=3, probe_leaves=2, coarse_probe=1)
+    got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg)
+    expected = spark.createDataFrame(
+        [("q1", 1, "c", 1.0, 1), ("q1", 2, "b", 0.96, 1), ("q1", 3, "a", 0.8, 0), ("q2", 1, "d", 0.6, 2)],
+        RESULT_COLUMNS,
+    )
+    assertDataFrameEqual(got, expected, rtol=1e-6)
+
+    # one probed leaf: q1 only sees leaf 1 (c, b, e); chunks of one sentence and one image change nothing
+    narrow = RetrievalConfig(top_k=3, probe_leaves=1, coarse_probe=2, max_group_sentences=1, max_group_images=1)
+    got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), narrow)
+    expected = spark.createDataFrame(
+        [("q1", 1, "c", 1.0, 1), ("q1", 2, "b", 0.96, 1), ("q1", 3, "e", 0.6, 1), ("q2", 1, "d", 0.6, 2)],
+        RESULT_COLUMNS,
+    )
+    assertDataFrameEqual(got, expected, rtol=1e-6)
+
+
+def test_all_leaves_probed_equals_brute_force(spark: SparkSession) -> None:
+    rng = np.random.default_rng(11)
+    dim = 16
+    centres = l2_normalize(rng.normal(size=(12, dim)))
+    s = l2_normalize(centres[rng.integers(0, 12, 400)] + 0.4 * rng.normal(size=(400, dim)))
+    q = l2_normalize(centres[rng.integers(0, 12, 60)] + 0.4 * rng.normal(size=(60, dim)))
+    sent_ids = [f"s{i:03d}" for i in range(len(s))]
+    sentences = spark.createDataFrame(
+        list(zip(sent_ids, s.tolist(), strict=True)), "sentence_id string, embedding array<float>"
+    )
+    images = spark.createDataFrame(
+        [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
+    )
+    tree = train_tree(sentences, ClusterConfig(leaf_size=25, coarse_clusters=4), "sentence_id")
+    leaf_ids = descend(s, tree, 1, 1)[0][:, 0].tolist()  # any one leaf per sentence will do
+    with_leaves = spark.createDataFrame(
+        list(zip(sent_ids, s.tolist(), leaf_ids, strict=True)),
+        "sentence_id string, embedding array<float>, leaf_id long",
+    )
+    cfg = RetrievalConfig(
+        top_k=3, probe_leaves=tree.n_leaves, coarse_probe=4, max_group_sentences=7, max_group_images=5
+    )
+    got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
+    sims = q @ s.T
+    best = np.argsort(-sims, axis=1, kind="stable")[:, :3]
+    expected_ids = [sent_ids[j] for j in best.ravel()]
+    assert got["image_id"].tolist() == [f"i{i:03d}" for i in range(60) for _ in range(3)]
+    assert got["rank"].tolist() == [1, 2, 3] * 60
+    assert got["sentence_id"].tolist() == expected_ids
+    np.testing.assert_allclose(got["score"], np.take_along_axis(sims, best, axis=1).ravel(), rtol=1e-5)
+    assert got["leaf_id"].tolist() == [leaf_ids[j] for j in best.ravel()]
+
+
+def test_empty_images_give_no_rows(spark: SparkSession) -> None:
+    images = spark.createDataFrame([], "image_id string, embedding array<float>")
+    got = retrieve(images, hand_sentences(spark), hand_tree(), RetrievalConfig())
+    assert got.collect() == []
+
+
+def embedding_table(spark: SparkSession, key: str, x: np.ndarray, model_id: str) -> DataFrame:
+    rows = [(f"{key[0]}{i:03d}", model_id, [float(v) for v in vec]) for i, vec in enumerate(x)]
+    return spark.createDataFrame(rows, f"{key} string, model_id string, embedding array<float>")
+
+
+def test_run_retrieve_end_to_end_and_rerun(spark: SparkSession, lakehouse: Lakehouse) -> None:
+    cfg = Config(
+        storage=lakehouse.storage,
+        cluster=ClusterConfig(leaf_size=10, coarse_clusters=2),
+        retrieval=RetrievalConfig(top_k=2, probe_leaves=2, coarse_probe=2),
+    )
+    assert run_retrieve(lakehouse, cfg).rows == 0  # nothing there yet
+    assert not lakehouse.exists(SILVER_RETRIEVAL)
+
+    # four well separated directions, ten sentences around each; every image sits on one direction
+    rng = np.random.default_rng(2)
+    axes = np.eye(8, dtype=np.float32)[:4]
+    s = l2_normalize(np.repeat(axes, 10, axis=0) + 0.05 * rng.normal(size=(40, 8)))
+    q = l2_normalize(axes[[0, 1, 2, 3, 0]] + 0.05 * rng.normal(size=(5, 8)))
+    lakehouse.overwrite(SILVER_SENTENCE_EMBEDDINGS, embedding_table(spark, "sentence_id", s, "m"))
+    lakehouse.overwrite(SILVER_IMAGE_EMBEDDINGS, embedding_table(spark, "image_id", q, "m"))
+    run_cluster_sentences(lakehouse, cfg)
+    summary = run_retrieve(lakehouse, cfg)
+    assert (summary.model_id, summary.images, summary.sentences, summary.rows) == ("m", 5, 40, 10)
+
+    table = lakehouse.read(SILVER_RETRIEVAL)
+    assert [(f.name, f.dataType) for f in table.schema.fields] == [
+        (f.name, f.dataType) for f in RETRIEVAL_SCHEMA.fields
+    ]
+    got = table.toPandas().sort_values(["image_id", "rank"])
+    sims = q @ s.T
+    best = np.argsort(-sims, axis=1, kind="stable")[:, :2]
+    assert got["sentence_id"].tolist() == [f"s{j:03d}" for j in best.ravel()]
+    assert got["image_id"].tolist() == [f"i{i:03d}" for i in range(5) for _ in range(2)]
+
+    # a rerun replaces the model's rows with identical ones: no duplicates
+    snapshot = table.toPandas()
+    assert run_retrieve(lakehouse, cfg) == summary
+    assertDataFrameEqual(lakehouse.read(SILVER_RETRIEVAL), spark.createDataFrame(snapshot, table.schema))
+    assert lakehouse.read(SILVER_RETRIEVAL).groupBy("image_id", "rank").count().filter(F.col("count") > 1).count() == 0

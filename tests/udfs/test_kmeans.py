@@ -1,0 +1,184 @@
+"""Spherical k-means, tree descent and exact top-k kernels, on planted and hand-worked data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from udfs.kmeans import (
+    Tree,
+    as_matrix,
+    assign,
+    descend,
+    kmeans_plus_plus,
+    l2_normalize,
+    mean_cosine_distance,
+    merge_top_k,
+    resample_centroids,
+    spherical_kmeans,
+    top_k_exact,
+    top_p,
+)
+
+
+def planted(sizes: list[int], dim: int = 16, noise: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Points around orthogonal unit centres (basis vectors): (points, planted label of each point)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    centres = np.eye(dim, dtype=np.float32)[: len(sizes)]
+    return l2_normalize(centres[labels] + noise * rng.normal(size=(labels.size, dim))), labels
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when labelings a and b group the points identically (up to renaming the labels)."""
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_planted_clusters_are_recovered() -> None:
+    x, labels = planted([120, 80, 60, 40, 20])
+    centroids = spherical_kmeans(x, 5, seed=3)
+    found, _ = assign(x, centroids)
+    assert same_partition(found, labels)
+    # each recovered centroid sits on one planted centre
+    best = (centroids @ np.eye(16, dtype=np.float32)[:5].T).max(axis=1)
+    assert np.all(best > 0.99)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
+
+
+def test_skewed_and_tiny_clusters_get_their_own_centroid() -> None:
+    x, labels = planted([400, 40, 10])
+    centroids = spherical_kmeans(x, 3, seed=0)
+    found, _ = assign(x, centroids)
+    assert same_partition(found, labels)
+
+
+def test_same_seed_same_centroids() -> None:
+    x, _ = planted([50] * 8, noise=0.4, seed=1)
+    a = spherical_kmeans(x, 6, seed=7)
+    b = spherical_kmeans(x[::-1].copy(), 6, seed=7)
+    c = spherical_kmeans(x, 6, seed=7)
+    np.testing.assert_array_equal(a, c)
+    assert a.shape == b.shape == (6, 16)
+
+
+def test_fewer_distinct_points_than_k_returns_the_points_sorted() -> None:
+    x = l2_normalize(np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]))
+    np.testing.assert_array_equal(spherical_kmeans(x, 5), np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))
+
+
+def test_empty_input() -> None:
+    empty = np.zeros((0, 4), np.float32)
+    assert spherical_kmeans(empty, 3).shape == (0, 4)
+    idx, scores = top_k_exact(empty, l2_normalize(np.eye(4)), 3)
+    assert idx.shape == scores.shape == (0, 3)
+    labels, _ = assign(empty, l2_normalize(np.eye(4)))
+    assert labels.shape == (0,)
+    assert as_matrix([], dim=4).shape == (0, 4)
+    assert mean_cosine_distance(empty, l2_normalize(np.eye(4))) == 0.0
+
+
+def test_as_matrix_rejects_ragged_vectors() -> None:
+    with pytest.raises(ValueError, match="different lengths"):
+        as_matrix([[1.0, 0.0], [1.0]])
+
+
+def test_top_k_exact_by_hand() -> None:
+    keys = np.array([[1, 0], [0, 1], [-1, 0], [0.6, 0.8]], np.float32)
+    queries = np.array([[1, 0], [0, 1]], np.float32)
+    idx, scores = top_k_exact(queries, keys, 3)
+    # query (1,0): scores 1, 0, -1, 0.6 -> keys 0, 3, 1
+    # query (0,1): scores 0, 1, 0, 0.8 -> keys 1, 3, then the tie 0 / 2 goes to the lower index 0
+    np.testing.assert_array_equal(idx, [[0, 3, 1], [1, 3, 0]])
+    np.testing.assert_allclose(scores, [[1.0, 0.6, 0.0], [1.0, 0.8, 0.0]], atol=1e-6)
+
+
+def test_top_k_with_fewer_keys_than_k() -> None:
+    idx, scores = top_k_exact(np.array([[1, 0]], np.float32), np.array([[0, 1], [1, 0]], np.float32), 3)
+    np.testing.assert_array_equal(idx, [[1, 0]])
+    np.testing.assert_allclose(scores, [[1.0, 0.0]])
+
+
+def test_top_p_breaks_ties_at_the_cut_by_index() -> None:
+    centroids = np.array([[0, 1], [1, 0], [0, 1], [0, 1]], np.float32)
+    idx, _ = top_p(np.array([[0, 1]], np.float32), centroids, 2)
+    np.testing.assert_array_equal(idx, [[0, 2]])
+
+
+def test_merge_top_k_by_hand() -> None:
+    queries = np.array([7, 7, 7, 7, 9, 9])
+    keys = np.array([30, 10, 20, 40, 5, 6])
+    scores = np.array([0.5, 0.9, 0.5, 0.1, 0.2, 0.3])
+    q, k, s, rank = merge_top_k(queries, keys, scores, 3)
+    # query 7: 0.9 (key 10), then the tie 0.5 goes to key 20 before key 30; query 9: 0.3 then 0.2
+    np.testing.assert_array_equal(q, [7, 7, 7, 9, 9])
+    np.testing.assert_array_equal(k, [10, 20, 30, 6, 5])
+    np.testing.assert_array_equal(rank, [0, 1, 2, 0, 1])
+    np.testing.assert_allclose(s, [0.9, 0.5, 0.5, 0.3, 0.2])
+
+
+def random_tree(seed: int = 0) -> tuple[Tree, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = l2_normalize(rng.normal(size=(2_000, 12)))
+    coarse = spherical_kmeans(x, 6, seed=seed)
+    labels, _ = assign(x, coarse)
+    fine = [spherical_kmeans(x[labels == c], 1 + c, seed=seed) for c in range(6)]  # uneven fan-out
+    return Tree.from_parts(coarse, fine), x
+
+
+def test_descend_with_every_leaf_probed_is_a_full_sort() -> None:
+    tree, _ = random_tree()
+    q = l2_normalize(np.random.default_rng(5).normal(size=(300, 12)))
+    leaves, scores, cost = descend(q, tree, tree.n_leaves, coarse_probe=6, chunk_size=64)
+    expected = np.argsort(-(q @ tree.leaves.T), axis=1, kind="stable")
+    np.testing.assert_array_equal(leaves, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ tree.leaves.T, expected, axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(cost, 6 + tree.n_leaves)
+
+
+def test_descend_only_looks_under_the_probed_coarse_clusters() -> None:
+    tree, _ = random_tree()
+    q = l2_normalize(np.random.default_rng(6).normal(size=(200, 12)))
+    leaves, _, cost = descend(q, tree, 3, coarse_probe=1)
+    nearest_coarse, _ = assign(q, tree.coarse)
+    sizes = np.diff(tree.offsets)
+    for row in range(q.shape[0]):
+        c = nearest_coarse[row]
+        a, b = tree.offsets[c], tree.offsets[c + 1]
+        own = np.argsort(-(q[row] @ tree.leaves[a:b].T), kind="stable")[:3] + a
+        expected = np.full(3, -1)
+        expected[: own.size] = own
+        np.testing.assert_array_equal(leaves[row], expected)
+        assert cost[row] == 6 + sizes[c]
+
+
+def test_tree_offsets_and_parents() -> None:
+    coarse = np.eye(3, dtype=np.float32)
+    fine = [np.eye(3, dtype=np.float32)[:2], np.zeros((0, 3), np.float32), np.eye(3, dtype=np.float32)[2:]]
+    tree = Tree.from_parts(coarse, fine)
+    np.testing.assert_array_equal(tree.parent, [0, 0, 2])
+    np.testing.assert_array_equal(tree.offsets, [0, 2, 2, 3])
+
+
+def test_resample_moves_centroid_to_its_closest_points() -> None:
+    x = l2_normalize(np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0.01]], np.float32))
+    start = l2_normalize(np.array([[1, 0.1], [-1, 0.0]], np.float32))
+    moved = resample_centroids(x, start, resample_size=2)
+    # cluster 0 = first three points; its two closest to (1, 0.1) are (1, 0) and (0.8, 0.6)
+    np.testing.assert_allclose(moved[0], l2_normalize(np.array([[1.8, 0.6]]))[0], rtol=1e-6)
+    np.testing.assert_allclose(moved[1], x[3], rtol=1e-6)
+
+
+def test_resampling_steps_keep_unit_centroids_and_recover_planted_clusters() -> None:
+    x, labels = planted([200, 50, 20])
+    centroids = spherical_kmeans(x, 3, seed=0, resampling_steps=2, resample_size=10)
+    found, _ = assign(x, centroids)
+    assert same_partition(found, labels)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
+
+
+def test_kmeans_plus_plus_seeds_each_far_cluster() -> None:
+    x, labels = planted([300, 40, 10])
+    seeds = kmeans_plus_plus(x, 3, seed=0)
+    found, _ = assign(x, seeds)
+    assert same_partition(found, labels)

@@ -1,0 +1,365 @@
+"""Spherical k-means, tree descent and exact top-k over L2-normalised embeddings: plain numpy / faiss kernels.
+
+Every function takes and returns arrays; nothing here knows about Spark. Similarity is the inner product of
+L2-normalised float32 vectors (cosine). Wherever two candidates score the same, the one with the lower index
+wins, so results do not depend on thread counts or on the order in which groups are processed.
+
+The resampling step follows the idea of Vo et al. 2024 ("Automatic Data Curation for Self-Supervised
+Learning", facebookresearch/ssl-data-curation): after k-means, each centroid is moved to the mean of the
+``resample_size`` points closest to it, which pulls centroids away from the dense middle of big clusters and
+spreads them more evenly over the data's support.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Matrix = npt.NDArray[np.float32]
+Ints = npt.NDArray[np.int64]
+
+
+def as_matrix(vectors: Iterable[Sequence[float] | npt.NDArray[np.floating]], dim: int | None = None) -> Matrix:
+    """Stack a sequence of equal-length vectors (a pandas column of arrays) into a C-contiguous float32 matrix.
+
+    ``dim`` is the width used for an empty input; a vector of another width raises ``ValueError``.
+    """
+    rows = list(vectors)
+    if not rows:
+        return np.zeros((0, dim or 0), dtype=np.float32)
+    lengths = {len(r) for r in rows}
+    if len(lengths) != 1:
+        raise ValueError(f"embeddings have different lengths: {sorted(lengths)}")
+    return np.ascontiguousarray(np.stack([np.asarray(r, dtype=np.float32) for r in rows]))
+
+
+def l2_normalize(x: npt.ArrayLike) -> Matrix:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    m = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return np.ascontiguousarray(m / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+
+
+def top_p(x: Matrix, centroids: Matrix, p: int, chunk_size: int = 16_384) -> tuple[Ints, Matrix]:
+    """The ``p`` centroids most similar to each row, best first: (indices (n, p'), scores (n, p')), p' = min(p, k).
+
+    Similarities are computed by one matrix product per chunk of ``chunk_size`` rows, so memory stays at
+    ``chunk_size * k`` floats. Ties go to the lower centroid index.
+    """
+    n, k = x.shape[0], centroids.shape[0]
+    width = min(p, k)
+    idx = np.zeros((n, width), dtype=np.int64)
+    scores = np.zeros((n, width), dtype=np.float32)
+    if n == 0 or width == 0:
+        return idx, scores
+    for start in range(0, n, chunk_size):
+        sims = x[start : start + chunk_size] @ centroids.T
+        best = _top_columns(sims, width)
+        idx[start : start + chunk_size] = best
+        scores[start : start + chunk_size] = np.take_along_axis(sims, best, axis=1)
+    return idx, scores
+
+
+def assign(x: Matrix, centroids: Matrix, chunk_size: int = 16_384) -> tuple[Ints, Matrix]:
+    """Nearest centroid of every row (cosine): (labels (n,), scores (n,)); ties go to the lower index."""
+    idx, scores = top_p(x, centroids, 1, chunk_size)
+    if idx.shape[1] == 0:
+        return np.full(x.shape[0], -1, dtype=np.int64), np.zeros(x.shape[0], dtype=np.float32)
+    return idx[:, 0], scores[:, 0]
+
+
+def _top_columns(sims: Matrix, width: int) -> Ints:
+    """Column indices of the ``width`` largest values of each row, best first, ties to the lower column."""
+    k = sims.shape[1]
+    if width >= k:
+        return np.argsort(-sims, axis=1, kind="stable").astype(np.int64)
+    part = np.argpartition(-sims, width - 1, axis=1)[:, :width]
+    kth = np.take_along_axis(sims, part, axis=1).min(axis=1)
+    # argpartition picks an arbitrary member of a tie at the cut; redo those (rare) rows with a stable sort.
+    tied = np.flatnonzero((sims >= kth[:, None]).sum(axis=1) > width)
+    vals = np.take_along_axis(sims, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1)
+    best = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    if tied.size:
+        best[tied] = np.argsort(-sims[tied], axis=1, kind="stable")[:, :width]
+    return best
+
+
+def spherical_kmeans(
+    x: Matrix,
+    k: int,
+    *,
+    niter: int = 20,
+    seed: int = 0,
+    max_points_per_centroid: int = 256,
+    resampling_steps: int = 0,
+    resample_size: int = 0,
+    init: Literal["kmeans++", "random"] = "kmeans++",
+    threads: int | None = None,
+) -> Matrix:
+    """Train spherical k-means with faiss and return unit-norm centroids, shape (min(k, distinct rows), d).
+
+    ``x`` holds unit rows. faiss subsamples to ``max_points_per_centroid * k`` rows (with ``seed``), so the
+    cost per call is bounded whatever ``n``. When there are no more distinct rows than ``k``, the distinct rows
+    themselves are the centroids (sorted, so the result does not depend on input order). ``init`` "kmeans++"
+    seeds with :func:`kmeans_plus_plus` (small clusters far from the rest get a centroid); "random" is faiss's
+    own choice of k random rows. ``threads`` caps faiss's OpenMP threads (1 inside a Spark task, which
+    owns one core). ``resampling_steps``
+    > 0 then moves each centroid, that many times, to the normalised mean of its ``resample_size`` closest
+    points (Vo et al. 2024).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if n == 0 or k <= 0:
+        return np.zeros((0, d), dtype=np.float32)
+    distinct = np.unique(x, axis=0)
+    if distinct.shape[0] <= k:
+        return l2_normalize(distinct)
+    import faiss
+
+    if threads is not None:
+        faiss.omp_set_num_threads(threads)
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        seed=seed,
+        spherical=True,
+        max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
+    seeds = kmeans_plus_plus(x, k, seed) if init == "kmeans++" else None
+    if seeds is not None and seeds.shape[0] < k:  # every row is already a seed
+        return l2_normalize(np.unique(seeds, axis=0))
+    km.train(x, init_centroids=seeds)
+    centroids = l2_normalize(np.asarray(km.centroids))
+    for _ in range(resampling_steps):
+        centroids = resample_centroids(x, centroids, resample_size)
+    return centroids
+
+
+def kmeans_plus_plus(x: Matrix, k: int, seed: int, max_rows: int = 65_536) -> Matrix:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; as in scikit-learn) on at most ``max_rows`` rows.
+
+    Each next seed is the best of ``2 + log k`` candidates drawn with probability proportional to their squared
+    distance to the nearest seed so far, best meaning the lowest total squared distance afterwards.
+    """
+    rng = np.random.default_rng(seed)
+    if x.shape[0] > max_rows:
+        x = x[np.sort(rng.choice(x.shape[0], max_rows, replace=False))]
+    n = x.shape[0]
+    trials = 2 + int(np.log(max(k, 1)))
+    chosen = [int(rng.integers(n))]
+    # squared euclidean distance of unit vectors: 2 - 2 cos
+    dist = np.maximum(2.0 - 2.0 * (x @ x[chosen[0]]).astype(np.float64), 0.0)
+    for _ in range(1, min(k, n)):
+        total = dist.sum()
+        if total <= 0:
+            break
+        candidates = np.minimum(np.searchsorted(np.cumsum(dist), rng.random(trials) * total), n - 1)
+        cand_dist = np.maximum(2.0 - 2.0 * (x[candidates] @ x.T).astype(np.float64), 0.0)
+        new = np.minimum(dist[None, :], cand_dist)
+        best = int(np.argmin(new.sum(axis=1)))
+        chosen.append(int(candidates[best]))
+        dist = new[best]
+    return np.ascontiguousarray(x[chosen], dtype=np.float32)
+
+
+def resample_centroids(x: Matrix, centroids: Matrix, resample_size: int) -> Matrix:
+    """Move every centroid to the normalised mean of the ``resample_size`` points of its cluster closest to it.
+
+    A cluster with no points keeps its centroid. ``resample_size`` <= 0 keeps all points of the cluster (a plain
+    spherical Lloyd step).
+    """
+    labels, scores = assign(x, centroids)
+    out = centroids.copy()
+    order = np.lexsort((np.arange(labels.size), -scores, labels))
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, np.arange(centroids.shape[0]), side="left")
+    ends = np.searchsorted(sorted_labels, np.arange(centroids.shape[0]), side="right")
+    for c, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        if b == a:
+            continue
+        stop = b if resample_size <= 0 else min(b, a + resample_size)
+        out[c] = x[order[a:stop]].sum(axis=0)
+    return l2_normalize(out)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A two-level spherical k-means tree.
+
+    ``coarse`` (K1, d) are the top centroids; ``leaves`` (L, d) the fine centroids, stored grouped by parent so
+    that the leaves of coarse cluster ``c`` are rows ``offsets[c]:offsets[c + 1]``; ``parent[i]`` is the coarse
+    cluster of leaf ``i``.
+    """
+
+    coarse: Matrix
+    leaves: Matrix
+    parent: Ints
+
+    @property
+    def offsets(self) -> Ints:
+        """Row range of each coarse cluster's leaves in ``leaves`` (length K1 + 1)."""
+        return np.searchsorted(self.parent, np.arange(self.coarse.shape[0] + 1), side="left").astype(np.int64)
+
+    @property
+    def n_leaves(self) -> int:
+        """Number of leaves."""
+        return int(self.leaves.shape[0])
+
+    @staticmethod
+    def from_parts(coarse: Matrix, fine: Sequence[Matrix]) -> Tree:
+        """Build a tree from the coarse centroids and, per coarse cluster in order, its fine centroids."""
+        if len(fine) != coarse.shape[0]:
+            raise ValueError(f"{coarse.shape[0]} coarse centroids but {len(fine)} sets of fine centroids")
+        d = coarse.shape[1]
+        leaves = np.concatenate([f.reshape(-1, d) for f in fine]) if fine else np.zeros((0, d), np.float32)
+        parent = np.repeat(np.arange(len(fine), dtype=np.int64), [f.shape[0] for f in fine])
+        return Tree(np.ascontiguousarray(coarse, np.float32), np.ascontiguousarray(leaves, np.float32), parent)
+
+
+def descend(x: Matrix, tree: Tree, p: int, coarse_probe: int, chunk_size: int = 16_384) -> tuple[Ints, Matrix, Ints]:
+    """The ``p`` nearest leaves of each row, found by descending ``tree``: (leaf ids, scores, dot products).
+
+    Each row is compared with every coarse centroid, then with the leaves of its ``coarse_probe`` nearest coarse
+    clusters only; the best ``p`` of those leaves are returned, best first, padded with -1 (score -inf) when
+    fewer leaves were seen. The third array counts the similarity computations spent per row.
+    """
+    n = x.shape[0]
+    leaf_ids = np.full((n, p), -1, dtype=np.int64)
+    leaf_scores = np.full((n, p), -np.inf, dtype=np.float32)
+    cost = np.zeros(n, dtype=np.int64)
+    if n == 0 or tree.n_leaves == 0 or p <= 0:
+        return leaf_ids, leaf_scores, cost
+    offsets = tree.offsets
+    sizes = np.diff(offsets)
+    for start in range(0, n, chunk_size):
+        xc = x[start : start + chunk_size]
+        probed, _ = top_p(xc, tree.coarse, coarse_probe)
+        cost[start : start + xc.shape[0]] = tree.coarse.shape[0] + sizes[probed].sum(axis=1)
+        rows = np.repeat(np.arange(xc.shape[0], dtype=np.int64), probed.shape[1])
+        cs = probed.ravel()
+        order = np.argsort(cs, kind="stable")
+        rows, cs = rows[order], cs[order]
+        bounds = np.flatnonzero(np.diff(cs)) + 1
+        cand_rows, cand_leaves, cand_scores = [], [], []
+        for seg_rows, seg_c in zip(np.split(rows, bounds), np.split(cs, bounds), strict=True):
+            c = int(seg_c[0])
+            a, b = int(offsets[c]), int(offsets[c + 1])
+            if b == a:
+                continue
+            sims = xc[seg_rows] @ tree.leaves[a:b].T
+            cand_rows.append(np.repeat(seg_rows, b - a))
+            cand_leaves.append(np.tile(np.arange(a, b, dtype=np.int64), seg_rows.size))
+            cand_scores.append(sims.ravel())
+        if not cand_rows:
+            continue
+        r, lf, s = np.concatenate(cand_rows), np.concatenate(cand_leaves), np.concatenate(cand_scores)
+        rank_rows, rank_leaves, rank_scores, rank = rank_within(r, lf, s)
+        keep = rank < p
+        leaf_ids[start + rank_rows[keep], rank[keep]] = rank_leaves[keep]
+        leaf_scores[start + rank_rows[keep], rank[keep]] = rank_scores[keep]
+    return leaf_ids, leaf_scores, cost
+
+
+def rank_within(
+    groups: Ints, keys: Ints, scores: npt.NDArray[np.floating]
+) -> tuple[Ints, Ints, npt.NDArray[np.floating], Ints]:
+    """Sort candidates by (group, score descending, key ascending) and number them 0, 1, ... within each group.
+
+    Returns the sorted groups, keys, scores and the rank of each candidate inside its group.
+    """
+    order = np.lexsort((keys, -scores, groups))
+    g, k, s = groups[order], keys[order], scores[order]
+    if g.size == 0:
+        return g, k, s, np.zeros(0, dtype=np.int64)
+    first = np.r_[True, g[1:] != g[:-1]]
+    starts = np.flatnonzero(first)
+    rank = np.arange(g.size, dtype=np.int64) - np.repeat(starts, np.diff(np.r_[starts, g.size]))
+    return g, k, s, rank
+
+
+def top_k_exact(queries: Matrix, keys: Matrix, k: int) -> tuple[Ints, Matrix]:
+    """Exact top-``k`` keys of every query by one matrix product: (indices (nq, k'), scores), k' = min(k, nk).
+
+    Best first; equal scores go to the lower key index, so callers that sort keys by id break ties by id.
+    """
+    nq, nk = queries.shape[0], keys.shape[0]
+    width = min(k, nk)
+    if nq == 0 or width == 0:
+        return np.zeros((nq, width), dtype=np.int64), np.zeros((nq, width), dtype=np.float32)
+    sims = queries @ keys.T
+    best = _top_columns(sims, width)
+    return best, np.take_along_axis(sims, best, axis=1)
+
+
+def merge_top_k(
+    query_ids: Ints, key_ids: Ints, scores: npt.NDArray[np.floating], k: int
+) -> tuple[Ints, Ints, npt.NDArray[np.floating], Ints]:
+    """Merge partial top-k lists (one per leaf or chunk) into the final top-``k`` per query.
+
+    Inputs are flat candidate arrays; the output keeps, per query, its ``k`` best candidates ordered by score
+    descending then key id ascending: (query ids, key ids, scores, rank 0..k-1).
+    """
+    g, kk, s, rank = rank_within(query_ids, key_ids, scores)
+    keep = rank < k
+    return g[keep], kk[keep], s[keep], rank[keep]
+
+
+def mean_cosine_distance(x: Matrix, centroids: Matrix) -> float:
+    """Mean of 1 - cos(point, nearest centroid): the loss that spherical k-means minimises."""
+    if x.shape[0] == 0:
+        return 0.0
+    _, scores = assign(x, centroids)
+    return float(1.0 - scores.astype(np.float64).mean())
+
+
+def hierarchical_kmeans(
+    x: Matrix,
+    leaf_size: int,
+    coarse_clusters: int = 0,
+    *,
+    niter: int = 20,
+    seed: int = 0,
+    max_points_per_centroid: int = 256,
+    resampling_steps: int = 0,
+    resample_size: int = 0,
+) -> Tree:
+    """The two-level tree of realsyn.clustering on one machine (arrays in memory), with random samples.
+
+    ``coarse_clusters`` 0 means about sqrt(n / leaf_size); each coarse cluster of n_c rows gets
+    max(1, round(n_c / leaf_size)) leaves.
+    """
+    n, d = x.shape
+    if n == 0:
+        return Tree.from_parts(np.zeros((0, d), np.float32), [])
+    k1 = coarse_clusters or max(1, round(float(np.sqrt(n / leaf_size))))
+    rng = np.random.default_rng(seed)
+    kwargs = {
+        "niter": niter,
+        "max_points_per_centroid": max_points_per_centroid,
+        "resampling_steps": resampling_steps,
+        "resample_size": resample_size,
+    }
+
+    def sample(rows: Ints, k: int) -> Ints:
+        cap = k * max_points_per_centroid
+        return rows if rows.size <= cap else np.sort(rng.choice(rows, cap, replace=False))
+
+    coarse = spherical_kmeans(x[sample(np.arange(n), k1)], k1, seed=seed, **kwargs)  # type: ignore[arg-type]
+    labels, _ = assign(x, coarse)
+    fine = []
+    for c in range(coarse.shape[0]):
+        rows = np.flatnonzero(labels == c)
+        if rows.size == 0:
+            fine.append(np.zeros((0, d), np.float32))
+            continue
+        k = max(1, round(rows.size / leaf_size))
+        fine.append(spherical_kmeans(x[sample(rows, k)], k, seed=seed + c, **kwargs))  # type: ignore[arg-type]
+    return Tree.from_parts(coarse, fine)
