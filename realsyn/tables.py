@@ -24,18 +24,21 @@ BRONZE_INGEST_REJECTS = "bronze.ingest_rejects"
 # Bronze: one row per distinct image URL with its final fetch status and, when ok, the image bytes.
 BRONZE_FETCHED_IMAGES = "bronze.fetched_images"
 
-# Silver: sentence k-means tree, leaf of every sentence, top-k sentences per image.
+# Silver: embeddings (key: id + model_id).
 SILVER_SENTENCE_EMBEDDINGS = "silver.sentence_embeddings"
 SILVER_IMAGE_EMBEDDINGS = "silver.image_embeddings"
 # Silver: inputs the embed stage could not embed (undecodable image bytes, empty text), one reason each.
 SILVER_IMAGE_EMBEDDING_REJECTS = "silver.image_embedding_rejects"
 SILVER_SENTENCE_EMBEDDING_REJECTS = "silver.sentence_embedding_rejects"
+# Silver: sentence k-means tree, leaf of every sentence, top-k sentences per image.
 SILVER_CENTROIDS = "silver.centroids"
 SILVER_SENTENCE_CLUSTERS = "silver.sentence_clusters"
 SILVER_RETRIEVAL = "silver.retrieval"
 
 # Silver: sentences after split, filters and dedup (key sentence_id), and what the filters/dedup dropped.
 SILVER_SENTENCES = "silver.sentences"
+SILVER_IMAGES = "silver.images"
+SILVER_IMAGE_REJECTS = "silver.image_rejects"
 SILVER_SENTENCE_REJECTS = "silver.sentence_rejects"
 
 # Gold: per-stage row counts (rows in, kept, rejected) for the whole pipeline.
