@@ -8,9 +8,9 @@ from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.embed import run_embed
 from realsyn.fetch import run_fetch_images
 from realsyn.images import run_extract_images
-from realsyn.sentences import run_extract_sentences
 from realsyn.ingest import run_ingest
 from realsyn.retrieval import run_retrieve
+from realsyn.sentences import run_extract_sentences
 from realsyn.spark import get_spark
 from realsyn.tables import Lakehouse
 
