@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -34,6 +35,8 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     if not launched_by_spark_submit():
+        # Local Python workers run this interpreter (the project's virtualenv), not whatever is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(cfg.master)
         if cfg.delta_from_maven:
             from delta import configure_spark_with_delta_pip
