@@ -21,13 +21,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"demo corpus at {generate(cfg.demo)}")
     cfg = with_demo_inputs(cfg)
     lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
+    # Ingest and fetch return a one-line summary; the later stages print their own funnel and counts.
     print(run_ingest(lakehouse, cfg))
     print(run_fetch_images(lakehouse, cfg))
-    print(run_extract_images(lakehouse, cfg))
-    print(run_extract_sentences(lakehouse, cfg))
-    print(run_embed(lakehouse, cfg))
-    print(run_cluster_sentences(lakehouse, cfg))
-    print(run_retrieve(lakehouse, cfg))
+    run_extract_images(lakehouse, cfg)
+    run_extract_sentences(lakehouse, cfg)
+    run_embed(lakehouse, cfg)
+    run_cluster_sentences(lakehouse, cfg)
+    run_retrieve(lakehouse, cfg)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[
     """Parse arguments and load the config; exit with status 2 and the message on bad config."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # faiss logs each CPU-specific build it fails to find before loading the generic one.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return load_config(args.conf, args.overrides), args
     except ConfigError as e:
