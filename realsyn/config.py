@@ -141,8 +141,11 @@ class SentenceNearDedupConfig(Section):
     seed: int = 0
 
 
-class SentenceSemanticDedupConfig(Section):
-    """Semantic duplicates: embedding cosine within k-means clusters; runs only where sentence embeddings exist."""
+class SemanticDedupConfig(Section):
+    """Semantic duplicates (images or sentences): embedding cosine within k-means clusters.
+
+    Runs only where embeddings of ``model_id`` (or of the only model present) exist.
+    """
 
     enabled: bool = True
     model_id: str | None = None
@@ -164,7 +167,7 @@ class SentencesConfig(Section):
     cat: SentenceCatConfig = Field(default_factory=SentenceCatConfig)
     perplexity: SentencePerplexityConfig = Field(default_factory=SentencePerplexityConfig)
     near_dedup: SentenceNearDedupConfig = Field(default_factory=SentenceNearDedupConfig)
-    semantic_dedup: SentenceSemanticDedupConfig = Field(default_factory=SentenceSemanticDedupConfig)
+    semantic_dedup: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
 
 
 class EmbedConfig(Section):
@@ -243,24 +246,13 @@ class ImagePerceptualDedupConfig(Section):
     bands: int = Field(default=3, ge=1, le=64)
 
 
-class ImageSemanticDedupConfig(Section):
-    """Semantic duplicates: CLIP image cosine within k-means clusters; runs only where image embeddings exist."""
-
-    enabled: bool = True
-    model_id: str | None = None
-    min_cosine: float = Field(default=0.95, gt=0, le=1)
-    items_per_cluster: int = Field(default=1_000, gt=1)
-    clusters_per_item: int = Field(default=1, gt=0)
-    seed: int = 0
-
-
 class ImagesConfig(Section):
     """Image extraction (paper section 3.1): quality filter, exact, perceptual and semantic dedup."""
 
     min_short_side: int = Field(default=100, ge=0)
     max_aspect_ratio: float = Field(default=3.0, ge=1)
     perceptual_dedup: ImagePerceptualDedupConfig = Field(default_factory=ImagePerceptualDedupConfig)
-    semantic_dedup: ImageSemanticDedupConfig = Field(default_factory=ImageSemanticDedupConfig)
+    semantic_dedup: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
 
 
 class Config(Section):

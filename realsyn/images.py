@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.components import COMPONENT, REPRESENTATIVE, choose_representatives, connected_components
-from realsyn.config import Config, ImagePerceptualDedupConfig, ImagesConfig, ImageSemanticDedupConfig
+from realsyn.config import Config, ImagePerceptualDedupConfig, ImagesConfig, SemanticDedupConfig
 from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import bytes_id_col
 from realsyn.semdedup import SemDedupParams, semantic_dedup
@@ -250,7 +250,7 @@ def perceptual_dedup(images: DataFrame, cfg: ImagePerceptualDedupConfig) -> tupl
 
 
 def semantic_image_dedup(
-    images: DataFrame, embeddings: DataFrame, cfg: ImageSemanticDedupConfig
+    images: DataFrame, embeddings: DataFrame, cfg: SemanticDedupConfig
 ) -> tuple[DataFrame, DataFrame]:
     """(kept, rejects): one representative per group of semantic duplicates among images with an embedding.
 
@@ -269,7 +269,7 @@ def semantic_image_dedup(
     return kept.unionByName(without.select(*IMAGE_COLUMNS)), rejects
 
 
-def _embeddings_of(lakehouse: Lakehouse, cfg: ImageSemanticDedupConfig) -> DataFrame | None:
+def _embeddings_of(lakehouse: Lakehouse, cfg: SemanticDedupConfig) -> DataFrame | None:
     """The image embeddings of the configured model, or None when the step cannot run."""
     if not cfg.enabled or not lakehouse.exists(SILVER_IMAGE_EMBEDDINGS):
         return None

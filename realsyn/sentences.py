@@ -43,11 +43,11 @@ from realsyn.components import group_duplicates
 from realsyn.config import (
     Config,
     ConfigError,
+    SemanticDedupConfig,
     SentenceCatConfig,
     SentenceNearDedupConfig,
     SentencePerplexityConfig,
     SentencesConfig,
-    SentenceSemanticDedupConfig,
 )
 from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import stable_id_col
@@ -407,7 +407,7 @@ def _merge_groups(grouped: DataFrame, reason: str) -> tuple[DataFrame, DataFrame
 
 
 def semantic_duplicates(
-    sentences: DataFrame, embeddings: DataFrame, cfg: SentenceSemanticDedupConfig
+    sentences: DataFrame, embeddings: DataFrame, cfg: SemanticDedupConfig
 ) -> tuple[DataFrame, DataFrame]:
     """Merge sentences whose embeddings have cosine >= ``cfg.min_cosine`` (searched within k-means clusters).
 
@@ -429,7 +429,7 @@ def semantic_duplicates(
     return kept.unionByName(alone.select(*SENTENCES_SCHEMA.fieldNames())), rejects
 
 
-def sentence_embeddings(lakehouse: Lakehouse, cfg: SentenceSemanticDedupConfig) -> DataFrame | None:
+def sentence_embeddings(lakehouse: Lakehouse, cfg: SemanticDedupConfig) -> DataFrame | None:
     """``(sentence_id, embedding)`` of the configured model (or of the only model present), else None.
 
     Raises ConfigError when several models have sentence embeddings and ``model_id`` does not pick one.

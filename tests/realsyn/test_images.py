@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
-from PIL import Image, ImageEnhance
+from PIL import ImageEnhance
 from pyspark.sql import SparkSession
-from skimage import data
-from sklearn.datasets import load_sample_image
 
 from realsyn.config import Config
 from realsyn.ids import bytes_id, stable_id
@@ -21,45 +17,28 @@ from realsyn.tables import (
     SILVER_IMAGES,
     Lakehouse,
 )
-
-
-def _photo(name: str) -> Image.Image:
-    if name in ("china", "flower"):
-        return Image.fromarray(load_sample_image(f"{name}.jpg"))
-    return Image.fromarray(getattr(data, name)()).convert("RGB")
-
-
-def _encode(im: Image.Image, fmt: str = "PNG", **kw: int) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _crop(im: Image.Image, frac: float) -> Image.Image:
-    w, h = im.size
-    dx, dy = int(w * frac), int(h * frac)
-    return im.crop((dx, dy, w - dx, h - dy))
+from tests.photos import crop, encode, photo
 
 
 def _inputs() -> dict[str, bytes]:
     """URL name -> image bytes: originals, edited copies, exact copies, and images that must be filtered."""
-    ast, cof, che, roc, chi, flo = (_photo(n) for n in ["astronaut", "coffee", "chelsea", "rocket", "china", "flower"])
-    rocket = _encode(roc, "JPEG", quality=85)
-    coffee_jpeg = _encode(cof, "JPEG", quality=90)
+    ast, cof, che, roc, chi, flo = (photo(n) for n in ["astronaut", "coffee", "chelsea", "rocket", "china", "flower"])
+    rocket = encode(roc, "JPEG", quality=85)
+    coffee_jpeg = encode(cof, "JPEG", quality=90)
     return {
-        "astronaut": _encode(ast),  # 512 x 512
-        "astronaut-small-jpeg": _encode(ast.resize((256, 256)), "JPEG", quality=40),
-        "coffee": _encode(cof),  # 600 x 400
-        "coffee-crop-recolour": _encode(ImageEnhance.Color(_crop(cof, 0.02)).enhance(0.85)),  # 576 x 384
-        "chelsea": _encode(che.resize((300, 200))),
-        "chelsea-bright": _encode(ImageEnhance.Brightness(che).enhance(1.1), "JPEG", quality=70),  # 451 x 300
+        "astronaut": encode(ast),  # 512 x 512
+        "astronaut-small-jpeg": encode(ast.resize((256, 256)), "JPEG", quality=40),
+        "coffee": encode(cof),  # 600 x 400
+        "coffee-crop-recolour": encode(ImageEnhance.Color(crop(cof, 0.02)).enhance(0.85)),  # 576 x 384
+        "chelsea": encode(che.resize((300, 200))),
+        "chelsea-bright": encode(ImageEnhance.Brightness(che).enhance(1.1), "JPEG", quality=70),  # 451 x 300
         "rocket-1": rocket,
         "rocket-2": rocket,
         "rocket-3": rocket,
-        "china": _encode(chi, "JPEG", quality=90),
-        "flower": _encode(flo, "JPEG", quality=90),
-        "tiny-astronaut": _encode(ast.resize((90, 90))),
-        "flower-strip": _encode(flo.crop((0, 0, 640, 150))),  # 640 / 150 > 3
+        "china": encode(chi, "JPEG", quality=90),
+        "flower": encode(flo, "JPEG", quality=90),
+        "tiny-astronaut": encode(ast.resize((90, 90))),
+        "flower-strip": encode(flo.crop((0, 0, 640, 150))),  # 640 / 150 > 3
         "html": b"<html>404</html>",
         "coffee-truncated": coffee_jpeg[: len(coffee_jpeg) // 2],
     }
@@ -181,7 +160,7 @@ def test_extract_images_end_to_end(spark: SparkSession, lakehouse: Lakehouse) ->
 
 
 def test_semantic_dedup_uses_image_embeddings_when_present(spark: SparkSession, lakehouse: Lakehouse) -> None:
-    contents = {n: _encode(_photo(n), "JPEG", quality=90) for n in ["astronaut", "coffee", "china", "flower"]}
+    contents = {n: encode(photo(n), "JPEG", quality=90) for n in ["astronaut", "coffee", "china", "flower"]}
     url_ids = _write_bronze(spark, lakehouse, contents)
     iid = {n: bytes_id(c) for n, c in contents.items()}
     # Planted vectors: astronaut and china nearly the same direction (cosine ~0.9999), the others orthogonal;

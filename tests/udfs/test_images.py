@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
-from skimage import data
-from sklearn.datasets import load_sample_image
 
+from tests.photos import crop, encode, photo
 from udfs.images import (
     band_keys,
     band_layout,
@@ -23,31 +21,12 @@ from udfs.images import (
     phash_batch,
 )
 
-
-def _photo(name: str) -> Image.Image:
-    if name in ("china", "flower"):
-        return Image.fromarray(load_sample_image(f"{name}.jpg"))
-    return Image.fromarray(getattr(data, name)()).convert("RGB")
-
-
-def _encode(im: Image.Image, fmt: str = "PNG", **kw: int) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _crop(im: Image.Image, frac: float) -> Image.Image:
-    w, h = im.size
-    dx, dy = int(w * frac), int(h * frac)
-    return im.crop((dx, dy, w - dx, h - dy))
-
-
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "china", "flower"]
 
 
 def test_image_info_reads_header_and_survives_garbage() -> None:
-    png = _encode(Image.new("RGB", (321, 123)))
-    jpg = _encode(Image.new("RGB", (40, 500)), "JPEG")
+    png = encode(Image.new("RGB", (321, 123)))
+    jpg = encode(Image.new("RGB", (40, 500)), "JPEG")
     assert image_info(png) == (321, 123, "png")
     assert image_info(jpg) == (40, 500, "jpeg")
     assert image_info(b"<html>not an image</html>") == (None, None, None)
@@ -62,15 +41,15 @@ def test_image_info_reads_header_and_survives_garbage() -> None:
 
 
 def test_phash_groups_edited_copies_of_real_photographs_and_separates_distinct_ones() -> None:
-    originals = {n: phash(_encode(_photo(n))) for n in PHOTOS}
+    originals = {n: phash(encode(photo(n))) for n in PHOTOS}
     for name in PHOTOS:
-        im = _photo(name)
+        im = photo(name)
         copies = {
-            "half size": _encode(im.resize((im.width // 2, im.height // 2))),
-            "jpeg q=30": _encode(im, "JPEG", quality=30),
-            "2% crop": _encode(_crop(im, 0.02)),
-            "recoloured": _encode(ImageEnhance.Color(im).enhance(0.8)),
-            "brighter": _encode(ImageEnhance.Brightness(im).enhance(1.1), "JPEG", quality=60),
+            "half size": encode(im.resize((im.width // 2, im.height // 2))),
+            "jpeg q=30": encode(im, "JPEG", quality=30),
+            "2% crop": encode(crop(im, 0.02)),
+            "recoloured": encode(ImageEnhance.Color(im).enhance(0.8)),
+            "brighter": encode(ImageEnhance.Brightness(im).enhance(1.1), "JPEG", quality=60),
         }
         for edit, content in copies.items():
             d = int(hamming(originals[name], phash(content)))
@@ -80,7 +59,7 @@ def test_phash_groups_edited_copies_of_real_photographs_and_separates_distinct_o
 
 
 def test_phash_of_broken_bytes_is_null() -> None:
-    jpg = _encode(_photo("coffee"), "JPEG", quality=90)
+    jpg = encode(photo("coffee"), "JPEG", quality=90)
     got = phash_batch(pd.Series([jpg[: len(jpg) // 2], b"garbage", None, jpg]))
     assert got.isna().tolist() == [True, True, True, False]
     assert got.dtype == "Int64"
