@@ -128,6 +128,23 @@ def quality_reason(cfg: ImagesConfig) -> Column:
     )
 
 
+def _reject_rows(
+    df: DataFrame, step: str, reason: Column, url_ids: Column | None = None, duplicate_of: Column | None = None
+) -> DataFrame:
+    """Rows of ``df`` in the shape of silver.image_rejects, dropped at ``step`` for ``reason``."""
+    return df.select(
+        F.lit(step).alias(STEP),
+        reason.alias(REASON),
+        "image_id",
+        (F.col("url_ids") if url_ids is None else url_ids).alias("url_ids"),
+        "doc_ids",
+        "width",
+        "height",
+        "format",
+        (F.lit(None).cast("string") if duplicate_of is None else duplicate_of).alias(DUPLICATE_OF),
+    )
+
+
 def exact_dedup(urls: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(images, rejects): one image per content hash with all its URLs and documents; extra URL rows rejected.
 
@@ -142,16 +159,12 @@ def exact_dedup(urls: DataFrame) -> tuple[DataFrame, DataFrame]:
     images = joined.where(F.col("url_id") == F.col("_first_url")).select(
         "image_id", "content", "width", "height", "format", "url_ids", F.col("all_doc_ids").alias("doc_ids")
     )
-    rejects = joined.where(F.col("url_id") != F.col("_first_url")).select(
-        F.lit("exact_dedup").alias(STEP),
-        F.lit("exact_duplicate").alias(REASON),
-        "image_id",
-        F.array("url_id").alias("url_ids"),
-        "doc_ids",
-        "width",
-        "height",
-        "format",
-        F.col("image_id").alias(DUPLICATE_OF),
+    rejects = _reject_rows(
+        joined.where(F.col("url_id") != F.col("_first_url")),
+        "exact_dedup",
+        F.lit("exact_duplicate"),
+        url_ids=F.array("url_id"),
+        duplicate_of=F.col("image_id"),
     )
     return images, rejects
 
@@ -202,17 +215,7 @@ def _merge_groups(df: DataFrame, step: str, reason: str) -> tuple[DataFrame, Dat
         .withColumnRenamed("_url_ids", "url_ids")
         .withColumnRenamed("_doc_ids", "doc_ids")
     )
-    rejects = df.where(~is_rep).select(
-        F.lit(step).alias(STEP),
-        F.lit(reason).alias(REASON),
-        "image_id",
-        "url_ids",
-        "doc_ids",
-        "width",
-        "height",
-        "format",
-        F.col(REPRESENTATIVE).alias(DUPLICATE_OF),
-    )
+    rejects = _reject_rows(df.where(~is_rep), step, F.lit(reason), duplicate_of=F.col(REPRESENTATIVE))
     return kept.select(*IMAGE_COLUMNS), rejects
 
 
@@ -229,17 +232,7 @@ def perceptual_dedup(images: DataFrame, cfg: ImagePerceptualDedupConfig) -> tupl
     hashed = images.withColumn(PHASH, _phash(F.col("content")))
     hashed = hashed.withColumn(REASON, F.when(F.col(PHASH).isNull(), F.lit("undecodable")))
     ok, broken = split(hashed)
-    broken_rejects = broken.select(
-        F.lit("perceptual_dedup").alias(STEP),
-        REASON,
-        "image_id",
-        "url_ids",
-        "doc_ids",
-        "width",
-        "height",
-        "format",
-        F.lit(None).cast("string").alias(DUPLICATE_OF),
-    )
+    broken_rejects = _reject_rows(broken, "perceptual_dedup", F.col(REASON))
     hashes = ok.select(PHASH).distinct()
     pairs = phash_pairs(hashes, cfg)
     labels = connected_components(pairs, "src", "dst", vertices=hashes)
@@ -305,17 +298,7 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     urls = url_rows(lakehouse.read(BRONZE_FETCHED_IMAGES), lakehouse.read(BRONZE_IMAGE_REFS))
     urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)
     passed, bad = split(urls)
-    quality_rejects = bad.select(
-        F.lit("quality").alias(STEP),
-        REASON,
-        "image_id",
-        F.array("url_id").alias("url_ids"),
-        "doc_ids",
-        "width",
-        "height",
-        "format",
-        F.lit(None).cast("string").alias(DUPLICATE_OF),
-    )
+    quality_rejects = _reject_rows(bad, "quality", F.col(REASON), url_ids=F.array("url_id"))
     images, exact_rejects = exact_dedup(passed)
     images = images.localCheckpoint(eager=True)
     n_passed = passed.count()
