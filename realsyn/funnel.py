@@ -68,15 +68,7 @@ def write_funnel(lakehouse: Lakehouse, stage: str, steps: Sequence[FunnelStep]) 
     spark: SparkSession = lakehouse.spark
     rows = [(stage, i, s.step, s.rows_in, s.rows_out, s.rows_rejected) for i, s in enumerate(steps)]
     df = spark.createDataFrame(rows, FUNNEL_SCHEMA)
-    lakehouse.create_if_absent(FUNNEL, FUNNEL_SCHEMA)
-    (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"stage = '{stage}'")
-        .save(lakehouse.location(FUNNEL))
-        if lakehouse.storage.catalog is None
-        else df.writeTo(lakehouse.location(FUNNEL)).overwrite(F.col("stage") == stage)
-    )
+    lakehouse.replace_partition(FUNNEL, df, "stage", stage)
 
 
 def format_funnel(steps: Sequence[FunnelStep], title: str) -> str:
