@@ -4,7 +4,9 @@ Inside each Spark task, ``udfs.fetch`` keeps many requests in flight on one even
 timeouts, retries of transient failures, SSRF and size protection, decode check). The pending URLs are fetched
 in commit batches of ``fetch.commit_every`` URLs; each batch is MERGEd on ``url_id`` (an insert-only MERGE reads
 its source once, so every URL is fetched once), so a job killed mid-run keeps every committed batch, loses only
-the batch in flight, and never duplicates a row.
+the batch in flight, and never duplicates a row. The rows per status that the summary reports are counted by
+the tasks (an accumulator) and checked against the rows the MERGE reports written; only when they differ (a
+task run twice, a concurrent run) are they read back from the table.
 
 A rerun fetches only URLs without a row (every row holds a final status). ``retry_failed`` also refetches the
 rows whose failure was transient (``retryable``: timeouts, connection errors, HTTP 429 / 5xx) and replaces them
@@ -20,16 +22,17 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import cast
 
 import pyarrow as pa
-from pyspark import StorageLevel
+from pyspark import Accumulator, AccumulatorParam, StorageLevel
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.config import Config, ConfigError, FetchConfig
 from realsyn.tables import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS, Lakehouse
-from udfs.fetch import FetchOptions, FetchProgress, fetch_arrow
+from udfs.fetch import FetchOptions, FetchProgress, StatusCounts, count_statuses, fetch_arrow
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +140,17 @@ def pending_urls(refs: DataFrame, fetched: DataFrame | None, retry_failed: bool 
     return urls.join(done.select("url_id"), "url_id", "left_anti")
 
 
-def fetch_urls(urls: DataFrame, fcfg: FetchConfig, prefix: str | None = None) -> DataFrame:
-    """Fetch the ``url`` of every row of ``urls`` (``url_id``, ``url``) inside the tasks; one row per URL."""
+def fetch_urls(
+    urls: DataFrame,
+    fcfg: FetchConfig,
+    prefix: str | None = None,
+    counts: Accumulator[dict[str, list[int]]] | None = None,
+) -> DataFrame:
+    """Fetch the ``url`` of every row of ``urls`` (``url_id``, ``url``) inside the tasks; one row per URL.
+
+    ``counts`` (an accumulator of :class:`udfs.fetch.StatusCounts`) receives the rows and bytes per status that
+    each task returned, once the task has returned them all.
+    """
     options = fetch_options(fcfg, prefix)
     rows_per_batch = fcfg.rows_per_batch
     interval = fcfg.progress_interval_s
@@ -147,31 +159,36 @@ def fetch_urls(urls: DataFrame, fcfg: FetchConfig, prefix: str | None = None) ->
         def report(progress: FetchProgress) -> None:
             print(f"realsyn.fetch task: {progress.line()}", file=sys.stderr, flush=True)
 
-        yield from fetch_arrow(batches, options, rows_per_batch, report, interval)
+        returned: dict[str, list[int]] = {}
+        for batch in fetch_arrow(batches, options, rows_per_batch, report, interval):
+            count_statuses(batch, returned)
+            yield batch
+        if counts is not None:
+            counts.add(returned)
 
     return urls.select("url_id", "url").mapInArrow(fetch_partition, FETCHED_IMAGES_SCHEMA)
 
 
-def _write(lakehouse: Lakehouse, fetched: DataFrame, retry_failed: bool) -> None:
-    if not retry_failed:
-        lakehouse.insert_new(BRONZE_FETCHED_IMAGES, fetched, ["url_id"])
-        return
-    # Transient failures are replaced in place; a final row is never touched.
-    lakehouse.create_if_absent(BRONZE_FETCHED_IMAGES, FETCHED_IMAGES_SCHEMA, properties=TABLE_PROPERTIES)
-    (
-        lakehouse.delta(BRONZE_FETCHED_IMAGES)
-        .alias("t")
-        .merge(fetched.alias("s"), "t.url_id = s.url_id")
-        .whenMatchedUpdateAll(condition="t.retryable")
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+def _write(lakehouse: Lakehouse, fetched: DataFrame, retry_failed: bool) -> int:
+    """MERGE ``fetched`` into bronze.fetched_images (which exists); return the rows inserted or updated.
+
+    Without ``retry_failed`` it is an insert-only MERGE on ``url_id`` (like ``Lakehouse.insert_new``, without
+    its table check); with it, transient failures are replaced in place and a final row is never touched.
+    """
+    merge = lakehouse.delta(BRONZE_FETCHED_IMAGES).alias("t").merge(fetched.alias("s"), "t.url_id = s.url_id")
+    if retry_failed:
+        merge = merge.whenMatchedUpdateAll(condition="t.retryable")
+    metrics = merge.whenNotMatchedInsertAll().execute().first()
+    if metrics is None:  # an older Delta without MERGE metrics
+        return -1
+    return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"])
 
 
 def _batch_stats(lakehouse: Lakehouse, part: DataFrame, committed_after: datetime) -> list[Row]:
-    """Rows per status (and bytes) of the URLs of ``part`` as just committed.
+    """Rows per status (and bytes) of the URLs of ``part`` as just committed, read back from the table.
 
     The time filter lets Delta skip every file written before this batch, and only small columns are read.
+    Used only when the tasks' counts do not match what the MERGE wrote (a task retried, a concurrent writer).
     """
     table = lakehouse.read(BRONZE_FETCHED_IMAGES).filter(F.col("fetched_at") >= F.lit(committed_after))
     return (
@@ -215,18 +232,29 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
         for b in range(n_batches):
             part = pending.filter(batch_of == b) if n_batches > 1 else pending
             committed_after = datetime.now(timezone.utc) - timedelta(minutes=10)  # executor clocks may differ a little
-            fetched = fetch_urls(part.repartition(tasks), fcfg, prefix)
+            # StatusCounts follows AccumulatorParam's protocol without importing pyspark (udfs stay Spark-free).
+            counts = spark.sparkContext.accumulator({}, cast("AccumulatorParam[dict[str, list[int]]]", StatusCounts()))
+            fetched = fetch_urls(part.repartition(tasks), fcfg, prefix, counts)
             if retry_failed:
                 # An update MERGE reads its source twice: materialise it so that no URL is fetched twice.
                 fetched = fetched.persist(StorageLevel.MEMORY_AND_DISK)
             try:
-                _write(lakehouse, fetched, retry_failed)
+                written = _write(lakehouse, fetched, retry_failed)
             finally:
                 fetched.unpersist()
-            stats = _batch_stats(lakehouse, part, committed_after)
-            for row in stats:
-                summary.by_status[row["status"]] = summary.by_status.get(row["status"], 0) + int(row["n"])
-                summary.bytes += int(row["b"] or 0)
+            returned = counts.value
+            n_returned = sum(n for n, _ in returned.values())
+            if written != n_returned:
+                # A task ran twice or another run committed some of these URLs first: count what was committed.
+                log.info(
+                    "fetch_images: tasks returned %d rows, MERGE wrote %d: counting from the table", n_returned, written
+                )
+                returned = {
+                    r["status"]: [int(r["n"]), int(r["b"] or 0)] for r in _batch_stats(lakehouse, part, committed_after)
+                }
+            for status, (n, size) in returned.items():
+                summary.by_status[status] = summary.by_status.get(status, 0) + n
+                summary.bytes += size
             summary.seconds = time.monotonic() - started
             ok = summary.ok
             log.info(

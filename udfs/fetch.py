@@ -175,6 +175,33 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+class StatusCounts:
+    """Accumulator parameter (Spark's ``AccumulatorParam`` protocol) summing ``{status: [rows, bytes]}``.
+
+    Tasks count what they return, so the driver knows the rows per status of a write without reading them back.
+    """
+
+    def zero(self, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        """An empty count."""
+        return {}
+
+    def addInPlace(self, value1: dict[str, list[int]], value2: dict[str, list[int]]) -> dict[str, list[int]]:
+        """Add ``value2`` into ``value1``."""
+        for status, (rows, size) in value2.items():
+            total = value1.setdefault(status, [0, 0])
+            total[0] += rows
+            total[1] += size
+        return value1
+
+
+def count_statuses(batch: pa.RecordBatch, into: dict[str, list[int]]) -> None:
+    """Add the rows and ``n_bytes`` per ``status`` of ``batch`` (of :data:`ARROW_SCHEMA`) to ``into``."""
+    for status, size in zip(batch.column("status").to_pylist(), batch.column("n_bytes").to_pylist(), strict=True):
+        total = into.setdefault(status, [0, 0])
+        total[0] += 1
+        total[1] += size or 0
+
+
 class BlockedAddressError(Exception):
     """A host resolved only to refused addresses (or is a refused IP literal)."""
 
@@ -391,6 +418,7 @@ class Fetcher:
         self._roots = tuple(os.path.realpath(r) for r in options.file_roots)
         self._schemes = frozenset(s.lower() for s in options.allowed_schemes)
         self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._literal_checks: dict[str, str | None] = {}  # host of a URL -> why refused, when an IP literal
         self._io = ThreadPoolExecutor(options.io_threads, thread_name_prefix="fetch-io")
         self._dns = ThreadPoolExecutor(options.dns_threads, thread_name_prefix="fetch-dns")
         self._decode = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="fetch-decode")
@@ -520,9 +548,14 @@ class Fetcher:
         if not host:
             raise _Outcome(INVALID_URL, "no host")
         try:
-            reason = blocked_reason(host, self._allow)
-        except ValueError:
-            return  # a host name: checked on its resolved addresses by the resolver
+            reason = self._literal_checks[host]
+        except KeyError:
+            try:
+                reason = blocked_reason(host, self._allow)
+            except ValueError:
+                reason = None  # a host name: checked on its resolved addresses by the resolver
+            if len(self._literal_checks) < 100_000:
+                self._literal_checks[host] = reason
         if reason is not None:
             raise _Outcome(BLOCKED, f"address {host} refused ({reason})")
 

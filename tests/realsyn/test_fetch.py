@@ -218,3 +218,23 @@ def test_mmc4_urls_all_end_with_a_final_status(lakehouse: Lakehouse, mmc4_path: 
 def test_no_image_refs_is_a_no_op(lakehouse: Lakehouse) -> None:
     summary = run_fetch_images(lakehouse, Config(storage=lakehouse.storage))
     assert (summary.pending, summary.by_status, lakehouse.exists(BRONZE_FETCHED_IMAGES)) == (0, {}, False)
+
+
+def test_counts_are_read_back_when_the_tasks_counts_disagree_with_the_merge(
+    lakehouse: Lakehouse, server: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import realsyn.fetch
+
+    write = realsyn.fetch._write
+    # As if a task had been run twice: its counts no longer match the rows the MERGE wrote.
+    monkeypatch.setattr(realsyn.fetch, "_write", lambda *args: write(*args) + 1)
+    a, missing = server.url("/a.jpg"), server.url("/missing")
+    _write_refs(lakehouse, [("d1", 0, a), ("d1", 1, missing), ("d2", 0, a)])
+
+    summary = run_fetch_images(lakehouse, _config(lakehouse.storage))
+
+    assert (summary.pending, summary.by_status, summary.bytes) == (2, {"ok": 1, "http_error": 1}, len(IMAGES["/a.jpg"]))
+    assert {r["url"]: r["status"] for r in lakehouse.read(BRONZE_FETCHED_IMAGES).collect()} == {
+        a: "ok",
+        missing: "http_error",
+    }

@@ -393,3 +393,45 @@ def test_helpers() -> None:
     assert [F.is_transient(s, h) for s, h in [(F.HTTP_ERROR, 404), (F.BLOCKED, None), (F.DNS_ERROR, None)]] == [
         False
     ] * 3
+
+
+CHINA = Image.fromarray(load_sample_image("china.jpg"))  # 640 x 427: large enough to be decoded at 1/8 scale
+
+
+@pytest.mark.parametrize(("mode", "progressive"), [("RGB", False), ("RGB", True), ("CMYK", False)])
+def test_reduced_scale_jpeg_check_still_reads_the_whole_stream(mode: str, progressive: bool) -> None:
+    data = _encode(CHINA.convert(mode), "JPEG", quality=90, progressive=progressive)
+    assert F.validate_image(data, 50_000_000) == F.ImageCheck(F.OK, None, 640, 427, "JPEG")
+    # Cut in the first half, in the last rows of entropy-coded data, and only the end-of-image marker missing.
+    for cut in (len(data) // 3, len(data) - 64, len(data) - 2):
+        check = F.validate_image(data[:cut], 50_000_000)
+        assert (check.status, check.format) == (F.DECODE_ERROR, "JPEG"), cut
+        assert "truncated" in (check.error or ""), cut
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_truncated_png_is_a_decode_error(bits: int) -> None:
+    img = CHINA if bits == 8 else Image.fromarray(np.asarray(CHINA.convert("L"), dtype=np.uint16) * 257)
+    data = _encode(img, "PNG")
+    assert F.validate_image(data, 50_000_000) == F.ImageCheck(F.OK, None, 640, 427, "PNG")
+    for cut in (len(data) // 2, len(data) - 100):  # both inside the compressed image data
+        check = F.validate_image(data[:cut], 50_000_000)
+        assert (check.status, check.format) == (F.DECODE_ERROR, "PNG"), cut
+
+
+def test_status_counts() -> None:
+    rows = [
+        {"url_id": "a", "url": "u1", "status": F.OK, "n_bytes": 10},
+        {"url_id": "b", "url": "u2", "status": F.HTTP_ERROR, "http_status": 404},
+        {"url_id": "c", "url": "u3", "status": F.OK, "n_bytes": 5},
+    ]
+    counts: dict[str, list[int]] = {}
+    F.count_statuses(pa.RecordBatch.from_pylist(rows, schema=F.ARROW_SCHEMA), counts)
+    assert counts == {F.OK: [2, 15], F.HTTP_ERROR: [1, 0]}
+    param = F.StatusCounts()
+    total = param.addInPlace(param.zero({}), counts)
+    assert param.addInPlace(total, {F.OK: [1, 7], F.TIMEOUT: [1, 0]}) == {
+        F.OK: [3, 22],
+        F.HTTP_ERROR: [1, 0],
+        F.TIMEOUT: [1, 0],
+    }
