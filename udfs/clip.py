@@ -354,14 +354,18 @@ class Encoder:
         return np.concatenate(outputs, axis=0)
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """ToTensor + Normalize of a uint8 (N, H, W, C) batch, as torchvision does them, on the device."""
+        """ToTensor + Normalize of a uint8 (N, H, W, C) batch, as torchvision does them, on the device.
+
+        The same operations in the same order as torchvision (so bit-identical), on a contiguous NCHW copy and
+        in place: on a permuted (channels-last) view the element-wise steps ran ~10x slower on a CPU.
+        """
         import torch
 
         assert self.pixel_mean is not None and self.pixel_std is not None
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+        x = pixels.permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
         mean = torch.tensor(self.pixel_mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.pixel_std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        return x.sub(mean).div(std)
+        return x.sub_(mean).div_(std)
 
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """L2-normalised float32 vectors of a batch of preprocessed images (N, 3, H, W)."""

@@ -231,8 +231,12 @@ def test_device_side_normalisation_equals_the_models_own_transform(encoder: clip
     assert encoder.model_transform is not None and encoder.pixel_mean is not None
     cpu_part = encoder.image_transform(img)
     assert (cpu_part.dtype, tuple(cpu_part.shape)) == (torch.uint8, (32, 32, 3))
-    got = encoder._normalize(cpu_part[None])[0]
-    torch.testing.assert_close(got, encoder.model_transform(img), atol=1e-6, rtol=0)
+    images = [img, clip.decode_image(image_bytes(5, (64, 30)))]
+    batch = encoder._normalize(torch.stack([encoder.image_transform(i) for i in images]))
+    assert batch.is_contiguous()
+    # The same float32 operations as torchvision's ToTensor + Normalize: bit-identical, not merely close.
+    for got, image in zip(batch, images, strict=True):
+        assert torch.equal(got, encoder.model_transform(image))
 
 
 def test_text_vectors_equal_the_model_called_directly_and_are_truncated(encoder: clip.Encoder, direct: Any) -> None:
