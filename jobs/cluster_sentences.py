@@ -1,4 +1,4 @@
-"""Hierarchical k-means of the sentence embeddings: silver.centroids and silver.sentence_clusters."""
+"""Hierarchical k-means of the sentence embeddings: silver.sentence_centroids and silver.sentence_clusters."""
 
 from __future__ import annotations
 

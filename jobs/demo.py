@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse
-from realsyn.clustering import run_cluster_sentences
+from realsyn.clustering import run_cluster_images, run_cluster_sentences
 from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.embed import run_embed
 from realsyn.fetch import run_fetch_images
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     run_embed(lakehouse, cfg)
     run_cluster_sentences(lakehouse, cfg)
     run_retrieve(lakehouse, cfg)
+    run_cluster_images(lakehouse, cfg)
 
 
 if __name__ == "__main__":

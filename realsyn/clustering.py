@@ -3,35 +3,52 @@
 The coarse level is trained with faiss on a sample collected to the driver (about ``max_points_per_centroid``
 rows per centroid, chosen by a hash of the id so the sample does not depend on partitioning); its centroids
 travel to the executors inside the UDF closure, which PySpark ships as a broadcast variable once it is large.
-Every row is then given its coarse cluster, and each coarse cluster's fine level is trained in parallel with a
-grouped ``applyInPandas`` on a hash sample of that cluster, with ``round(n_c / leaf_size)`` fine centroids so
-that leaves hold about ``leaf_size`` rows whatever the skew of the coarse clusters. Finally every row descends
-the tree to its leaf.
+A hash sample of the rows (the same share of every coarse cluster: about ``max_points_per_centroid`` rows per
+leaf) is given its coarse cluster, and each coarse cluster's fine level is trained in parallel with a grouped
+``applyInArrow``, with ``round(n_c / leaf_size)`` fine centroids (n_c estimated from the sample) so that leaves
+hold about ``leaf_size`` rows whatever the skew of the coarse clusters. ``refine_steps`` Lloyd steps over all
+rows follow: each row goes to its nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters (so
+rows cross the coarse split where that fits them better), and every leaf and coarse centroid moves to the
+normalised mean of its rows; partial sums per leaf are computed inside each partition and reduced in one
+shuffle keyed by leaf. Finally every row descends the tree to its leaf. The UDFs read embeddings straight from
+Arrow buffers (no Python object per row).
 
-``run_cluster_sentences`` applies this to ``silver.sentence_embeddings`` and writes ``silver.centroids``
-(model_id, level, centroid_id, parent_id, vector, size) and ``silver.sentence_clusters`` (sentence_id,
-model_id, leaf_id). Level 0 is the coarse level; level 1 holds the leaves, whose ``centroid_id`` is the
-``leaf_id`` used everywhere else. Both tables are rewritten for one model id at a time (an atomic replace of
-that model's rows); with ``cluster.retrain: false`` an existing tree is kept and only sentences without a leaf
-are assigned.
+``run_cluster_sentences`` applies this to ``silver.sentence_embeddings`` (section ``cluster``) and writes
+``silver.sentence_centroids`` (model_id, level, centroid_id, parent_id, vector, size) and
+``silver.sentence_clusters`` (sentence_id, model_id, leaf_id); ``run_cluster_images`` does the same for
+``silver.image_embeddings`` (section ``image_cluster``) into ``silver.image_centroids`` and
+``silver.image_clusters``, the image clusters that balance sampling draws from. Level 0 is the coarse level;
+level 1 holds the leaves, whose ``centroid_id`` is the ``leaf_id`` used everywhere else. Both tables are
+rewritten for one model id at a time (an atomic replace of that model's rows); with ``retrain: false`` an
+existing tree is kept and only rows without a leaf are assigned.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.config import ClusterConfig, Config, ConfigError
-from realsyn.tables import SILVER_CENTROIDS, SILVER_SENTENCE_CLUSTERS, SILVER_SENTENCE_EMBEDDINGS, Lakehouse
-from udfs.kmeans import Tree, as_matrix, assign, descend, spherical_kmeans
+from realsyn.tables import (
+    SILVER_IMAGE_CENTROIDS,
+    SILVER_IMAGE_CLUSTERS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_SENTENCE_CENTROIDS,
+    SILVER_SENTENCE_CLUSTERS,
+    SILVER_SENTENCE_EMBEDDINGS,
+    Lakehouse,
+)
+from udfs.kmeans import Tree, arrow_matrix, as_matrix, assign, descend, refined, spherical_kmeans, sums_by_label
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +74,13 @@ _FINE_SCHEMA = T.StructType(
     ]
 )
 
+_SUMS_SCHEMA = T.StructType(
+    [
+        T.StructField("leaf_id", T.LongType(), False),
+        T.StructField("total", T.ArrayType(T.DoubleType(), False), False),
+    ]
+)
+
 _HASH_RANGE = 1 << 30
 
 
@@ -77,10 +101,10 @@ def fine_cluster_count(n_rows: int, leaf_size: int) -> int:
     return max(1, round(n_rows / leaf_size))
 
 
-def _sorted_matrix(pdf: pd.DataFrame, id_col: str, embedding_col: str) -> np.ndarray:
+def _sorted_matrix(table: pa.Table, id_col: str, embedding_col: str, dim: int) -> np.ndarray:
     """Embeddings ordered by id, so training does not depend on the order rows arrive in."""
-    ordered = pdf.sort_values(id_col, kind="stable")
-    return as_matrix(ordered[embedding_col])
+    order = pc.sort_indices(table, sort_keys=[(id_col, "ascending")])
+    return arrow_matrix(table.column(embedding_col).take(order), dim)
 
 
 def train_tree(
@@ -100,67 +124,100 @@ def train_tree(
         return Tree.from_parts(np.zeros((0, 0), np.float32), [])
     k1 = coarse_cluster_count(n, cfg)
     fraction = min(1.0, k1 * cfg.max_points_per_centroid / n)
-    sample = rows.filter(hash_uniform(id_col, cfg.seed) < fraction).toPandas()
-    if sample.empty:  # a tiny fraction can miss every row; fall back to the whole (then small) input
-        sample = rows.toPandas()
-    coarse = spherical_kmeans(
-        _sorted_matrix(sample, id_col, embedding_col),
-        k1,
+    sample = rows.filter(hash_uniform(id_col, cfg.seed) < fraction).toArrow()
+    if sample.num_rows == 0:  # a tiny fraction can miss every row; fall back to the whole (then small) input
+        sample = rows.toArrow()
+    dim = len(sample.column(embedding_col)[0])
+    kmeans = functools.partial(
+        spherical_kmeans,
         niter=cfg.niter,
-        seed=cfg.seed,
         max_points_per_centroid=cfg.max_points_per_centroid,
         resampling_steps=cfg.resampling_steps,
         resample_size=cfg.resample_size,
     )
-    with_coarse = _with_nearest(rows, coarse, id_col, embedding_col, "coarse_id")
-    counts = with_coarse.groupBy("coarse_id").count().collect()
-    spark = df.sparkSession
-    plan_rows = []
-    for r in counts:
-        k = fine_cluster_count(int(r["count"]), cfg.leaf_size)
-        plan_rows.append((int(r["coarse_id"]), k, min(1.0, k * cfg.max_points_per_centroid / int(r["count"]))))
-    plan = spark.createDataFrame(plan_rows, "coarse_id long, k long, fraction double")
-    sampled = (
-        with_coarse.join(F.broadcast(plan), "coarse_id")
-        .filter(hash_uniform(id_col, cfg.seed + 1) < F.col("fraction"))
-        .select("coarse_id", "k", id_col, embedding_col)
+    coarse = kmeans(_sorted_matrix(sample, id_col, embedding_col, dim), k1, seed=cfg.seed)
+    # Each coarse cluster of n_c rows gets k_c = round(n_c / leaf_size) leaves trained on about
+    # max_points_per_centroid rows per leaf: the same share of every cluster, so one pass samples them all and
+    # k_c is estimated from the sample (exact when the share is 1).
+    share = min(1.0, cfg.max_points_per_centroid / cfg.leaf_size)
+    sampled = _with_nearest(
+        rows.filter(hash_uniform(id_col, cfg.seed + 1) < share), coarse, id_col, embedding_col, "coarse_id"
     )
 
-    def train_fine(pdf: pd.DataFrame) -> pd.DataFrame:
-        coarse_id = int(pdf["coarse_id"].iloc[0])
-        centroids = spherical_kmeans(
-            _sorted_matrix(pdf, id_col, embedding_col),
-            int(pdf["k"].iloc[0]),
-            niter=cfg.niter,
-            seed=cfg.seed + coarse_id,
-            max_points_per_centroid=cfg.max_points_per_centroid,
-            resampling_steps=cfg.resampling_steps,
-            resample_size=cfg.resample_size,
-            threads=1,
-        )
-        return pd.DataFrame(
-            {"coarse_id": coarse_id, "local_id": np.arange(len(centroids), dtype=np.int64), "vector": list(centroids)}
+    def train_fine(table: pa.Table) -> pa.Table:
+        coarse_id = int(table.column("coarse_id")[0].as_py())
+        k = fine_cluster_count(round(table.num_rows / share), cfg.leaf_size)
+        centroids = kmeans(_sorted_matrix(table, id_col, embedding_col, dim), k, seed=cfg.seed + coarse_id, threads=1)
+        return pa.table(
+            {
+                "coarse_id": pa.array(np.full(len(centroids), coarse_id), pa.int64()),
+                "local_id": pa.array(np.arange(len(centroids)), pa.int64()),
+                "vector": pa.array(list(centroids), pa.list_(pa.field("element", pa.float32(), nullable=False))),
+            }
         )
 
-    fine_rows = sampled.groupBy("coarse_id").applyInPandas(train_fine, _FINE_SCHEMA).toPandas()
-    fine: list[np.ndarray] = []
-    by_coarse = {int(g["coarse_id"].iloc[0]): g.sort_values("local_id") for _, g in fine_rows.groupby("coarse_id")}
-    for c in range(coarse.shape[0]):
-        group = by_coarse.get(c)
-        fine.append(as_matrix(group["vector"]) if group is not None else np.zeros((0, coarse.shape[1]), np.float32))
-    return Tree.from_parts(coarse, fine)
+    fine_rows = sampled.groupBy("coarse_id").applyInArrow(train_fine, _FINE_SCHEMA).toArrow()
+    vectors = arrow_matrix(fine_rows.column("vector"), dim)
+    order = np.lexsort((fine_rows.column("local_id").to_numpy(), fine_rows.column("coarse_id").to_numpy()))
+    owner, ordered = fine_rows.column("coarse_id").to_numpy()[order], vectors[order]
+    fine = [ordered[owner == c] for c in range(coarse.shape[0])]
+    tree = Tree.from_parts(coarse, fine)
+    for _ in range(cfg.refine_steps):
+        tree = refine_tree(rows, tree, cfg.assign_coarse_probe, embedding_col)
+    return tree
+
+
+def _sums_batch(leaf_ids: np.ndarray, sums: np.ndarray) -> pa.RecordBatch:
+    """An Arrow batch of (leaf_id, total) rows from ids and a float64 (rows, d) matrix of sums."""
+    offsets = pa.array(np.arange(len(leaf_ids) + 1, dtype=np.int32) * sums.shape[1])
+    totals = pa.ListArray.from_arrays(offsets, pa.array(sums.ravel(), pa.float64()))
+    return pa.RecordBatch.from_arrays([pa.array(leaf_ids, pa.int64()), totals], names=["leaf_id", "total"])
+
+
+def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: str = "embedding") -> Tree:
+    """One distributed spherical Lloyd step over ``rows``: every row to its nearest leaf under its ``coarse_probe``
+    nearest coarse clusters, then every centroid to the normalised mean of its rows (udfs.kmeans.refined).
+
+    Each partition sums its rows per leaf; the partial sums meet in one shuffle keyed by leaf and only one vector
+    per leaf reaches the driver.
+    """
+    dim = tree.leaves.shape[1]
+
+    def partial_sums(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            x = arrow_matrix(batch.column(embedding_col), dim)
+            labels = descend(x, tree, 1, coarse_probe)[0][:, 0]
+            ids, _, sums = sums_by_label(x, labels)
+            yield _sums_batch(ids, sums)
+
+    def reduce_sums(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
+            return
+        ids = np.concatenate([b.column("leaf_id").to_numpy() for b in parts])
+        totals = np.concatenate([arrow_matrix(b.column("total"), dim, np.float64) for b in parts])
+        keys, _, sums = sums_by_label(totals, ids)
+        yield _sums_batch(keys, sums)
+
+    reduced = rows.select(embedding_col).mapInArrow(partial_sums, _SUMS_SCHEMA).repartition("leaf_id")
+    table = reduced.mapInArrow(reduce_sums, _SUMS_SCHEMA).toArrow()
+    if table.num_rows == 0:
+        return tree
+    sums = arrow_matrix(table.column("total"), dim, np.float64)
+    return refined(tree, table.column("leaf_id").to_numpy(), sums)
 
 
 def _with_nearest(df: DataFrame, centroids: np.ndarray, id_col: str, embedding_col: str, out_col: str) -> DataFrame:
     """``df`` plus the index of the nearest of ``centroids`` (a flat level) in ``out_col``."""
     schema = T.StructType([*df.schema.fields, T.StructField(out_col, T.LongType(), False)])
+    dim = centroids.shape[1]
 
-    def nearest(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
-        for pdf in batches:
-            labels, _ = assign(as_matrix(pdf[embedding_col], centroids.shape[1]), centroids)
-            yield pdf.assign(**{out_col: labels})
+    def nearest(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            labels, _ = assign(arrow_matrix(batch.column(embedding_col), dim), centroids)
+            yield batch.append_column(out_col, pa.array(labels, pa.int64()))
 
-    return df.mapInPandas(nearest, schema)
+    return df.mapInArrow(nearest, schema)
 
 
 def assign_leaves(
@@ -175,16 +232,16 @@ def assign_leaves(
     schema = T.StructType([*df.schema.fields, T.StructField("leaf_id", T.LongType(), False)])
     dim = tree.leaves.shape[1]
 
-    def leaves(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
-        for pdf in batches:
-            ids, _, _ = descend(as_matrix(pdf[embedding_col], dim), tree, 1, coarse_probe)
-            yield pdf.assign(leaf_id=ids[:, 0])
+    def leaves(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            ids, _, _ = descend(arrow_matrix(batch.column(embedding_col), dim), tree, 1, coarse_probe)
+            yield batch.append_column("leaf_id", pa.array(ids[:, 0], pa.int64()))
 
-    return df.mapInPandas(leaves, schema)
+    return df.mapInArrow(leaves, schema)
 
 
 def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: dict[int, int]) -> DataFrame:
-    """The rows of ``silver.centroids`` for ``tree``: coarse level 0 (size = sum of its leaves) and leaves level 1."""
+    """The rows of a centroids table for ``tree``: coarse level 0 (size = sum of its leaves) and leaves level 1."""
     sizes = np.array([leaf_sizes.get(i, 0) for i in range(tree.n_leaves)], dtype=np.int64)
     coarse_sizes = np.bincount(tree.parent, weights=sizes, minlength=tree.coarse.shape[0]).astype(np.int64)
     rows: list[tuple[str, int, int, int | None, list[float], int]] = [
@@ -199,7 +256,7 @@ def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: 
 
 
 def tree_from_centroids(centroids: DataFrame, model_id: str) -> Tree:
-    """Load the tree of ``model_id`` back from a ``silver.centroids`` DataFrame (small: collected)."""
+    """Load the tree of ``model_id`` back from a centroids table (small: collected)."""
     pdf = centroids.filter(F.col("model_id") == model_id).toPandas()
     coarse_rows = pdf[pdf["level"] == LEVEL_COARSE].sort_values("centroid_id")
     leaf_rows = pdf[pdf["level"] == LEVEL_LEAF].sort_values("centroid_id")
@@ -229,11 +286,36 @@ def resolve_model_id(df: DataFrame, configured: str | None, key: str) -> str | N
 
 
 @dataclass(frozen=True)
+class Subject:
+    """What a clustering run works on: its id column, its embeddings, its output tables and its config section."""
+
+    name: str
+    id_col: str
+    embeddings: str
+    centroids: str
+    clusters: str
+    section: str
+
+
+SENTENCES = Subject(
+    "sentences",
+    "sentence_id",
+    SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_CENTROIDS,
+    SILVER_SENTENCE_CLUSTERS,
+    "cluster",
+)
+IMAGES = Subject(
+    "images", "image_id", SILVER_IMAGE_EMBEDDINGS, SILVER_IMAGE_CENTROIDS, SILVER_IMAGE_CLUSTERS, "image_cluster"
+)
+
+
+@dataclass(frozen=True)
 class ClusterSummary:
-    """What ``run_cluster_sentences`` did."""
+    """What a clustering run did."""
 
     model_id: str | None
-    sentences: int
+    rows: int
     coarse_clusters: int
     leaves: int
     newly_assigned: int
@@ -241,65 +323,60 @@ class ClusterSummary:
 
 
 def run_cluster_sentences(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
-    """Train (or reuse) the sentence tree of one model and give every sentence its leaf.
+    """Train (or reuse) the sentence tree of one model and give every sentence its leaf (section ``cluster``)."""
+    return run_cluster(lakehouse, cfg.cluster, SENTENCES)
+
+
+def run_cluster_images(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
+    """Train (or reuse) the image tree of one model and give every image its leaf (section ``image_cluster``)."""
+    return run_cluster(lakehouse, cfg.image_cluster, IMAGES)
+
+
+def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> ClusterSummary:
+    """Train (or reuse) the tree of one model over ``subject``'s embeddings and give every row its leaf.
 
     Absent or empty embeddings write nothing and return zero counts.
     """
-    if not lakehouse.exists(SILVER_SENTENCE_EMBEDDINGS):
-        print(f"cluster_sentences: {SILVER_SENTENCE_EMBEDDINGS} does not exist yet; nothing to cluster")
+    job = f"cluster_{subject.name}"
+    if not lakehouse.exists(subject.embeddings):
+        print(f"{job}: {subject.embeddings} does not exist yet; nothing to cluster")
         return ClusterSummary(None, 0, 0, 0, 0, False)
-    embeddings = lakehouse.read(SILVER_SENTENCE_EMBEDDINGS)
-    model_id = resolve_model_id(embeddings, cfg.cluster.model_id, "cluster.model_id")
-    sentences = (
-        embeddings.filter(F.col("model_id") == model_id).select("sentence_id", "embedding") if model_id else None
-    )
-    n = sentences.count() if sentences is not None else 0
-    if sentences is None or model_id is None or n == 0:
-        print(f"cluster_sentences: no sentence embeddings for model {model_id!r}; nothing to cluster")
+    embeddings = lakehouse.read(subject.embeddings)
+    model_id = resolve_model_id(embeddings, cfg.model_id, f"{subject.section}.model_id")
+    rows = embeddings.filter(F.col("model_id") == model_id).select(subject.id_col, "embedding") if model_id else None
+    n = rows.count() if rows is not None else 0
+    if rows is None or model_id is None or n == 0:
+        print(f"{job}: no {subject.name} embeddings for model {model_id!r}; nothing to cluster")
         return ClusterSummary(model_id, 0, 0, 0, 0, False)
 
-    have_tree = (
-        not cfg.cluster.retrain
-        and lakehouse.exists(SILVER_CENTROIDS)
-        and lakehouse.read(SILVER_CENTROIDS).filter(F.col("model_id") == model_id).limit(1).count() > 0
-    )
-    if have_tree:
-        tree = tree_from_centroids(lakehouse.read(SILVER_CENTROIDS), model_id)
-        done = (
-            lakehouse.read(SILVER_SENTENCE_CLUSTERS).filter(F.col("model_id") == model_id).select("sentence_id")
-            if lakehouse.exists(SILVER_SENTENCE_CLUSTERS)
-            else None
+    def of_model(table: str) -> DataFrame:
+        return lakehouse.read(table).filter(F.col("model_id") == model_id)
+
+    if not cfg.retrain and lakehouse.exists(subject.centroids) and of_model(subject.centroids).limit(1).count() > 0:
+        tree = tree_from_centroids(lakehouse.read(subject.centroids), model_id)
+        done = of_model(subject.clusters).select(subject.id_col) if lakehouse.exists(subject.clusters) else None
+        todo = rows.join(done, subject.id_col, "left_anti") if done is not None else rows
+        assigned = assign_leaves(todo, tree, subject.id_col, coarse_probe=cfg.assign_coarse_probe).select(
+            subject.id_col, F.lit(model_id).alias("model_id"), "leaf_id"
         )
-        todo = sentences.join(done, "sentence_id", "left_anti") if done is not None else sentences
-        assigned = assign_leaves(todo, tree, "sentence_id", coarse_probe=cfg.cluster.assign_coarse_probe).select(
-            "sentence_id", F.lit(model_id).alias("model_id"), "leaf_id"
-        )
-        before = _count_model(lakehouse, model_id)
-        lakehouse.insert_new(SILVER_SENTENCE_CLUSTERS, assigned, ["sentence_id", "model_id"])
-        added = _count_model(lakehouse, model_id) - before
-        print(f"cluster_sentences: model {model_id}: kept the existing tree, assigned {added} new sentences")
+        before = of_model(subject.clusters).count() if done is not None else 0
+        lakehouse.insert_new(subject.clusters, assigned, [subject.id_col, "model_id"])
+        added = of_model(subject.clusters).count() - before
+        print(f"{job}: model {model_id}: kept the existing tree, assigned {added} new {subject.name}")
         return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, added, False)
 
-    tree = train_tree(sentences, cfg.cluster, "sentence_id", n_rows=n)
-    assigned = assign_leaves(sentences, tree, "sentence_id", coarse_probe=cfg.cluster.assign_coarse_probe).select(
-        "sentence_id", F.lit(model_id).alias("model_id"), "leaf_id"
+    tree = train_tree(rows, cfg, subject.id_col, n_rows=n)
+    assigned = assign_leaves(rows, tree, subject.id_col, coarse_probe=cfg.assign_coarse_probe).select(
+        subject.id_col, F.lit(model_id).alias("model_id"), "leaf_id"
     )
-    lakehouse.replace_partition(SILVER_SENTENCE_CLUSTERS, assigned, "model_id", model_id)
-    written = lakehouse.read(SILVER_SENTENCE_CLUSTERS).filter(F.col("model_id") == model_id)
-    leaf_sizes = {int(r["leaf_id"]): int(r["count"]) for r in written.groupBy("leaf_id").count().collect()}
-    spark = lakehouse.spark
-    lakehouse.replace_partition(
-        SILVER_CENTROIDS, centroids_frame(spark, tree, model_id, leaf_sizes), "model_id", model_id
-    )
+    lakehouse.replace_partition(subject.clusters, assigned, "model_id", model_id)
+    counts = of_model(subject.clusters).groupBy("leaf_id").count().collect()
+    leaf_sizes = {int(r["leaf_id"]): int(r["count"]) for r in counts}
+    frame = centroids_frame(lakehouse.spark, tree, model_id, leaf_sizes)
+    lakehouse.replace_partition(subject.centroids, frame, "model_id", model_id)
     total = sum(leaf_sizes.values())
     print(
-        f"cluster_sentences: model {model_id}: {n} sentences -> {tree.coarse.shape[0]} coarse clusters, "
-        f"{tree.n_leaves} leaves; {total} sentences assigned"
+        f"{job}: model {model_id}: {n} {subject.name} -> {tree.coarse.shape[0]} coarse clusters, "
+        f"{tree.n_leaves} leaves; {total} {subject.name} assigned"
     )
     return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, total, True)
-
-
-def _count_model(lakehouse: Lakehouse, model_id: str) -> int:
-    if not lakehouse.exists(SILVER_SENTENCE_CLUSTERS):
-        return 0
-    return lakehouse.read(SILVER_SENTENCE_CLUSTERS).filter(F.col("model_id") == model_id).count()

@@ -77,7 +77,8 @@ class DemoCorpusConfig(Section):
 
 
 class ClusterConfig(Section):
-    """Hierarchical spherical k-means of the sentence embeddings (silver.centroids, silver.sentence_clusters)."""
+    """Hierarchical spherical k-means of one kind of embedding (sentences: section ``cluster``; images:
+    ``image_cluster``) into a centroids table and a table of the leaf of every row."""
 
     model_id: str | None = None
     leaf_size: int = Field(default=420, gt=0)
@@ -86,6 +87,7 @@ class ClusterConfig(Section):
     niter: int = Field(default=20, gt=0)
     resampling_steps: int = Field(default=0, ge=0)
     resample_size: int = Field(default=0, ge=0)
+    refine_steps: int = Field(default=2, ge=0)
     assign_coarse_probe: int = Field(default=3, gt=0)
     seed: int = 0
     retrain: bool = False
@@ -96,8 +98,8 @@ class RetrievalConfig(Section):
 
     model_id: str | None = None
     top_k: int = Field(default=3, gt=0)
-    probe_leaves: int = Field(default=32, gt=0)
-    coarse_probe: int = Field(default=8, gt=0)
+    probe_leaves: int = Field(default=44, gt=0)
+    coarse_probe: int = Field(default=16, gt=0)
     max_group_sentences: int = Field(default=2048, gt=0)
     max_group_images: int = Field(default=2048, gt=0)
 
@@ -265,6 +267,7 @@ class Config(Section):
     demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    image_cluster: ClusterConfig = Field(default_factory=lambda: ClusterConfig(leaf_size=200))
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     sentences: SentencesConfig = Field(default_factory=SentencesConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)

@@ -11,7 +11,7 @@ task receives a huge group while the result stays exact over the probed leaves. 
 sentences contributes what it has; an image whose probed leaves hold fewer than k sentences in all gets fewer
 than k rows. Ties in score go to the smaller sentence id.
 
-``run_retrieve`` reads ``silver.image_embeddings``, ``silver.sentence_embeddings``, ``silver.centroids`` and
+``run_retrieve`` reads ``silver.image_embeddings``, ``silver.sentence_embeddings``, ``silver.sentence_centroids`` and
 ``silver.sentence_clusters`` and replaces the rows of one model id in ``silver.retrieval`` (image_id,
 model_id, rank (1 = best), sentence_id, score, leaf_id).
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -31,14 +32,14 @@ from pyspark.sql import types as T
 from realsyn.clustering import resolve_model_id, tree_from_centroids
 from realsyn.config import Config, RetrievalConfig
 from realsyn.tables import (
-    SILVER_CENTROIDS,
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_RETRIEVAL,
+    SILVER_SENTENCE_CENTROIDS,
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Tree, as_matrix, descend, top_k_exact
+from udfs.kmeans import Tree, arrow_matrix, as_matrix, descend, top_k_exact
 
 RETRIEVAL_SCHEMA = T.StructType(
     [
@@ -65,19 +66,13 @@ def image_leaves(
     )
     dim = tree.leaves.shape[1]
 
-    def probe(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
-        for pdf in batches:
-            leaves, _, _ = descend(as_matrix(pdf[embedding_col], dim), tree, p, coarse_probe)
+    def probe(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            leaves, _, _ = descend(arrow_matrix(batch.column(embedding_col), dim), tree, p, coarse_probe)
             rows, cols = np.nonzero(leaves >= 0)
-            yield pd.DataFrame(
-                {
-                    id_col: pdf[id_col].to_numpy()[rows],
-                    embedding_col: pdf[embedding_col].to_numpy()[rows],
-                    "leaf_id": leaves[rows, cols],
-                }
-            )
+            yield batch.take(pa.array(rows)).append_column("leaf_id", pa.array(leaves[rows, cols], pa.int64()))
 
-    return images.select(id_col, embedding_col).mapInPandas(probe, schema)
+    return images.select(id_col, embedding_col).mapInArrow(probe, schema)
 
 
 def _chunk_plan(probes: DataFrame, sentences: DataFrame, cfg: RetrievalConfig) -> list[tuple[int, int, int]]:
@@ -186,7 +181,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
 
     Missing input tables or an empty tree write nothing and return zero counts.
     """
-    needed = [SILVER_IMAGE_EMBEDDINGS, SILVER_SENTENCE_EMBEDDINGS, SILVER_CENTROIDS, SILVER_SENTENCE_CLUSTERS]
+    needed = [SILVER_IMAGE_EMBEDDINGS, SILVER_SENTENCE_EMBEDDINGS, SILVER_SENTENCE_CENTROIDS, SILVER_SENTENCE_CLUSTERS]
     missing = [name for name in needed if not lakehouse.exists(name)]
     if missing:
         print(f"retrieve: {', '.join(missing)} not there yet; nothing to retrieve")
@@ -196,7 +191,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     if model_id is None:
         print(f"retrieve: {SILVER_IMAGE_EMBEDDINGS} is empty; nothing to retrieve")
         return RetrievalSummary(None, 0, 0, 0)
-    tree = tree_from_centroids(lakehouse.read(SILVER_CENTROIDS), model_id)
+    tree = tree_from_centroids(lakehouse.read(SILVER_SENTENCE_CENTROIDS), model_id)
     if tree.n_leaves == 0:
         print(f"retrieve: no sentence clusters for model {model_id}; run cluster_sentences first")
         return RetrievalSummary(model_id, 0, 0, 0)

@@ -30,9 +30,11 @@ SILVER_IMAGE_EMBEDDINGS = "silver.image_embeddings"
 # Silver: inputs the embed stage could not embed (undecodable image bytes, empty text), one reason each.
 SILVER_IMAGE_EMBEDDING_REJECTS = "silver.image_embedding_rejects"
 SILVER_SENTENCE_EMBEDDING_REJECTS = "silver.sentence_embedding_rejects"
-# Silver: sentence k-means tree, leaf of every sentence, top-k sentences per image.
-SILVER_CENTROIDS = "silver.centroids"
+# Silver: k-means trees of sentences and images, the leaf of every sentence / image, top-k sentences per image.
+SILVER_SENTENCE_CENTROIDS = "silver.sentence_centroids"
 SILVER_SENTENCE_CLUSTERS = "silver.sentence_clusters"
+SILVER_IMAGE_CENTROIDS = "silver.image_centroids"
+SILVER_IMAGE_CLUSTERS = "silver.image_clusters"
 SILVER_RETRIEVAL = "silver.retrieval"
 
 # Silver: sentences after split, filters and dedup (key sentence_id), and what the filters/dedup dropped.

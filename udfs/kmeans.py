@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 Matrix = npt.NDArray[np.float32]
 Ints = npt.NDArray[np.int64]
@@ -35,6 +36,22 @@ def as_matrix(vectors: Iterable[Sequence[float] | npt.NDArray[np.floating]], dim
     if len(lengths) != 1:
         raise ValueError(f"embeddings have different lengths: {sorted(lengths)}")
     return np.ascontiguousarray(np.stack([np.asarray(r, dtype=np.float32) for r in rows]))
+
+
+def arrow_matrix(column: pa.Array | pa.ChunkedArray, dim: int, dtype: type[np.floating] = np.float32) -> Matrix:
+    """An Arrow list<float> column as an (n, ``dim``) matrix of ``dtype``, read from the flat values (no row loop).
+
+    A null vector or one whose length is not ``dim`` raises ``ValueError``.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float32()))
+    if column.null_count:
+        raise ValueError(f"{column.null_count} embeddings are null")
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False) if len(column) else np.zeros(0, np.int64)
+    if np.any(lengths != dim):
+        raise ValueError(f"embeddings have lengths {sorted(set(lengths.tolist()))}, expected {dim}")
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(len(column), dim), dtype=dtype)
 
 
 def l2_normalize(x: npt.ArrayLike) -> Matrix:
@@ -224,12 +241,48 @@ class Tree:
         return Tree(np.ascontiguousarray(coarse, np.float32), np.ascontiguousarray(leaves, np.float32), parent)
 
 
-def descend(x: Matrix, tree: Tree, p: int, coarse_probe: int, chunk_size: int = 16_384) -> tuple[Ints, Matrix, Ints]:
+def sums_by_label(x: Matrix, labels: Ints) -> tuple[Ints, Ints, npt.NDArray[np.float64]]:
+    """Per distinct label, ascending: (labels, row counts, float64 sums of rows): partial sums of a Lloyd step."""
+    if x.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, x.shape[1]), np.float64)
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sums = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+    counts = np.diff(np.r_[starts, ordered.size])
+    return ordered[starts].astype(np.int64), counts.astype(np.int64), sums
+
+
+def refined(tree: Tree, leaf_ids: Ints, sums: npt.NDArray[np.floating]) -> Tree:
+    """The tree after one spherical Lloyd update: each leaf moves to the normalised sum of its rows.
+
+    ``leaf_ids`` / ``sums`` hold the summed rows of every leaf that has any; a leaf without rows keeps its
+    centroid. Each coarse centroid moves to the normalised sum of its leaves' rows (kept when it has none), so
+    the coarse level stays the mean of what lies under it.
+    """
+    d = tree.leaves.shape[1]
+    leaf_sums = np.zeros((tree.n_leaves, d), np.float64)
+    leaf_sums[leaf_ids] = sums
+    has_rows = np.zeros(tree.n_leaves, bool)
+    has_rows[leaf_ids] = True
+    leaves = tree.leaves.copy()
+    leaves[has_rows] = l2_normalize(leaf_sums[has_rows])
+    coarse_sums = np.zeros((tree.coarse.shape[0], d), np.float64)
+    np.add.at(coarse_sums, tree.parent, leaf_sums)
+    coarse_has = np.bincount(tree.parent, weights=has_rows, minlength=tree.coarse.shape[0]) > 0
+    coarse = tree.coarse.copy()
+    coarse[coarse_has] = l2_normalize(coarse_sums[coarse_has])
+    return Tree(coarse, leaves, tree.parent)
+
+
+def descend(x: Matrix, tree: Tree, p: int, coarse_probe: int, max_cells: int = 1 << 24) -> tuple[Ints, Matrix, Ints]:
     """The ``p`` nearest leaves of each row, found by descending ``tree``: (leaf ids, scores, dot products).
 
     Each row is compared with every coarse centroid, then with the leaves of its ``coarse_probe`` nearest coarse
     clusters only; the best ``p`` of those leaves are returned, best first, padded with -1 (score -inf) when
-    fewer leaves were seen. The third array counts the similarity computations spent per row.
+    fewer leaves were seen; equal scores go to the lower leaf id. The third array counts the similarity
+    computations spent per row. Rows are processed in chunks whose candidate score matrix holds at most
+    ``max_cells`` floats.
     """
     n = x.shape[0]
     leaf_ids = np.full((n, p), -1, dtype=np.int64)
@@ -239,32 +292,36 @@ def descend(x: Matrix, tree: Tree, p: int, coarse_probe: int, chunk_size: int = 
         return leaf_ids, leaf_scores, cost
     offsets = tree.offsets
     sizes = np.diff(offsets)
-    for start in range(0, n, chunk_size):
-        xc = x[start : start + chunk_size]
-        probed, _ = top_p(xc, tree.coarse, coarse_probe)
-        cost[start : start + xc.shape[0]] = tree.coarse.shape[0] + sizes[probed].sum(axis=1)
-        rows = np.repeat(np.arange(xc.shape[0], dtype=np.int64), probed.shape[1])
+    fan = int(sizes.max())
+    probe = min(coarse_probe, tree.coarse.shape[0])
+    width = min(p, probe * fan)
+    chunk = max(1, max_cells // (probe * fan))
+    for start in range(0, n, chunk):
+        xc = x[start : start + chunk]
+        m = xc.shape[0]
+        # Slots in coarse-id order, so candidate columns run in leaf-id order and ties go to the lower leaf id.
+        probed = np.sort(top_p(xc, tree.coarse, probe)[0], axis=1)
+        cost[start : start + m] = tree.coarse.shape[0] + sizes[probed].sum(axis=1)
+        scores = np.full((m, probe * fan), -np.inf, dtype=np.float32)
+        rows = np.repeat(np.arange(m, dtype=np.int64), probe)
+        slots = np.tile(np.arange(probe, dtype=np.int64), m)
         cs = probed.ravel()
         order = np.argsort(cs, kind="stable")
-        rows, cs = rows[order], cs[order]
+        rows, slots, cs = rows[order], slots[order], cs[order]
         bounds = np.flatnonzero(np.diff(cs)) + 1
-        cand_rows, cand_leaves, cand_scores = [], [], []
-        for seg_rows, seg_c in zip(np.split(rows, bounds), np.split(cs, bounds), strict=True):
-            c = int(seg_c[0])
-            a, b = int(offsets[c]), int(offsets[c + 1])
-            if b == a:
-                continue
-            sims = xc[seg_rows] @ tree.leaves[a:b].T
-            cand_rows.append(np.repeat(seg_rows, b - a))
-            cand_leaves.append(np.tile(np.arange(a, b, dtype=np.int64), seg_rows.size))
-            cand_scores.append(sims.ravel())
-        if not cand_rows:
-            continue
-        r, lf, s = np.concatenate(cand_rows), np.concatenate(cand_leaves), np.concatenate(cand_scores)
-        rank_rows, rank_leaves, rank_scores, rank = rank_within(r, lf, s)
-        keep = rank < p
-        leaf_ids[start + rank_rows[keep], rank[keep]] = rank_leaves[keep]
-        leaf_scores[start + rank_rows[keep], rank[keep]] = rank_scores[keep]
+        for seg_rows, seg_slots, seg_c in zip(
+            np.split(rows, bounds), np.split(slots, bounds), np.split(cs, bounds), strict=True
+        ):
+            a, b = int(offsets[seg_c[0]]), int(offsets[seg_c[0] + 1])
+            if b > a:
+                cols = seg_slots[:, None] * fan + np.arange(b - a)[None, :]
+                scores[seg_rows[:, None], cols] = xc[seg_rows] @ tree.leaves[a:b].T
+        best = _top_columns(scores, width)
+        best_scores = np.take_along_axis(scores, best, axis=1)
+        leaves = offsets[np.take_along_axis(probed, best // fan, axis=1)] + best % fan
+        seen = np.isfinite(best_scores)
+        leaf_ids[start : start + m, :width] = np.where(seen, leaves, -1)
+        leaf_scores[start : start + m, :width] = best_scores
     return leaf_ids, leaf_scores, cost
 
 
@@ -330,11 +387,14 @@ def hierarchical_kmeans(
     max_points_per_centroid: int = 256,
     resampling_steps: int = 0,
     resample_size: int = 0,
+    refine_steps: int = 0,
+    assign_coarse_probe: int = 3,
 ) -> Tree:
     """The two-level tree of realsyn.clustering on one machine (arrays in memory), with random samples.
 
     ``coarse_clusters`` 0 means about sqrt(n / leaf_size); each coarse cluster of n_c rows gets
-    max(1, round(n_c / leaf_size)) leaves.
+    max(1, round(n_c / leaf_size)) leaves. ``refine_steps`` Lloyd steps over all rows follow, each row going to
+    its nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters.
     """
     n, d = x.shape
     if n == 0:
@@ -362,4 +422,9 @@ def hierarchical_kmeans(
             continue
         k = max(1, round(rows.size / leaf_size))
         fine.append(spherical_kmeans(x[sample(rows, k)], k, seed=seed + c, **kwargs))  # type: ignore[arg-type]
-    return Tree.from_parts(coarse, fine)
+    tree = Tree.from_parts(coarse, fine)
+    for _ in range(refine_steps):
+        labels = descend(x, tree, 1, assign_coarse_probe)[0][:, 0]
+        ids, _, sums = sums_by_label(x, labels)
+        tree = refined(tree, ids, sums)
+    return tree

@@ -14,13 +14,23 @@ from realsyn.clustering import (
     assign_leaves,
     centroids_frame,
     coarse_cluster_count,
+    refine_tree,
+    run_cluster_images,
     run_cluster_sentences,
     train_tree,
     tree_from_centroids,
 )
 from realsyn.config import ClusterConfig, Config, ConfigError
-from realsyn.tables import SILVER_CENTROIDS, SILVER_SENTENCE_CLUSTERS, SILVER_SENTENCE_EMBEDDINGS, Lakehouse
-from udfs.kmeans import Tree, l2_normalize
+from realsyn.tables import (
+    SILVER_IMAGE_CENTROIDS,
+    SILVER_IMAGE_CLUSTERS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_SENTENCE_CENTROIDS,
+    SILVER_SENTENCE_CLUSTERS,
+    SILVER_SENTENCE_EMBEDDINGS,
+    Lakehouse,
+)
+from udfs.kmeans import Tree, descend, l2_normalize, refined, sums_by_label
 
 DIM = 12
 
@@ -129,8 +139,8 @@ def test_run_cluster_sentences_is_retry_safe_and_incremental(spark: SparkSession
     write_embeddings(lakehouse, all_rows.filter(F.col("sentence_id") != "s0000"))
     cfg = config(lakehouse, leaf_size=40, coarse_clusters=2, seed=3)
     first = run_cluster_sentences(lakehouse, cfg)
-    assert (first.model_id, first.sentences, first.coarse_clusters, first.leaves) == ("clip-test", 119, 2, 3)
-    centroids_1 = lakehouse.read(SILVER_CENTROIDS).toPandas()
+    assert (first.model_id, first.rows, first.coarse_clusters, first.leaves) == ("clip-test", 119, 2, 3)
+    centroids_1 = lakehouse.read(SILVER_SENTENCE_CENTROIDS).toPandas()
     clusters_1 = lakehouse.read(SILVER_SENTENCE_CLUSTERS).toPandas()
     assert sorted(clusters_1["sentence_id"]) == [f"s{i:04d}" for i in range(1, 120)]
     assert set(clusters_1["model_id"]) == {"clip-test"}
@@ -142,7 +152,7 @@ def test_run_cluster_sentences_is_retry_safe_and_incremental(spark: SparkSession
     retrain = config(lakehouse, leaf_size=40, coarse_clusters=2, seed=3, retrain=True)
     assert run_cluster_sentences(lakehouse, retrain) == first
     assertDataFrameEqual(lakehouse.read(SILVER_SENTENCE_CLUSTERS), spark.createDataFrame(clusters_1))
-    centroids_2 = lakehouse.read(SILVER_CENTROIDS).toPandas()
+    centroids_2 = lakehouse.read(SILVER_SENTENCE_CENTROIDS).toPandas()
     key = ["level", "centroid_id"]
     a, b = centroids_1.sort_values(key).reset_index(drop=True), centroids_2.sort_values(key).reset_index(drop=True)
     assert a.drop(columns="vector").equals(b.drop(columns="vector"))
@@ -161,13 +171,13 @@ def test_run_cluster_sentences_is_retry_safe_and_incremental(spark: SparkSession
 
 def test_absent_or_empty_inputs_write_nothing(spark: SparkSession, lakehouse: Lakehouse) -> None:
     cfg = config(lakehouse)
-    assert run_cluster_sentences(lakehouse, cfg).sentences == 0
+    assert run_cluster_sentences(lakehouse, cfg).rows == 0
     write_embeddings(
         lakehouse, spark.createDataFrame([], "sentence_id string, model_id string, embedding array<float>")
     )
     summary = run_cluster_sentences(lakehouse, cfg)
-    assert (summary.model_id, summary.sentences, summary.leaves) == (None, 0, 0)
-    assert not lakehouse.exists(SILVER_CENTROIDS)
+    assert (summary.model_id, summary.rows, summary.leaves) == (None, 0, 0)
+    assert not lakehouse.exists(SILVER_SENTENCE_CENTROIDS)
     assert not lakehouse.exists(SILVER_SENTENCE_CLUSTERS)
 
 
@@ -178,5 +188,37 @@ def test_several_models_need_a_configured_model_id(spark: SparkSession, lakehous
     with pytest.raises(ConfigError, match=r"cluster\.model_id"):
         run_cluster_sentences(lakehouse, config(lakehouse))
     summary = run_cluster_sentences(lakehouse, config(lakehouse, model_id="b", leaf_size=1))
-    assert (summary.model_id, summary.sentences, summary.leaves) == ("b", 2, 2)
+    assert (summary.model_id, summary.rows, summary.leaves) == ("b", 2, 2)
     assert {r["model_id"] for r in lakehouse.read(SILVER_SENTENCE_CLUSTERS).collect()} == {"b"}
+
+
+def test_distributed_refine_step_equals_the_one_machine_step(spark: SparkSession) -> None:
+    x, _ = planted_tree_points([[30, 20], [25, 25]], noise=0.2, seed=4)
+    e = np.eye(DIM, dtype=np.float32)
+    tree = Tree.from_parts(
+        e[:2], [l2_normalize(e[[0, 0]] + 0.5 * e[[2, 3]]), l2_normalize(e[[1, 1]] + 0.5 * e[[2, 3]])]
+    )
+    ids, _, sums = sums_by_label(x, descend(x, tree, 1, 2)[0][:, 0])
+    expected = refined(tree, ids, sums)
+    got = refine_tree(embeddings_df(spark, x).repartition(3), tree, coarse_probe=2)
+    np.testing.assert_allclose(got.leaves, expected.leaves, atol=1e-6)
+    np.testing.assert_allclose(got.coarse, expected.coarse, atol=1e-6)
+    assert not np.allclose(got.leaves, tree.leaves)
+
+
+def test_run_cluster_images_writes_the_image_tree(spark: SparkSession, lakehouse: Lakehouse) -> None:
+    x, labels = planted_tree_points([[30, 30], [30]])
+    rows = embeddings_df(spark, x, prefix="i", model_id="clip-test").withColumnRenamed("sentence_id", "image_id")
+    lakehouse.overwrite(SILVER_IMAGE_EMBEDDINGS, rows)
+    cfg = Config(
+        storage=lakehouse.storage,
+        image_cluster=ClusterConfig(leaf_size=30, coarse_clusters=2, seed=1),  # type: ignore[arg-type]
+    )
+    summary = run_cluster_images(lakehouse, cfg)
+    assert (summary.model_id, summary.rows, summary.coarse_clusters, summary.leaves) == ("clip-test", 90, 2, 3)
+    clusters = lakehouse.read(SILVER_IMAGE_CLUSTERS).withColumnRenamed("image_id", "sentence_id")
+    pairs = {(labels[int(r["sentence_id"][1:])], r["leaf_id"]) for r in clusters.collect()}
+    assert len(pairs) == 3 == len({leaf for _, leaf in pairs})
+    sizes = lakehouse.read(SILVER_IMAGE_CENTROIDS).filter(F.col("level") == LEVEL_LEAF).select("size").collect()
+    assert sorted(r["size"] for r in sizes) == [30, 30, 30]
+    assert not lakehouse.exists(SILVER_SENTENCE_CENTROIDS)

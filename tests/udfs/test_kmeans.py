@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from udfs.kmeans import (
     Tree,
+    arrow_matrix,
     as_matrix,
     assign,
     descend,
@@ -14,8 +16,10 @@ from udfs.kmeans import (
     l2_normalize,
     mean_cosine_distance,
     merge_top_k,
+    refined,
     resample_centroids,
     spherical_kmeans,
+    sums_by_label,
     top_k_exact,
     top_p,
 )
@@ -129,7 +133,7 @@ def random_tree(seed: int = 0) -> tuple[Tree, np.ndarray]:
 def test_descend_with_every_leaf_probed_is_a_full_sort() -> None:
     tree, _ = random_tree()
     q = l2_normalize(np.random.default_rng(5).normal(size=(300, 12)))
-    leaves, scores, cost = descend(q, tree, tree.n_leaves, coarse_probe=6, chunk_size=64)
+    leaves, scores, cost = descend(q, tree, tree.n_leaves, coarse_probe=6, max_cells=64 * 6 * 6)
     expected = np.argsort(-(q @ tree.leaves.T), axis=1, kind="stable")
     np.testing.assert_array_equal(leaves, expected)
     np.testing.assert_allclose(scores, np.take_along_axis(q @ tree.leaves.T, expected, axis=1), rtol=1e-5)
@@ -182,3 +186,56 @@ def test_kmeans_plus_plus_seeds_each_far_cluster() -> None:
     seeds = kmeans_plus_plus(x, 3, seed=0)
     found, _ = assign(x, seeds)
     assert same_partition(found, labels)
+
+
+def test_arrow_matrix_reads_flat_values_of_a_sliced_column() -> None:
+    column = pa.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], pa.list_(pa.float32()))
+    np.testing.assert_array_equal(arrow_matrix(column.slice(1), 2), [[3.0, 4.0], [5.0, 6.0]])
+    chunked = pa.chunked_array([column.slice(0, 1), column.slice(2)])
+    np.testing.assert_array_equal(arrow_matrix(chunked, 2, np.float64), [[1.0, 2.0], [5.0, 6.0]])
+    assert arrow_matrix(column.slice(0, 0), 2).shape == (0, 2)
+
+
+def test_arrow_matrix_rejects_ragged_and_null_vectors() -> None:
+    with pytest.raises(ValueError, match=r"lengths \[1, 2\], expected 2"):
+        arrow_matrix(pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32())), 2)
+    with pytest.raises(ValueError, match="1 embeddings are null"):
+        arrow_matrix(pa.array([[1.0, 2.0], None], pa.list_(pa.float32())), 2)
+
+
+def test_sums_by_label_by_hand() -> None:
+    x = np.array([[1, 0], [0, 1], [2, 2], [1, 1]], np.float32)
+    labels, counts, sums = sums_by_label(x, np.array([5, 2, 5, 5]))
+    np.testing.assert_array_equal(labels, [2, 5])
+    np.testing.assert_array_equal(counts, [1, 3])
+    np.testing.assert_array_equal(sums, [[0, 1], [4, 3]])
+
+
+def test_refined_moves_leaves_to_their_rows_and_parents_to_their_leaves() -> None:
+    eye = np.eye(3, dtype=np.float32)
+    tree = Tree.from_parts(eye[:2], [eye[[0, 1]], eye[[2]]])  # coarse 0: leaves 0, 1; coarse 1: leaf 2
+    # leaf 0 gets rows summing to (3, 4, 0); leaf 1 none (keeps its centroid); leaf 2 rows summing to (0, 0, 2)
+    new = refined(tree, np.array([0, 2]), np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]]))
+    np.testing.assert_allclose(new.leaves, [[0.6, 0.8, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(new.coarse, [[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]], atol=1e-6)
+    np.testing.assert_array_equal(new.parent, tree.parent)
+
+
+def test_refine_steps_move_off_centre_leaves_onto_the_planted_means() -> None:
+    # four planted clusters; the tree's leaves start off-centre (as after training on a small sample), and the
+    # leaf of cluster 1 sits under the coarse centroid of clusters 2 and 3: Lloyd steps that look under the two
+    # nearest coarse clusters give every leaf exactly one planted cluster and move it onto that cluster's mean
+    x, labels = planted([50, 50, 50, 50], dim=8, noise=0.02, seed=2)
+    e = np.eye(8, dtype=np.float32)
+    start = Tree.from_parts(
+        l2_normalize(e[[0, 2]] + e[[1, 3]]),
+        [l2_normalize(e[[0]] + 0.4 * e[[4]]), l2_normalize(e[[1, 2, 3]] + 0.4 * e[[5, 6, 7]])],
+    )
+    tree = start
+    for _ in range(2):
+        ids, _, sums = sums_by_label(x, descend(x, tree, 1, 2)[0][:, 0])
+        tree = refined(tree, ids, sums)
+    leaf_of = descend(x, tree, 1, 2)[0][:, 0]
+    assert same_partition(leaf_of, labels)
+    means = l2_normalize(np.stack([x[labels == c].mean(axis=0) for c in range(4)]))
+    np.testing.assert_allclose(tree.leaves[leaf_of[[0, 50, 100, 150]]], means, atol=1e-5)
