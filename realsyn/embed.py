@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,6 +98,48 @@ def resolve_model(cfg: EmbedConfig) -> ModelSpec:
     return spec
 
 
+_ZIP_STAMPS: dict[str, tuple[int, int]] = {}
+
+
+def keep_zip_directories() -> None:
+    """Stop a Python worker from re-reading every zip and jar on ``sys.path`` before each task (idempotent).
+
+    PySpark's worker calls ``importlib.invalidate_caches()`` at the start of every task, and on Python 3.11 each
+    ``zipimporter`` then re-parses its whole archive directory: pyspark.zip, the spark-core jar and every
+    ``--packages`` jar (Delta), about 9,000 entries and 35-60 ms of one core per task before its first row (a
+    few percent of a GPU task). Here an archive whose size and modification time are unchanged keeps the
+    directory it already has; a changed or new archive is re-read as before.
+    """
+    import zipimport
+
+    original = zipimport.zipimporter.invalidate_caches
+    if getattr(original, "_keeps_unchanged", False):
+        return
+
+    def stamp(archive: str) -> tuple[int, int] | None:
+        try:
+            st = Path(archive).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def invalidate_caches(self: zipimport.zipimporter) -> None:
+        now = stamp(self.archive)
+        if now is not None and _ZIP_STAMPS.get(self.archive) == now:
+            return
+        original(self)
+        if now is not None:
+            _ZIP_STAMPS[self.archive] = now
+
+    invalidate_caches._keeps_unchanged = True  # type: ignore[attr-defined]
+    for finder in list(sys.path_importer_cache.values()):
+        if isinstance(finder, zipimport.zipimporter):  # just re-read by this task's invalidation
+            now = stamp(finder.archive)
+            if now is not None:
+                _ZIP_STAMPS[finder.archive] = now
+    zipimport.zipimporter.invalidate_caches = invalidate_caches  # type: ignore[method-assign]
+
+
 def _task_device(cfg: EmbedConfig) -> str:
     """The device of the running task: the GPU Spark assigned to it, else CPU (see udfs.clip.pick_device)."""
     import torch
@@ -136,6 +179,7 @@ def embed_images(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
         from udfs.clip import embed_images as embed_batches
         from udfs.clip import get_encoder
 
+        keep_zip_directories()
         encoder = get_encoder(spec, _task_device(cfg), cfg.precision)
         items = ((i, c) for frame in frames for i, c in zip(frame["image_id"], frame["content"], strict=True))
         for batch in embed_batches(
@@ -158,6 +202,7 @@ def embed_sentences(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFra
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from udfs.clip import embed_texts, get_encoder
 
+        keep_zip_directories()
         encoder = get_encoder(spec, _task_device(cfg), cfg.precision)
         items = ((i, t) for frame in frames for i, t in zip(frame["sentence_id"], frame["text"], strict=True))
         for batch in embed_texts(encoder, items, cfg.text_batch_size, prefetch=cfg.prefetch_batches):
