@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,17 +207,23 @@ def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: s
     return refined(tree, table.column("leaf_id").to_numpy(), sums)
 
 
-def _with_nearest(df: DataFrame, centroids: np.ndarray, id_col: str, embedding_col: str, out_col: str) -> DataFrame:
-    """``df`` plus the index of the nearest of ``centroids`` (a flat level) in ``out_col``."""
+def _with_label(
+    df: DataFrame, embedding_col: str, out_col: str, dim: int, label: Callable[[np.ndarray], np.ndarray]
+) -> DataFrame:
+    """``df`` plus ``out_col``: ``label`` applied to each Arrow batch's (rows, ``dim``) embedding matrix."""
     schema = T.StructType([*df.schema.fields, T.StructField(out_col, T.LongType(), False)])
-    dim = centroids.shape[1]
 
-    def nearest(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+    def labelled(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         for batch in batches:
-            labels, _ = assign(arrow_matrix(batch.column(embedding_col), dim), centroids)
+            labels = label(arrow_matrix(batch.column(embedding_col), dim))
             yield batch.append_column(out_col, pa.array(labels, pa.int64()))
 
-    return df.mapInArrow(nearest, schema)
+    return df.mapInArrow(labelled, schema)
+
+
+def _with_nearest(df: DataFrame, centroids: np.ndarray, id_col: str, embedding_col: str, out_col: str) -> DataFrame:
+    """``df`` plus the index of the nearest of ``centroids`` (a flat level) in ``out_col``."""
+    return _with_label(df, embedding_col, out_col, centroids.shape[1], lambda x: assign(x, centroids)[0])
 
 
 def assign_leaves(
@@ -229,15 +235,9 @@ def assign_leaves(
     leaves of the next coarse clusters, which lowers the mean distance to the leaf centroid for points near a
     coarse boundary (bench/kmeans.py).
     """
-    schema = T.StructType([*df.schema.fields, T.StructField("leaf_id", T.LongType(), False)])
-    dim = tree.leaves.shape[1]
-
-    def leaves(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-        for batch in batches:
-            ids, _, _ = descend(arrow_matrix(batch.column(embedding_col), dim), tree, 1, coarse_probe)
-            yield batch.append_column("leaf_id", pa.array(ids[:, 0], pa.int64()))
-
-    return df.mapInArrow(leaves, schema)
+    return _with_label(
+        df, embedding_col, "leaf_id", tree.leaves.shape[1], lambda x: descend(x, tree, 1, coarse_probe)[0][:, 0]
+    )
 
 
 def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: dict[int, int]) -> DataFrame:
@@ -359,9 +359,7 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
         assigned = assign_leaves(todo, tree, subject.id_col, coarse_probe=cfg.assign_coarse_probe).select(
             subject.id_col, F.lit(model_id).alias("model_id"), "leaf_id"
         )
-        before = of_model(subject.clusters).count() if done is not None else 0
-        lakehouse.insert_new(subject.clusters, assigned, [subject.id_col, "model_id"])
-        added = of_model(subject.clusters).count() - before
+        added = lakehouse.insert_new(subject.clusters, assigned, [subject.id_col, "model_id"])
         print(f"{job}: model {model_id}: kept the existing tree, assigned {added} new {subject.name}")
         return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, added, False)
 

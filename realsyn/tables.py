@@ -117,14 +117,19 @@ class Lakehouse:
             builder = builder.partitionedBy(*partition_by)
         builder.execute()
 
-    def insert_new(self, name: str, df: DataFrame, keys: Sequence[str]) -> None:
+    def insert_new(self, name: str, df: DataFrame, keys: Sequence[str]) -> int:
         """Insert the rows of ``df`` whose key is not in the table yet (a MERGE: atomic and idempotent).
 
-        ``df`` must be unique on ``keys``; rerunning with the same ``df`` changes nothing.
+        ``df`` must be unique on ``keys``; rerunning with the same ``df`` changes nothing. Returns the number of
+        rows inserted, as the MERGE reports it.
         """
         self.create_if_absent(name, df.schema)
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        (self.delta(name).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute())
+        metrics = self.delta(name).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute()
+        row = metrics.first()
+        if row is None:  # delta-spark >= 2.3 always reports MERGE metrics (pyproject pins 4.0)
+            raise RuntimeError(f"the MERGE into {name} reported no metrics")
+        return int(row["num_inserted_rows"])
 
     def replace_partition(self, name: str, df: DataFrame, column: str, value: str) -> None:
         """Replace the rows of ``name`` where ``column = value`` with ``df`` in one commit (others untouched)."""
