@@ -464,18 +464,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"real: embedded {len(corpus)} sentences + {len(prompts)} queries in {time.perf_counter() - t:.0f} s")
         # same number of leaves as the full-size synthetic run, so p means the same share of leaves
         real_leaf = max(2, round(len(corpus) * args.leaf_size / args.sentences))
-        real, _, _, _ = sweep(
-            rs,
-            rq,
-            real_leaf,
-            args.coarse_probe,
-            probes,
-            k,
-            len(prompts),
-            args.seed,
-            args.assign_coarse_probe,
-            args.refine_steps,
-        )
+
+        def twin_sweep(s: np.ndarray, q: np.ndarray) -> Sweep:
+            """The sweep at the real set's size and tree settings, every query checked exactly."""
+            return sweep(
+                s,
+                q,
+                real_leaf,
+                args.coarse_probe,
+                probes,
+                k,
+                len(prompts),
+                args.seed,
+                args.assign_coarse_probe,
+                args.refine_steps,
+            )[0]
+
+        real = twin_sweep(rs, rq)
         print_sweep(f"real MiniLM (dim {rs.shape[1]}, leaf_size {real_leaf})", real)
         ss, sq, comp = synthetic(len(corpus), len(prompts), rs.shape[1], args.components, args.seed, noise=args.noise)
         print(
@@ -483,18 +488,7 @@ def main(argv: list[str] | None = None) -> None:
             f"local intrinsic dimension real {local_intrinsic_dimension(rs):.1f}, "
             f"synthetic {local_intrinsic_dimension(ss):.1f}"
         )
-        syn, _, _, _ = sweep(
-            ss,
-            sq,
-            real_leaf,
-            args.coarse_probe,
-            probes,
-            k,
-            len(prompts),
-            args.seed,
-            args.assign_coarse_probe,
-            args.refine_steps,
-        )
+        syn = twin_sweep(ss, sq)
         print_sweep(f"synthetic twin (dim {rs.shape[1]}, leaf_size {real_leaf})", syn)
         for r_real, r_syn in zip(real.rows, syn.rows, strict=True):
             print(
