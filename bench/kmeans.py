@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--leaf-size", type=int, default=100, help="K = n / leaf size: about 1,000 at the default n")
     ap.add_argument("--components", type=int, default=20_000)
     ap.add_argument("--scaling", default="100000,300000,1000000", help="N values for time versus N ('' skips)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per method (the fastest is kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per method (the fastest is kept)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.quick:

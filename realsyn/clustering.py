@@ -167,37 +167,63 @@ def train_tree(
     return tree
 
 
-def _sums_batch(leaf_ids: np.ndarray, sums: np.ndarray) -> pa.RecordBatch:
-    """An Arrow batch of (leaf_id, total) rows from ids and a float64 (rows, d) matrix of sums."""
-    offsets = pa.array(np.arange(len(leaf_ids) + 1, dtype=np.int32) * sums.shape[1])
-    totals = pa.ListArray.from_arrays(offsets, pa.array(sums.ravel(), pa.float64()))
-    return pa.RecordBatch.from_arrays([pa.array(leaf_ids, pa.int64()), totals], names=["leaf_id", "total"])
+_MAX_PARTIAL_ROWS = 1 << 16
+
+
+def _summed(parts: Iterable[tuple[np.ndarray, np.ndarray]], dim: int) -> Iterable[pa.RecordBatch]:
+    """One Arrow batch of (leaf_id, total) rows: the (leaf ids, float64 sums) ``parts`` added up per leaf.
+
+    Parts are folded together whenever they hold more than ``_MAX_PARTIAL_ROWS`` rows, so memory stays bounded
+    by that and the number of distinct leaves seen. Nothing is yielded when ``parts`` is empty.
+    """
+    ids: list[np.ndarray] = []
+    sums: list[np.ndarray] = []
+    held = 0
+
+    def fold() -> tuple[np.ndarray, np.ndarray]:
+        keys, _, totals = sums_by_label(np.concatenate(sums), np.concatenate(ids))
+        return keys, totals
+
+    for part_ids, part_sums in parts:
+        ids.append(part_ids)
+        sums.append(part_sums)
+        held += len(part_ids)
+        if held > _MAX_PARTIAL_ROWS:
+            keys, totals = fold()
+            ids, sums, held = [keys], [totals], len(keys)
+    if held == 0:
+        return
+    keys, totals = fold()
+    offsets = pa.array(np.arange(len(keys) + 1, dtype=np.int32) * dim)
+    column = pa.ListArray.from_arrays(offsets, pa.array(totals.ravel(), pa.float64()))
+    yield pa.RecordBatch.from_arrays([pa.array(keys, pa.int64()), column], names=["leaf_id", "total"])
 
 
 def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: str = "embedding") -> Tree:
     """One distributed spherical Lloyd step over ``rows``: every row to its nearest leaf under its ``coarse_probe``
     nearest coarse clusters, then every centroid to the normalised mean of its rows (udfs.kmeans.refined).
 
-    Each partition sums its rows per leaf; the partial sums meet in one shuffle keyed by leaf and only one vector
-    per leaf reaches the driver.
+    Each task sums its partition's rows per leaf (one row per leaf it saw); the partial sums meet in one
+    shuffle keyed by leaf and only one vector per leaf reaches the driver.
     """
     dim = tree.leaves.shape[1]
 
     def partial_sums(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-        for batch in batches:
-            x = arrow_matrix(batch.column(embedding_col), dim)
-            labels = descend(x, tree, 1, coarse_probe)[0][:, 0]
-            ids, _, sums = sums_by_label(x, labels)
-            yield _sums_batch(ids, sums)
+        def per_batch() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+            for batch in batches:
+                x = arrow_matrix(batch.column(embedding_col), dim)
+                ids, _, sums = sums_by_label(x, descend(x, tree, 1, coarse_probe)[0][:, 0])
+                yield ids, sums
+
+        return _summed(per_batch(), dim)
 
     def reduce_sums(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-        parts = [b for b in batches if b.num_rows]
-        if not parts:
-            return
-        ids = np.concatenate([b.column("leaf_id").to_numpy() for b in parts])
-        totals = np.concatenate([arrow_matrix(b.column("total"), dim, np.float64) for b in parts])
-        keys, _, sums = sums_by_label(totals, ids)
-        yield _sums_batch(keys, sums)
+        parts = (
+            (b.column("leaf_id").to_numpy(), arrow_matrix(b.column("total"), dim, np.float64))
+            for b in batches
+            if b.num_rows
+        )
+        return _summed(parts, dim)
 
     reduced = rows.select(embedding_col).mapInArrow(partial_sums, _SUMS_SCHEMA).repartition("leaf_id")
     table = reduced.mapInArrow(reduce_sums, _SUMS_SCHEMA).toArrow()

@@ -8,6 +8,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from realsyn import clustering
 from realsyn.clustering import (
     LEVEL_COARSE,
     LEVEL_LEAF,
@@ -204,6 +205,19 @@ def test_distributed_refine_step_equals_the_one_machine_step(spark: SparkSession
     np.testing.assert_allclose(got.leaves, expected.leaves, atol=1e-6)
     np.testing.assert_allclose(got.coarse, expected.coarse, atol=1e-6)
     assert not np.allclose(got.leaves, tree.leaves)
+
+
+def test_partial_sums_fold_to_the_same_totals_past_the_row_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 3))
+    labels = rng.integers(0, 6, size=40)
+    parts = [sums_by_label(x[a : a + 8], labels[a : a + 8]) for a in range(0, 40, 8)]
+    monkeypatch.setattr(clustering, "_MAX_PARTIAL_ROWS", 5)  # fold after almost every part
+    (batch,) = clustering._summed(((ids, sums) for ids, _, sums in parts), 3)
+    ids, _, sums = sums_by_label(x, labels)
+    assert batch.column("leaf_id").to_pylist() == ids.tolist()
+    np.testing.assert_allclose(np.array(batch.column("total").to_pylist()), sums)
+    assert list(clustering._summed(iter([]), 3)) == []
 
 
 def test_run_cluster_images_writes_the_image_tree(spark: SparkSession, lakehouse: Lakehouse) -> None:
