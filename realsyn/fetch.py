@@ -169,21 +169,6 @@ def fetch_urls(
     return urls.select("url_id", "url").mapInArrow(fetch_partition, FETCHED_IMAGES_SCHEMA)
 
 
-def _write(lakehouse: Lakehouse, fetched: DataFrame, retry_failed: bool) -> int:
-    """MERGE ``fetched`` into bronze.fetched_images (which exists); return the rows inserted or updated.
-
-    Without ``retry_failed`` it is an insert-only MERGE on ``url_id`` (like ``Lakehouse.insert_new``, without
-    its table check); with it, transient failures are replaced in place and a final row is never touched.
-    """
-    merge = lakehouse.delta(BRONZE_FETCHED_IMAGES).alias("t").merge(fetched.alias("s"), "t.url_id = s.url_id")
-    if retry_failed:
-        merge = merge.whenMatchedUpdateAll(condition="t.retryable")
-    metrics = merge.whenNotMatchedInsertAll().execute().first()
-    if metrics is None:  # an older Delta without MERGE metrics
-        return -1
-    return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"])
-
-
 def _batch_stats(lakehouse: Lakehouse, part: DataFrame, committed_after: datetime) -> list[Row]:
     """Rows per status (and bytes) of the URLs of ``part`` as just committed, read back from the table.
 
@@ -239,7 +224,9 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
                 # An update MERGE reads its source twice: materialise it so that no URL is fetched twice.
                 fetched = fetched.persist(StorageLevel.MEMORY_AND_DISK)
             try:
-                written = _write(lakehouse, fetched, retry_failed)
+                # Transient failures are replaced in place on --retry-failed; a final row is never touched.
+                replace_when = "t.retryable" if retry_failed else None
+                written = lakehouse.insert_new(BRONZE_FETCHED_IMAGES, fetched, ["url_id"], replace_when)
             finally:
                 fetched.unpersist()
             returned = counts.value

@@ -59,6 +59,7 @@ class Lakehouse:
     def __init__(self, spark: SparkSession, storage: StorageConfig) -> None:
         self.spark = spark
         self.storage = storage
+        self._present: set[str] = set()  # tables this instance created or found: later writes skip the check
 
     def location(self, name: str) -> str:
         """Path or fully qualified table name of logical table ``name``."""
@@ -106,8 +107,11 @@ class Lakehouse:
         """Create an empty table with ``schema`` unless it exists (safe to call from concurrent reruns).
 
         ``properties`` are added to the shared table properties (e.g. ``parquet.block.size``, which Delta
-        passes to the Parquet writer of every later write).
+        passes to the Parquet writer of every later write). A table this instance has created or found once is not
+        checked again, so a job that writes one table in many batches pays for the check once.
         """
+        if name in self._present:
+            return
         builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema)
         loc = self.location(name)
         builder = builder.location(loc) if self._by_path else builder.tableName(loc)
@@ -116,20 +120,24 @@ class Lakehouse:
         if partition_by:
             builder = builder.partitionedBy(*partition_by)
         builder.execute()
+        self._present.add(name)
 
-    def insert_new(self, name: str, df: DataFrame, keys: Sequence[str]) -> int:
+    def insert_new(self, name: str, df: DataFrame, keys: Sequence[str], replace_when: str | None = None) -> int:
         """Insert the rows of ``df`` whose key is not in the table yet (a MERGE: atomic and idempotent).
 
-        ``df`` must be unique on ``keys``; rerunning with the same ``df`` changes nothing. Returns the number of
-        rows inserted, as the MERGE reports it.
+        ``df`` must be unique on ``keys``; rerunning with the same ``df`` changes nothing. ``replace_when``, a SQL
+        condition on the table's row (alias ``t``), also replaces a present row with ``df``'s when it holds.
+        Returns the number of rows inserted or replaced, as the MERGE reports it.
         """
         self.create_if_absent(name, df.schema)
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        metrics = self.delta(name).alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute()
-        row = metrics.first()
+        merge = self.delta(name).alias("t").merge(df.alias("s"), condition)
+        if replace_when is not None:
+            merge = merge.whenMatchedUpdateAll(condition=replace_when)
+        row = merge.whenNotMatchedInsertAll().execute().first()
         if row is None:  # delta-spark >= 2.3 always reports MERGE metrics (pyproject pins 4.0)
             raise RuntimeError(f"the MERGE into {name} reported no metrics")
-        return int(row["num_inserted_rows"])
+        return int(row["num_inserted_rows"]) + int(row["num_updated_rows"])
 
     def replace_partition(self, name: str, df: DataFrame, column: str, value: str) -> None:
         """Replace the rows of ``name`` where ``column = value`` with ``df`` in one commit (others untouched)."""

@@ -223,11 +223,9 @@ def test_no_image_refs_is_a_no_op(lakehouse: Lakehouse) -> None:
 def test_counts_are_read_back_when_the_tasks_counts_disagree_with_the_merge(
     lakehouse: Lakehouse, server: _Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import realsyn.fetch
-
-    write = realsyn.fetch._write
+    insert = lakehouse.insert_new
     # As if a task had been run twice: its counts no longer match the rows the MERGE wrote.
-    monkeypatch.setattr(realsyn.fetch, "_write", lambda *args: write(*args) + 1)
+    monkeypatch.setattr(lakehouse, "insert_new", lambda *args: insert(*args) + 1)
     a, missing = server.url("/a.jpg"), server.url("/missing")
     _write_refs(lakehouse, [("d1", 0, a), ("d1", 1, missing), ("d2", 0, a)])
 
