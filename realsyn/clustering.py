@@ -11,7 +11,8 @@ rows follow: each row goes to its nearest leaf under its ``assign_coarse_probe``
 rows cross the coarse split where that fits them better), and every leaf and coarse centroid moves to the
 normalised mean of its rows; partial sums per leaf are computed inside each partition and reduced in one
 shuffle keyed by leaf. Finally every row descends the tree to its leaf. The UDFs read embeddings straight from
-Arrow buffers (no Python object per row).
+Arrow buffers (no Python object per row). The tree reaches the tasks inside their closure, or, once its leaves
+pass ``INLINE_TREE_BYTES``, as a file that every executor memory-maps (``shipped``).
 
 ``run_cluster_sentences`` applies this to ``silver.sentence_embeddings`` (section ``cluster``) and writes
 ``silver.sentence_centroids`` (model_id, level, centroid_id, parent_id, vector, size) and
@@ -25,9 +26,13 @@ existing tree is kept and only rows without a leaf are assigned.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import math
+import shutil
+import tempfile
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -82,6 +87,50 @@ _SUMS_SCHEMA = T.StructType(
 )
 
 _HASH_RANGE = 1 << 30
+
+# Leaves larger than this reach the tasks as a memory-mapped file rather than inside the task closure.
+INLINE_TREE_BYTES = 64 << 20
+_shipped_dir: str | None = None
+_mapped: dict[str, Tree] = {}
+
+
+def shipped(spark: SparkSession, tree: Tree) -> Callable[[], Tree]:
+    """A function that returns ``tree`` inside Spark tasks (and on the driver).
+
+    A tree whose leaves hold at most ``INLINE_TREE_BYTES`` travels inside the task closure. A larger one (the
+    paper's 2M leaves x 768 floats are 6 GB) would be unpickled by every task of every Python worker; its leaves
+    are instead written once to an .npy file that ``SparkContext.addFile`` copies to each executor, where tasks
+    memory-map it: the workers of one executor share one copy in the page cache, and a task pays nothing to load
+    it again. The file lives in a temporary folder removed when the driver exits (executors that join later
+    still fetch it).
+    """
+    if tree.leaves.nbytes <= INLINE_TREE_BYTES:
+        return functools.partial(_identity, tree)
+    global _shipped_dir
+    if _shipped_dir is None:
+        _shipped_dir = tempfile.mkdtemp(prefix="realsyn-trees-")
+        atexit.register(shutil.rmtree, _shipped_dir, ignore_errors=True)
+    name = f"tree-{uuid.uuid4().hex}.npy"
+    path = f"{_shipped_dir}/{name}"
+    np.save(path, np.ascontiguousarray(tree.leaves, np.float32))
+    spark.sparkContext.addFile(path)
+    return functools.partial(_mapped_tree, name, tree.coarse, tree.parent)
+
+
+def _identity(tree: Tree) -> Tree:
+    return tree
+
+
+def _mapped_tree(name: str, coarse: np.ndarray, parent: np.ndarray) -> Tree:
+    """The tree whose leaves were shipped as file ``name``, memory-mapped once per Python process."""
+    tree = _mapped.get(name)
+    if tree is None:
+        from pyspark import SparkFiles
+
+        tree = _mapped[name] = Tree(coarse, np.load(SparkFiles.get(name), mmap_mode="r"), parent)
+        while len(_mapped) > 2:  # refinement ships a new tree per step; older ones are not used again
+            del _mapped[next(iter(_mapped))]
+    return tree
 
 
 def hash_uniform(id_col: str, seed: int) -> Column:
@@ -207,12 +256,13 @@ def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: s
     shuffle keyed by leaf and only one vector per leaf reaches the driver.
     """
     dim = tree.leaves.shape[1]
+    load = shipped(rows.sparkSession, tree)
 
     def partial_sums(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         def per_batch() -> Iterable[tuple[np.ndarray, np.ndarray]]:
             for batch in batches:
                 x = arrow_matrix(batch.column(embedding_col), dim)
-                ids, _, sums = sums_by_label(x, descend(x, tree, 1, coarse_probe)[0][:, 0])
+                ids, _, sums = sums_by_label(x, descend(x, load(), 1, coarse_probe)[0][:, 0])
                 yield ids, sums
 
         return _summed(per_batch(), dim)
@@ -261,8 +311,9 @@ def assign_leaves(
     leaves of the next coarse clusters, which lowers the mean distance to the leaf centroid for points near a
     coarse boundary (bench/kmeans.py).
     """
+    load = shipped(df.sparkSession, tree)
     return _with_label(
-        df, embedding_col, "leaf_id", tree.leaves.shape[1], lambda x: descend(x, tree, 1, coarse_probe)[0][:, 0]
+        df, embedding_col, "leaf_id", tree.leaves.shape[1], lambda x: descend(x, load(), 1, coarse_probe)[0][:, 0]
     )
 
 

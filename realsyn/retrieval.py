@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.clustering import resolve_model_id, tree_from_centroids
+from realsyn.clustering import resolve_model_id, shipped, tree_from_centroids
 from realsyn.config import Config, RetrievalConfig
 from realsyn.tables import (
     SILVER_IMAGE_EMBEDDINGS,
@@ -65,10 +65,11 @@ def image_leaves(
         ]
     )
     dim = tree.leaves.shape[1]
+    load = shipped(images.sparkSession, tree)
 
     def probe(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         for batch in batches:
-            leaves, _, _ = descend(arrow_matrix(batch.column(embedding_col), dim), tree, p, coarse_probe)
+            leaves, _, _ = descend(arrow_matrix(batch.column(embedding_col), dim), load(), p, coarse_probe)
             rows, cols = np.nonzero(leaves >= 0)
             yield batch.take(pa.array(rows)).append_column("leaf_id", pa.array(leaves[rows, cols], pa.int64()))
 

@@ -220,6 +220,22 @@ def test_partial_sums_fold_to_the_same_totals_past_the_row_cap(monkeypatch: pyte
     assert list(clustering._summed(iter([]), 3)) == []
 
 
+def test_a_tree_past_the_inline_limit_reaches_the_tasks_as_a_mapped_file(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, labels = planted_tree_points([[30, 30], [30]])
+    df = embeddings_df(spark, x).repartition(2)
+    tree = train_tree(df, ClusterConfig(leaf_size=30, coarse_clusters=2, refine_steps=0, seed=1), "sentence_id")
+    inline = leaf_partition(assign_leaves(df, tree, "sentence_id"), labels)
+    inline_step = refine_tree(df, tree, coarse_probe=2)
+    monkeypatch.setattr(clustering, "INLINE_TREE_BYTES", 0)
+    load = clustering.shipped(spark, tree)
+    assert isinstance(load().leaves, np.memmap)
+    np.testing.assert_array_equal(load().leaves, tree.leaves)
+    assert leaf_partition(assign_leaves(df, tree, "sentence_id"), labels) == inline
+    np.testing.assert_allclose(refine_tree(df, tree, coarse_probe=2).leaves, inline_step.leaves, atol=1e-6)
+
+
 def test_run_cluster_images_writes_the_image_tree(spark: SparkSession, lakehouse: Lakehouse) -> None:
     x, labels = planted_tree_points([[30, 30], [30]])
     rows = embeddings_df(spark, x, prefix="i", model_id="clip-test").withColumnRenamed("sentence_id", "image_id")
