@@ -53,7 +53,7 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Tree, arrow_matrix, as_matrix, assign, descend, refined, spherical_kmeans, sums_by_label
+from udfs.kmeans import Tree, arrow_matrix, assign, descend, refined, spherical_kmeans, sums_by_label
 
 log = logging.getLogger(__name__)
 
@@ -317,34 +317,69 @@ def assign_leaves(
     )
 
 
-def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: dict[int, int]) -> DataFrame:
-    """The rows of a centroids table for ``tree``: coarse level 0 (size = sum of its leaves) and leaves level 1."""
-    sizes = np.array([leaf_sizes.get(i, 0) for i in range(tree.n_leaves)], dtype=np.int64)
-    coarse_sizes = np.bincount(tree.parent, weights=sizes, minlength=tree.coarse.shape[0]).astype(np.int64)
-    rows: list[tuple[str, int, int, int | None, list[float], int]] = [
-        (model_id, LEVEL_COARSE, i, None, [float(v) for v in vec], int(coarse_sizes[i]))
-        for i, vec in enumerate(tree.coarse)
-    ]
-    rows += [
-        (model_id, LEVEL_LEAF, i, int(tree.parent[i]), [float(v) for v in vec], int(sizes[i]))
-        for i, vec in enumerate(tree.leaves)
-    ]
-    return spark.createDataFrame(rows, CENTROIDS_SCHEMA)
+_VECTOR = pa.list_(pa.field("element", pa.float32(), nullable=False))
+_ARROW_CHUNK_ROWS = 1 << 16  # rows per Arrow chunk: list offsets are int32, and 2M x 768 floats would overflow
+
+
+def _vector_column(m: np.ndarray) -> pa.ChunkedArray:
+    """The rows of float32 matrix ``m`` as a chunked Arrow list<float> column, without a Python object per value."""
+    m = np.ascontiguousarray(m, np.float32)
+    chunks = []
+    for start in range(0, m.shape[0], _ARROW_CHUNK_ROWS):
+        part = m[start : start + _ARROW_CHUNK_ROWS]
+        offsets = pa.array(np.arange(part.shape[0] + 1, dtype=np.int32) * m.shape[1])
+        chunks.append(pa.ListArray.from_arrays(offsets, pa.array(part.ravel()), type=_VECTOR))
+    return pa.chunked_array(chunks, type=_VECTOR)
+
+
+def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: np.ndarray) -> DataFrame:
+    """The rows of a centroids table for ``tree``: coarse level 0 (size = sum of its leaves) and leaves level 1.
+
+    ``leaf_sizes[i]`` is the number of rows of leaf ``i``. Built from Arrow buffers: a tree of millions of
+    leaves goes to Spark without a Python object per float.
+    """
+    sizes = np.zeros(tree.n_leaves, np.int64)
+    sizes[: len(leaf_sizes)] = leaf_sizes[: tree.n_leaves]
+    n_coarse = tree.coarse.shape[0]
+    coarse_sizes = np.bincount(tree.parent, weights=sizes, minlength=n_coarse).astype(np.int64)
+    n = n_coarse + tree.n_leaves
+    table = pa.table(
+        {
+            "model_id": pa.array(np.full(n, model_id, dtype=object), pa.string()),
+            "level": pa.array(np.r_[np.full(n_coarse, LEVEL_COARSE), np.full(tree.n_leaves, LEVEL_LEAF)], pa.int32()),
+            "centroid_id": pa.array(np.r_[np.arange(n_coarse), np.arange(tree.n_leaves)], pa.int64()),
+            "parent_id": pa.array(
+                np.r_[np.zeros(n_coarse, np.int64), tree.parent],
+                pa.int64(),
+                mask=np.r_[np.ones(n_coarse, bool), np.zeros(tree.n_leaves, bool)],
+            ),
+            "vector": _vector_column(np.concatenate([tree.coarse, tree.leaves]) if n else tree.coarse),
+            "size": pa.array(np.r_[coarse_sizes, sizes], pa.int64()),
+        }
+    )
+    return spark.createDataFrame(table, CENTROIDS_SCHEMA)
 
 
 def tree_from_centroids(centroids: DataFrame, model_id: str) -> Tree:
-    """Load the tree of ``model_id`` back from a centroids table (small: collected)."""
-    pdf = centroids.filter(F.col("model_id") == model_id).toPandas()
-    coarse_rows = pdf[pdf["level"] == LEVEL_COARSE].sort_values("centroid_id")
-    leaf_rows = pdf[pdf["level"] == LEVEL_LEAF].sort_values("centroid_id")
-    if coarse_rows.empty:
+    """Load the tree of ``model_id`` back from a centroids table (collected to the driver through Arrow)."""
+    table = (
+        centroids.filter(F.col("model_id") == model_id).select("level", "centroid_id", "parent_id", "vector").toArrow()
+    )
+    if table.num_rows == 0:
         return Tree.from_parts(np.zeros((0, 0), np.float32), [])
-    coarse = as_matrix(coarse_rows["vector"])
-    leaves = as_matrix(leaf_rows["vector"], coarse.shape[1])
-    parent = leaf_rows["parent_id"].to_numpy(dtype=np.int64)
-    if not np.array_equal(leaf_rows["centroid_id"].to_numpy(), np.arange(len(leaf_rows))) or np.any(
-        np.diff(parent) < 0
-    ):
+    level = table.column("level").to_numpy()
+    ids = table.column("centroid_id").to_numpy()
+    vectors = table.column("vector")
+    dim = len(vectors[0])
+    coarse_rows = np.flatnonzero(level == LEVEL_COARSE)
+    leaf_rows = np.flatnonzero(level == LEVEL_LEAF)
+    coarse_rows, leaf_rows = coarse_rows[np.argsort(ids[coarse_rows])], leaf_rows[np.argsort(ids[leaf_rows])]
+    if coarse_rows.size == 0:
+        return Tree.from_parts(np.zeros((0, dim), np.float32), [])
+    coarse = arrow_matrix(vectors.take(pa.array(coarse_rows)), dim)
+    leaves = arrow_matrix(vectors.take(pa.array(leaf_rows)), dim)
+    parent = table.column("parent_id").take(pa.array(leaf_rows)).to_numpy(zero_copy_only=False).astype(np.int64)
+    if not np.array_equal(ids[leaf_rows], np.arange(leaf_rows.size)) or np.any(np.diff(parent) < 0):
         raise ValueError(f"centroids of {model_id!r} are not a tree with leaves numbered by parent")
     return Tree(coarse, leaves, parent)
 
@@ -445,11 +480,12 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
         subject.id_col, F.lit(model_id).alias("model_id"), "leaf_id"
     )
     lakehouse.replace_partition(subject.clusters, assigned, "model_id", model_id)
-    counts = of_model(subject.clusters).groupBy("leaf_id").count().collect()
-    leaf_sizes = {int(r["leaf_id"]): int(r["count"]) for r in counts}
+    counts = of_model(subject.clusters).groupBy("leaf_id").count().toArrow()
+    leaf_sizes = np.zeros(tree.n_leaves, np.int64)
+    leaf_sizes[counts.column("leaf_id").to_numpy()] = counts.column("count").to_numpy()
     frame = centroids_frame(lakehouse.spark, tree, model_id, leaf_sizes)
     lakehouse.replace_partition(subject.centroids, frame, "model_id", model_id)
-    total = sum(leaf_sizes.values())
+    total = int(leaf_sizes.sum())
     print(
         f"{job}: model {model_id}: {n} {subject.name} -> {tree.coarse.shape[0]} coarse clusters, "
         f"{tree.n_leaves} leaves; {total} {subject.name} assigned"

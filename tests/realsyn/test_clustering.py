@@ -109,7 +109,7 @@ def test_empty_input_gives_an_empty_tree(spark: SparkSession) -> None:
 def test_centroids_round_trip(spark: SparkSession) -> None:
     eye = np.eye(4, dtype=np.float32)
     tree = Tree.from_parts(eye[:2], [eye[[0, 2]], eye[[1]]])
-    frame = centroids_frame(spark, tree, "m", {0: 5, 1: 7, 2: 11})
+    frame = centroids_frame(spark, tree, "m", np.array([5, 7, 11]))
     back = tree_from_centroids(frame, "m")
     np.testing.assert_array_equal(back.coarse, tree.coarse)
     np.testing.assert_array_equal(back.leaves, tree.leaves)
