@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
         # same number of leaves as the full-size synthetic run, so p means the same share of leaves
         real_leaf = max(2, round(len(corpus) * args.leaf_size / args.sentences))
 
-        def twin_sweep(s: np.ndarray, q: np.ndarray) -> Sweep:
+        def twin_sweep(s: np.ndarray, q: np.ndarray) -> tuple[Sweep, Tree, np.ndarray, np.ndarray]:
             """The sweep at the real set's size and tree settings, every query checked exactly."""
             return sweep(
                 s,
@@ -478,9 +478,9 @@ def main(argv: list[str] | None = None) -> None:
                 args.seed,
                 args.assign_coarse_probe,
                 args.refine_steps,
-            )[0]
+            )
 
-        real = twin_sweep(rs, rq)
+        real, _, real_s_leaf, real_q_leaves = twin_sweep(rs, rq)
         print_sweep(f"real MiniLM (dim {rs.shape[1]}, leaf_size {real_leaf})", real)
         ss, sq, comp = synthetic(len(corpus), len(prompts), rs.shape[1], args.components, args.seed, noise=args.noise)
         print(
@@ -488,14 +488,20 @@ def main(argv: list[str] | None = None) -> None:
             f"local intrinsic dimension real {local_intrinsic_dimension(rs):.1f}, "
             f"synthetic {local_intrinsic_dimension(ss):.1f}"
         )
-        syn = twin_sweep(ss, sq)
+        syn = twin_sweep(ss, sq)[0]
         print_sweep(f"synthetic twin (dim {rs.shape[1]}, leaf_size {real_leaf})", syn)
         for r_real, r_syn in zip(real.rows, syn.rows, strict=True):
             print(
                 f"  p={int(r_real['p'])}: recall real {r_real['recall']:.4f} vs synthetic {r_syn['recall']:.4f} "
                 f"(share {r_real['dot_share']:.3%} vs {r_syn['dot_share']:.3%})"
             )
-        print(f"real: exact {real.exact_per_image_ms:.3f} ms/image; tree train {real.train_s:.1f} s for {len(corpus)}")
+        p_real = rcfg.probe_leaves
+        real_s = timed_full_retrieval(rs, rq, real_q_leaves, real_s_leaf, p_real, k)
+        print(
+            f"real: p={p_real}: all {len(prompts)} queries retrieved in {real_s:.2f} s = "
+            f"{real_s * 1000 / len(prompts):.3f} ms/image (kernels, one process) vs exact "
+            f"{real.exact_per_image_ms:.3f} ms/image; tree train {real.train_s:.1f} s for {len(corpus)} sentences"
+        )
 
     if args.spark_sentences > 0:
         ss, sq, _ = synthetic(
