@@ -338,8 +338,9 @@ def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: 
     ``leaf_sizes[i]`` is the number of rows of leaf ``i``. Built from Arrow buffers: a tree of millions of
     leaves goes to Spark without a Python object per float.
     """
-    sizes = np.zeros(tree.n_leaves, np.int64)
-    sizes[: len(leaf_sizes)] = leaf_sizes[: tree.n_leaves]
+    sizes = np.asarray(leaf_sizes, np.int64)
+    if sizes.shape != (tree.n_leaves,):
+        raise ValueError(f"{sizes.shape[0]} leaf sizes for {tree.n_leaves} leaves")
     n_coarse = tree.coarse.shape[0]
     coarse_sizes = np.bincount(tree.parent, weights=sizes, minlength=n_coarse).astype(np.int64)
     n = n_coarse + tree.n_leaves
@@ -353,7 +354,7 @@ def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: 
                 pa.int64(),
                 mask=np.r_[np.ones(n_coarse, bool), np.zeros(tree.n_leaves, bool)],
             ),
-            "vector": _vector_column(np.concatenate([tree.coarse, tree.leaves]) if n else tree.coarse),
+            "vector": _vector_column(np.concatenate([tree.coarse, tree.leaves])),
             "size": pa.array(np.r_[coarse_sizes, sizes], pa.int64()),
         }
     )
