@@ -7,7 +7,9 @@ group one matrix product scores every image against every sentence exactly, and 
 
 A leaf with more than ``max_group_sentences`` sentences (or more than ``max_group_images`` probing images) is
 split into hash chunks of about that size, and every image chunk meets every sentence chunk of the leaf, so no
-task receives a huge group while the result stays exact over the probed leaves. A leaf with fewer than k
+task receives a huge group while the result stays exact over the probed leaves (images are counted per leaf
+from the probes of a hash sample of about ``PLAN_SAMPLE_IMAGES`` images, all of them below that, so the descent
+of every image runs once). A leaf with fewer than k
 sentences contributes what it has; an image whose probed leaves hold fewer than k sentences in all gets fewer
 than k rows. Ties in score go to the smaller sentence id.
 
@@ -23,13 +25,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
-from realsyn.clustering import resolve_model_id, shipped, tree_from_centroids
+from realsyn.clustering import hash_uniform, resolve_model_id, shipped, tree_from_centroids
 from realsyn.config import Config, RetrievalConfig
 from realsyn.tables import (
     SILVER_IMAGE_EMBEDDINGS,
@@ -39,7 +42,7 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Tree, arrow_matrix, as_matrix, descend, top_k_exact
+from udfs.kmeans import Tree, arrow_matrix, descend, top_k_exact
 
 RETRIEVAL_SCHEMA = T.StructType(
     [
@@ -76,23 +79,41 @@ def image_leaves(
     return images.select(id_col, embedding_col).mapInArrow(probe, schema)
 
 
-def _chunk_plan(probes: DataFrame, sentences: DataFrame, cfg: RetrievalConfig) -> list[tuple[int, int, int]]:
-    """(leaf_id, image chunks, sentence chunks) for every leaf that both images and sentences reach."""
-    counts = (
-        probes.select("leaf_id", F.lit(1).alias("is_image"))
-        .unionByName(sentences.select("leaf_id", F.lit(0).alias("is_image")))
-        .groupBy("leaf_id")
-        .agg(F.sum("is_image").alias("images"), F.sum(1 - F.col("is_image")).alias("sentences"))
-        .filter((F.col("images") > 0) & (F.col("sentences") > 0))
-        .collect()
-    )
+# Images whose probes are counted to plan the chunks of each leaf; above this, a hash sample of about this many.
+PLAN_SAMPLE_IMAGES = 50_000
+_PLAN_MARGIN = 1.25  # sampled counts are scaled up by this much, so sampling noise rarely overfills a chunk
+
+
+def _chunk_plan(
+    images: DataFrame,
+    sentences: DataFrame,
+    tree: Tree,
+    cfg: RetrievalConfig,
+    image_col: str,
+    embedding_col: str,
+) -> list[tuple[int, int, int]]:
+    """(leaf_id, image chunks, sentence chunks) for every leaf with sentences that images probe.
+
+    Sentences are counted per leaf exactly (no descent needed). Images are counted from the probes of at most
+    about ``PLAN_SAMPLE_IMAGES`` of them (a hash sample, scaled up with a margin), so the descent of every image
+    runs once, in the join, and not a second time just to plan it. A sample cannot show that no image probes a
+    leaf, so with one every leaf with sentences is planned (at least one image chunk).
+    """
+    n_images = images.count()
+    fraction = min(1.0, PLAN_SAMPLE_IMAGES / max(n_images, 1))
+    sample = images if fraction >= 1.0 else images.filter(hash_uniform(image_col, 0) < fraction)
+    scale = 1.0 if fraction >= 1.0 else _PLAN_MARGIN / fraction
+    probed = image_leaves(sample, tree, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
+    image_counts = {int(r["leaf_id"]): int(r["count"]) for r in probed.groupBy("leaf_id").count().collect()}
+    sentence_counts = sentences.groupBy("leaf_id").count().collect()
     return sorted(
         (
             int(r["leaf_id"]),
-            math.ceil(int(r["images"]) / cfg.max_group_images),
-            math.ceil(int(r["sentences"]) / cfg.max_group_sentences),
+            max(1, math.ceil(image_counts.get(int(r["leaf_id"]), 0) * scale / cfg.max_group_images)),
+            math.ceil(int(r["count"]) / cfg.max_group_sentences),
         )
-        for r in counts
+        for r in sentence_counts
+        if fraction < 1.0 or int(r["leaf_id"]) in image_counts
     )
 
 
@@ -112,13 +133,15 @@ def retrieve(
     """
     spark = images.sparkSession
     k = cfg.top_k
-    probes = image_leaves(images, tree, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
+    dim = tree.leaves.shape[1]
     sentences = sentences.select(sentence_col, embedding_col, "leaf_id")
     plan = F.broadcast(
         spark.createDataFrame(
-            _chunk_plan(probes, sentences, cfg), "leaf_id long, image_chunks long, sentence_chunks long"
+            _chunk_plan(images, sentences, tree, cfg, image_col, embedding_col),
+            "leaf_id long, image_chunks long, sentence_chunks long",
         )
     )
+    probes = image_leaves(images, tree, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
     keys = ["leaf_id", "image_chunk", "sentence_chunk"]
     image_side = (
         probes.join(plan, "leaf_id")
@@ -140,24 +163,27 @@ def retrieve(
             T.StructField("leaf_id", T.LongType(), False),
         ]
     )
+    empty = pa.Table.from_pylist([], schema=to_arrow_schema(candidate_schema))
 
-    def score_group(imgs: pd.DataFrame, sents: pd.DataFrame) -> pd.DataFrame:
-        if imgs.empty or sents.empty:
-            return pd.DataFrame({f.name: pd.Series(dtype=object) for f in candidate_schema.fields})
-        sents = sents.sort_values(sentence_col, kind="stable")
-        idx, scores = top_k_exact(as_matrix(imgs[embedding_col]), as_matrix(sents[embedding_col]), k)
+    def score_group(imgs: pa.Table, sents: pa.Table) -> pa.Table:
+        if imgs.num_rows == 0 or sents.num_rows == 0:
+            return empty
+        sents = sents.take(pc.sort_indices(sents, sort_keys=[(sentence_col, "ascending")]))
+        x, y = arrow_matrix(imgs.column(embedding_col), dim), arrow_matrix(sents.column(embedding_col), dim)
+        idx, scores = top_k_exact(x, y, k)
         width = idx.shape[1]
-        return pd.DataFrame(
+        return pa.table(
             {
-                image_col: np.repeat(imgs[image_col].to_numpy(), width),
-                sentence_col: sents[sentence_col].to_numpy()[idx.ravel()],
-                "score": scores.ravel(),
-                "leaf_id": np.int64(imgs["leaf_id"].iloc[0]),
-            }
+                image_col: imgs.column(image_col).take(pa.array(np.repeat(np.arange(imgs.num_rows), width))),
+                sentence_col: sents.column(sentence_col).take(pa.array(idx.ravel())),
+                "score": pa.array(scores.ravel(), pa.float32()),
+                "leaf_id": pa.array(np.full(imgs.num_rows * width, imgs.column("leaf_id")[0].as_py()), pa.int64()),
+            },
+            schema=empty.schema,
         )
 
     candidates = (
-        image_side.groupBy(*keys).cogroup(sentence_side.groupBy(*keys)).applyInPandas(score_group, candidate_schema)
+        image_side.groupBy(*keys).cogroup(sentence_side.groupBy(*keys)).applyInArrow(score_group, candidate_schema)
     )
     order = Window.partitionBy(image_col).orderBy(F.col("score").desc(), F.col(sentence_col).asc())
     return (

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+import realsyn.retrieval
 from realsyn.clustering import run_cluster_sentences, train_tree
 from realsyn.config import ClusterConfig, Config, RetrievalConfig
 from realsyn.retrieval import RETRIEVAL_SCHEMA, retrieve, run_retrieve
@@ -64,7 +66,12 @@ def test_hand_worked_top_k(spark: SparkSession) -> None:
     assertDataFrameEqual(got, expected, rtol=1e-6)
 
 
-def test_all_leaves_probed_equals_brute_force(spark: SparkSession) -> None:
+@pytest.mark.parametrize("plan_sample", [None, 10])
+def test_all_leaves_probed_equals_brute_force(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch, plan_sample: int | None
+) -> None:
+    if plan_sample is not None:  # chunks planned from the probes of ~10 of the 60 images: the same result
+        monkeypatch.setattr(realsyn.retrieval, "PLAN_SAMPLE_IMAGES", plan_sample)
     rng = np.random.default_rng(11)
     dim = 16
     centres = l2_normalize(rng.normal(size=(12, dim)))
@@ -95,6 +102,33 @@ def test_all_leaves_probed_equals_brute_force(spark: SparkSession) -> None:
     assert got["sentence_id"].tolist() == expected_ids
     np.testing.assert_allclose(got["score"], np.take_along_axis(sims, best, axis=1).ravel(), rtol=1e-5)
     assert got["leaf_id"].tolist() == [leaf_ids[j] for j in best.ravel()]
+
+
+def test_a_sampled_plan_loses_no_leaf(spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each image probes 2 of ~16 leaves; the plan counts the probes of ~5 of 60 images, so some leaves are probed
+    # only by images outside the sample: their sentences must still be scored.
+    rng = np.random.default_rng(5)
+    centres = l2_normalize(rng.normal(size=(16, 8)))
+    s = l2_normalize(centres[rng.integers(0, 16, 400)] + 0.2 * rng.normal(size=(400, 8)))
+    q = l2_normalize(centres[rng.integers(0, 16, 60)] + 0.2 * rng.normal(size=(60, 8)))
+    sentences = spark.createDataFrame(
+        [(f"s{i:03d}", v) for i, v in enumerate(s.tolist())], "sentence_id string, embedding array<float>"
+    )
+    images = spark.createDataFrame(
+        [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
+    )
+    tree = train_tree(sentences, ClusterConfig(leaf_size=25, coarse_clusters=4), "sentence_id")
+    leaf_ids = descend(s, tree, 1, 1)[0][:, 0].tolist()
+    with_leaves = spark.createDataFrame(
+        [(f"s{i:03d}", v, leaf) for i, (v, leaf) in enumerate(zip(s.tolist(), leaf_ids, strict=True))],
+        "sentence_id string, embedding array<float>, leaf_id long",
+    )
+    cfg = RetrievalConfig(top_k=3, probe_leaves=2, coarse_probe=4, max_group_sentences=7, max_group_images=3)
+    exact_plan = retrieve(images, with_leaves, tree, cfg).collect()
+    monkeypatch.setattr(realsyn.retrieval, "PLAN_SAMPLE_IMAGES", 5)
+    sampled_plan = retrieve(images, with_leaves, tree, cfg)
+    assert len(exact_plan) == 180
+    assertDataFrameEqual(sampled_plan, exact_plan)
 
 
 def test_empty_images_give_no_rows(spark: SparkSession) -> None:
