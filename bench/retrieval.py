@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from realsyn.config import ClusterConfig, RetrievalConfig
-from udfs.kmeans import Tree, descend, hierarchical_kmeans, l2_normalize, merge_top_k, top_k_exact
+from udfs.kmeans import Tree, descend, hierarchical_kmeans, l2_normalize, matrix_column, merge_top_k, top_k_exact
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -312,8 +312,7 @@ def write_parquet(x: np.ndarray, path: str, key: str, prefix: str) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    flat = pa.array(x.ravel(), pa.float32())
-    vectors = pa.ListArray.from_arrays(pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)), flat)
+    vectors = matrix_column(x)
     ids = pa.array([f"{prefix}{i:08d}" for i in range(x.shape[0])])
     pq.write_table(pa.table({key: ids, "embedding": vectors}), path, row_group_size=16_384)
     return path

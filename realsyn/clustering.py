@@ -53,7 +53,16 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Tree, arrow_matrix, assign, descend, refined, spherical_kmeans, sums_by_label
+from udfs.kmeans import (
+    Tree,
+    arrow_matrix,
+    assign,
+    descend,
+    matrix_column,
+    refined,
+    spherical_kmeans,
+    sums_by_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +210,7 @@ def train_tree(
             {
                 "coarse_id": pa.array(np.full(len(centroids), coarse_id), pa.int64()),
                 "local_id": pa.array(np.arange(len(centroids)), pa.int64()),
-                "vector": pa.array(list(centroids), pa.list_(pa.field("element", pa.float32(), nullable=False))),
+                "vector": matrix_column(centroids),
             }
         )
 
@@ -219,8 +228,8 @@ def train_tree(
 _MAX_PARTIAL_ROWS = 1 << 16
 
 
-def _summed(parts: Iterable[tuple[np.ndarray, np.ndarray]], dim: int) -> Iterable[pa.RecordBatch]:
-    """One Arrow batch of (leaf_id, total) rows: the (leaf ids, float64 sums) ``parts`` added up per leaf.
+def _summed(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterable[pa.RecordBatch]:
+    """Arrow batches of (leaf_id, total) rows: the (leaf ids, float64 sums) ``parts`` added up per leaf.
 
     Parts are folded together whenever they hold more than ``_MAX_PARTIAL_ROWS`` rows, so memory stays bounded
     by that and the number of distinct leaves seen. Nothing is yielded when ``parts`` is empty.
@@ -243,9 +252,8 @@ def _summed(parts: Iterable[tuple[np.ndarray, np.ndarray]], dim: int) -> Iterabl
     if held == 0:
         return
     keys, totals = fold()
-    offsets = pa.array(np.arange(len(keys) + 1, dtype=np.int32) * dim)
-    column = pa.ListArray.from_arrays(offsets, pa.array(totals.ravel(), pa.float64()))
-    yield pa.RecordBatch.from_arrays([pa.array(keys, pa.int64()), column], names=["leaf_id", "total"])
+    table = pa.table({"leaf_id": pa.array(keys, pa.int64()), "total": matrix_column(totals, np.float64)})
+    yield from table.to_batches()
 
 
 def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: str = "embedding") -> Tree:
@@ -265,7 +273,7 @@ def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: s
                 ids, _, sums = sums_by_label(x, descend(x, load(), 1, coarse_probe)[0][:, 0])
                 yield ids, sums
 
-        return _summed(per_batch(), dim)
+        return _summed(per_batch())
 
     def reduce_sums(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         parts = (
@@ -273,7 +281,7 @@ def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: s
             for b in batches
             if b.num_rows
         )
-        return _summed(parts, dim)
+        return _summed(parts)
 
     reduced = rows.select(embedding_col).mapInArrow(partial_sums, _SUMS_SCHEMA).repartition("leaf_id")
     table = reduced.mapInArrow(reduce_sums, _SUMS_SCHEMA).toArrow()
@@ -317,21 +325,6 @@ def assign_leaves(
     )
 
 
-_VECTOR = pa.list_(pa.field("element", pa.float32(), nullable=False))
-_ARROW_CHUNK_ROWS = 1 << 16  # rows per Arrow chunk: list offsets are int32, and 2M x 768 floats would overflow
-
-
-def _vector_column(m: np.ndarray) -> pa.ChunkedArray:
-    """The rows of float32 matrix ``m`` as a chunked Arrow list<float> column, without a Python object per value."""
-    m = np.ascontiguousarray(m, np.float32)
-    chunks = []
-    for start in range(0, m.shape[0], _ARROW_CHUNK_ROWS):
-        part = m[start : start + _ARROW_CHUNK_ROWS]
-        offsets = pa.array(np.arange(part.shape[0] + 1, dtype=np.int32) * m.shape[1])
-        chunks.append(pa.ListArray.from_arrays(offsets, pa.array(part.ravel()), type=_VECTOR))
-    return pa.chunked_array(chunks, type=_VECTOR)
-
-
 def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: np.ndarray) -> DataFrame:
     """The rows of a centroids table for ``tree``: coarse level 0 (size = sum of its leaves) and leaves level 1.
 
@@ -354,7 +347,7 @@ def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: 
                 pa.int64(),
                 mask=np.r_[np.ones(n_coarse, bool), np.zeros(tree.n_leaves, bool)],
             ),
-            "vector": _vector_column(np.concatenate([tree.coarse, tree.leaves])),
+            "vector": matrix_column(np.concatenate([tree.coarse, tree.leaves])),
             "size": pa.array(np.r_[coarse_sizes, sizes], pa.int64()),
         }
     )

@@ -54,6 +54,24 @@ def arrow_matrix(column: pa.Array | pa.ChunkedArray, dim: int, dtype: type[np.fl
     return np.ascontiguousarray(values.reshape(len(column), dim), dtype=dtype)
 
 
+ARROW_CHUNK_ROWS = 1 << 16  # list offsets are int32: one chunk of 2M x 768 floats would overflow them
+
+
+def matrix_column(m: npt.NDArray[np.floating], dtype: type[np.floating] = np.float32) -> pa.ChunkedArray:
+    """The rows of matrix ``m`` as an Arrow list column of ``dtype`` (non-null elements): ``arrow_matrix``'s inverse.
+
+    Built from the flat values (no Python object per value), in chunks of ``ARROW_CHUNK_ROWS`` rows.
+    """
+    m = np.ascontiguousarray(m, dtype)
+    list_type = pa.list_(pa.field("element", pa.from_numpy_dtype(m.dtype), nullable=False))
+    chunks = []
+    for start in range(0, m.shape[0], ARROW_CHUNK_ROWS):
+        part = m[start : start + ARROW_CHUNK_ROWS]
+        offsets = pa.array(np.arange(part.shape[0] + 1, dtype=np.int32) * m.shape[1])
+        chunks.append(pa.ListArray.from_arrays(offsets, pa.array(part.ravel()), type=list_type))
+    return pa.chunked_array(chunks, type=list_type)
+
+
 def l2_normalize(x: npt.ArrayLike) -> Matrix:
     """Rows scaled to unit length (a zero row stays zero)."""
     m = np.asarray(x, dtype=np.float32)

@@ -213,11 +213,11 @@ def test_partial_sums_fold_to_the_same_totals_past_the_row_cap(monkeypatch: pyte
     labels = rng.integers(0, 6, size=40)
     parts = [sums_by_label(x[a : a + 8], labels[a : a + 8]) for a in range(0, 40, 8)]
     monkeypatch.setattr(clustering, "_MAX_PARTIAL_ROWS", 5)  # fold after almost every part
-    (batch,) = clustering._summed(((ids, sums) for ids, _, sums in parts), 3)
+    (batch,) = clustering._summed((ids, sums) for ids, _, sums in parts)
     ids, _, sums = sums_by_label(x, labels)
     assert batch.column("leaf_id").to_pylist() == ids.tolist()
     np.testing.assert_allclose(np.array(batch.column("total").to_pylist()), sums)
-    assert list(clustering._summed(iter([]), 3)) == []
+    assert list(clustering._summed(iter([]))) == []
 
 
 def test_a_tree_past_the_inline_limit_reaches_the_tasks_as_a_mapped_file(

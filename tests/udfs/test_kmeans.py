@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import udfs.kmeans
 from udfs.kmeans import (
     Tree,
     arrow_matrix,
@@ -14,6 +15,7 @@ from udfs.kmeans import (
     descend,
     kmeans_plus_plus,
     l2_normalize,
+    matrix_column,
     mean_cosine_distance,
     merge_top_k,
     refined,
@@ -194,6 +196,16 @@ def test_arrow_matrix_reads_flat_values_of_a_sliced_column() -> None:
     chunked = pa.chunked_array([column.slice(0, 1), column.slice(2)])
     np.testing.assert_array_equal(arrow_matrix(chunked, 2, np.float64), [[1.0, 2.0], [5.0, 6.0]])
     assert arrow_matrix(column.slice(0, 0), 2).shape == (0, 2)
+
+
+def test_matrix_column_is_arrow_matrix_inverse_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(udfs.kmeans, "ARROW_CHUNK_ROWS", 2)
+    m = np.arange(10, dtype=np.float64).reshape(5, 2) / 4
+    column = matrix_column(m, np.float64)
+    assert column.num_chunks == 3 and column.type.value_type == pa.float64()
+    assert column.to_pylist() == [[0.0, 0.25], [0.5, 0.75], [1.0, 1.25], [1.5, 1.75], [2.0, 2.25]]
+    np.testing.assert_array_equal(arrow_matrix(column, 2, np.float64), m)
+    assert matrix_column(np.zeros((0, 3), np.float32)).to_pylist() == []
 
 
 def test_arrow_matrix_rejects_ragged_and_null_vectors() -> None:
