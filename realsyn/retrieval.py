@@ -21,7 +21,7 @@ model_id, rank (1 = best), sentence_id, score, leaf_id).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,9 +57,18 @@ RETRIEVAL_SCHEMA = T.StructType(
 
 
 def image_leaves(
-    images: DataFrame, tree: Tree, p: int, coarse_probe: int, id_col: str = "image_id", embedding_col: str = "embedding"
+    images: DataFrame,
+    load: Callable[[], Tree],
+    dim: int,
+    p: int,
+    coarse_probe: int,
+    id_col: str = "image_id",
+    embedding_col: str = "embedding",
 ) -> DataFrame:
-    """One row per (image, probed leaf): ``images`` columns id and embedding, plus ``leaf_id``."""
+    """One row per (image, probed leaf): ``images`` columns id and embedding, plus ``leaf_id``.
+
+    ``load`` returns the tree of ``dim``-wide leaves inside the tasks (``realsyn.clustering.shipped``).
+    """
     schema = T.StructType(
         [
             images.schema[id_col],
@@ -67,8 +76,6 @@ def image_leaves(
             T.StructField("leaf_id", T.LongType(), False),
         ]
     )
-    dim = tree.leaves.shape[1]
-    load = shipped(images.sparkSession, tree)
 
     def probe(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         for batch in batches:
@@ -87,7 +94,8 @@ _PLAN_MARGIN = 1.25  # sampled counts are scaled up by this much, so sampling no
 def _chunk_plan(
     images: DataFrame,
     sentences: DataFrame,
-    tree: Tree,
+    load: Callable[[], Tree],
+    dim: int,
     cfg: RetrievalConfig,
     image_col: str,
     embedding_col: str,
@@ -103,7 +111,7 @@ def _chunk_plan(
     fraction = min(1.0, PLAN_SAMPLE_IMAGES / max(n_images, 1))
     sample = images if fraction >= 1.0 else images.filter(hash_uniform(image_col, 0) < fraction)
     scale = 1.0 if fraction >= 1.0 else _PLAN_MARGIN / fraction
-    probed = image_leaves(sample, tree, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
+    probed = image_leaves(sample, load, dim, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
     image_counts = {int(r["leaf_id"]): int(r["count"]) for r in probed.groupBy("leaf_id").count().collect()}
     sentence_counts = sentences.groupBy("leaf_id").count().collect()
     return sorted(
@@ -134,14 +142,15 @@ def retrieve(
     spark = images.sparkSession
     k = cfg.top_k
     dim = tree.leaves.shape[1]
+    load = shipped(spark, tree)  # once: the plan's sample and the join probe the same shipped tree
     sentences = sentences.select(sentence_col, embedding_col, "leaf_id")
     plan = F.broadcast(
         spark.createDataFrame(
-            _chunk_plan(images, sentences, tree, cfg, image_col, embedding_col),
+            _chunk_plan(images, sentences, load, dim, cfg, image_col, embedding_col),
             "leaf_id long, image_chunks long, sentence_chunks long",
         )
     )
-    probes = image_leaves(images, tree, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
+    probes = image_leaves(images, load, dim, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
     keys = ["leaf_id", "image_chunk", "sentence_chunk"]
     image_side = (
         probes.join(plan, "leaf_id")
