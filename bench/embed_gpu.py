@@ -2,10 +2,12 @@
 
 One command on a GPU machine (``python bench/embed_gpu.py``) measures images/s for ViT-B/32 and ViT-L/14 with
 random weights (throughput is real; vectors are meaningless), through the same code the Spark UDF runs per task
-(udfs.clip.embed_images: decode + the model's own preprocessing on CPU threads, overlapped with the model in
-half precision). ``--spark`` also runs the stage's mapInPandas UDF on a local session with one task that owns
-the GPU. JPEG decode is included in every figure. Bars to compare with: ~1,500 images/s reported by
-clip-retrieval for ViT-B/32 on one RTX 3080; our goal is >= 5,000 images/s on one H100 for ViT-B/32.
+(udfs.clip.embed_images, overlapped with the model in half precision), with each decoding way of
+``embed.image_decode``: ``pil`` (Pillow and the model's own transform on CPU threads) and ``auto`` (on a GPU:
+JPEGs decoded in batches by nvJPEG and resized on the GPU). ``--spark`` also runs the stage's mapInPandas UDF on
+a local session with one task that owns the GPU. JPEG decode is included in every figure. Bars to compare with:
+~1,500 images/s reported by clip-retrieval for ViT-B/32 on one RTX 3080; our goal is >= 5,000 images/s on one
+H100 for ViT-B/32.
 
     python bench/embed_gpu.py                                   # GPU: both models
     python bench/embed_gpu.py --quick --spark                   # GPU: a short smoke run of both paths
@@ -13,6 +15,8 @@ clip-retrieval for ViT-B/32 on one RTX 3080; our goal is >= 5,000 images/s on on
 
 No network is needed: the models are built from open_clip's bundled configs and tokenizer, the JPEGs are cut
 from scikit-image's bundled photographs, and the ``--spark`` session is plain Spark (no Delta jars to fetch).
+The per-task figure needs no Spark or Java (torch, open_clip, pillow, scikit-image, pydantic and PyYAML), so it
+runs on a GPU machine that has only a PyTorch image.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+REGISTRY = Path(__file__).resolve().parents[1] / "conf" / "models.yaml"
 
 
 def web_jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -47,7 +54,7 @@ def web_jpegs(n: int, seed: int = 0) -> list[bytes]:
     return [out[i % distinct] for i in range(n)]
 
 
-def run_direct(spec: Any, blobs: list[bytes], device: str, args: argparse.Namespace) -> float:
+def run_direct(spec: Any, blobs: list[bytes], device: str, decode: str, args: argparse.Namespace) -> float:
     """Images/s of udfs.clip.embed_images in this process (what one Spark task does)."""
     import torch
 
@@ -55,7 +62,12 @@ def run_direct(spec: Any, blobs: list[bytes], device: str, args: argparse.Namesp
 
     enc = load_encoder(spec, device, args.precision)
     items = list(enumerate(blobs))
-    kwargs = {"decode_threads": args.decode_threads, "prefetch": args.prefetch, "draft": args.jpeg_draft}
+    kwargs = {
+        "decode_threads": args.decode_threads,
+        "prefetch": args.prefetch,
+        "draft": args.jpeg_draft,
+        "decode": decode,
+    }
     for _ in embed_images(enc, items[: args.batch_size * 2], args.batch_size, **kwargs):
         pass  # warm-up: kernels, allocator, thread pools
     if enc.device.type == "cuda":
@@ -96,6 +108,7 @@ def run_spark(spec: Any, blobs: list[bytes], args: argparse.Namespace) -> float:
         decode_threads=args.decode_threads,
         prefetch_batches=args.prefetch,
         jpeg_draft=args.jpeg_draft,
+        image_decode=args.decode[0],
     )
     schema = T.StructType([T.StructField("image_id", T.StringType()), T.StructField("content", T.BinaryType())])
     with tempfile.TemporaryDirectory() as folder:
@@ -112,7 +125,8 @@ def run_spark(spec: Any, blobs: list[bytes], args: argparse.Namespace) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Measure each model; the last line is ``embed_gpu_images_per_s_<first model>: <x>`` (ViT-B/32 by default)."""
+    """Measure each model and decoding way; the last line is ``embed_gpu_images_per_s_<first model>: <x>`` with the
+    first decoding way (ViT-B/32, auto: JPEGs decoded on the GPU, by default)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vit-b-32-random", "vit-l-14-random"])
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 images in batches of 16 per model")
@@ -123,6 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a logic check")
     parser.add_argument("--jpeg-draft", action="store_true", help="DCT-domain JPEG downscale (not pixel-exact)")
+    parser.add_argument(
+        "--decode",
+        nargs="+",
+        default=["auto", "pil"],
+        choices=["auto", "pil", "torch"],
+        help="image decoding ways to time (embed.image_decode; the first is the key figure and the Spark run's)",
+    )
     parser.add_argument("--spark", action="store_true", help="also run the Spark UDF with one local task")
     args = parser.parse_args(argv)
     args.images = args.images or (64 if args.quick else 20_000)
@@ -130,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from realsyn.config import EmbedConfig
-    from realsyn.embed import resolve_model
+    from udfs.clip import get_spec, load_registry
 
     if args.device != "cpu" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --device cpu for a logic check")
@@ -142,16 +162,20 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {args.batch_size}, decode threads {args.decode_threads}, precision {args.precision}, "
         f"jpeg draft {args.jpeg_draft}; random weights: throughput only, vectors meaningless"
     )
-    results: list[tuple[str, float, float | None]] = []
+    results: list[tuple[str, float]] = []
     for name in args.models:
-        spec = resolve_model(EmbedConfig(model=name))
-        direct = run_direct(spec, blobs, args.device, args)
-        spark = run_spark(spec, blobs, args) if args.spark else None
-        results.append((name, direct, spark))
-        shown = f", Spark UDF {spark:,.0f}" if spark is not None else ""
-        print(f"{name}: {direct:,.0f} images/s (per-task pipeline){shown}", flush=True)
-    for name, direct, _ in results[1:] + results[:1]:  # the first model's figure last: the key one
-        print(f"embed_gpu_images_per_s_{name.replace('-', '_')}: {direct:.1f}")
+        spec = get_spec(load_registry(REGISTRY), name, str(REGISTRY))
+        for decode in args.decode:
+            rate = run_direct(spec, blobs, args.device, decode, args)
+            results.append((name, rate))
+            print(f"{name}, decode {decode}: {rate:,.0f} images/s (per-task pipeline)", flush=True)
+        if args.spark:
+            print(
+                f"{name}, decode {args.decode[0]}: {run_spark(spec, blobs, args):,.0f} images/s (Spark UDF)", flush=True
+            )
+    key = results[:: len(args.decode)]  # each model with the first decoding way
+    for name, rate in key[1:] + key[:1]:  # the first model's figure last: the key one
+        print(f"embed_gpu_images_per_s_{name.replace('-', '_')}: {rate:.1f}")
 
 
 if __name__ == "__main__":

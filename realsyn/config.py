@@ -187,6 +187,7 @@ class EmbedConfig(Section):
     prefetch_batches: int = Field(default=2, gt=0)
     max_image_pixels: int = Field(default=89_478_485, gt=0)
     jpeg_draft: bool = False
+    image_decode: Literal["auto", "pil", "torch"] = "auto"
     partitions: int = Field(default=0, ge=0)
     parquet_block_size_mb: int = Field(default=32, gt=0)
     image_input: str = "silver.images"

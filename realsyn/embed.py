@@ -190,6 +190,7 @@ def embed_images(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
             prefetch=cfg.prefetch_batches,
             max_pixels=cfg.max_image_pixels,
             draft=cfg.jpeg_draft,
+            decode=cfg.image_decode,
         ):
             yield _results_frame("image_id", spec.name, batch)
 

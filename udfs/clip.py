@@ -12,6 +12,7 @@ worker and device, then reused by every task that worker runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 DevicePolicy = Literal["auto", "cpu", "cuda"]
+# How image bytes become model input: "pil" decodes with Pillow and runs the model's own transform on CPU threads
+# (pixel-exact); "torch" decodes JPEGs with torchvision on the model's device (nvJPEG on a GPU) and resizes them
+# there with the transform's own steps on tensors, other formats still going through Pillow; "auto" is "torch"
+# on a GPU and "pil" on a CPU.
+ImageDecode = Literal["auto", "pil", "torch"]
 
 # Reject reasons (one per rejected row).
 REASON_EMPTY_IMAGE = "empty_image"
@@ -48,6 +54,8 @@ REASON_EMPTY_TEXT = "empty_text"
 
 # Pillow's own decompression-bomb threshold (about a 9,500 x 9,500 image).
 DEFAULT_MAX_PIXELS = 89_478_485
+
+EXIF_ORIENTATION = 0x0112
 
 
 class ModelNotAvailable(RuntimeError):
@@ -271,6 +279,107 @@ def decode_image(
         raise Rejected(REASON_UNDECODABLE, f"{type(e).__name__}: {message}"[:300]) from None
 
 
+@dataclass
+class Jpeg:
+    """A JPEG the tensor decoder takes: its bytes as a 1-D uint8 tensor and its EXIF orientation (1 to 8)."""
+
+    data: torch.Tensor
+    orientation: int
+
+
+def route_jpeg(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Jpeg | None:
+    """Read the header of ``data``: a ``Jpeg`` for an RGB or grey JPEG within ``max_pixels``, None for anything
+    Pillow must decode (other formats, CMYK, unreadable headers: its reason then comes from :func:`decode_image`).
+    Raises Rejected for empty bytes and for too many pixels, as :func:`decode_image` does.
+    """
+    import torch
+    from PIL import Image
+
+    if not data:
+        raise Rejected(REASON_EMPTY_IMAGE)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # the header only
+    except Exception:
+        return None
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        return None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise Rejected(REASON_TOO_MANY_PIXELS, f"{width}x{height}")
+    orientation = 1
+    with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels usable, as in to_rgb
+        orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    return Jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation if 1 <= orientation <= 8 else 1)
+
+
+def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (C, H, W) tensor as EXIF ``orientation`` says it should be seen (what ImageOps.exif_transpose does)."""
+    import torch
+
+    h, w = -2, -1
+    if orientation == 2:
+        return pixels.flip(w)
+    if orientation == 3:
+        return pixels.flip(h, w)
+    if orientation == 4:
+        return pixels.flip(h)
+    if orientation == 5:
+        return pixels.transpose(h, w)
+    if orientation == 6:
+        return torch.rot90(pixels, -1, (h, w))
+    if orientation == 7:
+        return pixels.transpose(h, w).flip(h, w)
+    if orientation == 8:
+        return torch.rot90(pixels, 1, (h, w))
+    return pixels
+
+
+@functools.cache
+def tensor_decoder_works(device: str) -> bool:
+    """Whether torchvision decodes a JPEG on ``device`` in this process (checked once per device): False, with a
+    warning, where torchvision was built without its image library or without nvJPEG."""
+    import torch
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 40, 10)).save(buf, "JPEG")
+    jpeg = Jpeg(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 1)
+    try:
+        pixels = decode_jpegs([jpeg], torch.device(device), strict=True)[0]
+    except Exception as e:
+        log.warning("torchvision cannot decode JPEGs on %s (%s); images are decoded with Pillow", device, e)
+        return False
+    return pixels is not None and tuple(pixels.shape) == (3, 8, 16)
+
+
+def decode_jpegs(jpegs: Sequence[Jpeg], device: torch.device, strict: bool = False) -> list[torch.Tensor | None]:
+    """Decode JPEGs to oriented (3, H, W) uint8 tensors on ``device`` (nvJPEG on a GPU, in one batch); None for
+    each one the decoder refuses (those go through Pillow, which gives the reject reason or the pixels), or the
+    decoder's error raised when ``strict``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not jpegs:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
+        try:
+            decoded: list[torch.Tensor | None] = list(
+                decode_jpeg([j.data for j in jpegs], mode=ImageReadMode.RGB, device=device)
+            )
+        except RuntimeError:  # one bad image fails the batch: decode one by one
+            if strict:
+                raise
+            decoded = []
+            for j in jpegs:
+                try:
+                    decoded.append(decode_jpeg(j.data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+    return [None if d is None else orient(d, j.orientation) for d, j in zip(decoded, jpegs, strict=True)]
+
+
 # ------------------------------------------------------------------------------------------------- the models
 
 
@@ -314,6 +423,9 @@ class Encoder:
     pixel_std: tuple[float, ...] | None = None
     # The model's own transform, whole (PIL image -> normalised float tensor).
     model_transform: Callable[[Image.Image], torch.Tensor] | None = None
+    # The transform's resize and crop, for (3, H, W) uint8 tensors on any device; None when the transform has
+    # other steps (then every image is decoded with Pillow).
+    tensor_geometry: ResizeCrop | None = None
     # Largest batch that ran without running out of memory; halved on every out-of-memory error.
     max_batch: int = 1 << 30
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -432,6 +544,74 @@ def split_open_clip_transform(
     return to_uint8, mean, std
 
 
+@dataclass(frozen=True)
+class ResizeCrop:
+    """torchvision's Resize then CenterCrop on tensors, for a batch of images of different sizes.
+
+    The same operations torchvision runs on a float tensor (antialiased interpolation, clamp for bicubic, round
+    to uint8), with one interpolation per image and the clamp and rounding once per batch: a few kernel
+    launches per image instead of the dozen that calling the two modules makes.
+    """
+
+    size: tuple[int, ...]  # one value: the shorter side; two: (height, width)
+    max_size: int | None
+    mode: str  # "bicubic", "bilinear" or "nearest"
+    antialias: bool
+    crop: tuple[int, int]  # (height, width)
+
+    @classmethod
+    def of(cls, transform: Any) -> ResizeCrop | None:
+        """The Resize and CenterCrop of a torchvision Compose ending in ToTensor + Normalize; None for any other
+        shape (open_clip's RGB mode check may sit anywhere among them)."""
+        steps = list(getattr(transform, "transforms", []))
+        if len(steps) < 4 or type(steps[-1]).__name__ != "Normalize":
+            return None
+        head = [s for s in steps[:-2] if not (type(s).__name__ == "MaybeConvertMode" and s.mode == "RGB")]
+        if [type(s).__name__ for s in head] != ["Resize", "CenterCrop"]:
+            return None
+        resize, crop = head
+        mode = str(getattr(resize.interpolation, "value", resize.interpolation))
+        if mode not in ("bicubic", "bilinear", "nearest"):
+            return None
+        size = (resize.size,) if isinstance(resize.size, int) else tuple(int(v) for v in resize.size)
+        height, width = (crop.size, crop.size) if isinstance(crop.size, int) else crop.size
+        antialias = bool(resize.antialias) and mode != "nearest"
+        return cls(size, resize.max_size, mode, antialias, (int(height), int(width)))
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) torchvision's Resize gives an image of ``height`` x ``width``."""
+        if len(self.size) == 2:
+            return self.size[0], self.size[1]
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.size[0], int(self.size[0] * long / short)
+        if self.max_size is not None and new_long > self.max_size:
+            new_short, new_long = int(self.max_size * new_short / new_long), self.max_size
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(N, C, crop height, crop width) uint8 from (C, H, W) uint8 tensors on one device."""
+        import torch
+        from torchvision.transforms.functional import center_crop
+
+        crop_h, crop_w = self.crop
+        device = images[0].device
+        out = torch.empty((len(images), images[0].shape[0], crop_h, crop_w), dtype=torch.float32, device=device)
+        align = False if self.mode in ("bilinear", "bicubic") else None
+        for i, image in enumerate(images):
+            new_h, new_w = self.resized_size(int(image.shape[-2]), int(image.shape[-1]))
+            resized = torch.nn.functional.interpolate(
+                image[None].float(), size=(new_h, new_w), mode=self.mode, align_corners=align, antialias=self.antialias
+            )[0]
+            if new_h >= crop_h and new_w >= crop_w:
+                top, left = round((new_h - crop_h) / 2.0), round((new_w - crop_w) / 2.0)
+                out[i] = resized[:, top : top + crop_h, left : left + crop_w]
+            else:  # smaller than the crop: torchvision pads with zeros
+                out[i] = center_crop(resized, [crop_h, crop_w])
+        if self.mode == "bicubic":
+            out.clamp_(0, 255)
+        return out.round_().to(torch.uint8)
+
+
 def _load_open_clip(spec: ModelSpec) -> tuple[Any, Any, Any, int, int]:
     import open_clip
     import torch
@@ -525,12 +705,14 @@ def load_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") ->
     dev = torch.device(device)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    geometry: ResizeCrop | None = None
     if spec.family == "open_clip":
         model, transform, tokenizer, context_length, image_size = _load_open_clip(spec)
         whole = transform
         split = split_open_clip_transform(transform)
         if split is not None:
             transform, mean, std = split
+            geometry = ResizeCrop.of(whole)
 
         def tokenize(texts: list[str]) -> Any:
             return tokenizer(texts, context_length=context_length)
@@ -564,6 +746,7 @@ def load_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") ->
         pixel_mean=mean,
         pixel_std=std,
         model_transform=whole,
+        tensor_geometry=geometry,
     )
 
 
@@ -620,6 +803,11 @@ def _chunks(items: Iterable[tuple[Any, Any]], size: int) -> Iterator[list[tuple[
         yield chunk
 
 
+def _on_host(inputs: Any) -> bool:
+    tensors = inputs.values() if isinstance(inputs, Mapping) else [inputs]
+    return all(t.device.type == "cpu" for t in tensors)
+
+
 def _pipelined(
     chunks: Iterator[list[tuple[Any, Any]]],
     prepare: Callable[[list[tuple[Any, Any]]], _Prepared],
@@ -631,7 +819,7 @@ def _pipelined(
 
     def prepare_pinned(chunk: list[tuple[Any, Any]]) -> _Prepared:
         prepared = prepare(chunk)
-        if pin and prepared.inputs is not None:
+        if pin and prepared.inputs is not None and _on_host(prepared.inputs):
             if isinstance(prepared.inputs, Mapping):
                 prepared.inputs = {k: v.pin_memory() for k, v in prepared.inputs.items()}
             else:
@@ -653,6 +841,23 @@ def _finish(prepared: _Prepared, run: Callable[[Any], np.ndarray]) -> EmbeddedBa
     return EmbeddedBatch(prepared.ids, vectors, prepared.rejected_ids, prepared.reasons, prepared.details)
 
 
+def image_decoder(encoder: Encoder, decode: ImageDecode) -> Literal["pil", "torch"]:
+    """Which way :func:`embed_images` decodes for ``encoder`` (see ImageDecode); ValueError when "torch" is asked
+    for a model whose transform cannot run on tensors."""
+    if decode == "pil":
+        return "pil"
+    if encoder.tensor_geometry is None:
+        if decode == "torch":
+            raise ValueError(
+                f"image_decode 'torch': the transform of model {encoder.model_id!r} has steps that take only PIL "
+                "images (tensor decoding needs resize, centre crop and normalise); use 'pil' or 'auto'"
+            )
+        return "pil"
+    if decode == "auto" and encoder.device.type != "cuda":
+        return "pil"
+    return "torch" if tensor_decoder_works(str(encoder.device)) else "pil"
+
+
 def embed_images(
     encoder: Encoder,
     items: Iterable[tuple[Any, bytes | None]],
@@ -661,13 +866,19 @@ def embed_images(
     prefetch: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: bool = False,
+    decode: ImageDecode = "pil",
 ) -> Iterator[EmbeddedBatch]:
     """Embed ``(id, image bytes)`` pairs in batches of ``batch_size``; undecodable bytes become rejects.
 
-    Decoding and the model's transform run on ``decode_threads`` CPU threads, ``prefetch`` batches ahead of
-    the model.
+    Batches are prepared ``prefetch`` ahead of the model. With ``decode`` "pil", Pillow decodes and the model's
+    transform runs on ``decode_threads`` CPU threads. With "torch", those threads only read headers: JPEGs are
+    decoded as one batch on the model's device and resized there, and whatever that decoder refuses (other
+    formats, CMYK, broken files) takes the Pillow way, which also gives the reject reasons.
     """
     import torch
+
+    way = image_decoder(encoder, decode)
+    geometry = encoder.tensor_geometry
 
     with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="realsyn-decode") as decoders:
 
@@ -677,17 +888,48 @@ def embed_images(
             except Rejected as r:
                 return r
 
-        def prepare(chunk: list[tuple[Any, Any]]) -> _Prepared:
-            results = list(decoders.map(one, [data for _, data in chunk]))
+        def routed(data: bytes | None) -> Any:
+            try:
+                return route_jpeg(data, max_pixels)
+            except Rejected as r:
+                return r
+
+        def assemble(chunk: list[tuple[Any, Any]], results: list[Any], channels_first: bool) -> _Prepared:
             ok = [(key, t) for (key, _), t in zip(chunk, results, strict=True) if not isinstance(t, Rejected)]
             bad = [(key, t) for (key, _), t in zip(chunk, results, strict=True) if isinstance(t, Rejected)]
             inputs = torch.stack([t for _, t in ok]) if ok else None
+            if inputs is not None and channels_first:
+                inputs = inputs.permute(0, 2, 3, 1)  # the (N, H, W, C) uint8 layout Encoder._normalize takes
             return _Prepared(
                 [k for k, _ in ok], inputs, [k for k, _ in bad], [r.reason for _, r in bad], [r.detail for _, r in bad]
             )
 
+        def prepare(chunk: list[tuple[Any, Any]]) -> _Prepared:
+            return assemble(chunk, list(decoders.map(one, [data for _, data in chunk])), channels_first=False)
+
+        def prepare_on_device(chunk: list[tuple[Any, Any]]) -> _Prepared:
+            assert geometry is not None
+            datas = [data for _, data in chunk]
+            results: list[Any] = list(decoders.map(routed, datas))  # Jpeg, None (Pillow's) or Rejected
+            jpeg_at = [i for i, r in enumerate(results) if isinstance(r, Jpeg)]
+            decoded = decode_jpegs([results[i] for i in jpeg_at], encoder.device)
+            done = [(i, pixels) for i, pixels in zip(jpeg_at, decoded, strict=True) if pixels is not None]
+            if done:
+                for (i, _), pixels in zip(done, geometry([pixels for _, pixels in done]), strict=True):
+                    results[i] = pixels
+            for i in set(jpeg_at) - {i for i, _ in done}:
+                results[i] = None  # refused by the tensor decoder: Pillow's turn
+            pil_at = [i for i, r in enumerate(results) if r is None]
+            for i, r in zip(pil_at, decoders.map(one, [datas[i] for i in pil_at]), strict=True):
+                results[i] = r if isinstance(r, Rejected) else r.to(encoder.device).permute(2, 0, 1)
+            return assemble(chunk, results, channels_first=True)
+
         yield from _pipelined(
-            _chunks(items, batch_size), prepare, encoder.encode_images, prefetch, encoder.device.type == "cuda"
+            _chunks(items, batch_size),
+            prepare_on_device if way == "torch" else prepare,
+            encoder.encode_images,
+            prefetch,
+            encoder.device.type == "cuda",
         )
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.photos import encode, photo
 from udfs import clip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,6 +212,126 @@ def test_too_many_pixels_is_rejected_before_decoding() -> None:
     with pytest.raises(clip.Rejected) as info:
         clip.decode_image(image_bytes(3, (40, 30)), max_pixels=1000)
     assert (info.value.reason, info.value.detail) == (clip.REASON_TOO_MANY_PIXELS, "40x30")
+
+
+# ------------------------------------------------------------------------------------- decoding on the device
+
+
+def _oriented_jpeg(orientation: int) -> bytes:
+    img = Image.fromarray(np.random.default_rng(orientation).integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[clip.EXIF_ORIENTATION] = orientation
+    return encode(img, "JPEG", exif=exif, quality=95)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tensor_decoding_turns_every_exif_orientation_as_pillow_does(orientation: int) -> None:
+    data = _oriented_jpeg(orientation)
+    jpeg = clip.route_jpeg(data)
+    assert jpeg is not None and jpeg.orientation == orientation
+    (got,) = clip.decode_jpegs([jpeg], torch.device("cpu"))
+    expected = torch.from_numpy(np.array(clip.decode_image(data))).permute(2, 0, 1)
+    assert got is not None and torch.equal(got, expected)  # the same libjpeg-turbo decode, the same turn
+
+
+@pytest.mark.parametrize(
+    ("resize", "crop"),
+    [
+        ({"size": 32, "interpolation": "bicubic"}, 32),
+        ({"size": [40], "interpolation": "bilinear", "max_size": 50}, (30, 36)),
+        ({"size": (24, 40), "interpolation": "bicubic"}, 24),
+        ({"size": 16, "interpolation": "nearest"}, 20),  # smaller than the crop: zero padding
+    ],
+)
+def test_batched_resize_crop_equals_torchvisions_modules(resize: dict[str, Any], crop: Any) -> None:
+    from torchvision import transforms as T
+
+    mode = T.InterpolationMode(resize.pop("interpolation"))
+    mean, std = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
+    head = [T.Resize(interpolation=mode, **resize), T.CenterCrop(crop)]
+    geometry = clip.ResizeCrop.of(T.Compose([*head, T.ToTensor(), T.Normalize(mean, std)]))
+    assert geometry is not None
+    rng = np.random.default_rng(0)
+    shapes = [(3, 61, 90), (3, 80, 37), (3, 33, 33), (3, 7, 300)]
+    images = [torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in shapes]
+    batch = geometry(images)
+    assert batch.dtype == torch.uint8
+    for got, image in zip(batch, images, strict=True):
+        expected = image
+        for step in head:
+            expected = step(expected)
+        assert torch.equal(got, expected)
+
+
+def test_other_transform_shapes_have_no_tensor_geometry() -> None:
+    from torchvision import transforms as T
+
+    tail = [T.ToTensor(), T.Normalize((0.5,) * 3, (0.2,) * 3)]
+    assert clip.ResizeCrop.of(T.Compose([T.CenterCrop(8), T.Resize(8), *tail])) is None
+    assert clip.ResizeCrop.of(T.Compose([T.Resize(8), T.CenterCrop(8), T.Grayscale(3), *tail])) is None
+    assert clip.ResizeCrop.of(T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor()])) is None
+
+
+def test_tensor_resize_is_within_a_few_levels_of_pillow(encoder: clip.Encoder) -> None:
+    assert encoder.tensor_geometry is not None
+    sources = [photo("astronaut"), photo("coffee"), photo("china"), photo("camera")]
+    sizes = [(90, 61), (37, 80), (400, 300), (33, 32)]
+    blobs = [encode(im.resize(size), "JPEG", quality=90) for im, size in zip(sources, sizes, strict=True)]
+    for data in blobs:
+        pillow = encoder.preprocess(data).permute(2, 0, 1).int()
+        jpeg = clip.route_jpeg(data)
+        assert jpeg is not None
+        (pixels,) = clip.decode_jpegs([jpeg], torch.device("cpu"))
+        assert pixels is not None
+        tensor = encoder.tensor_geometry([pixels])[0].int()
+        assert tensor.shape == pillow.shape == (3, encoder.image_size, encoder.image_size)
+        diff = (tensor - pillow).abs().float()
+        assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+def test_tensor_decoding_keeps_every_reject_reason_and_other_format(tiny: clip.ModelSpec) -> None:
+    enc = clip.load_encoder(tiny, "cpu")
+    jpeg = image_bytes(1, (64, 48))
+    items = [
+        ("rgb", jpeg),
+        ("grey", image_bytes(2, (50, 70), mode="L")),
+        ("png", image_bytes(3, fmt="PNG", mode="RGBA")),
+        ("webp", image_bytes(5, fmt="WEBP")),
+        ("cmyk", image_bytes(4, mode="CMYK")),
+        ("truncated", jpeg[: len(jpeg) // 2]),
+        ("empty", b""),
+        ("none", None),
+        ("junk", b"<html>not an image</html>"),
+        ("huge", image_bytes(6, (300, 300))),
+    ]
+    kwargs: dict[str, Any] = {"batch_size": 4, "max_pixels": 60_000}
+    pillow, pillow_rejects = collect(clip.embed_images(enc, items, decode="pil", **kwargs))
+    tensor, tensor_rejects = collect(clip.embed_images(enc, items, decode="torch", **kwargs))
+    assert tensor_rejects == pillow_rejects
+    assert pillow_rejects == {
+        "truncated": clip.REASON_UNDECODABLE,
+        "empty": clip.REASON_EMPTY_IMAGE,
+        "none": clip.REASON_EMPTY_IMAGE,
+        "junk": clip.REASON_UNDECODABLE,
+        "huge": clip.REASON_TOO_MANY_PIXELS,
+    }
+    assert sorted(tensor) == sorted(pillow) == ["cmyk", "grey", "png", "rgb", "webp"]
+    for key in ("png", "webp", "cmyk"):  # not decoded as tensors: the Pillow way, the same vectors
+        np.testing.assert_allclose(tensor[key], pillow[key], atol=1e-5)
+    for key in ("rgb", "grey"):
+        assert float(tensor[key] @ pillow[key]) > 0.999
+
+
+def test_image_decoder_choice(encoder: clip.Encoder) -> None:
+    import dataclasses
+
+    assert clip.image_decoder(encoder, "pil") == "pil"
+    assert clip.image_decoder(encoder, "auto") == "pil"  # on a CPU, Pillow's threads
+    assert clip.image_decoder(encoder, "torch") == "torch"
+    pil_only = dataclasses.replace(encoder, tensor_geometry=None)
+    assert clip.image_decoder(pil_only, "auto") == "pil"
+    with pytest.raises(ValueError, match=r"image_decode 'torch'.*tiny-random"):
+        clip.image_decoder(pil_only, "torch")
 
 
 # ------------------------------------------------------------------------------------------ the open_clip model
@@ -434,3 +555,26 @@ def test_half_precision_on_gpu_is_close_to_float32(tiny: clip.ModelSpec) -> None
     for key in a:
         assert b[key].dtype == np.float32
         np.testing.assert_allclose(a[key], b[key], atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nvjpeg_decoding_on_gpu_is_close_to_pillow(tiny: clip.ModelSpec) -> None:
+    assert clip.tensor_decoder_works("cuda")
+    gpu = clip.load_encoder(tiny, "cuda", precision="fp32")
+    assert clip.image_decoder(gpu, "auto") == "torch"
+    blobs = [encode(photo(name).resize((97, 64)), "JPEG", quality=90) for name in ("astronaut", "coffee", "chelsea")]
+    blobs += [_oriented_jpeg(6), image_bytes(3, fmt="PNG"), b"junk"]
+    items = list(enumerate(blobs))
+    nvjpeg, nv_rejects = collect(clip.embed_images(gpu, items, batch_size=8, decode="auto"))
+    pillow, pil_rejects = collect(clip.embed_images(gpu, items, batch_size=8, decode="pil"))
+    assert nv_rejects == pil_rejects == {5: clip.REASON_UNDECODABLE}
+    for key in pillow:
+        assert float(nvjpeg[key] @ pillow[key]) > 0.99
+    jpegs = [clip.route_jpeg(blobs[0]), clip.route_jpeg(blobs[3])]
+    assert all(j is not None for j in jpegs)
+    on_gpu = clip.decode_jpegs(jpegs, torch.device("cuda"))  # type: ignore[arg-type]
+    on_cpu = clip.decode_jpegs(jpegs, torch.device("cpu"))  # type: ignore[arg-type]
+    assert [tuple(t.shape) for t in on_gpu] == [tuple(t.shape) for t in on_cpu] == [(3, 64, 97), (3, 50, 30)]
+    # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: close on a photograph
+    assert (on_gpu[0].cpu().int() - on_cpu[0].int()).abs().float().mean() < 5
