@@ -15,9 +15,12 @@ Three measurements, side by side in one run:
    of the shared MMC4 sample; queries are "a photo of a <lemma>" prompts. The synthetic generator is run at the
    same size and settings beside it, so the two recall curves can be compared.
 
-The last two lines are ``retrieval_recall_at_3`` and ``retrieval_dot_share`` of the synthetic full-size run at
-the chosen p (the smallest p in the sweep whose recall reaches the target within the dot budget, else the best
-recall within the budget).
+Each data set is swept twice: scoring every sentence of the probed leaves exactly (the stage's default), and
+with the prefilter (``--prefilter-dim``, default 128 axes; ``retrieval.prefilter_dim``), which scores sentences
+in a few principal axes first and only a shortlist exactly. The last two lines are ``retrieval_recall_at_3`` and
+``retrieval_dot_share`` of the synthetic full-size run at the chosen p (the smallest p in the sweep whose recall
+reaches the target within the dot budget, else the best recall within the budget), with the prefilter when it
+runs (``--prefilter-dim 0``: exact scoring).
 """
 
 from __future__ import annotations
@@ -36,7 +39,16 @@ from typing import Any
 import numpy as np
 
 from realsyn.config import ClusterConfig, RetrievalConfig
-from udfs.kmeans import Tree, descend, hierarchical_kmeans, l2_normalize, matrix_column, merge_top_k, top_k_exact
+from udfs.kmeans import (
+    Prefilter,
+    Tree,
+    descend,
+    hierarchical_kmeans,
+    l2_normalize,
+    matrix_column,
+    merge_top_k,
+    top_k_prefiltered,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,10 +151,26 @@ class Candidates:
     leaf_rank: np.ndarray
 
 
+@dataclass
+class Low:
+    """A prefilter with every sentence and image projected into its axes once, as the Spark stage does."""
+
+    pre: Prefilter
+    s: np.ndarray
+    q: np.ndarray
+
+
 def grouped_top_k(
-    q: np.ndarray, s: np.ndarray, q_leaves: np.ndarray, s_leaf: np.ndarray, k: int, image_rows: np.ndarray
+    q: np.ndarray,
+    s: np.ndarray,
+    q_leaves: np.ndarray,
+    s_leaf: np.ndarray,
+    k: int,
+    image_rows: np.ndarray,
+    low: Low | None = None,
 ) -> Candidates:
-    """Join images (rows ``image_rows`` of ``q``) and sentences on leaf id; exact top-k per leaf group."""
+    """Join images (rows ``image_rows`` of ``q``) and sentences on leaf id; top-k per leaf group (exact, or
+    through the shortlist of ``low``'s prefilter)."""
     order = np.argsort(s_leaf, kind="stable")
     starts = np.searchsorted(s_leaf[order], np.arange(s_leaf.max() + 2))
     sub = q_leaves[image_rows]
@@ -164,7 +192,10 @@ def grouped_top_k(
         rows = order[starts[lf] : starts[lf + 1]]
         if rows.size == 0:
             continue
-        best, scores = top_k_exact(q[img[seg]], s[rows], k)
+        if low is None:
+            best, scores = top_k_prefiltered(q[img[seg]], s[rows], k, None)
+        else:
+            best, scores = top_k_prefiltered(q[img[seg]], s[rows], k, low.pre, low.q[img[seg]], low.s[rows])
         w = best.shape[1]
         out_i.append(np.repeat(img[seg], w))
         out_s.append(rows[best].ravel())
@@ -194,8 +225,10 @@ def recall(approx: np.ndarray, exact: np.ndarray) -> float:
 
 @dataclass
 class Sweep:
-    """Results of one data set: recall and dot share per p, and wall times."""
+    """Results of one data set and scoring method: recall and dot share per p, and wall times."""
 
+    method: str
+    low: Low | None
     rows: list[dict[str, float]]
     n_leaves: int
     n_coarse: int
@@ -215,8 +248,14 @@ def sweep(
     seed: int,
     assign_probe: int,
     refine_steps: int,
-) -> tuple[Sweep, Tree, np.ndarray, np.ndarray]:
-    """Train the tree, descend every image to max(probes) leaves, and measure recall / share for each p."""
+    prefilters: tuple[tuple[int, int, list[int]], ...] = (),
+) -> tuple[list[Sweep], Tree, np.ndarray, np.ndarray]:
+    """Train the tree, descend every image to its leaves, and measure recall / share for each p: scoring every
+    sentence of the probed leaves exactly, then once per (prefilter_dim, shortlist, probes) of ``prefilters``.
+
+    With a prefilter, a leaf of n sentences costs n r / d + shortlist dot products per image (n if n fits in
+    the shortlist), plus each image's share of projecting the sentences (N r / images) and itself (r).
+    """
     import faiss
 
     t = time.perf_counter()
@@ -225,7 +264,8 @@ def sweep(
     t = time.perf_counter()
     s_leaf = descend(s, tree, 1, assign_probe)[0][:, 0]
     assign_s = time.perf_counter() - t
-    q_leaves, _, descent_cost = descend(q, tree, max(probes), coarse_probe)
+    all_probes = [probes] + [pr for _, _, pr in prefilters]
+    q_leaves, _, descent_cost = descend(q, tree, max(max(p) for p in all_probes), coarse_probe)
     sizes = np.bincount(s_leaf, minlength=tree.n_leaves)
 
     rng = np.random.default_rng(seed + 1)
@@ -235,20 +275,31 @@ def sweep(
     t = time.perf_counter()
     _, exact = index.search(q[sample], k)
     exact_ms = (time.perf_counter() - t) * 1000 / sample.size
-    cands = grouped_top_k(q, s, q_leaves, s_leaf, k, sample)
-    rows = []
-    for p in probes:
-        leaves = q_leaves[:, :p]
-        scanned = np.where(leaves >= 0, sizes[np.maximum(leaves, 0)], 0).sum(axis=1)
-        share = float(np.mean(descent_cost + scanned) / s.shape[0])
-        approx = merged(cands, p, k, q.shape[0])[sample]
-        rows.append({"p": p, "recall": recall(approx, exact), "dot_share": share})
-    return (
-        Sweep(rows, tree.n_leaves, int(tree.coarse.shape[0]), train_s, assign_s, exact_ms),
-        tree,
-        s_leaf,
-        q_leaves,
-    )
+    n, d = s.shape
+    methods: list[tuple[str, Low | None, list[int]]] = [("exact scoring", None, probes)]
+    for dim, shortlist, pr in prefilters:
+        pre = Prefilter.of(tree, dim, shortlist)
+        if pre is not None:
+            low = Low(pre, pre.keys_low(s), pre.queries_low(q))
+            methods.append((f"prefilter {pre.dim} of {d} axes, shortlist {shortlist}", low, pr))
+    results = []
+    for name, low, pr in methods:
+        cands = grouped_top_k(q, s, q_leaves[:, : max(pr)], s_leaf, k, sample, low)
+        if low is None:
+            leaf_cost, extra = sizes.astype(np.float64), 0.0
+        else:
+            fits = sizes <= max(low.pre.shortlist, k)
+            leaf_cost = np.where(fits, sizes, sizes * low.pre.dim / d + low.pre.shortlist)
+            extra = low.pre.dim * n / q.shape[0] + low.pre.dim
+        rows = []
+        for p in pr:
+            leaves = q_leaves[:, :p]
+            scanned = np.where(leaves >= 0, leaf_cost[np.maximum(leaves, 0)], 0).sum(axis=1)
+            share = float(np.mean(descent_cost + scanned + extra) / n)
+            approx = merged(cands, p, k, q.shape[0])[sample]
+            rows.append({"p": p, "recall": recall(approx, exact), "dot_share": share})
+        results.append(Sweep(name, low, rows, tree.n_leaves, int(tree.coarse.shape[0]), train_s, assign_s, exact_ms))
+    return results, tree, s_leaf, q_leaves
 
 
 def choose(rows: list[dict[str, float]], target: float, budget: float) -> dict[str, float]:
@@ -262,8 +313,9 @@ def choose(rows: list[dict[str, float]], target: float, budget: float) -> dict[s
 
 def print_sweep(title: str, result: Sweep) -> None:
     print(
-        f"{title}: {result.n_coarse} coarse clusters, {result.n_leaves} leaves; train {result.train_s:.1f} s, "
-        f"assign {result.assign_s:.1f} s; exact search {result.exact_per_image_ms:.2f} ms/image"
+        f"{title}, {result.method}: {result.n_coarse} coarse clusters, {result.n_leaves} leaves; "
+        f"train {result.train_s:.1f} s, assign {result.assign_s:.1f} s; "
+        f"exact search {result.exact_per_image_ms:.2f} ms/image"
     )
     print("    p   recall@k   dot_share")
     for r in result.rows:
@@ -271,14 +323,14 @@ def print_sweep(title: str, result: Sweep) -> None:
 
 
 def timed_full_retrieval(
-    s: np.ndarray, q: np.ndarray, q_leaves: np.ndarray, s_leaf: np.ndarray, p: int, k: int
+    s: np.ndarray, q: np.ndarray, q_leaves: np.ndarray, s_leaf: np.ndarray, p: int, k: int, low: Low | None
 ) -> float:
     """Seconds to score every image against the sentences of its p leaves and merge (kernels only)."""
     t = time.perf_counter()
     step = 20_000
     for a in range(0, q.shape[0], step):
         rows = np.arange(a, min(a + step, q.shape[0]))
-        merged(grouped_top_k(q, s, q_leaves[:, :p], s_leaf, k, rows), p, k, q.shape[0])
+        merged(grouped_top_k(q, s, q_leaves[:, :p], s_leaf, k, rows, low), p, k, q.shape[0])
     return time.perf_counter() - t
 
 
@@ -419,6 +471,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--leaf-size", type=int, default=ccfg.leaf_size, help="cluster.leaf_size")
     ap.add_argument("--coarse-probe", type=int, default=rcfg.coarse_probe, help="retrieval.coarse_probe")
     ap.add_argument("--probes", default=f"16,24,32,40,{rcfg.probe_leaves},48,64", help="values of p to sweep")
+    ap.add_argument(
+        "--prefilter-probes",
+        default="44,64,96,128,136,144,160,192",
+        help="values of p to sweep with the prefilter",
+    )
+    ap.add_argument(
+        "--prefilter-dim", type=int, default=128, help="retrieval.prefilter_dim of the second sweep (0: none)"
+    )
+    ap.add_argument("--shortlist", type=int, default=rcfg.shortlist, help="retrieval.shortlist")
     ap.add_argument("--assign-coarse-probe", type=int, default=ccfg.assign_coarse_probe)
     ap.add_argument("--refine-steps", type=int, default=ccfg.refine_steps, help="cluster.refine_steps")
     ap.add_argument("--k", type=int, default=3)
@@ -438,7 +499,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.sentences, args.images, args.dim, args.components = 100_000, 10_000, 128, 10_000
         args.spark_sentences, args.spark_images, args.spark_dim = 20_000, 1_000, 64
+        args.prefilter_dim = min(args.prefilter_dim, args.dim // 2)  # below the quick run's dimension
     probes = sorted({int(p) for p in args.probes.split(",")})
+    pre_probes = sorted({int(p) for p in args.prefilter_probes.split(",")})
+    prefilters = ((args.prefilter_dim, args.shortlist, pre_probes),) if args.prefilter_dim > 0 else ()
     import faiss
 
     # One thread for faiss everywhere (exact search and k-means alike): OpenMP threads that spin while another
@@ -464,8 +528,8 @@ def main(argv: list[str] | None = None) -> None:
         # same number of leaves as the full-size synthetic run, so p means the same share of leaves
         real_leaf = max(2, round(len(corpus) * args.leaf_size / args.sentences))
 
-        def twin_sweep(s: np.ndarray, q: np.ndarray) -> tuple[Sweep, Tree, np.ndarray, np.ndarray]:
-            """The sweep at the real set's size and tree settings, every query checked exactly."""
+        def twin_sweep(s: np.ndarray, q: np.ndarray) -> tuple[list[Sweep], Tree, np.ndarray, np.ndarray]:
+            """The sweeps at the real set's size and tree settings, every query checked exactly."""
             return sweep(
                 s,
                 q,
@@ -477,30 +541,34 @@ def main(argv: list[str] | None = None) -> None:
                 args.seed,
                 args.assign_coarse_probe,
                 args.refine_steps,
+                prefilters,
             )
 
-        real, _, real_s_leaf, real_q_leaves = twin_sweep(rs, rq)
-        print_sweep(f"real MiniLM (dim {rs.shape[1]}, leaf_size {real_leaf})", real)
+        reals, _, real_s_leaf, real_q_leaves = twin_sweep(rs, rq)
+        for real in reals:
+            print_sweep(f"real MiniLM (dim {rs.shape[1]}, leaf_size {real_leaf})", real)
         ss, sq, comp = synthetic(len(corpus), len(prompts), rs.shape[1], args.components, args.seed, noise=args.noise)
         print(
             f"synthetic at the same size: nn in another component {nn_in_other_component(ss, comp, 2000, 1):.2%}; "
             f"local intrinsic dimension real {local_intrinsic_dimension(rs):.1f}, "
             f"synthetic {local_intrinsic_dimension(ss):.1f}"
         )
-        syn = twin_sweep(ss, sq)[0]
-        print_sweep(f"synthetic twin (dim {rs.shape[1]}, leaf_size {real_leaf})", syn)
-        for r_real, r_syn in zip(real.rows, syn.rows, strict=True):
+        syns = twin_sweep(ss, sq)[0]
+        for real, syn in zip(reals, syns, strict=True):
+            print_sweep(f"synthetic twin (dim {rs.shape[1]}, leaf_size {real_leaf})", syn)
+            for r_real, r_syn in zip(real.rows, syn.rows, strict=True):
+                print(
+                    f"  {real.method}, p={int(r_real['p'])}: recall real {r_real['recall']:.4f} vs synthetic "
+                    f"{r_syn['recall']:.4f} (share {r_real['dot_share']:.3%} vs {r_syn['dot_share']:.3%})"
+                )
+        for real in reals:
+            p_real = int(choose(real.rows, args.target_recall, args.dot_budget)["p"])
+            real_s = timed_full_retrieval(rs, rq, real_q_leaves, real_s_leaf, p_real, k, real.low)
             print(
-                f"  p={int(r_real['p'])}: recall real {r_real['recall']:.4f} vs synthetic {r_syn['recall']:.4f} "
-                f"(share {r_real['dot_share']:.3%} vs {r_syn['dot_share']:.3%})"
+                f"real, {real.method}, p={p_real}: all {len(prompts)} queries retrieved in {real_s:.2f} s = "
+                f"{real_s * 1000 / len(prompts):.3f} ms/image (kernels, one process) vs exact "
+                f"{real.exact_per_image_ms:.3f} ms/image; tree train {real.train_s:.1f} s for {len(corpus)} sentences"
             )
-        p_real = rcfg.probe_leaves
-        real_s = timed_full_retrieval(rs, rq, real_q_leaves, real_s_leaf, p_real, k)
-        print(
-            f"real: p={p_real}: all {len(prompts)} queries retrieved in {real_s:.2f} s = "
-            f"{real_s * 1000 / len(prompts):.3f} ms/image (kernels, one process) vs exact "
-            f"{real.exact_per_image_ms:.3f} ms/image; tree train {real.train_s:.1f} s for {len(corpus)} sentences"
-        )
 
     if args.spark_sentences > 0:
         ss, sq, _ = synthetic(
@@ -525,7 +593,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{np.bincount(comp, minlength=args.components).min()}/{int(np.median(np.bincount(comp)))}/"
         f"{np.bincount(comp).max()}"
     )
-    result, _, s_leaf, q_leaves = sweep(
+    results, _, s_leaf, q_leaves = sweep(
         s,
         q,
         args.leaf_size,
@@ -536,16 +604,22 @@ def main(argv: list[str] | None = None) -> None:
         0,
         args.assign_coarse_probe,
         args.refine_steps,
+        prefilters,
     )
-    print_sweep(f"synthetic (leaf_size {args.leaf_size}, coarse_probe {args.coarse_probe})", result)
-    best = choose(result.rows, args.target_recall, args.dot_budget)
-    p = int(best["p"])
-    seconds = timed_full_retrieval(s, q, q_leaves, s_leaf, p, k)
-    print(
-        f"chosen p={p}: all {args.images} images retrieved in {seconds:.1f} s = "
-        f"{seconds * 1000 / args.images:.3f} ms/image (kernels, one process) vs exact "
-        f"{result.exact_per_image_ms:.3f} ms/image (faiss IndexFlatIP, same process)"
-    )
+    for result in results:
+        print_sweep(f"synthetic (leaf_size {args.leaf_size}, coarse_probe {args.coarse_probe})", result)
+    chosen = []
+    for result in results:
+        best = choose(result.rows, args.target_recall, args.dot_budget)
+        p = int(best["p"])
+        seconds = timed_full_retrieval(s, q, q_leaves, s_leaf, p, k, result.low)
+        print(
+            f"{result.method}, chosen p={p}: recall@{k} {best['recall']:.4f} at {best['dot_share']:.3%}; all "
+            f"{args.images} images retrieved in {seconds:.1f} s = {seconds * 1000 / args.images:.3f} ms/image "
+            f"(kernels, one process) vs exact {result.exact_per_image_ms:.3f} ms/image (faiss IndexFlatIP)"
+        )
+        chosen.append(best)
+    best = chosen[-1]  # the prefiltered sweep when there is one
     print(f"retrieval_recall_at_3: {best['recall']:.4f}")
     print(f"retrieval_dot_share: {best['dot_share']:.5f}")
 

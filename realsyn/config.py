@@ -102,6 +102,14 @@ class RetrievalConfig(Section):
     coarse_probe: int = Field(default=16, gt=0)
     max_group_sentences: int = Field(default=2048, gt=0)
     max_group_images: int = Field(default=2048, gt=0)
+    prefilter_dim: int = Field(default=0, ge=0)
+    shortlist: int = Field(default=8, gt=0)
+
+    @model_validator(mode="after")
+    def _shortlist_holds_top_k(self) -> RetrievalConfig:
+        if self.prefilter_dim > 0 and self.shortlist < self.top_k:
+            raise ValueError(f"retrieval.shortlist ({self.shortlist}) must be at least retrieval.top_k ({self.top_k})")
+        return self
 
 
 class SentencePerplexityConfig(Section):

@@ -42,7 +42,7 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Tree, arrow_matrix, descend, top_k_exact
+from udfs.kmeans import Prefilter, Tree, arrow_matrix, descend, matrix_column, top_k_prefiltered
 
 RETRIEVAL_SCHEMA = T.StructType(
     [
@@ -64,26 +64,43 @@ def image_leaves(
     coarse_probe: int,
     id_col: str = "image_id",
     embedding_col: str = "embedding",
+    prefilter: Prefilter | None = None,
 ) -> DataFrame:
-    """One row per (image, probed leaf): ``images`` columns id and embedding, plus ``leaf_id``.
+    """One row per (image, probed leaf): ``images`` columns id and embedding, plus ``leaf_id`` (and with a
+    ``prefilter``, the image in its axes as ``embedding_low``, projected once per image, not once per leaf).
 
     ``load`` returns the tree of ``dim``-wide leaves inside the tasks (``realsyn.clustering.shipped``).
     """
-    schema = T.StructType(
-        [
-            images.schema[id_col],
-            images.schema[embedding_col],
-            T.StructField("leaf_id", T.LongType(), False),
-        ]
-    )
+    fields = [images.schema[id_col], images.schema[embedding_col], T.StructField("leaf_id", T.LongType(), False)]
+    if prefilter is not None:
+        fields.append(LOW_FIELD)
 
     def probe(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         for batch in batches:
-            leaves, _, _ = descend(arrow_matrix(batch.column(embedding_col), dim), load(), p, coarse_probe)
+            x = arrow_matrix(batch.column(embedding_col), dim)
+            leaves, _, _ = descend(x, load(), p, coarse_probe)
             rows, cols = np.nonzero(leaves >= 0)
-            yield batch.take(pa.array(rows)).append_column("leaf_id", pa.array(leaves[rows, cols], pa.int64()))
+            out = batch.take(pa.array(rows)).append_column("leaf_id", pa.array(leaves[rows, cols], pa.int64()))
+            if prefilter is not None:
+                out = out.append_column(LOW_FIELD.name, matrix_column(prefilter.queries_low(x)[rows]))
+            yield out
 
-    return images.select(id_col, embedding_col).mapInArrow(probe, schema)
+    return images.select(id_col, embedding_col).mapInArrow(probe, T.StructType(fields))
+
+
+LOW_FIELD = T.StructField("embedding_low", T.ArrayType(T.FloatType(), containsNull=False), False)
+
+
+def with_low(sentences: DataFrame, prefilter: Prefilter, dim: int, embedding_col: str = "embedding") -> DataFrame:
+    """``sentences`` plus ``embedding_low``: each sentence in the prefilter's axes, projected once."""
+    schema = T.StructType([*sentences.schema.fields, LOW_FIELD])
+
+    def project(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            low = prefilter.keys_low(arrow_matrix(batch.column(embedding_col), dim))
+            yield batch.append_column(LOW_FIELD.name, matrix_column(low))
+
+    return sentences.mapInArrow(project, schema)
 
 
 # Images whose probes are counted to plan the chunks of each leaf; above this, a hash sample of about this many.
@@ -137,11 +154,14 @@ def retrieve(
     """Top ``cfg.top_k`` sentences per image: (image, rank, sentence, score, leaf_id), rank 1 = best.
 
     ``images`` has (image_col, embedding); ``sentences`` has (sentence_col, embedding, leaf_id) with leaves of
-    ``tree``. Both sides hold unit-norm embeddings of one model.
+    ``tree``. Both sides hold unit-norm embeddings of one model. With ``cfg.prefilter_dim`` > 0 each leaf group
+    pre-scores its sentences in that many principal axes of the leaf centroids and scores each image's
+    ``cfg.shortlist`` best exactly (udfs.kmeans.Prefilter); scores are exact cosines either way.
     """
     spark = images.sparkSession
     k = cfg.top_k
     dim = tree.leaves.shape[1]
+    prefilter = Prefilter.of(tree, cfg.prefilter_dim, cfg.shortlist)
     load = shipped(spark, tree)  # once: the plan's sample and the join probe the same shipped tree
     sentences = sentences.select(sentence_col, embedding_col, "leaf_id")
     plan = F.broadcast(
@@ -150,19 +170,22 @@ def retrieve(
             "leaf_id long, image_chunks long, sentence_chunks long",
         )
     )
-    probes = image_leaves(images, load, dim, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
+    probes = image_leaves(images, load, dim, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col, prefilter)
+    low = [LOW_FIELD.name] if prefilter is not None else []
+    if prefilter is not None:
+        sentences = with_low(sentences, prefilter, dim, embedding_col)
     keys = ["leaf_id", "image_chunk", "sentence_chunk"]
     image_side = (
         probes.join(plan, "leaf_id")
         .withColumn("image_chunk", F.pmod(F.xxhash64(image_col), F.col("image_chunks")))
         .withColumn("sentence_chunk", F.explode(F.sequence(F.lit(0).cast("long"), F.col("sentence_chunks") - 1)))
-        .select(*keys, image_col, embedding_col)
+        .select(*keys, image_col, embedding_col, *low)
     )
     sentence_side = (
         sentences.join(plan, "leaf_id")
         .withColumn("sentence_chunk", F.pmod(F.xxhash64(sentence_col), F.col("sentence_chunks")))
         .withColumn("image_chunk", F.explode(F.sequence(F.lit(0).cast("long"), F.col("image_chunks") - 1)))
-        .select(*keys, sentence_col, embedding_col)
+        .select(*keys, sentence_col, embedding_col, *low)
     )
     candidate_schema = T.StructType(
         [
@@ -179,7 +202,11 @@ def retrieve(
             return empty
         sents = sents.take(pc.sort_indices(sents, sort_keys=[(sentence_col, "ascending")]))
         x, y = arrow_matrix(imgs.column(embedding_col), dim), arrow_matrix(sents.column(embedding_col), dim)
-        idx, scores = top_k_exact(x, y, k)
+        x_low = y_low = None
+        if prefilter is not None and sents.num_rows > max(prefilter.shortlist, k):
+            x_low = arrow_matrix(imgs.column(LOW_FIELD.name), prefilter.dim)
+            y_low = arrow_matrix(sents.column(LOW_FIELD.name), prefilter.dim)
+        idx, scores = top_k_prefiltered(x, y, k, prefilter, x_low, y_low)
         width = idx.shape[1]
         return pa.table(
             {

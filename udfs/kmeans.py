@@ -374,6 +374,89 @@ def top_k_exact(queries: Matrix, keys: Matrix, k: int) -> tuple[Ints, Matrix]:
     return best, np.take_along_axis(sims, best, axis=1)
 
 
+@dataclass(frozen=True)
+class Prefilter:
+    """Cheap pre-scoring for retrieval: keys are first scored in the top ``basis.shape[1]`` principal axes of
+    the tree's leaf centroids, and only each query's ``shortlist`` best keys are scored exactly.
+
+    A score in r of d dimensions costs r/d of a dot product, so a leaf of n keys costs n r / d + shortlist dot
+    products instead of n: at the same cost an image can probe several times as many leaves. The axes come from
+    the centroids (no extra pass over the data; a little below the data's own axes in tests on real text
+    embeddings), and the exact rescoring means every returned score is an exact cosine.
+    """
+
+    mean: npt.NDArray[np.float32]
+    basis: Matrix  # (d, r)
+    shortlist: int
+
+    @staticmethod
+    def of(tree: Tree, dim: int, shortlist: int) -> Prefilter | None:
+        """The prefilter of ``tree`` in ``dim`` axes, or None when ``dim`` is 0, at least the full dimension, or
+        the tree has fewer than two leaves (then retrieval scores exactly)."""
+        d = int(tree.leaves.shape[1])
+        if dim <= 0 or dim >= d or tree.n_leaves < 2:
+            return None
+        centroids = tree.leaves.astype(np.float64)
+        mean = centroids.mean(axis=0)
+        cov = np.zeros((d, d))
+        for start in range(0, centroids.shape[0], 65_536):  # bounded memory for millions of leaves
+            part = centroids[start : start + 65_536] - mean
+            cov += part.T @ part
+        _, vectors = np.linalg.eigh(cov)  # ascending eigenvalues
+        basis = vectors[:, ::-1][:, : min(dim, tree.n_leaves)]
+        return Prefilter(mean.astype(np.float32), np.ascontiguousarray(basis, np.float32), shortlist)
+
+    @property
+    def dim(self) -> int:
+        """The number of axes keys are pre-scored in."""
+        return int(self.basis.shape[1])
+
+    def keys_low(self, keys: Matrix) -> Matrix:
+        """Keys in the prefilter's axes, centred on the centroids' mean."""
+        return np.ascontiguousarray((keys - self.mean) @ self.basis, np.float32)
+
+    def queries_low(self, queries: Matrix) -> Matrix:
+        """Queries in the prefilter's axes (not centred: q.(s - mean) orders keys as q.s does)."""
+        return np.ascontiguousarray(queries @ self.basis, np.float32)
+
+    def cost(self, n_keys: int, d: int) -> float:
+        """Dot products (of full dimension ``d``) one query spends on a group of ``n_keys`` keys."""
+        return float(n_keys) if n_keys <= self.shortlist else n_keys * self.dim / d + self.shortlist
+
+
+def top_k_prefiltered(
+    queries: Matrix,
+    keys: Matrix,
+    k: int,
+    prefilter: Prefilter | None,
+    queries_low: Matrix | None = None,
+    keys_low: Matrix | None = None,
+    rows_per_step: int = 512,
+) -> tuple[Ints, Matrix]:
+    """Top-``k`` keys of every query as :func:`top_k_exact` returns them, through ``prefilter``'s shortlist
+    (exact when ``prefilter`` is None or the keys fit in the shortlist). Scores are exact; ties go to the lower
+    key index among the shortlisted keys. ``queries_low`` / ``keys_low``: the inputs already projected
+    (:meth:`Prefilter.queries_low`, :meth:`Prefilter.keys_low`), so that a key or query scored in many groups
+    is projected once."""
+    nq, nk = queries.shape[0], keys.shape[0]
+    if prefilter is None or nk <= max(prefilter.shortlist, k) or nq == 0:
+        return top_k_exact(queries, keys, k)
+    width = min(k, prefilter.shortlist)
+    keys_low = prefilter.keys_low(keys) if keys_low is None else keys_low
+    queries_low = prefilter.queries_low(queries) if queries_low is None else queries_low
+    out_idx = np.zeros((nq, width), np.int64)
+    out_scores = np.zeros((nq, width), np.float32)
+    for start in range(0, nq, rows_per_step):  # keys[shortlist] holds rows x shortlist x d floats
+        q = queries[start : start + rows_per_step]
+        approx = (queries_low[start : start + rows_per_step] @ keys_low.T).astype(np.float32, copy=False)
+        short = np.sort(_top_columns(approx, prefilter.shortlist), axis=1)  # ascending: stable ties to lower key
+        exact = np.einsum("qd,qld->ql", q, keys[short]).astype(np.float32)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :width]
+        out_idx[start : start + q.shape[0]] = np.take_along_axis(short, order, axis=1)
+        out_scores[start : start + q.shape[0]] = np.take_along_axis(exact, order, axis=1)
+    return out_idx, out_scores
+
+
 def merge_top_k(
     query_ids: Ints, key_ids: Ints, scores: npt.NDArray[np.floating], k: int
 ) -> tuple[Ints, Ints, npt.NDArray[np.floating], Ints]:

@@ -131,6 +131,38 @@ def test_a_sampled_plan_loses_no_leaf(spark: SparkSession, monkeypatch: pytest.M
     assertDataFrameEqual(sampled_plan, exact_plan)
 
 
+def test_prefiltered_join_equals_brute_force_when_the_axes_hold_the_data(spark: SparkSession) -> None:
+    rng = np.random.default_rng(5)
+    axes = np.linalg.qr(rng.normal(size=(24, 6)))[0]  # everything lies in 6 of 24 dimensions
+    s = l2_normalize((rng.normal(size=(300, 6)) @ axes.T).astype(np.float32))
+    q = l2_normalize((rng.normal(size=(40, 6)) @ axes.T).astype(np.float32))
+    sent_ids = [f"s{i:03d}" for i in range(len(s))]
+    sentences = spark.createDataFrame(
+        list(zip(sent_ids, s.tolist(), strict=True)), "sentence_id string, embedding array<float>"
+    )
+    tree = train_tree(sentences, ClusterConfig(leaf_size=30, coarse_clusters=3), "sentence_id")
+    leaf_ids = descend(s, tree, 1, 1)[0][:, 0].tolist()
+    with_leaves = spark.createDataFrame(
+        list(zip(sent_ids, s.tolist(), leaf_ids, strict=True)),
+        "sentence_id string, embedding array<float>, leaf_id long",
+    )
+    images = spark.createDataFrame(
+        [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
+    )
+    cfg = RetrievalConfig(top_k=3, probe_leaves=tree.n_leaves, coarse_probe=3, prefilter_dim=6, shortlist=4)
+    got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
+    sims = q @ s.T
+    best = np.argsort(-sims, axis=1, kind="stable")[:, :3]
+    assert got["sentence_id"].tolist() == [sent_ids[j] for j in best.ravel()]
+    np.testing.assert_allclose(got["score"], np.take_along_axis(sims, best, axis=1).ravel(), rtol=1e-5)
+
+
+def test_shortlist_must_hold_top_k() -> None:
+    with pytest.raises(ValueError, match=r"retrieval\.shortlist"):
+        RetrievalConfig(top_k=5, shortlist=4, prefilter_dim=64)
+    assert RetrievalConfig(top_k=5, shortlist=4, prefilter_dim=0).shortlist == 4  # no prefilter, no shortlist
+
+
 def test_empty_images_give_no_rows(spark: SparkSession) -> None:
     images = spark.createDataFrame([], "image_id string, embedding array<float>")
     got = retrieve(images, hand_sentences(spark), hand_tree(), RetrievalConfig())

@@ -8,6 +8,7 @@ import pytest
 
 import udfs.kmeans
 from udfs.kmeans import (
+    Prefilter,
     Tree,
     arrow_matrix,
     as_matrix,
@@ -23,6 +24,7 @@ from udfs.kmeans import (
     spherical_kmeans,
     sums_by_label,
     top_k_exact,
+    top_k_prefiltered,
     top_p,
 )
 
@@ -251,3 +253,64 @@ def test_refine_steps_move_off_centre_leaves_onto_the_planted_means() -> None:
     assert same_partition(leaf_of, labels)
     means = l2_normalize(np.stack([x[labels == c].mean(axis=0) for c in range(4)]))
     np.testing.assert_allclose(tree.leaves[leaf_of[[0, 50, 100, 150]]], means, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- prefiltered top-k
+
+
+def subspace_data(n: int, dim: int, rank: int, seed: int) -> np.ndarray:
+    """``n`` unit vectors of R^dim that all lie in one random ``rank``-dimensional subspace."""
+    rng = np.random.default_rng(seed)
+    axes = np.linalg.qr(rng.normal(size=(dim, rank)))[0]
+    return l2_normalize((rng.normal(size=(n, rank)) @ axes.T).astype(np.float32))
+
+
+def tree_over(leaves: np.ndarray) -> Tree:
+    return Tree.from_parts(leaves[:1].copy(), [leaves])
+
+
+def test_prefilter_needs_fewer_axes_than_the_space() -> None:
+    tree = tree_over(subspace_data(40, 16, 16, 0))
+    assert Prefilter.of(tree, 0, 8) is None
+    assert Prefilter.of(tree, 16, 8) is None
+    assert Prefilter.of(tree_over(subspace_data(1, 16, 16, 0)), 4, 8) is None  # one leaf has no spread
+    pre = Prefilter.of(tree, 5, 8)
+    assert pre is not None and pre.basis.shape == (16, 5) and pre.dim == 5
+    np.testing.assert_allclose(pre.basis.T @ pre.basis, np.eye(5), atol=1e-5)
+    assert pre.cost(8, 16) == 8 and pre.cost(32, 16) == 32 * 5 / 16 + 8
+
+
+def test_prefilter_axes_span_the_centroids() -> None:
+    leaves = subspace_data(50, 16, 3, 1)
+    pre = Prefilter.of(tree_over(leaves), 3, 4)
+    assert pre is not None
+    centred = leaves - pre.mean
+    np.testing.assert_allclose(centred @ pre.basis @ pre.basis.T, centred, atol=1e-5)
+
+
+def test_prefiltered_top_k_is_exact_when_the_data_lies_in_the_axes() -> None:
+    data = subspace_data(330, 16, 4, 2)  # leaves, keys and queries share one 4-dimensional subspace
+    leaves, keys, queries = data[:30], data[30:300], data[300:]
+    pre = Prefilter.of(tree_over(leaves), 4, shortlist=5)
+    assert pre is not None
+    idx, scores = top_k_prefiltered(queries, keys, 3, pre, rows_per_step=7)
+    exact_idx, exact_scores = top_k_exact(queries, keys, 3)
+    np.testing.assert_array_equal(idx, exact_idx)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-6)
+
+
+def test_prefiltered_top_k_rescores_its_shortlist_exactly() -> None:
+    rng = np.random.default_rng(3)
+    keys = l2_normalize(rng.normal(size=(200, 16)).astype(np.float32))
+    queries = l2_normalize(rng.normal(size=(9, 16)).astype(np.float32))
+    pre = Prefilter.of(tree_over(keys[:40]), 2, shortlist=6)  # 2 of 16 axes: a poor shortlist on purpose
+    assert pre is not None
+    idx, scores = top_k_prefiltered(queries, keys, 3, pre)
+    approx = (queries @ pre.basis) @ ((keys - pre.mean) @ pre.basis).T
+    for q, row in enumerate(approx):
+        short = np.argsort(-row, kind="stable")[:6]
+        best = short[np.argsort(-(keys[short] @ queries[q]), kind="stable")[:3]]
+        np.testing.assert_array_equal(idx[q], best)
+        np.testing.assert_allclose(scores[q], keys[best] @ queries[q], atol=1e-6)
+    few = keys[:5]  # no more keys than the shortlist: scored exactly
+    np.testing.assert_array_equal(top_k_prefiltered(queries, few, 3, pre)[0], top_k_exact(queries, few, 3)[0])
