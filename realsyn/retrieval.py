@@ -56,6 +56,10 @@ RETRIEVAL_SCHEMA = T.StructType(
 )
 
 
+# An embedding in the axes of a retrieval prefilter (udfs.kmeans.Prefilter).
+LOW_FIELD = T.StructField("embedding_low", T.ArrayType(T.FloatType(), containsNull=False), False)
+
+
 def image_leaves(
     images: DataFrame,
     load: Callable[[], Tree],
@@ -86,9 +90,6 @@ def image_leaves(
             yield out
 
     return images.select(id_col, embedding_col).mapInArrow(probe, T.StructType(fields))
-
-
-LOW_FIELD = T.StructField("embedding_low", T.ArrayType(T.FloatType(), containsNull=False), False)
 
 
 def with_low(sentences: DataFrame, prefilter: Prefilter, dim: int, embedding_col: str = "embedding") -> DataFrame:
