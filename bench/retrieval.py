@@ -192,10 +192,8 @@ def grouped_top_k(
         rows = order[starts[lf] : starts[lf + 1]]
         if rows.size == 0:
             continue
-        if low is None:
-            best, scores = top_k_prefiltered(q[img[seg]], s[rows], k, None)
-        else:
-            best, scores = top_k_prefiltered(q[img[seg]], s[rows], k, low.pre, low.q[img[seg]], low.s[rows])
+        pre, q_low, s_low = (low.pre, low.q[img[seg]], low.s[rows]) if low is not None else (None, None, None)
+        best, scores = top_k_prefiltered(q[img[seg]], s[rows], k, pre, q_low, s_low)
         w = best.shape[1]
         out_i.append(np.repeat(img[seg], w))
         out_s.append(rows[best].ravel())
