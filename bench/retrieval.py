@@ -286,8 +286,7 @@ def sweep(
         if low is None:
             leaf_cost, extra = sizes.astype(np.float64), 0.0
         else:
-            fits = sizes <= max(low.pre.shortlist, k)
-            leaf_cost = np.where(fits, sizes, sizes * low.pre.dim / d + low.pre.shortlist)
+            leaf_cost = low.pre.cost(sizes, d, k)
             extra = low.pre.dim * n / q.shape[0] + low.pre.dim
         rows = []
         for p in pr:

@@ -204,7 +204,7 @@ def retrieve(
         sents = sents.take(pc.sort_indices(sents, sort_keys=[(sentence_col, "ascending")]))
         x, y = arrow_matrix(imgs.column(embedding_col), dim), arrow_matrix(sents.column(embedding_col), dim)
         x_low = y_low = None
-        if prefilter is not None and sents.num_rows > max(prefilter.shortlist, k):
+        if prefilter is not None:
             x_low = arrow_matrix(imgs.column(LOW_FIELD.name), prefilter.dim)
             y_low = arrow_matrix(sents.column(LOW_FIELD.name), prefilter.dim)
         idx, scores = top_k_prefiltered(x, y, k, prefilter, x_low, y_low)

@@ -247,6 +247,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _header(data: bytes | None, max_pixels: int) -> Image.Image:
+    """``data`` opened by Pillow (its header read, its pixels not yet); Rejected for empty bytes and for more than
+    ``max_pixels`` pixels, and whatever Pillow raises for bytes it cannot open."""
+    from PIL import Image
+
+    if not data:
+        raise Rejected(REASON_EMPTY_IMAGE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width * height > max_pixels:
+        raise Rejected(REASON_TOO_MANY_PIXELS, f"{width}x{height}")
+    return img
+
+
 def decode_image(
     data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
 ) -> Image.Image:
@@ -257,15 +273,8 @@ def decode_image(
     """
     from PIL import Image
 
-    if not data:
-        raise Rejected(REASON_EMPTY_IMAGE)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width * height > max_pixels:
-            raise Rejected(REASON_TOO_MANY_PIXELS, f"{width}x{height}")
+        img = _header(data, max_pixels)
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()
@@ -293,21 +302,16 @@ def route_jpeg(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Jpeg
     Raises Rejected for empty bytes and for too many pixels, as :func:`decode_image` does.
     """
     import torch
-    from PIL import Image
 
-    if not data:
-        raise Rejected(REASON_EMPTY_IMAGE)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # the header only
+        img = _header(data, max_pixels)
+    except Rejected:
+        raise
     except Exception:
         return None
     if img.format != "JPEG" or img.mode not in ("RGB", "L"):
         return None
-    width, height = img.size
-    if width * height > max_pixels:
-        raise Rejected(REASON_TOO_MANY_PIXELS, f"{width}x{height}")
+    assert data is not None  # _header rejects empty bytes
     orientation = 1
     with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels usable, as in to_rgb
         orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
@@ -345,7 +349,8 @@ def tensor_decoder_works(device: str) -> bool:
 
     buf = io.BytesIO()
     Image.new("RGB", (16, 8), (200, 40, 10)).save(buf, "JPEG")
-    jpeg = Jpeg(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), 1)
+    jpeg = route_jpeg(buf.getvalue())
+    assert jpeg is not None
     try:
         pixels = decode_jpegs([jpeg], torch.device(device), strict=True)[0]
     except Exception as e:
@@ -913,12 +918,12 @@ def embed_images(
             results: list[Any] = list(decoders.map(routed, datas))  # Jpeg, None (Pillow's) or Rejected
             jpeg_at = [i for i, r in enumerate(results) if isinstance(r, Jpeg)]
             decoded = decode_jpegs([results[i] for i in jpeg_at], encoder.device)
+            for i in jpeg_at:
+                results[i] = None  # Pillow's turn, unless the tensor decoder took it (below)
             done = [(i, pixels) for i, pixels in zip(jpeg_at, decoded, strict=True) if pixels is not None]
             if done:
                 for (i, _), pixels in zip(done, geometry([pixels for _, pixels in done]), strict=True):
                     results[i] = pixels
-            for i in set(jpeg_at) - {i for i, _ in done}:
-                results[i] = None  # refused by the tensor decoder: Pillow's turn
             pil_at = [i for i, r in enumerate(results) if r is None]
             for i, r in zip(pil_at, decoders.map(one, [datas[i] for i in pil_at]), strict=True):
                 results[i] = r if isinstance(r, Rejected) else r.to(encoder.device).permute(2, 0, 1)

@@ -419,9 +419,11 @@ class Prefilter:
         """Queries in the prefilter's axes (not centred: q.(s - mean) orders keys as q.s does)."""
         return np.ascontiguousarray(queries @ self.basis, np.float32)
 
-    def cost(self, n_keys: int, d: int) -> float:
-        """Dot products (of full dimension ``d``) one query spends on a group of ``n_keys`` keys."""
-        return float(n_keys) if n_keys <= self.shortlist else n_keys * self.dim / d + self.shortlist
+    def cost(self, n_keys: npt.ArrayLike, d: int, k: int) -> npt.NDArray[np.float64]:
+        """Dot products (of full dimension ``d``) one query spends on groups of ``n_keys`` keys for its top ``k``
+        in :func:`top_k_prefiltered`: all of them exactly when they fit in the shortlist."""
+        n = np.asarray(n_keys, np.float64)
+        return np.where(n <= max(self.shortlist, k), n, n * self.dim / d + self.shortlist)
 
 
 def top_k_prefiltered(

@@ -277,7 +277,7 @@ def test_prefilter_needs_fewer_axes_than_the_space() -> None:
     pre = Prefilter.of(tree, 5, 8)
     assert pre is not None and pre.basis.shape == (16, 5) and pre.dim == 5
     np.testing.assert_allclose(pre.basis.T @ pre.basis, np.eye(5), atol=1e-5)
-    assert pre.cost(8, 16) == 8 and pre.cost(32, 16) == 32 * 5 / 16 + 8
+    assert pre.cost(8, 16, 3) == 8 and pre.cost(32, 16, 3) == 32 * 5 / 16 + 8 and pre.cost(9, 16, 10) == 9
 
 
 def test_prefilter_axes_span_the_centroids() -> None:
