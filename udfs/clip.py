@@ -51,6 +51,7 @@ REASON_EMPTY_IMAGE = "empty_image"
 REASON_UNDECODABLE = "undecodable_image"
 REASON_TOO_MANY_PIXELS = "too_many_pixels"
 REASON_EMPTY_TEXT = "empty_text"
+REASON_NON_FINITE = "non_finite_embedding"
 
 # Pillow's own decompression-bomb threshold (about a 9,500 x 9,500 image).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -842,8 +843,21 @@ def _pipelined(
 
 
 def _finish(prepared: _Prepared, run: Callable[[Any], np.ndarray]) -> EmbeddedBatch:
+    """Run the model on a prepared batch; a vector that is not finite (an fp16 overflow) becomes a reject."""
     vectors = np.zeros((0, 0), dtype=np.float32) if prepared.inputs is None else run(prepared.inputs)
-    return EmbeddedBatch(prepared.ids, vectors, prepared.rejected_ids, prepared.reasons, prepared.details)
+    finite = np.asarray(np.isfinite(vectors).all(axis=1) if vectors.size else np.ones(len(vectors)), dtype=bool)
+    if finite.all():
+        return EmbeddedBatch(prepared.ids, vectors, prepared.rejected_ids, prepared.reasons, prepared.details)
+    flags = [bool(ok) for ok in finite]
+    bad = [key for key, ok in zip(prepared.ids, flags, strict=True) if not ok]
+    return EmbeddedBatch(
+        [key for key, ok in zip(prepared.ids, flags, strict=True) if ok],
+        vectors[finite],
+        prepared.rejected_ids + bad,
+        prepared.reasons + [REASON_NON_FINITE] * len(bad),
+        prepared.details
+        + ["the model's output holds NaN or infinite values (overflow at the model's precision?)"] * len(bad),
+    )
 
 
 def image_decoder(encoder: Encoder, decode: ImageDecode) -> Literal["pil", "torch"]:

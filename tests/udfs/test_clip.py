@@ -397,6 +397,24 @@ def test_empty_texts_are_rejected(encoder: clip.Encoder) -> None:
     assert reasons == {"b": clip.REASON_EMPTY_TEXT, "c": clip.REASON_EMPTY_TEXT}
 
 
+def test_a_vector_that_is_not_finite_becomes_a_reject(encoder: clip.Encoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What an fp16 overflow looks like after normalisation: a row of NaN. Poison the second row of each batch.
+    real = encoder.encode_texts
+
+    def overflowing(inputs: Any) -> np.ndarray:
+        out = real(inputs).copy()
+        out[1] = np.nan
+        return out
+
+    monkeypatch.setattr(encoder, "encode_texts", overflowing)
+    items = [("a", "cat"), ("b", "dog"), ("c", "  "), ("d", "bird"), ("e", "fish")]
+    vectors, reasons = collect(clip.embed_texts(encoder, items, 3))
+    # batches (a, b, c) and (d, e): c is blank, so the model sees (a, b) and (d, e); b and e overflow
+    assert sorted(vectors) == ["a", "d"]
+    assert reasons == {"b": clip.REASON_NON_FINITE, "c": clip.REASON_EMPTY_TEXT, "e": clip.REASON_NON_FINITE}
+    assert all(np.isfinite(v).all() for v in vectors.values())
+
+
 def test_batch_size_threads_and_prefetch_do_not_change_results(encoder: clip.Encoder) -> None:
     items = [(i, image_bytes(i, (20 + i, 25))) for i in range(9)] + [(99, b"junk")]
     base, base_rejects = collect(clip.embed_images(encoder, items, batch_size=16, decode_threads=1, prefetch=1))
