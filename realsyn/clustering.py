@@ -21,7 +21,9 @@ pass ``INLINE_TREE_BYTES``, as a file that every executor memory-maps (``shipped
 ``silver.image_clusters``, the image clusters that balance sampling draws from. Level 0 is the coarse level;
 level 1 holds the leaves, whose ``centroid_id`` is the ``leaf_id`` used everywhere else. Both tables are
 rewritten for one model id at a time (an atomic replace of that model's rows); with ``retrain: false`` an
-existing tree is kept and only rows without a leaf are assigned.
+existing tree is kept and only rows without a leaf are assigned. Embeddings that cannot be clustered (null, of
+another length than the model's, NaN or infinite values, all zero) are left out, each with a reason in
+``silver.sentence_cluster_rejects`` / ``silver.image_cluster_rejects``.
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from realsyn.config import ClusterConfig, Config, ConfigError
+from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import (
     SILVER_IMAGE_CENTROIDS,
+    SILVER_IMAGE_CLUSTER_REJECTS,
     SILVER_IMAGE_CLUSTERS,
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_SENTENCE_CENTROIDS,
+    SILVER_SENTENCE_CLUSTER_REJECTS,
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
@@ -58,6 +64,7 @@ from udfs.kmeans import (
     arrow_matrix,
     assign,
     descend,
+    embedding_problems,
     matrix_column,
     refined,
     spherical_kmeans,
@@ -378,6 +385,57 @@ def tree_from_centroids(centroids: DataFrame, model_id: str) -> Tree:
     return Tree(coarse, leaves, parent)
 
 
+def embedding_dimension(rows: DataFrame, embedding_col: str = "embedding") -> int | None:
+    """The most common length of the non-null vectors of ``rows`` (the smaller one on a tie); None if none."""
+    top = (
+        rows.where(F.col(embedding_col).isNotNull())
+        .groupBy(F.size(embedding_col).alias("length"))
+        .count()
+        .orderBy(F.desc("count"), "length")
+        .first()
+    )
+    return None if top is None else int(top["length"])
+
+
+def embedding_rejects(rows: DataFrame, id_col: str, dim: int, embedding_col: str = "embedding") -> DataFrame:
+    """(id, reason, detail) for every row of ``rows`` whose embedding is not a usable ``dim``-wide vector (see
+    ``udfs.kmeans.embedding_problems``), checked on Arrow batches in one pass."""
+    schema = T.StructType(
+        [
+            T.StructField(id_col, rows.schema[id_col].dataType, True),
+            T.StructField("reason", T.StringType(), False),
+            T.StructField("detail", T.StringType(), False),
+        ]
+    )
+    arrow_schema = to_arrow_schema(schema)
+
+    def check(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            bad, reasons, details = embedding_problems(batch.column(embedding_col), dim)
+            if bad.size:
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(id_col).take(pa.array(bad)), pa.array(reasons), pa.array(details)],
+                    schema=arrow_schema,
+                )
+
+    return rows.select(id_col, embedding_col).mapInArrow(check, schema)
+
+
+def usable_embeddings(
+    lakehouse: Lakehouse, rows: DataFrame, rejects: str, id_col: str, model_id: str, dim: int | None
+) -> tuple[DataFrame, int]:
+    """``rows`` (id, embedding) less those whose embedding is not a usable ``dim``-wide vector, and how many those
+    are. They replace ``model_id``'s rows of the table ``rejects`` (id, model_id, reason, detail), so a rerun
+    writes the same rejects; when there are none, ``rows`` is returned as it is (no join)."""
+    found = embedding_rejects(rows, id_col, dim if dim is not None else 0).select(
+        id_col, F.lit(model_id).alias("model_id"), "reason", "detail"
+    )
+    lakehouse.replace_partition(rejects, found, "model_id", model_id)
+    written = lakehouse.read(rejects).filter(F.col("model_id") == model_id)
+    n_rejected = written.count()
+    return (rows.join(written.select(id_col), id_col, "left_anti") if n_rejected else rows), n_rejected
+
+
 def resolve_model_id(df: DataFrame, configured: str | None, key: str) -> str | None:
     """The model id to work on: ``configured`` if set, else the only one in ``df`` (None when ``df`` is empty).
 
@@ -400,6 +458,7 @@ class Subject:
     embeddings: str
     centroids: str
     clusters: str
+    rejects: str
     section: str
 
 
@@ -409,10 +468,17 @@ SENTENCES = Subject(
     SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCE_CENTROIDS,
     SILVER_SENTENCE_CLUSTERS,
+    SILVER_SENTENCE_CLUSTER_REJECTS,
     "cluster",
 )
 IMAGES = Subject(
-    "images", "image_id", SILVER_IMAGE_EMBEDDINGS, SILVER_IMAGE_CENTROIDS, SILVER_IMAGE_CLUSTERS, "image_cluster"
+    "images",
+    "image_id",
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGE_CENTROIDS,
+    SILVER_IMAGE_CLUSTERS,
+    SILVER_IMAGE_CLUSTER_REJECTS,
+    "image_cluster",
 )
 
 
@@ -426,6 +492,7 @@ class ClusterSummary:
     leaves: int
     newly_assigned: int
     trained: bool
+    rejected: int = 0  # rows whose embedding could not be used (in the subject's rejects table)
 
 
 def run_cluster_sentences(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
@@ -441,7 +508,9 @@ def run_cluster_images(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
 def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> ClusterSummary:
     """Train (or reuse) the tree of one model over ``subject``'s embeddings and give every row its leaf.
 
-    Absent or empty embeddings write nothing and return zero counts.
+    Embeddings that are null, of another length than the model's (the tree's, or else the most common one), not
+    finite or all zero go to the subject's rejects table with a reason each, and the rest are clustered. Absent
+    or empty embeddings write nothing and return zero counts.
     """
     job = f"cluster_{subject.name}"
     if not lakehouse.exists(subject.embeddings):
@@ -458,8 +527,17 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
     def of_model(table: str) -> DataFrame:
         return lakehouse.read(table).filter(F.col("model_id") == model_id)
 
-    if not cfg.retrain and lakehouse.exists(subject.centroids) and of_model(subject.centroids).limit(1).count() > 0:
-        tree = tree_from_centroids(lakehouse.read(subject.centroids), model_id)
+    keep = not cfg.retrain and lakehouse.exists(subject.centroids) and of_model(subject.centroids).limit(1).count()
+    tree = tree_from_centroids(lakehouse.read(subject.centroids), model_id) if keep else None
+    dim = int(tree.leaves.shape[1]) if tree is not None else embedding_dimension(rows)
+    rows, rejected = usable_embeddings(lakehouse, rows, subject.rejects, subject.id_col, model_id, dim)
+    write_funnel(lakehouse, f"{job}[{model_id}]", [FunnelStep("usable_embedding", n, n - rejected)])
+    if rejected:
+        print(f"{job}: model {model_id}: {rejected} of {n} embeddings unusable, see {subject.rejects}")
+    if rejected == n:
+        return ClusterSummary(model_id, n, 0, 0, 0, False, rejected)
+
+    if tree is not None:
         done = of_model(subject.clusters).select(subject.id_col) if lakehouse.exists(subject.clusters) else None
         todo = rows.join(done, subject.id_col, "left_anti") if done is not None else rows
         assigned = assign_leaves(todo, tree, subject.id_col, coarse_probe=cfg.assign_coarse_probe).select(
@@ -467,9 +545,9 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
         )
         added = lakehouse.insert_new(subject.clusters, assigned, [subject.id_col, "model_id"])
         print(f"{job}: model {model_id}: kept the existing tree, assigned {added} new {subject.name}")
-        return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, added, False)
+        return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, added, False, rejected)
 
-    tree = train_tree(rows, cfg, subject.id_col, n_rows=n)
+    tree = train_tree(rows, cfg, subject.id_col, n_rows=n - rejected)
     assigned = assign_leaves(rows, tree, subject.id_col, coarse_probe=cfg.assign_coarse_probe).select(
         subject.id_col, F.lit(model_id).alias("model_id"), "leaf_id"
     )
@@ -481,7 +559,7 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
     lakehouse.replace_partition(subject.centroids, frame, "model_id", model_id)
     total = int(leaf_sizes.sum())
     print(
-        f"{job}: model {model_id}: {n} {subject.name} -> {tree.coarse.shape[0]} coarse clusters, "
+        f"{job}: model {model_id}: {n - rejected} {subject.name} -> {tree.coarse.shape[0]} coarse clusters, "
         f"{tree.n_leaves} leaves; {total} {subject.name} assigned"
     )
-    return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, total, True)
+    return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, total, True, rejected)

@@ -15,7 +15,8 @@ than k rows. Ties in score go to the smaller sentence id.
 
 ``run_retrieve`` reads ``silver.image_embeddings``, ``silver.sentence_embeddings``, ``silver.sentence_centroids`` and
 ``silver.sentence_clusters`` and replaces the rows of one model id in ``silver.retrieval`` (image_id,
-model_id, rank (1 = best), sentence_id, score, leaf_id).
+model_id, rank (1 = best), sentence_id, score, leaf_id); image embeddings that are null, of another length than
+the tree's, not finite or all zero go to ``silver.retrieval_rejects`` with a reason each instead.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from realsyn.clustering import hash_uniform, resolve_model_id, shipped, tree_from_centroids
+from realsyn.clustering import hash_uniform, resolve_model_id, shipped, tree_from_centroids, usable_embeddings
 from realsyn.config import Config, RetrievalConfig
 from realsyn.tables import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_RETRIEVAL,
+    SILVER_RETRIEVAL_REJECTS,
     SILVER_SENTENCE_CENTROIDS,
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
@@ -260,6 +262,11 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
         print(f"retrieve: no sentence clusters for model {model_id}; run cluster_sentences first")
         return RetrievalSummary(model_id, 0, 0, 0)
     images = image_embeddings.filter(F.col("model_id") == model_id).select("image_id", "embedding")
+    images, rejected = usable_embeddings(
+        lakehouse, images, SILVER_RETRIEVAL_REJECTS, "image_id", model_id, int(tree.leaves.shape[1])
+    )
+    if rejected:
+        print(f"retrieve: model {model_id}: {rejected} image embeddings unusable, see {SILVER_RETRIEVAL_REJECTS}")
     sentences = (
         lakehouse.read(SILVER_SENTENCE_CLUSTERS)
         .filter(F.col("model_id") == model_id)

@@ -36,6 +36,10 @@ SILVER_SENTENCE_CLUSTERS = "silver.sentence_clusters"
 SILVER_IMAGE_CENTROIDS = "silver.image_centroids"
 SILVER_IMAGE_CLUSTERS = "silver.image_clusters"
 SILVER_RETRIEVAL = "silver.retrieval"
+# Silver: embeddings clustering or retrieval cannot use (null, wrong length, NaN / infinite, zero), one reason each.
+SILVER_SENTENCE_CLUSTER_REJECTS = "silver.sentence_cluster_rejects"
+SILVER_IMAGE_CLUSTER_REJECTS = "silver.image_cluster_rejects"
+SILVER_RETRIEVAL_REJECTS = "silver.retrieval_rejects"
 
 # Silver: sentences after split, filters and dedup (key sentence_id), and what the filters/dedup dropped.
 SILVER_SENTENCES = "silver.sentences"

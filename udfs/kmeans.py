@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Matrix = npt.NDArray[np.float32]
 Ints = npt.NDArray[np.int64]
@@ -52,6 +53,43 @@ def arrow_matrix(column: pa.Array | pa.ChunkedArray, dim: int, dtype: type[np.fl
         raise ValueError(f"embeddings have lengths {sorted(set(lengths.tolist()))}, expected {dim}")
     values = column.flatten().to_numpy(zero_copy_only=False)
     return np.ascontiguousarray(values.reshape(len(column), dim), dtype=dtype)
+
+
+# Why an embedding cannot be clustered or searched (``embedding_problems``), one reason per row.
+NULL_EMBEDDING = "null_embedding"
+WRONG_DIMENSION = "wrong_dimension"
+NON_FINITE = "non_finite_embedding"
+ZERO_VECTOR = "zero_vector"
+
+
+def embedding_problems(column: pa.Array | pa.ChunkedArray, dim: int) -> tuple[Ints, list[str], list[str]]:
+    """The rows of an Arrow list<float> column that ``arrow_matrix`` must not take as ``dim``-wide unit vectors:
+    (row indices, reasons, details). A null vector, a length other than ``dim``, a NaN, infinite or null value,
+    and an all-zero vector (it has no direction) are each a reason; everything else passes, in one vectorised
+    pass over the values.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float32()))
+    n = len(column)
+    null = column.is_null().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+    lengths = pc.fill_null(column.value_lengths(), -1).to_numpy(zero_copy_only=False) if n else np.zeros(0, int)
+    wrong = ~null & (lengths != dim)
+    fits = np.flatnonzero(~null & ~wrong)
+    values = column.take(pa.array(fits)).flatten().to_numpy(zero_copy_only=False)  # null values come out NaN
+    m = values.astype(np.float64, copy=False).reshape(fits.size, dim)
+    finite = np.isfinite(m).all(axis=1)
+    zero = finite & ~np.any(m, axis=1)
+    reason = np.full(n, "", dtype=object)
+    detail = np.full(n, "", dtype=object)
+    reason[null] = NULL_EMBEDDING
+    reason[wrong] = WRONG_DIMENSION
+    detail[wrong] = [f"length {length}, expected {dim}" for length in lengths[wrong]]
+    reason[fits[~finite]] = NON_FINITE
+    not_finite = (~np.isfinite(m[~finite])).sum(axis=1)
+    detail[fits[~finite]] = [f"{k} of {dim} values NaN, infinite or null" for k in not_finite.tolist()]
+    reason[fits[zero]] = ZERO_VECTOR
+    bad = np.flatnonzero(reason != "")
+    return bad.astype(np.int64), reason[bad].tolist(), detail[bad].tolist()
 
 
 ARROW_CHUNK_ROWS = 1 << 16  # list offsets are int32: one chunk of 2M x 768 floats would overflow them

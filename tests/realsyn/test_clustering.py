@@ -23,10 +23,12 @@ from realsyn.clustering import (
 )
 from realsyn.config import ClusterConfig, Config, ConfigError
 from realsyn.tables import (
+    FUNNEL,
     SILVER_IMAGE_CENTROIDS,
     SILVER_IMAGE_CLUSTERS,
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_SENTENCE_CENTROIDS,
+    SILVER_SENTENCE_CLUSTER_REJECTS,
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
@@ -168,6 +170,69 @@ def test_run_cluster_sentences_is_retry_safe_and_incremental(spark: SparkSession
     assert after.drop("s0000").sort_index().equals(clusters_1.set_index("sentence_id")["leaf_id"].sort_index())
     assert run_cluster_sentences(lakehouse, cfg).newly_assigned == 0
     assert lakehouse.read(SILVER_SENTENCE_CLUSTERS).count() == 120
+
+
+def test_unusable_embeddings_become_rejects_and_the_rest_is_clustered(
+    spark: SparkSession, lakehouse: Lakehouse
+) -> None:
+    x, labels = planted_tree_points([[40, 40], [40]])
+    good = embeddings_df(spark, x, model_id="clip-test")
+    nan, inf = float("nan"), float("inf")
+    bad = spark.createDataFrame(
+        [
+            ("b-null", None),
+            ("b-short", [1.0] * (DIM - 1)),
+            ("b-long", [0.1] * (DIM + 1)),
+            ("b-nan", [nan] + [0.1] * (DIM - 1)),
+            ("b-inf", [inf, -inf] + [0.1] * (DIM - 2)),
+            ("b-null-value", [None] + [0.1] * (DIM - 1)),
+            ("b-zero", [0.0] * DIM),
+        ],
+        "sentence_id string, embedding array<float>",
+    ).withColumn("model_id", F.lit("clip-test"))
+    write_embeddings(lakehouse, good.unionByName(bad))
+    cfg = config(lakehouse, leaf_size=40, coarse_clusters=2, seed=3)
+    summary = run_cluster_sentences(lakehouse, cfg)
+    assert (summary.rows, summary.rejected, summary.leaves, summary.newly_assigned) == (127, 7, 3, 120)
+    clusters = lakehouse.read(SILVER_SENTENCE_CLUSTERS).toPandas()
+    assert sorted(clusters["sentence_id"]) == [f"s{i:04d}" for i in range(120)]
+    assert len(leaf_partition(spark.createDataFrame(clusters), labels)) == 3  # the planted clusters, untouched
+    rejects = {
+        r["sentence_id"]: (r["reason"], r["detail"]) for r in lakehouse.read(SILVER_SENTENCE_CLUSTER_REJECTS).collect()
+    }
+    assert rejects == {
+        "b-null": ("null_embedding", ""),
+        "b-short": ("wrong_dimension", f"length {DIM - 1}, expected {DIM}"),
+        "b-long": ("wrong_dimension", f"length {DIM + 1}, expected {DIM}"),
+        "b-nan": ("non_finite_embedding", f"1 of {DIM} values NaN, infinite or null"),
+        "b-inf": ("non_finite_embedding", f"2 of {DIM} values NaN, infinite or null"),
+        "b-null-value": ("non_finite_embedding", f"1 of {DIM} values NaN, infinite or null"),
+        "b-zero": ("zero_vector", ""),
+    }
+    funnel = lakehouse.read(FUNNEL).filter(F.col("stage") == "cluster_sentences[clip-test]").collect()
+    assert [(r["step"], r["rows_in"], r["rows_out"], r["rows_rejected"]) for r in funnel] == [
+        ("usable_embedding", 127, 120, 7)
+    ]
+
+    # a rerun (kept tree) rewrites the same rejects, adds nothing; bad rows are judged against the tree's length
+    assert run_cluster_sentences(lakehouse, cfg).newly_assigned == 0
+    assert lakehouse.read(SILVER_SENTENCE_CLUSTER_REJECTS).count() == 7
+    assert lakehouse.read(SILVER_SENTENCE_CLUSTERS).count() == 120
+
+    # only unusable rows: rejects written, no tree trained
+    only_bad = config(lakehouse, model_id="broken", retrain=True)
+    write_embeddings(lakehouse, bad.withColumn("model_id", F.lit("broken")))
+    summary = run_cluster_sentences(lakehouse, only_bad)
+    assert (summary.rows, summary.rejected, summary.leaves, summary.trained) == (7, 7, 0, False)
+
+
+def test_the_model_dimension_is_the_most_common_length(spark: SparkSession) -> None:
+    df = spark.createDataFrame(
+        [("a", [1.0, 0.0]), ("b", [0.0, 1.0]), ("c", [1.0, 0.0, 0.0]), ("d", None), ("e", None), ("f", None)],
+        "sentence_id string, embedding array<float>",
+    )
+    assert clustering.embedding_dimension(df) == 2
+    assert clustering.embedding_dimension(df.filter(F.col("embedding").isNull())) is None
 
 
 def test_absent_or_empty_inputs_write_nothing(spark: SparkSession, lakehouse: Lakehouse) -> None:

@@ -15,6 +15,7 @@ from realsyn.retrieval import RETRIEVAL_SCHEMA, retrieve, run_retrieve
 from realsyn.tables import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_RETRIEVAL,
+    SILVER_RETRIEVAL_REJECTS,
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
@@ -189,10 +190,20 @@ def test_run_retrieve_end_to_end_and_rerun(spark: SparkSession, lakehouse: Lakeh
     s = l2_normalize(np.repeat(axes, 10, axis=0) + 0.05 * rng.normal(size=(40, 8)))
     q = l2_normalize(axes[[0, 1, 2, 3, 0]] + 0.05 * rng.normal(size=(5, 8)))
     lakehouse.overwrite(SILVER_SENTENCE_EMBEDDINGS, embedding_table(spark, "sentence_id", s, "m"))
-    lakehouse.overwrite(SILVER_IMAGE_EMBEDDINGS, embedding_table(spark, "image_id", q, "m"))
+    unusable = spark.createDataFrame(
+        [("x-null", "m", None), ("x-short", "m", [1.0] * 7), ("x-nan", "m", [float("nan")] * 8)],
+        "image_id string, model_id string, embedding array<float>",
+    )
+    lakehouse.overwrite(SILVER_IMAGE_EMBEDDINGS, embedding_table(spark, "image_id", q, "m").unionByName(unusable))
     run_cluster_sentences(lakehouse, cfg)
     summary = run_retrieve(lakehouse, cfg)
     assert (summary.model_id, summary.images, summary.sentences, summary.rows) == ("m", 5, 40, 10)
+    rejects = lakehouse.read(SILVER_RETRIEVAL_REJECTS).select("image_id", "model_id", "reason").collect()
+    assert sorted(tuple(r) for r in rejects) == [
+        ("x-nan", "m", "non_finite_embedding"),
+        ("x-null", "m", "null_embedding"),
+        ("x-short", "m", "wrong_dimension"),
+    ]
 
     table = lakehouse.read(SILVER_RETRIEVAL)
     assert [(f.name, f.dataType) for f in table.schema.fields] == [
@@ -209,3 +220,4 @@ def test_run_retrieve_end_to_end_and_rerun(spark: SparkSession, lakehouse: Lakeh
     assert run_retrieve(lakehouse, cfg) == summary
     assertDataFrameEqual(lakehouse.read(SILVER_RETRIEVAL), spark.createDataFrame(snapshot, table.schema))
     assert lakehouse.read(SILVER_RETRIEVAL).groupBy("image_id", "rank").count().filter(F.col("count") > 1).count() == 0
+    assert lakehouse.read(SILVER_RETRIEVAL_REJECTS).count() == 3

@@ -314,3 +314,26 @@ def test_prefiltered_top_k_rescores_its_shortlist_exactly() -> None:
         np.testing.assert_allclose(scores[q], keys[best] @ queries[q], atol=1e-6)
     few = keys[:5]  # no more keys than the shortlist: scored exactly
     np.testing.assert_array_equal(top_k_prefiltered(queries, few, 3, pre)[0], top_k_exact(queries, few, 3)[0])
+
+
+def test_embedding_problems_names_each_unusable_row() -> None:
+    nan, inf = float("nan"), float("inf")
+    rows = [[0.6, 0.8], None, [1.0], [nan, 1.0], [0.0, 0.0], [None, 1.0], [0.5, -inf], [3.0, 4.0, 0.0], [-1.0, 0.0]]
+    column = pa.chunked_array([rows[:4], rows[4:]], pa.list_(pa.float32()))
+    bad, reasons, details = udfs.kmeans.embedding_problems(column, 2)
+    assert bad.tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert reasons == [
+        udfs.kmeans.NULL_EMBEDDING,
+        udfs.kmeans.WRONG_DIMENSION,
+        udfs.kmeans.NON_FINITE,
+        udfs.kmeans.ZERO_VECTOR,
+        udfs.kmeans.NON_FINITE,
+        udfs.kmeans.NON_FINITE,
+        udfs.kmeans.WRONG_DIMENSION,
+    ]
+    assert details[1] == "length 1, expected 2" and details[2] == "1 of 2 values NaN, infinite or null"
+    # what passes is exactly what arrow_matrix reads
+    good = pa.array([rows[0], rows[8]], pa.list_(pa.float64()))
+    assert udfs.kmeans.embedding_problems(good, 2)[0].size == 0
+    np.testing.assert_array_equal(udfs.kmeans.arrow_matrix(good, 2), np.float32([[0.6, 0.8], [-1.0, 0.0]]))
+    assert udfs.kmeans.embedding_problems(pa.chunked_array([], pa.list_(pa.float32())), 2)[0].size == 0
