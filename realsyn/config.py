@@ -6,6 +6,7 @@ Command-line overrides (``--set stage.key=value``) are applied to the parsed YAM
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,6 +100,7 @@ class RetrievalConfig(Section):
     model_id: str | None = None
     top_k: int = Field(default=3, gt=0)
     probe_leaves: int = Field(default=44, gt=0)
+    probe_spread: float = Field(default=2.0, ge=1)
     coarse_probe: int = Field(default=16, gt=0)
     max_group_sentences: int = Field(default=2048, gt=0)
     max_group_images: int = Field(default=2048, gt=0)
@@ -106,10 +108,17 @@ class RetrievalConfig(Section):
     shortlist: int = Field(default=8, gt=0)
 
     @model_validator(mode="after")
-    def _shortlist_holds_top_k(self) -> RetrievalConfig:
+    def _consistent(self) -> RetrievalConfig:
         if self.prefilter_dim > 0 and self.shortlist < self.top_k:
             raise ValueError(f"retrieval.shortlist ({self.shortlist}) must be at least retrieval.top_k ({self.top_k})")
         return self
+
+    @property
+    def probe_bounds(self) -> tuple[int, int]:
+        """The fewest and the most leaves one image probes: probe_leaves divided and multiplied by probe_spread."""
+        return max(1, math.floor(self.probe_leaves / self.probe_spread)), math.ceil(
+            self.probe_leaves * self.probe_spread
+        )
 
 
 class SentencePerplexityConfig(Section):

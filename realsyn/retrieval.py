@@ -1,17 +1,20 @@
 """Top-k sentences per image as a join over leaf ids of the sentence k-means tree.
 
-Each image descends the tree to its ``probe_leaves`` nearest leaves (looking at the leaves of its
-``coarse_probe`` nearest coarse clusters). Images and sentences then meet on leaf id in a cogroup; inside each
-group one matrix product scores every image against every sentence exactly, and each image keeps its
-``top_k`` best there. A window over the image finally merges the lists of its leaves into the global top-k.
+Each image descends the tree, looking at the leaves of its ``coarse_probe`` nearest coarse clusters, and probes
+``probe_leaves`` leaves on average: with ``probe_spread`` s > 1, those whose centroid lies within a cosine margin
+of its nearest one, at least ``probe_leaves / s`` and at most ``probe_leaves * s`` of them, the margin set on a
+sample of the images so that the average is ``probe_leaves``. Images near a leaf's centre probe few leaves and
+images between many probe more, which finds more of the exact top-k at the same cost (docs/benchmarks.md).
+Images and sentences then meet on leaf id in a cogroup; inside each group one matrix product scores every image
+against every sentence exactly, and each image keeps its ``top_k`` best there. A window over the image finally
+merges the lists of its leaves into the global top-k.
 
 A leaf with more than ``max_group_sentences`` sentences (or more than ``max_group_images`` probing images) is
 split into hash chunks of about that size, and every image chunk meets every sentence chunk of the leaf, so no
 task receives a huge group while the result stays exact over the probed leaves (images are counted per leaf
 from the probes of a hash sample of about ``PLAN_SAMPLE_IMAGES`` images, all of them below that, so the descent
-of every image runs once). A leaf with fewer than k
-sentences contributes what it has; an image whose probed leaves hold fewer than k sentences in all gets fewer
-than k rows. Ties in score go to the smaller sentence id.
+of every image runs once). A leaf with fewer than k sentences contributes what it has; an image whose probed
+leaves hold fewer than k sentences in all gets fewer than k rows. Ties in score go to the smaller sentence id.
 
 ``run_retrieve`` reads ``silver.image_embeddings``, ``silver.sentence_embeddings``, ``silver.sentence_centroids`` and
 ``silver.sentence_clusters`` and replaces the rows of one model id in ``silver.retrieval`` (image_id,
@@ -44,7 +47,16 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Prefilter, Tree, arrow_matrix, descend, matrix_column, top_k_prefiltered
+from udfs.kmeans import (
+    Prefilter,
+    Tree,
+    arrow_matrix,
+    calibrate_margin,
+    descend,
+    matrix_column,
+    probe_counts,
+    top_k_prefiltered,
+)
 
 RETRIEVAL_SCHEMA = T.StructType(
     [
@@ -62,12 +74,46 @@ RETRIEVAL_SCHEMA = T.StructType(
 LOW_FIELD = T.StructField("embedding_low", T.ArrayType(T.FloatType(), containsNull=False), False)
 
 
+@dataclass(frozen=True)
+class Probing:
+    """Which leaves an image probes: of its ``hi`` nearest (found under its ``coarse_probe`` nearest coarse
+    clusters), those whose centroid lies within ``margin`` (cosine) of its nearest one, but at least ``lo``."""
+
+    lo: int
+    hi: int
+    coarse_probe: int
+    margin: float = 0.0
+
+
+def _ranked_leaves(
+    images: DataFrame, load: Callable[[], Tree], dim: int, probing: Probing, embedding_col: str
+) -> DataFrame:
+    """Each image's ``probing.hi`` nearest leaves and their centroid similarities, best first (-1 / -inf pad)."""
+    schema = T.StructType(
+        [
+            T.StructField("leaves", T.ArrayType(T.LongType(), False), False),
+            T.StructField("scores", T.ArrayType(T.FloatType(), False), False),
+        ]
+    )
+
+    def rank(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            leaves, scores, _ = descend(
+                arrow_matrix(batch.column(embedding_col), dim), load(), probing.hi, probing.coarse_probe
+            )
+            yield pa.RecordBatch.from_arrays(
+                [matrix_column(leaves, np.int64).combine_chunks(), matrix_column(scores).combine_chunks()],
+                names=["leaves", "scores"],
+            )
+
+    return images.select(embedding_col).mapInArrow(rank, schema)
+
+
 def image_leaves(
     images: DataFrame,
     load: Callable[[], Tree],
     dim: int,
-    p: int,
-    coarse_probe: int,
+    probing: Probing,
     id_col: str = "image_id",
     embedding_col: str = "embedding",
     prefilter: Prefilter | None = None,
@@ -84,8 +130,9 @@ def image_leaves(
     def probe(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         for batch in batches:
             x = arrow_matrix(batch.column(embedding_col), dim)
-            leaves, _, _ = descend(x, load(), p, coarse_probe)
-            rows, cols = np.nonzero(leaves >= 0)
+            leaves, scores, _ = descend(x, load(), probing.hi, probing.coarse_probe)
+            counts = probe_counts(scores, probing.margin, probing.lo, probing.hi)
+            rows, cols = np.nonzero(np.arange(leaves.shape[1]) < counts[:, None])
             out = batch.take(pa.array(rows)).append_column("leaf_id", pa.array(leaves[rows, cols], pa.int64()))
             if prefilter is not None:
                 out = out.append_column(LOW_FIELD.name, matrix_column(prefilter.queries_low(x)[rows]))
@@ -111,7 +158,7 @@ PLAN_SAMPLE_IMAGES = 50_000
 _PLAN_MARGIN = 1.25  # sampled counts are scaled up by this much, so sampling noise rarely overfills a chunk
 
 
-def _chunk_plan(
+def _plan(
     images: DataFrame,
     sentences: DataFrame,
     load: Callable[[], Tree],
@@ -119,30 +166,48 @@ def _chunk_plan(
     cfg: RetrievalConfig,
     image_col: str,
     embedding_col: str,
-) -> list[tuple[int, int, int]]:
-    """(leaf_id, image chunks, sentence chunks) for every leaf with sentences that images probe.
+) -> tuple[Probing, list[tuple[int, int, int]]]:
+    """How images probe, and (leaf_id, image chunks, sentence chunks) for every leaf with sentences they probe.
 
-    Sentences are counted per leaf exactly (no descent needed). Images are counted from the probes of at most
-    about ``PLAN_SAMPLE_IMAGES`` of them (a hash sample, scaled up with a margin), so the descent of every image
-    runs once, in the join, and not a second time just to plan it. A sample cannot show that no image probes a
-    leaf, so with one every leaf with sentences is planned (at least one image chunk).
+    Both come from the ranked leaves of at most about ``PLAN_SAMPLE_IMAGES`` images (a hash sample; all images
+    below that), so the descent of every image runs once, in the join, and not a second time to plan it: the
+    probe margin is the one that gives the sample ``cfg.probe_leaves`` leaves per image on average
+    (``udfs.kmeans.calibrate_margin``), and images are counted per leaf from the sample's probes (scaled up with
+    a margin). Sentences are counted per leaf exactly. A sample cannot show that no image probes a leaf, so with
+    one every leaf with sentences is planned (at least one image chunk).
     """
     n_images = images.count()
     fraction = min(1.0, PLAN_SAMPLE_IMAGES / max(n_images, 1))
     sample = images if fraction >= 1.0 else images.filter(hash_uniform(image_col, 0) < fraction)
     scale = 1.0 if fraction >= 1.0 else _PLAN_MARGIN / fraction
-    probed = image_leaves(sample, load, dim, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col)
-    image_counts = {int(r["leaf_id"]): int(r["count"]) for r in probed.groupBy("leaf_id").count().collect()}
-    sentence_counts = sentences.groupBy("leaf_id").count().collect()
-    return sorted(
-        (
-            int(r["leaf_id"]),
-            max(1, math.ceil(image_counts.get(int(r["leaf_id"]), 0) * scale / cfg.max_group_images)),
-            math.ceil(int(r["count"]) / cfg.max_group_sentences),
-        )
-        for r in sentence_counts
-        if fraction < 1.0 or int(r["leaf_id"]) in image_counts
-    )
+    lo, hi = cfg.probe_bounds
+    probing = Probing(lo, hi, cfg.coarse_probe)
+    ranked = _ranked_leaves(sample, load, dim, probing, embedding_col).toArrow()
+    leaves, scores = (_matrix(ranked.column(name), hi) for name in ("leaves", "scores"))
+    if lo < hi:
+        probing = Probing(lo, hi, cfg.coarse_probe, calibrate_margin(scores, cfg.probe_leaves, lo, hi))
+    counts = probe_counts(scores, probing.margin, lo, hi)
+    probed = leaves[np.arange(hi) < counts[:, None]]
+    image_counts = np.bincount(probed) if probed.size else np.zeros(0, np.int64)
+    plan = []
+    for r in sentences.groupBy("leaf_id").count().collect():
+        leaf = int(r["leaf_id"])
+        seen = int(image_counts[leaf]) if leaf < image_counts.size else 0
+        if fraction < 1.0 or seen:
+            plan.append(
+                (
+                    leaf,
+                    max(1, math.ceil(seen * scale / cfg.max_group_images)),
+                    math.ceil(int(r["count"]) / cfg.max_group_sentences),
+                )
+            )
+    return probing, sorted(plan)
+
+
+def _matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    """A list column of ``width``-long rows as a matrix of its own value type."""
+    values = column.combine_chunks().flatten() if column.num_chunks else pa.array([], pa.float32())
+    return values.to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
 def retrieve(
@@ -167,13 +232,9 @@ def retrieve(
     prefilter = Prefilter.of(tree, cfg.prefilter_dim, cfg.shortlist)
     load = shipped(spark, tree)  # once: the plan's sample and the join probe the same shipped tree
     sentences = sentences.select(sentence_col, embedding_col, "leaf_id")
-    plan = F.broadcast(
-        spark.createDataFrame(
-            _chunk_plan(images, sentences, load, dim, cfg, image_col, embedding_col),
-            "leaf_id long, image_chunks long, sentence_chunks long",
-        )
-    )
-    probes = image_leaves(images, load, dim, cfg.probe_leaves, cfg.coarse_probe, image_col, embedding_col, prefilter)
+    probing, chunks = _plan(images, sentences, load, dim, cfg, image_col, embedding_col)
+    plan = F.broadcast(spark.createDataFrame(chunks, "leaf_id long, image_chunks long, sentence_chunks long"))
+    probes = image_leaves(images, load, dim, probing, image_col, embedding_col, prefilter)
     low = [LOW_FIELD.name] if prefilter is not None else []
     if prefilter is not None:
         sentences = with_low(sentences, prefilter, dim, embedding_col)
@@ -242,6 +303,12 @@ class RetrievalSummary:
     rows: int
 
 
+def _probing(cfg: RetrievalConfig) -> str:
+    lo, hi = cfg.probe_bounds
+    spread = f", {lo}-{hi} per image" if lo < hi else ""
+    return f"{cfg.probe_leaves} leaves probed per image on average{spread}"
+
+
 def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     """Retrieve the top-k sentences of every image of one model and replace that model's rows of silver.retrieval.
 
@@ -286,6 +353,6 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     n_sentences = sentences.count()
     print(
         f"retrieve: model {model_id}: {n_images} images got {n_rows} sentences "
-        f"(top {cfg.retrieval.top_k} of {n_sentences}, {cfg.retrieval.probe_leaves} leaves probed)"
+        f"(top {cfg.retrieval.top_k} of {n_sentences}; {_probing(cfg.retrieval)})"
     )
     return RetrievalSummary(model_id, n_images, n_sentences, n_rows)

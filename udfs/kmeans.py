@@ -95,7 +95,7 @@ def embedding_problems(column: pa.Array | pa.ChunkedArray, dim: int) -> tuple[In
 ARROW_CHUNK_ROWS = 1 << 16  # list offsets are int32: one chunk of 2M x 768 floats would overflow them
 
 
-def matrix_column(m: npt.NDArray[np.floating], dtype: type[np.floating] = np.float32) -> pa.ChunkedArray:
+def matrix_column(m: npt.NDArray[np.number], dtype: type[np.number] = np.float32) -> pa.ChunkedArray:
     """The rows of matrix ``m`` as an Arrow list column of ``dtype`` (non-null elements): ``arrow_matrix``'s inverse.
 
     Built from the flat values (no Python object per value), in chunks of ``ARROW_CHUNK_ROWS`` rows.
@@ -379,6 +379,38 @@ def descend(x: Matrix, tree: Tree, p: int, coarse_probe: int, max_cells: int = 1
         leaf_ids[start : start + m, :width] = np.where(seen, leaves, -1)
         leaf_scores[start : start + m, :width] = best_scores
     return leaf_ids, leaf_scores, cost
+
+
+def probe_counts(scores: Matrix, margin: float, lo: int, hi: int) -> Ints:
+    """How many of its ranked leaves each row probes, given ``descend``'s scores (best first, -inf padded): those
+    whose centroid similarity lies within ``margin`` of the row's best, but at least ``lo`` and at most ``hi``
+    (and never more than were found). An image near one leaf's centre probes few leaves, one between many
+    probes more."""
+    found = np.isfinite(scores).sum(axis=1)
+    if scores.shape[1] == 0:
+        return found.astype(np.int64)
+    near = (scores >= scores[:, :1] - np.float32(margin)).sum(axis=1)
+    return np.minimum(np.clip(near, lo, hi), found).astype(np.int64)
+
+
+def calibrate_margin(scores: Matrix, mean_p: float, lo: int, hi: int, steps: int = 40) -> float:
+    """The largest margin for which rows probe at most ``mean_p`` leaves on average (``probe_counts``), found by
+    bisection on ``scores`` (a sample of ``descend``'s scores). Similarities differ by model, modality and
+    corpus size, so the margin is set from the data for a given average cost rather than configured."""
+    if scores.shape[0] == 0 or probe_counts(scores, 0.0, lo, hi).mean() > mean_p:
+        return 0.0
+    finite = scores[np.isfinite(scores)]
+    top = float(finite.max() - finite.min()) if finite.size else 0.0
+    if probe_counts(scores, top, lo, hi).mean() <= mean_p:
+        return top
+    low, high = 0.0, top
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if probe_counts(scores, mid, lo, hi).mean() <= mean_p:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 def rank_within(

@@ -19,7 +19,7 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Tree, descend, l2_normalize
+from udfs.kmeans import Tree, calibrate_margin, descend, l2_normalize, probe_counts
 
 RESULT_COLUMNS = "image_id string, rank int, sentence_id string, score float, leaf_id long"
 
@@ -49,7 +49,7 @@ def test_hand_worked_top_k(spark: SparkSession) -> None:
     # q1 = (0.8, 0.6): coarse 0 (0.8 > -0.8); leaves 1 (1.0) then 0 (0.8).
     #   sentences: c 1.0, b 0.96, a 0.8, e 0.6
     # q2 = (-0.6, 0.8): coarse 1 (0.6 > -0.6); only leaf 2, whose one sentence d scores 0.6 (< k rows)
-    cfg = RetrievalConfig(top_k=3, probe_leaves=2, coarse_probe=1)
+    cfg = RetrievalConfig(top_k=3, probe_leaves=2, coarse_probe=1, probe_spread=1)
     got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg)
     expected = spark.createDataFrame(
         [("q1", 1, "c", 1.0, 1), ("q1", 2, "b", 0.96, 1), ("q1", 3, "a", 0.8, 0), ("q2", 1, "d", 0.6, 2)],
@@ -58,13 +58,59 @@ def test_hand_worked_top_k(spark: SparkSession) -> None:
     assertDataFrameEqual(got, expected, rtol=1e-6)
 
     # one probed leaf: q1 only sees leaf 1 (c, b, e); chunks of one sentence and one image change nothing
-    narrow = RetrievalConfig(top_k=3, probe_leaves=1, coarse_probe=2, max_group_sentences=1, max_group_images=1)
+    narrow = RetrievalConfig(
+        top_k=3, probe_leaves=1, coarse_probe=2, max_group_sentences=1, max_group_images=1, probe_spread=1
+    )
     got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), narrow)
     expected = spark.createDataFrame(
         [("q1", 1, "c", 1.0, 1), ("q1", 2, "b", 0.96, 1), ("q1", 3, "e", 0.6, 1), ("q2", 1, "d", 0.6, 2)],
         RESULT_COLUMNS,
     )
     assertDataFrameEqual(got, expected, rtol=1e-6)
+
+
+def test_adaptive_probing_probes_the_calibrated_leaves(spark: SparkSession) -> None:
+    rng = np.random.default_rng(11)
+    centres = l2_normalize(rng.normal(size=(12, 16)))
+    s = l2_normalize(centres[rng.integers(0, 12, 400)] + 0.4 * rng.normal(size=(400, 16)))
+    q = l2_normalize(centres[rng.integers(0, 12, 60)] + 0.4 * rng.normal(size=(60, 16)))
+    sent_ids = [f"s{i:03d}" for i in range(len(s))]
+    sentences = spark.createDataFrame(
+        list(zip(sent_ids, s.tolist(), strict=True)), "sentence_id string, embedding array<float>"
+    )
+    images = spark.createDataFrame(
+        [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
+    )
+    tree = train_tree(sentences, ClusterConfig(leaf_size=25, coarse_clusters=4), "sentence_id")
+    leaf_ids = descend(s, tree, 1, 1)[0][:, 0]
+    with_leaves = spark.createDataFrame(
+        list(zip(sent_ids, s.tolist(), leaf_ids.tolist(), strict=True)),
+        "sentence_id string, embedding array<float>, leaf_id long",
+    )
+    cfg = RetrievalConfig(top_k=3, probe_leaves=4, probe_spread=2, coarse_probe=4, max_group_sentences=9)
+    assert cfg.probe_bounds == (2, 8)
+    got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
+
+    # the reference: the margin that gives these 60 images 4 leaves on average, then brute force over the leaves
+    # each image probes
+    leaves, scores, _ = descend(q, tree, 8, 4)
+    margin = calibrate_margin(scores, 4, 2, 8)
+    counts = probe_counts(scores, margin, 2, 8)
+    assert counts.min() < counts.max() and counts.mean() <= 4  # images differ in how many leaves they probe
+    expected = []
+    for i, n in enumerate(counts):
+        sims = np.where(np.isin(leaf_ids, leaves[i, :n]), s @ q[i], -np.inf)
+        expected += [sent_ids[j] for j in np.argsort(-sims, kind="stable")[:3] if np.isfinite(sims[j])]
+    assert got["sentence_id"].tolist() == expected
+
+    # a spread of 1 probes exactly probe_leaves everywhere
+    fixed = RetrievalConfig(top_k=3, probe_leaves=4, probe_spread=1, coarse_probe=4)
+    got = retrieve(images, with_leaves, tree, fixed).toPandas().sort_values(["image_id", "rank"])
+    expected = []
+    for i in range(len(q)):
+        sims = np.where(np.isin(leaf_ids, leaves[i, :4]), s @ q[i], -np.inf)
+        expected += [sent_ids[j] for j in np.argsort(-sims, kind="stable")[:3]]
+    assert got["sentence_id"].tolist() == expected
 
 
 @pytest.mark.parametrize("plan_sample", [None, 10])
@@ -92,7 +138,7 @@ def test_all_leaves_probed_equals_brute_force(
         "sentence_id string, embedding array<float>, leaf_id long",
     )
     cfg = RetrievalConfig(
-        top_k=3, probe_leaves=tree.n_leaves, coarse_probe=4, max_group_sentences=7, max_group_images=5
+        top_k=3, probe_leaves=tree.n_leaves, coarse_probe=4, max_group_sentences=7, max_group_images=5, probe_spread=1
     )
     got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
     sims = q @ s.T
@@ -124,7 +170,9 @@ def test_a_sampled_plan_loses_no_leaf(spark: SparkSession, monkeypatch: pytest.M
         [(f"s{i:03d}", v, leaf) for i, (v, leaf) in enumerate(zip(s.tolist(), leaf_ids, strict=True))],
         "sentence_id string, embedding array<float>, leaf_id long",
     )
-    cfg = RetrievalConfig(top_k=3, probe_leaves=2, coarse_probe=4, max_group_sentences=7, max_group_images=3)
+    cfg = RetrievalConfig(
+        top_k=3, probe_leaves=2, coarse_probe=4, max_group_sentences=7, max_group_images=3, probe_spread=1
+    )
     exact_plan = retrieve(images, with_leaves, tree, cfg).collect()
     monkeypatch.setattr(realsyn.retrieval, "PLAN_SAMPLE_IMAGES", 5)
     sampled_plan = retrieve(images, with_leaves, tree, cfg)
@@ -150,7 +198,9 @@ def test_prefiltered_join_equals_brute_force_when_the_axes_hold_the_data(spark: 
     images = spark.createDataFrame(
         [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
     )
-    cfg = RetrievalConfig(top_k=3, probe_leaves=tree.n_leaves, coarse_probe=3, prefilter_dim=6, shortlist=4)
+    cfg = RetrievalConfig(
+        top_k=3, probe_leaves=tree.n_leaves, coarse_probe=3, prefilter_dim=6, shortlist=4, probe_spread=1
+    )
     got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
     sims = q @ s.T
     best = np.argsort(-sims, axis=1, kind="stable")[:, :3]
@@ -162,6 +212,15 @@ def test_shortlist_must_hold_top_k() -> None:
     with pytest.raises(ValueError, match=r"retrieval\.shortlist"):
         RetrievalConfig(top_k=5, shortlist=4, prefilter_dim=64)
     assert RetrievalConfig(top_k=5, shortlist=4, prefilter_dim=0).shortlist == 4  # no prefilter, no shortlist
+
+
+def test_probe_bounds_follow_the_spread() -> None:
+    assert RetrievalConfig(probe_leaves=44, probe_spread=2).probe_bounds == (22, 88)
+    assert RetrievalConfig(probe_leaves=45, probe_spread=1.5).probe_bounds == (30, 68)
+    assert RetrievalConfig(probe_leaves=3, probe_spread=1).probe_bounds == (3, 3)
+    assert RetrievalConfig(probe_leaves=1, probe_spread=4).probe_bounds == (1, 4)
+    with pytest.raises(ValueError, match="probe_spread"):
+        RetrievalConfig(probe_spread=0.5)
 
 
 def test_empty_images_give_no_rows(spark: SparkSession) -> None:
@@ -179,7 +238,7 @@ def test_run_retrieve_end_to_end_and_rerun(spark: SparkSession, lakehouse: Lakeh
     cfg = Config(
         storage=lakehouse.storage,
         cluster=ClusterConfig(leaf_size=10, coarse_clusters=2),
-        retrieval=RetrievalConfig(top_k=2, probe_leaves=2, coarse_probe=2),
+        retrieval=RetrievalConfig(top_k=2, probe_leaves=2, coarse_probe=2, probe_spread=1),
     )
     assert run_retrieve(lakehouse, cfg).rows == 0  # nothing there yet
     assert not lakehouse.exists(SILVER_RETRIEVAL)

@@ -337,3 +337,36 @@ def test_embedding_problems_names_each_unusable_row() -> None:
     assert udfs.kmeans.embedding_problems(good, 2)[0].size == 0
     np.testing.assert_array_equal(udfs.kmeans.arrow_matrix(good, 2), np.float32([[0.6, 0.8], [-1.0, 0.0]]))
     assert udfs.kmeans.embedding_problems(pa.chunked_array([], pa.list_(pa.float32())), 2)[0].size == 0
+
+
+def test_probe_counts_keep_the_leaves_within_the_margin() -> None:
+    inf = np.float32(np.inf)
+    scores = np.array(
+        [
+            [0.9, 0.85, 0.7, 0.5],  # within 0.1 of 0.9: two leaves
+            [0.9, 0.1, 0.0, -0.2],  # one leaf within the margin, raised to lo = 2
+            [0.3, 0.29, 0.28, 0.27],  # all four within the margin, cut to hi = 3
+            [0.5, 0.45, -inf, -inf],  # only two leaves found: never more than that
+        ],
+        np.float32,
+    )
+    assert udfs.kmeans.probe_counts(scores, 0.1, 2, 3).tolist() == [2, 2, 3, 2]
+    assert udfs.kmeans.probe_counts(scores, 0.1, 1, 4).tolist() == [2, 1, 4, 2]
+    assert udfs.kmeans.probe_counts(scores, 0.0, 4, 4).tolist() == [4, 4, 4, 2]  # lo = hi: a fixed p
+    assert udfs.kmeans.probe_counts(scores[:, :0], 0.1, 2, 3).tolist() == [0, 0, 0, 0]
+
+
+def test_calibrated_margin_spends_the_mean_probe_budget() -> None:
+    # gaps to the best leaf: row 0 0.2, 0.33; row 1 0.05, 0.52; row 2 0.41, 0.47
+    scores = np.array([[0.9, 0.7, 0.57], [0.8, 0.75, 0.28], [0.6, 0.19, 0.13]], np.float32)
+    # counts (lo 1, hi 3) as the margin grows: 0.05: 1,2,1; 0.2: 2,2,1; 0.33: 3,2,1; 0.41: 3,2,2; 0.47: 3,2,3
+    margin = udfs.kmeans.calibrate_margin(scores, 2.0, 1, 3)  # the largest margin with at most 6 probes in all
+    assert 0.33 - 1e-6 <= margin <= 0.41 + 1e-6  # float32 scores: breakpoints within rounding
+    assert udfs.kmeans.probe_counts(scores, margin, 1, 3).tolist() == [3, 2, 1]
+    margin = udfs.kmeans.calibrate_margin(scores, 4 / 3, 1, 3)
+    assert 0.05 - 1e-6 <= margin <= 0.2 + 1e-6
+    assert udfs.kmeans.probe_counts(scores, margin, 1, 3).tolist() == [1, 2, 1]
+    # a budget below lo everywhere, or above what any margin reaches
+    assert udfs.kmeans.calibrate_margin(scores, 0.5, 1, 3) == 0.0
+    assert udfs.kmeans.probe_counts(scores, udfs.kmeans.calibrate_margin(scores, 9.0, 1, 3), 1, 3).tolist() == [3, 3, 3]
+    assert udfs.kmeans.calibrate_margin(np.zeros((0, 3), np.float32), 2.0, 1, 3) == 0.0
