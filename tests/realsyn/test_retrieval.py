@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from pyspark.sql import DataFrame, SparkSession
@@ -69,48 +71,66 @@ def test_hand_worked_top_k(spark: SparkSession) -> None:
     assertDataFrameEqual(got, expected, rtol=1e-6)
 
 
+@dataclass
+class Clustered:
+    """400 sentences around 12 random centres in 16 dimensions, 60 images from the same centres, a tree of ~16
+    leaves trained on the sentences, and each sentence's leaf."""
+
+    s: np.ndarray
+    q: np.ndarray
+    sent_ids: list[str]
+    images: DataFrame
+    tree: Tree
+    leaf_ids: np.ndarray
+    with_leaves: DataFrame
+
+    @staticmethod
+    def make(spark: SparkSession) -> Clustered:
+        rng = np.random.default_rng(11)
+        centres = l2_normalize(rng.normal(size=(12, 16)))
+        s = l2_normalize(centres[rng.integers(0, 12, 400)] + 0.4 * rng.normal(size=(400, 16)))
+        q = l2_normalize(centres[rng.integers(0, 12, 60)] + 0.4 * rng.normal(size=(60, 16)))
+        sent_ids = [f"s{i:03d}" for i in range(len(s))]
+        sentences = spark.createDataFrame(
+            list(zip(sent_ids, s.tolist(), strict=True)), "sentence_id string, embedding array<float>"
+        )
+        images = spark.createDataFrame(
+            [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
+        )
+        tree = train_tree(sentences, ClusterConfig(leaf_size=25, coarse_clusters=4), "sentence_id")
+        leaf_ids = descend(s, tree, 1, 1)[0][:, 0]  # any one leaf per sentence will do
+        with_leaves = spark.createDataFrame(
+            list(zip(sent_ids, s.tolist(), leaf_ids.tolist(), strict=True)),
+            "sentence_id string, embedding array<float>, leaf_id long",
+        )
+        return Clustered(s, q, sent_ids, images, tree, leaf_ids, with_leaves)
+
+
 def test_adaptive_probing_probes_the_calibrated_leaves(spark: SparkSession) -> None:
-    rng = np.random.default_rng(11)
-    centres = l2_normalize(rng.normal(size=(12, 16)))
-    s = l2_normalize(centres[rng.integers(0, 12, 400)] + 0.4 * rng.normal(size=(400, 16)))
-    q = l2_normalize(centres[rng.integers(0, 12, 60)] + 0.4 * rng.normal(size=(60, 16)))
-    sent_ids = [f"s{i:03d}" for i in range(len(s))]
-    sentences = spark.createDataFrame(
-        list(zip(sent_ids, s.tolist(), strict=True)), "sentence_id string, embedding array<float>"
-    )
-    images = spark.createDataFrame(
-        [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
-    )
-    tree = train_tree(sentences, ClusterConfig(leaf_size=25, coarse_clusters=4), "sentence_id")
-    leaf_ids = descend(s, tree, 1, 1)[0][:, 0]
-    with_leaves = spark.createDataFrame(
-        list(zip(sent_ids, s.tolist(), leaf_ids.tolist(), strict=True)),
-        "sentence_id string, embedding array<float>, leaf_id long",
-    )
+    case = Clustered.make(spark)
     cfg = RetrievalConfig(top_k=3, probe_leaves=4, probe_spread=2, coarse_probe=4, max_group_sentences=9)
     assert cfg.probe_bounds == (2, 8)
-    got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
+    got = retrieve(case.images, case.with_leaves, case.tree, cfg).toPandas().sort_values(["image_id", "rank"])
 
     # the reference: the margin that gives these 60 images 4 leaves on average, then brute force over the leaves
     # each image probes
-    leaves, scores, _ = descend(q, tree, 8, 4)
-    margin = calibrate_margin(scores, 4, 2, 8)
-    counts = probe_counts(scores, margin, 2, 8)
+    leaves, scores, _ = descend(case.q, case.tree, 8, 4)
+    counts = probe_counts(scores, calibrate_margin(scores, 4, 2, 8), 2, 8)
     assert counts.min() < counts.max() and counts.mean() <= 4  # images differ in how many leaves they probe
-    expected = []
-    for i, n in enumerate(counts):
-        sims = np.where(np.isin(leaf_ids, leaves[i, :n]), s @ q[i], -np.inf)
-        expected += [sent_ids[j] for j in np.argsort(-sims, kind="stable")[:3] if np.isfinite(sims[j])]
-    assert got["sentence_id"].tolist() == expected
+
+    def reference(n_leaves: np.ndarray) -> list[str]:
+        out = []
+        for i, n in enumerate(n_leaves):
+            sims = np.where(np.isin(case.leaf_ids, leaves[i, :n]), case.s @ case.q[i], -np.inf)
+            out += [case.sent_ids[j] for j in np.argsort(-sims, kind="stable")[:3] if np.isfinite(sims[j])]
+        return out
+
+    assert got["sentence_id"].tolist() == reference(counts)
 
     # a spread of 1 probes exactly probe_leaves everywhere
     fixed = RetrievalConfig(top_k=3, probe_leaves=4, probe_spread=1, coarse_probe=4)
-    got = retrieve(images, with_leaves, tree, fixed).toPandas().sort_values(["image_id", "rank"])
-    expected = []
-    for i in range(len(q)):
-        sims = np.where(np.isin(leaf_ids, leaves[i, :4]), s @ q[i], -np.inf)
-        expected += [sent_ids[j] for j in np.argsort(-sims, kind="stable")[:3]]
-    assert got["sentence_id"].tolist() == expected
+    got = retrieve(case.images, case.with_leaves, case.tree, fixed).toPandas().sort_values(["image_id", "rank"])
+    assert got["sentence_id"].tolist() == reference(np.full(len(case.q), 4))
 
 
 @pytest.mark.parametrize("plan_sample", [None, 10])
@@ -119,24 +139,9 @@ def test_all_leaves_probed_equals_brute_force(
 ) -> None:
     if plan_sample is not None:  # chunks planned from the probes of ~10 of the 60 images: the same result
         monkeypatch.setattr(realsyn.retrieval, "PLAN_SAMPLE_IMAGES", plan_sample)
-    rng = np.random.default_rng(11)
-    dim = 16
-    centres = l2_normalize(rng.normal(size=(12, dim)))
-    s = l2_normalize(centres[rng.integers(0, 12, 400)] + 0.4 * rng.normal(size=(400, dim)))
-    q = l2_normalize(centres[rng.integers(0, 12, 60)] + 0.4 * rng.normal(size=(60, dim)))
-    sent_ids = [f"s{i:03d}" for i in range(len(s))]
-    sentences = spark.createDataFrame(
-        list(zip(sent_ids, s.tolist(), strict=True)), "sentence_id string, embedding array<float>"
-    )
-    images = spark.createDataFrame(
-        [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
-    )
-    tree = train_tree(sentences, ClusterConfig(leaf_size=25, coarse_clusters=4), "sentence_id")
-    leaf_ids = descend(s, tree, 1, 1)[0][:, 0].tolist()  # any one leaf per sentence will do
-    with_leaves = spark.createDataFrame(
-        list(zip(sent_ids, s.tolist(), leaf_ids, strict=True)),
-        "sentence_id string, embedding array<float>, leaf_id long",
-    )
+    case = Clustered.make(spark)
+    s, q, sent_ids, images, tree, with_leaves = case.s, case.q, case.sent_ids, case.images, case.tree, case.with_leaves
+    leaf_ids = case.leaf_ids.tolist()
     cfg = RetrievalConfig(
         top_k=3, probe_leaves=tree.n_leaves, coarse_probe=4, max_group_sentences=7, max_group_images=5, probe_spread=1
     )
