@@ -277,8 +277,7 @@ class Descent:
         cfg = RetrievalConfig(probe_leaves=p, probe_spread=spread)
         lo, hi = cfg.probe_bounds
         scores = self.scores[:, :hi]
-        margin = calibrate_margin(scores, p, lo, hi) if lo < hi else 0.0
-        return probe_counts(scores, margin, lo, hi)
+        return probe_counts(scores, calibrate_margin(scores, p, lo, hi), lo, hi)
 
 
 def sweep(

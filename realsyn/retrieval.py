@@ -181,11 +181,9 @@ def _plan(
     sample = images if fraction >= 1.0 else images.filter(hash_uniform(image_col, 0) < fraction)
     scale = 1.0 if fraction >= 1.0 else _PLAN_MARGIN / fraction
     lo, hi = cfg.probe_bounds
-    probing = Probing(lo, hi, cfg.coarse_probe)
-    ranked = _ranked_leaves(sample, load, dim, probing, embedding_col).toArrow()
-    leaves, scores = (_matrix(ranked.column(name), hi) for name in ("leaves", "scores"))
-    if lo < hi:
-        probing = Probing(lo, hi, cfg.coarse_probe, calibrate_margin(scores, cfg.probe_leaves, lo, hi))
+    ranked = _ranked_leaves(sample, load, dim, Probing(lo, hi, cfg.coarse_probe), embedding_col).toArrow()
+    leaves, scores = arrow_matrix(ranked.column("leaves"), hi, np.int64), arrow_matrix(ranked.column("scores"), hi)
+    probing = Probing(lo, hi, cfg.coarse_probe, calibrate_margin(scores, cfg.probe_leaves, lo, hi))
     counts = probe_counts(scores, probing.margin, lo, hi)
     probed = leaves[np.arange(hi) < counts[:, None]]
     image_counts = np.bincount(probed) if probed.size else np.zeros(0, np.int64)
@@ -202,12 +200,6 @@ def _plan(
                 )
             )
     return probing, sorted(plan)
-
-
-def _matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
-    """A list column of ``width``-long rows as a matrix of its own value type."""
-    values = column.combine_chunks().flatten() if column.num_chunks else pa.array([], pa.float32())
-    return values.to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
 def retrieve(

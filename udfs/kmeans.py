@@ -39,8 +39,9 @@ def as_matrix(vectors: Iterable[Sequence[float] | npt.NDArray[np.floating]], dim
     return np.ascontiguousarray(np.stack([np.asarray(r, dtype=np.float32) for r in rows]))
 
 
-def arrow_matrix(column: pa.Array | pa.ChunkedArray, dim: int, dtype: type[np.floating] = np.float32) -> Matrix:
-    """An Arrow list<float> column as an (n, ``dim``) matrix of ``dtype``, read from the flat values (no row loop).
+def arrow_matrix(column: pa.Array | pa.ChunkedArray, dim: int, dtype: type[np.number] = np.float32) -> Matrix:
+    """An Arrow list column of numbers as an (n, ``dim``) matrix of ``dtype``, read from the flat values (no row
+    loop).
 
     A null vector or one whose length is not ``dim`` raises ``ValueError``.
     """
@@ -396,8 +397,9 @@ def probe_counts(scores: Matrix, margin: float, lo: int, hi: int) -> Ints:
 def calibrate_margin(scores: Matrix, mean_p: float, lo: int, hi: int, steps: int = 40) -> float:
     """The largest margin for which rows probe at most ``mean_p`` leaves on average (``probe_counts``), found by
     bisection on ``scores`` (a sample of ``descend``'s scores). Similarities differ by model, modality and
-    corpus size, so the margin is set from the data for a given average cost rather than configured."""
-    if scores.shape[0] == 0 or probe_counts(scores, 0.0, lo, hi).mean() > mean_p:
+    corpus size, so the margin is set from the data for a given average cost rather than configured. With
+    ``lo`` = ``hi`` every row probes the same number whatever the margin: 0."""
+    if lo >= hi or scores.shape[0] == 0 or probe_counts(scores, 0.0, lo, hi).mean() > mean_p:
         return 0.0
     finite = scores[np.isfinite(scores)]
     top = float(finite.max() - finite.min()) if finite.size else 0.0

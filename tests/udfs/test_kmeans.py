@@ -370,3 +370,4 @@ def test_calibrated_margin_spends_the_mean_probe_budget() -> None:
     assert udfs.kmeans.calibrate_margin(scores, 0.5, 1, 3) == 0.0
     assert udfs.kmeans.probe_counts(scores, udfs.kmeans.calibrate_margin(scores, 9.0, 1, 3), 1, 3).tolist() == [3, 3, 3]
     assert udfs.kmeans.calibrate_margin(np.zeros((0, 3), np.float32), 2.0, 1, 3) == 0.0
+    assert udfs.kmeans.calibrate_margin(scores, 2.0, 2, 2) == 0.0  # lo = hi: the margin changes nothing
