@@ -6,13 +6,18 @@ travel to the executors inside the UDF closure, which PySpark ships as a broadca
 A hash sample of the rows (the same share of every coarse cluster: about ``max_points_per_centroid`` rows per
 leaf) is given its coarse cluster, and each coarse cluster's fine level is trained in parallel with a grouped
 ``applyInArrow``, with ``round(n_c / leaf_size)`` fine centroids (n_c estimated from the sample) so that leaves
-hold about ``leaf_size`` rows whatever the skew of the coarse clusters. ``refine_steps`` Lloyd steps over all
-rows follow: each row goes to its nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters (so
-rows cross the coarse split where that fits them better), and every leaf and coarse centroid moves to the
-normalised mean of its rows; partial sums per leaf are computed inside each partition and reduced in one
-shuffle keyed by leaf. Finally every row descends the tree to its leaf. The UDFs read embeddings straight from
-Arrow buffers (no Python object per row). The tree reaches the tasks inside their closure, or, once its leaves
-pass ``INLINE_TREE_BYTES``, as a file that every executor memory-maps (``shipped``).
+hold about ``leaf_size`` rows whatever the skew of the coarse clusters. Trained apart, the leaves of each coarse
+cluster end at the coarse border whether or not the rows there fit them, which leaves the mean distance to the
+leaf centroid well above flat k-means'. ``boundary_passes`` passes over the same sample follow: each row joins
+the coarse clusters (among its ``assign_coarse_probe`` nearest) whose best leaf is within ``boundary_margin`` of
+its best, and every coarse cluster retrains its leaves in one grouped ``applyInArrow``, a row counting for a leaf
+there only while it scores higher than in any other cluster; so rows cross the coarse split where that fits them
+better, as in flat k-means. ``refine_steps`` plain Lloyd steps over all rows may follow (every row to its
+nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters, every centroid to the normalised mean of
+its rows; partial sums per leaf are computed inside each partition and reduced in one shuffle keyed by leaf).
+Finally every row goes to its nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters. The UDFs
+read embeddings straight from Arrow buffers (no Python object per row). The tree reaches the tasks inside their
+closure, or, once its leaves pass ``INLINE_TREE_BYTES``, as a file that every executor memory-maps (``shipped``).
 
 ``run_cluster_sentences`` applies this to ``silver.sentence_embeddings`` (section ``cluster``) and writes
 ``silver.sentence_centroids`` (model_id, level, centroid_id, parent_id, vector, size) and
@@ -63,10 +68,13 @@ from udfs.kmeans import (
     Tree,
     arrow_matrix,
     assign,
-    descend,
+    boundary_rows,
     embedding_problems,
+    local_refined,
     matrix_column,
+    nearest_leaf,
     refined,
+    replace_fine,
     spherical_kmeans,
     sums_by_label,
 )
@@ -92,6 +100,14 @@ _FINE_SCHEMA = T.StructType(
         T.StructField("coarse_id", T.LongType(), False),
         T.StructField("local_id", T.LongType(), False),
         T.StructField("vector", T.ArrayType(T.FloatType(), False), False),
+    ]
+)
+
+_BOUNDARY_SCHEMA = T.StructType(
+    [
+        T.StructField("coarse_id", T.LongType(), False),
+        T.StructField("vectors", T.ArrayType(T.FloatType(), False), False),
+        T.StructField("sums", T.ArrayType(T.DoubleType(), False), False),
     ]
 )
 
@@ -205,9 +221,8 @@ def train_tree(
     # max_points_per_centroid rows per leaf: the same share of every cluster, so one pass samples them all and
     # k_c is estimated from the sample (exact when the share is 1).
     share = min(1.0, cfg.max_points_per_centroid / cfg.leaf_size)
-    sampled = _with_nearest(
-        rows.filter(hash_uniform(id_col, cfg.seed + 1) < share), coarse, id_col, embedding_col, "coarse_id"
-    )
+    fine_sample = rows.filter(hash_uniform(id_col, cfg.seed + 1) < share) if share < 1 else rows
+    sampled = _with_nearest(fine_sample, coarse, id_col, embedding_col, "coarse_id")
 
     def train_fine(table: pa.Table) -> pa.Table:
         coarse_id = int(table.column("coarse_id")[0].as_py())
@@ -227,9 +242,70 @@ def train_tree(
     owner, ordered = fine_rows.column("coarse_id").to_numpy()[order], vectors[order]
     fine = [ordered[owner == c] for c in range(coarse.shape[0])]
     tree = Tree.from_parts(coarse, fine)
+    for _ in range(cfg.boundary_passes):
+        tree = boundary_pass(fine_sample, tree, cfg, id_col, embedding_col)
     for _ in range(cfg.refine_steps):
         tree = refine_tree(rows, tree, cfg.assign_coarse_probe, embedding_col)
     return tree
+
+
+def boundary_pass(rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, embedding_col: str) -> Tree:
+    """One boundary pass over ``rows`` (training uses the fine level's sample): the fine level of every coarse
+    cluster retrained against its neighbours.
+
+    Each row goes to the coarse cluster of its best leaf and to those of its ``assign_coarse_probe`` nearest
+    whose best leaf is within ``boundary_margin`` of that (udfs.kmeans.boundary_rows: ~1.7x the rows in all),
+    with its best score elsewhere. Every coarse cluster then runs ``niter`` Lloyd steps on its leaves in which a row
+    counts only while it scores higher there (udfs.kmeans.local_refined): the two-level split no longer decides
+    which side of a coarse boundary a row's leaf is on, as in flat k-means. One shuffle keyed by coarse cluster;
+    only the new leaves reach the driver.
+    """
+    dim = tree.leaves.shape[1]
+    load = shipped(rows.sparkSession, tree)
+    schema = T.StructType(
+        [
+            *rows.select(id_col, embedding_col).schema.fields,
+            T.StructField("coarse_id", T.LongType(), False),
+            T.StructField("competitor", T.FloatType(), False),
+        ]
+    )
+
+    def routed(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            x = arrow_matrix(batch.column(embedding_col), dim)
+            index, coarse_id, competitor = boundary_rows(x, load(), cfg.assign_coarse_probe, cfg.boundary_margin)
+            picked = batch.select([id_col, embedding_col]).take(pa.array(index))
+            yield picked.append_column("coarse_id", pa.array(coarse_id, pa.int64())).append_column(
+                "competitor", pa.array(competitor, pa.float32())
+            )
+
+    def retrain(table: pa.Table) -> pa.Table:
+        c = int(table.column("coarse_id")[0].as_py())
+        order = pc.sort_indices(table, sort_keys=[(id_col, "ascending")])
+        offsets = load().offsets
+        leaves, _, sums = local_refined(
+            arrow_matrix(table.column(embedding_col).take(order), dim),
+            load().leaves[offsets[c] : offsets[c + 1]],
+            table.column("competitor").take(order).to_numpy(),
+            cfg.niter,
+        )
+        return pa.table(
+            {
+                "coarse_id": pa.array([c], pa.int64()),
+                "vectors": matrix_column(leaves.reshape(1, -1)),
+                "sums": matrix_column(sums.reshape(1, -1), np.float64),
+            }
+        )
+
+    routed_rows = rows.select(id_col, embedding_col).mapInArrow(routed, schema)
+    result = routed_rows.groupBy("coarse_id").applyInArrow(retrain, _BOUNDARY_SCHEMA).toArrow()
+    parts = []
+    for c, vectors, sums in zip(
+        result.column("coarse_id").to_numpy(), result.column("vectors"), result.column("sums"), strict=True
+    ):
+        flat = vectors.values.to_numpy(zero_copy_only=False)
+        parts.append((int(c), flat.reshape(-1, dim), sums.values.to_numpy(zero_copy_only=False).reshape(-1, dim)))
+    return replace_fine(tree, parts)
 
 
 _MAX_PARTIAL_ROWS = 1 << 16
@@ -277,7 +353,7 @@ def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: s
         def per_batch() -> Iterable[tuple[np.ndarray, np.ndarray]]:
             for batch in batches:
                 x = arrow_matrix(batch.column(embedding_col), dim)
-                ids, _, sums = sums_by_label(x, descend(x, load(), 1, coarse_probe)[0][:, 0])
+                ids, _, sums = sums_by_label(x, nearest_leaf(x, load(), coarse_probe)[0])
                 yield ids, sums
 
         return _summed(per_batch())
@@ -328,7 +404,7 @@ def assign_leaves(
     """
     load = shipped(df.sparkSession, tree)
     return _with_label(
-        df, embedding_col, "leaf_id", tree.leaves.shape[1], lambda x: descend(x, load(), 1, coarse_probe)[0][:, 0]
+        df, embedding_col, "leaf_id", tree.leaves.shape[1], lambda x: nearest_leaf(x, load(), coarse_probe)[0]
     )
 
 

@@ -88,8 +88,10 @@ class ClusterConfig(Section):
     niter: int = Field(default=20, gt=0)
     resampling_steps: int = Field(default=0, ge=0)
     resample_size: int = Field(default=0, ge=0)
-    refine_steps: int = Field(default=2, ge=0)
-    assign_coarse_probe: int = Field(default=3, gt=0)
+    boundary_passes: int = Field(default=2, ge=0)
+    boundary_margin: float = Field(default=0.05, ge=0)
+    refine_steps: int = Field(default=0, ge=0)
+    assign_coarse_probe: int = Field(default=8, gt=0)
     seed: int = 0
     retrain: bool = False
 

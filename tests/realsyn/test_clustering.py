@@ -13,6 +13,7 @@ from realsyn.clustering import (
     LEVEL_COARSE,
     LEVEL_LEAF,
     assign_leaves,
+    boundary_pass,
     centroids_frame,
     coarse_cluster_count,
     refine_tree,
@@ -33,7 +34,15 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Tree, descend, l2_normalize, refined, sums_by_label
+from udfs.kmeans import (
+    Tree,
+    boundary_pass_local,
+    boundary_rows,
+    descend,
+    l2_normalize,
+    refined,
+    sums_by_label,
+)
 
 DIM = 12
 
@@ -267,6 +276,22 @@ def test_distributed_refine_step_equals_the_one_machine_step(spark: SparkSession
     ids, _, sums = sums_by_label(x, descend(x, tree, 1, 2)[0][:, 0])
     expected = refined(tree, ids, sums)
     got = refine_tree(embeddings_df(spark, x).repartition(3), tree, coarse_probe=2)
+    np.testing.assert_allclose(got.leaves, expected.leaves, atol=1e-6)
+    np.testing.assert_allclose(got.coarse, expected.coarse, atol=1e-6)
+    assert not np.allclose(got.leaves, tree.leaves)
+
+
+def test_distributed_boundary_pass_equals_the_one_machine_pass(spark: SparkSession) -> None:
+    x, _ = planted_tree_points([[30, 20], [25, 25]], noise=0.2, seed=4)
+    e = np.eye(DIM, dtype=np.float32)
+    tree = Tree.from_parts(
+        e[:2], [l2_normalize(e[[0, 0]] + 0.5 * e[[2, 3]]), l2_normalize(e[[1, 1]] + 0.5 * e[[2, 3]])]
+    )
+    cfg = ClusterConfig(assign_coarse_probe=2, boundary_margin=0.3, niter=5)
+    rows, _, _ = boundary_rows(x, tree, 2, 0.3)
+    assert np.unique(rows).size < rows.size  # some rows take part on both sides of the coarse split
+    expected = boundary_pass_local(x, tree, 2, 0.3, 5)
+    got = boundary_pass(embeddings_df(spark, x).repartition(3), tree, cfg, "sentence_id", "embedding")
     np.testing.assert_allclose(got.leaves, expected.leaves, atol=1e-6)
     np.testing.assert_allclose(got.coarse, expected.coarse, atol=1e-6)
     assert not np.allclose(got.leaves, tree.leaves)
