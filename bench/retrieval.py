@@ -51,6 +51,7 @@ from udfs.kmeans import (
     l2_normalize,
     matrix_column,
     merge_top_k,
+    nearest_leaf,
     probe_counts,
     top_k_prefiltered,
 )
@@ -291,6 +292,7 @@ def sweep(
     seed: int,
     assign_probe: int,
     refine_steps: int,
+    boundary_passes: int,
     methods_wanted: tuple[tuple[int, int, float, list[int]], ...],
 ) -> tuple[list[Sweep], Tree, np.ndarray, Descent]:
     """Train the tree, descend every image to its leaves, and measure recall / share for each p and each
@@ -303,10 +305,18 @@ def sweep(
     import faiss
 
     t = time.perf_counter()
-    tree = hierarchical_kmeans(s, leaf_size, seed=seed, refine_steps=refine_steps, assign_coarse_probe=assign_probe)
+    tree = hierarchical_kmeans(
+        s,
+        leaf_size,
+        seed=seed,
+        refine_steps=refine_steps,
+        assign_coarse_probe=assign_probe,
+        boundary_passes=boundary_passes,
+        boundary_margin=ClusterConfig().boundary_margin,
+    )
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    s_leaf = descend(s, tree, 1, assign_probe)[0][:, 0]
+    s_leaf = nearest_leaf(s, tree, assign_probe)[0]
     assign_s = time.perf_counter() - t
     widest = max(
         RetrievalConfig(probe_leaves=max(pr), probe_spread=sp).probe_bounds[1] for _, _, sp, pr in methods_wanted
@@ -583,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shortlist", type=int, default=rcfg.shortlist, help="retrieval.shortlist")
     ap.add_argument("--assign-coarse-probe", type=int, default=ccfg.assign_coarse_probe)
     ap.add_argument("--refine-steps", type=int, default=ccfg.refine_steps, help="cluster.refine_steps")
+    ap.add_argument("--boundary-passes", type=int, default=ccfg.boundary_passes, help="cluster.boundary_passes")
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--exact-sample", type=int, default=2_000)
     ap.add_argument("--target-recall", type=float, default=0.95)
@@ -644,6 +655,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.seed,
                 args.assign_coarse_probe,
                 args.refine_steps,
+                args.boundary_passes,
                 methods,
             )
 
@@ -715,6 +727,7 @@ def main(argv: list[str] | None = None) -> None:
         0,
         args.assign_coarse_probe,
         args.refine_steps,
+        args.boundary_passes,
         methods,
     )
     for result in results:
