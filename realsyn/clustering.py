@@ -255,10 +255,10 @@ def boundary_pass(rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, 
 
     Each row goes to the coarse cluster of its best leaf and to those of its ``assign_coarse_probe`` nearest
     whose best leaf is within ``boundary_margin`` of that (udfs.kmeans.boundary_rows: ~1.7x the rows in all),
-    with its best score elsewhere. Every coarse cluster then runs ``niter`` Lloyd steps on its leaves in which a row
-    counts only while it scores higher there (udfs.kmeans.local_refined): the two-level split no longer decides
-    which side of a coarse boundary a row's leaf is on, as in flat k-means. One shuffle keyed by coarse cluster;
-    only the new leaves reach the driver.
+    with its best score elsewhere. Every coarse cluster then runs up to ``niter`` Lloyd steps on its leaves in
+    which a row counts only while it scores higher there (udfs.kmeans.local_refined): the two-level split no
+    longer decides which side of a coarse boundary a row's leaf is on, as in flat k-means. One shuffle keyed by
+    coarse cluster; only the new leaves reach the driver.
     """
     dim = tree.leaves.shape[1]
     load = shipped(rows.sparkSession, tree)

@@ -455,7 +455,8 @@ def boundary_rows(x: Matrix, tree: Tree, coarse_probe: int, margin: float) -> tu
 def local_refined(
     x: Matrix, leaves: Matrix, competitor: Matrix, niter: int
 ) -> tuple[Matrix, Ints, npt.NDArray[np.float64]]:
-    """``niter`` spherical Lloyd steps of one coarse cluster's ``leaves`` over rows that may belong elsewhere.
+    """Up to ``niter`` spherical Lloyd steps (fewer once no row changes leaf) of one coarse cluster's ``leaves``
+    over rows that may belong elsewhere.
 
     A row counts for its nearest leaf here only while that leaf beats its ``competitor`` score (its best leaf in
     another coarse cluster, held fixed), so leaves on either side of a coarse boundary share the rows between
