@@ -7,7 +7,8 @@ leaves of ~84 so that 2,382 leaves partition it as 2,375 partition the 1M set). 
 ``budget`` x N sentences have been scanned; its recall@3 is the share of its exact top 3 (faiss IndexFlatIP)
 lying in a scanned leaf, which equals the recall of an exact top-3 over the scanned sentences. Variants:
 
-- tree: realsyn's hierarchical k-means (``refine_steps`` 2), every sentence in its nearest leaf;
+- tree: realsyn's hierarchical k-means with the clustering defaults (two boundary passes), every sentence in its
+  nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters, as the stage assigns it;
 - tree + second leaf: every sentence also in the nearest other leaf (naive spilling: leaves twice as full);
 - tree + SOAR: the second leaf minimises ||x - c||^2 + lambda <r, x - c>^2 over the next 15 leaves, r the unit
   residual of x to its first leaf (Sun et al., NeurIPS 2023, as in ScaNN), lambda 1;
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval import synthetic
 
+from realsyn.config import ClusterConfig
 from udfs.kmeans import descend, hierarchical_kmeans, top_p
 
 BUDGETS = (0.01, 0.02, 0.04)
@@ -92,9 +94,18 @@ def main(argv: list[str] | None = None) -> None:
     exact = index.search(q, 3)[1]
 
     t = time.perf_counter()
-    tree = hierarchical_kmeans(s, args.leaf_size, seed=args.seed, refine_steps=2)
+    ccfg = ClusterConfig()
+    tree = hierarchical_kmeans(
+        s,
+        args.leaf_size,
+        seed=args.seed,
+        refine_steps=ccfg.refine_steps,
+        assign_coarse_probe=ccfg.assign_coarse_probe,
+        boundary_passes=ccfg.boundary_passes,
+        boundary_margin=ccfg.boundary_margin,
+    )
     n_leaves = tree.n_leaves
-    near = descend(s, tree, 16, 4)[0]  # each sentence's 16 nearest leaves (its own first)
+    near = descend(s, tree, 16, ccfg.assign_coarse_probe)[0]  # each sentence's 16 nearest leaves (its own first)
     ranked = descend(q, tree, min(n_leaves, 600), 16)[0]
     print(
         f"{n} sentences x {args.images} images, dim {args.dim}; tree of {n_leaves} leaves in "
