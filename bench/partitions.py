@@ -29,10 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from retrieval import synthetic
+from retrieval import stage_tree, synthetic
 
 from realsyn.config import ClusterConfig
-from udfs.kmeans import descend, hierarchical_kmeans, top_p
+from udfs.kmeans import descend, top_p
 
 BUDGETS = (0.01, 0.02, 0.04)
 
@@ -94,16 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     exact = index.search(q, 3)[1]
 
     t = time.perf_counter()
-    ccfg = ClusterConfig()
-    tree = hierarchical_kmeans(
-        s,
-        args.leaf_size,
-        seed=args.seed,
-        refine_steps=ccfg.refine_steps,
-        assign_coarse_probe=ccfg.assign_coarse_probe,
-        boundary_passes=ccfg.boundary_passes,
-        boundary_margin=ccfg.boundary_margin,
-    )
+    ccfg = ClusterConfig(leaf_size=args.leaf_size, seed=args.seed)
+    tree = stage_tree(s, ccfg)
     n_leaves = tree.n_leaves
     near = descend(s, tree, 16, ccfg.assign_coarse_probe)[0]  # each sentence's 16 nearest leaves (its own first)
     ranked = descend(q, tree, min(n_leaves, 600), 16)[0]

@@ -281,23 +281,37 @@ class Descent:
         return probe_counts(scores, calibrate_margin(scores, p, lo, hi), lo, hi)
 
 
+def stage_tree(s: np.ndarray, ccfg: ClusterConfig) -> Tree:
+    """The tree the clustering stage trains on ``s`` under ``ccfg``, by its one-machine twin."""
+    return hierarchical_kmeans(
+        s,
+        ccfg.leaf_size,
+        ccfg.coarse_clusters,
+        niter=ccfg.niter,
+        seed=ccfg.seed,
+        max_points_per_centroid=ccfg.max_points_per_centroid,
+        resampling_steps=ccfg.resampling_steps,
+        resample_size=ccfg.resample_size,
+        refine_steps=ccfg.refine_steps,
+        assign_coarse_probe=ccfg.assign_coarse_probe,
+        boundary_passes=ccfg.boundary_passes,
+        boundary_margin=ccfg.boundary_margin,
+    )
+
+
 def sweep(
     s: np.ndarray,
     q: np.ndarray,
-    leaf_size: int,
+    ccfg: ClusterConfig,
     coarse_probe: int,
     probes: list[int],
     k: int,
     exact_sample: int,
-    seed: int,
-    assign_probe: int,
-    refine_steps: int,
-    boundary_passes: int,
     methods_wanted: tuple[tuple[int, int, float, list[int]], ...],
 ) -> tuple[list[Sweep], Tree, np.ndarray, Descent]:
-    """Train the tree, descend every image to its leaves, and measure recall / share for each p and each
-    (prefilter_dim, shortlist, probe_spread, probes) of ``methods_wanted``: prefilter_dim 0 scores every sentence
-    of the probed leaves exactly, spread 1 probes p leaves per image, a larger spread p on average.
+    """Train the tree (``stage_tree``), descend every image to its leaves, and measure recall / share for each p
+    and each (prefilter_dim, shortlist, probe_spread, probes) of ``methods_wanted``: prefilter_dim 0 scores every
+    sentence of the probed leaves exactly, spread 1 probes p leaves per image, a larger spread p on average.
 
     With a prefilter, a leaf of n sentences costs n r / d + shortlist dot products per image (n if n fits in
     the shortlist), plus each image's share of projecting the sentences (N r / images) and itself (r).
@@ -305,18 +319,10 @@ def sweep(
     import faiss
 
     t = time.perf_counter()
-    tree = hierarchical_kmeans(
-        s,
-        leaf_size,
-        seed=seed,
-        refine_steps=refine_steps,
-        assign_coarse_probe=assign_probe,
-        boundary_passes=boundary_passes,
-        boundary_margin=ClusterConfig().boundary_margin,
-    )
+    tree = stage_tree(s, ccfg)
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    s_leaf = nearest_leaf(s, tree, assign_probe)[0]
+    s_leaf = nearest_leaf(s, tree, ccfg.assign_coarse_probe)[0]
     assign_s = time.perf_counter() - t
     widest = max(
         RetrievalConfig(probe_leaves=max(pr), probe_spread=sp).probe_bounds[1] for _, _, sp, pr in methods_wanted
@@ -324,7 +330,7 @@ def sweep(
     descent = Descent(*descend(q, tree, widest, coarse_probe))
     sizes = np.bincount(s_leaf, minlength=tree.n_leaves)
 
-    rng = np.random.default_rng(seed + 1)
+    rng = np.random.default_rng(ccfg.seed + 1)
     sample = np.sort(rng.choice(q.shape[0], min(exact_sample, q.shape[0]), replace=False))
     index = faiss.IndexFlatIP(s.shape[1])
     index.add(s)
@@ -616,6 +622,17 @@ def main(argv: list[str] | None = None) -> None:
         args.spark_sentences, args.spark_images, args.spark_dim = 20_000, 1_000, 64
         args.prefilter_dim = min(args.prefilter_dim, args.dim // 2)  # below the quick run's dimension
     probes = sorted({int(p) for p in args.probes.split(",")})
+
+    def tree_config(leaf_size: int, seed: int) -> ClusterConfig:
+        """The clustering defaults with this run's leaf size, seed and tree options."""
+        return ClusterConfig(
+            leaf_size=leaf_size,
+            seed=seed,
+            assign_coarse_probe=args.assign_coarse_probe,
+            refine_steps=args.refine_steps,
+            boundary_passes=args.boundary_passes,
+        )
+
     pre_probes = sorted({int(p) for p in args.prefilter_probes.split(",")})
     # (prefilter_dim, shortlist, probe_spread, probes): exact scoring at a fixed p, then with the configured
     # spread (the stage's default), then optionally with the prefilter
@@ -644,20 +661,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def twin_sweep(s: np.ndarray, q: np.ndarray) -> tuple[list[Sweep], Tree, np.ndarray, Descent]:
             """The sweeps at the real set's size and tree settings, every query checked exactly."""
-            return sweep(
-                s,
-                q,
-                real_leaf,
-                args.coarse_probe,
-                probes,
-                k,
-                len(prompts),
-                args.seed,
-                args.assign_coarse_probe,
-                args.refine_steps,
-                args.boundary_passes,
-                methods,
-            )
+            return sweep(s, q, tree_config(real_leaf, args.seed), args.coarse_probe, probes, k, len(prompts), methods)
 
         reals, real_tree, real_s_leaf, real_descent = twin_sweep(rs, rq)
         for real in reals:
@@ -717,18 +721,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{np.bincount(comp).max()}"
     )
     results, _, s_leaf, descent = sweep(
-        s,
-        q,
-        args.leaf_size,
-        args.coarse_probe,
-        probes,
-        k,
-        args.exact_sample,
-        0,
-        args.assign_coarse_probe,
-        args.refine_steps,
-        args.boundary_passes,
-        methods,
+        s, q, tree_config(args.leaf_size, 0), args.coarse_probe, probes, k, args.exact_sample, methods
     )
     for result in results:
         print_sweep(f"synthetic (leaf_size {args.leaf_size}, coarse_probe {args.coarse_probe})", result)
