@@ -282,10 +282,11 @@ def boundary_pass(rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, 
     def retrain(table: pa.Table) -> pa.Table:
         c = int(table.column("coarse_id")[0].as_py())
         order = pc.sort_indices(table, sort_keys=[(id_col, "ascending")])
-        offsets = load().offsets
+        current = load()
+        a, b = current.offsets[c], current.offsets[c + 1]
         leaves, _, sums = local_refined(
             arrow_matrix(table.column(embedding_col).take(order), dim),
-            load().leaves[offsets[c] : offsets[c + 1]],
+            current.leaves[a:b],
             table.column("competitor").take(order).to_numpy(),
             cfg.niter,
         )

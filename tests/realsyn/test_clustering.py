@@ -267,12 +267,19 @@ def test_several_models_need_a_configured_model_id(spark: SparkSession, lakehous
     assert {r["model_id"] for r in lakehouse.read(SILVER_SENTENCE_CLUSTERS).collect()} == {"b"}
 
 
-def test_distributed_refine_step_equals_the_one_machine_step(spark: SparkSession) -> None:
+def two_topic_case() -> tuple[np.ndarray, Tree]:
+    """Two noisy topics of two sub-clusters each, and a hand-made tree: one coarse centroid per topic, one leaf
+    per sub-cluster tilted towards its axis."""
     x, _ = planted_tree_points([[30, 20], [25, 25]], noise=0.2, seed=4)
     e = np.eye(DIM, dtype=np.float32)
     tree = Tree.from_parts(
         e[:2], [l2_normalize(e[[0, 0]] + 0.5 * e[[2, 3]]), l2_normalize(e[[1, 1]] + 0.5 * e[[2, 3]])]
     )
+    return x, tree
+
+
+def test_distributed_refine_step_equals_the_one_machine_step(spark: SparkSession) -> None:
+    x, tree = two_topic_case()
     ids, _, sums = sums_by_label(x, descend(x, tree, 1, 2)[0][:, 0])
     expected = refined(tree, ids, sums)
     got = refine_tree(embeddings_df(spark, x).repartition(3), tree, coarse_probe=2)
@@ -282,11 +289,7 @@ def test_distributed_refine_step_equals_the_one_machine_step(spark: SparkSession
 
 
 def test_distributed_boundary_pass_equals_the_one_machine_pass(spark: SparkSession) -> None:
-    x, _ = planted_tree_points([[30, 20], [25, 25]], noise=0.2, seed=4)
-    e = np.eye(DIM, dtype=np.float32)
-    tree = Tree.from_parts(
-        e[:2], [l2_normalize(e[[0, 0]] + 0.5 * e[[2, 3]]), l2_normalize(e[[1, 1]] + 0.5 * e[[2, 3]])]
-    )
+    x, tree = two_topic_case()
     cfg = ClusterConfig(assign_coarse_probe=2, boundary_margin=0.3, niter=5)
     rows, _, _ = boundary_rows(x, tree, 2, 0.3)
     assert np.unique(rows).size < rows.size  # some rows take part on both sides of the coarse split
