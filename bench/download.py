@@ -282,9 +282,7 @@ def main() -> None:
 
         from udfs.fetch import OK, FetchOptions, fetch_batch
 
-        opts = FetchOptions(
-            allow_networks=("127.0.0.0/8",), concurrency=args.concurrency, per_host=args.concurrency, decode_threads=2
-        )
+        opts = FetchOptions(allow_networks=("127.0.0.0/8",), concurrency=args.concurrency, per_host=args.concurrency)
         started = time.perf_counter()
         fetched = fetch_batch(urls_for("udfs"), opts)
         results["udfs.fetch alone (1 process, checks on)"] = (

@@ -230,6 +230,7 @@ class FetchConfig(Section):
     max_redirects: int = Field(default=5, ge=0)
     max_bytes: int = Field(default=20_000_000, gt=0)
     max_pixels: int = Field(default=89_478_485, gt=0)
+    inline_decode_pixels: int = Field(default=4_000_000, ge=0)
     user_agent: str = Field(
         default="realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)", min_length=1
     )

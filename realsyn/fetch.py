@@ -107,6 +107,7 @@ def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None) -> Fetch
         max_redirects=fcfg.max_redirects,
         max_bytes=fcfg.max_bytes,
         max_pixels=fcfg.max_pixels,
+        inline_decode_pixels=fcfg.inline_decode_pixels,
         user_agent=fcfg.user_agent,
         user_agent_token=fcfg.user_agent_token,
         opt_out_directives=tuple(fcfg.opt_out_directives),
@@ -256,5 +257,5 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
             )
     finally:
         pending.unpersist()
-    summary.seconds = time.monotonic() - started
+        summary.seconds = time.monotonic() - started
     return summary
