@@ -1,8 +1,8 @@
 """Image acquisition: fetch image references safely and fast, one result record per URL with a final status.
 
 Sources: ``http(s)://`` URLs (async, aiohttp), local paths and ``file://`` URIs, ``data:`` URIs (inline bytes),
-and any URI that fsspec reads (``s3://``, ``gs://``, ``abfss://``, ``dbfs:/``...). Pure: no Spark import; the
-Spark stage (``realsyn.fetch``) calls :func:`fetch_arrow` inside each task.
+and any URI that fsspec reads (``s3://`` with s3fs, the ``s3`` extra; ``gs://``, ``abfss://``, ``dbfs:/``...).
+Pure: no Spark import; the Spark stage (``realsyn.fetch``) calls :func:`fetch_arrow` inside each task.
 
 Safety, on by default:
 - the address a host name resolves to is checked before connecting (and on every redirect hop): private,

@@ -358,6 +358,51 @@ def test_file_roots_and_size_limit(tmp_path: Path) -> None:
     assert [r.status for r in F.fetch_batch([str(inside / "a.jpg")], no_files)] == [F.BLOCKED]
 
 
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An S3 API on loopback (moto's server), and fsspec configured to use it for s3:// and s3a:// URLs."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for protocol in ("s3", "s3a"):  # as FSSPEC_S3_ENDPOINT_URL=... in the environment would
+        monkeypatch.setitem(fsspec.config.conf, protocol, {"endpoint_url": endpoint})
+    yield endpoint
+    server.stop()
+
+
+def test_s3_objects(s3_endpoint: str) -> None:
+    import s3fs
+
+    jpeg, png = BODIES["jpeg"][0], BODIES["png"][0]
+    s3 = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
+    s3.mkdir("realsyn-test")
+    s3.pipe({"realsyn-test/photos/a b.jpg": jpeg, "realsyn-test/big.png": png, "realsyn-test/page.html": b"<html>"})
+    urls = [
+        "s3://realsyn-test/photos/a b.jpg",
+        "s3a://realsyn-test/photos/a b.jpg",
+        "s3://realsyn-test/big.png",
+        "s3://realsyn-test/page.html",
+        "s3://realsyn-test/absent.jpg",
+        "s3://no-such-bucket/a.jpg",
+    ]
+    results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1))
+    assert [(r.status, r.image_id, r.format) for r in results] == [
+        (F.OK, bytes_id(jpeg), "JPEG"),
+        (F.OK, bytes_id(jpeg), "JPEG"),
+        (F.TOO_LARGE, None, None),
+        (F.NOT_AN_IMAGE, None, None),
+        (F.NOT_FOUND, None, None),
+        (F.NOT_FOUND, None, None),
+    ]
+    assert results[0].content == jpeg and not any(r.retryable for r in results)
+
+
 def test_content_to_files(tmp_path: Path) -> None:
     jpeg = BODIES["jpeg"][0]
     (tmp_path / "a.jpg").write_bytes(jpeg)
