@@ -164,6 +164,39 @@ def run_img2dataset(exe: Path, urls: list[str], work: Path, processes: int, thre
     return seconds, ok
 
 
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by this process's live descendants, by kind (Linux ``/proc``; empty elsewhere).
+
+    Kinds: the JVM of the Spark session, its Python workers, the loopback server, and anything else.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    procs: dict[int, tuple[int, str, float]] = {}  # pid -> (parent, command line, CPU seconds)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        procs[int(entry.name)] = (int(stat[1]), cmdline, (int(stat[11]) + int(stat[12])) / tick)
+    out: dict[str, float] = {}
+    for pid, (_, cmdline, cpu) in procs.items():
+        ancestor = pid
+        while ancestor in procs and ancestor != os.getpid():
+            ancestor = procs[ancestor][0]
+        if ancestor != os.getpid() or pid == os.getpid():
+            continue
+        if pid == server_pid:
+            kind = "loopback server"
+        elif "java" in cmdline.split(" ", 1)[0]:
+            kind = "JVM"
+        elif "pyspark" in cmdline:
+            kind = "Python workers"
+        else:
+            kind = "other"
+        out[kind] = out.get(kind, 0.0) + cpu
+    return out
+
+
 def job_config(root: Path, concurrency: int, tasks: int) -> dict[str, object]:
     """The configuration of the fetch job (as YAML would give it): local Spark, loopback allowed."""
     return {
@@ -210,10 +243,12 @@ def write_refs(cfg: dict[str, object], urls: list[str]) -> None:
     lakehouse.insert_new(BRONZE_IMAGE_REFS, spark.createDataFrame(rows, schema), ["doc_id", "position"])
 
 
-def run_realsyn(cfg: dict[str, object], urls: list[str]) -> tuple[float, dict[str, int], float]:
+def run_realsyn(
+    cfg: dict[str, object], urls: list[str], server_pid: int = 0
+) -> tuple[float, dict[str, int], float, dict[str, float]]:
     """Write the URLs to bronze.image_refs, then time run_fetch_images in this (warm) session.
 
-    Returns (seconds, statuses, MB).
+    Returns (seconds, statuses, MB, CPU seconds of the run by kind of process, see :func:`cpu_seconds`).
     """
     from realsyn.config import Config
     from realsyn.fetch import run_fetch_images
@@ -223,10 +258,13 @@ def run_realsyn(cfg: dict[str, object], urls: list[str]) -> tuple[float, dict[st
     write_refs(cfg, urls)
     config = Config.model_validate(cfg)
     lakehouse = Lakehouse(get_spark(config.spark), config.storage)
+    cpu_before, own_before = cpu_seconds(server_pid), time.process_time()
     started = time.perf_counter()
     summary = run_fetch_images(lakehouse, config)
     seconds = time.perf_counter() - started
-    return seconds, summary.by_status, summary.bytes / 1e6
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(server_pid).items()}
+    cpu["driver"] = time.process_time() - own_before
+    return seconds, summary.by_status, summary.bytes / 1e6, cpu
 
 
 def run_realsyn_cold(cfg: dict[str, object], urls: list[str], work: Path) -> tuple[float, int]:
@@ -305,7 +343,7 @@ def main() -> None:
             job_config(args.work / "lakehouse-warm-up", args.concurrency, args.tasks), urls_for("warm-up")[:200]
         )
         cfg = job_config(args.work / "lakehouse", args.concurrency, args.tasks)
-        seconds, statuses, mb = run_realsyn(cfg, urls_for("realsyn"))
+        seconds, statuses, mb, cpu = run_realsyn(cfg, urls_for("realsyn"), server.pid or 0)
         results[warm] = (seconds, statuses.get("ok", 0))
         cfg = job_config(args.work / "lakehouse-cold", args.concurrency, args.tasks)
         results[cold] = run_realsyn_cold(cfg, urls_for("realsyn-cold"), args.work)
@@ -320,6 +358,10 @@ def main() -> None:
     plain = rate["plain aiohttp loop (1 process)"]
     i2d_rate = rate.get("img2dataset (2 processes)")
     print(f"\nfetch job statuses (warm session): {statuses}; {mb:,.1f} MB")
+    if cpu:
+        ok = max(1, statuses.get("ok", 0))
+        parts = ", ".join(f"{k} {v:.1f} s ({v / ok * 1e3:.2f} ms/image)" for k, v in sorted(cpu.items()) if v >= 0.05)
+        print(f"CPU during the warm-session job ({seconds:.1f} s wall): {parts}")
     print(
         f"own process, start-up included: vs plain aiohttp {rate[cold] / plain:.2f}, "
         f"vs img2dataset {f'{rate[cold] / i2d_rate:.2f}' if i2d_rate else 'n/a'}"
