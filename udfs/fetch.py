@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -361,15 +362,25 @@ def _closed(img: Any, check: ImageCheck) -> ImageCheck:
 def store_content(prefix: str, image_id: str, fmt: str | None, data: bytes) -> str:
     """Write image bytes to ``<prefix>/<id[:2]>/<id>.<ext>`` (local folder or fsspec URI); return the path.
 
-    The name is the content hash, so a rewrite after a retry writes the same bytes to the same place.
+    The name is the content hash, so a rewrite after a retry writes the same bytes to the same place. A local
+    file appears whole or not at all (written under a temporary name of its own, then renamed), so one that
+    exists already holds these bytes and is left alone: the same image at many URLs, fetched by many threads and
+    tasks at once, is written once or a few times, never half.
     """
     path = f"{prefix.rstrip('/')}/{image_id[:2]}/{image_id}.{_EXT.get(fmt or '', 'bin')}"
     if "://" not in prefix:
         target = Path(path)
+        if target.exists():
+            return path
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with tmp.open("xb") as f:
+                f.write(data)
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
     import fsspec
 

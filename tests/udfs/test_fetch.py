@@ -11,6 +11,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -411,6 +412,25 @@ def test_content_to_files(tmp_path: Path) -> None:
     image_id = bytes_id(jpeg)
     assert (r.status, r.content, r.content_path) == (F.OK, None, f"{tmp_path}/store/{image_id[:2]}/{image_id}.jpg")
     assert Path(r.content_path).read_bytes() == jpeg
+
+
+def test_same_content_from_many_threads_at_once(tmp_path: Path) -> None:
+    # The same image at many URLs: every writer must succeed and leave one whole file, no temporary ones.
+    jpeg = BODIES["jpeg"][0]
+    image_id = bytes_id(jpeg)
+    for round_ in range(5):
+        prefix = str(tmp_path / f"store{round_}")
+        start = threading.Barrier(16)
+
+        def write(_: int, prefix: str = prefix, start: threading.Barrier = start) -> str:
+            start.wait()
+            return F.store_content(prefix, image_id, "JPEG", jpeg)
+
+        with ThreadPoolExecutor(16) as pool:
+            paths = set(pool.map(write, range(16)))
+        assert paths == {f"{prefix}/{image_id[:2]}/{image_id}.jpg"}
+        assert Path(paths.pop()).read_bytes() == jpeg
+        assert [p.name for p in (tmp_path / f"store{round_}" / image_id[:2]).iterdir()] == [f"{image_id}.jpg"]
 
 
 def test_fetch_arrow_keeps_keys_and_schema(server: LoopbackServer) -> None:
