@@ -14,6 +14,10 @@ from realsyn.config import SparkConfig, StorageConfig
 from realsyn.spark import get_spark
 from realsyn.tables import Lakehouse
 
+# The GCS emulator of the gs:// tests speaks only the JSON API; gcsfs's default filesystem would first ask the
+# gRPC storage-control API for each bucket's layout and wait a minute for the emulator to answer.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REALSYN_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -89,6 +89,8 @@ STATUSES = (
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_SCHEMES = ("http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs")
+# Where Databricks mounts DBFS on every node: dbfs:/ references are read there when it exists (FUSE: no API token).
+DBFS_MOUNT = "/dbfs"
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "TIFF": "tif", "BMP": "bmp"}
 
 
@@ -728,8 +730,8 @@ def _read_data_uri(url: str, max_bytes: int) -> bytes:
 
 
 def _read_fsspec(url: str, max_bytes: int) -> bytes:
-    if url.lower().startswith("dbfs:/") and os.path.isdir("/dbfs"):  # noqa: PTH112
-        url = "/dbfs/" + url[len("dbfs:") :].lstrip("/")  # the Databricks FUSE mount
+    if url.lower().startswith("dbfs:/") and os.path.isdir(DBFS_MOUNT):  # noqa: PTH112
+        url = f"{DBFS_MOUNT}/{url[len('dbfs:') :].lstrip('/')}"
     try:
         import fsspec
 

@@ -404,6 +404,64 @@ def test_s3_objects(s3_endpoint: str) -> None:
     assert results[0].content == jpeg and not any(r.retryable for r in results)
 
 
+@pytest.fixture
+def gcs_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Google Cloud Storage JSON API on loopback (gcp-storage-emulator), and fsspec's gs:// configured for it."""
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as probe:  # a free port: the emulator does not report the one it was given
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    # As FSSPEC_GS_ENDPOINT_URL and FSSPEC_GS_TOKEN in the environment would.
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"endpoint_url": endpoint, "token": "anon"})
+    yield endpoint
+    server.stop()
+
+
+def test_gcs_objects(gcs_endpoint: str) -> None:
+    import gcsfs
+
+    jpeg, png = BODIES["jpeg"][0], BODIES["png"][0]
+    gcs = gcsfs.GCSFileSystem(endpoint_url=gcs_endpoint, token="anon", skip_instance_cache=True)
+    gcs.mkdir("realsyn-test")
+    gcs.pipe({"realsyn-test/photos/a b.jpg": jpeg, "realsyn-test/big.png": png, "realsyn-test/page.html": b"<html>"})
+    urls = [
+        "gs://realsyn-test/photos/a b.jpg",
+        "gs://realsyn-test/big.png",
+        "gs://realsyn-test/page.html",
+        "gs://realsyn-test/absent.jpg",
+        "gs://no-such-bucket/a.jpg",
+    ]
+    results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1))
+    assert [(r.status, r.image_id, r.format) for r in results] == [
+        (F.OK, bytes_id(jpeg), "JPEG"),
+        (F.TOO_LARGE, None, None),
+        (F.NOT_AN_IMAGE, None, None),
+        (F.NOT_FOUND, None, None),
+        (F.NOT_FOUND, None, None),
+    ]
+    assert results[0].content == jpeg and not any(r.retryable for r in results)
+
+
+def test_dbfs_references_read_from_the_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    jpeg = BODIES["jpeg"][0]
+    (tmp_path / "FileStore" / "photos").mkdir(parents=True)
+    (tmp_path / "FileStore" / "photos" / "a.jpg").write_bytes(jpeg)
+    monkeypatch.setattr(F, "DBFS_MOUNT", str(tmp_path))  # as /dbfs on a Databricks node
+    urls = ["dbfs:/FileStore/photos/a.jpg", "dbfs:///FileStore/photos/a.jpg", "dbfs:/FileStore/absent.jpg"]
+    results = F.fetch_batch(urls, OPTS)
+    assert [(r.status, r.image_id) for r in results] == [
+        (F.OK, bytes_id(jpeg)),
+        (F.OK, bytes_id(jpeg)),
+        (F.NOT_FOUND, None),
+    ]
+
+
 def test_content_to_files(tmp_path: Path) -> None:
     jpeg = BODIES["jpeg"][0]
     (tmp_path / "a.jpg").write_bytes(jpeg)
