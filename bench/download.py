@@ -1,7 +1,8 @@
 """Download throughput: the fetch job vs img2dataset vs a plain aiohttp loop, side by side, on loopback.
 
 A loopback HTTP server (its own process, aiohttp) serves real photographs (scikit-image and scikit-learn sample
-images, cropped and scaled into distinct web-sized JPEGs) at N distinct URLs. The same URL list is then fetched by:
+images, cropped and scaled into distinct web-sized JPEGs) at N distinct URLs (``--server http.server``: the same
+files from ``python -m http.server``, a slower server that takes more of the cores). The same URLs are fetched by:
 
 - realsyn: ``run_fetch_images`` on local Spark (bronze.image_refs -> bronze.fetched_images, Delta MERGE), with
   every check on (resolved-address check, size limit, Pillow decode of every image), timed twice: in a running
@@ -13,9 +14,11 @@ images, cropped and scaled into distinct web-sized JPEGs) at N distinct URLs. Th
   ``--disable_all_reencoding True`` to a WebDataset output;
 - plain aiohttp: one process, one event loop, GET and read the body, nothing else.
 
-Images per second are wall-clock, from start to the last byte written. The last two lines are the ratios of the
-warm-session run. Usage: ``python bench/download.py --quick`` (2,000 URLs) or ``python bench/download.py --urls
-20000``.
+Images per second are wall-clock, from start to the last byte written. The machine's pace drifts by 10-20% over
+minutes, so every downloader runs once per round (``--rounds``, default 3), one after another, and each round gives
+its own ratios; the last two lines are the medians of the warm-session ratios over the rounds (the own-process run
+happens once, after the rounds). Usage: ``python bench/download.py --quick`` (2,000 URLs) or ``python
+bench/download.py --urls 50000``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 from PIL import Image
@@ -90,6 +94,36 @@ def serve(bodies: list[bytes], port_out: mp.connection.Connection) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+def serve_stdlib(bodies: list[bytes], n: int, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Serve ``/img/<i>.jpg`` (``i < n``) with ``python -m http.server`` from ``folder``; (process, port).
+
+    The files are hard links to one copy of each body; the server ignores query strings, as aiohttp's does.
+    """
+    import socket
+
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "img").mkdir(parents=True)
+    originals = []
+    for j, body in enumerate(bodies):
+        originals.append(folder / f"body{j}.jpg")
+        originals[-1].write_bytes(body)
+    for i in range(n):
+        os.link(originals[i % len(originals)], folder / "img" / f"{i}.jpg")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("python -m http.server did not start")
 
 
 def plain_aiohttp(urls: list[str], concurrency: int) -> tuple[int, int]:
@@ -285,16 +319,40 @@ def run_realsyn_cold(cfg: dict[str, object], urls: list[str], work: Path) -> tup
     return seconds, int(found.group(1).replace(",", "")) if found else 0
 
 
+PLAIN = "plain aiohttp loop (1 process)"
+ALONE = "udfs.fetch alone (1 process, checks on)"
+I2D = "img2dataset (2 processes)"
+
+
+def print_rates(results: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """Print seconds, images and images/s per downloader; return images/s."""
+    print(f"{'downloader':<48}{'seconds':>9}{'ok':>8}{'images/s':>10}")
+    rate = {}
+    for name, (secs, ok) in results.items():
+        rate[name] = ok / secs
+        print(f"{name:<48}{secs:>9.2f}{ok:>8,}{rate[name]:>10,.0f}")
+    return rate
+
+
 def main() -> None:
-    """Run the four downloaders on the same URLs and print images/s and the ratios."""
+    """Run the four downloaders on the same URLs, round after round, and print images/s and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="2,000 URLs")
     parser.add_argument("--urls", type=int, default=10_000, help="number of distinct URLs (ignored with --quick)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every downloader; ratios are medians")
+    parser.add_argument(
+        "--server",
+        choices=["aiohttp", "http.server"],
+        default="aiohttp",
+        help="the loopback server: aiohttp (fast: the downloaders are measured) or python -m http.server",
+    )
     parser.add_argument("--concurrency", type=int, default=128, help="requests in flight, per process / task")
     parser.add_argument("--tasks", type=int, default=2, help="Spark tasks (cores) of the fetch job")
     parser.add_argument("--i2d-venv", type=Path, default=Path(tempfile.gettempdir()) / "realsyn-bench-img2dataset")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "realsyn-bench-download")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("realsyn.fetch").setLevel(logging.INFO)  # the job's progress lines
     n = 2_000 if args.quick else args.urls
@@ -302,73 +360,81 @@ def main() -> None:
 
     bodies = web_jpegs(N_VARIANTS)
     print(f"{n:,} URLs over {N_VARIANTS} distinct photographs, mean {np.mean([len(b) for b in bodies]) / 1e3:.0f} kB")
-    ctx = mp.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    server = ctx.Process(target=serve, args=(bodies, send), daemon=True)
-    server.start()
-    port = recv.recv()
+    server: mp.process.BaseProcess | subprocess.Popen[bytes]
+    if args.server == "http.server":
+        server, port = serve_stdlib(bodies, n, args.work / "www")
+    else:
+        ctx = mp.get_context("fork")
+        recv, send = ctx.Pipe(duplex=False)
+        server = ctx.Process(target=serve, args=(bodies, send), daemon=True)
+        server.start()
+        port = recv.recv()
     i2d = ensure_img2dataset(args.i2d_venv)
+    if not isinstance(i2d, Path):
+        print(f"img2dataset not measured: {i2d}")
+    warm = f"realsyn fetch job, warm session (local[{args.tasks}])"
+    cold = f"realsyn fetch job, own process (local[{args.tasks}])"
+    vs_plain: list[float] = []
+    vs_i2d: list[float] = []
+    i2d_rates: list[float] = []
     try:
-        results: dict[str, tuple[float, int]] = {}
 
         def urls_for(tag: str) -> list[str]:  # fresh query strings: no run profits from another's caches
             return [f"http://127.0.0.1:{port}/img/{i}.jpg?{tag}" for i in range(n)]
 
-        started = time.perf_counter()
-        ok, _ = plain_aiohttp(urls_for("plain"), args.concurrency)
-        results["plain aiohttp loop (1 process)"] = (time.perf_counter() - started, ok)
-
         from udfs.fetch import OK, FetchOptions, fetch_batch
 
         opts = FetchOptions(allow_networks=("127.0.0.0/8",), concurrency=args.concurrency, per_host=args.concurrency)
-        started = time.perf_counter()
-        fetched = fetch_batch(urls_for("udfs"), opts)
-        results["udfs.fetch alone (1 process, checks on)"] = (
-            time.perf_counter() - started,
-            sum(r.status == OK for r in fetched),
-        )
-        del fetched
-
-        if isinstance(i2d, Path):
-            results["img2dataset (2 processes)"] = run_img2dataset(
-                i2d, urls_for("i2d"), args.work, args.tasks, args.concurrency
-            )
-        else:
-            print(f"img2dataset not measured: {i2d}")
-
-        warm = f"realsyn fetch job, warm session (local[{args.tasks}])"
-        cold = f"realsyn fetch job, own process (local[{args.tasks}])"
         # Untimed: a session on a long-running cluster has run jobs before, so its JVM has compiled the MERGE path.
         run_realsyn(
             job_config(args.work / "lakehouse-warm-up", args.concurrency, args.tasks), urls_for("warm-up")[:200]
         )
-        cfg = job_config(args.work / "lakehouse", args.concurrency, args.tasks)
-        seconds, statuses, mb, cpu = run_realsyn(cfg, urls_for("realsyn"), server.pid or 0)
-        results[warm] = (seconds, statuses.get("ok", 0))
+        for r in range(1, args.rounds + 1):
+            # Every downloader once per round, one after another: a ratio compares runs a few minutes apart at most.
+            results: dict[str, tuple[float, int]] = {}
+            started = time.perf_counter()
+            ok, _ = plain_aiohttp(urls_for(f"plain{r}"), args.concurrency)
+            results[PLAIN] = (time.perf_counter() - started, ok)
+
+            started = time.perf_counter()
+            fetched = fetch_batch(urls_for(f"udfs{r}"), opts)
+            results[ALONE] = (time.perf_counter() - started, sum(x.status == OK for x in fetched))
+            del fetched
+
+            if isinstance(i2d, Path):
+                results[I2D] = run_img2dataset(i2d, urls_for(f"i2d{r}"), args.work, args.tasks, args.concurrency)
+
+            cfg = job_config(args.work / "lakehouse", args.concurrency, args.tasks)
+            seconds, statuses, mb, cpu = run_realsyn(cfg, urls_for(f"realsyn{r}"), server.pid or 0)
+            results[warm] = (seconds, statuses.get("ok", 0))
+
+            print(f"\nround {r} of {args.rounds}")
+            rate = print_rates(results)
+            vs_plain.append(rate[warm] / rate[PLAIN])
+            if I2D in rate:
+                i2d_rates.append(rate[I2D])
+                vs_i2d.append(rate[warm] / rate[I2D])
+            print(f"fetch job statuses: {statuses}; {mb:,.1f} MB")
+            per_image = 1e3 / max(1, statuses.get("ok", 0))
+            parts = ", ".join(
+                f"{k} {v:.1f} s ({v * per_image:.2f} ms/image)" for k, v in sorted(cpu.items()) if v >= 0.05
+            )
+            print(f"CPU during the fetch job ({seconds:.1f} s wall): {parts}")
+            i2d_ratio = f", vs img2dataset {vs_i2d[-1]:.2f}" if I2D in rate else ""
+            print(f"warm session: vs plain aiohttp {vs_plain[-1]:.2f}{i2d_ratio}", flush=True)
+
         cfg = job_config(args.work / "lakehouse-cold", args.concurrency, args.tasks)
-        results[cold] = run_realsyn_cold(cfg, urls_for("realsyn-cold"), args.work)
+        seconds, ok = run_realsyn_cold(cfg, urls_for("realsyn-cold"), args.work)
     finally:
         server.kill()
 
-    print(f"\n{'downloader':<48}{'seconds':>9}{'ok':>8}{'images/s':>10}")
-    rate = {}
-    for name, (secs, ok) in results.items():
-        rate[name] = ok / secs
-        print(f"{name:<48}{secs:>9.2f}{ok:>8,}{rate[name]:>10,.0f}")
-    plain = rate["plain aiohttp loop (1 process)"]
-    i2d_rate = rate.get("img2dataset (2 processes)")
-    print(f"\nfetch job statuses (warm session): {statuses}; {mb:,.1f} MB")
-    if cpu:
-        ok = max(1, statuses.get("ok", 0))
-        parts = ", ".join(f"{k} {v:.1f} s ({v / ok * 1e3:.2f} ms/image)" for k, v in sorted(cpu.items()) if v >= 0.05)
-        print(f"CPU during the warm-session job ({seconds:.1f} s wall): {parts}")
-    print(
-        f"own process, start-up included: vs plain aiohttp {rate[cold] / plain:.2f}, "
-        f"vs img2dataset {f'{rate[cold] / i2d_rate:.2f}' if i2d_rate else 'n/a'}"
-    )
-    print("warm session (after a 200-URL warm-up job), start-up excluded:")
-    print(f"download_vs_plain_aiohttp: {rate[warm] / plain:.2f}")
-    print(f"download_vs_img2dataset: {f'{rate[warm] / i2d_rate:.2f}' if i2d_rate else 'n/a'}")
+    print("\nonce, after the rounds")
+    rate_cold = print_rates({cold: (seconds, ok)})[cold]
+    if i2d_rates:
+        print(f"own process, start-up included: vs img2dataset (its median rate) {rate_cold / median(i2d_rates):.2f}")
+    print(f"warm session (after a 200-URL warm-up job), start-up excluded; median of {args.rounds} round(s):")
+    print(f"download_vs_plain_aiohttp: {median(vs_plain):.2f}")
+    print(f"download_vs_img2dataset: {f'{median(vs_i2d):.2f}' if vs_i2d else 'n/a'}")
 
 
 if __name__ == "__main__":
