@@ -377,31 +377,35 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server.stop()
 
 
-def test_s3_objects(s3_endpoint: str) -> None:
-    import s3fs
+def check_object_store(fs: fsspec.AbstractFileSystem, schemes: tuple[str, ...]) -> None:
+    """Fetch from a bucket that ``fs`` writes to, under each of ``schemes`` (the first for every case).
 
+    An image comes back with its content id; too large, not an image and missing (object or bucket) are final.
+    """
     jpeg, png = BODIES["jpeg"][0], BODIES["png"][0]
-    s3 = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
-    s3.mkdir("realsyn-test")
-    s3.pipe({"realsyn-test/photos/a b.jpg": jpeg, "realsyn-test/big.png": png, "realsyn-test/page.html": b"<html>"})
-    urls = [
-        "s3://realsyn-test/photos/a b.jpg",
-        "s3a://realsyn-test/photos/a b.jpg",
-        "s3://realsyn-test/big.png",
-        "s3://realsyn-test/page.html",
-        "s3://realsyn-test/absent.jpg",
-        "s3://no-such-bucket/a.jpg",
+    fs.mkdir("realsyn-test")
+    fs.pipe({"realsyn-test/photos/a b.jpg": jpeg, "realsyn-test/big.png": png, "realsyn-test/page.html": b"<html>"})
+    scheme = schemes[0]
+    urls = [f"{s}://realsyn-test/photos/a b.jpg" for s in schemes] + [
+        f"{scheme}://realsyn-test/big.png",
+        f"{scheme}://realsyn-test/page.html",
+        f"{scheme}://realsyn-test/absent.jpg",
+        f"{scheme}://no-such-bucket/a.jpg",
     ]
     results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1))
-    assert [(r.status, r.image_id, r.format) for r in results] == [
-        (F.OK, bytes_id(jpeg), "JPEG"),
-        (F.OK, bytes_id(jpeg), "JPEG"),
+    assert [(r.status, r.image_id, r.format) for r in results] == [(F.OK, bytes_id(jpeg), "JPEG")] * len(schemes) + [
         (F.TOO_LARGE, None, None),
         (F.NOT_AN_IMAGE, None, None),
         (F.NOT_FOUND, None, None),
         (F.NOT_FOUND, None, None),
     ]
     assert results[0].content == jpeg and not any(r.retryable for r in results)
+
+
+def test_s3_objects(s3_endpoint: str) -> None:
+    import s3fs
+
+    check_object_store(s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True), ("s3", "s3a"))
 
 
 @pytest.fixture
@@ -426,26 +430,7 @@ def gcs_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def test_gcs_objects(gcs_endpoint: str) -> None:
     import gcsfs
 
-    jpeg, png = BODIES["jpeg"][0], BODIES["png"][0]
-    gcs = gcsfs.GCSFileSystem(endpoint_url=gcs_endpoint, token="anon", skip_instance_cache=True)
-    gcs.mkdir("realsyn-test")
-    gcs.pipe({"realsyn-test/photos/a b.jpg": jpeg, "realsyn-test/big.png": png, "realsyn-test/page.html": b"<html>"})
-    urls = [
-        "gs://realsyn-test/photos/a b.jpg",
-        "gs://realsyn-test/big.png",
-        "gs://realsyn-test/page.html",
-        "gs://realsyn-test/absent.jpg",
-        "gs://no-such-bucket/a.jpg",
-    ]
-    results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1))
-    assert [(r.status, r.image_id, r.format) for r in results] == [
-        (F.OK, bytes_id(jpeg), "JPEG"),
-        (F.TOO_LARGE, None, None),
-        (F.NOT_AN_IMAGE, None, None),
-        (F.NOT_FOUND, None, None),
-        (F.NOT_FOUND, None, None),
-    ]
-    assert results[0].content == jpeg and not any(r.retryable for r in results)
+    check_object_store(gcsfs.GCSFileSystem(endpoint_url=gcs_endpoint, token="anon", skip_instance_cache=True), ("gs",))
 
 
 def test_dbfs_references_read_from_the_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
