@@ -378,7 +378,7 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def check_object_store(fs: fsspec.AbstractFileSystem, schemes: tuple[str, ...]) -> None:
-    """Fetch from a bucket that ``fs`` writes to, under each of ``schemes`` (the first for every case).
+    """Fetch what ``fs`` puts in a bucket: the image under every scheme of ``schemes``, the rest under the first.
 
     An image comes back with its content id; too large, not an image and missing (object or bucket) are final.
     """
