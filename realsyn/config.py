@@ -278,6 +278,18 @@ class ImagesConfig(Section):
     semantic_dedup: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
 
 
+class GenerateConfig(Section):
+    """Synthetic text (paper section 3.3): captioner + tagger + LLM rewrite, then the image / text similarity filter.
+
+    ``captioner``, ``llm`` and ``prompt_version`` are part of the key of ``gold.synthetic_texts``: a new value
+    regenerates under the new key and leaves the rows of the old one in place.
+    """
+
+    captioner: str = Field(default="tiny-random-captioner", min_length=1)
+    llm: str = Field(default="tiny-random-llm", min_length=1)
+    prompt_version: str = Field(default="v1", min_length=1)
+
+
 class Config(Section):
     """The whole configuration of one environment."""
 
@@ -292,6 +304,7 @@ class Config(Section):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     sentences: SentencesConfig = Field(default_factory=SentencesConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

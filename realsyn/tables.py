@@ -47,8 +47,25 @@ SILVER_IMAGES = "silver.images"
 SILVER_IMAGE_REJECTS = "silver.image_rejects"
 SILVER_SENTENCE_REJECTS = "silver.sentence_rejects"
 
+# Silver: the tag vocabulary (base list + tags mined from the sentences), each tag embedded by the CLIP text tower.
+SILVER_TAGS = "silver.tags"
+
+# Gold: what the vision models and the LLM wrote per image. Captions (key image_id, captioner_id); the top tags of
+# each image (key image_id, model_id); synthetic texts that passed the image / text similarity filter (key image_id,
+# model_id, captioner_id, llm_id, prompt_version) and, with one reason each, those that did not or could not be made.
+GOLD_CAPTIONS = "gold.captions"
+GOLD_IMAGE_TAGS = "gold.image_tags"
+GOLD_SYNTHETIC_TEXTS = "gold.synthetic_texts"
+GOLD_SYNTHETIC_TEXT_REJECTS = "gold.synthetic_text_rejects"
+# Gold: the dataset, one row per image with its three retrieved texts, its synthetic text, its clusters and the
+# scales it belongs to; and the images of silver.images that are absent from it, with the reason.
+GOLD_DATASET = "gold.dataset"
+GOLD_DATASET_REJECTS = "gold.dataset_rejects"
+
 # Gold: per-stage row counts (rows in, kept, rejected) for the whole pipeline.
 FUNNEL = "gold.funnel"
+# Gold: one row per stage of every pipeline run (status, times, rows per table, config hash, code version).
+RUNS = "gold.runs"
 
 # Properties of every table realsyn creates: no deletion vectors, so delta-rs and DuckDB read them.
 TABLE_PROPERTIES = {
