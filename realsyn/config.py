@@ -290,6 +290,65 @@ class GenerateConfig(Section):
     prompt_version: str = Field(default="v1", min_length=1)
 
 
+class BalanceScaleConfig(Section):
+    """One named subset of gold.dataset: at most ``cap`` images per leaf cluster, or ``target`` images in all
+    (the cap found by water-filling; ``hierarchical`` splits the target top-down over the tree's levels)."""
+
+    cap: int | None = Field(default=None, ge=0)
+    target: int | None = Field(default=None, ge=0)
+    hierarchical: bool = False
+
+    @model_validator(mode="after")
+    def _one_size(self) -> BalanceScaleConfig:
+        if (self.cap is None) == (self.target is None):
+            raise ValueError("set exactly one of cap (images per cluster) and target (images in all)")
+        if self.hierarchical and self.target is None:
+            raise ValueError("hierarchical quotas need a target, not a cap")
+        return self
+
+
+class BalanceConfig(Section):
+    """Semantic balance sampling (paper section 3.4) over the image clusters of the kept pairs -> gold.dataset."""
+
+    selection: Literal["random", "closest"] = "random"
+    seed: int = 0
+    scales: dict[str, BalanceScaleConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _scale_names(self) -> BalanceConfig:
+        import re
+
+        for name in self.scales:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", name):
+                raise ValueError(
+                    f"balance.scales: name {name!r} must be lower-case letters, digits and _ (a column name)"
+                )
+        return self
+
+
+ExportFormat = Literal["parquet", "webdataset", "delta"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("parquet", "webdataset", "delta")
+
+
+class ExportConfig(Section):
+    """Exports of gold.dataset that training code reads: parquet, WebDataset shards, Delta."""
+
+    output: str | None = None
+    scales: list[str] = Field(default_factory=list)
+    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))
+    samples_per_shard: int = Field(default=10_000, gt=0)
+    ids_per_range: int = Field(default=1_000_000, gt=0)
+
+
+class ReportConfig(Section):
+    """The HTML report of a run: funnel, texts and tokens per image, cluster sizes, sample pairs."""
+
+    output: str | None = None
+    sample_images: int = Field(default=12, ge=0)
+    sample_rows: int = Field(default=20_000, gt=0)
+    seed: int = 0
+
+
 class Config(Section):
     """The whole configuration of one environment."""
 
@@ -305,6 +364,9 @@ class Config(Section):
     sentences: SentencesConfig = Field(default_factory=SentencesConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,0 +1,395 @@
+"""Semantic balance sampling (paper section 3.4) and the gold dataset table.
+
+``run_balance`` joins every image of ``silver.images`` with its kept synthetic text (``gold.synthetic_texts``
+under the configured key: ``embed.model``, ``generate.captioner``, ``generate.llm``, ``generate.prompt_version``),
+its retrieved texts (``silver.retrieval`` + ``silver.sentences``, by rank) and its leaf of the image k-means tree
+(``silver.image_clusters``, ``silver.image_centroids``). An image without one of these goes to
+``gold.dataset_rejects`` with a reason; the rest is ``gold.dataset``, one row per image. Reasons, first failing
+check wins:
+
+- ``synthetic_text_rejected``: the generate stage rejected its text (detail: that stage's reason and detail);
+- ``no_synthetic_text``: no synthetic text under this key was ever generated;
+- ``no_retrieved_text``: no row in ``silver.retrieval`` for the model;
+- ``no_cluster``: no leaf in ``silver.image_clusters`` for the model (e.g. an unusable embedding).
+
+Scales (``balance.scales``) are subsets of gold.dataset, each a boolean column ``scale_<name>``. A scale keeps, in
+every leaf cluster, the first ``quota`` members in one seeded order: ``random`` ranks by xxhash64 of the image id
+and ``balance.seed``; ``closest`` by cosine to the leaf centroid, highest first (ties: smaller image id). Quotas
+come from :mod:`udfs.balance`: ``cap`` (paper: 20 / 35 / 180 for 15M / 30M / 100M), or ``target`` (water-filling
+to that many rows, optionally top-down over the tree's levels). Because all scales use one order, a scale with
+smaller quotas everywhere is a subset of a larger one. Only cluster sizes (one row per leaf) reach the driver;
+members are ranked in a window per leaf and compared with the quota in the same pass.
+
+``raw_image_url``: an image can sit at several URLs in several documents. The row names the URL of its
+reference with the smallest (doc_id, position): a pick that does not depend on the order documents arrived in.
+``source_refs`` lists every (doc_id, position, url) in that order.
+
+Both gold tables are overwritten in one commit each and the funnel rows of stage ``balance`` replaced, so a rerun
+gives the same tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from realsyn.clustering import LEVEL_LEAF
+from realsyn.config import BalanceConfig, Config
+from realsyn.funnel import REASON, FunnelStep, first_reason, split, write_funnel
+from realsyn.tables import (
+    BRONZE_IMAGE_REFS,
+    GOLD_DATASET,
+    GOLD_DATASET_REJECTS,
+    GOLD_SYNTHETIC_TEXT_REJECTS,
+    GOLD_SYNTHETIC_TEXTS,
+    SILVER_IMAGE_CENTROIDS,
+    SILVER_IMAGE_CLUSTERS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGES,
+    SILVER_RETRIEVAL,
+    SILVER_SENTENCES,
+    Lakehouse,
+)
+from udfs.balance import capped, hierarchical_quotas, max_over_median, water_fill
+
+STAGE = "balance"
+SYNTHETIC_TEXT_REJECTED = "synthetic_text_rejected"
+NO_SYNTHETIC_TEXT = "no_synthetic_text"
+NO_RETRIEVED_TEXT = "no_retrieved_text"
+NO_CLUSTER = "no_cluster"
+SCALE_PREFIX = "scale_"
+TEXTS = 3  # text1..text3 of the release
+
+REJECTS_SCHEMA = T.StructType(
+    [
+        T.StructField("image_id", T.StringType(), False),
+        T.StructField(REASON, T.StringType(), False),
+        T.StructField("detail", T.StringType(), True),
+        T.StructField("model_id", T.StringType(), False),
+        T.StructField("captioner_id", T.StringType(), False),
+        T.StructField("llm_id", T.StringType(), False),
+        T.StructField("prompt_version", T.StringType(), False),
+        T.StructField("doc_ids", T.ArrayType(T.StringType()), True),
+    ]
+)
+
+
+def scale_column(name: str) -> str:
+    """The boolean membership column of scale ``name`` in gold.dataset."""
+    return f"{SCALE_PREFIX}{name}"
+
+
+@dataclass(frozen=True)
+class ScaleSummary:
+    """One scale: rows kept, non-empty clusters, and the max / median cluster size before and after sampling."""
+
+    name: str
+    rule: str
+    rows: int
+    clusters: int
+    max_over_median_before: float
+    max_over_median_after: float
+
+
+@dataclass(frozen=True)
+class BalanceSummary:
+    """What one balance run wrote."""
+
+    images: int
+    kept: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    scales: tuple[ScaleSummary, ...] = ()
+
+    def __str__(self) -> str:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejected.items())) or "none"
+        scales = "; ".join(
+            f"{s.name} ({s.rule}): {s.rows:,} images in {s.clusters:,} clusters, max/median cluster size "
+            f"{s.max_over_median_before:.2f} -> {s.max_over_median_after:.2f}"
+            for s in self.scales
+        )
+        return (
+            f"balance: {self.images:,} images of silver.images -> {self.kept:,} rows in gold.dataset, "
+            f"{self.images - self.kept:,} in gold.dataset_rejects ({reasons})"
+            + (f"; scales: {scales}" if scales else "; no scales configured")
+        )
+
+
+def _require(lakehouse: Lakehouse, *names: str) -> None:
+    for name in names:
+        if not lakehouse.exists(name):
+            hint = (
+                "run the generate stage (realsyn-generate) first: balance pairs images with the synthetic texts it "
+                "writes and makes none itself"
+                if name == GOLD_SYNTHETIC_TEXTS
+                else "run the stage that writes it first"
+            )
+            raise RuntimeError(f"{name} does not exist: {hint}")
+
+
+def _key_filter(cfg: Config) -> Column:
+    return (
+        (F.col("model_id") == cfg.embed.model)
+        & (F.col("captioner_id") == cfg.generate.captioner)
+        & (F.col("llm_id") == cfg.generate.llm)
+        & (F.col("prompt_version") == cfg.generate.prompt_version)
+    )
+
+
+def retrieved_texts(retrieval: DataFrame, sentences: DataFrame, model_id: str) -> DataFrame:
+    """One row per image: text1..text3 by rank, and the sentence ids and scores in rank order."""
+    ranked = (
+        retrieval.filter((F.col("model_id") == model_id) & (F.col("rank") <= TEXTS))
+        .select("image_id", "rank", "sentence_id", "score")
+        .join(sentences.select("sentence_id", "text"), "sentence_id", "left")
+    )
+    texts = [F.max(F.when(F.col("rank") == r, F.col("text"))).alias(f"text{r}") for r in range(1, TEXTS + 1)]
+    by_rank = F.array_sort(F.collect_list(F.struct("rank", "sentence_id", "score")))
+    return (
+        ranked.groupBy("image_id")
+        .agg(*texts, by_rank.alias("_ranked"))
+        .select(
+            "image_id",
+            *[f"text{r}" for r in range(1, TEXTS + 1)],
+            F.col("_ranked.sentence_id").alias("retrieved_sentence_ids"),
+            F.col("_ranked.score").alias("retrieval_scores"),
+        )
+    )
+
+
+def source_references(images: DataFrame, refs: DataFrame) -> DataFrame:
+    """One row per image: every (doc_id, position, url) that references one of its URLs, sorted, and the first URL."""
+    urls = images.select("image_id", F.explode("url_ids").alias("url_id"))
+    joined = urls.join(refs.select("url_id", "doc_id", "position", "url"), "url_id")
+    listed = joined.groupBy("image_id").agg(
+        F.array_sort(F.collect_set(F.struct("doc_id", "position", "url"))).alias("source_refs")
+    )
+    return listed.withColumn("raw_image_url", F.col("source_refs")[0]["url"])
+
+
+def leaves_of(clusters: DataFrame, centroids: DataFrame, model_id: str) -> DataFrame:
+    """One row per clustered image: leaf_id and the coarse cluster above it (coarse_id)."""
+    parents = centroids.filter((F.col("model_id") == model_id) & (F.col("level") == LEVEL_LEAF)).select(
+        F.col("centroid_id").alias("leaf_id"), F.col("parent_id").alias("coarse_id")
+    )
+    return (
+        clusters.filter(F.col("model_id") == model_id)
+        .select("image_id", "leaf_id")
+        .join(F.broadcast(parents), "leaf_id", "left")
+    )
+
+
+def pairs(lakehouse: Lakehouse, cfg: Config) -> DataFrame:
+    """silver.images with everything gold.dataset needs and the reject reason of the images it cannot hold."""
+    model_id = cfg.embed.model
+    images = lakehouse.read(SILVER_IMAGES).select("image_id", "url_ids", "doc_ids", "width", "height", "format")
+    syn = (
+        lakehouse.read(GOLD_SYNTHETIC_TEXTS)
+        .filter(_key_filter(cfg))
+        .select("image_id", "syn_text", "cosine", F.lit(True).alias("_has_syn"))
+    )
+    syn_rejects = (
+        lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS).filter(_key_filter(cfg))
+        if lakehouse.exists(GOLD_SYNTHETIC_TEXT_REJECTS)
+        else None
+    )
+    texts = retrieved_texts(lakehouse.read(SILVER_RETRIEVAL), lakehouse.read(SILVER_SENTENCES), model_id)
+    leaves = leaves_of(lakehouse.read(SILVER_IMAGE_CLUSTERS), lakehouse.read(SILVER_IMAGE_CENTROIDS), model_id)
+    refs = source_references(images, lakehouse.read(BRONZE_IMAGE_REFS))
+    df = (
+        images.join(syn, "image_id", "left")
+        .join(texts.withColumn("_has_texts", F.lit(True)), "image_id", "left")
+        .join(leaves, "image_id", "left")
+        .join(refs, "image_id", "left")
+    )
+    if syn_rejects is not None:
+        rejected = syn_rejects.groupBy("image_id").agg(
+            F.min(F.concat_ws(": ", F.col(REASON), F.col("detail"))).alias("_syn_reject")
+        )
+        df = df.join(rejected, "image_id", "left")
+    else:
+        df = df.withColumn("_syn_reject", F.lit(None).cast("string"))
+    has_syn = F.col("_has_syn").isNotNull()
+    reason = first_reason(
+        [
+            (~has_syn & F.col("_syn_reject").isNotNull(), SYNTHETIC_TEXT_REJECTED),
+            (~has_syn, NO_SYNTHETIC_TEXT),
+            (F.col("_has_texts").isNull(), NO_RETRIEVED_TEXT),
+            (F.col("leaf_id").isNull(), NO_CLUSTER),
+        ]
+    )
+    detail = (
+        F.when(F.col(REASON) == SYNTHETIC_TEXT_REJECTED, F.col("_syn_reject"))
+        .when(F.col(REASON) == NO_SYNTHETIC_TEXT, F.lit(f"no row in {GOLD_SYNTHETIC_TEXTS} under this key"))
+        .when(F.col(REASON) == NO_RETRIEVED_TEXT, F.lit(f"no row in {SILVER_RETRIEVAL} for model {model_id}"))
+        .when(F.col(REASON) == NO_CLUSTER, F.lit(f"no leaf in {SILVER_IMAGE_CLUSTERS} for model {model_id}"))
+    )
+    return df.withColumn(REASON, reason).withColumn("detail", detail)
+
+
+def selection_order(df: DataFrame, lakehouse: Lakehouse, cfg: BalanceConfig, model_id: str) -> DataFrame:
+    """``df`` plus ``cluster_rank``: 0-based rank of each image within its leaf in the configured order."""
+    if cfg.selection == "random":
+        key = F.xxhash64(F.col("image_id"), F.lit(cfg.seed))
+        order = [key.asc(), F.col("image_id").asc()]
+        ordered = df
+    else:
+        embeddings = (
+            lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
+            .filter(F.col("model_id") == model_id)
+            .select("image_id", F.col("embedding").alias("_embedding"))
+        )
+        centroids = (
+            lakehouse.read(SILVER_IMAGE_CENTROIDS)
+            .filter((F.col("model_id") == model_id) & (F.col("level") == LEVEL_LEAF))
+            .select(F.col("centroid_id").alias("leaf_id"), F.col("vector").alias("_centroid"))
+        )
+        dot = F.aggregate(
+            F.zip_with("_embedding", "_centroid", lambda x, y: x.cast("double") * y.cast("double")),
+            F.lit(0.0).cast("double"),
+            lambda acc, v: acc + v,
+        )
+        ordered = (
+            df.join(embeddings, "image_id", "left")
+            .join(centroids, "leaf_id", "left")
+            .withColumn("_closeness", dot)
+            .drop("_embedding", "_centroid")
+        )
+        order = [F.col("_closeness").desc_nulls_last(), F.col("image_id").asc()]
+    window = Window.partitionBy("leaf_id").orderBy(*order)
+    ranked = ordered.withColumn("cluster_rank", (F.row_number().over(window) - 1).cast("int"))
+    return ranked.drop("_closeness") if "_closeness" in ranked.columns else ranked
+
+
+def scale_quotas(parents: np.ndarray, sizes: np.ndarray, cfg: BalanceConfig) -> dict[str, np.ndarray]:
+    """Quota per leaf of every configured scale, from each leaf's size and coarse id (``parents``)."""
+    out: dict[str, np.ndarray] = {}
+    for name, scale in cfg.scales.items():
+        if scale.cap is not None:
+            out[name] = capped(sizes, scale.cap)
+        elif scale.hierarchical:
+            # Coarse ids may be sparse; map them to 0..k-1 for the kernel.
+            _, dense = np.unique(parents, return_inverse=True)
+            out[name] = hierarchical_quotas(sizes, [dense], int(scale.target or 0), cfg.seed)
+        else:
+            out[name] = water_fill(sizes, int(scale.target or 0), cfg.seed)
+    return out
+
+
+def _rule(name: str, cfg: BalanceConfig) -> str:
+    s = cfg.scales[name]
+    if s.cap is not None:
+        return f"cap {s.cap}"
+    return f"target {s.target:,}{' top-down' if s.hierarchical else ''}, {cfg.selection}"
+
+
+def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
+    """Write gold.dataset (kept pairs with their scales), gold.dataset_rejects and the balance funnel rows."""
+    _require(
+        lakehouse,
+        SILVER_IMAGES,
+        BRONZE_IMAGE_REFS,
+        SILVER_RETRIEVAL,
+        SILVER_SENTENCES,
+        SILVER_IMAGE_CLUSTERS,
+        SILVER_IMAGE_CENTROIDS,
+        GOLD_SYNTHETIC_TEXTS,
+    )
+    bcfg = cfg.balance
+    model_id = cfg.embed.model
+    every = pairs(lakehouse, cfg).localCheckpoint(eager=True)
+    kept, rejected = split(every)
+    key_cols = [
+        F.lit(model_id).alias("model_id"),
+        F.lit(cfg.generate.captioner).alias("captioner_id"),
+        F.lit(cfg.generate.llm).alias("llm_id"),
+        F.lit(cfg.generate.prompt_version).alias("prompt_version"),
+    ]
+    rejects = rejected.select("image_id", REASON, "detail", *key_cols, "doc_ids")
+    counts = {r[REASON]: int(r["count"]) for r in rejected.groupBy(REASON).count().collect()}
+    n_images = every.count()
+
+    sizes_rows = kept.groupBy("leaf_id", "coarse_id").count().orderBy("leaf_id").collect()
+    leaf_ids = [int(r["leaf_id"]) for r in sizes_rows]
+    parents = np.array([-1 if r["coarse_id"] is None else r["coarse_id"] for r in sizes_rows], np.int64)
+    sizes = np.array([r["count"] for r in sizes_rows], np.int64)
+    quotas = scale_quotas(parents, sizes, bcfg)
+
+    ranked = selection_order(kept, lakehouse, bcfg, model_id)
+    if quotas:
+        spark = lakehouse.spark
+        quota_schema = T.StructType(
+            [T.StructField("leaf_id", T.LongType(), False)]
+            + [T.StructField(f"_q_{name}", T.LongType(), False) for name in quotas]
+        )
+        quota_rows = [(int(leaf), *[int(q[i]) for q in quotas.values()]) for i, leaf in enumerate(leaf_ids)]
+        quota_df = spark.createDataFrame(quota_rows, quota_schema)
+        ranked = ranked.join(F.broadcast(quota_df), "leaf_id", "left")
+        for name in quotas:
+            ranked = ranked.withColumn(
+                scale_column(name), F.coalesce(F.col("cluster_rank") < F.col(f"_q_{name}"), F.lit(False))
+            ).drop(f"_q_{name}")
+
+    dataset = ranked.select(
+        "image_id",
+        "raw_image_url",
+        *[f"text{r}" for r in range(1, TEXTS + 1)],
+        "syn_text",
+        "coarse_id",
+        "leaf_id",
+        "cluster_rank",
+        *[scale_column(n) for n in quotas],
+        F.col("cosine").cast("float").alias("syn_cosine"),
+        "retrieved_sentence_ids",
+        "retrieval_scores",
+        "doc_ids",
+        "source_refs",
+        "width",
+        "height",
+        "format",
+        *key_cols,
+    )
+    lakehouse.overwrite(GOLD_DATASET, dataset)
+    lakehouse.overwrite(GOLD_DATASET_REJECTS, rejects.select(*[F.col(f.name) for f in REJECTS_SCHEMA]))
+
+    n_kept = int(sizes.sum())
+    steps = _funnel_steps(n_images, counts, n_kept)
+    scales = []
+    if quotas:
+        # Measured on the written table: members of every scale per leaf.
+        per_leaf = (
+            lakehouse.read(GOLD_DATASET)
+            .groupBy("leaf_id")
+            .agg(*[F.sum(F.col(scale_column(n)).cast("long")).alias(n) for n in quotas])
+            .collect()
+        )
+        for name in quotas:
+            members = np.array([int(r[name]) for r in per_leaf], np.int64)
+            rows = int(members.sum())
+            steps.append(FunnelStep(f"scale[{name}]", n_kept, rows))
+            after = max_over_median(members)
+            scales.append(
+                ScaleSummary(name, _rule(name, bcfg), rows, int((members > 0).sum()), max_over_median(sizes), after)
+            )
+    write_funnel(lakehouse, STAGE, steps)
+    return BalanceSummary(n_images, n_kept, counts, tuple(scales))
+
+
+def _funnel_steps(n_images: int, counts: dict[str, int], n_kept: int) -> list[FunnelStep]:
+    """Rows in and kept per check, in the order the checks run (first failing check wins)."""
+    steps = []
+    left = n_images
+    for step, reasons in (
+        ("synthetic_text", (SYNTHETIC_TEXT_REJECTED, NO_SYNTHETIC_TEXT)),
+        ("retrieved_text", (NO_RETRIEVED_TEXT,)),
+        ("image_cluster", (NO_CLUSTER,)),
+    ):
+        out = left - sum(counts.get(r, 0) for r in reasons)
+        steps.append(FunnelStep(step, left, out))
+        left = out
+    if left != n_kept:
+        raise RuntimeError(f"balance funnel does not reconcile: {left} images left after the checks, {n_kept} kept")
+    return steps
