@@ -1,0 +1,213 @@
+"""Exports of gold.dataset that training code reads: release parquet, WebDataset shards and Delta tables.
+
+Layout, under ``export.output`` (default ``<storage.root>/exports``), one folder per exported scale (``all`` is the
+whole gold.dataset, any other name a scale of ``balance.scales``):
+
+- ``<scale>/parquet/``: parquet files with exactly the release's columns ``raw_image_url, text1, text2, text3,
+  syn_text`` (RealSyn's published layout);
+- ``<scale>/webdataset/``: ``00000.tar``, ``00001.tar``, ... in img2dataset's layout (:mod:`udfs.webdataset`:
+  ``{key}.jpg`` the stored bytes, ``{key}.txt`` text1, ``{key}.json`` the rest; key = image_id) with
+  ``export.samples_per_shard`` samples per shard (the last one fewer), and ``sizes.json`` ({shard: samples}), which
+  open_clip's training loader reads for the sample count;
+- ``<scale>/delta/``: the gold.dataset rows of the scale as a Delta table (deletion vectors off), for deltalake,
+  DuckDB's ``delta_scan`` and Spark.
+
+Samples are numbered in image_id order (ids are hashes, so the order is random with respect to content): ids are
+range-partitioned and sorted, each partition's count is collected (one number per range of
+``export.ids_per_range`` ids) and prefix sums give every id its global index, so shard k holds indices
+[k * samples_per_shard, (k + 1) * samples_per_shard). Rows are then grouped by shard and each Spark task writes
+its own shards (mapInArrow); a shard appears under its final name only once complete. A rerun writes the same
+shards with the same bytes, removes shards a previous run left beyond the new count, and replaces sizes.json
+last. Parquet and Delta are overwritten in one commit each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from realsyn.balance import scale_column
+from realsyn.config import Config, ConfigError
+from realsyn.tables import GOLD_DATASET, SILVER_IMAGES, TABLE_PROPERTIES, Lakehouse
+from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, shard_name, write_shards
+
+RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
+ALL = "all"
+_LOCAL_BITS = 33  # monotonically_increasing_id: partition id in the upper 31 bits, row in partition in the lower 33
+
+
+def export_root(cfg: Config) -> str:
+    """Folder or URI that holds the exports: ``export.output``, else ``<storage.root>/exports``."""
+    if cfg.export.output:
+        root = cfg.export.output.rstrip("/")
+    elif cfg.storage.root is None:
+        raise ConfigError("export.output: must be set when tables live in a metastore (storage.catalog)")
+    else:
+        root = f"{cfg.storage.root.rstrip('/')}/exports"
+    # Spark tasks write the shards: a local folder is made absolute so that every task means the same one.
+    return root if "://" in root or root.startswith("dbfs:") else str(Path(root).resolve())
+
+
+def scales_to_export(cfg: Config, asked: Sequence[str] | None = None) -> list[str]:
+    """The scales named by ``asked``, else ``export.scales``, else every configured scale (``all`` if none)."""
+    names = list(asked or cfg.export.scales or cfg.balance.scales or [ALL])
+    unknown = [n for n in names if n != ALL and n not in cfg.balance.scales]
+    if unknown:
+        known = ", ".join([ALL, *cfg.balance.scales])
+        raise ConfigError(f"export.scales: unknown scale(s) {', '.join(unknown)}; known: {known}")
+    return names
+
+
+@dataclass(frozen=True)
+class ScaleExport:
+    """What one scale's export wrote."""
+
+    scale: str
+    rows: int
+    shards: int
+    shard_bytes: int
+    seconds: float
+    formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What one export run wrote, per scale."""
+
+    root: str
+    scales: tuple[ScaleExport, ...]
+
+    def __str__(self) -> str:
+        parts = "; ".join(
+            f"{s.scale}: {s.rows:,} rows as {'/'.join(s.formats)}"
+            + (f" ({s.shards} shards, {s.shard_bytes / 1e6:,.1f} MB)" if "webdataset" in s.formats else "")
+            + f" in {s.seconds:,.1f} s"
+            for s in self.scales
+        )
+        return f"export to {self.root}: {parts or 'nothing'}"
+
+
+def scale_rows(dataset: DataFrame, scale: str) -> DataFrame:
+    """The gold.dataset rows of ``scale`` (``all``: every row)."""
+    return dataset if scale == ALL else dataset.filter(F.col(scale_column(scale)))
+
+
+def numbered(ids: DataFrame, ids_per_range: int, n: int) -> DataFrame:
+    """(image_id, idx): every id's 0-based index in image_id order, without a single-partition window."""
+    ranges = max(1, math.ceil(n / ids_per_range))
+    sorted_ids = (
+        ids.repartitionByRange(ranges, "image_id")
+        .sortWithinPartitions("image_id")
+        .withColumn("_mid", F.monotonically_increasing_id())
+        .localCheckpoint(eager=True)
+    )
+    part = F.shiftright(F.col("_mid"), _LOCAL_BITS)
+    counts = sorted_ids.groupBy(part.alias("_part")).count().orderBy("_part").collect()
+    offsets, total = [], 0
+    for row in counts:
+        offsets.append((int(row["_part"]), total))
+        total += int(row["count"])
+    spark = ids.sparkSession
+    offset_df = spark.createDataFrame(offsets, "_part long, _offset long")
+    local = F.col("_mid").bitwiseAND(F.lit((1 << _LOCAL_BITS) - 1))
+    return (
+        sorted_ids.withColumn("_part", part)
+        .join(F.broadcast(offset_df), "_part")
+        .select("image_id", (F.col("_offset") + local).alias("idx"))
+    )
+
+
+def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Config) -> tuple[int, int, int]:
+    """Write ``rows`` (gold.dataset rows) as shards under ``folder``; returns (samples, shards, bytes)."""
+    import fsspec
+
+    per_shard = cfg.export.samples_per_shard
+    n = rows.count()
+    idx = numbered(rows.select("image_id"), cfg.export.ids_per_range, n)
+    content = lakehouse.read(SILVER_IMAGES).select("image_id", "content", F.col("format").alias("_stored_format"))
+    samples = (
+        rows.select("image_id", *[c for c in JSON_FIELDS if c != "image_id"])
+        .join(idx, "image_id")
+        .join(content, "image_id")
+        .select(
+            (F.col("idx") / per_shard).cast("long").alias("shard"),
+            "idx",
+            F.col("image_id").alias("key"),
+            "content",
+            F.col("_stored_format").alias("format"),
+            *JSON_FIELDS,
+        )
+    )
+    n_shards = max(1, math.ceil(n / per_shard))
+    target = folder
+
+    def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return write_shards(batches, target)
+
+    written = (
+        samples.repartition(n_shards, "shard")
+        .sortWithinPartitions("shard", "idx")
+        .mapInArrow(write, from_arrow_schema(RESULT_SCHEMA))
+        .collect()
+    )
+    sizes = {r["shard"]: int(r["samples"]) for r in sorted(written, key=lambda r: r["shard"])}
+    fs, base = fsspec.core.url_to_fs(folder)
+    fs.makedirs(base, exist_ok=True)
+    expected = {shard_name(i) for i in range(n_shards)} if n else set()
+    if set(sizes) != expected:
+        raise RuntimeError(f"webdataset export wrote shards {sorted(sizes)}, expected {sorted(expected)}")
+    for path in fs.ls(base, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if (name.endswith(".tar") and name not in sizes) or ".tar.tmp-" in name:
+            fs.rm(path)  # a shard of an earlier, larger export, or a partial one a killed task left
+    tmp = f"{base}/sizes.json.tmp"
+    with fs.open(tmp, "w") as f:
+        json.dump(sizes, f, indent=1, sort_keys=True)
+    fs.mv(tmp, f"{base}/sizes.json")
+    return n, len(sizes), sum(int(r["bytes"]) for r in written)
+
+
+def write_delta(lakehouse: Lakehouse, rows: DataFrame, path: str) -> None:
+    """Overwrite the Delta table at ``path`` with ``rows`` (created with realsyn's table properties)."""
+    from delta.tables import DeltaTable
+
+    builder = DeltaTable.createIfNotExists(lakehouse.spark).location(path).addColumns(rows.schema)
+    for key, value in TABLE_PROPERTIES.items():
+        builder = builder.property(key, value)
+    builder.execute()
+    rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+
+
+def run_export(lakehouse: Lakehouse, cfg: Config, scales: Sequence[str] | None = None) -> ExportSummary:
+    """Export the asked scales of gold.dataset (default: ``export.scales``) in every ``export.formats``."""
+    root = export_root(cfg)
+    names = scales_to_export(cfg, scales)
+    if not lakehouse.exists(GOLD_DATASET):
+        raise RuntimeError(f"{GOLD_DATASET} does not exist: run the balance stage (realsyn-balance) first")
+    dataset = lakehouse.read(GOLD_DATASET)
+    missing = [n for n in names if n != ALL and scale_column(n) not in dataset.columns]
+    if missing:
+        raise RuntimeError(f"{GOLD_DATASET} has no column for scale(s) {', '.join(missing)}: rerun the balance stage")
+    out = []
+    for name in names:
+        start = time.perf_counter()
+        rows = scale_rows(dataset, name).localCheckpoint(eager=True)
+        n, shards, shard_bytes = rows.count(), 0, 0
+        folder = f"{root}/{name}"
+        if "parquet" in cfg.export.formats:
+            rows.select(*RELEASE_COLUMNS).write.mode("overwrite").parquet(f"{folder}/parquet")
+        if "webdataset" in cfg.export.formats:
+            n, shards, shard_bytes = write_webdataset(lakehouse, rows, f"{folder}/webdataset", cfg)
+        if "delta" in cfg.export.formats:
+            write_delta(lakehouse, rows, f"{folder}/delta")
+        out.append(ScaleExport(name, n, shards, shard_bytes, time.perf_counter() - start, tuple(cfg.export.formats)))
+    return ExportSummary(root, tuple(out))

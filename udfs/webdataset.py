@@ -1,0 +1,119 @@
+"""WebDataset shards in img2dataset's layout, written from Arrow batches (pure Python, no Spark).
+
+Each sample is three members of a tar: ``{key}.{ext}`` (the stored image bytes), ``{key}.txt`` (text1) and
+``{key}.json`` (the four texts, ids, clusters, source URL). ``ext`` is ``jpg`` for JPEG, ``png`` / ``webp`` for
+those formats (bytes as stored: webdataset's decoders and open_clip's loader read all three); an image in any
+other format (GIF, BMP, TIFF, ...) is converted once to PNG, losslessly, because open_clip's loader only looks for
+jpg / jpeg / png / webp. Members get mtime 0 and fixed owners, so the same rows give byte-identical shards.
+
+A shard is written under a temporary name and renamed when complete, so a reader (or a rerun after a crash)
+never sees half a shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+# Pillow format name -> extension of the bytes as stored.
+STORED_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
+JSON_FIELDS = ("image_id", "text1", "text2", "text3", "syn_text", "raw_image_url", "coarse_id", "leaf_id")
+RESULT_SCHEMA = pa.schema([("shard", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64())])
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index`` (img2dataset's five-digit numbering)."""
+    return f"{index:05d}.tar"
+
+
+def image_member(content: bytes, fmt: str | None) -> tuple[str, bytes]:
+    """(extension, bytes) of an image in a shard: stored bytes for JPEG / PNG / WebP, else a PNG conversion."""
+    ext = STORED_EXTENSIONS.get((fmt or "").upper())
+    if ext is not None:
+        return ext, content
+    from PIL import Image
+
+    with Image.open(io.BytesIO(content)) as im:
+        buf = io.BytesIO()
+        frame = im.convert("RGBA") if im.mode in ("P", "PA", "LA") else im
+        frame = frame if frame.mode in ("RGB", "RGBA", "L", "I;16") else frame.convert("RGB")
+        frame.save(buf, "PNG")
+    return "png", buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o444
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def sample_json(row: dict[str, Any]) -> bytes:
+    """The ``.json`` member of one sample: its key and the JSON_FIELDS of the row, UTF-8."""
+    doc = {"key": row["key"], **{f: row.get(f) for f in JSON_FIELDS}}
+    return json.dumps(doc, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+class _Shard:
+    def __init__(self, folder: str, index: int) -> None:
+        import fsspec
+
+        self.fs, base = fsspec.core.url_to_fs(folder)
+        self.final = f"{base.rstrip('/')}/{shard_name(index)}"
+        self.tmp = f"{self.final}.tmp-{uuid.uuid4().hex}"
+        self.fs.makedirs(base, exist_ok=True)
+        self.file = self.fs.open(self.tmp, "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in close())
+        self.samples = 0
+        self.name = shard_name(index)
+
+    def write(self, row: dict[str, Any]) -> None:
+        ext, image = image_member(row["content"], row.get("format"))
+        key = row["key"]
+        _add(self.tar, f"{key}.{ext}", image)
+        _add(self.tar, f"{key}.txt", (row["text1"] or "").encode("utf-8"))
+        _add(self.tar, f"{key}.json", sample_json(row))
+        self.samples += 1
+
+    def close(self) -> tuple[str, int, int]:
+        self.tar.close()
+        self.file.close()
+        size = int(self.fs.size(self.tmp))
+        self.fs.mv(self.tmp, self.final)
+        return self.name, self.samples, size
+
+
+def write_shards(batches: Iterable[pa.RecordBatch], folder: str) -> Iterator[pa.RecordBatch]:
+    """Write rows sorted by (``shard``, ``idx``) into one tar per shard index under ``folder``.
+
+    Columns: ``shard`` (int), ``key``, ``content`` (bytes), ``format`` and the JSON_FIELDS. Yields one
+    (shard, samples, bytes) row per shard written. Rows of one shard must all come to the same call.
+    """
+    current: _Shard | None = None
+    done: list[tuple[str, int, int]] = []
+    for batch in batches:
+        for row in batch.to_pylist():
+            if current is None or current.name != shard_name(int(row["shard"])):
+                if current is not None:
+                    done.append(current.close())
+                current = _Shard(folder, int(row["shard"]))
+            current.write(row)
+        if done:
+            yield pa.RecordBatch.from_pylist(
+                [{"shard": s, "samples": n, "bytes": b} for s, n, b in done], schema=RESULT_SCHEMA
+            )
+            done = []
+    if current is not None:
+        done.append(current.close())
+    if done:
+        yield pa.RecordBatch.from_pylist(
+            [{"shard": s, "samples": n, "bytes": b} for s, n, b in done], schema=RESULT_SCHEMA
+        )
