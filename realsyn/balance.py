@@ -279,6 +279,26 @@ def scale_quotas(parents: np.ndarray, sizes: np.ndarray, cfg: BalanceConfig) -> 
     return out
 
 
+def with_scales(ranked: DataFrame, leaf_ids: list[int], quotas: dict[str, np.ndarray]) -> DataFrame:
+    """``ranked`` (with ``leaf_id``, ``cluster_rank``) plus one boolean ``scale_<name>`` per quota: rank < quota.
+
+    The quotas travel as a broadcast table of one row per leaf (``leaf_ids`` order); members never leave the tasks.
+    """
+    if not quotas:
+        return ranked
+    schema = T.StructType(
+        [T.StructField("leaf_id", T.LongType(), False)]
+        + [T.StructField(f"_q_{name}", T.LongType(), False) for name in quotas]
+    )
+    rows = [(int(leaf), *[int(q[i]) for q in quotas.values()]) for i, leaf in enumerate(leaf_ids)]
+    quota_df = ranked.sparkSession.createDataFrame(rows, schema)
+    out = ranked.join(F.broadcast(quota_df), "leaf_id", "left")
+    for name in quotas:
+        member = F.coalesce(F.col("cluster_rank") < F.col(f"_q_{name}"), F.lit(False))
+        out = out.withColumn(scale_column(name), member).drop(f"_q_{name}")
+    return out
+
+
 def _rule(name: str, cfg: BalanceConfig) -> str:
     s = cfg.scales[name]
     if s.cap is not None:
@@ -318,21 +338,7 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
     sizes = np.array([r["count"] for r in sizes_rows], np.int64)
     quotas = scale_quotas(parents, sizes, bcfg)
 
-    ranked = selection_order(kept, lakehouse, bcfg, model_id)
-    if quotas:
-        spark = lakehouse.spark
-        quota_schema = T.StructType(
-            [T.StructField("leaf_id", T.LongType(), False)]
-            + [T.StructField(f"_q_{name}", T.LongType(), False) for name in quotas]
-        )
-        quota_rows = [(int(leaf), *[int(q[i]) for q in quotas.values()]) for i, leaf in enumerate(leaf_ids)]
-        quota_df = spark.createDataFrame(quota_rows, quota_schema)
-        ranked = ranked.join(F.broadcast(quota_df), "leaf_id", "left")
-        for name in quotas:
-            ranked = ranked.withColumn(
-                scale_column(name), F.coalesce(F.col("cluster_rank") < F.col(f"_q_{name}"), F.lit(False))
-            ).drop(f"_q_{name}")
-
+    ranked = with_scales(selection_order(kept, lakehouse, bcfg, model_id), leaf_ids, quotas)
     dataset = ranked.select(
         "image_id",
         "raw_image_url",
