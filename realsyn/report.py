@@ -92,6 +92,7 @@ def plot_funnel(rows: list[dict[str, Any]], path: Path) -> None:
         ax.barh(y, [max(s["rows_out"], 0.8) for s in steps], color="#2171b5", label="kept")
         ax.set_yticks(y, [s["step"] for s in steps], fontsize=8)
         ax.set_xscale("log")
+        ax.set_xlim(left=0.8)  # bars start at the same place, so their lengths compare
         ax.set_title(stage, fontsize=9, loc="left")
         for yy, s in zip(y, steps, strict=True):
             ax.text(max(s["rows_out"], 1), yy, f" {s['rows_out']:,} / {s['rows_in']:,}", va="center", fontsize=7)
