@@ -290,6 +290,21 @@ class GenerateConfig(Section):
     prompt_version: str = Field(default="v1", min_length=1)
 
 
+class PipelineConfig(Section):
+    """The one pipeline job (``realsyn-pipeline``): demo input, logs and the lock against concurrent runs."""
+
+    demo_corpus: bool = False
+    log_dir: str | None = None
+    lock_heartbeat_s: float = Field(default=10.0, gt=0)
+    lock_stale_after_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_stale(self) -> PipelineConfig:
+        if self.lock_stale_after_s <= 2 * self.lock_heartbeat_s:
+            raise ValueError("pipeline.lock_stale_after_s must be more than twice pipeline.lock_heartbeat_s")
+        return self
+
+
 class Config(Section):
     """The whole configuration of one environment."""
 
@@ -305,6 +320,7 @@ class Config(Section):
     sentences: SentencesConfig = Field(default_factory=SentencesConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
