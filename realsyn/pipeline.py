@@ -711,7 +711,6 @@ def _run(
     log.info("run %s: config %s, code %s, stages %s", run_id, cfg_hash, version, [s.name for s in stages])
 
     runs: list[StageRun] = []
-    written: list[str] = []
     for i, stage in enumerate(stages, start=1):
         label = f"[{i}/{len(stages)}] {stage.name}"
         started = datetime.now(timezone.utc)
@@ -746,13 +745,14 @@ def _run(
         run = StageRun(stage.name, i, OK, started, ended, rows_in, rows_out, progress.busy_share, None, summary)
         record(lakehouse, run_id, cfg_hash, version, run)
         runs.append(run)
-        written += [t for t in stage.writes if t not in written]
         log.info("stage %s done in %.1f s: %s", stage.name, run.seconds, summary)
         _say(console, f"{label:<28} ok  {run.seconds:7.1f} s")
         text = str(summary).strip()
         if text:
             _say(console, _indent(text))
-    tables = {t: n for t in written for n in [count_rows(lakehouse, [t]).get(t)] if n is not None}
-    summary = PipelineSummary(run_id, log_file, tuple(runs), tables)
+    tables: dict[str, int] = {}
+    for run in runs:  # counted after each stage: a table's last writer in this run has its final count
+        tables.update(run.rows_out)
+    summary = PipelineSummary(run_id, log_file, tuple(runs), dict(sorted(tables.items())))
     _say(console, str(summary))
     return summary

@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("bronze", "silver", "gold")
 # Tables whose content names the run rather than the data: left out of the comparison.
 RUN_SPECIFIC = {"gold.runs"}
+# Columns that measure the run that wrote a row (besides timestamps): left out of the comparison.
+RUN_SPECIFIC_COLUMNS = {"bronze.fetched_images": {"elapsed_ms"}}
 
 
 @dataclass(frozen=True)
@@ -165,10 +167,11 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def rows(table: DeltaTable) -> list[tuple[Any, ...]]:
-    """The table's rows in canonical form, sorted; timestamp columns (when a row was written) left out."""
+def rows(table: DeltaTable, skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[Any, ...]]:
+    """The table's rows in canonical form, sorted; timestamp columns (when a row was written) and ``skip`` left
+    out."""
     data = table.to_pyarrow_table()
-    keep = [f.name for f in data.schema if not str(f.type).startswith("timestamp")]
+    keep = [f.name for f in data.schema if not str(f.type).startswith("timestamp") and f.name not in skip]
     return sorted(
         (tuple(_canonical(r[c]) for c in keep) for r in data.select(keep).to_pylist()),
         key=repr,
@@ -185,7 +188,8 @@ def differences(reference: Path, other: Path) -> list[str]:
         if name not in got or name not in ref:
             out.append(f"{name}: only in {'the reference' if name in ref else 'the rerun'}")
             continue
-        a, b = rows(ref[name]), rows(got[name])
+        skip = RUN_SPECIFIC_COLUMNS.get(name, set())
+        a, b = rows(ref[name], skip), rows(got[name], skip)
         if a != b:
             missing = len([r for r in a if r not in set(b)])
             extra = len([r for r in b if r not in set(a)])
