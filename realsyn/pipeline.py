@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pyspark import SparkContext
 from pyspark.sql import types as T
@@ -70,6 +70,10 @@ from realsyn.tables import (
     SILVER_SENTENCES,
     Lakehouse,
 )
+
+if TYPE_CHECKING:
+    from realsyn.images import ImagesSummary
+    from realsyn.sentences import SentencesSummary
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +266,8 @@ def select_stages(
 class SemanticDedupSummary:
     """Extraction rerun now that embeddings exist: the funnels of both extraction stages after it."""
 
-    images: Any  # realsyn.images.ImagesSummary
-    sentences: Any  # realsyn.sentences.SentencesSummary
+    images: ImagesSummary
+    sentences: SentencesSummary
 
     def __str__(self) -> str:
         parts = []
@@ -363,25 +367,29 @@ def count_rows(lakehouse: Lakehouse, tables: Sequence[str]) -> dict[str, int]:
     return {t: lakehouse.read(t).count() for t in tables if lakehouse.exists(t)}
 
 
-def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, run: StageRun) -> None:
-    """Write ``run`` as one row of gold.runs (a MERGE on run id and stage: a retried write adds nothing)."""
-    row = (
-        run_id,
-        run.stage,
-        run.index,
-        run.status,
-        run.started_at,
-        run.ended_at,
-        run.seconds,
-        run.rows_in,
-        run.rows_out,
-        run.busy_share,
-        cfg_hash,
-        version,
-        run.detail,
-    )
-    df = lakehouse.spark.createDataFrame([row], RUNS_SCHEMA)
-    lakehouse.insert_new(RUNS, df, ["run_id", "stage"])
+def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs: Sequence[StageRun]) -> None:
+    """Write ``runs`` as rows of gold.runs in one commit (a MERGE on run id and stage: a retried write adds
+    nothing)."""
+    rows = [
+        (
+            run_id,
+            run.stage,
+            run.index,
+            run.status,
+            run.started_at,
+            run.ended_at,
+            run.seconds,
+            run.rows_in,
+            run.rows_out,
+            run.busy_share,
+            cfg_hash,
+            version,
+            run.detail,
+        )
+        for run in runs
+    ]
+    if rows:
+        lakehouse.insert_new(RUNS, lakehouse.spark.createDataFrame(rows, RUNS_SCHEMA), ["run_id", "stage"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -711,12 +719,13 @@ def _run(
     log.info("run %s: config %s, code %s, stages %s", run_id, cfg_hash, version, [s.name for s in stages])
 
     runs: list[StageRun] = []
+    skipped: list[StageRun] = []
     for i, stage in enumerate(stages, start=1):
         label = f"[{i}/{len(stages)}] {stage.name}"
         started = datetime.now(timezone.utc)
         if not stage.available():
             run = StageRun(stage.name, i, SKIPPED, started, started, {}, {}, None, f"{stage.module} is not installed")
-            record(lakehouse, run_id, cfg_hash, version, run)
+            skipped.append(run)  # recorded with the next stage that runs (one commit), or at the end
             runs.append(run)
             _say(console, f"{label:<28} skipped: {stage.module} is not part of this installation")
             continue
@@ -737,19 +746,22 @@ def _run(
             _say(console, f"{label:<28} FAILED after {run.seconds:.1f} s: {detail.splitlines()[0][:300]}")
             _say(console, f"  traceback and Spark's log: {log_file}")
             try:
-                record(lakehouse, run_id, cfg_hash, version, run)
+                record(lakehouse, run_id, cfg_hash, version, [*skipped, run])
             except Exception:
                 log.exception("could not record the failed stage in %s", RUNS)
+            skipped = []
             break
         ended = datetime.now(timezone.utc)
         run = StageRun(stage.name, i, OK, started, ended, rows_in, rows_out, progress.busy_share, None, summary)
-        record(lakehouse, run_id, cfg_hash, version, run)
+        record(lakehouse, run_id, cfg_hash, version, [*skipped, run])
+        skipped = []
         runs.append(run)
         log.info("stage %s done in %.1f s: %s", stage.name, run.seconds, summary)
         _say(console, f"{label:<28} ok  {run.seconds:7.1f} s")
         text = str(summary).strip()
         if text:
             _say(console, _indent(text))
+    record(lakehouse, run_id, cfg_hash, version, skipped)
     tables: dict[str, int] = {}
     for run in runs:  # counted after each stage: a table's last writer in this run has its final count
         tables.update(run.rows_out)
