@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## run: the pipeline on the embedded demo corpus (local Spark, Delta tables under ./lakehouse)
+## run: the pipeline on the embedded demo corpus (local Spark, Delta tables under ./lakehouse); resumable with
+## .venv/bin/python -m jobs.pipeline --conf conf/local.yaml --from STAGE
 run: $(STAMP)
-	$(PY) -m jobs.demo --conf $(CONF)
+	$(PY) -m jobs.pipeline --conf $(CONF)
 
 ## test: linters, type check and the whole test suite
 test: lint

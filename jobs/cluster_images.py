@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     """Cluster the image embeddings of one model and give every image its leaf."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
     spark = get_spark(cfg.spark)
-    run_cluster_images(Lakehouse(spark, cfg.storage), cfg)
+    print(run_cluster_images(Lakehouse(spark, cfg.storage), cfg))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: ``realsyn-embed --conf conf/local.yaml [--set embed.model=eva02-l-14 ...]``."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
     lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
-    run_embed(lakehouse, cfg)
+    print(run_embed(lakehouse, cfg))
 
 
 if __name__ == "__main__":

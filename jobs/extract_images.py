@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: ``realsyn-extract-images --conf conf/local.yaml [--set images.key=value ...]``."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
     lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
-    run_extract_images(lakehouse, cfg)
+    print(run_extract_images(lakehouse, cfg))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     """Split, filter and deduplicate the sentences of every ingested text."""
     cfg, _ = parse(job_parser(__doc__ or "extract sentences"), argv)
     spark = get_spark(cfg.spark)
-    run_extract_sentences(Lakehouse(spark, cfg.storage), cfg)
+    print(run_extract_sentences(Lakehouse(spark, cfg.storage), cfg))
 
 
 if __name__ == "__main__":

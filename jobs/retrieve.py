@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     """Retrieve the top-k sentences of every image of one model."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
     spark = get_spark(cfg.spark)
-    run_retrieve(Lakehouse(spark, cfg.storage), cfg)
+    print(run_retrieve(Lakehouse(spark, cfg.storage), cfg))
 
 
 if __name__ == "__main__":

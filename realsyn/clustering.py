@@ -42,6 +42,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,10 +59,12 @@ from realsyn.tables import (
     SILVER_IMAGE_CLUSTER_REJECTS,
     SILVER_IMAGE_CLUSTERS,
     SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGES,
     SILVER_SENTENCE_CENTROIDS,
     SILVER_SENTENCE_CLUSTER_REJECTS,
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCES,
     Lakehouse,
 )
 from udfs.kmeans import (
@@ -537,6 +540,7 @@ class Subject:
     clusters: str
     rejects: str
     section: str
+    kept: str  # the extraction table of the rows still in the dataset: embeddings of others are not clustered
 
 
 SENTENCES = Subject(
@@ -547,6 +551,7 @@ SENTENCES = Subject(
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_CLUSTER_REJECTS,
     "cluster",
+    SILVER_SENTENCES,
 )
 IMAGES = Subject(
     "images",
@@ -556,6 +561,7 @@ IMAGES = Subject(
     SILVER_IMAGE_CLUSTERS,
     SILVER_IMAGE_CLUSTER_REJECTS,
     "image_cluster",
+    SILVER_IMAGES,
 )
 
 
@@ -570,6 +576,34 @@ class ClusterSummary:
     newly_assigned: int
     trained: bool
     rejected: int = 0  # rows whose embedding could not be used (in the subject's rejects table)
+    subject: str = "rows"
+    note: str = ""  # why nothing was clustered, when nothing was
+    rejects_table: str = ""
+
+    def __str__(self) -> str:
+        job = f"cluster_{self.subject}"
+        if self.note:
+            return f"{job}: {self.note}"
+        lines = []
+        if self.rejected:
+            lines.append(
+                f"{job}: model {self.model_id}: {self.rejected} of {self.rows} embeddings unusable, "
+                f"see {self.rejects_table}"
+            )
+        if self.rejected == self.rows:
+            lines.append(f"{job}: model {self.model_id}: nothing left to cluster")
+        elif self.trained:
+            lines.append(
+                f"{job}: model {self.model_id}: {self.rows - self.rejected} {self.subject} -> "
+                f"{self.coarse_clusters} coarse clusters, {self.leaves} leaves; "
+                f"{self.newly_assigned} {self.subject} assigned"
+            )
+        else:
+            lines.append(
+                f"{job}: model {self.model_id}: kept the existing tree ({self.leaves} leaves), "
+                f"assigned {self.newly_assigned} new {self.subject}"
+            )
+        return "\n".join(lines)
 
 
 def run_cluster_sentences(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
@@ -590,16 +624,19 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
     or empty embeddings write nothing and return zero counts.
     """
     job = f"cluster_{subject.name}"
+    named: dict[str, Any] = {"subject": subject.name, "rejects_table": subject.rejects}
     if not lakehouse.exists(subject.embeddings):
-        print(f"{job}: {subject.embeddings} does not exist yet; nothing to cluster")
-        return ClusterSummary(None, 0, 0, 0, 0, False)
+        return ClusterSummary(None, 0, 0, 0, 0, False, note=f"{subject.embeddings} does not exist yet", **named)
     embeddings = lakehouse.read(subject.embeddings)
     model_id = resolve_model_id(embeddings, cfg.model_id, f"{subject.section}.model_id")
     rows = embeddings.filter(F.col("model_id") == model_id).select(subject.id_col, "embedding") if model_id else None
+    if rows is not None and lakehouse.exists(subject.kept):
+        # Rows a later dedup removed from the extraction table keep their embedding, but leave the dataset.
+        rows = rows.join(lakehouse.read(subject.kept).select(subject.id_col), subject.id_col, "left_semi")
     n = rows.count() if rows is not None else 0
     if rows is None or model_id is None or n == 0:
-        print(f"{job}: no {subject.name} embeddings for model {model_id!r}; nothing to cluster")
-        return ClusterSummary(model_id, 0, 0, 0, 0, False)
+        note = f"no {subject.name} embeddings for model {model_id!r}; nothing to cluster"
+        return ClusterSummary(model_id, 0, 0, 0, 0, False, note=note, **named)
 
     def of_model(table: str) -> DataFrame:
         return lakehouse.read(table).filter(F.col("model_id") == model_id)
@@ -609,10 +646,8 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
     dim = int(tree.leaves.shape[1]) if tree is not None else embedding_dimension(rows)
     rows, rejected = usable_embeddings(lakehouse, rows, subject.rejects, subject.id_col, model_id, dim)
     write_funnel(lakehouse, f"{job}[{model_id}]", [FunnelStep("usable_embedding", n, n - rejected)])
-    if rejected:
-        print(f"{job}: model {model_id}: {rejected} of {n} embeddings unusable, see {subject.rejects}")
     if rejected == n:
-        return ClusterSummary(model_id, n, 0, 0, 0, False, rejected)
+        return ClusterSummary(model_id, n, 0, 0, 0, False, rejected, **named)
 
     if tree is not None:
         done = of_model(subject.clusters).select(subject.id_col) if lakehouse.exists(subject.clusters) else None
@@ -621,8 +656,7 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
             subject.id_col, F.lit(model_id).alias("model_id"), "leaf_id"
         )
         added = lakehouse.insert_new(subject.clusters, assigned, [subject.id_col, "model_id"])
-        print(f"{job}: model {model_id}: kept the existing tree, assigned {added} new {subject.name}")
-        return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, added, False, rejected)
+        return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, added, False, rejected, **named)
 
     tree = train_tree(rows, cfg, subject.id_col, n_rows=n - rejected)
     assigned = assign_leaves(rows, tree, subject.id_col, coarse_probe=cfg.assign_coarse_probe).select(
@@ -635,8 +669,4 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
     frame = centroids_frame(lakehouse.spark, tree, model_id, leaf_sizes)
     lakehouse.replace_partition(subject.centroids, frame, "model_id", model_id)
     total = int(leaf_sizes.sum())
-    print(
-        f"{job}: model {model_id}: {n - rejected} {subject.name} -> {tree.coarse.shape[0]} coarse clusters, "
-        f"{tree.n_leaves} leaves; {total} {subject.name} assigned"
-    )
-    return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, total, True, rejected)
+    return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, total, True, rejected, **named)

@@ -349,6 +349,21 @@ class ReportConfig(Section):
     seed: int = 0
 
 
+class PipelineConfig(Section):
+    """The one pipeline job (``realsyn-pipeline``): demo input, logs and the lock against concurrent runs."""
+
+    demo_corpus: bool = False
+    log_dir: str | None = None
+    lock_heartbeat_s: float = Field(default=10.0, gt=0)
+    lock_stale_after_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_stale(self) -> PipelineConfig:
+        if self.lock_stale_after_s <= 2 * self.lock_heartbeat_s:
+            raise ValueError("pipeline.lock_stale_after_s must be more than twice pipeline.lock_heartbeat_s")
+        return self
+
+
 class Config(Section):
     """The whole configuration of one environment."""
 
@@ -367,6 +382,7 @@ class Config(Section):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

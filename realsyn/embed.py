@@ -251,6 +251,20 @@ class EmbedSummary:
     model_id: str
     images: EmbedCounts | None
     sentences: EmbedCounts | None
+    random_init: bool = False  # the model has random weights: its vectors only exercise the code paths
+    missing: tuple[str, ...] = ()  # input tables that did not exist yet
+
+    def __str__(self) -> str:
+        lines = [f"embed: {table} does not exist yet; nothing embedded from it" for table in self.missing]
+        for name, counts in (("images", self.images), ("sentences", self.sentences)):
+            if counts is not None:
+                lines.append(
+                    f"embed [{self.model_id}] {name}: computed {counts.computed:,} this run; "
+                    f"{counts.embedded:,} embedded and {counts.rejected:,} rejected in total"
+                )
+        if self.random_init:
+            lines.append(f"embed: model {self.model_id!r} has random weights: its vectors are meaningless as data")
+        return "\n".join(lines)
 
 
 def _embed_side(
@@ -266,8 +280,6 @@ def _embed_side(
     arrow_batch: int,
 ) -> EmbedCounts | None:
     if not lakehouse.exists(input_table):
-        log.warning("embed: %s does not exist yet; no %s embedded", input_table, kind)
-        print(f"embed: {input_table} does not exist yet; no {kind} embedded")
         return None
     block = str(cfg.parquet_block_size_mb << 20)
     properties = {"parquet.block.size": block}
@@ -301,7 +313,7 @@ def _embed_side(
 
 
 def run_embed(lakehouse: Lakehouse, cfg: Config) -> EmbedSummary:
-    """Embed every image and sentence not yet embedded with ``embed.model``; print and return the counts."""
+    """Embed every image and sentence not yet embedded with ``embed.model``; return the counts."""
     ecfg = cfg.embed
     spec = resolve_model(ecfg)
     images = (
@@ -334,13 +346,12 @@ def run_embed(lakehouse: Lakehouse, cfg: Config) -> EmbedSummary:
         if ecfg.sentences
         else None
     )
-    summary = EmbedSummary(spec.name, images, sentences)
-    for name, counts in (("images", images), ("sentences", sentences)):
-        if counts is not None:
-            print(
-                f"embed [{spec.name}] {name}: computed {counts.computed:,} this run; "
-                f"{counts.embedded:,} embedded and {counts.rejected:,} rejected in total"
-            )
-    if spec.random_init:
-        print(f"embed: model {spec.name!r} has random weights: its vectors are meaningless as embeddings")
-    return summary
+    missing = tuple(
+        table
+        for on, table, counts in (
+            (ecfg.images, ecfg.image_input, images),
+            (ecfg.sentences, ecfg.sentence_input, sentences),
+        )
+        if on and counts is None
+    )
+    return EmbedSummary(spec.name, images, sentences, spec.random_init, missing)

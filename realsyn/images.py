@@ -288,6 +288,9 @@ class ImagesSummary:
         """Images written to silver.images."""
         return self.steps[-1].rows_out
 
+    def __str__(self) -> str:
+        return format_funnel(self.steps, "image extraction")
+
 
 def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     """Read the fetched images and their references, write silver.images, silver.image_rejects and the funnel."""
@@ -326,5 +329,4 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
         SILVER_IMAGE_REJECTS, all_rejects.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in REJECT_SCHEMA])
     )
     write_funnel(lakehouse, STAGE, steps)
-    print(format_funnel(steps, "image extraction"))
     return ImagesSummary(steps)

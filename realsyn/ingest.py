@@ -427,7 +427,6 @@ def _write(lakehouse: Lakehouse, docs: DataFrame, icfg: IngestConfig) -> IngestS
     lakehouse.insert_new(BRONZE_DOCUMENTS, documents, ["doc_id"])
 
     write_funnel(lakehouse, "ingest", ingest_funnel(lakehouse))
-    log.info("ingest: %s", summary)
     return summary
 
 

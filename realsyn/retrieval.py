@@ -40,11 +40,13 @@ from realsyn.clustering import hash_uniform, resolve_model_id, shipped, tree_fro
 from realsyn.config import Config, RetrievalConfig
 from realsyn.tables import (
     SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGES,
     SILVER_RETRIEVAL,
     SILVER_RETRIEVAL_REJECTS,
     SILVER_SENTENCE_CENTROIDS,
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCES,
     Lakehouse,
 )
 from udfs.kmeans import (
@@ -166,7 +168,7 @@ def _plan(
     cfg: RetrievalConfig,
     image_col: str,
     embedding_col: str,
-) -> tuple[Probing, list[tuple[int, int, int]]]:
+) -> tuple[Probing, list[tuple[int, int, int]], ProbeStats]:
     """How images probe, and (leaf_id, image chunks, sentence chunks) for every leaf with sentences they probe.
 
     Both come from the ranked leaves of at most about ``PLAN_SAMPLE_IMAGES`` images (a hash sample; all images
@@ -185,6 +187,7 @@ def _plan(
     leaves, scores = arrow_matrix(ranked.column("leaves"), hi, np.int64), arrow_matrix(ranked.column("scores"), hi)
     probing = Probing(lo, hi, cfg.coarse_probe, calibrate_margin(scores, cfg.probe_leaves, lo, hi))
     counts = probe_counts(scores, probing.margin, lo, hi)
+    stats = ProbeStats(float(counts.mean()) if counts.size else 0.0, int(counts.size), n_images)
     probed = leaves[np.arange(hi) < counts[:, None]]
     image_counts = np.bincount(probed) if probed.size else np.zeros(0, np.int64)
     plan = []
@@ -199,7 +202,17 @@ def _plan(
                     math.ceil(int(r["count"]) / cfg.max_group_sentences),
                 )
             )
-    return probing, sorted(plan)
+    return probing, sorted(plan), stats
+
+
+@dataclass(frozen=True)
+class ProbeStats:
+    """Leaves probed per image, measured on the ``over`` images the plan looked at (all ``of`` of them up to
+    ``PLAN_SAMPLE_IMAGES``, a hash sample above)."""
+
+    mean: float
+    over: int
+    of: int
 
 
 def retrieve(
@@ -218,13 +231,26 @@ def retrieve(
     pre-scores its sentences in that many principal axes of the leaf centroids and scores each image's
     ``cfg.shortlist`` best exactly (udfs.kmeans.Prefilter); scores are exact cosines either way.
     """
+    return retrieve_with_stats(images, sentences, tree, cfg, image_col, sentence_col, embedding_col)[0]
+
+
+def retrieve_with_stats(
+    images: DataFrame,
+    sentences: DataFrame,
+    tree: Tree,
+    cfg: RetrievalConfig,
+    image_col: str = "image_id",
+    sentence_col: str = "sentence_id",
+    embedding_col: str = "embedding",
+) -> tuple[DataFrame, ProbeStats]:
+    """:func:`retrieve`, and how many leaves the images probe on average (measured while planning)."""
     spark = images.sparkSession
     k = cfg.top_k
     dim = tree.leaves.shape[1]
     prefilter = Prefilter.of(tree, cfg.prefilter_dim, cfg.shortlist)
     load = shipped(spark, tree)  # once: the plan's sample and the join probe the same shipped tree
     sentences = sentences.select(sentence_col, embedding_col, "leaf_id")
-    probing, chunks = _plan(images, sentences, load, dim, cfg, image_col, embedding_col)
+    probing, chunks, stats = _plan(images, sentences, load, dim, cfg, image_col, embedding_col)
     plan = F.broadcast(spark.createDataFrame(chunks, "leaf_id long, image_chunks long, sentence_chunks long"))
     probes = image_leaves(images, load, dim, probing, image_col, embedding_col, prefilter)
     low = [LOW_FIELD.name] if prefilter is not None else []
@@ -278,11 +304,12 @@ def retrieve(
         image_side.groupBy(*keys).cogroup(sentence_side.groupBy(*keys)).applyInArrow(score_group, candidate_schema)
     )
     order = Window.partitionBy(image_col).orderBy(F.col("score").desc(), F.col(sentence_col).asc())
-    return (
+    ranked = (
         candidates.withColumn("rank", F.row_number().over(order))
         .filter(F.col("rank") <= k)
         .select(image_col, "rank", sentence_col, "score", "leaf_id")
     )
+    return ranked, stats
 
 
 @dataclass(frozen=True)
@@ -293,58 +320,83 @@ class RetrievalSummary:
     images: int
     sentences: int
     rows: int
+    top_k: int = 0
+    probes: ProbeStats | None = None  # leaves probed per image, measured
+    leaves: int = 0  # leaves of the sentence tree
+    rejected: int = 0  # image embeddings that could not be used (silver.retrieval_rejects)
+    note: str = ""  # why nothing was retrieved, when nothing was
 
-
-def _probing(cfg: RetrievalConfig) -> str:
-    lo, hi = cfg.probe_bounds
-    spread = f", {lo}-{hi} per image" if lo < hi else ""
-    return f"{cfg.probe_leaves} leaves probed per image on average{spread}"
+    def __str__(self) -> str:
+        if self.note:
+            return f"retrieve: {self.note}"
+        lines = []
+        if self.rejected:
+            lines.append(
+                f"retrieve: model {self.model_id}: {self.rejected} image embeddings unusable, "
+                f"see {SILVER_RETRIEVAL_REJECTS}"
+            )
+        probed = ""
+        if self.probes is not None:
+            sampled = "" if self.probes.over == self.probes.of else f", measured on {self.probes.over:,} of them"
+            probed = f"; {self.probes.mean:.2f} of {self.leaves:,} leaves probed per image on average{sampled}"
+        lines.append(
+            f"retrieve: model {self.model_id}: {self.images:,} images got {self.rows:,} sentences "
+            f"(top {self.top_k} of {self.sentences:,}{probed})"
+        )
+        return "\n".join(lines)
 
 
 def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     """Retrieve the top-k sentences of every image of one model and replace that model's rows of silver.retrieval.
 
-    Missing input tables or an empty tree write nothing and return zero counts.
+    Only images of ``silver.images`` and sentences of ``silver.sentences`` take part (when those tables exist):
+    a dedup that ran after embedding removed the others from the dataset. Missing input tables or an empty tree
+    write nothing and return zero counts.
     """
     needed = [SILVER_IMAGE_EMBEDDINGS, SILVER_SENTENCE_EMBEDDINGS, SILVER_SENTENCE_CENTROIDS, SILVER_SENTENCE_CLUSTERS]
     missing = [name for name in needed if not lakehouse.exists(name)]
     if missing:
-        print(f"retrieve: {', '.join(missing)} not there yet; nothing to retrieve")
-        return RetrievalSummary(None, 0, 0, 0)
+        return RetrievalSummary(None, 0, 0, 0, note=f"{', '.join(missing)} not there yet; nothing to retrieve")
     image_embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
     model_id = resolve_model_id(image_embeddings, cfg.retrieval.model_id, "retrieval.model_id")
     if model_id is None:
-        print(f"retrieve: {SILVER_IMAGE_EMBEDDINGS} is empty; nothing to retrieve")
-        return RetrievalSummary(None, 0, 0, 0)
+        return RetrievalSummary(None, 0, 0, 0, note=f"{SILVER_IMAGE_EMBEDDINGS} is empty; nothing to retrieve")
     tree = tree_from_centroids(lakehouse.read(SILVER_SENTENCE_CENTROIDS), model_id)
     if tree.n_leaves == 0:
-        print(f"retrieve: no sentence clusters for model {model_id}; run cluster_sentences first")
-        return RetrievalSummary(model_id, 0, 0, 0)
-    images = image_embeddings.filter(F.col("model_id") == model_id).select("image_id", "embedding")
+        note = f"no sentence clusters for model {model_id}; run cluster_sentences first"
+        return RetrievalSummary(model_id, 0, 0, 0, note=note)
+    images = _still_kept(
+        lakehouse, image_embeddings.filter(F.col("model_id") == model_id).select("image_id", "embedding"), SILVER_IMAGES
+    )
     images, rejected = usable_embeddings(
         lakehouse, images, SILVER_RETRIEVAL_REJECTS, "image_id", model_id, int(tree.leaves.shape[1])
     )
-    if rejected:
-        print(f"retrieve: model {model_id}: {rejected} image embeddings unusable, see {SILVER_RETRIEVAL_REJECTS}")
-    sentences = (
+    sentences = _still_kept(
+        lakehouse,
         lakehouse.read(SILVER_SENTENCE_CLUSTERS)
         .filter(F.col("model_id") == model_id)
         .join(
             lakehouse.read(SILVER_SENTENCE_EMBEDDINGS).filter(F.col("model_id") == model_id),
             ["sentence_id", "model_id"],
         )
-        .select("sentence_id", "embedding", "leaf_id")
+        .select("sentence_id", "embedding", "leaf_id"),
+        SILVER_SENTENCES,
     )
-    result = retrieve(images, sentences, tree, cfg.retrieval).select(
-        "image_id", F.lit(model_id).alias("model_id"), "rank", "sentence_id", "score", "leaf_id"
-    )
+    result, probes = retrieve_with_stats(images, sentences, tree, cfg.retrieval)
+    result = result.select("image_id", F.lit(model_id).alias("model_id"), "rank", "sentence_id", "score", "leaf_id")
     lakehouse.replace_partition(SILVER_RETRIEVAL, result, "model_id", model_id)
     written = lakehouse.read(SILVER_RETRIEVAL).filter(F.col("model_id") == model_id)
     totals = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("image_id").alias("images")).first()
     n_rows, n_images = (int(totals["rows"]), int(totals["images"])) if totals is not None else (0, 0)
     n_sentences = sentences.count()
-    print(
-        f"retrieve: model {model_id}: {n_images} images got {n_rows} sentences "
-        f"(top {cfg.retrieval.top_k} of {n_sentences}; {_probing(cfg.retrieval)})"
+    return RetrievalSummary(
+        model_id, n_images, n_sentences, n_rows, cfg.retrieval.top_k, probes, tree.n_leaves, rejected
     )
-    return RetrievalSummary(model_id, n_images, n_sentences, n_rows)
+
+
+def _still_kept(lakehouse: Lakehouse, rows: DataFrame, kept: str) -> DataFrame:
+    """``rows`` whose id is in the extraction table ``kept`` (all of them while that table does not exist)."""
+    if not lakehouse.exists(kept):
+        return rows
+    key = "image_id" if kept == SILVER_IMAGES else "sentence_id"
+    return rows.join(lakehouse.read(kept).select(key), key, "left_semi")

@@ -133,7 +133,15 @@ def duplicate_pairs(df: DataFrame, id_col: str, embedding_col: str, params: SemD
     def per_cluster(group: pd.DataFrame) -> pd.DataFrame:
         ids = [str(i) for i in group[id_col]]
         src, dst, sim = similar_pairs(ids, as_matrix(group[embedding_col]), threshold)
-        return pd.DataFrame({"src": src, "dst": dst, SIMILARITY: sim})
+        # Typed columns: a group without pairs gives empty lists, which pandas would make float64 (and Arrow's
+        # conversion of an empty float64 column to string fails in the worker).
+        return pd.DataFrame(
+            {
+                "src": pd.Series(src, dtype=object),
+                "dst": pd.Series(dst, dtype=object),
+                SIMILARITY: pd.Series(sim, dtype="float64"),
+            }
+        )
 
     pairs = clustered.groupBy(CLUSTER).applyInPandas(per_cluster, schema)
     return pairs.groupBy("src", "dst").agg(F.max(SIMILARITY).alias(SIMILARITY))

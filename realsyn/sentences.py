@@ -260,13 +260,14 @@ def perplexity_reason(cfg: SentencePerplexityConfig) -> Column:
     )
 
 
-def _as_rejects(df: DataFrame, reason: Column | None = None, duplicate_of: Column | None = None) -> DataFrame:
-    reason_col = F.col(REASON) if reason is None else reason
+def _as_rejects(df: DataFrame, reason: Column | str | None = None, duplicate_of: Column | None = None) -> DataFrame:
+    # A dedup step passes its one reason as a string: its step is known here, not compared row by row.
+    reason_col = F.col(REASON) if reason is None else F.lit(reason) if isinstance(reason, str) else reason
     step = F.lit(None).cast("string")
     for name, reasons in FILTER_STEPS:
         step = F.when(reason_col.isin(*reasons), F.lit(name)).otherwise(step)
-    if duplicate_of is not None:
-        step = F.when(reason_col == "near_duplicate", F.lit("near_dedup")).otherwise(F.lit("semantic_dedup"))
+    if isinstance(reason, str):
+        step = F.lit("near_dedup" if reason == "near_duplicate" else "semantic_dedup")
     return df.select(
         "sentence_id",
         "text",
@@ -378,7 +379,7 @@ def merge_duplicates(sentences: DataFrame, pairs: DataFrame, reason: str) -> tup
     ``duplicate_of`` = the representative. Sentences in no pair pass through untouched.
     """
     pairs = pairs.select("src", "dst").localCheckpoint(eager=True)
-    empty_rejects = _as_rejects(sentences.limit(0), F.lit(reason), F.lit(None).cast("string"))
+    empty_rejects = _as_rejects(sentences.limit(0), reason, F.lit(None).cast("string"))
     if pairs.limit(1).count() == 0:
         return sentences.select(*SENTENCES_SCHEMA.fieldNames()), empty_rejects
     members = pairs.select(F.col("src").alias("sentence_id")).union(pairs.select(F.col("dst").alias("sentence_id")))
@@ -403,7 +404,7 @@ def _merge_groups(grouped: DataFrame, reason: str) -> tuple[DataFrame, DataFrame
         .select(*SENTENCES_SCHEMA.fieldNames())
     )
     dropped = grouped.where(F.col("sentence_id") != F.col("representative"))
-    return kept, _as_rejects(dropped, F.lit(reason), F.col("representative"))
+    return kept, _as_rejects(dropped, reason, F.col("representative"))
 
 
 def semantic_duplicates(
@@ -517,5 +518,4 @@ def run_extract_sentences(lakehouse: Lakehouse, cfg: Config) -> SentencesSummary
         sentences=steps[-1].rows_out,
         rejected_sentences=lakehouse.read(SILVER_SENTENCE_REJECTS).count(),
     )
-    print(summary)
     return summary

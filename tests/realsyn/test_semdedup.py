@@ -42,3 +42,14 @@ def test_planted_duplicates_are_grouped_and_distinct_items_are_not(spark: SparkS
     # Random 32-d directions have cosine far below 0.95, so only planted copies can pair up; k-means with
     # about 4 items per cluster keeps each tight group of copies in one cluster.
     assert result == expected
+
+
+def test_a_cluster_without_any_pair_keeps_every_item(spark: SparkSession) -> None:
+    # One k-means cluster whose items are all far apart: the per-cluster search returns no pair at all.
+    vectors = np.eye(5, dtype=np.float32)
+    rows = [(f"i{k}", v.tolist()) for k, v in enumerate(vectors)]
+    df = spark.createDataFrame(rows, "id string, embedding array<float>")
+    got = semantic_dedup(df, "id", "embedding", [], SemDedupParams(threshold=0.99, items_per_cluster=10))
+    assert sorted((r["id"], r["component"], r["representative"]) for r in got.collect()) == [
+        (f"i{k}", f"i{k}", f"i{k}") for k in range(5)
+    ]

@@ -1,0 +1,770 @@
+"""The one pipeline job: every stage from documents to dataset, in dependency order, resumable and audited.
+
+``STAGES`` is the stage table: a name, the stages it runs after, the stage function (``module:function``, imported
+only when the stage runs), and the tables it reads and writes (their row counts go to ``gold.runs``). Adding a
+stage is one entry. A stage marked ``optional`` whose module is not installed is recorded as ``skipped``.
+
+Every stage is retry-safe and skips work already done by itself (ingest merges on the document key, fetch and
+embed only touch rows without a result, extraction and clustering replace their tables in one commit each), so
+the pipeline simply runs the selected stages in order; after a crash, ``--from <stage>`` resumes.
+
+A run holds a lock file in the storage location (:class:`PipelineLock`), writes one row per stage to
+``gold.runs`` and sends the full log (its own and the Spark JVM's) to ``<root>/_logs/<run_id>.log``; the console
+gets one line per stage, a progress bar fed from Spark's status tracker while it runs (on a terminal), and the
+stage's summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from pyspark import SparkContext
+from pyspark.sql import types as T
+
+from realsyn import __version__
+from realsyn.config import Config, StorageConfig
+from realsyn.tables import (
+    BRONZE_DOCUMENTS,
+    BRONZE_FETCHED_IMAGES,
+    BRONZE_IMAGE_REFS,
+    BRONZE_INGEST_REJECTS,
+    BRONZE_TEXTS,
+    GOLD_CAPTIONS,
+    GOLD_DATASET,
+    GOLD_DATASET_REJECTS,
+    GOLD_IMAGE_TAGS,
+    GOLD_SYNTHETIC_TEXT_REJECTS,
+    GOLD_SYNTHETIC_TEXTS,
+    RUNS,
+    SILVER_IMAGE_CENTROIDS,
+    SILVER_IMAGE_CLUSTER_REJECTS,
+    SILVER_IMAGE_CLUSTERS,
+    SILVER_IMAGE_EMBEDDING_REJECTS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGE_REJECTS,
+    SILVER_IMAGES,
+    SILVER_RETRIEVAL,
+    SILVER_RETRIEVAL_REJECTS,
+    SILVER_SENTENCE_CENTROIDS,
+    SILVER_SENTENCE_CLUSTER_REJECTS,
+    SILVER_SENTENCE_CLUSTERS,
+    SILVER_SENTENCE_EMBEDDING_REJECTS,
+    SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_REJECTS,
+    SILVER_SENTENCES,
+    Lakehouse,
+)
+
+if TYPE_CHECKING:
+    from realsyn.images import ImagesSummary
+    from realsyn.sentences import SentencesSummary
+
+log = logging.getLogger(__name__)
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+LOCK_FILE = "_pipeline.lock"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One entry of the stage table.
+
+    ``run`` names the stage function ``run_<stage>(lakehouse, cfg) -> summary`` as ``module:function``; it is
+    imported when the stage runs. ``after``: the stages whose output it needs. ``reads`` / ``writes``: tables
+    whose row counts are measured before / after it (``gold.runs``). ``optional``: the module may be absent from
+    this installation (the stage is then skipped).
+    """
+
+    name: str
+    after: tuple[str, ...]
+    run: str
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    optional: bool = False
+
+    @property
+    def module(self) -> str:
+        """The module that holds the stage function."""
+        return self.run.partition(":")[0]
+
+    def available(self) -> bool:
+        """Whether the stage's module can be imported (always checked by importing it)."""
+        try:
+            importlib.import_module(self.module)
+        except ModuleNotFoundError as e:
+            if self.optional and e.name is not None and self.module.startswith(e.name):
+                return False
+            raise
+        return True
+
+    def function(self) -> Callable[[Lakehouse, Config], object]:
+        """The stage function."""
+        module, _, name = self.run.partition(":")
+        fn: Callable[[Lakehouse, Config], object] = getattr(importlib.import_module(module), name)
+        return fn
+
+
+_EXTRACTED = (SILVER_IMAGES, SILVER_IMAGE_REJECTS, SILVER_SENTENCES, SILVER_SENTENCE_REJECTS)
+_EMBEDDINGS = (SILVER_IMAGE_EMBEDDINGS, SILVER_SENTENCE_EMBEDDINGS)
+
+# The stage table, in an order that respects ``after`` (checked by :func:`check_order`).
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "ingest",
+        (),
+        "realsyn.ingest:run_ingest",
+        writes=(BRONZE_DOCUMENTS, BRONZE_TEXTS, BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS),
+    ),
+    Stage(
+        "fetch_images",
+        ("ingest",),
+        "realsyn.fetch:run_fetch_images",
+        reads=(BRONZE_IMAGE_REFS,),
+        writes=(BRONZE_FETCHED_IMAGES,),
+    ),
+    Stage(
+        "extract_images",
+        ("fetch_images",),
+        "realsyn.images:run_extract_images",
+        reads=(BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS),
+        writes=(SILVER_IMAGES, SILVER_IMAGE_REJECTS),
+    ),
+    Stage(
+        "extract_sentences",
+        ("ingest",),
+        "realsyn.sentences:run_extract_sentences",
+        reads=(BRONZE_TEXTS,),
+        writes=(SILVER_SENTENCES, SILVER_SENTENCE_REJECTS),
+    ),
+    Stage(
+        "embed",
+        ("extract_images", "extract_sentences"),
+        "realsyn.embed:run_embed",
+        reads=(SILVER_IMAGES, SILVER_SENTENCES),
+        writes=(*_EMBEDDINGS, SILVER_IMAGE_EMBEDDING_REJECTS, SILVER_SENTENCE_EMBEDDING_REJECTS),
+    ),
+    Stage(
+        "semantic_dedup",
+        ("embed",),
+        "realsyn.pipeline:run_semantic_dedup",
+        reads=(BRONZE_FETCHED_IMAGES, BRONZE_TEXTS, *_EMBEDDINGS),
+        writes=_EXTRACTED,
+    ),
+    Stage(
+        "cluster_sentences",
+        ("semantic_dedup",),
+        "realsyn.clustering:run_cluster_sentences",
+        reads=(SILVER_SENTENCE_EMBEDDINGS, SILVER_SENTENCES),
+        writes=(SILVER_SENTENCE_CENTROIDS, SILVER_SENTENCE_CLUSTERS, SILVER_SENTENCE_CLUSTER_REJECTS),
+    ),
+    Stage(
+        "retrieve",
+        ("cluster_sentences",),
+        "realsyn.retrieval:run_retrieve",
+        reads=(SILVER_IMAGE_EMBEDDINGS, SILVER_IMAGES, SILVER_SENTENCE_CLUSTERS, SILVER_SENTENCES),
+        writes=(SILVER_RETRIEVAL, SILVER_RETRIEVAL_REJECTS),
+    ),
+    Stage(
+        "cluster_images",
+        ("semantic_dedup",),
+        "realsyn.clustering:run_cluster_images",
+        reads=(SILVER_IMAGE_EMBEDDINGS, SILVER_IMAGES),
+        writes=(SILVER_IMAGE_CENTROIDS, SILVER_IMAGE_CLUSTERS, SILVER_IMAGE_CLUSTER_REJECTS),
+    ),
+    Stage(
+        "generate",
+        ("retrieve",),
+        "realsyn.generate:run_generate",
+        reads=(SILVER_RETRIEVAL, SILVER_IMAGES),
+        writes=(GOLD_CAPTIONS, GOLD_IMAGE_TAGS, GOLD_SYNTHETIC_TEXTS, GOLD_SYNTHETIC_TEXT_REJECTS),
+        optional=True,
+    ),
+    Stage(
+        "balance",
+        ("generate", "cluster_images"),
+        "realsyn.balance:run_balance",
+        reads=(GOLD_SYNTHETIC_TEXTS, SILVER_IMAGE_CLUSTERS),
+        writes=(GOLD_DATASET, GOLD_DATASET_REJECTS),
+        optional=True,
+    ),
+    Stage("export", ("balance",), "realsyn.export:run_export", reads=(GOLD_DATASET,), optional=True),
+    Stage("report", ("export",), "realsyn.report:run_report", reads=(GOLD_DATASET,), optional=True),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def check_order(stages: Sequence[Stage]) -> None:
+    """Raise ValueError unless every stage comes after the stages it names in ``after`` (and names are unique)."""
+    seen: set[str] = set()
+    for stage in stages:
+        if stage.name in seen:
+            raise ValueError(f"stage {stage.name!r} appears twice")
+        missing = [d for d in stage.after if d not in seen]
+        if missing:
+            raise ValueError(f"stage {stage.name!r} runs after {missing}, which come later or do not exist")
+        seen.add(stage.name)
+
+
+check_order(STAGES)
+
+
+class StageSelectionError(ValueError):
+    """A --from / --until / --only value names no stage, or the selection is empty; the message names the flag."""
+
+
+def select_stages(
+    start: str | None = None,
+    until: str | None = None,
+    only: Sequence[str] = (),
+    stages: Sequence[Stage] = STAGES,
+) -> list[Stage]:
+    """The stages to run, in table order: ``only`` these, or those from ``start`` to ``until`` (inclusive).
+
+    ``--from`` and ``--until`` count positions in the table (a resume after a crash in stage X is ``--from X``);
+    they cannot be combined with ``--only``.
+    """
+    names = [s.name for s in stages]
+
+    def position(flag: str, name: str) -> int:
+        if name not in names:
+            raise StageSelectionError(f"{flag}: unknown stage {name!r}; the stages are {', '.join(names)}")
+        return names.index(name)
+
+    if only and (start is not None or until is not None):
+        raise StageSelectionError("--only cannot be combined with --from or --until")
+    if only:
+        wanted = {position("--only", n) for n in only}
+        return [s for i, s in enumerate(stages) if i in wanted]
+    lo = position("--from", start) if start is not None else 0
+    hi = position("--until", until) if until is not None else len(names) - 1
+    if lo > hi:
+        raise StageSelectionError(f"--from {start} comes after --until {until}: nothing to run")
+    return list(stages[lo : hi + 1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The semantic_dedup stage
+
+
+@dataclass(frozen=True)
+class SemanticDedupSummary:
+    """Extraction rerun now that embeddings exist: the funnels of both extraction stages after it."""
+
+    images: ImagesSummary
+    sentences: SentencesSummary
+
+    def __str__(self) -> str:
+        parts = []
+        for name, steps in (("images", self.images.steps), ("sentences", self.sentences.steps)):
+            step = next((s for s in steps if s.step == "semantic_dedup"), None)
+            if step is None:
+                parts.append(f"{name}: no embeddings of the configured model, nothing compared")
+            else:
+                parts.append(
+                    f"{name} {step.rows_in:,} -> {step.rows_out:,} ({step.rows_rejected:,} semantic duplicates)"
+                )
+        return "semantic dedup: " + "; ".join(parts)
+
+
+def run_semantic_dedup(lakehouse: Lakehouse, cfg: Config) -> SemanticDedupSummary:
+    """Rerun image and sentence extraction, whose semantic dedup step applies wherever embeddings exist.
+
+    Extraction recomputes its silver tables from bronze and replaces them in one commit each, so this is as
+    retry-safe as extraction itself; the stages after it read only images and sentences still in
+    ``silver.images`` / ``silver.sentences``.
+    """
+    from realsyn.images import run_extract_images
+    from realsyn.sentences import run_extract_sentences
+
+    return SemanticDedupSummary(run_extract_images(lakehouse, cfg), run_extract_sentences(lakehouse, cfg))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gold.runs
+
+RUNS_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("stage_index", T.IntegerType(), False),
+        T.StructField("status", T.StringType(), False),
+        T.StructField("started_at", T.TimestampType(), False),
+        T.StructField("ended_at", T.TimestampType(), False),
+        T.StructField("seconds", T.DoubleType(), False),
+        T.StructField("rows_in", T.MapType(T.StringType(), T.LongType()), False),
+        T.StructField("rows_out", T.MapType(T.StringType(), T.LongType()), False),
+        # Share of the stage's wall time during which at least one Spark task ran (sampled by the progress thread).
+        T.StructField("task_busy_share", T.DoubleType(), True),
+        T.StructField("config_hash", T.StringType(), False),
+        T.StructField("code_version", T.StringType(), False),
+        T.StructField("detail", T.StringType(), True),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """What one stage of one run did (one row of gold.runs, and the stage's summary)."""
+
+    stage: str
+    index: int
+    status: str
+    started_at: datetime
+    ended_at: datetime
+    rows_in: dict[str, int]
+    rows_out: dict[str, int]
+    busy_share: float | None
+    detail: str | None = None
+    summary: object = None
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the stage."""
+        return (self.ended_at - self.started_at).total_seconds()
+
+
+def config_hash(cfg: Config) -> str:
+    """SHA-256 (first 16 hex digits) of the effective configuration, overrides included."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """The package version, plus the git commit of the source tree (``+dirty`` with local changes) if it has one."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if commit is None:
+        return __version__
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def count_rows(lakehouse: Lakehouse, tables: Sequence[str]) -> dict[str, int]:
+    """Row counts of those of ``tables`` that exist."""
+    return {t: lakehouse.read(t).count() for t in tables if lakehouse.exists(t)}
+
+
+def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs: Sequence[StageRun]) -> None:
+    """Write ``runs`` as rows of gold.runs in one commit (a MERGE on run id and stage: a retried write adds
+    nothing)."""
+    rows = [
+        (
+            run_id,
+            run.stage,
+            run.index,
+            run.status,
+            run.started_at,
+            run.ended_at,
+            run.seconds,
+            run.rows_in,
+            run.rows_out,
+            run.busy_share,
+            cfg_hash,
+            version,
+            run.detail,
+        )
+        for run in runs
+    ]
+    if rows:
+        lakehouse.insert_new(RUNS, lakehouse.spark.createDataFrame(rows, RUNS_SCHEMA), ["run_id", "stage"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lock against a second pipeline on the same tables
+
+
+class PipelineLocked(RuntimeError):
+    """Another pipeline holds the lock of this storage location."""
+
+
+def lock_path(storage: StorageConfig) -> Path | None:
+    """The lock file of a storage location: ``<root>/_pipeline.lock`` for a local or ``dbfs:/`` root, else None."""
+    root = storage.root
+    if root is None:
+        return None
+    if root.startswith("dbfs:"):
+        return Path("/dbfs") / root.removeprefix("dbfs:").lstrip("/") / LOCK_FILE
+    if "://" in root:
+        return Path(root.removeprefix("file://")) / LOCK_FILE if root.startswith("file://") else None
+    return Path(root) / LOCK_FILE
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class PipelineLock:
+    """A lock file naming its holder (pid, host, run id, start and heartbeat times), created atomically.
+
+    A lock is stale, and taken over, when its holder ran on this host and its process is gone, or when its
+    heartbeat is older than ``stale_after_s`` (a crash, a kill, a lost machine); a holder rewrites its heartbeat
+    every ``heartbeat_s``. :meth:`release` removes the file if it is still this holder's.
+    """
+
+    def __init__(self, path: Path, run_id: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0) -> None:
+        self.path = path
+        self.run_id = run_id
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.took_over: dict[str, Any] | None = None  # the stale holder this lock replaced, if any
+
+    def _content(self, started: float) -> str:
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": started,
+                "heartbeat": time.time(),
+            }
+        )
+
+    def holder(self) -> dict[str, Any] | None:
+        """The current holder's record, or None when there is no lock file; ``{}`` when it cannot be read."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            found = json.loads(text)
+        except json.JSONDecodeError:
+            found = None
+        if not isinstance(found, dict):  # being written, or torn by a crash: judge it by its age
+            found = {"heartbeat": self.path.stat().st_mtime}
+        return found
+
+    def is_stale(self, holder: dict[str, Any]) -> bool:
+        """Whether ``holder`` is gone (see the class docstring)."""
+        pid = holder.get("pid")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+            return True
+        return time.time() - float(holder.get("heartbeat", 0)) > self.stale_after_s
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`PipelineLocked` naming the live holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is None:
+                    continue  # released meanwhile
+                if not self.is_stale(holder):
+                    raise PipelineLocked(self._refusal(holder)) from None
+                # Move the stale file aside atomically: of two pipelines taking over at once, one wins.
+                aside = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
+                try:
+                    self.path.rename(aside)
+                except FileNotFoundError:
+                    continue
+                aside.unlink(missing_ok=True)
+                self.took_over = holder
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self._content(started))
+            self._thread = threading.Thread(target=self._beat, args=(started,), name="pipeline-lock", daemon=True)
+            self._thread.start()
+            return
+        raise PipelineLocked(f"could not take the lock {self.path}: other pipelines keep taking it")
+
+    def _refusal(self, holder: dict[str, Any]) -> str:
+        age = time.time() - float(holder.get("heartbeat", 0))
+        since = datetime.fromtimestamp(float(holder.get("started", 0)), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return (
+            f"another realsyn pipeline is running on these tables: run {holder.get('run_id', '?')}, "
+            f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {since} UTC, "
+            f"last heartbeat {age:.0f} s ago (lock {self.path}). Wait for it to finish; a lock whose process is "
+            f"gone, or whose heartbeat is older than {self.stale_after_s:.0f} s, is taken over automatically."
+        )
+
+    def _beat(self, started: float) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            holder = self.holder()
+            if holder is None or holder.get("run_id") != self.run_id:
+                log.error("pipeline lock %s was taken by another run: %s", self.path, holder)
+                return
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(self._content(started), encoding="utf-8")
+            tmp.replace(self.path)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock file if it is still this run's."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        holder = self.holder()
+        if holder is not None and holder.get("run_id") == self.run_id:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> PipelineLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Console and logs
+
+
+class SparkProgress:
+    """Polls Spark's status tracker while a stage runs: a progress bar of its tasks, and how busy the tasks were.
+
+    The bar (tqdm, on ``stream`` when it is a terminal) counts the tasks of every Spark stage seen since the start;
+    ``busy_share`` is the share of samples in which at least one task was running.
+    """
+
+    def __init__(self, sc: SparkContext, label: str, stream: TextIO, interval_s: float = 0.25) -> None:
+        self.sc = sc
+        self.label = label
+        self.stream = stream
+        self.interval_s = interval_s
+        self.samples = 0
+        self.busy = 0
+        self._tasks: dict[int, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="spark-progress", daemon=True)
+        self._bar: Any = None
+
+    @property
+    def busy_share(self) -> float | None:
+        """Share of the samples with a running task (None before the first sample)."""
+        return self.busy / self.samples if self.samples else None
+
+    def _poll(self) -> None:
+        tracker = self.sc.statusTracker()
+        while not self._stop.wait(self.interval_s):
+            try:
+                active = tracker.getActiveStageIds()
+                running = False
+                for sid in active:
+                    info = tracker.getStageInfo(sid)
+                    if info is not None:
+                        self._tasks[sid] = (info.numTasks, info.numCompletedTasks)
+                        running = running or info.numActiveTasks > 0
+                for sid, (total, _) in list(self._tasks.items()):
+                    if sid not in active:
+                        self._tasks[sid] = (total, total)
+            except Exception:  # the JVM is going away (a failing stage, the end of the run)
+                log.debug("status tracker poll failed", exc_info=True)
+                continue
+            self.samples += 1
+            self.busy += running
+            if self._bar is not None and self._tasks:
+                self._bar.total = sum(t for t, _ in self._tasks.values())
+                self._bar.n = sum(d for _, d in self._tasks.values())
+                self._bar.refresh()
+
+    def __enter__(self) -> SparkProgress:
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(desc=self.label, total=0, unit=" tasks", file=self.stream, leave=False, dynamic_ncols=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def log_dir(cfg: Config) -> Path:
+    """Where run logs go: ``pipeline.log_dir``, else ``<storage.root>/_logs`` for a local root, else ./realsyn-logs."""
+    if cfg.pipeline.log_dir is not None:
+        return Path(cfg.pipeline.log_dir)
+    lock = lock_path(cfg.storage)
+    return lock.parent / "_logs" if lock is not None else Path("realsyn-logs")
+
+
+@contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """Send Python logging (INFO and up) and warnings to ``path`` only, for the duration."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.handlers, root.level = saved[0], saved[1]
+        handler.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass(frozen=True)
+class PipelineSummary:
+    """What one pipeline run did: each stage's run, and the row count of every table the stages write."""
+
+    run_id: str
+    log: Path
+    runs: tuple[StageRun, ...]
+    tables: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No stage failed."""
+        return all(r.status != FAILED for r in self.runs)
+
+    def __str__(self) -> str:
+        width = max((len(t) for t in self.tables), default=10)
+        counts = ", ".join(f"{sum(r.status == s for r in self.runs)} {s}" for s in (OK, SKIPPED, FAILED))
+        lines = [f"run {self.run_id}: stages {counts}; rows per table:"]
+        lines += [f"  {t:<{width}} {n:>12,} rows" for t, n in self.tables.items()]
+        lines.append(f"stage runs in {RUNS} (run_id = '{self.run_id}'); full log: {self.log}")
+        return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"      {line}" for line in text.splitlines())
+
+
+def run_pipeline(cfg: Config, stages: Sequence[Stage], console: TextIO = sys.stdout) -> PipelineSummary:
+    """Run ``stages`` in order under the storage lock, recording each in gold.runs and printing its summary.
+
+    Raises :class:`PipelineLocked` before any work when another pipeline holds the lock. A failing stage is
+    recorded as ``failed`` with its error, the rest are not run, and the summary says so.
+    """
+    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    logs = log_dir(cfg)
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"{run_id}.log"
+    lock_file = lock_path(cfg.storage)
+    lock = (
+        PipelineLock(lock_file, run_id, cfg.pipeline.lock_heartbeat_s, cfg.pipeline.lock_stale_after_s)
+        if lock_file is not None
+        else None
+    )
+    if lock is not None:
+        lock.acquire()
+    try:
+        with logging_to(log_file):
+            return _run(cfg, stages, run_id, log_file, lock, console)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _say(console: TextIO, text: str) -> None:
+    console.write(text + "\n")
+    console.flush()
+    log.info("console: %s", text)
+
+
+def _run(
+    cfg: Config, stages: Sequence[Stage], run_id: str, log_file: Path, lock: PipelineLock | None, console: TextIO
+) -> PipelineSummary:
+    from realsyn.spark import get_spark
+
+    _say(console, f"realsyn pipeline run {run_id}: {', '.join(s.name for s in stages)}")
+    _say(console, f"  log: {log_file}")
+    if lock is not None and lock.took_over is not None:
+        _say(console, f"  took over the lock of run {lock.took_over.get('run_id', '?')}, which is no longer running")
+    if cfg.pipeline.demo_corpus and any(s.name == "ingest" for s in stages):
+        from realsyn.demo_corpus import generate, with_demo_inputs
+
+        t0 = time.monotonic()
+        out = generate(cfg.demo)
+        cfg = with_demo_inputs(cfg)
+        _say(console, f"  demo corpus: {out} ({cfg.demo.documents:,} documents, {time.monotonic() - t0:.1f} s)")
+    t0 = time.monotonic()
+    spark = get_spark(cfg.spark, jvm_log=log_file)
+    spark.sparkContext.setLogLevel("WARN")
+    _say(console, f"  spark {spark.version} ({spark.sparkContext.master}) ready in {time.monotonic() - t0:.1f} s")
+    lakehouse = Lakehouse(spark, cfg.storage)
+    cfg_hash, version = config_hash(cfg), code_version()
+    log.info("run %s: config %s, code %s, stages %s", run_id, cfg_hash, version, [s.name for s in stages])
+
+    runs: list[StageRun] = []
+    skipped: list[StageRun] = []
+    for i, stage in enumerate(stages, start=1):
+        label = f"[{i}/{len(stages)}] {stage.name}"
+        started = datetime.now(timezone.utc)
+        if not stage.available():
+            run = StageRun(stage.name, i, SKIPPED, started, started, {}, {}, None, f"{stage.module} is not installed")
+            skipped.append(run)  # recorded with the next stage that runs (one commit), or at the end
+            runs.append(run)
+            _say(console, f"{label:<28} skipped: {stage.module} is not part of this installation")
+            continue
+        log.info("stage %s started", stage.name)
+        rows_in = count_rows(lakehouse, stage.reads)
+        progress = SparkProgress(spark.sparkContext, label, sys.stderr)
+        spark.sparkContext.setJobGroup(stage.name, f"realsyn pipeline {run_id}: {stage.name}")
+        try:
+            with progress:
+                summary = stage.function()(lakehouse, cfg)
+                rows_out = count_rows(lakehouse, stage.writes)
+        except Exception as e:
+            log.exception("stage %s failed", stage.name)
+            ended = datetime.now(timezone.utc)
+            detail = f"{type(e).__name__}: {e}"
+            run = StageRun(stage.name, i, FAILED, started, ended, rows_in, {}, progress.busy_share, detail[:4000])
+            runs.append(run)
+            _say(console, f"{label:<28} FAILED after {run.seconds:.1f} s: {detail.splitlines()[0][:300]}")
+            _say(console, f"  traceback and Spark's log: {log_file}")
+            try:
+                record(lakehouse, run_id, cfg_hash, version, [*skipped, run])
+            except Exception:
+                log.exception("could not record the failed stage in %s", RUNS)
+            skipped = []
+            break
+        ended = datetime.now(timezone.utc)
+        run = StageRun(stage.name, i, OK, started, ended, rows_in, rows_out, progress.busy_share, None, summary)
+        record(lakehouse, run_id, cfg_hash, version, [*skipped, run])
+        skipped = []
+        runs.append(run)
+        log.info("stage %s done in %.1f s: %s", stage.name, run.seconds, summary)
+        _say(console, f"{label:<28} ok  {run.seconds:7.1f} s")
+        text = str(summary).strip()
+        if text:
+            _say(console, _indent(text))
+    record(lakehouse, run_id, cfg_hash, version, skipped)
+    tables: dict[str, int] = {}
+    for run in runs:  # counted after each stage: a table's last writer in this run has its final count
+        tables.update(run.rows_out)
+    summary = PipelineSummary(run_id, log_file, tuple(runs), dict(sorted(tables.items())))
+    _say(console, str(summary))
+    return summary

@@ -1,0 +1,161 @@
+"""`make run`'s job, run as users run it (its own process and Spark application), on a small demo corpus.
+
+One uninterrupted run is the reference; a second lake is built by runs that are SIGKILLed at random moments inside
+stages (one of them inside a Delta commit) and resumed with ``--from``, and must end with the same tables. While a
+run holds the lake, a second pipeline on it refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from realsyn.pipeline import STAGE_NAMES, STAGES
+from tests.faults import Moment, clean_env, differences, pipeline_argv, run_and_kill, run_to_end
+
+# Whole pipeline runs on 2 shared cores: well past the suite's default per-test timeout.
+pytestmark = pytest.mark.timeout(3600)
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf" / "local.yaml"
+SMALL = ("demo.documents=12", "demo.synthetic_images=4")
+
+
+def table(root: Path, name: str) -> list[dict[str, object]]:
+    layer, _, rest = name.partition(".")
+    return DeltaTable(str(root / layer / rest)).to_pyarrow_table().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo corpus folder for every run of the module (its paths are part of the tables)."""
+    return tmp_path_factory.mktemp("raw") / "demo"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, raw: Path) -> tuple[Path, str]:
+    """The lake of one uninterrupted run, and what the run printed."""
+    lake = tmp_path_factory.mktemp("reference") / "lake"
+    argv = pipeline_argv(CONF, lake, raw, SMALL)
+    # No virtualenv on PATH and no PYSPARK_PYTHON: Spark's Python workers must still find the project's packages.
+    result = subprocess.run(argv, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=3000, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return lake, result.stdout + result.stderr
+
+
+def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
+    lake, console = reference
+    layouts = sorted(str(r["layout"]) for r in table(lake, "bronze.documents"))
+    assert layouts == ["mmc4"] * 6 + ["obelics"] * 6
+    refs = table(lake, "bronze.image_refs")
+    # Every image reference points at a file the generator wrote, and every distinct URL was fetched from it.
+    assert all(Path(str(r["url"]).removeprefix("file://")).is_file() for r in refs)
+    fetched = table(lake, "bronze.fetched_images")
+    assert sorted(str(r["url_id"]) for r in fetched) == sorted({str(r["url_id"]) for r in refs})
+    assert {r["status"] for r in fetched} == {"ok"}
+    funnel = {(r["stage"], r["step"]): (r["rows_in"], r["rows_out"]) for r in table(lake, "gold.funnel")}
+    assert funnel[("ingest", "ingest documents")] == (12, 12)
+    # Semantic dedup ran after embedding without a manual rerun of extraction.
+    images = {r["image_id"] for r in table(lake, "silver.images")}
+    sentences = {r["sentence_id"] for r in table(lake, "silver.sentences")}
+    assert funnel[("images", "semantic_dedup")][1] == len(images)
+    assert funnel[("extract_sentences", "semantic_dedup")][1] == len(sentences)
+    # Each stage's output feeds the next: kept images and sentences are embedded, and images get retrieved texts.
+    assert images and sentences
+    assert images <= {r["image_id"] for r in table(lake, "silver.image_embeddings")}
+    assert sentences <= {r["sentence_id"] for r in table(lake, "silver.sentence_embeddings")}
+    retrieval = table(lake, "silver.retrieval")
+    assert {r["image_id"] for r in retrieval} == images
+    assert {r["sentence_id"] for r in retrieval} <= sentences
+    assert {r["image_id"] for r in table(lake, "silver.image_clusters")} == images
+
+    # One row per stage in gold.runs, with the row counts measured before and after it.
+    runs = {r["stage"]: r for r in table(lake, "gold.runs")}
+    assert len({r["run_id"] for r in runs.values()}) == 1
+    assert set(runs) == set(STAGE_NAMES)
+    built = {s.name for s in STAGES if s.available()}
+    assert {name: r["status"] for name, r in runs.items()} == {
+        name: "ok" if name in built else "skipped" for name in STAGE_NAMES
+    }
+    assert dict(runs["ingest"]["rows_out"])["bronze.documents"] == 12
+    assert dict(runs["fetch_images"]["rows_in"])["bronze.image_refs"] == len(refs)
+    assert dict(runs["semantic_dedup"]["rows_out"])["silver.images"] == len(images)
+    assert re.fullmatch(r"[0-9a-f]{16}", str(runs["ingest"]["config_hash"]))
+    assert str(runs["ingest"]["code_version"]).startswith("0.1.0")
+
+    # The console: one line per stage and the stage summaries; Spark's and Ivy's output went to the run log.
+    for i, name in enumerate(STAGE_NAMES, start=1):
+        assert re.search(rf"^\[{i}/{len(STAGE_NAMES)}\] {name} +(ok|skipped)", console, re.M), name
+    for noise in ("WARN", "::", "Ivy", "[Stage", "Traceback"):
+        assert noise not in console
+    # Leaves probed per image are measured: never more than the tree has (the configured average is 44).
+    probed = re.search(r"([0-9.]+) of ([0-9,]+) leaves probed per image on average", console)
+    assert probed is not None and 1 <= float(probed[1]) <= int(probed[2].replace(",", ""))
+    log = next((lake / "_logs").glob("*.log")).read_text(encoding="utf-8")
+    assert "resolution report" in log and "stage retrieve done" in log
+
+
+@pytest.mark.slow
+def test_killed_runs_resumed_with_from_end_with_the_same_tables(
+    reference: tuple[Path, str], raw: Path, tmp_path: Path
+) -> None:
+    ref_lake, _ = reference
+    seconds = {r["stage"]: float(r["seconds"]) for r in table(ref_lake, "gold.runs") if r["status"] == "ok"}
+    seed = int(os.environ.get("REALSYN_FAULT_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    order = [s for s in STAGE_NAMES if s in seconds]
+    lake, out = tmp_path / "lake", tmp_path / "console.txt"
+    # A random moment inside one of the first stages, then inside a Delta commit of a later one.
+    first = rng.choice(order[: order.index("semantic_dedup") + 1])
+    second = rng.choice(order[order.index(first) + 1 :])
+    moments = [
+        Moment(first, "delay", delay_s=rng.uniform(0.1, 0.9) * seconds[first]),
+        Moment(second, "commit", nth=rng.randint(1, 3)),
+    ]
+    context = f"seed {seed}, moments {[str(m) for m in moments]}"
+
+    def second_pipeline_refuses() -> None:
+        done = subprocess.run(
+            pipeline_argv(CONF, lake, raw, SMALL),
+            cwd=REPO,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 3, context + done.stderr[-2000:]
+        assert "another realsyn pipeline is running on these tables" in done.stderr
+
+    resume_from: str | None = None
+    killed_in = []
+    for i, moment in enumerate(moments):
+        extra = ("--from", resume_from) if resume_from else ()
+        argv = pipeline_argv(CONF, lake, raw, SMALL, *extra)
+        hook = second_pipeline_refuses if i == 0 else None
+        stage = run_and_kill(argv, lake, moment, out, while_running=hook)
+        killed_in.append(stage)
+        if stage is None:  # it finished before the moment came
+            break
+        resume_from = stage
+    if killed_in[-1] is not None:
+        argv = pipeline_argv(CONF, lake, raw, SMALL, *(("--from", resume_from) if resume_from else ()))
+        assert run_to_end(argv, out) == 0, context + out.read_text()[-4000:]
+    context += f", killed in {killed_in}"
+    assert differences(ref_lake, lake) == [], context
+
+    # gold.runs holds the killed runs up to their last finished stage, and the resumed run from its --from on.
+    runs = table(lake, "gold.runs")
+    by_run: dict[str, list[str]] = {}
+    for r in sorted(runs, key=lambda r: (str(r["run_id"]), int(str(r["stage_index"])))):
+        by_run.setdefault(str(r["run_id"]), []).append(str(r["stage"]))
+    last = by_run[max(by_run)]
+    assert last == list(STAGE_NAMES[STAGE_NAMES.index(resume_from) :] if resume_from else STAGE_NAMES), context
+    assert all(r["status"] in {"ok", "skipped"} for r in runs), context

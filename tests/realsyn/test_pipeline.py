@@ -1,0 +1,157 @@
+"""The stage table, stage selection and the lock against a second pipeline (no Spark needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from realsyn.config import StorageConfig
+from realsyn.pipeline import (
+    STAGE_NAMES,
+    STAGES,
+    PipelineLock,
+    PipelineLocked,
+    Stage,
+    StageSelectionError,
+    check_order,
+    lock_path,
+    select_stages,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def names(stages: list[Stage]) -> list[str]:
+    return [s.name for s in stages]
+
+
+def test_the_table_holds_the_agreed_stages_and_dependencies() -> None:
+    assert {s.name: s.after for s in STAGES} == {
+        "ingest": (),
+        "fetch_images": ("ingest",),
+        "extract_images": ("fetch_images",),
+        "extract_sentences": ("ingest",),
+        "embed": ("extract_images", "extract_sentences"),
+        "semantic_dedup": ("embed",),
+        "cluster_sentences": ("semantic_dedup",),
+        "retrieve": ("cluster_sentences",),
+        "cluster_images": ("semantic_dedup",),
+        "generate": ("retrieve",),
+        "balance": ("generate", "cluster_images"),
+        "export": ("balance",),
+        "report": ("export",),
+    }
+    # The built stages import; the later ones are optional until their module exists.
+    assert all(s.available() for s in STAGES if not s.optional)
+
+
+def test_an_order_that_breaks_a_dependency_is_refused() -> None:
+    a, b = Stage("a", (), "m:f"), Stage("b", ("a",), "m:f")
+    check_order([a, b])
+    with pytest.raises(ValueError, match="'b' runs after \\['a'\\]"):
+        check_order([b, a])
+    with pytest.raises(ValueError, match="twice"):
+        check_order([a, a])
+
+
+def test_from_until_and_only_select_by_position_in_the_table() -> None:
+    assert names(select_stages()) == list(STAGE_NAMES)
+    assert names(select_stages("retrieve", "cluster_images")) == ["retrieve", "cluster_images"]
+    assert names(select_stages(until="fetch_images")) == ["ingest", "fetch_images"]
+    assert names(select_stages(only=["embed", "ingest"])) == ["ingest", "embed"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start": "fetch"}, "--from: unknown stage 'fetch'"),
+        ({"until": "dedup"}, "--until: unknown stage 'dedup'"),
+        ({"only": ["embed", "clip"]}, "--only: unknown stage 'clip'"),
+        ({"start": "embed", "only": ["embed"]}, "--only cannot be combined"),
+        ({"start": "retrieve", "until": "ingest"}, "--from retrieve comes after --until ingest"),
+    ],
+)
+def test_a_bad_selection_names_the_flag(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(StageSelectionError, match=message):
+        select_stages(**kwargs)  # type: ignore[arg-type]
+
+
+def test_an_unknown_stage_fails_before_any_work(tmp_path: Path) -> None:
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"storage:\n  root: {tmp_path / 'lake'}\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "jobs.pipeline", "--conf", str(conf), "--from", "embedding"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "--from: unknown stage 'embedding'; the stages are ingest, fetch_images," in done.stderr
+    assert not (tmp_path / "lake").exists()  # no lock, no log, no table
+
+
+def test_lock_paths_live_in_the_storage_location(tmp_path: Path) -> None:
+    assert lock_path(StorageConfig(root=str(tmp_path))) == tmp_path / "_pipeline.lock"
+    assert lock_path(StorageConfig(root="dbfs:/mnt/realsyn")) == Path("/dbfs/mnt/realsyn/_pipeline.lock")
+    assert lock_path(StorageConfig(root="s3://bucket/realsyn")) is None
+    assert lock_path(StorageConfig(catalog="main.realsyn")) is None
+
+
+def test_a_held_lock_refuses_a_second_holder_and_is_released(tmp_path: Path) -> None:
+    path = tmp_path / "lake" / "_pipeline.lock"
+    first = PipelineLock(path, "run-1", heartbeat_s=0.05, stale_after_s=60)
+    with first:
+        holder = json.loads(path.read_text())
+        assert (holder["run_id"], holder["pid"]) == ("run-1", os.getpid())
+        time.sleep(0.2)  # the heartbeat moves on
+        assert json.loads(path.read_text())["heartbeat"] > holder["heartbeat"]
+        with pytest.raises(PipelineLocked, match=f"run run-1, pid {os.getpid()} on host .*lock {path}"):
+            PipelineLock(path, "run-2").acquire()
+    assert not path.exists()
+    with PipelineLock(path, "run-3") as third:
+        assert third.took_over is None
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "_pipeline.lock"
+    holder = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from realsyn.pipeline import PipelineLock
+        PipelineLock(Path({str(path)!r}), "killed-run").acquire()
+        print("held", flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(PipelineLocked, match="run killed-run"):
+            PipelineLock(path, "second").acquire()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    lock = PipelineLock(path, "after-crash")
+    lock.acquire()
+    assert lock.took_over is not None and lock.took_over["run_id"] == "killed-run"
+    assert json.loads(path.read_text())["run_id"] == "after-crash"
+    lock.release()
+
+
+def test_a_lock_with_an_old_heartbeat_from_another_host_is_stale(tmp_path: Path) -> None:
+    path = tmp_path / "_pipeline.lock"
+    old = {"run_id": "lost", "pid": 1, "host": "another-host", "started": 0, "heartbeat": time.time() - 300}
+    path.write_text(json.dumps(old))
+    with pytest.raises(PipelineLocked, match="run lost"):
+        PipelineLock(path, "x", stale_after_s=600).acquire()
+    with PipelineLock(path, "y", stale_after_s=120) as lock:
+        assert lock.took_over == old
+    # A torn lock file (a crash while writing it) is judged by its age.
+    path.write_text('{"run_id": "to')
+    with pytest.raises(PipelineLocked):
+        PipelineLock(path, "z", stale_after_s=120).acquire()
