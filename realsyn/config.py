@@ -241,6 +241,7 @@ class FetchConfig(Section):
         default_factory=lambda: ["http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs"]
     )
     file_roots: list[str] = Field(default_factory=list)
+    object_prefixes: list[str] = Field(default_factory=list)
     verify_tls: bool = True
     content_store: Literal["table", "files"] = "table"
     content_prefix: str | None = None
@@ -258,6 +259,15 @@ class FetchConfig(Section):
                 ipaddress.ip_network(net, strict=False)
             except ValueError as e:
                 raise ValueError(f"fetch.allow_networks: {e}") from None
+        for prefix in self.object_prefixes:
+            scheme, sep, rest = prefix.partition(":/")
+            if not sep or not scheme or not rest.strip("/") or scheme.lower() in ("http", "https", "file", "data"):
+                raise ValueError(
+                    f"fetch.object_prefixes: {prefix!r} is not an object-store bucket or prefix (e.g. s3://bucket/images/)"
+                )
+        for root in self.file_roots:
+            if not root.strip():
+                raise ValueError("fetch.file_roots: an empty entry would mean the working directory")
         return self
 
 

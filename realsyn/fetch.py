@@ -114,6 +114,7 @@ def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None) -> Fetch
         allow_networks=tuple(fcfg.allow_networks),
         allowed_schemes=tuple(fcfg.allowed_schemes),
         file_roots=tuple(fcfg.file_roots),
+        object_prefixes=tuple(fcfg.object_prefixes),
         verify_tls=fcfg.verify_tls,
         content_prefix=content_prefix,
     )

@@ -11,7 +11,12 @@ Safety, on by default:
 - responses larger than ``max_bytes`` are cut off while streaming; images larger than ``max_pixels`` are refused
   from their header (decompression bombs); content is accepted only when Pillow decodes it, whatever the
   Content-Type says;
-- ``X-Robots-Tag: noai`` / ``noimageai`` (optionally addressed to our user-agent token) is honoured.
+- ``X-Robots-Tag: noai`` / ``noimageai`` (optionally addressed to our user-agent token) is honoured;
+- local files (``file://`` and absolute paths) are read only when ``file`` is an allowed scheme *and*
+  ``file_roots`` names the folders they must lie under; object stores (``s3://``, ``gs://``, ``dbfs:/``...) only
+  under a prefix of ``object_prefixes``; a reference that is neither a URL nor an absolute path is invalid;
+- every read (HTTP, file, object store, ``data:``) ends within ``total_timeout_s``: file and object reads run in
+  daemon threads that are abandoned at the deadline (a FIFO or a hung mount cannot hold the task).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import email.utils
 import hashlib
 import io
@@ -117,6 +123,7 @@ class FetchOptions:
     allow_networks: tuple[str, ...] = ()
     allowed_schemes: tuple[str, ...] = DEFAULT_SCHEMES
     file_roots: tuple[str, ...] = ()
+    object_prefixes: tuple[str, ...] = ()
     verify_tls: bool = True
     content_prefix: str | None = None
     dns_threads: int = 32
@@ -479,6 +486,7 @@ class Fetcher:
         self._allow = parse_networks(options.allow_networks)
         self._roots = tuple(os.path.realpath(r) for r in options.file_roots)
         self._schemes = frozenset(s.lower() for s in options.allowed_schemes)
+        self._prefixes = tuple(_normal_object_url(urllib.parse.urlsplit(p)) for p in options.object_prefixes)
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._literal_checks: dict[str, str | None] = {}  # host of a URL -> why refused, when an IP literal
         self._io = ThreadPoolExecutor(options.io_threads, thread_name_prefix="fetch-io")
@@ -486,12 +494,14 @@ class Fetcher:
         self._decode = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="fetch-decode")
         self._session: Any = None
         self._slots: asyncio.Semaphore | None = None
+        self._reads: asyncio.Semaphore | None = None
 
     async def __aenter__(self) -> Fetcher:
         import aiohttp
 
         o = self.options
         self._slots = asyncio.Semaphore(o.concurrency)
+        self._reads = asyncio.Semaphore(o.io_threads)
         connector = aiohttp.TCPConnector(
             limit=0,
             use_dns_cache=False,
@@ -549,22 +559,80 @@ class Fetcher:
         if not isinstance(url, str) or not url.strip():
             raise _Outcome(INVALID_URL, "empty URL")
         url = url.strip()
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        o = self.options
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as e:  # e.g. an unclosed IPv6 bracket: http://[::1/x
+            raise _Outcome(INVALID_URL, f"{type(e).__name__}: {e}") from None
+        scheme = parts.scheme.lower()
         if len(scheme) == 1:  # a Windows drive letter, not a scheme
             scheme = ""
+        if not scheme and not Path(url).is_absolute():
+            raise _Outcome(INVALID_URL, "neither a URL nor an absolute path")
         kind = scheme or "file"
         if kind not in self._schemes:
             raise _Outcome(BLOCKED, f"scheme {kind!r} is not in fetch.allowed_schemes")
         if scheme in ("http", "https"):
             data, http_status = await self._get_http(url)
         elif scheme == "data":
-            data, http_status = _read_data_uri(url, self.options.max_bytes), None
-        elif scheme in ("", "file"):
+            data, http_status = await self._read_under_deadline(False, _read_data_uri, url, o.max_bytes), None
+        elif kind == "file":
+            if not self._roots:
+                raise _Outcome(BLOCKED, "local files are read only under fetch.file_roots, and none is set")
             path = _local_path(url)
-            data, http_status = await self._in_thread(self._io, self._read_file, path), None
+            data, http_status = await self._read_under_deadline(False, self._read_file, path), None
         else:
-            data, http_status = await self._in_thread(self._io, _read_fsspec, url, self.options.max_bytes), None
+            self._check_object_prefix(url, parts)
+            data, http_status = await self._read_under_deadline(True, _read_fsspec, url, o.max_bytes), None
         return await self._accept(url, data, http_status)
+
+    def _check_object_prefix(self, url: str, parts: urllib.parse.SplitResult) -> None:
+        if any(segment in (".", "..") for segment in parts.path.split("/")):
+            raise _Outcome(BLOCKED, "object reference with '.' or '..' path segments refused")
+        normal = _normal_object_url(parts)
+        if not any(normal == p or normal.startswith(p + "/") for p in self._prefixes):
+            raise _Outcome(BLOCKED, f"{url} is not under any of fetch.object_prefixes")
+
+    async def _read_under_deadline(self, retryable: bool, fn: Callable[..., bytes], *args: Any) -> bytes:
+        """Run the blocking read ``fn(*args)`` in a daemon thread; give up on it after ``total_timeout_s``.
+
+        A read that never returns (a FIFO, a hung network mount) leaves its thread blocked, but the daemon thread
+        does not keep the worker from exiting, and the fetch ends as ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+
+        def settle(value: bytes | None, error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(value or b"")
+
+        def work() -> None:
+            value: bytes | None = None
+            error: BaseException | None = None
+            try:
+                value = fn(*args)
+            except BaseException as e:
+                error = e
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for this read any more
+                loop.call_soon_threadsafe(settle, value, error)
+
+        assert self._reads is not None
+        async with self._reads:
+            threading.Thread(target=work, name="fetch-read", daemon=True).start()
+            try:
+                return await asyncio.wait_for(asyncio.shield(done), self.options.total_timeout_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise _Outcome(
+                    TIMEOUT,
+                    f"read not finished within total_timeout_s={self.options.total_timeout_s:g}",
+                    None,
+                    None,
+                    retryable,
+                ) from None
 
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -704,6 +772,11 @@ class Fetcher:
                     resp.close()
                     raise _Outcome(TOO_LARGE, f"more than max_bytes={o.max_bytes} bytes streamed", status)
             return None, (bytes(body), status)
+
+
+def _normal_object_url(parts: urllib.parse.SplitResult) -> str:
+    """``scheme://bucket/path`` without a trailing slash: ``dbfs:/a`` and ``dbfs:///a`` compare equal."""
+    return f"{parts.scheme.lower()}://{parts.netloc}{parts.path}".rstrip("/")
 
 
 def _local_path(url: str) -> str:

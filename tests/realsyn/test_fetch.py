@@ -123,7 +123,8 @@ def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp
             *[("d3", 0, metadata), ("d3", 1, file_uri), ("d3", 2, absent)],
         ],
     )
-    cfg = _config(lakehouse.storage, commit_every=4)  # 7 distinct URLs: two commit batches
+    # 7 distinct URLs: two commit batches. Local files are read under file_roots only.
+    cfg = _config(lakehouse.storage, commit_every=4, file_roots=[str(tmp_path)])
 
     summary = run_fetch_images(lakehouse, cfg)
 
@@ -172,7 +173,12 @@ def test_job_refuses_loopback_by_default_and_stores_files(
     _write_refs(lakehouse, [("d1", 0, server.url("/a.jpg")), ("d1", 1, local.as_uri())])
     conf = tmp_path / "conf.yaml"
     conf.write_text(f"storage:\n  root: {lakehouse.storage.root}\n", encoding="utf-8")
-    fetch_job(["--conf", str(conf), "--set", "fetch.tasks=1", "--set", "fetch.content_store=files"])
+    fetch_job(
+        [
+            *["--conf", str(conf), "--set", "fetch.tasks=1", "--set", "fetch.content_store=files"],
+            *["--set", f"fetch.file_roots=[{tmp_path}]"],
+        ]
+    )
 
     assert "2 of 2 pending URLs fetched" in capsys.readouterr().out
     rows = {r["url"]: r for r in lakehouse.read(BRONZE_FETCHED_IMAGES).collect()}

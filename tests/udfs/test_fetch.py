@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import struct
 import threading
 import time
@@ -325,8 +326,13 @@ def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
         "ftp://example.org/x.jpg",
         "file://otherhost/etc/x.jpg",
         "",
+        "not a url at all",
+        "relative/a b.jpg",
+        "http://[::1/x",
+        "javascript:alert(1)",
     ]
-    results = F.fetch_batch(urls, OPTS)
+    opts = replace(OPTS, file_roots=(str(tmp_path),), object_prefixes=("memory://realsyn-test",))
+    results = F.fetch_batch(urls, opts)
     assert [(r.status, r.image_id, r.format) for r in results] == [
         (F.OK, bytes_id(jpeg), "JPEG"),
         (F.OK, bytes_id(jpeg), "JPEG"),
@@ -339,7 +345,48 @@ def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
         (F.BLOCKED, None, None),
         (F.BLOCKED, None, None),
         (F.INVALID_URL, None, None),
+        (F.INVALID_URL, None, None),
+        (F.INVALID_URL, None, None),
+        (F.INVALID_URL, None, None),
+        (F.BLOCKED, None, None),
     ]
+
+
+def test_local_files_and_objects_are_refused_without_roots_and_prefixes(tmp_path: Path) -> None:
+    # The scheme alone is not enough: files need file_roots, object stores a listed bucket or prefix.
+    (tmp_path / "a.jpg").write_bytes(BODIES["jpeg"][0])
+    with fsspec.open("memory://realsyn-test/img.png", "wb") as f:
+        f.write(BODIES["png"][0])
+    with fsspec.open("memory://other-bucket/secret.png", "wb") as f:
+        f.write(BODIES["png"][0])
+    urls = [
+        (tmp_path / "a.jpg").as_uri(),
+        str(tmp_path / "a.jpg"),
+        "file:///etc/passwd",
+        "/dev/zero",
+        "memory://realsyn-test/img.png",
+    ]
+    results = F.fetch_batch(urls, OPTS)
+    assert [(r.status, r.content) for r in results] == [(F.BLOCKED, None)] * 5
+    assert "file_roots" in (results[0].error or "") and "object_prefixes" in (results[4].error or "")
+    opts = replace(OPTS, file_roots=(str(tmp_path),), object_prefixes=("memory://realsyn-test/",))
+    urls += [
+        "memory://other-bucket/secret.png",
+        "memory://realsyn-test-2/secret.png",
+        "memory://realsyn-test/../other-bucket/secret.png",
+    ]
+    statuses = [r.status for r in F.fetch_batch(urls, opts)]
+    assert statuses == [F.OK, F.OK, F.BLOCKED, F.BLOCKED, F.OK, F.BLOCKED, F.BLOCKED, F.BLOCKED]
+
+
+def test_a_fifo_read_ends_as_timeout_within_the_limit(tmp_path: Path) -> None:
+    fifo = tmp_path / "never.jpg"
+    os.mkfifo(fifo)  # opening it for reading blocks until a writer comes, which never happens
+    opts = replace(OPTS, file_roots=(str(tmp_path),), total_timeout_s=1.0)
+    started = time.monotonic()
+    [r] = F.fetch_batch([fifo.as_uri()], opts)
+    assert (r.status, r.attempts, r.retryable) == (F.TIMEOUT, 1, False)
+    assert time.monotonic() - started < 1.0 + 0.5
 
 
 def test_file_roots_and_size_limit(tmp_path: Path) -> None:
@@ -355,7 +402,7 @@ def test_file_roots_and_size_limit(tmp_path: Path) -> None:
         [str(inside / n) for n in ("a.jpg", "link.jpg", "big.png")] + [str(outside / "b.jpg")], opts
     )
     assert [r.status for r in results] == [F.OK, F.BLOCKED, F.TOO_LARGE, F.BLOCKED]
-    no_files = replace(OPTS, allowed_schemes=("http", "https"))
+    no_files = replace(opts, allowed_schemes=("http", "https"))
     assert [r.status for r in F.fetch_batch([str(inside / "a.jpg")], no_files)] == [F.BLOCKED]
 
 
@@ -384,20 +431,25 @@ def check_object_store(fs: fsspec.AbstractFileSystem, schemes: tuple[str, ...]) 
     """
     jpeg, png = BODIES["jpeg"][0], BODIES["png"][0]
     fs.mkdir("realsyn-test")
+    fs.mkdir("private-bucket")
     fs.pipe({"realsyn-test/photos/a b.jpg": jpeg, "realsyn-test/big.png": png, "realsyn-test/page.html": b"<html>"})
+    fs.pipe({"private-bucket/a.jpg": jpeg})
     scheme = schemes[0]
     urls = [f"{s}://realsyn-test/photos/a b.jpg" for s in schemes] + [
         f"{scheme}://realsyn-test/big.png",
         f"{scheme}://realsyn-test/page.html",
         f"{scheme}://realsyn-test/absent.jpg",
         f"{scheme}://no-such-bucket/a.jpg",
+        f"{scheme}://private-bucket/a.jpg",  # exists, readable with these credentials, but not listed
     ]
-    results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1))
+    prefixes = (*(f"{s}://realsyn-test" for s in schemes), f"{scheme}://no-such-bucket/")
+    results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1, object_prefixes=prefixes))
     assert [(r.status, r.image_id, r.format) for r in results] == [(F.OK, bytes_id(jpeg), "JPEG")] * len(schemes) + [
         (F.TOO_LARGE, None, None),
         (F.NOT_AN_IMAGE, None, None),
         (F.NOT_FOUND, None, None),
         (F.NOT_FOUND, None, None),
+        (F.BLOCKED, None, None),
     ]
     assert results[0].content == jpeg and not any(r.retryable for r in results)
 
@@ -439,7 +491,7 @@ def test_dbfs_references_read_from_the_mount(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "FileStore" / "photos" / "a.jpg").write_bytes(jpeg)
     monkeypatch.setattr(F, "DBFS_MOUNT", str(tmp_path))  # as /dbfs on a Databricks node
     urls = ["dbfs:/FileStore/photos/a.jpg", "dbfs:///FileStore/photos/a.jpg", "dbfs:/FileStore/absent.jpg"]
-    results = F.fetch_batch(urls, OPTS)
+    results = F.fetch_batch(urls, replace(OPTS, object_prefixes=("dbfs:/FileStore/",)))
     assert [(r.status, r.image_id) for r in results] == [
         (F.OK, bytes_id(jpeg)),
         (F.OK, bytes_id(jpeg)),
@@ -450,7 +502,7 @@ def test_dbfs_references_read_from_the_mount(tmp_path: Path, monkeypatch: pytest
 def test_content_to_files(tmp_path: Path) -> None:
     jpeg = BODIES["jpeg"][0]
     (tmp_path / "a.jpg").write_bytes(jpeg)
-    opts = replace(OPTS, content_prefix=str(tmp_path / "store"))
+    opts = replace(OPTS, content_prefix=str(tmp_path / "store"), file_roots=(str(tmp_path),))
     [r] = F.fetch_batch([str(tmp_path / "a.jpg")], opts)
     image_id = bytes_id(jpeg)
     assert (r.status, r.content, r.content_path) == (F.OK, None, f"{tmp_path}/store/{image_id[:2]}/{image_id}.jpg")
