@@ -48,6 +48,7 @@ from realsyn.config import (
     SentenceNearDedupConfig,
     SentencePerplexityConfig,
     SentencesConfig,
+    check_references,
 )
 from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import stable_id_col
@@ -503,6 +504,9 @@ def sentence_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
 
 def run_extract_sentences(lakehouse: Lakehouse, cfg: Config) -> SentencesSummary:
     """Read bronze.texts, write silver.sentences, silver.sentence_rejects and the stage's funnel rows."""
+    problems = check_references(cfg)  # a config built in code has not been through load_config
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(f"{key}: {why}" for key, why in problems))
     scfg = cfg.sentences
     texts = lakehouse.read(BRONZE_TEXTS).select("doc_id", "position", "text")
     kept, rejects = extract_sentences(texts, scfg, sentence_embeddings(lakehouse, scfg.semantic_dedup))
