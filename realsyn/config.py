@@ -178,6 +178,9 @@ class SemanticDedupConfig(Section):
     items_per_cluster: int = Field(default=1_000, gt=1)
     clusters_per_item: int = Field(default=1, gt=0)
     seed: int = 0
+    # The run stops when the step would remove more than this share of its input (an implausible result, e.g.
+    # embeddings that are nearly parallel); 1 switches the guard off.
+    max_removed_share: float = Field(default=0.5, gt=0, le=1)
 
 
 class SentencesConfig(Section):
@@ -234,6 +237,7 @@ class FetchConfig(Section):
     max_redirects: int = Field(default=5, ge=0)
     max_bytes: int = Field(default=20_000_000, gt=0)
     max_pixels: int = Field(default=89_478_485, gt=0)
+    max_decoded_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     inline_decode_pixels: int = Field(default=4_000_000, ge=0)
     user_agent: str = Field(
         default="realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)", min_length=1

@@ -38,6 +38,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from realsyn.clustering import hash_uniform, resolve_model_id, shipped, tree_from_centroids, usable_embeddings
 from realsyn.config import Config, RetrievalConfig
+from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_RETRIEVAL,
@@ -326,6 +327,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     )
     if rejected:
         print(f"retrieve: model {model_id}: {rejected} image embeddings unusable, see {SILVER_RETRIEVAL_REJECTS}")
+    n_usable = images.count()
     sentences = (
         lakehouse.read(SILVER_SENTENCE_CLUSTERS)
         .filter(F.col("model_id") == model_id)
@@ -343,6 +345,11 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     totals = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("image_id").alias("images")).first()
     n_rows, n_images = (int(totals["rows"]), int(totals["images"])) if totals is not None else (0, 0)
     n_sentences = sentences.count()
+    steps = [
+        FunnelStep("usable_embedding", n_usable + rejected, n_usable),
+        FunnelStep("retrieve", n_usable, n_images),  # images that got at least one sentence
+    ]
+    write_funnel(lakehouse, f"retrieve[{model_id}]", steps)
     print(
         f"retrieve: model {model_id}: {n_images} images got {n_rows} sentences "
         f"(top {cfg.retrieval.top_k} of {n_sentences}; {_probing(cfg.retrieval)})"

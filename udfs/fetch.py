@@ -49,6 +49,8 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
+
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
 else:  # aiohttp depends on async-timeout before Python 3.11
@@ -97,7 +99,7 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_SCHEMES = ("http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs")
 # Where Databricks mounts DBFS on every node: dbfs:/ references are read there when it exists (FUSE: no API token).
 DBFS_MOUNT = "/dbfs"
-_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "TIFF": "tif", "BMP": "bmp"}
+_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "tiff": "tif", "bmp": "bmp"}
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class FetchOptions:
     max_redirects: int = 5
     max_bytes: int = 20_000_000
     max_pixels: int = 89_478_485
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     inline_decode_pixels: int = 4_000_000  # larger images are decoded in one of the decode threads
     user_agent: str = "realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)"
     user_agent_token: str = "realsyn"
@@ -327,10 +330,11 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader | ImageCheck:
     return ImageHeader(img, width, height, fmt, orientation)
 
 
-def decode_check(header: ImageHeader) -> ImageCheck:
+def decode_check(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> ImageCheck:
     """Decode the image of ``header`` (then closed) to prove its data whole; width and height as displayed.
 
-    JPEG is decoded at reduced DCT scale, which still reads every byte of the image data.
+    JPEG is decoded at reduced DCT scale, which still reads every byte of the image data. Another image whose
+    decoded pixels would take more than ``max_decoded_bytes`` is refused (too_many_pixels) without decoding.
     """
     from PIL import Image
 
@@ -340,6 +344,9 @@ def decode_check(header: ImageHeader) -> ImageCheck:
         try:
             if fmt == "JPEG":
                 img.draft(None, (max(1, header.width // 8), max(1, header.height // 8)))
+            too_big = bound_decode(img, max_decoded_bytes)
+            if too_big is not None:
+                return ImageCheck(TOO_MANY_PIXELS, too_big, header.width, header.height, fmt)
             img.load()
         except Image.DecompressionBombError as e:
             return ImageCheck(TOO_MANY_PIXELS, str(e))
@@ -353,14 +360,14 @@ def decode_check(header: ImageHeader) -> ImageCheck:
     return ImageCheck(OK, None, width, height, fmt)
 
 
-def validate_image(data: bytes, max_pixels: int) -> ImageCheck:
+def validate_image(data: bytes, max_pixels: int, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> ImageCheck:
     """Decode ``data`` with Pillow: refuse non-images, undecodable data and images over ``max_pixels``.
 
     The pixel limit is checked from the header before decoding. Width and height are as displayed (after the
     EXIF orientation).
     """
     header = read_header(data, max_pixels)
-    return header if isinstance(header, ImageCheck) else decode_check(header)
+    return header if isinstance(header, ImageCheck) else decode_check(header, max_decoded_bytes)
 
 
 def _closed(img: Any, check: ImageCheck) -> ImageCheck:
@@ -376,7 +383,7 @@ def store_content(prefix: str, image_id: str, fmt: str | None, data: bytes) -> s
     exists already holds these bytes and is left alone: the same image at many URLs, fetched by many threads and
     tasks at once, is written once or a few times, never half.
     """
-    path = f"{prefix.rstrip('/')}/{image_id[:2]}/{image_id}.{_EXT.get(fmt or '', 'bin')}"
+    path = f"{prefix.rstrip('/')}/{image_id[:2]}/{image_id}.{_EXT.get((fmt or '').lower(), 'bin')}"
     if "://" not in prefix:
         target = Path(path)
         if target.exists():
@@ -645,14 +652,16 @@ class Fetcher:
         if isinstance(header, ImageCheck):
             check = header
         elif header.pixels <= o.inline_decode_pixels:
-            check = decode_check(header)
+            check = decode_check(header, o.max_decoded_bytes)
         else:
-            check = await self._in_thread(self._decode, decode_check, header)
+            check = await self._in_thread(self._decode, decode_check, header, o.max_decoded_bytes)
         if check.status != OK:
             raise _Outcome(check.status, check.error, http_status)
         image_id = content_id(data)
         result = FetchResult(url, OK, False, http_status, None, image_id=image_id, n_bytes=len(data))
-        result.width, result.height, result.format = check.width, check.height, check.format
+        # Lower-case, as in silver.images ("jpeg", "png"): one spelling of a format in every table.
+        fmt = check.format.lower() if check.format else None
+        result.width, result.height, result.format = check.width, check.height, fmt
         if o.content_prefix:
             args = (o.content_prefix, image_id, check.format, data)
             result.content_path = await self._in_thread(self._io, store_content, *args)

@@ -42,7 +42,7 @@ def test_demo_pipeline_on_a_small_corpus(tmp_path: Path) -> None:
     assert sorted(str(r["url_id"]) for r in fetched) == sorted({str(r["url_id"]) for r in refs})
     assert {r["status"] for r in fetched} == {"ok"}
     funnel = {(r["stage"], r["step"]): (r["rows_in"], r["rows_out"]) for r in table(lake, "gold.funnel")}
-    assert funnel[("ingest", "ingest documents")] == (12, 12)
+    assert funnel[("ingest", "documents")] == (12, 12)
     # Each stage's output feeds the next: kept images and sentences are embedded, and images get retrieved texts.
     images = {r["image_id"] for r in table(lake, "silver.images")}
     sentences = {r["sentence_id"] for r in table(lake, "silver.sentences")}

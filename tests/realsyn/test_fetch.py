@@ -130,12 +130,12 @@ def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp
 
     id_a, id_b = bytes_id(IMAGES["/a.jpg"]), bytes_id(IMAGES["/b.jpg"])
     expected = {
-        stable_id(a): (a, "ok", 200, False, 1, id_a, 120, 80, "JPEG"),
-        stable_id(b): (b, "ok", 200, False, 1, id_b, 64, 64, "JPEG"),
+        stable_id(a): (a, "ok", 200, False, 1, id_a, 120, 80, "jpeg"),
+        stable_id(b): (b, "ok", 200, False, 1, id_b, 64, 64, "jpeg"),
         stable_id(missing): (missing, "http_error", 404, False, 1, None, None, None, None),
         stable_id(unstable): (unstable, "http_error", 503, True, 2, None, None, None, None),
         stable_id(metadata): (metadata, "blocked", None, False, 1, None, None, None, None),
-        stable_id(file_uri): (file_uri, "ok", None, False, 1, id_b, 64, 64, "JPEG"),
+        stable_id(file_uri): (file_uri, "ok", None, False, 1, id_b, 64, 64, "jpeg"),
         stable_id(absent): (absent, "not_found", None, False, 1, None, None, None, None),
     }
     assert _table(lakehouse) == expected
@@ -155,7 +155,7 @@ def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp
     server.unstable = False
     retried = run_fetch_images(lakehouse, cfg, retry_failed=True)
     assert (retried.pending, retried.by_status) == (1, {"ok": 1})
-    assert _table(lakehouse) == {**expected, stable_id(unstable): (unstable, "ok", 200, False, 1, id_b, 64, 64, "JPEG")}
+    assert _table(lakehouse) == {**expected, stable_id(unstable): (unstable, "ok", 200, False, 1, id_b, 64, 64, "jpeg")}
     assert server.hits == Counter({"/a.jpg": 1, "/b.jpg": 1, "/missing": 1, "/unstable": 3, "/to-metadata": 1})
 
     # Readable without Spark, by the deltalake package.

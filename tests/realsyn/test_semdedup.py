@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -42,3 +43,24 @@ def test_planted_duplicates_are_grouped_and_distinct_items_are_not(spark: SparkS
     # Random 32-d directions have cosine far below 0.95, so only planted copies can pair up; k-means with
     # about 4 items per cluster keeps each tight group of copies in one cluster.
     assert result == expected
+
+
+def test_random_weight_models_never_drive_dedup() -> None:
+    from realsyn.config import EmbedConfig
+    from realsyn.semdedup import refusal
+
+    embed = EmbedConfig()  # conf/models.yaml
+    assert "random weights" in (refusal("tiny-random", embed) or "")
+    assert "random weights" in (refusal("vit-b-32-random", embed) or "")
+    assert refusal("eva02-l-14", embed) is None
+    assert refusal("made-elsewhere", embed) is None  # unknown to the registry: the share guard still applies
+
+
+def test_an_implausible_share_removed_stops_the_run() -> None:
+    from realsyn.semdedup import ImplausibleDedupError, check_removed_share
+
+    check_removed_share("image semantic dedup", 239, 120, 0.5, "images.semantic_dedup.max_removed_share")
+    with pytest.raises(
+        ImplausibleDedupError, match=r"238 of 239 rows .*images\.semantic_dedup\.max_removed_share=0\.5"
+    ):
+        check_removed_share("image semantic dedup", 239, 1, 0.5, "images.semantic_dedup.max_removed_share")

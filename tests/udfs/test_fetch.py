@@ -198,18 +198,18 @@ def _summary(r: F.FetchResult) -> tuple[object, ...]:
 
 # name -> (status, http_status, attempts, width, height, format)
 EXPECTED = {
-    "jpeg": (F.OK, 200, 1, 160, 107, "JPEG"),
-    "png": (F.OK, 200, 1, 160, 107, "PNG"),
-    "webp": (F.OK, 200, 1, 160, 107, "WEBP"),
-    "gif": (F.OK, 200, 1, 160, 107, "GIF"),
-    "cmyk": (F.OK, 200, 1, 160, 107, "JPEG"),
-    "png16": (F.OK, 200, 1, 48, 32, "PNG"),
-    "exif": (F.OK, 200, 1, 20, 40, "JPEG"),
-    "wrong-type": (F.OK, 200, 1, 160, 107, "PNG"),
-    "to-jpeg": (F.OK, 200, 1, 160, 107, "JPEG"),
-    "flaky": (F.OK, 200, 2, 160, 107, "JPEG"),
-    "rate-limited": (F.OK, 200, 2, 160, 107, "PNG"),
-    "noai-for-others": (F.OK, 200, 1, 160, 107, "JPEG"),
+    "jpeg": (F.OK, 200, 1, 160, 107, "jpeg"),
+    "png": (F.OK, 200, 1, 160, 107, "png"),
+    "webp": (F.OK, 200, 1, 160, 107, "webp"),
+    "gif": (F.OK, 200, 1, 160, 107, "gif"),
+    "cmyk": (F.OK, 200, 1, 160, 107, "jpeg"),
+    "png16": (F.OK, 200, 1, 48, 32, "png"),
+    "exif": (F.OK, 200, 1, 20, 40, "jpeg"),
+    "wrong-type": (F.OK, 200, 1, 160, 107, "png"),
+    "to-jpeg": (F.OK, 200, 1, 160, 107, "jpeg"),
+    "flaky": (F.OK, 200, 2, 160, 107, "jpeg"),
+    "rate-limited": (F.OK, 200, 2, 160, 107, "png"),
+    "noai-for-others": (F.OK, 200, 1, 160, 107, "jpeg"),
     "missing": (F.HTTP_ERROR, 404, 1, None, None, None),
     "always-503": (F.HTTP_ERROR, 503, 2, None, None, None),
     "rate-limited-long": (F.HTTP_ERROR, 429, 1, None, None, None),
@@ -334,13 +334,13 @@ def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
     opts = replace(OPTS, file_roots=(str(tmp_path),), object_prefixes=("memory://realsyn-test",))
     results = F.fetch_batch(urls, opts)
     assert [(r.status, r.image_id, r.format) for r in results] == [
-        (F.OK, bytes_id(jpeg), "JPEG"),
-        (F.OK, bytes_id(jpeg), "JPEG"),
+        (F.OK, bytes_id(jpeg), "jpeg"),
+        (F.OK, bytes_id(jpeg), "jpeg"),
         (F.NOT_FOUND, None, None),
         (F.NOT_AN_IMAGE, None, None),
-        (F.OK, bytes_id(png), "PNG"),
+        (F.OK, bytes_id(png), "png"),
         (F.INVALID_URL, None, None),
-        (F.OK, bytes_id(png), "PNG"),
+        (F.OK, bytes_id(png), "png"),
         (F.NOT_FOUND, None, None),
         (F.BLOCKED, None, None),
         (F.BLOCKED, None, None),
@@ -444,7 +444,7 @@ def check_object_store(fs: fsspec.AbstractFileSystem, schemes: tuple[str, ...]) 
     ]
     prefixes = (*(f"{s}://realsyn-test" for s in schemes), f"{scheme}://no-such-bucket/")
     results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1, object_prefixes=prefixes))
-    assert [(r.status, r.image_id, r.format) for r in results] == [(F.OK, bytes_id(jpeg), "JPEG")] * len(schemes) + [
+    assert [(r.status, r.image_id, r.format) for r in results] == [(F.OK, bytes_id(jpeg), "jpeg")] * len(schemes) + [
         (F.TOO_LARGE, None, None),
         (F.NOT_AN_IMAGE, None, None),
         (F.NOT_FOUND, None, None),
@@ -604,3 +604,15 @@ def test_status_counts() -> None:
         F.HTTP_ERROR: [1, 0],
         F.TIMEOUT: [1, 0],
     }
+
+
+def test_images_under_the_pixel_limit_but_huge_decoded_are_bounded() -> None:
+    # 81M pixels pass max_pixels (89.5M), but the decoded PNG would take ~324 MB.
+    big = Image.new("RGB", (9000, 9000), (10, 20, 30))
+    png, jpeg = _encode(big, "PNG"), _encode(big, "JPEG")
+    check = F.validate_image(png, 89_478_485)
+    assert (check.status, check.width, check.height, check.format) == (F.TOO_MANY_PIXELS, 9000, 9000, "PNG")
+    assert "324 MB > 134 MB" in (check.error or "")
+    # A JPEG is checked at 1/8 scale (~5 MB) and passes; a higher bound lets the PNG through too.
+    assert F.validate_image(jpeg, 89_478_485) == F.ImageCheck(F.OK, None, 9000, 9000, "JPEG")
+    assert F.validate_image(png, 89_478_485, max_decoded_bytes=400_000_000).status == F.OK
