@@ -233,7 +233,8 @@ def _normalise_mmc4(df: DataFrame) -> DataFrame:
                 F.struct(x["image_name"].alias("image_name"), x["face_detections"].alias("face_detections"))
             ).alias("meta"),
             field_reason.alias("field_reason"),
-            F.when(bad_index, index).when(bad_sim, sim).alias("field_detail"),
+            # from_json keeps a non-numeric number (NaN) as its quoted JSON text
+            F.regexp_replace(F.when(bad_index, index).when(bad_sim, sim), '^"|"$', "").alias("field_detail"),
         )
 
     images = F.transform(F.coalesce(F.col("rec.image_info"), F.array().cast(T.ArrayType(_MMC4_IMAGE))), image_item)
@@ -382,7 +383,11 @@ def _texts(docs: DataFrame, cfg: IngestConfig) -> DataFrame:
         ]
     )
     return exploded.withColumn("reject_reason", reason).withColumn(
-        "detail", F.when(F.col("reject_reason") == "non_string_text", F.concat(F.lit("JSON type "), json_type))
+        "detail",
+        F.when(
+            F.col("reject_reason") == "non_string_text",
+            F.concat(F.lit("JSON type "), F.regexp_extract(json_type, "^[A-Z]+", 0)),
+        ),
     )
 
 

@@ -282,7 +282,7 @@ def test_every_broken_line_is_a_reject_and_one_bad_field_rejects_only_that_field
         ("document", None, "malformed_json", None),
         ("field", 0, "invalid_matched_text_index", "one"),
         ("field", 1, "invalid_matched_sim", "NaN"),
-        ("text", 1, "non_string_text", "JSON type DOUBLE"),
+        ("text", 1, "non_string_text", "JSON type DECIMAL"),
         ("text", 2, "non_string_text", "JSON type OBJECT"),
         ("text", 3, "nul_in_text", None),
     ]
