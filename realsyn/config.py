@@ -389,10 +389,28 @@ def check_references(cfg: Config) -> list[tuple[str, str]]:
                     f"spaCy model package {parser!r} is not installed (pip install it, or name a folder)",
                 )
             )
+    problems += _embed_model_problems(cfg.embed)
     perplexity = scfg.perplexity
     if perplexity.enabled and _looks_like_path(perplexity.model) and not Path(perplexity.model).exists():
         problems.append(("sentences.perplexity.model", f"no model folder at {perplexity.model!r}"))
     return problems
+
+
+def _embed_model_problems(embed: EmbedConfig) -> list[tuple[str, str]]:
+    """The registry file must read and name ``embed.model`` (weights are checked by the embed stage)."""
+    from udfs.clip import RegistryError, load_registry
+
+    path = Path(embed.registry)
+    project = Path(__file__).resolve().parents[1]
+    if not path.is_absolute() and not path.exists() and (project / path).exists():
+        path = project / path
+    try:
+        registry = load_registry(path)
+    except RegistryError as e:
+        return [("embed.registry", str(e))]
+    if embed.model not in registry:
+        return [("embed.model", f"{embed.model!r} is not in {path}; known models: {', '.join(sorted(registry))}")]
+    return []
 
 
 def _looks_like_path(name: str) -> bool:

@@ -84,6 +84,11 @@ def test_cat_parser_off_is_not_checked(tmp_path: Path) -> None:
         ("storage:\n  root: /x\n", ["foo.bar=1"], r"--set foo\.bar over .*env\.yaml: foo: Extra inputs"),
         (
             "storage:\n  root: /x\n",
+            ["embed.model=no-such-model"],
+            r"--set embed\.model over .*'no-such-model' is not in",
+        ),
+        (
+            "storage:\n  root: /x\n",
             ["sentences.perplexity.min=300"],
             r"--set sentences\.perplexity\.min over .*below max",
         ),
