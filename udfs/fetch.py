@@ -324,7 +324,11 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader | ImageCheck:
             if width * height > max_pixels:
                 reason = f"{width}x{height} pixels > {max_pixels}"
                 return _closed(img, ImageCheck(TOO_MANY_PIXELS, reason, width, height, fmt))
-            orientation = img.getexif().get(0x0112, 1)
+            # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixel data: a
+            # 9,000 x 9,000 PNG would be decoded here, on the event loop, past every bound. Only an eXIf chunk
+            # before the pixel data (in img.info already) is read.
+            png_without_exif = fmt == "PNG" and "exif" not in img.info
+            orientation = 1 if png_without_exif else img.getexif().get(0x0112, 1)
         except Exception as e:
             return _closed(img, ImageCheck(DECODE_ERROR, f"{type(e).__name__}: {e}", format=fmt))
     return ImageHeader(img, width, height, fmt, orientation)

@@ -606,7 +606,7 @@ def test_status_counts() -> None:
     }
 
 
-def test_images_under_the_pixel_limit_but_huge_decoded_are_bounded() -> None:
+def test_images_under_the_pixel_limit_but_huge_decoded_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # 81M pixels pass max_pixels (89.5M), but the decoded PNG would take ~324 MB.
     big = Image.new("RGB", (9000, 9000), (10, 20, 30))
     png, jpeg = _encode(big, "PNG"), _encode(big, "JPEG")
@@ -616,3 +616,11 @@ def test_images_under_the_pixel_limit_but_huge_decoded_are_bounded() -> None:
     # A JPEG is checked at 1/8 scale (~5 MB) and passes; a higher bound lets the PNG through too.
     assert F.validate_image(jpeg, 89_478_485) == F.ImageCheck(F.OK, None, 9000, 9000, "JPEG")
     assert F.validate_image(png, 89_478_485, max_decoded_bytes=400_000_000).status == F.OK
+    # The refusal decodes nothing (the header check too: Pillow's PNG EXIF lookup would decode the whole image).
+    from PIL import PngImagePlugin
+
+    def no_decode(self: object) -> None:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
+    assert F.validate_image(png, 89_478_485).status == F.TOO_MANY_PIXELS
