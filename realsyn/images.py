@@ -333,10 +333,11 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     for r in rejects[1:]:
         all_rejects = all_rejects.unionByName(r)
     lakehouse.overwrite(SILVER_IMAGES, images.select(*IMAGE_COLUMNS))
-    prune_embeddings(lakehouse, SILVER_IMAGE_EMBEDDINGS, lakehouse.read(SILVER_IMAGES), "image_id")
     lakehouse.overwrite(
         SILVER_IMAGE_REJECTS, all_rejects.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in REJECT_SCHEMA])
     )
     write_funnel(lakehouse, STAGE, steps)
+    # Last: the rejects above are computed from the embeddings as they were when the stage started.
+    prune_embeddings(lakehouse, SILVER_IMAGE_EMBEDDINGS, lakehouse.read(SILVER_IMAGES), "image_id")
     print(format_funnel(steps, "image extraction"))
     return ImagesSummary(steps)

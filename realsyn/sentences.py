@@ -528,9 +528,10 @@ def run_extract_sentences(lakehouse: Lakehouse, cfg: Config) -> SentencesSummary
     # Rejects first: the sentences table, written last, marks a complete run.
     lakehouse.overwrite(SILVER_SENTENCE_REJECTS, rejects.select(*REJECTS_SCHEMA.fieldNames()))
     lakehouse.overwrite(SILVER_SENTENCES, kept.select(*SENTENCES_SCHEMA.fieldNames()))
-    prune_embeddings(lakehouse, SILVER_SENTENCE_EMBEDDINGS, lakehouse.read(SILVER_SENTENCES), "sentence_id")
     steps = sentence_funnel(lakehouse)
     write_funnel(lakehouse, STAGE, steps)
+    # Last, after everything computed from the embeddings as they were when the stage started.
+    prune_embeddings(lakehouse, SILVER_SENTENCE_EMBEDDINGS, lakehouse.read(SILVER_SENTENCES), "sentence_id")
     summary = SentencesSummary(
         steps=tuple(steps),
         sentences=steps[-1].rows_out,

@@ -198,3 +198,6 @@ def test_semantic_dedup_uses_image_embeddings_when_present(spark: SparkSession, 
         for r in lakehouse.read(FUNNEL).where("stage = 'extract_images'").orderBy("step_index").collect()
     ]
     assert funnel == [("quality", 4, 4), ("exact_dedup", 4, 4), ("semantic_dedup", 4, 3)]
+    # The embeddings stay in step with silver.images: the duplicate's rows are gone, of every model.
+    embedded = sorted((r["image_id"], r["model_id"]) for r in lakehouse.read(SILVER_IMAGE_EMBEDDINGS).collect())
+    assert embedded == sorted([(iid["china"], "m"), (iid["coffee"], "m"), (iid["coffee"], "other")])
