@@ -33,6 +33,10 @@ class StorageConfig(Section):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StorageConfig:
+        if self.root is not None and not self.root.strip():
+            raise ValueError(
+                "storage.root is empty: name a folder or URI (an empty root would write into the working directory)"
+            )
         if (self.root is None) == (self.catalog is None):
             raise ValueError("set exactly one of storage.root (a folder or URI) and storage.catalog")
         if self.catalog is not None and len(self.catalog.split(".")) != 2:
@@ -52,7 +56,7 @@ class SparkConfig(Section):
 class IngestInput(Section):
     """One input dump of interleaved documents."""
 
-    path: str
+    path: str = Field(min_length=1)
     layout: Literal["mmc4", "obelics"]
     format: Literal["jsonl", "parquet"] = "jsonl"
     source: str = Field(min_length=1)
@@ -174,6 +178,9 @@ class SemanticDedupConfig(Section):
     items_per_cluster: int = Field(default=1_000, gt=1)
     clusters_per_item: int = Field(default=1, gt=0)
     seed: int = 0
+    # The run stops when the step would remove more than this share of its input (an implausible result, e.g.
+    # embeddings that are nearly parallel); 1 switches the guard off.
+    max_removed_share: float = Field(default=0.5, gt=0, le=1)
 
 
 class SentencesConfig(Section):
@@ -230,6 +237,7 @@ class FetchConfig(Section):
     max_redirects: int = Field(default=5, ge=0)
     max_bytes: int = Field(default=20_000_000, gt=0)
     max_pixels: int = Field(default=89_478_485, gt=0)
+    max_decoded_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     inline_decode_pixels: int = Field(default=4_000_000, ge=0)
     user_agent: str = Field(
         default="realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)", min_length=1
@@ -241,6 +249,7 @@ class FetchConfig(Section):
         default_factory=lambda: ["http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs"]
     )
     file_roots: list[str] = Field(default_factory=list)
+    object_prefixes: list[str] = Field(default_factory=list)
     verify_tls: bool = True
     content_store: Literal["table", "files"] = "table"
     content_prefix: str | None = None
@@ -258,6 +267,15 @@ class FetchConfig(Section):
                 ipaddress.ip_network(net, strict=False)
             except ValueError as e:
                 raise ValueError(f"fetch.allow_networks: {e}") from None
+        for prefix in self.object_prefixes:
+            scheme, sep, rest = prefix.partition(":/")
+            if not sep or not scheme or not rest.strip("/") or scheme.lower() in ("http", "https", "file", "data"):
+                raise ValueError(
+                    f"fetch.object_prefixes: {prefix!r} is not an object-store bucket or prefix (e.g. s3://bucket/images/)"
+                )
+        for root in self.file_roots:
+            if not root.strip():
+                raise ValueError("fetch.file_roots: an empty entry would mean the working directory")
         return self
 
 
@@ -385,15 +403,97 @@ class Config(Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
+def _free_mapping(annotation: Any) -> bool:
+    """Whether a field holds a free mapping (``dict[str, str]``) whose own keys may contain dots."""
+    return getattr(annotation, "__origin__", None) is dict or annotation is dict
+
+
+def _split_dotted(dotted: str) -> list[str]:
+    """The path of a ``--set`` key: split on dots, except inside a free mapping such as ``spark.conf``, whose
+    keys are Spark's own dotted names (``spark.conf.spark.driver.memory`` -> spark / conf / spark.driver.memory)."""
+    parts = dotted.split(".")
+    model: Any = Config
+    for i, part in enumerate(parts[:-1]):
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return parts
+        if _free_mapping(field.annotation):
+            return [*parts[: i + 1], ".".join(parts[i + 1 :])]
+        model = field.annotation
+    return parts
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
-    *parents, leaf = dotted.split(".")
+    *parents, leaf = _split_dotted(dotted)
     for key in parents:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: '{key}' is not a section")
         node = child
     node[leaf] = value
+
+
+def _from_override(key: str, overridden: set[str]) -> bool:
+    """Whether the error at ``key`` comes from a ``--set`` (the key itself, a section above it or a key below it)."""
+    return any(key == o or o.startswith(key + ".") or key.startswith(o + ".") for o in overridden)
+
+
+def check_references(cfg: Config) -> list[tuple[str, str]]:
+    """``(key, problem)`` for every configured language, model or path that does not exist on this machine.
+
+    Cheap (no model is loaded, no Spark): run before any work, so that a missing spaCy model or an unknown
+    language stops the run at once instead of failing inside Spark tasks minutes later.
+    """
+    import importlib.util
+
+    problems: list[tuple[str, str]] = []
+    scfg = cfg.sentences
+    from punkt.data import LANGUAGES
+
+    if scfg.language not in LANGUAGES:
+        problems.append(
+            ("sentences.language", f"no Punkt model for {scfg.language!r}; known: {', '.join(sorted(LANGUAGES))}")
+        )
+    if scfg.cat.enabled:
+        parser = scfg.cat.parser
+        if "/" in parser or parser.startswith((".", "~")):
+            if not Path(parser).expanduser().is_dir():
+                problems.append(("sentences.cat.parser", f"no spaCy pipeline folder at {parser!r}"))
+        elif not parser.isidentifier() or importlib.util.find_spec(parser) is None:
+            problems.append(
+                (
+                    "sentences.cat.parser",
+                    f"spaCy model package {parser!r} is not installed (pip install it, or name a folder)",
+                )
+            )
+    problems += _embed_model_problems(cfg.embed)
+    perplexity = scfg.perplexity
+    if perplexity.enabled and _looks_like_path(perplexity.model) and not Path(perplexity.model).exists():
+        problems.append(("sentences.perplexity.model", f"no model folder at {perplexity.model!r}"))
+    return problems
+
+
+def _embed_model_problems(embed: EmbedConfig) -> list[tuple[str, str]]:
+    """The registry file must read and name ``embed.model`` (weights are checked by the embed stage)."""
+    from udfs.clip import RegistryError, load_registry
+
+    path = Path(embed.registry)
+    project = Path(__file__).resolve().parents[1]
+    if not path.is_absolute() and not path.exists() and (project / path).exists():
+        path = project / path
+    try:
+        registry = load_registry(path)
+    except RegistryError as e:
+        return [("embed.registry", str(e))]
+    if embed.model not in registry:
+        return [("embed.model", f"{embed.model!r} is not in {path}; known models: {', '.join(sorted(registry))}")]
+    return []
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local folder rather than a Hub id ("gpt2-large", "org/model")."""
+    return name.startswith(("/", "./", "../", "~"))
 
 
 def _describe(error: ErrorDetails) -> str:
@@ -422,11 +522,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         _set_dotted(raw, dotted.strip(), yaml.safe_load(text))
         overridden.add(dotted.strip())
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as e:
         lines = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"])
-            origin = f"--set {key} over {path}" if key in overridden else str(path)
-            lines.append(f"{origin}: {_describe(err)}")
+            lines.append(f"{_origin(key, overridden, path)}: {_describe(err)}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    problems = check_references(cfg)
+    if problems:
+        lines = [f"{_origin(key, overridden, path)}: {key}: {problem}" for key, problem in problems]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    return cfg
+
+
+def _origin(key: str, overridden: set[str], path: Path) -> str:
+    named = [o for o in sorted(overridden) if _from_override(key, {o})]
+    return f"--set {named[0]} over {path}" if named else str(path)

@@ -272,10 +272,19 @@ def generate(cfg: DemoCorpusConfig) -> Path:
 
 
 def with_demo_inputs(cfg: Config) -> Config:
-    """``cfg`` with the ingest inputs pointing at the demo corpus written under ``cfg.demo.output``."""
+    """``cfg`` with the ingest inputs pointing at the demo corpus written under ``cfg.demo.output``, and that
+    folder among ``fetch.file_roots`` (the corpus references its images by ``file://`` URIs there)."""
     out = Path(cfg.demo.output)
     inputs = [
         IngestInput(path=str(out / "mmc4"), layout="mmc4", format="jsonl", source="demo-mmc4"),
         IngestInput(path=str(out / "obelics"), layout="obelics", format="parquet", source="demo-obelics"),
     ]
-    return cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": inputs})})
+    roots = list(cfg.fetch.file_roots)
+    if not any(Path(r).resolve() == out.resolve() for r in roots):
+        roots.append(str(out))
+    return cfg.model_copy(
+        update={
+            "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
+            "fetch": cfg.fetch.model_copy(update={"file_roots": roots}),
+        }
+    )

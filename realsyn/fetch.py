@@ -31,10 +31,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.config import Config, ConfigError, FetchConfig
+from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS, Lakehouse
 from udfs.fetch import FetchOptions, FetchProgress, StatusCounts, count_statuses, fetch_arrow
 
 log = logging.getLogger(__name__)
+
+STAGE = "fetch_images"
 
 FETCHED_IMAGES_SCHEMA = T.StructType(
     [
@@ -107,6 +110,7 @@ def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None) -> Fetch
         max_redirects=fcfg.max_redirects,
         max_bytes=fcfg.max_bytes,
         max_pixels=fcfg.max_pixels,
+        max_decoded_bytes=fcfg.max_decoded_bytes,
         inline_decode_pixels=fcfg.inline_decode_pixels,
         user_agent=fcfg.user_agent,
         user_agent_token=fcfg.user_agent_token,
@@ -114,6 +118,7 @@ def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None) -> Fetch
         allow_networks=tuple(fcfg.allow_networks),
         allowed_schemes=tuple(fcfg.allowed_schemes),
         file_roots=tuple(fcfg.file_roots),
+        object_prefixes=tuple(fcfg.object_prefixes),
         verify_tls=fcfg.verify_tls,
         content_prefix=content_prefix,
     )
@@ -207,6 +212,7 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
         summary.pending = pending.count()
         if summary.pending == 0:
             log.info("fetch_images: no pending URL")
+            write_funnel(lakehouse, STAGE, fetch_funnel(lakehouse))
             return summary
         n_batches = math.ceil(summary.pending / fcfg.commit_every)
         tasks = fcfg.tasks or spark.sparkContext.defaultParallelism
@@ -258,4 +264,18 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
     finally:
         pending.unpersist()
         summary.seconds = time.monotonic() - started
+    write_funnel(lakehouse, STAGE, fetch_funnel(lakehouse))
     return summary
+
+
+def fetch_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
+    """From the tables: image references -> distinct URLs -> URLs fetched ``ok`` (the rows extract_images reads).
+
+    A URL not fetched yet (pending, or the run stopped) counts as dropped until a run fetches it.
+    """
+    refs = lakehouse.read(BRONZE_IMAGE_REFS)
+    urls = refs.select("url_id").distinct()
+    n_refs, n_urls = refs.count(), urls.count()
+    fetched = lakehouse.read(BRONZE_FETCHED_IMAGES).join(urls, "url_id", "left_semi")
+    n_ok = fetched.where(F.col("status") == "ok").count()
+    return [FunnelStep("distinct_urls", n_refs, n_urls), FunnelStep("fetch", n_urls, n_ok)]

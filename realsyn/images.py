@@ -35,10 +35,16 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.components import COMPONENT, REPRESENTATIVE, choose_representatives, connected_components
-from realsyn.config import Config, ImagePerceptualDedupConfig, ImagesConfig, SemanticDedupConfig
+from realsyn.config import Config, EmbedConfig, ImagePerceptualDedupConfig, ImagesConfig, SemanticDedupConfig
 from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import bytes_id_col
-from realsyn.semdedup import SemDedupParams, semantic_dedup
+from realsyn.semdedup import (
+    SemDedupParams,
+    check_removed_share,
+    prune_embeddings,
+    semantic_dedup,
+    usable_embeddings,
+)
 from realsyn.tables import (
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
@@ -50,7 +56,7 @@ from realsyn.tables import (
 
 log = logging.getLogger(__name__)
 
-STAGE = "images"
+STAGE = "extract_images"
 PHASH = "phash"
 DUPLICATE_OF = "duplicate_of"
 STEP = "step"
@@ -262,7 +268,7 @@ def semantic_image_dedup(
     return kept.unionByName(without.select(*IMAGE_COLUMNS)), rejects
 
 
-def _embeddings_of(lakehouse: Lakehouse, cfg: SemanticDedupConfig) -> DataFrame | None:
+def _embeddings_of(lakehouse: Lakehouse, cfg: SemanticDedupConfig, embed: EmbedConfig) -> DataFrame | None:
     """The image embeddings of the configured model, or None when the step cannot run."""
     if not cfg.enabled or not lakehouse.exists(SILVER_IMAGE_EMBEDDINGS):
         return None
@@ -274,6 +280,8 @@ def _embeddings_of(lakehouse: Lakehouse, cfg: SemanticDedupConfig) -> DataFrame 
             log.warning("semantic image dedup skipped: set images.semantic_dedup.model_id (models: %s)", models)
             return None
         model_id = models[0]
+    if not usable_embeddings(model_id, embed, "images"):
+        return None
     return table.where(F.col("model_id") == model_id)
 
 
@@ -314,11 +322,14 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
         steps.append(FunnelStep("perceptual_dedup", images.count(), kept.count()))
         images, rejects = kept, [*rejects, rej]
 
-    embeddings = _embeddings_of(lakehouse, icfg.semantic_dedup)
+    embeddings = _embeddings_of(lakehouse, icfg.semantic_dedup, cfg.embed)
     if embeddings is not None:
         kept, rej = semantic_image_dedup(images, embeddings, icfg.semantic_dedup)
         kept = kept.localCheckpoint(eager=True)
-        steps.append(FunnelStep("semantic_dedup", images.count(), kept.count()))
+        n_in, n_out = images.count(), kept.count()
+        ceiling = icfg.semantic_dedup.max_removed_share
+        check_removed_share("image semantic dedup", n_in, n_out, ceiling, "images.semantic_dedup.max_removed_share")
+        steps.append(FunnelStep("semantic_dedup", n_in, n_out))
         images, rejects = kept, [*rejects, rej]
 
     all_rejects = rejects[0]
@@ -329,4 +340,6 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
         SILVER_IMAGE_REJECTS, all_rejects.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in REJECT_SCHEMA])
     )
     write_funnel(lakehouse, STAGE, steps)
+    # Last: the rejects above are computed from the embeddings as they were when the stage started.
+    prune_embeddings(lakehouse, SILVER_IMAGE_EMBEDDINGS, lakehouse.read(SILVER_IMAGES), "image_id")
     return ImagesSummary(steps)

@@ -7,6 +7,11 @@ Positions: in OBELICS a position is the index in the interleaved ``texts`` / ``i
 images are separate lists, so a text's position is its index in ``text_list`` and an image's position is its
 index in ``image_info``; ``matched_text_index`` links an MMC4 image to its text.
 
+Unreadable files: an input file that Spark cannot read (a truncated ``.jsonl.gz``, a non-parquet file in a parquet
+folder, a shard whose columns have other types) becomes one reject row of kind ``file`` (reason
+``unreadable_file``, the error in ``detail``), and the other files of the input are ingested. Once the file is
+fixed (or replaced), the next ingest run reads it and removes its ``file`` reject row.
+
 Retry safety: texts and image references are MERGEd on (doc_id, position) before the documents themselves, so
 the documents table marks what is complete. A document already in bronze is skipped, which also makes
 re-ingesting a dump (or ingesting an overlapping one) add nothing.
@@ -15,6 +20,7 @@ re-ingesting a dump (or ingesting an overlapping one) add nothing.
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
@@ -40,8 +46,9 @@ _MMC4_IMAGE = T.StructType(
     [
         T.StructField("image_name", T.StringType()),
         T.StructField("raw_url", T.StringType()),
-        T.StructField("matched_text_index", T.LongType()),
-        T.StructField("matched_sim", T.DoubleType()),
+        # Read as text and converted per field: one malformed value rejects that field, not the document.
+        T.StructField("matched_text_index", T.StringType()),
+        T.StructField("matched_sim", T.StringType()),
         T.StructField("face_detections", T.StringType()),
     ]
 )
@@ -63,7 +70,14 @@ OBELICS_SCHEMA = T.StructType(
     ]
 )
 
-TEXT_ITEM = T.StructType([T.StructField("position", T.IntegerType()), T.StructField("text", T.StringType())])
+TEXT_ITEM = T.StructType(
+    [
+        T.StructField("position", T.IntegerType()),
+        T.StructField("text", T.StringType()),
+        # The JSON type of the value in the input (STRING, DOUBLE, OBJECT...; null for parquet, typed already).
+        T.StructField("json_type", T.StringType()),
+    ]
+)
 IMAGE_ITEM = T.StructType(
     [
         T.StructField("position", T.IntegerType()),
@@ -72,6 +86,8 @@ IMAGE_ITEM = T.StructType(
         T.StructField("matched_text_index", T.IntegerType()),
         T.StructField("matched_sim", T.DoubleType()),
         T.StructField("meta", T.StringType()),
+        T.StructField("field_reason", T.StringType()),
+        T.StructField("field_detail", T.StringType()),
     ]
 )
 
@@ -85,8 +101,15 @@ REJECTS_SCHEMA = T.StructType(
         T.StructField("position", T.IntegerType()),
         T.StructField("reason", T.StringType()),
         T.StructField("raw", T.StringType()),
+        T.StructField("detail", T.StringType()),
     ]
 )
+# The columns Spark reads from a parquet shard: a shard whose columns have other types is an unreadable file.
+OBELICS_PARQUET_SCHEMA = T.StructType([f for f in OBELICS_SCHEMA.fields if f.name != "_corrupt"])
+MMC4_PARQUET_SCHEMA = T.StructType([f for f in MMC4_SCHEMA.fields if f.name != "_corrupt"])
+UNREADABLE_FILE = "unreadable_file"
+# Each unreadable file costs one more attempt at the read; a run with more than this many stops.
+MAX_UNREADABLE_FILES = 1_000
 
 
 @dataclass(frozen=True)
@@ -109,21 +132,37 @@ class IngestSummary:
 # Reading: one row per input record with its raw text and a parse failure reason (or null).
 
 
-def _read_jsonl(spark: SparkSession, inp: IngestInput, schema: T.StructType) -> DataFrame:
-    lines = (
-        spark.read.text(inp.path)
-        .select(F.col("value").alias("raw"), F.col("_metadata.file_path").alias("input_file"))
-        .filter(F.trim("raw") != "")
+# NaN / Infinity as JSON values (written by Python's json module, and found in MMC4's matched_sim) are read by
+# from_json but not by the strict parsers that tell malformed JSON apart: they see null there instead.
+_NON_NUMBERS_SQL = r"regexp_replace(raw, '([:\\[,]\\s*)-?(NaN|Infinity)(\\s*[,\\]}])', '$1null$3')"
+
+
+def _read_jsonl(spark: SparkSession, files: list[str], schema: T.StructType, texts_field: str) -> DataFrame:
+    lines = spark.read.text(files).select(
+        # A UTF-8 byte-order mark (first line of a file written by some editors) is not part of the JSON.
+        F.regexp_replace("value", "^\ufeff", "").alias("raw"),
+        F.is_valid_utf8("value").alias("valid_utf8"),  # before the replace, which would mend invalid bytes
+        F.col("_metadata.file_path").alias("input_file"),
+        # Where the line is: its split's first byte and its order in the task; see _line_keys.
+        F.col("_metadata.file_block_start").alias("block_start"),
+        F.monotonically_increasing_id().alias("row_seq"),
     )
+    lines = lines.filter(F.trim("raw") != "")
     parsed = lines.withColumn(
         "rec", F.from_json("raw", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
+    ).withColumn(
+        "text_types",
+        F.expr(
+            f"transform(variant_get(try_parse_json({_NON_NUMBERS_SQL}), '$.{texts_field}', 'array<variant>'), "
+            "e -> schema_of_variant(e))"
+        ),
     )
     trimmed = F.trim("raw")
     reason = first_reason(
         [
-            (~F.is_valid_utf8("raw"), "invalid_utf8"),
+            (~F.col("valid_utf8"), "invalid_utf8"),
             (trimmed == "null", "null_document"),
-            (F.get_json_object("raw", "$").isNull(), "malformed_json"),
+            (F.get_json_object(F.expr(_NON_NUMBERS_SQL), "$").isNull(), "malformed_json"),
             (~trimmed.startswith("{"), "not_a_json_object"),
             (F.col("rec._corrupt").isNotNull(), "schema_mismatch"),
         ]
@@ -131,8 +170,9 @@ def _read_jsonl(spark: SparkSession, inp: IngestInput, schema: T.StructType) -> 
     return parsed.withColumn("parse_reason", reason)
 
 
-def _read_parquet(spark: SparkSession, inp: IngestInput, schema: T.StructType) -> DataFrame:
-    df = spark.read.parquet(inp.path)
+def _read_parquet(spark: SparkSession, files: list[str], schema: T.StructType) -> DataFrame:
+    file_schema = T.StructType([f for f in schema.fields if f.name != "_corrupt"])
+    df = spark.read.schema(file_schema).parquet(*files)
     fields = []
     for field in schema.fields:
         if field.name == "_corrupt":
@@ -156,6 +196,9 @@ def _read_parquet(spark: SparkSession, inp: IngestInput, schema: T.StructType) -
     return df.select(
         raw.alias("raw"),
         F.col("_metadata.file_path").alias("input_file"),
+        F.lit(0).cast("long").alias("block_start"),
+        F.col("_metadata.row_index").alias("row_seq"),
+        F.lit(None).cast("array<string>").alias("text_types"),
         rec.alias("rec"),
         F.when(~valid, F.lit("invalid_utf8")).alias("parse_reason"),
     )
@@ -168,24 +211,38 @@ def _read_parquet(spark: SparkSession, inp: IngestInput, schema: T.StructType) -
 def _normalise_mmc4(df: DataFrame) -> DataFrame:
     texts = F.transform(
         F.coalesce(F.col("rec.text_list"), F.array().cast("array<string>")),
-        lambda t, i: F.struct(i.cast("int").alias("position"), t.alias("text")),
+        lambda t, i: F.struct(
+            i.cast("int").alias("position"), t.alias("text"), F.element_at("text_types", i + 1).alias("json_type")
+        ),
     )
-    images = F.transform(
-        F.coalesce(F.col("rec.image_info"), F.array().cast(T.ArrayType(_MMC4_IMAGE))),
-        lambda x, i: F.struct(
+
+    def image_item(x: Column, i: Column) -> Column:
+        index, sim = x["matched_text_index"], x["matched_sim"]
+        index_value = index.try_cast("int")
+        sim_value = sim.try_cast("double")
+        bad_index = index.isNotNull() & index_value.isNull()
+        bad_sim = sim.isNotNull() & (sim_value.isNull() | F.isnan(sim_value) | (F.abs(sim_value) == float("inf")))
+        field_reason = first_reason([(bad_index, "invalid_matched_text_index"), (bad_sim, "invalid_matched_sim")])
+        return F.struct(
             i.cast("int").alias("position"),
             x["raw_url"].alias("url"),
             F.lit(None).cast("string").alias("alt_text"),
-            x["matched_text_index"].cast("int").alias("matched_text_index"),
-            x["matched_sim"].alias("matched_sim"),
+            F.when(~bad_index, index_value).alias("matched_text_index"),
+            F.when(~bad_sim, sim_value).alias("matched_sim"),
             F.to_json(
                 F.struct(x["image_name"].alias("image_name"), x["face_detections"].alias("face_detections"))
             ).alias("meta"),
-        ),
-    )
+            field_reason.alias("field_reason"),
+            # from_json keeps a non-numeric number (NaN) as its quoted JSON text
+            F.regexp_replace(F.when(bad_index, index).when(bad_sim, sim), '^"|"$', "").alias("field_detail"),
+        )
+
+    images = F.transform(F.coalesce(F.col("rec.image_info"), F.array().cast(T.ArrayType(_MMC4_IMAGE))), image_item)
     return df.select(
         "raw",
         "input_file",
+        "block_start",
+        "row_seq",
         "parse_reason",
         F.col("rec.url").alias("url"),
         F.lit(None).cast("string").alias("meta"),
@@ -206,7 +263,11 @@ def _normalise_obelics(df: DataFrame) -> DataFrame:
     )
     texts = F.transform(
         F.filter(indexed, lambda x: x["text"].isNotNull()),
-        lambda x: F.struct(x["position"].alias("position"), x["text"].alias("text")),
+        lambda x: F.struct(
+            x["position"].alias("position"),
+            x["text"].alias("text"),
+            F.element_at("text_types", x["position"] + 1).alias("json_type"),
+        ),
     )
     meta_ok = meta.isNotNull() & (F.size(meta) == F.size(imgs))
 
@@ -219,6 +280,8 @@ def _normalise_obelics(df: DataFrame) -> DataFrame:
             F.lit(None).cast("int").alias("matched_text_index"),
             F.lit(None).cast("double").alias("matched_sim"),
             m.alias("meta"),
+            F.lit(None).cast("string").alias("field_reason"),
+            F.lit(None).cast("string").alias("field_detail"),
         )
 
     images = F.transform(F.filter(indexed, lambda x: x["image"].isNotNull()), image_item)
@@ -234,6 +297,8 @@ def _normalise_obelics(df: DataFrame) -> DataFrame:
     return df.select(
         "raw",
         "input_file",
+        "block_start",
+        "row_seq",
         "parse_reason",
         F.get_json_object("rec.general_metadata", "$.url").alias("url"),
         F.col("rec.general_metadata").alias("meta"),
@@ -243,10 +308,16 @@ def _normalise_obelics(df: DataFrame) -> DataFrame:
     )
 
 
-def read_documents(spark: SparkSession, inp: IngestInput) -> DataFrame:
-    """One input dump as normalised documents (not yet validated), with source and layout columns."""
+def read_documents(spark: SparkSession, inp: IngestInput, files: list[str] | None = None) -> DataFrame:
+    """One input dump (``files`` of it, default: all) as normalised documents (not yet validated), with source
+    and layout columns."""
     schema = MMC4_SCHEMA if inp.layout == "mmc4" else OBELICS_SCHEMA
-    df = _read_jsonl(spark, inp, schema) if inp.format == "jsonl" else _read_parquet(spark, inp, schema)
+    paths = files if files is not None else [inp.path]
+    texts_field = "text_list" if inp.layout == "mmc4" else "texts"
+    if inp.format == "jsonl":
+        df = _read_jsonl(spark, paths, schema, texts_field)
+    else:
+        df = _read_parquet(spark, paths, schema)
     normalised = _normalise_mmc4(df) if inp.layout == "mmc4" else _normalise_obelics(df)
     return normalised.select(F.lit(inp.source).alias("source"), F.lit(inp.layout).alias("layout"), "*")
 
@@ -298,16 +369,26 @@ def validate(docs: DataFrame, cfg: IngestConfig) -> DataFrame:
 
 def _texts(docs: DataFrame, cfg: IngestConfig) -> DataFrame:
     exploded = docs.select("doc_id", "source", "input_file", F.explode("texts").alias("t")).select(
-        "doc_id", "source", "input_file", "t.position", "t.text"
+        "doc_id", "source", "input_file", "t.position", "t.text", "t.json_type"
     )
+    json_type = F.col("json_type")
     reason = first_reason(
         [
             (F.col("text").isNull(), "null_text"),
+            # A number or an object in a list of texts is not a text ("2.5" would be kept as one otherwise).
+            (json_type.isNotNull() & ~json_type.isin("STRING", "VOID"), "non_string_text"),
+            (F.instr("text", "\u0000") > 0, "nul_in_text"),
             (F.trim("text") == "", "empty_text"),
             (F.length("text") > cfg.max_text_chars, "text_too_large"),
         ]
     )
-    return exploded.withColumn("reject_reason", reason)
+    return exploded.withColumn("reject_reason", reason).withColumn(
+        "detail",
+        F.when(
+            F.col("reject_reason") == "non_string_text",
+            F.concat(F.lit("JSON type "), F.regexp_extract(json_type, "^[A-Z]+", 0)),
+        ),
+    )
 
 
 def _image_refs(docs: DataFrame) -> DataFrame:
@@ -332,11 +413,12 @@ def _image_refs(docs: DataFrame) -> DataFrame:
 def _rejects(df: DataFrame, kind: str, raw: Column, raw_chars: int) -> DataFrame:
     """Rows with a reject_reason, in the reject table's shape (keyed by source, kind, document, position)."""
     position = F.col("position") if "position" in df.columns else F.lit(None).cast("int")
-    doc_key = F.coalesce(F.col("doc_id"), F.sha2(F.col("raw"), 256)) if "raw" in df.columns else F.col("doc_id")
+    if "line_key" in df.columns:  # one input line each: two identical broken lines are two rejects
+        key = stable_id_col(F.col("source"), F.lit(kind), F.col("input_file"), F.col("line_key"))
+    else:
+        key = stable_id_col(F.col("source"), F.lit(kind), F.col("doc_id"), position.cast("string"), F.col("input_file"))
     return df.filter(F.col("reject_reason").isNotNull()).select(
-        stable_id_col(F.col("source"), F.lit(kind), doc_key, position.cast("string"), F.col("input_file")).alias(
-            "reject_id"
-        ),
+        key.alias("reject_id"),
         "source",
         "input_file",
         F.lit(kind).alias("kind"),
@@ -344,20 +426,114 @@ def _rejects(df: DataFrame, kind: str, raw: Column, raw_chars: int) -> DataFrame
         position.alias("position"),
         F.col("reject_reason").alias("reason"),
         F.substring(F.make_valid_utf8(raw), 1, raw_chars).alias("raw"),
+        (F.col("detail") if "detail" in df.columns else F.lit(None).cast("string")).alias("detail"),
     )
 
 
-def _check_inputs(spark: SparkSession, cfg: IngestConfig) -> None:
-    """Fail before any work when an input path does not exist."""
+def _input_files(spark: SparkSession, cfg: IngestConfig) -> list[list[str]]:
+    """The data files of every input (folders listed recursively, hidden and ``_`` files skipped); fail before
+    any work when an input path does not exist."""
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    listed: list[list[str]] = []
     for i, inp in enumerate(cfg.inputs):
         path = jvm.org.apache.hadoop.fs.Path(inp.path)
         fs = path.getFileSystem(hadoop_conf)
         matches = fs.globStatus(path)
         if matches is None or len(matches) == 0:
             raise ConfigError(f"ingest.inputs[{i}].path: no such file or folder: {inp.path}")
+        files: list[str] = []
+        for status in matches:
+            if status.isFile():
+                files.append(str(status.getPath().toString()))
+                continue
+            found = fs.listFiles(status.getPath(), True)
+            while found.hasNext():
+                child = found.next().getPath()
+                relative = str(child.toString())[len(str(status.getPath().toString())) :]
+                if not any(part.startswith((".", "_")) for part in relative.split("/") if part):
+                    files.append(str(child.toString()))
+        listed.append(sorted(set(files)))
+    return listed
+
+
+def _failed_file(error: Exception, files: list[str]) -> str | None:
+    """The input file an error of a Spark read names (the longest match), or None."""
+    text = str(error)
+    named = [f for f in files if f in text or urllib.parse.urlsplit(f).path in text]
+    return max(named, key=len) if named else None
+
+
+def _line_keys(docs: DataFrame) -> DataFrame:
+    """The rejected documents with ``line_key``: the first byte of the file split the line is in, and the line's
+    number within that split (the parquet row index for parquet), so every input line has a key of its own."""
+    rejected = docs.filter(F.col("reject_reason").isNotNull())
+    firsts = docs.groupBy("input_file", "block_start").agg(F.min("row_seq").alias("first_seq"))
+    return rejected.join(firsts, ["input_file", "block_start"]).withColumn(
+        "line_key", F.concat_ws(":", F.col("block_start"), F.col("row_seq") - F.col("first_seq"))
+    )
+
+
+def _file_rejects(spark: SparkSession, bad: dict[tuple[str, str], str], raw_chars: int) -> DataFrame:
+    rows = [(source, path, error[: max(raw_chars, 200)]) for (source, path), error in sorted(bad.items())]
+    df = spark.createDataFrame(rows, "source string, input_file string, detail string")
+    return df.select(
+        stable_id_col(F.col("source"), F.lit("file"), F.col("input_file")).alias("reject_id"),
+        "source",
+        "input_file",
+        F.lit("file").alias("kind"),
+        F.lit(None).cast("string").alias("doc_id"),
+        F.lit(None).cast("int").alias("position"),
+        F.lit(UNREADABLE_FILE).alias("reason"),
+        F.lit(None).cast("string").alias("raw"),
+        "detail",
+    )
+
+
+def read_all(spark: SparkSession, icfg: IngestConfig) -> tuple[DataFrame, dict[tuple[str, str], str], list[str]]:
+    """Validated documents of every readable input file (persisted), the unreadable files ``{(source, file):
+    error}`` and the files read.
+
+    Spark reads lazily, so a corrupt file shows only when the read runs: the documents are read and counted; a
+    failure that names one input file sets that file aside and reads again without it.
+    """
+    listed = _input_files(spark, icfg)
+    bad: dict[tuple[str, str], str] = {}
+    while True:
+        readable = [
+            [f for f in files if (inp.source, f) not in bad] for inp, files in zip(icfg.inputs, listed, strict=True)
+        ]
+        parts = [read_documents(spark, inp, files) for inp, files in zip(icfg.inputs, readable, strict=True) if files]
+        if not parts:  # every file unreadable: no documents, with the columns of the documents
+            first = next((i for i, files in enumerate(listed) if files), None)
+            inp = icfg.inputs[first or 0]
+            parts = [read_documents(spark, inp, listed[first][:1] if first is not None else None).limit(0)]
+        docs = parts[0]
+        for more in parts[1:]:
+            docs = docs.unionByName(more)
+        docs = validate(docs, icfg).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            docs.count()
+        except Exception as e:  # only a failure that names an input file is handled
+            docs.unpersist()
+            candidates = [(inp.source, f) for inp, files in zip(icfg.inputs, readable, strict=True) for f in files]
+            path = _failed_file(e, [f for _, f in candidates])
+            if path is None or len(bad) >= MAX_UNREADABLE_FILES:
+                raise
+            source = next(src for src, f in candidates if f == path)
+            bad[(source, path)] = _error_line(e)
+            log.warning("ingest: %s is unreadable, set aside: %s", path, bad[(source, path)])
+            continue
+        return docs, bad, [f for files in readable for f in files]
+
+
+def _error_line(error: Exception) -> str:
+    """The root cause of a Spark failure in one line (the JVM stack trace left out)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if line.startswith(("Caused by:", "java.", "org.", "[")) and "\tat " not in line]
+    cause = next((c for c in reversed(causes) if c.startswith("Caused by:")), causes[0] if causes else lines[0])
+    return cause.removeprefix("Caused by: ")[:1000]
 
 
 def run_ingest(lakehouse: Lakehouse, cfg: Config) -> IngestSummary:
@@ -366,19 +542,20 @@ def run_ingest(lakehouse: Lakehouse, cfg: Config) -> IngestSummary:
     icfg = cfg.ingest
     if not icfg.inputs:
         raise ConfigError("ingest.inputs: no input configured")
-    _check_inputs(spark, icfg)
-    normalised = [read_documents(spark, inp) for inp in icfg.inputs]
-    docs = normalised[0]
-    for more in normalised[1:]:
-        docs = docs.unionByName(more)
-    docs = validate(docs, icfg).persist(StorageLevel.MEMORY_AND_DISK)
+    docs, bad, read = read_all(spark, icfg)
     try:
-        return _write(lakehouse, docs, icfg)
+        return _write(lakehouse, docs, icfg, bad, read)
     finally:
         docs.unpersist()
 
 
-def _write(lakehouse: Lakehouse, docs: DataFrame, icfg: IngestConfig) -> IngestSummary:
+def _write(
+    lakehouse: Lakehouse,
+    docs: DataFrame,
+    icfg: IngestConfig,
+    bad: dict[tuple[str, str], str] | None = None,
+    read: list[str] | None = None,
+) -> IngestSummary:
     present = (
         lakehouse.read(BRONZE_DOCUMENTS).select("doc_id")
         if lakehouse.exists(BRONZE_DOCUMENTS)
@@ -400,12 +577,29 @@ def _write(lakehouse: Lakehouse, docs: DataFrame, icfg: IngestConfig) -> IngestS
     )
 
     chars = icfg.raw_chars_in_rejects
+    fields = images.filter(F.col("reject_reason").isNull() & F.col("field_reason").isNotNull()).select(
+        "doc_id",
+        "source",
+        "input_file",
+        "position",
+        "url",
+        F.col("field_reason").alias("reject_reason"),
+        F.col("field_detail").alias("detail"),
+    )
     rejects = (
-        _rejects(docs, "document", F.col("raw"), chars)
+        _rejects(_line_keys(docs), "document", F.col("raw"), chars)
+        .unionByName(_rejects(fields, "field", F.col("url"), chars))
         .unionByName(_rejects(texts, "text", F.col("text"), chars))
         .unionByName(_rejects(images, "image", F.col("url"), chars))
+        .unionByName(_file_rejects(lakehouse.spark, bad or {}, chars))
         .dropDuplicates(["reject_id"])
     )
+    if read and lakehouse.exists(BRONZE_INGEST_REJECTS):
+        # A file rejected by an earlier run that reads now (fixed or replaced) is no longer a reject.
+        fixed = lakehouse.spark.createDataFrame([(f,) for f in read], "input_file string")
+        lakehouse.delta(BRONZE_INGEST_REJECTS).alias("t").merge(
+            fixed.alias("s"), "t.kind = 'file' AND t.input_file = s.input_file"
+        ).whenMatchedDelete().execute()
     lakehouse.insert_new(BRONZE_INGEST_REJECTS, rejects, ["reject_id"])
     kept_texts = texts.filter(F.col("reject_reason").isNull()).select("doc_id", "position", "text")
     lakehouse.insert_new(BRONZE_TEXTS, kept_texts, ["doc_id", "position"])
@@ -437,9 +631,9 @@ def ingest_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
     }
     steps = []
     for step, table, kind in (
-        ("ingest documents", BRONZE_DOCUMENTS, "document"),
-        ("ingest texts", BRONZE_TEXTS, "text"),
-        ("ingest image references", BRONZE_IMAGE_REFS, "image"),
+        ("documents", BRONZE_DOCUMENTS, "document"),
+        ("texts", BRONZE_TEXTS, "text"),
+        ("image_refs", BRONZE_IMAGE_REFS, "image"),
     ):
         kept = lakehouse.read(table).count()
         steps.append(FunnelStep(step, kept + rejected.get(kind, 0), kept))

@@ -264,22 +264,34 @@ def select_stages(
 
 @dataclass(frozen=True)
 class SemanticDedupSummary:
-    """Extraction rerun now that embeddings exist: the funnels of both extraction stages after it."""
+    """Extraction rerun now that embeddings exist: the funnel of each side that ran, or why a side did not."""
 
-    images: ImagesSummary
-    sentences: SentencesSummary
+    images: ImagesSummary | None
+    sentences: SentencesSummary | None
+    not_run: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         parts = []
-        for name, steps in (("images", self.images.steps), ("sentences", self.sentences.steps)):
-            step = next((s for s in steps if s.step == "semantic_dedup"), None)
-            if step is None:
-                parts.append(f"{name}: no embeddings of the configured model, nothing compared")
-            else:
+        for name, summary in (("images", self.images), ("sentences", self.sentences)):
+            step = None if summary is None else next((s for s in summary.steps if s.step == "semantic_dedup"), None)
+            if step is not None:
                 parts.append(
                     f"{name} {step.rows_in:,} -> {step.rows_out:,} ({step.rows_rejected:,} semantic duplicates)"
                 )
+            else:
+                parts.append(f"{name}: not run ({self.not_run.get(name, 'no embeddings of the configured model')})")
         return "semantic dedup: " + "; ".join(parts)
+
+
+def _semantic_dedup_blocker(cfg: Config, side: str) -> str | None:
+    """Why the semantic dedup of ``side`` (images / sentences) cannot run with this config, or None."""
+    from realsyn.semdedup import refusal
+
+    section = cfg.images.semantic_dedup if side == "images" else cfg.sentences.semantic_dedup
+    key = f"{'images' if side == 'images' else 'sentences'}.semantic_dedup"
+    if not section.enabled:
+        return f"{key}.enabled is false"
+    return refusal(section.model_id or cfg.embed.model, cfg.embed)
 
 
 def run_semantic_dedup(lakehouse: Lakehouse, cfg: Config) -> SemanticDedupSummary:
@@ -287,12 +299,16 @@ def run_semantic_dedup(lakehouse: Lakehouse, cfg: Config) -> SemanticDedupSummar
 
     Extraction recomputes its silver tables from bronze and replaces them in one commit each, so this is as
     retry-safe as extraction itself; the stages after it read only images and sentences still in
-    ``silver.images`` / ``silver.sentences``.
+    ``silver.images`` / ``silver.sentences``. A side whose dedup cannot run (switched off, or embeddings of a
+    random-weight model, which never drive dedup) is not rerun.
     """
     from realsyn.images import run_extract_images
     from realsyn.sentences import run_extract_sentences
 
-    return SemanticDedupSummary(run_extract_images(lakehouse, cfg), run_extract_sentences(lakehouse, cfg))
+    not_run = {side: why for side in ("images", "sentences") if (why := _semantic_dedup_blocker(cfg, side))}
+    images = None if "images" in not_run else run_extract_images(lakehouse, cfg)
+    sentences = None if "sentences" in not_run else run_extract_sentences(lakehouse, cfg)
+    return SemanticDedupSummary(images, sentences, not_run)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from realsyn.clustering import hash_uniform, resolve_model_id, shipped, tree_from_centroids, usable_embeddings
 from realsyn.config import Config, RetrievalConfig
+from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_IMAGES,
@@ -371,6 +372,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     images, rejected = usable_embeddings(
         lakehouse, images, SILVER_RETRIEVAL_REJECTS, "image_id", model_id, int(tree.leaves.shape[1])
     )
+    n_usable = images.count()
     sentences = _still_kept(
         lakehouse,
         lakehouse.read(SILVER_SENTENCE_CLUSTERS)
@@ -389,6 +391,11 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     totals = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("image_id").alias("images")).first()
     n_rows, n_images = (int(totals["rows"]), int(totals["images"])) if totals is not None else (0, 0)
     n_sentences = sentences.count()
+    steps = [
+        FunnelStep("usable_embedding", n_usable + rejected, n_usable),
+        FunnelStep("retrieve", n_usable, n_images),  # images that got at least one sentence
+    ]
+    write_funnel(lakehouse, f"retrieve[{model_id}]", steps)
     return RetrievalSummary(
         model_id, n_images, n_sentences, n_rows, cfg.retrieval.top_k, probes, tree.n_leaves, rejected
     )

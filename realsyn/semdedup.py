@@ -14,9 +14,11 @@ of their id), which is the only data the driver holds.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +28,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.components import group_duplicates
+from realsyn.config import EmbedConfig
+from realsyn.tables import Lakehouse
 from udfs.kmeans import as_matrix, l2_normalize, spherical_kmeans, top_p
+
+log = logging.getLogger(__name__)
 
 CLUSTER = "cluster"
 # faiss trains on at most this many points per centroid anyway; more would only cost driver memory.
@@ -162,3 +168,61 @@ def semantic_dedup(
     """
     pairs = duplicate_pairs(df, id_col, embedding_col, params)
     return group_duplicates(df, pairs, id_col, order_by)
+
+
+class ImplausibleDedupError(RuntimeError):
+    """A dedup step would remove more than its configured share of the input; nothing has been written."""
+
+
+def check_removed_share(step: str, rows_in: int, rows_out: int, ceiling: float, key: str) -> None:
+    """Stop (raise ImplausibleDedupError naming ``key``) when ``step`` removed more than ``ceiling`` of its input."""
+    if rows_in and (rows_in - rows_out) / rows_in > ceiling:
+        raise ImplausibleDedupError(
+            f"{step} would remove {rows_in - rows_out:,} of {rows_in:,} rows ({(rows_in - rows_out) / rows_in:.0%}), "
+            f"more than {key}={ceiling:g}: the embeddings are probably not meaningful (random weights, a broken model) "
+            "or the threshold is too low. Nothing was written; raise the key to accept it."
+        )
+
+
+def refusal(model_id: str, embed: EmbedConfig) -> str | None:
+    """Why embeddings of ``model_id`` must not drive semantic dedup (None: they may).
+
+    A model whose registry entry builds random weights gives vectors that say nothing about content (with the
+    tiny demo model they are nearly parallel, and a threshold of 0.95 merges distinct photos): never. A model the
+    registry does not know (embeddings written by other tools) may; the share guard
+    (:func:`check_removed_share`) still stops an implausible result.
+    """
+    from realsyn.embed import PROJECT_ROOT
+    from udfs.clip import RegistryError, load_registry
+
+    path = Path(embed.registry)
+    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+        path = PROJECT_ROOT / path
+    try:
+        spec = load_registry(path).get(model_id)
+    except RegistryError as e:
+        return f"cannot read the model registry: {e}"
+    if spec is not None and spec.random_init:
+        return f"model {model_id!r} has random weights (random_init in {path}): its vectors say nothing about content"
+    return None
+
+
+def usable_embeddings(model_id: str, embed: EmbedConfig, what: str) -> bool:
+    """Whether embeddings of ``model_id`` may drive the semantic dedup of ``what``; logs why not."""
+    why = refusal(model_id, embed)
+    if why is not None:
+        log.warning("semantic dedup of %s skipped: %s", what, why)
+    return why is None
+
+
+def prune_embeddings(lakehouse: Lakehouse, table: str, kept: DataFrame, id_col: str) -> None:
+    """Delete the rows of embeddings ``table`` whose ``id_col`` is not in ``kept`` (one MERGE; a rerun is a no-op).
+
+    Keeps an embeddings table in step with the table it was made from after dedup removed rows from it; a row
+    kept again by a later run is embedded again by the embed stage.
+    """
+    if not lakehouse.exists(table):
+        return
+    lakehouse.delta(table).alias("t").merge(
+        kept.select(id_col).distinct().alias("s"), f"t.`{id_col}` = s.`{id_col}`"
+    ).whenNotMatchedBySourceDelete().execute()

@@ -43,14 +43,17 @@ from realsyn.components import group_duplicates
 from realsyn.config import (
     Config,
     ConfigError,
+    EmbedConfig,
     SemanticDedupConfig,
     SentenceCatConfig,
     SentenceNearDedupConfig,
     SentencePerplexityConfig,
     SentencesConfig,
+    check_references,
 )
 from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import stable_id_col
+from realsyn.semdedup import check_removed_share, prune_embeddings, usable_embeddings
 from realsyn.tables import (
     BRONZE_TEXTS,
     SILVER_SENTENCE_EMBEDDINGS,
@@ -430,7 +433,9 @@ def semantic_duplicates(
     return kept.unionByName(alone.select(*SENTENCES_SCHEMA.fieldNames())), rejects
 
 
-def sentence_embeddings(lakehouse: Lakehouse, cfg: SemanticDedupConfig) -> DataFrame | None:
+def sentence_embeddings(
+    lakehouse: Lakehouse, cfg: SemanticDedupConfig, embed: EmbedConfig | None = None
+) -> DataFrame | None:
     """``(sentence_id, embedding)`` of the configured model (or of the only model present), else None.
 
     Raises ConfigError when several models have sentence embeddings and ``model_id`` does not pick one.
@@ -446,6 +451,8 @@ def sentence_embeddings(lakehouse: Lakehouse, cfg: SemanticDedupConfig) -> DataF
         if not models:
             return None
         model_id = models[0]
+    if not usable_embeddings(model_id, embed or EmbedConfig(), "sentences"):
+        return None
     chosen = table.where(F.col("model_id") == model_id).select("sentence_id", "embedding")
     return chosen if chosen.limit(1).count() else None
 
@@ -504,15 +511,28 @@ def sentence_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
 
 def run_extract_sentences(lakehouse: Lakehouse, cfg: Config) -> SentencesSummary:
     """Read bronze.texts, write silver.sentences, silver.sentence_rejects and the stage's funnel rows."""
+    problems = check_references(cfg)  # a config built in code has not been through load_config
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(f"{key}: {why}" for key, why in problems))
     scfg = cfg.sentences
     texts = lakehouse.read(BRONZE_TEXTS).select("doc_id", "position", "text")
-    kept, rejects = extract_sentences(texts, scfg, sentence_embeddings(lakehouse, scfg.semantic_dedup))
+    embeddings = sentence_embeddings(lakehouse, scfg.semantic_dedup, cfg.embed)
+    kept, rejects = extract_sentences(texts, scfg, embeddings)
     kept = kept.localCheckpoint(eager=True)
+    if embeddings is not None:
+        n_out = kept.count()
+        n_in = n_out + rejects.where(F.col("step") == "semantic_dedup").count()
+        ceiling = scfg.semantic_dedup.max_removed_share
+        check_removed_share(
+            "sentence semantic dedup", n_in, n_out, ceiling, "sentences.semantic_dedup.max_removed_share"
+        )
     # Rejects first: the sentences table, written last, marks a complete run.
     lakehouse.overwrite(SILVER_SENTENCE_REJECTS, rejects.select(*REJECTS_SCHEMA.fieldNames()))
     lakehouse.overwrite(SILVER_SENTENCES, kept.select(*SENTENCES_SCHEMA.fieldNames()))
     steps = sentence_funnel(lakehouse)
     write_funnel(lakehouse, STAGE, steps)
+    # Last, after everything computed from the embeddings as they were when the stage started.
+    prune_embeddings(lakehouse, SILVER_SENTENCE_EMBEDDINGS, lakehouse.read(SILVER_SENTENCES), "sentence_id")
     summary = SentencesSummary(
         steps=tuple(steps),
         sentences=steps[-1].rows_out,

@@ -32,6 +32,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -265,12 +267,17 @@ def _header(data: bytes | None, max_pixels: int) -> Image.Image:
 
 
 def decode_image(
-    data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+    data: bytes | None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> Image.Image:
     """Decode image bytes to 8-bit RGB (first frame of animations); raise Rejected for anything unusable.
 
     ``draft_size`` lets the JPEG decoder downscale in the DCT domain to no less than that size (faster, but
-    not pixel-identical to a full decode); None decodes at full size.
+    not pixel-identical to a full decode); None decodes at full size. An image whose decoded pixels would take
+    more than ``max_decoded_bytes`` is decoded at a reduced scale if a JPEG (still >= 448 px a side, above every
+    model's input size), else rejected as too many pixels.
     """
     from PIL import Image
 
@@ -278,6 +285,9 @@ def decode_image(
         img = _header(data, max_pixels)
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
+        too_big = bound_decode(img, max_decoded_bytes, max(draft_size or 0, 448))
+        if too_big is not None:
+            raise Rejected(REASON_TOO_MANY_PIXELS, too_big)
         img.load()
         return to_rgb(img)
     except Rejected:

@@ -11,7 +11,12 @@ Safety, on by default:
 - responses larger than ``max_bytes`` are cut off while streaming; images larger than ``max_pixels`` are refused
   from their header (decompression bombs); content is accepted only when Pillow decodes it, whatever the
   Content-Type says;
-- ``X-Robots-Tag: noai`` / ``noimageai`` (optionally addressed to our user-agent token) is honoured.
+- ``X-Robots-Tag: noai`` / ``noimageai`` (optionally addressed to our user-agent token) is honoured;
+- local files (``file://`` and absolute paths) are read only when ``file`` is an allowed scheme *and*
+  ``file_roots`` names the folders they must lie under; object stores (``s3://``, ``gs://``, ``dbfs:/``...) only
+  under a prefix of ``object_prefixes``; a reference that is neither a URL nor an absolute path is invalid;
+- every read (HTTP, file, object store, ``data:``) ends within ``total_timeout_s``: file and object reads run in
+  daemon threads that are abandoned at the deadline (a FIFO or a hung mount cannot hold the task).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import email.utils
 import hashlib
 import io
@@ -42,6 +48,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+
+from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -91,7 +99,7 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_SCHEMES = ("http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs")
 # Where Databricks mounts DBFS on every node: dbfs:/ references are read there when it exists (FUSE: no API token).
 DBFS_MOUNT = "/dbfs"
-_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "TIFF": "tif", "BMP": "bmp"}
+_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "tiff": "tif", "bmp": "bmp"}
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class FetchOptions:
     max_redirects: int = 5
     max_bytes: int = 20_000_000
     max_pixels: int = 89_478_485
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     inline_decode_pixels: int = 4_000_000  # larger images are decoded in one of the decode threads
     user_agent: str = "realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)"
     user_agent_token: str = "realsyn"
@@ -117,6 +126,7 @@ class FetchOptions:
     allow_networks: tuple[str, ...] = ()
     allowed_schemes: tuple[str, ...] = DEFAULT_SCHEMES
     file_roots: tuple[str, ...] = ()
+    object_prefixes: tuple[str, ...] = ()
     verify_tls: bool = True
     content_prefix: str | None = None
     dns_threads: int = 32
@@ -314,16 +324,21 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader | ImageCheck:
             if width * height > max_pixels:
                 reason = f"{width}x{height} pixels > {max_pixels}"
                 return _closed(img, ImageCheck(TOO_MANY_PIXELS, reason, width, height, fmt))
-            orientation = img.getexif().get(0x0112, 1)
+            # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixel data: a
+            # 9,000 x 9,000 PNG would be decoded here, on the event loop, past every bound. Only an eXIf chunk
+            # before the pixel data (in img.info already) is read.
+            png_without_exif = fmt == "PNG" and "exif" not in img.info
+            orientation = 1 if png_without_exif else img.getexif().get(0x0112, 1)
         except Exception as e:
             return _closed(img, ImageCheck(DECODE_ERROR, f"{type(e).__name__}: {e}", format=fmt))
     return ImageHeader(img, width, height, fmt, orientation)
 
 
-def decode_check(header: ImageHeader) -> ImageCheck:
+def decode_check(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> ImageCheck:
     """Decode the image of ``header`` (then closed) to prove its data whole; width and height as displayed.
 
-    JPEG is decoded at reduced DCT scale, which still reads every byte of the image data.
+    JPEG is decoded at reduced DCT scale, which still reads every byte of the image data. Another image whose
+    decoded pixels would take more than ``max_decoded_bytes`` is refused (too_many_pixels) without decoding.
     """
     from PIL import Image
 
@@ -333,6 +348,9 @@ def decode_check(header: ImageHeader) -> ImageCheck:
         try:
             if fmt == "JPEG":
                 img.draft(None, (max(1, header.width // 8), max(1, header.height // 8)))
+            too_big = bound_decode(img, max_decoded_bytes)
+            if too_big is not None:
+                return ImageCheck(TOO_MANY_PIXELS, too_big, header.width, header.height, fmt)
             img.load()
         except Image.DecompressionBombError as e:
             return ImageCheck(TOO_MANY_PIXELS, str(e))
@@ -346,14 +364,14 @@ def decode_check(header: ImageHeader) -> ImageCheck:
     return ImageCheck(OK, None, width, height, fmt)
 
 
-def validate_image(data: bytes, max_pixels: int) -> ImageCheck:
+def validate_image(data: bytes, max_pixels: int, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> ImageCheck:
     """Decode ``data`` with Pillow: refuse non-images, undecodable data and images over ``max_pixels``.
 
     The pixel limit is checked from the header before decoding. Width and height are as displayed (after the
     EXIF orientation).
     """
     header = read_header(data, max_pixels)
-    return header if isinstance(header, ImageCheck) else decode_check(header)
+    return header if isinstance(header, ImageCheck) else decode_check(header, max_decoded_bytes)
 
 
 def _closed(img: Any, check: ImageCheck) -> ImageCheck:
@@ -369,7 +387,7 @@ def store_content(prefix: str, image_id: str, fmt: str | None, data: bytes) -> s
     exists already holds these bytes and is left alone: the same image at many URLs, fetched by many threads and
     tasks at once, is written once or a few times, never half.
     """
-    path = f"{prefix.rstrip('/')}/{image_id[:2]}/{image_id}.{_EXT.get(fmt or '', 'bin')}"
+    path = f"{prefix.rstrip('/')}/{image_id[:2]}/{image_id}.{_EXT.get((fmt or '').lower(), 'bin')}"
     if "://" not in prefix:
         target = Path(path)
         if target.exists():
@@ -479,6 +497,7 @@ class Fetcher:
         self._allow = parse_networks(options.allow_networks)
         self._roots = tuple(os.path.realpath(r) for r in options.file_roots)
         self._schemes = frozenset(s.lower() for s in options.allowed_schemes)
+        self._prefixes = tuple(_normal_object_url(urllib.parse.urlsplit(p)) for p in options.object_prefixes)
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._literal_checks: dict[str, str | None] = {}  # host of a URL -> why refused, when an IP literal
         self._io = ThreadPoolExecutor(options.io_threads, thread_name_prefix="fetch-io")
@@ -486,12 +505,14 @@ class Fetcher:
         self._decode = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="fetch-decode")
         self._session: Any = None
         self._slots: asyncio.Semaphore | None = None
+        self._reads: asyncio.Semaphore | None = None
 
     async def __aenter__(self) -> Fetcher:
         import aiohttp
 
         o = self.options
         self._slots = asyncio.Semaphore(o.concurrency)
+        self._reads = asyncio.Semaphore(o.io_threads)
         connector = aiohttp.TCPConnector(
             limit=0,
             use_dns_cache=False,
@@ -549,22 +570,80 @@ class Fetcher:
         if not isinstance(url, str) or not url.strip():
             raise _Outcome(INVALID_URL, "empty URL")
         url = url.strip()
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        o = self.options
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as e:  # e.g. an unclosed IPv6 bracket: http://[::1/x
+            raise _Outcome(INVALID_URL, f"{type(e).__name__}: {e}") from None
+        scheme = parts.scheme.lower()
         if len(scheme) == 1:  # a Windows drive letter, not a scheme
             scheme = ""
+        if not scheme and not Path(url).is_absolute():
+            raise _Outcome(INVALID_URL, "neither a URL nor an absolute path")
         kind = scheme or "file"
         if kind not in self._schemes:
             raise _Outcome(BLOCKED, f"scheme {kind!r} is not in fetch.allowed_schemes")
         if scheme in ("http", "https"):
             data, http_status = await self._get_http(url)
         elif scheme == "data":
-            data, http_status = _read_data_uri(url, self.options.max_bytes), None
-        elif scheme in ("", "file"):
+            data, http_status = await self._read_under_deadline(False, _read_data_uri, url, o.max_bytes), None
+        elif kind == "file":
+            if not self._roots:
+                raise _Outcome(BLOCKED, "local files are read only under fetch.file_roots, and none is set")
             path = _local_path(url)
-            data, http_status = await self._in_thread(self._io, self._read_file, path), None
+            data, http_status = await self._read_under_deadline(False, self._read_file, path), None
         else:
-            data, http_status = await self._in_thread(self._io, _read_fsspec, url, self.options.max_bytes), None
+            self._check_object_prefix(url, parts)
+            data, http_status = await self._read_under_deadline(True, _read_fsspec, url, o.max_bytes), None
         return await self._accept(url, data, http_status)
+
+    def _check_object_prefix(self, url: str, parts: urllib.parse.SplitResult) -> None:
+        if any(segment in (".", "..") for segment in parts.path.split("/")):
+            raise _Outcome(BLOCKED, "object reference with '.' or '..' path segments refused")
+        normal = _normal_object_url(parts)
+        if not any(normal == p or normal.startswith(p + "/") for p in self._prefixes):
+            raise _Outcome(BLOCKED, f"{url} is not under any of fetch.object_prefixes")
+
+    async def _read_under_deadline(self, retryable: bool, fn: Callable[..., bytes], *args: Any) -> bytes:
+        """Run the blocking read ``fn(*args)`` in a daemon thread; give up on it after ``total_timeout_s``.
+
+        A read that never returns (a FIFO, a hung network mount) leaves its thread blocked, but the daemon thread
+        does not keep the worker from exiting, and the fetch ends as ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+
+        def settle(value: bytes | None, error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(value or b"")
+
+        def work() -> None:
+            value: bytes | None = None
+            error: BaseException | None = None
+            try:
+                value = fn(*args)
+            except BaseException as e:
+                error = e
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for this read any more
+                loop.call_soon_threadsafe(settle, value, error)
+
+        assert self._reads is not None
+        async with self._reads:
+            threading.Thread(target=work, name="fetch-read", daemon=True).start()
+            try:
+                return await asyncio.wait_for(asyncio.shield(done), self.options.total_timeout_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise _Outcome(
+                    TIMEOUT,
+                    f"read not finished within total_timeout_s={self.options.total_timeout_s:g}",
+                    None,
+                    None,
+                    retryable,
+                ) from None
 
     async def _in_thread(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -577,14 +656,16 @@ class Fetcher:
         if isinstance(header, ImageCheck):
             check = header
         elif header.pixels <= o.inline_decode_pixels:
-            check = decode_check(header)
+            check = decode_check(header, o.max_decoded_bytes)
         else:
-            check = await self._in_thread(self._decode, decode_check, header)
+            check = await self._in_thread(self._decode, decode_check, header, o.max_decoded_bytes)
         if check.status != OK:
             raise _Outcome(check.status, check.error, http_status)
         image_id = content_id(data)
         result = FetchResult(url, OK, False, http_status, None, image_id=image_id, n_bytes=len(data))
-        result.width, result.height, result.format = check.width, check.height, check.format
+        # Lower-case, as in silver.images ("jpeg", "png"): one spelling of a format in every table.
+        fmt = check.format.lower() if check.format else None
+        result.width, result.height, result.format = check.width, check.height, fmt
         if o.content_prefix:
             args = (o.content_prefix, image_id, check.format, data)
             result.content_path = await self._in_thread(self._io, store_content, *args)
@@ -704,6 +785,11 @@ class Fetcher:
                     resp.close()
                     raise _Outcome(TOO_LARGE, f"more than max_bytes={o.max_bytes} bytes streamed", status)
             return None, (bytes(body), status)
+
+
+def _normal_object_url(parts: urllib.parse.SplitResult) -> str:
+    """``scheme://bucket/path`` without a trailing slash: ``dbfs:/a`` and ``dbfs:///a`` compare equal."""
+    return f"{parts.scheme.lower()}://{parts.netloc}{parts.path}".rstrip("/")
 
 
 def _local_path(url: str) -> str:

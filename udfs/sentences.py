@@ -207,13 +207,48 @@ _ATTRIBUTE_DEPS = {"amod", "nummod", "acomp"}
 _SUBJECT_DEPS = {"nsubj", "nsubjpass", "csubj", "agent", "expl"}
 _OBJECT_DEPS = {"dobj", "obj", "iobj", "attr", "oprd", "dative", "pobj"}
 _OBJECT_POS = {"NOUN", "PROPN"}
+_VERB_TAGS = {"VB", "VBD", "VBG", "VBN", "VBP", "VBZ"}
+# Forms of "to be", which the small model sometimes tags VERB ("There is a dog"): a state, not an action.
+_BE = {"be", "is", "are", "was", "were", "been", "being", "am", "'s", "'re", "'m"}
+# Nouns that are part of a multi-word preposition ("in front of", "on top of"): the object is the noun after "of".
+_PLACE_NOUNS = {"front", "top", "side", "middle", "back", "bottom", "edge", "center", "centre", "left", "right"}
 
 
 def _object_head(tok: Any) -> Any:
     """The noun a compound part belongs to ("coffee" in "coffee cup" is part of "cup")."""
-    while tok.dep_ == "compound" and tok.head is not tok:
+    while tok.dep_ == "compound" and tok.head is not tok and not _misread_verb(tok.head):
         tok = tok.head
     return tok
+
+
+def _misread_verb(tok: Any) -> bool:
+    """A third-person verb the small model read as a plural noun with the subject as its compound: "A sheep
+    grazes in a field" (sheep/compound, grazes/NNS/ROOT). A singular article on a plural head gives it away."""
+    if tok.tag_ != "NNS" or tok.dep_ != "ROOT":
+        return False
+    children = list(tok.children)
+    return any(c.dep_ == "compound" for c in children) and any(
+        c.dep_ == "det" and c.lower_ in ("a", "an") for c in children
+    )
+
+
+def _is_verb(tok: Any) -> bool:
+    """A verb by its coarse tag, or by its fine-grained tag or morphology where the coarse tag is wrong (the small
+    model tags some participles and present-tense verbs as nouns or adjectives), or a misread verb."""
+    if tok.lower_ in _BE:
+        return False
+    if tok.pos_ == "VERB":
+        return True
+    if tok.pos_ in ("AUX", "PROPN", "PRON", "DET", "ADP", "PUNCT"):
+        return False
+    if tok.tag_ in _VERB_TAGS or tok.morph.get("VerbForm") in (["Part"], ["Ger"], ["Fin"]):
+        return tok.pos_ != "ADJ" or tok.dep_ not in ("amod",)
+    return _misread_verb(tok)
+
+
+def _subject_like(tok: Any) -> bool:
+    """A noun, or a personal pronoun ("He rides a horse"); not an expletive ("There is ...")."""
+    return tok.pos_ in _OBJECT_POS or (tok.pos_ == "PRON" and tok.dep_ != "expl")
 
 
 def scene_graph_complexity(doc: Any) -> int:
@@ -225,28 +260,40 @@ def scene_graph_complexity(doc: Any) -> int:
         found = []
         for child in tok.children:
             if child.dep_ in _OBJECT_DEPS and child.pos_ in _OBJECT_POS:
-                found.append(_object_head(child))
+                head = _object_head(child)
+                beyond = [o for c in head.children if c.dep_ == "prep" and c.lower_ == "of" for o in objects_under(c)]
+                if head.lower_ in _PLACE_NOUNS and beyond:  # "in front of a bus": the bus
+                    found.extend(beyond)
+                else:
+                    found.append(head)
                 found.extend(_object_head(c) for c in child.conjuncts if c.pos_ in _OBJECT_POS)
             elif child.dep_ == "prep":
                 found.extend(objects_under(child))
+            elif child.dep_ in ("advmod", "prt") and any(c.dep_ == "prep" for c in child.children):
+                found.extend(objects_under(child))  # "next to a cat", "close to", "out of"
         return found
 
     def subjects_of(tok: Any) -> list[Any]:
-        subs = [c for c in tok.children if c.dep_ in _SUBJECT_DEPS and c.pos_ in _OBJECT_POS]
+        subs = [c for c in tok.children if c.dep_ in _SUBJECT_DEPS and _subject_like(c)]
+        if not subs and _misread_verb(tok):
+            subs = [c for c in tok.children if c.dep_ == "compound"]
         if not subs and tok.dep_ in {"xcomp", "conj", "advcl", "relcl", "acl"} and tok.head is not tok:
             if tok.dep_ in {"relcl", "acl"} and tok.head.pos_ in _OBJECT_POS:
                 return [_object_head(tok.head)]
             return subjects_of(tok.head)
-        return [_object_head(s) for s in subs]
+        heads = [_object_head(s) for s in subs]
+        return heads + [c for s in subs for c in s.conjuncts if _subject_like(c)]  # "A cat and a bird"
 
     for tok in doc:
-        if tok.pos_ in _OBJECT_POS and tok.dep_ != "compound":
+        if tok.lower_ in _PLACE_NOUNS and any(c.dep_ == "prep" and c.lower_ == "of" for c in tok.children):
+            continue  # part of a multi-word preposition: its relation is carried by objects_under
+        if tok.pos_ in _OBJECT_POS and tok.dep_ != "compound" and not _misread_verb(tok):
             for child in tok.children:
                 if child.dep_ in _ATTRIBUTE_DEPS and child.pos_ in {"ADJ", "NUM"}:
                     edges.add((tok.i, child.i))
                 if child.dep_ == "prep":
                     edges.update((tok.i, o.i) for o in objects_under(child) if o.i != tok.i)
-        elif tok.pos_ in {"VERB", "AUX"}:
+        elif _is_verb(tok) or tok.pos_ == "AUX" or tok.lower_ in _BE:
             subjects = subjects_of(tok)
             targets = objects_under(tok)
             for s in subjects:
@@ -254,6 +301,8 @@ def scene_graph_complexity(doc: Any) -> int:
                 for child in tok.children:
                     if child.dep_ == "acomp" and child.pos_ == "ADJ":
                         edges.add((s.i, child.i))
+            if not targets and len(subjects) > 1 and _is_verb(tok):
+                edges.update((s.i, tok.i) for s in subjects)  # subjects that share one action are related
     if not edges:
         return 0
     parent: dict[int, int] = {}
@@ -275,8 +324,8 @@ def scene_graph_complexity(doc: Any) -> int:
 
 
 def has_action(doc: Any) -> bool:
-    """Whether the parse holds a verb that is not an auxiliary (an action)."""
-    return any(tok.pos_ == "VERB" for tok in doc)
+    """Whether the parse holds a verb that is not an auxiliary (an action), by coarse or fine-grained tag."""
+    return any(_is_verb(tok) for tok in doc)
 
 
 def cat_features(texts: pd.Series, parser: str, batch_size: int = 256) -> pd.DataFrame:

@@ -31,6 +31,19 @@ def test_overrides_are_typed_and_applied(tmp_path: Path) -> None:
     assert cfg.demo.output == "/data/demo"
 
 
+def test_spark_conf_keys_keep_their_dots(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  root: /tmp/x\nspark:\n  conf:\n    spark.sql.shuffle.partitions: '4'\n")
+    cfg = load_config(path, ["spark.conf.spark.driver.memory=2g", "spark.master=local[1]"])
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "2g"}
+    assert cfg.spark.master == "local[1]"
+
+
+def test_cat_parser_off_is_not_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, "storage:\n  root: /tmp/x\n")
+    cfg = load_config(path, ["sentences.cat.enabled=false", "sentences.cat.parser=en_core_web_xx"])
+    assert cfg.sentences.cat.parser == "en_core_web_xx"
+
+
 @pytest.mark.parametrize(
     ("text", "overrides", "message"),
     [
@@ -52,6 +65,38 @@ def test_overrides_are_typed_and_applied(tmp_path: Path) -> None:
         ("storage:\n  root: /x\n", ["ingest.max_text_chars=abc"], r"--set ingest\.max_text_chars over .*env\.yaml"),
         ("storage:\n  root: /x\n", ["no_equals_sign"], r"expected key=value"),
         ("storage: [\n", [], r"env\.yaml: not valid YAML"),
+        ("storage:\n  root: ''\n", [], r"env\.yaml: storage: .*storage\.root is empty"),
+        (
+            "storage:\n  root: /x\n",
+            ["sentences.cat.parser=en_core_web_xx"],
+            r"--set sentences\.cat\.parser over .*en_core_web_xx.* not installed",
+        ),
+        (
+            "storage:\n  root: /x\nsentences:\n  cat:\n    parser: ./no/such/dir\n",
+            [],
+            r"env\.yaml: sentences\.cat\.parser: no spaCy pipeline folder",
+        ),
+        (
+            "storage:\n  root: /x\n",
+            ["sentences.language=klingon"],
+            r"--set sentences\.language over .*no Punkt model for 'klingon'",
+        ),
+        ("storage:\n  root: /x\n", ["foo.bar=1"], r"--set foo\.bar over .*env\.yaml: foo: Extra inputs"),
+        (
+            "storage:\n  root: /x\n",
+            ["embed.model=no-such-model"],
+            r"--set embed\.model over .*'no-such-model' is not in",
+        ),
+        (
+            "storage:\n  root: /x\n",
+            ["sentences.perplexity.min=300"],
+            r"--set sentences\.perplexity\.min over .*below max",
+        ),
+        (
+            "storage:\n  root: /x\n",
+            ["fetch.object_prefixes=[http://x]"],
+            r"--set fetch\.object_prefixes over .*not an object-store",
+        ),
         ("- a\n- b\n", [], r"top level must be a mapping"),
     ],
 )

@@ -123,18 +123,19 @@ def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp
             *[("d3", 0, metadata), ("d3", 1, file_uri), ("d3", 2, absent)],
         ],
     )
-    cfg = _config(lakehouse.storage, commit_every=4)  # 7 distinct URLs: two commit batches
+    # 7 distinct URLs: two commit batches. Local files are read under file_roots only.
+    cfg = _config(lakehouse.storage, commit_every=4, file_roots=[str(tmp_path)])
 
     summary = run_fetch_images(lakehouse, cfg)
 
     id_a, id_b = bytes_id(IMAGES["/a.jpg"]), bytes_id(IMAGES["/b.jpg"])
     expected = {
-        stable_id(a): (a, "ok", 200, False, 1, id_a, 120, 80, "JPEG"),
-        stable_id(b): (b, "ok", 200, False, 1, id_b, 64, 64, "JPEG"),
+        stable_id(a): (a, "ok", 200, False, 1, id_a, 120, 80, "jpeg"),
+        stable_id(b): (b, "ok", 200, False, 1, id_b, 64, 64, "jpeg"),
         stable_id(missing): (missing, "http_error", 404, False, 1, None, None, None, None),
         stable_id(unstable): (unstable, "http_error", 503, True, 2, None, None, None, None),
         stable_id(metadata): (metadata, "blocked", None, False, 1, None, None, None, None),
-        stable_id(file_uri): (file_uri, "ok", None, False, 1, id_b, 64, 64, "JPEG"),
+        stable_id(file_uri): (file_uri, "ok", None, False, 1, id_b, 64, 64, "jpeg"),
         stable_id(absent): (absent, "not_found", None, False, 1, None, None, None, None),
     }
     assert _table(lakehouse) == expected
@@ -154,7 +155,7 @@ def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp
     server.unstable = False
     retried = run_fetch_images(lakehouse, cfg, retry_failed=True)
     assert (retried.pending, retried.by_status) == (1, {"ok": 1})
-    assert _table(lakehouse) == {**expected, stable_id(unstable): (unstable, "ok", 200, False, 1, id_b, 64, 64, "JPEG")}
+    assert _table(lakehouse) == {**expected, stable_id(unstable): (unstable, "ok", 200, False, 1, id_b, 64, 64, "jpeg")}
     assert server.hits == Counter({"/a.jpg": 1, "/b.jpg": 1, "/missing": 1, "/unstable": 3, "/to-metadata": 1})
 
     # Readable without Spark, by the deltalake package.
@@ -172,7 +173,12 @@ def test_job_refuses_loopback_by_default_and_stores_files(
     _write_refs(lakehouse, [("d1", 0, server.url("/a.jpg")), ("d1", 1, local.as_uri())])
     conf = tmp_path / "conf.yaml"
     conf.write_text(f"storage:\n  root: {lakehouse.storage.root}\n", encoding="utf-8")
-    fetch_job(["--conf", str(conf), "--set", "fetch.tasks=1", "--set", "fetch.content_store=files"])
+    fetch_job(
+        [
+            *["--conf", str(conf), "--set", "fetch.tasks=1", "--set", "fetch.content_store=files"],
+            *["--set", f"fetch.file_roots=[{tmp_path}]"],
+        ]
+    )
 
     assert "2 of 2 pending URLs fetched" in capsys.readouterr().out
     rows = {r["url"]: r for r in lakehouse.read(BRONZE_FETCHED_IMAGES).collect()}

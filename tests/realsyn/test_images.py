@@ -146,7 +146,7 @@ def test_extract_images_end_to_end(spark: SparkSession, lakehouse: Lakehouse) ->
 
     funnel = [
         (r["step"], r["rows_in"], r["rows_out"], r["rows_rejected"])
-        for r in lakehouse.read(FUNNEL).where("stage = 'images'").orderBy("step_index").collect()
+        for r in lakehouse.read(FUNNEL).where("stage = 'extract_images'").orderBy("step_index").collect()
     ]
     assert funnel == [("quality", 15, 12, 3), ("exact_dedup", 12, 10, 2), ("perceptual_dedup", 10, 6, 4)]
     assert summary.kept == 6
@@ -195,6 +195,9 @@ def test_semantic_dedup_uses_image_embeddings_when_present(spark: SparkSession, 
     assert rejects == [("semantic_dedup", "semantic_duplicate", iid["astronaut"], iid["china"])]
     funnel = [
         (r["step"], r["rows_in"], r["rows_out"])
-        for r in lakehouse.read(FUNNEL).where("stage = 'images'").orderBy("step_index").collect()
+        for r in lakehouse.read(FUNNEL).where("stage = 'extract_images'").orderBy("step_index").collect()
     ]
     assert funnel == [("quality", 4, 4), ("exact_dedup", 4, 4), ("semantic_dedup", 4, 3)]
+    # The embeddings stay in step with silver.images: the duplicate's rows are gone, of every model.
+    embedded = sorted((r["image_id"], r["model_id"]) for r in lakehouse.read(SILVER_IMAGE_EMBEDDINGS).collect())
+    assert embedded == sorted([(iid["china"], "m"), (iid["coffee"], "m"), (iid["coffee"], "other")])

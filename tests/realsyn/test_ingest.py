@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -199,3 +200,98 @@ def test_missing_input_fails_before_any_work(lakehouse: Lakehouse, storage: Stor
     with pytest.raises(ConfigError, match=r"ingest\.inputs\[0\]\.path"):
         run_ingest(lakehouse, cfg)
     assert not lakehouse.exists(BRONZE_DOCUMENTS)
+
+
+def test_unreadable_files_are_rejected_and_the_good_ones_beside_them_ingested(
+    lakehouse: Lakehouse, storage: StorageConfig, tmp_path: Path
+) -> None:
+    def doc(i: int) -> str:
+        return json.dumps({"url": f"https://x.example/{i}", "text_list": [f"Text {i}."], "image_info": []})
+
+    mmc4 = tmp_path / "mmc4"
+    mmc4.mkdir()
+    (mmc4 / "good.jsonl.gz").write_bytes(gzip.compress(f"{doc(0)}\n{doc(1)}\n".encode()))
+    whole = gzip.compress("\n".join(doc(i) for i in range(2, 400)).encode())
+    (mmc4 / "truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # EOFException inside the gzip stream
+    obelics = tmp_path / "obelics"
+    write_obelics(obelics / "good.parquet", [obelics_doc("https://ob.example/1", ["Text.", None], [None, "u"])])
+    (obelics / "notes.parquet").write_text("this is not a parquet file\n")
+    wrong = {**obelics_doc("https://ob.example/2", ["T."], [None]), "images": "not a list"}
+    write_obelics(obelics / "wrong-type.parquet", [wrong])
+    cfg = config(
+        storage,
+        IngestInput(path=str(mmc4), layout="mmc4", source="m"),
+        IngestInput(path=str(obelics), layout="obelics", format="parquet", source="o"),
+    )
+    summary = run_ingest(lakehouse, cfg)
+
+    assert (summary.documents_read, summary.documents_new, summary.documents_rejected) == (3, 3, 0)
+    assert sorted(r["text"] for r in lakehouse.read(BRONZE_TEXTS).collect()) == ["Text 0.", "Text 1.", "Text."]
+    rejects = sorted(
+        (r["source"], r["kind"], Path(r["input_file"]).name, r["reason"], bool(r["detail"]))
+        for r in lakehouse.read(BRONZE_INGEST_REJECTS).collect()
+    )
+    assert rejects == [
+        ("m", "file", "truncated.jsonl.gz", "unreadable_file", True),
+        ("o", "file", "notes.parquet", "unreadable_file", True),
+        ("o", "file", "wrong-type.parquet", "unreadable_file", True),
+    ]
+
+    # Fixed in place, the file is read by the next run and its reject row goes.
+    (mmc4 / "truncated.jsonl.gz").write_bytes(whole)
+    again = run_ingest(lakehouse, cfg)
+    assert (again.documents_new, again.documents_already_present) == (398, 3)
+    names = sorted(Path(r["input_file"]).name for r in lakehouse.read(BRONZE_INGEST_REJECTS).collect())
+    assert names == ["notes.parquet", "wrong-type.parquet"]
+
+
+def test_every_broken_line_is_a_reject_and_one_bad_field_rejects_only_that_field(
+    lakehouse: Lakehouse, storage: StorageConfig, tmp_path: Path
+) -> None:
+    def doc(url: str, texts: object, images: object = ()) -> bytes:
+        return json.dumps({"url": url, "text_list": texts, "image_info": list(images)}).encode()
+
+    lines = [
+        b'{"url": "https://bad.example/1", "text_list": ["unterminated',
+        b'{"url": "https://bad.example/1", "text_list": ["unterminated',  # the same broken line again
+        b"\xef\xbb\xbf" + doc("https://ok.example/bom", ["After a byte-order mark."]),
+        doc(
+            "https://ok.example/fields",
+            ["Caption one.", "Caption two."],
+            [
+                {"raw_url": "https://i.example/a.jpg", "matched_text_index": "one", "matched_sim": 0.3},
+                {"raw_url": "https://i.example/b.jpg", "matched_text_index": 1},
+                {"raw_url": "https://i.example/c.jpg", "matched_text_index": 0, "matched_sim": 0.5},
+            ],
+        )
+        .replace(b"0.3", b"0.3")
+        .replace(b'"matched_text_index": 1}', b'"matched_text_index": 1, "matched_sim": NaN}'),
+        doc("https://ok.example/types", ["A text.", 2.5, {"a": 1}, "Nul\u0000inside."]),
+    ]
+    mmc4 = tmp_path / "mmc4" / "docs.jsonl"
+    mmc4.parent.mkdir()
+    mmc4.write_bytes(b"\n".join(lines) + b"\n")
+    summary = run_ingest(lakehouse, config(storage, IngestInput(path=str(mmc4.parent), layout="mmc4", source="m")))
+
+    assert (summary.documents_read, summary.documents_new, summary.documents_rejected) == (5, 3, 2)
+    rejects = sorted(
+        (r["kind"], r["position"], r["reason"], r["detail"]) for r in lakehouse.read(BRONZE_INGEST_REJECTS).collect()
+    )
+    assert rejects == [
+        ("document", None, "malformed_json", None),
+        ("document", None, "malformed_json", None),
+        ("field", 0, "invalid_matched_text_index", "one"),
+        ("field", 1, "invalid_matched_sim", "NaN"),
+        ("text", 1, "non_string_text", "JSON type DECIMAL"),
+        ("text", 2, "non_string_text", "JSON type OBJECT"),
+        ("text", 3, "nul_in_text", None),
+    ]
+    assert lakehouse.read(BRONZE_INGEST_REJECTS).select("reject_id").distinct().count() == 7
+    refs = lakehouse.read(BRONZE_IMAGE_REFS).select("url", "matched_text_index", "matched_sim")
+    assert sorted(tuple(r) for r in refs.collect()) == [
+        ("https://i.example/a.jpg", None, 0.3),
+        ("https://i.example/b.jpg", 1, None),
+        ("https://i.example/c.jpg", 0, 0.5),
+    ]
+    texts = sorted(r["text"] for r in lakehouse.read(BRONZE_TEXTS).collect())
+    assert texts == ["A text.", "After a byte-order mark.", "Caption one.", "Caption two."]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -53,3 +54,24 @@ def test_a_cluster_without_any_pair_keeps_every_item(spark: SparkSession) -> Non
     assert sorted((r["id"], r["component"], r["representative"]) for r in got.collect()) == [
         (f"i{k}", f"i{k}", f"i{k}") for k in range(5)
     ]
+
+
+def test_random_weight_models_never_drive_dedup() -> None:
+    from realsyn.config import EmbedConfig
+    from realsyn.semdedup import refusal
+
+    embed = EmbedConfig()  # conf/models.yaml
+    assert "random weights" in (refusal("tiny-random", embed) or "")
+    assert "random weights" in (refusal("vit-b-32-random", embed) or "")
+    assert refusal("eva02-l-14", embed) is None
+    assert refusal("made-elsewhere", embed) is None  # unknown to the registry: the share guard still applies
+
+
+def test_an_implausible_share_removed_stops_the_run() -> None:
+    from realsyn.semdedup import ImplausibleDedupError, check_removed_share
+
+    check_removed_share("image semantic dedup", 239, 120, 0.5, "images.semantic_dedup.max_removed_share")
+    with pytest.raises(
+        ImplausibleDedupError, match=r"238 of 239 rows .*images\.semantic_dedup\.max_removed_share=0\.5"
+    ):
+        check_removed_share("image semantic dedup", 239, 1, 0.5, "images.semantic_dedup.max_removed_share")

@@ -596,3 +596,11 @@ def test_nvjpeg_decoding_on_gpu_is_close_to_pillow(tiny: clip.ModelSpec) -> None
     assert [tuple(t.shape) for t in on_gpu] == [tuple(t.shape) for t in on_cpu] == [(3, 64, 97), (3, 50, 30)]
     # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: close on a photograph
     assert (on_gpu[0].cpu().int() - on_cpu[0].int()).abs().float().mean() < 5
+
+
+def test_huge_images_decode_within_the_memory_bound() -> None:
+    big = Image.new("RGB", (9000, 9000), (200, 30, 30))
+    # A JPEG over the bound is decoded at a reduced DCT scale (1/2 here: 4500 x 4500, ~81 MB).
+    assert clip.decode_image(encode(big, "JPEG")).size == (4500, 4500)
+    with pytest.raises(clip.Rejected, match=r"too_many_pixels.*324 MB"):
+        clip.decode_image(encode(big, "PNG"))

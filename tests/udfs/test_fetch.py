@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import struct
 import threading
 import time
@@ -197,18 +198,18 @@ def _summary(r: F.FetchResult) -> tuple[object, ...]:
 
 # name -> (status, http_status, attempts, width, height, format)
 EXPECTED = {
-    "jpeg": (F.OK, 200, 1, 160, 107, "JPEG"),
-    "png": (F.OK, 200, 1, 160, 107, "PNG"),
-    "webp": (F.OK, 200, 1, 160, 107, "WEBP"),
-    "gif": (F.OK, 200, 1, 160, 107, "GIF"),
-    "cmyk": (F.OK, 200, 1, 160, 107, "JPEG"),
-    "png16": (F.OK, 200, 1, 48, 32, "PNG"),
-    "exif": (F.OK, 200, 1, 20, 40, "JPEG"),
-    "wrong-type": (F.OK, 200, 1, 160, 107, "PNG"),
-    "to-jpeg": (F.OK, 200, 1, 160, 107, "JPEG"),
-    "flaky": (F.OK, 200, 2, 160, 107, "JPEG"),
-    "rate-limited": (F.OK, 200, 2, 160, 107, "PNG"),
-    "noai-for-others": (F.OK, 200, 1, 160, 107, "JPEG"),
+    "jpeg": (F.OK, 200, 1, 160, 107, "jpeg"),
+    "png": (F.OK, 200, 1, 160, 107, "png"),
+    "webp": (F.OK, 200, 1, 160, 107, "webp"),
+    "gif": (F.OK, 200, 1, 160, 107, "gif"),
+    "cmyk": (F.OK, 200, 1, 160, 107, "jpeg"),
+    "png16": (F.OK, 200, 1, 48, 32, "png"),
+    "exif": (F.OK, 200, 1, 20, 40, "jpeg"),
+    "wrong-type": (F.OK, 200, 1, 160, 107, "png"),
+    "to-jpeg": (F.OK, 200, 1, 160, 107, "jpeg"),
+    "flaky": (F.OK, 200, 2, 160, 107, "jpeg"),
+    "rate-limited": (F.OK, 200, 2, 160, 107, "png"),
+    "noai-for-others": (F.OK, 200, 1, 160, 107, "jpeg"),
     "missing": (F.HTTP_ERROR, 404, 1, None, None, None),
     "always-503": (F.HTTP_ERROR, 503, 2, None, None, None),
     "rate-limited-long": (F.HTTP_ERROR, 429, 1, None, None, None),
@@ -325,21 +326,67 @@ def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
         "ftp://example.org/x.jpg",
         "file://otherhost/etc/x.jpg",
         "",
+        "not a url at all",
+        "relative/a b.jpg",
+        "http://[::1/x",
+        "javascript:alert(1)",
     ]
-    results = F.fetch_batch(urls, OPTS)
+    opts = replace(OPTS, file_roots=(str(tmp_path),), object_prefixes=("memory://realsyn-test",))
+    results = F.fetch_batch(urls, opts)
     assert [(r.status, r.image_id, r.format) for r in results] == [
-        (F.OK, bytes_id(jpeg), "JPEG"),
-        (F.OK, bytes_id(jpeg), "JPEG"),
+        (F.OK, bytes_id(jpeg), "jpeg"),
+        (F.OK, bytes_id(jpeg), "jpeg"),
         (F.NOT_FOUND, None, None),
         (F.NOT_AN_IMAGE, None, None),
-        (F.OK, bytes_id(png), "PNG"),
+        (F.OK, bytes_id(png), "png"),
         (F.INVALID_URL, None, None),
-        (F.OK, bytes_id(png), "PNG"),
+        (F.OK, bytes_id(png), "png"),
         (F.NOT_FOUND, None, None),
         (F.BLOCKED, None, None),
         (F.BLOCKED, None, None),
         (F.INVALID_URL, None, None),
+        (F.INVALID_URL, None, None),
+        (F.INVALID_URL, None, None),
+        (F.INVALID_URL, None, None),
+        (F.BLOCKED, None, None),
     ]
+
+
+def test_local_files_and_objects_are_refused_without_roots_and_prefixes(tmp_path: Path) -> None:
+    # The scheme alone is not enough: files need file_roots, object stores a listed bucket or prefix.
+    (tmp_path / "a.jpg").write_bytes(BODIES["jpeg"][0])
+    with fsspec.open("memory://realsyn-test/img.png", "wb") as f:
+        f.write(BODIES["png"][0])
+    with fsspec.open("memory://other-bucket/secret.png", "wb") as f:
+        f.write(BODIES["png"][0])
+    urls = [
+        (tmp_path / "a.jpg").as_uri(),
+        str(tmp_path / "a.jpg"),
+        "file:///etc/passwd",
+        "/dev/zero",
+        "memory://realsyn-test/img.png",
+    ]
+    results = F.fetch_batch(urls, OPTS)
+    assert [(r.status, r.content) for r in results] == [(F.BLOCKED, None)] * 5
+    assert "file_roots" in (results[0].error or "") and "object_prefixes" in (results[4].error or "")
+    opts = replace(OPTS, file_roots=(str(tmp_path),), object_prefixes=("memory://realsyn-test/",))
+    urls += [
+        "memory://other-bucket/secret.png",
+        "memory://realsyn-test-2/secret.png",
+        "memory://realsyn-test/../other-bucket/secret.png",
+    ]
+    statuses = [r.status for r in F.fetch_batch(urls, opts)]
+    assert statuses == [F.OK, F.OK, F.BLOCKED, F.BLOCKED, F.OK, F.BLOCKED, F.BLOCKED, F.BLOCKED]
+
+
+def test_a_fifo_read_ends_as_timeout_within_the_limit(tmp_path: Path) -> None:
+    fifo = tmp_path / "never.jpg"
+    os.mkfifo(fifo)  # opening it for reading blocks until a writer comes, which never happens
+    opts = replace(OPTS, file_roots=(str(tmp_path),), total_timeout_s=1.0)
+    started = time.monotonic()
+    [r] = F.fetch_batch([fifo.as_uri()], opts)
+    assert (r.status, r.attempts, r.retryable) == (F.TIMEOUT, 1, False)
+    assert time.monotonic() - started < 1.0 + 0.5
 
 
 def test_file_roots_and_size_limit(tmp_path: Path) -> None:
@@ -355,7 +402,7 @@ def test_file_roots_and_size_limit(tmp_path: Path) -> None:
         [str(inside / n) for n in ("a.jpg", "link.jpg", "big.png")] + [str(outside / "b.jpg")], opts
     )
     assert [r.status for r in results] == [F.OK, F.BLOCKED, F.TOO_LARGE, F.BLOCKED]
-    no_files = replace(OPTS, allowed_schemes=("http", "https"))
+    no_files = replace(opts, allowed_schemes=("http", "https"))
     assert [r.status for r in F.fetch_batch([str(inside / "a.jpg")], no_files)] == [F.BLOCKED]
 
 
@@ -384,20 +431,25 @@ def check_object_store(fs: fsspec.AbstractFileSystem, schemes: tuple[str, ...]) 
     """
     jpeg, png = BODIES["jpeg"][0], BODIES["png"][0]
     fs.mkdir("realsyn-test")
+    fs.mkdir("private-bucket")
     fs.pipe({"realsyn-test/photos/a b.jpg": jpeg, "realsyn-test/big.png": png, "realsyn-test/page.html": b"<html>"})
+    fs.pipe({"private-bucket/a.jpg": jpeg})
     scheme = schemes[0]
     urls = [f"{s}://realsyn-test/photos/a b.jpg" for s in schemes] + [
         f"{scheme}://realsyn-test/big.png",
         f"{scheme}://realsyn-test/page.html",
         f"{scheme}://realsyn-test/absent.jpg",
         f"{scheme}://no-such-bucket/a.jpg",
+        f"{scheme}://private-bucket/a.jpg",  # exists, readable with these credentials, but not listed
     ]
-    results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1))
-    assert [(r.status, r.image_id, r.format) for r in results] == [(F.OK, bytes_id(jpeg), "JPEG")] * len(schemes) + [
+    prefixes = (*(f"{s}://realsyn-test" for s in schemes), f"{scheme}://no-such-bucket/")
+    results = F.fetch_batch(urls, replace(OPTS, max_bytes=len(png) - 1, object_prefixes=prefixes))
+    assert [(r.status, r.image_id, r.format) for r in results] == [(F.OK, bytes_id(jpeg), "jpeg")] * len(schemes) + [
         (F.TOO_LARGE, None, None),
         (F.NOT_AN_IMAGE, None, None),
         (F.NOT_FOUND, None, None),
         (F.NOT_FOUND, None, None),
+        (F.BLOCKED, None, None),
     ]
     assert results[0].content == jpeg and not any(r.retryable for r in results)
 
@@ -439,7 +491,7 @@ def test_dbfs_references_read_from_the_mount(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "FileStore" / "photos" / "a.jpg").write_bytes(jpeg)
     monkeypatch.setattr(F, "DBFS_MOUNT", str(tmp_path))  # as /dbfs on a Databricks node
     urls = ["dbfs:/FileStore/photos/a.jpg", "dbfs:///FileStore/photos/a.jpg", "dbfs:/FileStore/absent.jpg"]
-    results = F.fetch_batch(urls, OPTS)
+    results = F.fetch_batch(urls, replace(OPTS, object_prefixes=("dbfs:/FileStore/",)))
     assert [(r.status, r.image_id) for r in results] == [
         (F.OK, bytes_id(jpeg)),
         (F.OK, bytes_id(jpeg)),
@@ -450,7 +502,7 @@ def test_dbfs_references_read_from_the_mount(tmp_path: Path, monkeypatch: pytest
 def test_content_to_files(tmp_path: Path) -> None:
     jpeg = BODIES["jpeg"][0]
     (tmp_path / "a.jpg").write_bytes(jpeg)
-    opts = replace(OPTS, content_prefix=str(tmp_path / "store"))
+    opts = replace(OPTS, content_prefix=str(tmp_path / "store"), file_roots=(str(tmp_path),))
     [r] = F.fetch_batch([str(tmp_path / "a.jpg")], opts)
     image_id = bytes_id(jpeg)
     assert (r.status, r.content, r.content_path) == (F.OK, None, f"{tmp_path}/store/{image_id[:2]}/{image_id}.jpg")
@@ -552,3 +604,23 @@ def test_status_counts() -> None:
         F.HTTP_ERROR: [1, 0],
         F.TIMEOUT: [1, 0],
     }
+
+
+def test_images_under_the_pixel_limit_but_huge_decoded_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 81M pixels pass max_pixels (89.5M), but the decoded PNG would take ~324 MB.
+    big = Image.new("RGB", (9000, 9000), (10, 20, 30))
+    png, jpeg = _encode(big, "PNG"), _encode(big, "JPEG")
+    check = F.validate_image(png, 89_478_485)
+    assert (check.status, check.width, check.height, check.format) == (F.TOO_MANY_PIXELS, 9000, 9000, "PNG")
+    assert "324 MB > 134 MB" in (check.error or "")
+    # A JPEG is checked at 1/8 scale (~5 MB) and passes; a higher bound lets the PNG through too.
+    assert F.validate_image(jpeg, 89_478_485) == F.ImageCheck(F.OK, None, 9000, 9000, "JPEG")
+    assert F.validate_image(png, 89_478_485, max_decoded_bytes=400_000_000).status == F.OK
+    # The refusal decodes nothing (the header check too: Pillow's PNG EXIF lookup would decode the whole image).
+    from PIL import PngImagePlugin
+
+    def no_decode(self: object) -> None:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
+    assert F.validate_image(png, 89_478_485).status == F.TOO_MANY_PIXELS

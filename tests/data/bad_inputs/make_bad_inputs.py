@@ -1,0 +1,205 @@
+"""The bad-input corpus: malformed documents, texts, URLs and image bytes, one of each kind, with the outcome each
+must have. Written on demand (``python tests/data/bad_inputs/make_bad_inputs.py OUT BASE_URL``, or
+:func:`write_corpus` from a test) because the image URLs name the port of the test's HTTP server.
+
+Layout under ``out``: ``images/`` (the files the HTTP server serves, also read as ``file://`` URIs),
+``mmc4/`` (``docs.jsonl``, a good and a truncated ``.jsonl.gz``), ``obelics/`` (a parquet shard and a file that
+is not parquet). :data:`KINDS` names every kind of bad input and where it must end.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from skimage import data
+
+# kind of bad input -> where it must end (table, reason or status). Checked by tests/jobs/test_bad_inputs.py.
+KINDS = {
+    "truncated .jsonl.gz": "bronze.ingest_rejects file/unreadable_file, the other files ingested",
+    "non-parquet file in a parquet folder": "bronze.ingest_rejects file/unreadable_file",
+    "broken JSON line (twice, byte-identical)": "two document/malformed_json rejects",
+    "invalid UTF-8": "document/invalid_utf8",
+    "JSON null": "document/null_document",
+    "JSON array instead of an object": "document/not_a_json_object",
+    "empty object": "document/empty_document",
+    "text_list of the wrong type": "document/schema_mismatch",
+    "the same document twice": "document/duplicate_document",
+    "OBELICS lists of unequal length": "document/unequal_list_lengths",
+    "OBELICS position with text and image": "document/position_with_text_and_image",
+    "UTF-8 byte-order mark": "kept",
+    "document without images": "kept",
+    "document without texts": "kept",
+    "numbers and objects in text_list": "text/non_string_text",
+    "NUL character in a text": "text/nul_in_text",
+    "huge text (150,000 chars)": "text/text_too_large",
+    "null text": "text/null_text",
+    "string matched_text_index": "field/invalid_matched_text_index (image kept)",
+    "NaN matched_sim": "field/invalid_matched_sim (image kept)",
+    "matched_text_index out of range": "image/matched_text_index_out_of_range",
+    "empty image URL": "image/missing_url",
+    "emoji-only text": "silver.sentence_rejects emoji",
+    "right-to-left text": "kept through ingest, judged by the sentence filters",
+    "private address": "fetch blocked",
+    "loopback host name": "fetch blocked",
+    "link-local metadata address": "fetch blocked",
+    "redirect to 127.0.0.1": "fetch blocked",
+    "redirect to 169.254.169.254": "fetch blocked",
+    "redirect chain to loopback": "fetch blocked",
+    "javascript: URL": "fetch blocked",
+    "file: outside the allowed roots": "fetch blocked",
+    "not a URL": "fetch invalid_url",
+    "unparseable URL": "fetch invalid_url",
+    "truncated JPEG": "fetch decode_error",
+    "zero-byte image file": "fetch not_an_image",
+    "SVG": "fetch not_an_image",
+    "HTML served as image/jpeg": "fetch not_an_image",
+    "decompression bomb (PNG header 100,000 x 100,000)": "fetch too_many_pixels",
+    "huge decoded PNG (9,000 x 9,000)": "fetch too_many_pixels",
+}
+
+CAPTIONS = [
+    "A brown dog is running across the green field.",
+    "The astronaut stands next to a large white rocket.",
+    "A woman is drinking hot coffee in a small cafe.",
+    "A gray cat sleeps on the warm windowsill.",
+    "Two children are playing with a red ball in the park.",
+    "An old man rides a bicycle along the river.",
+]
+RTL = "مرحبا بكم في المدينة القديمة الجميلة جدا"
+EMOJI = "😀😀😀 🎉🎉"
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def image_files() -> dict[str, bytes]:
+    """Name -> bytes of every file the server serves (good photographs and bad bytes)."""
+    photo = {n: Image.fromarray(getattr(data, n)()).convert("RGB") for n in ("astronaut", "coffee", "chelsea")}
+    good = _encode(photo["astronaut"], "JPEG")
+    return {
+        "astronaut.jpg": good,
+        "coffee.jpg": _encode(photo["coffee"], "JPEG"),
+        "chelsea.png": _encode(photo["chelsea"], "PNG"),
+        "truncated.jpg": good[: len(good) // 2],
+        "zero.jpg": b"",
+        "image.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="200" height="200"><rect width="200"/></svg>',
+        "page.jpg": b"<!doctype html><html><body>not an image</body></html>",
+        "bomb.png": _bomb_png(100_000, 100_000),
+        "huge.png": _encode(Image.new("RGB", (9000, 9000), (30, 60, 90)), "PNG"),
+    }
+
+
+def hostile_urls(base: str, images: Path) -> dict[str, str]:
+    """URL -> the fetch status it must end in (``base`` is the test server, ``images`` the allowed file root)."""
+    port = base.rsplit(":", 1)[1]
+    return {
+        f"{base}/astronaut.jpg": "ok",
+        f"{base}/coffee.jpg": "ok",
+        (images / "chelsea.png").as_uri(): "ok",
+        f"{base}/truncated.jpg": "decode_error",
+        (images / "zero.jpg").as_uri(): "not_an_image",
+        f"{base}/image.svg": "not_an_image",
+        f"{base}/page.jpg": "not_an_image",
+        f"{base}/bomb.png": "too_many_pixels",
+        f"{base}/huge.png": "too_many_pixels",
+        "http://10.0.0.1/a.jpg": "blocked",
+        f"http://localhost:{port}/astronaut.jpg": "blocked",
+        "http://169.254.169.254/latest/meta-data/": "blocked",
+        f"{base}/redirect-loopback": "blocked",
+        f"{base}/redirect-metadata": "blocked",
+        f"{base}/chain-1": "blocked",
+        "javascript:alert(1)": "blocked",
+        "file:///etc/passwd": "blocked",
+        "not a url at all": "invalid_url",
+        "http://[::1/x": "invalid_url",
+    }
+
+
+def _mmc4(url: str, texts: object, images: list[dict[str, object]] | None = None) -> bytes:
+    return json.dumps({"url": url, "text_list": texts, "image_info": images or []}).encode()
+
+
+def write_corpus(out: Path, base: str) -> dict[str, str]:
+    """Write the corpus under ``out`` for the server at ``base``; return :func:`hostile_urls`."""
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for name, payload in image_files().items():
+        (images / name).write_bytes(payload)
+    urls = hostile_urls(base, images)
+    good_a = _mmc4(
+        "https://ok.example/a",
+        CAPTIONS[:2],
+        [{"raw_url": f"{base}/astronaut.jpg", "matched_text_index": 1, "matched_sim": 0.31}],
+    )
+    hostile = [{"raw_url": u, "matched_text_index": 0} for u in urls if u != f"{base}/astronaut.jpg"]
+    lines = [
+        good_a,
+        _mmc4("https://ok.example/b", [CAPTIONS[2], RTL, EMOJI], hostile),
+        b'{"url": "https://bad.example/1", "text_list": ["unterminated',
+        b'{"url": "https://bad.example/1", "text_list": ["unterminated',
+        b'{"url": "https://bad.example/2", "text_list": ["caf\xe9 in latin-1"]}',
+        b"null",
+        b"[1, 2]",
+        b"{}",
+        b'{"url": "https://bad.example/3", "text_list": "not a list"}',
+        good_a,  # the same document again
+        b"\xef\xbb\xbf" + _mmc4("https://ok.example/bom-no-images", [CAPTIONS[3]]),
+        _mmc4("https://ok.example/no-texts", [], [{"raw_url": f"{base}/coffee.jpg"}]),
+        _mmc4("https://ok.example/types", [CAPTIONS[4], 2.5, {"a": 1}, "Nul\u0000inside the text.", None]),
+        _mmc4(
+            "https://ok.example/fields",
+            [CAPTIONS[5], "x" * 150_000],
+            [
+                {"raw_url": f"{base}/astronaut.jpg", "matched_text_index": "one"},
+                {"raw_url": f"{base}/coffee.jpg", "matched_text_index": 0, "matched_sim": float("nan")},
+                {"raw_url": f"{base}/coffee.jpg", "matched_text_index": 7},
+                {"raw_url": "", "matched_text_index": 0},
+            ],
+        ),
+    ]
+    mmc4 = out / "mmc4"
+    mmc4.mkdir(exist_ok=True)
+    (mmc4 / "docs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (mmc4 / "good.jsonl.gz").write_bytes(gzip.compress(_mmc4("https://ok.example/gz", [CAPTIONS[0] + " Again."])))
+    whole = gzip.compress(b"\n".join(_mmc4(f"https://lost.example/{i}", [f"Lost {i}."]) for i in range(300)))
+    (mmc4 / "truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    obelics = out / "obelics"
+    obelics.mkdir(exist_ok=True)
+
+    def ob(url: str, texts: list[str | None], imgs: list[str | None]) -> dict[str, object]:
+        meta = json.dumps([None if i is None else {"src": i} for i in imgs])
+        return {"images": imgs, "texts": texts, "metadata": meta, "general_metadata": json.dumps({"url": url})}
+
+    rows = [
+        ob("https://ob.example/good", [CAPTIONS[1], None], [None, (images / "chelsea.png").as_uri()]),
+        ob("https://ob.example/unequal", ["A caption.", None], [None]),
+        ob("https://ob.example/both", ["A caption."], [f"{base}/coffee.jpg"]),
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), obelics / "docs.parquet")
+    (obelics / "notes.parquet").write_text("this file is not parquet\n")
+    return urls
+
+
+if __name__ == "__main__":
+    for url, status in write_corpus(Path(sys.argv[1]), sys.argv[2]).items():
+        print(f"{status:16} {url}")

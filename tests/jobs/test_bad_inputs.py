@@ -1,0 +1,223 @@
+"""The whole pipeline on the bad-input corpus (tests/data/bad_inputs): no crash, every input row kept or rejected
+with a reason, and a funnel that reconciles inside every stage and from one stage to the next."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import functions as F
+
+from realsyn.clustering import run_cluster_images, run_cluster_sentences
+from realsyn.config import IngestInput, load_config
+from realsyn.embed import run_embed
+from realsyn.fetch import run_fetch_images
+from realsyn.images import run_extract_images
+from realsyn.ingest import run_ingest
+from realsyn.retrieval import run_retrieve
+from realsyn.sentences import run_extract_sentences
+from realsyn.tables import (
+    BRONZE_DOCUMENTS,
+    BRONZE_FETCHED_IMAGES,
+    BRONZE_IMAGE_REFS,
+    BRONZE_INGEST_REJECTS,
+    BRONZE_TEXTS,
+    FUNNEL,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGE_REJECTS,
+    SILVER_IMAGES,
+    SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_REJECTS,
+    SILVER_SENTENCES,
+    Lakehouse,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("make_bad_inputs", REPO / "tests/data/bad_inputs/make_bad_inputs.py")
+assert _spec is not None and _spec.loader is not None
+corpus = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(corpus)
+
+# The server listens on 127.0.0.2, the only address allowed: a redirect to 127.0.0.1 must still be refused.
+HOST = "127.0.0.2"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        port = self.server.server_address[1]
+        targets = {
+            "/redirect-loopback": f"http://127.0.0.1:{port}/astronaut.jpg",
+            "/redirect-metadata": "http://169.254.169.254/latest/meta-data/",
+            "/chain-1": "/chain-2",
+            "/chain-2": f"http://127.0.0.1:{port}/astronaut.jpg",
+        }
+        if self.path in targets:
+            self.send_response(302)
+            self.send_header("Location", targets[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path = self.server.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")  # whatever the bytes are: the content decides
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the fetcher opens many connections at once; the default 5 drops SYNs (1 s retry)
+
+    def __init__(self, root: Path) -> None:
+        super().__init__((HOST, 0), _Handler)
+        self.root = root
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[_Server]:
+    """The HTTP server of the corpus's images, with redirects to refused addresses."""
+    srv = _Server(tmp_path / "corpus" / "images")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _funnel(lakehouse: Lakehouse) -> dict[str, list[tuple[str, int, int, int]]]:
+    rows = lakehouse.read(FUNNEL).orderBy("stage", "step_index").collect()
+    out: dict[str, list[tuple[str, int, int, int]]] = {}
+    for r in rows:
+        out.setdefault(r["stage"], []).append((r["step"], r["rows_in"], r["rows_out"], r["rows_rejected"]))
+    return out
+
+
+def test_bad_inputs_through_the_whole_pipeline(lakehouse: Lakehouse, server: _Server, tmp_path: Path) -> None:
+    out = tmp_path / "corpus"
+    urls = corpus.write_corpus(out, f"http://{HOST}:{server.server_address[1]}")
+    assert len(corpus.KINDS) >= 30
+    overrides = [
+        f"storage.root={lakehouse.storage.root}",
+        f"fetch.allow_networks=['{HOST}/32']",
+        f"fetch.file_roots=['{out / 'images'}']",
+        # No endpoint here is slow on purpose: generous limits keep a loaded machine from turning a hop into a timeout.
+        *["fetch.connect_timeout_s=10", "fetch.read_timeout_s=10", "fetch.total_timeout_s=30"],
+        *["fetch.max_attempts=1", "fetch.tasks=1"],
+    ]
+    cfg = load_config(REPO / "conf" / "local.yaml", overrides)
+    inputs = [
+        IngestInput(path=str(out / "mmc4"), layout="mmc4", format="jsonl", source="bad-mmc4"),
+        IngestInput(path=str(out / "obelics"), layout="obelics", format="parquet", source="bad-obelics"),
+    ]
+    cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": inputs})})
+
+    ingest = run_ingest(lakehouse, cfg)
+    run_fetch_images(lakehouse, cfg)
+    run_extract_images(lakehouse, cfg)
+    run_extract_sentences(lakehouse, cfg)
+    run_embed(lakehouse, cfg)
+    run_cluster_sentences(lakehouse, cfg)
+    run_retrieve(lakehouse, cfg)
+    run_cluster_images(lakehouse, cfg)
+
+    # Ingest: every bad record is a reject with its reason; the good records beside them are ingested.
+    rejects = Counter((r["kind"], r["reason"]) for r in lakehouse.read(BRONZE_INGEST_REJECTS).collect())
+    assert rejects == Counter(
+        {
+            ("file", "unreadable_file"): 2,
+            ("document", "malformed_json"): 2,
+            ("document", "invalid_utf8"): 1,
+            ("document", "null_document"): 1,
+            ("document", "not_a_json_object"): 1,
+            ("document", "empty_document"): 1,
+            ("document", "schema_mismatch"): 1,
+            ("document", "duplicate_document"): 1,
+            ("document", "unequal_list_lengths"): 1,
+            ("document", "position_with_text_and_image"): 1,
+            ("text", "non_string_text"): 2,
+            ("text", "nul_in_text"): 1,
+            ("text", "null_text"): 1,
+            ("text", "text_too_large"): 1,
+            ("field", "invalid_matched_text_index"): 1,
+            ("field", "invalid_matched_sim"): 1,
+            ("image", "matched_text_index_out_of_range"): 1,
+            ("image", "missing_url"): 1,
+        }
+    )
+    documents = sorted(r["url"] for r in lakehouse.read(BRONZE_DOCUMENTS).collect())
+    assert documents == sorted(
+        [
+            *(f"https://ok.example/{n}" for n in ("a", "b", "bom-no-images", "no-texts", "types", "fields", "gz")),
+            "https://ob.example/good",
+        ]
+    )
+    n_document_rejects = sum(n for (kind, _), n in rejects.items() if kind == "document")
+    assert (ingest.documents_read, ingest.documents_new, ingest.documents_rejected) == (
+        len(documents) + n_document_rejects,
+        len(documents),
+        n_document_rejects,
+    )
+
+    # Fetch: every distinct URL of bronze.image_refs ends in its one known status.
+    refs = lakehouse.read(BRONZE_IMAGE_REFS)
+    fetched = {r["url"]: r["status"] for r in lakehouse.read(BRONZE_FETCHED_IMAGES).collect()}
+    assert fetched == urls
+    assert {r["url"] for r in refs.collect()} == set(urls)
+
+    # Image extraction keeps the three photographs; nothing else was fetched ok.
+    assert lakehouse.read(SILVER_IMAGES).count() == 3
+    assert lakehouse.read(SILVER_IMAGE_REJECTS).count() == 0
+
+    # Sentences: the emoji-only text is rejected as such; every kept sentence and every reject has a reason.
+    reasons = Counter(r["reject_reason"] for r in lakehouse.read(SILVER_SENTENCE_REJECTS).collect())
+    assert reasons["emoji"] == 1 and None not in reasons
+
+    # The funnel: rows in = kept + rejected at every step, each step's kept rows enter the next step, and each
+    # stage starts from what the one before kept.
+    funnel = _funnel(lakehouse)
+    for stage, steps in funnel.items():
+        for step, rows_in, rows_out, rejected in steps:
+            assert rows_in == rows_out + rejected and rows_out <= rows_in, (stage, step)
+    ingest_steps = {s[0]: s for s in funnel["ingest"]}
+    assert ingest_steps["documents"][1:3] == (len(documents) + n_document_rejects, len(documents))
+    assert ingest_steps["texts"][2] == lakehouse.read(BRONZE_TEXTS).count()
+    assert ingest_steps["image_refs"][2] == refs.count()
+    fetch = funnel["fetch_images"]
+    assert [s[0] for s in fetch] == ["distinct_urls", "fetch"]
+    assert fetch[0][1] == refs.count() and fetch[0][2] == fetch[1][1] == len(urls)
+    assert fetch[1][2] == sum(1 for s in urls.values() if s == "ok")
+    for stage in ("extract_images", "extract_sentences"):
+        for before, after in itertools.pairwise(funnel[stage]):
+            assert before[2] == after[1], (stage, before, after)
+    assert funnel["extract_images"][0][1] == fetch[1][2]
+    assert funnel["extract_images"][-1][2] == lakehouse.read(SILVER_IMAGES).count()
+    assert funnel["extract_sentences"][-1][2] == lakehouse.read(SILVER_SENTENCES).count()
+    embed_images = next(v for k, v in funnel.items() if k.startswith("embed_images"))
+    embed_sentences = next(v for k, v in funnel.items() if k.startswith("embed_sentences"))
+    assert embed_images[0][1] == lakehouse.read(SILVER_IMAGES).count()
+    assert embed_sentences[0][1] == lakehouse.read(SILVER_SENTENCES).count()
+    retrieve = next(v for k, v in funnel.items() if k.startswith("retrieve["))
+    n_image_embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS).count()
+    assert retrieve[0][1] == n_image_embeddings == embed_images[0][2]
+    assert retrieve[1][2] == n_image_embeddings  # every image got sentences
+    n_sentence_embeddings = lakehouse.read(SILVER_SENTENCE_EMBEDDINGS).where(F.col("model_id") == cfg.embed.model)
+    assert n_sentence_embeddings.count() == embed_sentences[0][2]
