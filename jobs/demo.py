@@ -7,6 +7,7 @@ from realsyn.clustering import run_cluster_images, run_cluster_sentences
 from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.embed import run_embed
 from realsyn.fetch import run_fetch_images
+from realsyn.generate import run_generate
 from realsyn.images import run_extract_images
 from realsyn.ingest import run_ingest
 from realsyn.retrieval import run_retrieve
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     run_cluster_sentences(lakehouse, cfg)
     run_retrieve(lakehouse, cfg)
     run_cluster_images(lakehouse, cfg)
+    print(run_generate(lakehouse, cfg))
 
 
 if __name__ == "__main__":

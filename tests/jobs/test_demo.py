@@ -52,3 +52,9 @@ def test_demo_pipeline_on_a_small_corpus(tmp_path: Path) -> None:
     retrieval = table(lake, "silver.retrieval")
     assert {r["image_id"] for r in retrieval} == images
     assert {r["sentence_id"] for r in retrieval} <= sentences
+    # Every image with retrieved texts ends with exactly one synthetic text or one reject with a reason.
+    kept = [r["image_id"] for r in table(lake, "gold.synthetic_texts")]
+    rejected = [r["image_id"] for r in table(lake, "gold.synthetic_text_rejects")]
+    assert sorted(kept + rejected) == sorted({r["image_id"] for r in retrieval})
+    assert all(r["reject_reason"] for r in table(lake, "gold.synthetic_text_rejects"))
+    assert {r["image_id"] for r in table(lake, "gold.captions")} == images
