@@ -217,3 +217,10 @@ def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, 
     assert v2_kept.image_id == by_cosine[mid_c]
     v1_rows = lakehouse.read(GOLD_SYNTHETIC_TEXTS).filter("prompt_version = 'v1'")
     assert sorted(map(str, v1_rows.collect())) == before[GOLD_SYNTHETIC_TEXTS]
+
+
+def test_prompt_without_its_placeholders_fails_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"local.yaml: generate: Value error, generate.user_prompt must hold \{tags"):
+        load_config(REGISTRY.parent / "local.yaml", ["generate.user_prompt=Rewrite {retrieved_text} with {caption}"])
+    with pytest.raises(ConfigError, match=r"generate.tags.prompt_template must hold \{tag\}"):
+        load_config(REGISTRY.parent / "local.yaml", ["generate.tags.prompt_template=a photo"])
