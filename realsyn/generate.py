@@ -190,7 +190,7 @@ def caption_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec, max_pixe
         from udfs.captioner import caption_images, get_captioner
 
         keep_zip_directories()
-        captioner = get_captioner(spec, task_device(gcfg.device), gcfg.precision)
+        captioner = get_captioner(spec, task_device(gcfg.device, "generate.device"), gcfg.precision)
         items = ((i, c) for frame in frames for i, c in zip(frame["image_id"], frame["content"], strict=True))
         for batch in caption_images(
             captioner, items, gcfg.caption_batch_size, gcfg.caption_max_new_tokens, max_pixels=max_pixels
@@ -245,7 +245,7 @@ def rewrite_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec) -> DataF
         keep_zip_directories()
         llm = get_llm(
             spec,
-            task_device(gcfg.device),
+            task_device(gcfg.device, "generate.device"),
             gcfg.precision,
             backend=gcfg.backend,
             batch_size=gcfg.llm_batch_size,
@@ -290,7 +290,7 @@ def score_frame(
         from udfs.similarity import band_detail, band_reason
 
         keep_zip_directories()
-        encoder = get_encoder(spec, task_device(gcfg.device), precision)  # type: ignore[arg-type]
+        encoder = get_encoder(spec, task_device(gcfg.device, "generate.device"), precision)  # type: ignore[arg-type]
         for frame in frames:
             if frame.empty:
                 continue
@@ -324,7 +324,7 @@ def embed_tag_frame(df: DataFrame, gcfg: GenerateConfig, precision: str, text_ba
         from udfs.clip import embed_texts, get_encoder
 
         keep_zip_directories()
-        encoder = get_encoder(spec, task_device(gcfg.device), precision)  # type: ignore[arg-type]
+        encoder = get_encoder(spec, task_device(gcfg.device, "generate.device"), precision)  # type: ignore[arg-type]
         for frame in frames:
             if frame.empty:
                 continue

@@ -16,8 +16,9 @@ from pyspark import TaskContext
 from udfs.models import DevicePolicy
 
 
-def task_device(policy: DevicePolicy) -> str:
-    """The device of the running task: the GPU Spark assigned to it, else CPU (see udfs.models.pick_device)."""
+def task_device(policy: DevicePolicy, key: str = "embed.device") -> str:
+    """The device of the running task: the GPU Spark assigned to it, else CPU (see udfs.models.pick_device);
+    ``key`` is the config key named when ``policy`` is "cuda" and the task has no CUDA device."""
     import torch
 
     from udfs.models import pick_device
@@ -26,7 +27,10 @@ def task_device(policy: DevicePolicy) -> str:
     resources = ctx.resources() if ctx is not None else {}
     gpu = resources.get("gpu")
     addresses = list(gpu.addresses) if gpu is not None else []
-    device = pick_device(policy, addresses, torch.cuda.is_available(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    try:
+        device = pick_device(policy, addresses, torch.cuda.is_available(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    except RuntimeError as e:
+        raise RuntimeError(f"{key}: {e}") from None
     if device == "cpu" and ctx is not None:
         torch.set_num_threads(max(1, ctx.cpus()))
     return device
