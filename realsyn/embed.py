@@ -15,15 +15,13 @@ With the tiny random-weight models of tests and the demo the vectors are meaning
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from pyspark import StorageLevel, TaskContext
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -37,7 +35,8 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.clip import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
+from realsyn.workers import keep_zip_directories, task_device
+from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -98,62 +97,9 @@ def resolve_model(cfg: EmbedConfig) -> ModelSpec:
     return spec
 
 
-_ZIP_STAMPS: dict[str, tuple[int, int]] = {}
-
-
-def keep_zip_directories() -> None:
-    """Stop a Python worker from re-reading every zip and jar on ``sys.path`` before each task (idempotent).
-
-    PySpark's worker calls ``importlib.invalidate_caches()`` at the start of every task, and on Python 3.11 each
-    ``zipimporter`` then re-parses its whole archive directory: pyspark.zip, the spark-core jar and every
-    ``--packages`` jar (Delta), about 9,000 entries and 35-60 ms of one core per task before its first row (a
-    few percent of a GPU task). Here an archive whose size and modification time are unchanged keeps the
-    directory it already has; a changed or new archive is re-read as before.
-    """
-    import zipimport
-
-    original = zipimport.zipimporter.invalidate_caches
-    if getattr(original, "_keeps_unchanged", False):
-        return
-
-    def stamp(archive: str) -> tuple[int, int] | None:
-        try:
-            st = Path(archive).stat()
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size
-
-    def invalidate_caches(self: zipimport.zipimporter) -> None:
-        now = stamp(self.archive)
-        if now is not None and _ZIP_STAMPS.get(self.archive) == now:
-            return
-        original(self)
-        if now is not None:
-            _ZIP_STAMPS[self.archive] = now
-
-    invalidate_caches._keeps_unchanged = True  # type: ignore[attr-defined]
-    for finder in list(sys.path_importer_cache.values()):
-        if isinstance(finder, zipimport.zipimporter):  # just re-read by this task's invalidation
-            now = stamp(finder.archive)
-            if now is not None:
-                _ZIP_STAMPS[finder.archive] = now
-    zipimport.zipimporter.invalidate_caches = invalidate_caches  # type: ignore[method-assign]
-
-
 def _task_device(cfg: EmbedConfig) -> str:
-    """The device of the running task: the GPU Spark assigned to it, else CPU (see udfs.clip.pick_device)."""
-    import torch
-
-    from udfs.clip import pick_device
-
-    ctx = TaskContext.get()
-    resources = ctx.resources() if ctx is not None else {}
-    gpu = resources.get("gpu")
-    addresses = list(gpu.addresses) if gpu is not None else []
-    device = pick_device(cfg.device, addresses, torch.cuda.is_available(), os.environ.get("CUDA_VISIBLE_DEVICES"))
-    if device == "cpu" and ctx is not None:
-        torch.set_num_threads(max(1, ctx.cpus()))
-    return device
+    """The device of the running task: the GPU Spark assigned to it, else CPU (see udfs.models.pick_device)."""
+    return task_device(cfg.device)
 
 
 def _results_frame(key: str, model_id: str, batch: object) -> pd.DataFrame:

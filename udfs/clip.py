@@ -1,12 +1,13 @@
-"""CLIP-style embedding of image bytes and sentences: model registry, per-worker cache, decode, batched inference.
+"""CLIP-style embedding of image bytes and sentences: decode, model loading, batched inference.
 
 Pure functions over Python / numpy batches; no Spark here. The Spark stage (realsyn/embed.py) wraps
 :func:`embed_images` and :func:`embed_texts` in iterator UDFs and picks the device from the task's resources.
 
-Models come from a registry of named configs (conf/models.yaml): open_clip models by name plus a pretrained tag
-or checkpoint file, Hugging Face CLIP / SigLIP by id or local directory, and small configs with random weights
-for tests and the offline demo (their vectors are meaningless as embeddings). A model is loaded once per Python
-worker and device, then reused by every task that worker runs.
+Models come from the registry of udfs/models.py (conf/models.yaml, entries of kind ``clip``): open_clip models by
+name plus a pretrained tag or checkpoint file, Hugging Face CLIP / SigLIP by id or local directory, and small
+configs with random weights for tests and the offline demo (their vectors are meaningless as embeddings). A model
+is loaded once per Python worker and device (udfs.models.cached), then reused by every task that worker runs;
+an out-of-memory error halves the batch (udfs.models.run_halving). The registry names are re-exported here.
 """
 
 from __future__ import annotations
@@ -29,8 +30,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from udfs.models import WEIGHT_SUFFIXES as _WEIGHT_SUFFIXES
+from udfs.models import DevicePolicy as DevicePolicy
+from udfs.models import ModelNotAvailable, ModelSpec, Precision, cache_key, cached, resolve_dtype, run_halving
+from udfs.models import RegistryError as RegistryError
+from udfs.models import check_local_files as check_local_files
+from udfs.models import get_spec as get_spec
+from udfs.models import load_registry as load_registry
+from udfs.models import looks_like_path as _looks_like_path
+from udfs.models import pick_device as pick_device
 
 from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
 
@@ -40,8 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-DevicePolicy = Literal["auto", "cpu", "cuda"]
 # How image bytes become model input: "pil" decodes with Pillow and runs the model's own transform on CPU threads
 # (pixel-exact); "torch" decodes JPEGs with torchvision on the model's device (nvJPEG on a GPU) and resizes them
 # there with the transform's own steps on tensors, other formats still going through Pillow; "auto" is "torch"
@@ -59,145 +66,6 @@ REASON_NON_FINITE = "non_finite_embedding"
 DEFAULT_MAX_PIXELS = 89_478_485
 
 EXIF_ORIENTATION = 0x0112
-
-
-class ModelNotAvailable(RuntimeError):
-    """The weights (or config) of a registered model cannot be found; the message names what was looked for."""
-
-
-class RegistryError(ValueError):
-    """The model registry file is invalid or does not name the requested model."""
-
-
-class ModelSpec(BaseModel):
-    """One named entry of the model registry."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1)
-    family: Literal["open_clip", "hf"]
-    # open_clip: a built-in architecture name ("ViT-B-32", "EVA02-L-14"), or "hf-hub:org/repo" / "local-dir:/path".
-    architecture: str | None = None
-    # open_clip: an inline architecture (embed_dim, vision_cfg, text_cfg) instead of a named one.
-    config: dict[str, Any] | None = None
-    # open_clip: a pretrained tag of the architecture ("openai", "laion2b_s34b_b79k") or a checkpoint file path.
-    pretrained: str | None = None
-    # hf: a Hugging Face Hub id ("openai/clip-vit-base-patch32") or a local directory saved by save_pretrained.
-    source: str | None = None
-    # Build the architecture with random weights (tests, demo, throughput benchmarks): vectors are meaningless.
-    random_init: bool = False
-    # Seed of the random weights: every worker must build the same model.
-    seed: int = 0
-    # Whether the model may run in float16 on a GPU.
-    half: bool = True
-    # Where downloaded weights are cached (None: the library default, e.g. $HF_HOME).
-    cache_dir: str | None = None
-    description: str = ""
-
-    @model_validator(mode="after")
-    def _complete(self) -> ModelSpec:
-        if self.family == "open_clip":
-            if (self.architecture is None) == (self.config is None):
-                raise ValueError("an open_clip model needs exactly one of 'architecture' and 'config'")
-            schema = (self.architecture or "").startswith(("hf-hub:", "local-dir:"))
-            if self.pretrained is None and not self.random_init and not schema:
-                raise ValueError("an open_clip model needs 'pretrained' (a tag or checkpoint file) or random_init")
-            if self.source is not None:
-                raise ValueError("'source' is for hf models; use 'architecture' and 'pretrained'")
-        else:
-            if self.source is None:
-                raise ValueError("an hf model needs 'source' (a Hub id or a local directory)")
-            if self.architecture is not None or self.config is not None or self.pretrained is not None:
-                raise ValueError("an hf model takes 'source' only (not architecture / config / pretrained)")
-        return self
-
-
-def load_registry(path: str | Path) -> dict[str, ModelSpec]:
-    """Read a registry file: ``models: {name: {family: ..., ...}}``; raise RegistryError naming file and entry."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise RegistryError(f"{path}: cannot read model registry: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise RegistryError(f"{path}: not valid YAML: {e}") from e
-    models = raw.get("models") if isinstance(raw, dict) else None
-    if not isinstance(models, dict):
-        raise RegistryError(f"{path}: expected a top-level 'models' mapping of name -> model config")
-    specs: dict[str, ModelSpec] = {}
-    for name, entry in models.items():
-        if not isinstance(entry, dict):
-            raise RegistryError(f"{path}: models.{name}: expected a mapping")
-        try:
-            specs[str(name)] = ModelSpec.model_validate({"name": str(name), **entry})
-        except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or name}: {err['msg']}" for err in e.errors())
-            raise RegistryError(f"{path}: models.{name}: {problems}") from None
-    return specs
-
-
-def get_spec(registry: Mapping[str, ModelSpec], name: str, where: str = "the model registry") -> ModelSpec:
-    """The entry ``name``; raise RegistryError listing the known names when it is absent."""
-    if name not in registry:
-        raise RegistryError(f"model {name!r} is not in {where}; known models: {', '.join(sorted(registry))}")
-    return registry[name]
-
-
-def check_local_files(spec: ModelSpec) -> None:
-    """Raise ModelNotAvailable when a file or directory the entry names does not exist (Hub ids are not checked).
-
-    Run on the driver before any work so that a wrong path stops the job at once instead of failing every task.
-    """
-    if spec.random_init and spec.config is not None:
-        return
-    paths: list[tuple[str, str]] = []
-    if spec.family == "open_clip":
-        arch = spec.architecture or ""
-        if arch.startswith("local-dir:"):
-            paths.append(("open_clip directory", arch.removeprefix("local-dir:")))
-        if spec.pretrained is not None and not spec.random_init and _looks_like_path(spec.pretrained):
-            paths.append(("checkpoint file", spec.pretrained))
-    elif spec.source is not None and _looks_like_path(spec.source):
-        paths.append(("Hugging Face model directory", spec.source))
-    for what, path in paths:
-        if not Path(path).expanduser().exists():
-            raise ModelNotAvailable(f"model {spec.name!r}: {what} not found: {path}")
-
-
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-
-
-def _looks_like_path(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or (os.sep in value and Path(value).suffix in _WEIGHT_SUFFIXES)
-
-
-def pick_device(
-    policy: DevicePolicy,
-    gpu_addresses: Sequence[str],
-    cuda_available: bool,
-    visible_devices: str | None,
-) -> str:
-    """The torch device of a task from the GPU addresses Spark assigned to it.
-
-    Spark's addresses are physical GPU indexes; where CUDA_VISIBLE_DEVICES narrows what this process sees
-    (YARN / Kubernetes isolation), the address is mapped to its position in that list. Without an assigned GPU,
-    ``auto`` uses the process's current CUDA device (all tasks then share it) or the CPU.
-    """
-    if policy == "cpu":
-        return "cpu"
-    if gpu_addresses and cuda_available:
-        address = gpu_addresses[0].strip()
-        visible = [v.strip() for v in (visible_devices or "").split(",") if v.strip()]
-        if visible and address in visible:
-            return f"cuda:{visible.index(address)}"
-        if visible and len(visible) == 1:
-            return "cuda:0"  # the only device this process can see is the one assigned to it
-        return f"cuda:{int(address)}"
-    if cuda_available:
-        return "cuda"
-    if policy == "cuda":
-        raise RuntimeError("embed.device is 'cuda' but no CUDA device is available to this task")
-    return "cpu"
 
 
 # --------------------------------------------------------------------------------------------- image decoding
@@ -399,14 +267,6 @@ def decode_jpegs(jpegs: Sequence[Jpeg], device: torch.device, strict: bool = Fal
 # ------------------------------------------------------------------------------------------------- the models
 
 
-def _is_oom(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-    )
-
-
 def _slice(inputs: Any, start: int, stop: int) -> Any:
     if isinstance(inputs, Mapping):
         return {k: v[start:stop] for k, v in inputs.items()}
@@ -449,34 +309,17 @@ class Encoder:
     def _forward(self, fn: Callable[[Any], torch.Tensor], inputs: Any, n: int) -> np.ndarray:
         import torch
 
-        outputs: list[np.ndarray] = []
-        start = 0
-        while start < n:
-            size = min(self.max_batch, n - start)
-            try:
-                with torch.inference_mode():
-                    chunk = _to_device(_slice(inputs, start, start + size), self.device)
-                    if isinstance(chunk, torch.Tensor) and chunk.dtype == torch.uint8:
-                        chunk = self._normalize(chunk)
-                    if isinstance(chunk, torch.Tensor) and chunk.is_floating_point():
-                        chunk = chunk.to(self.dtype)
-                    out = fn(chunk).float()
-                    out = torch.nn.functional.normalize(out, dim=-1)
-                    outputs.append(out.cpu().numpy().astype(np.float32, copy=False))
-                start += size
-            except Exception as e:
-                if not _is_oom(e) or size == 1:
-                    raise
-                self.max_batch = max(1, size // 2)
-                log.warning(
-                    "%s: out of memory at batch %d on %s; continuing with %d",
-                    self.model_id,
-                    size,
-                    self.device,
-                    self.max_batch,
-                )
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+        def run(start: int, stop: int) -> np.ndarray:
+            with torch.inference_mode():
+                chunk = _to_device(_slice(inputs, start, stop), self.device)
+                if isinstance(chunk, torch.Tensor) and chunk.dtype == torch.uint8:
+                    chunk = self._normalize(chunk)
+                if isinstance(chunk, torch.Tensor) and chunk.is_floating_point():
+                    chunk = chunk.to(self.dtype)
+                out = torch.nn.functional.normalize(fn(chunk).float(), dim=-1)
+                return out.cpu().numpy().astype(np.float32, copy=False)
+
+        outputs, self.max_batch = run_halving(n, self.max_batch, run, self.model_id, self.device)
         if not outputs:
             return np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(outputs, axis=0)
@@ -508,18 +351,6 @@ class Encoder:
         """Decode and transform one image exactly as the model's own preprocessing does (raises Rejected)."""
         img = decode_image(data, max_pixels, 2 * self.image_size if draft else None)
         return self.image_transform(img)
-
-
-def _resolve_dtype(precision: Precision, device: torch.device, half_allowed: bool) -> torch.dtype:
-    import torch
-
-    if precision == "fp32" or (device.type == "cpu" and precision == "auto"):
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16" or (precision == "auto" and half_allowed):
-        return torch.float16 if device.type != "cpu" else torch.float32
-    return torch.float32
 
 
 def _register_inline_open_clip(spec: ModelSpec) -> str:
@@ -745,7 +576,7 @@ def load_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") ->
         def encode_text_fn(tokens: Any) -> torch.Tensor:
             return _features(model.get_text_features(**tokens))
 
-    dtype = _resolve_dtype(precision, dev, spec.half)
+    dtype = resolve_dtype(precision, dev, spec.half)
     model = model.to(device=dev, dtype=dtype).eval()
     log.info("loaded model %s on %s (%s)", spec.name, dev, dtype)
     return Encoder(
@@ -766,23 +597,19 @@ def load_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") ->
     )
 
 
-_ENCODERS: dict[tuple[str, str, str], Encoder] = {}
-_ENCODERS_LOCK = threading.Lock()
+_ENCODER_KEYS: set[tuple[object, ...]] = set()
 
 
 def get_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") -> Encoder:
     """The encoder of ``spec`` on ``device``, loaded once per Python process and then reused."""
-    key = (spec.model_dump_json(), device, precision)
-    with _ENCODERS_LOCK:
-        encoder = _ENCODERS.get(key)
-        if encoder is None:
-            encoder = _ENCODERS[key] = load_encoder(spec, device, precision)
-        return encoder
+    key = cache_key(spec, "encoder", device, precision)
+    _ENCODER_KEYS.add(key)
+    return cached(key, lambda: load_encoder(spec, device, precision))
 
 
 def loaded_encoders() -> int:
     """How many encoders this process holds (one per model, device and precision)."""
-    return len(_ENCODERS)
+    return len(_ENCODER_KEYS)
 
 
 # --------------------------------------------------------------------------------------------- batch pipelines

@@ -1,0 +1,226 @@
+"""Generate stage in Spark with the tiny random captioner, CLIP and LLM (their outputs are meaningless as data).
+
+The expected rows come from the same models called directly, without Spark: what the stage must write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import types as T
+
+from realsyn.config import Config, ConfigError, GenerateConfig, GenerateTagsConfig, StorageConfig, load_config
+from realsyn.generate import resolve_models, run_generate, tag_vocabulary
+from realsyn.tables import (
+    FUNNEL,
+    GOLD_CAPTIONS,
+    GOLD_IMAGE_TAGS,
+    GOLD_SYNTHETIC_TEXT_REJECTS,
+    GOLD_SYNTHETIC_TEXTS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGES,
+    SILVER_RETRIEVAL,
+    SILVER_SENTENCES,
+    SILVER_TAGS,
+    Lakehouse,
+)
+from tests.photos import encode, photo
+from udfs import captioner, clip, llm, tagger
+from udfs.models import get_spec, load_registry
+
+REGISTRY = Path(__file__).resolve().parents[2] / "conf" / "models.yaml"
+SENTENCES = {
+    "s1": "A farmer drives a tractor across the field.",
+    "s2": "The tractor stops near the river.",
+    "s3": "A festival crowd gathers by the river.",
+    "s4": "The farmer sleeps.",
+    "s5": "A red tractor crosses the bridge.",
+    "s6": "People in the festival crowd cheered loudly.",
+}
+PHOTOS = {"p_astronaut": "astronaut", "p_coffee": "coffee", "p_chelsea": "chelsea", "p_rocket": "rocket"}
+# p_rocket has no retrieved text; p_bad has bytes no decoder opens; p_gone points at a sentence no longer there.
+RETRIEVED = {"p_astronaut": "s1", "p_coffee": "s3", "p_chelsea": "s5", "p_bad": "s4", "p_gone": "s_missing"}
+TAGS = GenerateTagsConfig(base=False, mined_top_n=10, min_document_frequency=1, top_t=3, min_z=0.5)
+
+
+def config(root: Path, **generate: object) -> Config:
+    """Tiny models on CPU, mined tags only (the base list would cost seconds of embedding)."""
+    fields = {"tags": TAGS, "device": "cpu", "max_new_tokens": 12, "reject_truncated": False, **generate}
+    return Config(storage=StorageConfig(root=str(root)), generate=GenerateConfig(**fields))  # type: ignore[arg-type]
+
+
+def test_mined_vocabulary_counts_sentences_and_drops_base_duplicates(lakehouse: Lakehouse) -> None:
+    sentences = lakehouse.spark.createDataFrame(list(SENTENCES.items()), "sentence_id string, text string")
+    cfg = GenerateConfig(tags=GenerateTagsConfig(mined_top_n=2, min_document_frequency=1))
+    rows = {(r.tag, r.source, r.frequency) for r in tag_vocabulary(sentences, cfg).collect()}
+    # The single nouns but 'people' are RAM base tags: they stay base rows with their frequency, never mined rows;
+    # of the two mined tags held by one sentence, the smaller wins the tie.
+    assert {r for r in rows if r[1] == "mined"} == {("festival crowd", "mined", 2), ("people", "mined", 1)}
+    assert {("tractor", "base", 3), ("farmer", "base", 2), ("abacus", "base", 0)} <= rows
+    strict = GenerateConfig(tags=GenerateTagsConfig(base=False, mined_top_n=5, min_document_frequency=2))
+    assert {(r.tag, r.source, r.frequency) for r in tag_vocabulary(sentences, strict).collect()} == {
+        ("tractor", "mined", 3),
+        ("crowd", "mined", 2),
+        ("farmer", "mined", 2),
+        ("festival", "mined", 2),
+        ("festival crowd", "mined", 2),
+    }
+
+
+def test_unknown_or_wrong_kind_of_model_and_missing_band_fail_before_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"generate.llm: model 'tiny-random' .* is a clip, not a llm"):
+        resolve_models(config(tmp_path, llm="tiny-random"))
+    with pytest.raises(ConfigError, match=r"generate.captioner: model 'nope' is not in"):
+        resolve_models(config(tmp_path, captioner="nope"))
+    cfg = load_config(REGISTRY.parent / "local.yaml", ["embed.model=small-random"])
+    with pytest.raises(ConfigError, match=r"generate.similarity_band: model 'small-random' .* has no similarity_band"):
+        resolve_models(cfg)
+
+
+def expected(images: dict[str, bytes], cfg: GenerateConfig) -> dict[str, dict[str, object]]:
+    """Caption, tags, synthetic text and cosine of every image with a retrieved text, from the models directly."""
+    reg = load_registry(REGISTRY)
+    enc = clip.load_encoder(get_spec(reg, "tiny-random"), "cpu")
+    cap = captioner.load_captioner(get_spec(reg, cfg.captioner), "cpu")
+    rewriter = llm.load_transformers_llm(get_spec(reg, cfg.llm), "cpu", "auto", batch_size=1)
+    vocab = sorted({t for text in SENTENCES.values() for t in tagger.mine_phrases([text], TAGS.parser)[0]})
+    tag_vecs = np.concatenate([b.vectors for b in clip.embed_texts(enc, [(t, f"a photo of {t}.") for t in vocab], 64)])
+    template = llm.PromptTemplate(cfg.prompt_version, cfg.system_prompt, cfg.user_prompt)
+    out: dict[str, dict[str, object]] = {}
+    for image_id in ("p_astronaut", "p_coffee", "p_chelsea"):
+        [batch] = captioner.caption_images(cap, [(image_id, images[image_id])], 1, cfg.caption_max_new_tokens)
+        [vec] = next(clip.embed_images(enc, [(image_id, images[image_id])], 1)).vectors
+        [choice] = tagger.top_tags(vec[None], tag_vecs, TAGS.top_t, TAGS.min_z, TAGS.min_cosine)
+        tags = [vocab[i] for i in choice.indexes]
+        text = SENTENCES[RETRIEVED[image_id]]
+        chat = template.messages(text, batch.captions[0], tags)
+        [gen] = rewriter.generate([chat], cfg.max_new_tokens)
+        syn = llm.check_output(gen, chat, cfg.max_output_words, False, cfg.max_new_tokens).text
+        assert syn is not None
+        [syn_vec] = next(clip.embed_texts(enc, [(image_id, syn)], 1)).vectors
+        out[image_id] = {
+            "caption": batch.captions[0],
+            "tags": tags,
+            "syn_text": syn,
+            "cosine": float(np.dot(syn_vec, vec)),
+            "image_vec": vec,
+        }
+    return out
+
+
+def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, tmp_path: Path) -> None:
+    spark = lakehouse.spark
+    images = {k: encode(photo(v)) for k, v in PHOTOS.items()} | {"p_bad": b"\x89PNG broken"}
+    images["p_gone"] = encode(photo("camera"))
+    cfg = config(Path(lakehouse.storage.root or ""), similarity_band=(-1.0, 1.0))
+    want = expected(images, cfg.generate)
+    enc = clip.load_encoder(get_spec(load_registry(REGISTRY), "tiny-random"), "cpu")
+    vectors = {k: want[k]["image_vec"] for k in want}
+    vectors |= {k: next(clip.embed_images(enc, [(k, images[k])], 1)).vectors[0] for k in ("p_rocket", "p_gone")}
+    vectors["p_bad"] = np.full(32, 32**-0.5, dtype=np.float32)  # the embed stage would have rejected it
+    lakehouse.overwrite(
+        SILVER_IMAGES,
+        spark.createDataFrame(
+            list(images.items()),
+            T.StructType([T.StructField("image_id", T.StringType()), T.StructField("content", T.BinaryType())]),
+        ),
+    )
+    lakehouse.overwrite(
+        SILVER_IMAGE_EMBEDDINGS,
+        spark.createDataFrame(
+            [(k, "tiny-random", [float(x) for x in v]) for k, v in vectors.items()],
+            "image_id string, model_id string, embedding array<float>",
+        ),
+    )
+    lakehouse.overwrite(
+        SILVER_SENTENCES, spark.createDataFrame(list(SENTENCES.items()), "sentence_id string, text string")
+    )
+    lakehouse.overwrite(
+        SILVER_RETRIEVAL,
+        spark.createDataFrame(
+            [(i, "tiny-random", 1, s, 0.5, 0) for i, s in RETRIEVED.items()]
+            + [("p_coffee", "tiny-random", 2, "s6", 0.4, 0)],
+            "image_id string, model_id string, rank int, sentence_id string, score float, leaf_id long",
+        ),
+    )
+
+    first = run_generate(lakehouse, cfg)
+    key = ("tiny-random", "tiny-random-captioner", "tiny-random-llm", "v1")
+    kept = {r.image_id: r.asDict() for r in lakehouse.read(GOLD_SYNTHETIC_TEXTS).collect()}
+    assert set(kept) == {"p_astronaut", "p_coffee", "p_chelsea"}
+    for image_id, row in kept.items():
+        w = want[image_id]
+        assert (row["model_id"], row["captioner_id"], row["llm_id"], row["prompt_version"]) == key
+        assert row["retrieved_sentence_id"] == RETRIEVED[image_id]
+        assert row["retrieved_text"] == SENTENCES[RETRIEVED[image_id]]
+        assert (row["caption"], row["tags"], row["syn_text"]) == (w["caption"], w["tags"], w["syn_text"])
+        assert row["cosine"] == pytest.approx(w["cosine"], abs=1e-5)
+    rejects = {r.image_id: (r.reject_reason, r.detail) for r in lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS).collect()}
+    assert rejects == {
+        "p_rocket": ("no_retrieved_text", "no rank-1 row in silver.retrieval"),
+        "p_gone": ("no_retrieved_text", "sentence not in silver.sentences: s_missing"),
+        "p_bad": ("undecodable_image", rejects["p_bad"][1]),
+    }
+    assert rejects["p_bad"][1].startswith("UnidentifiedImageError")
+    assert (first.computed, first.captioned, first.kept) == (6, 4, 3)
+    assert first.rejected == {"no_retrieved_text": 2, "undecodable_image": 1}
+    assert {(r.tag, r.source) for r in lakehouse.read(SILVER_TAGS).collect()} == {
+        (t, "mined")
+        for t in [
+            "farmer",
+            "tractor",
+            "field",
+            "river",
+            "festival",
+            "crowd",
+            "festival crowd",
+            "bridge",
+            "red tractor",
+            "people",
+        ]
+    }
+    funnel = [
+        (r.step, r.rows_in, r.rows_out)
+        for r in lakehouse.read(FUNNEL).filter("stage like 'generate[%|v1]'").orderBy("step_index").collect()
+    ]
+    assert funnel == [("retrieved_text", 6, 4), ("caption", 4, 3), ("llm_rewrite", 3, 3), ("similarity_band", 3, 3)]
+
+    # A rerun computes nothing and changes nothing.
+    tables = (GOLD_SYNTHETIC_TEXTS, GOLD_SYNTHETIC_TEXT_REJECTS, GOLD_CAPTIONS, GOLD_IMAGE_TAGS, SILVER_TAGS)
+    before = {t: sorted(map(str, lakehouse.read(t).collect())) for t in tables}
+    again = run_generate(lakehouse, cfg)
+    assert (again.computed, again.captioned, again.tokens) == (0, 0, 0)
+    assert {t: sorted(map(str, lakehouse.read(t).collect())) for t in tables} == before
+
+    # A new prompt version regenerates every image under it (captions and tags are reused) and leaves v1 alone;
+    # its band sits between the three cosines, so one pair is kept and one rejected on each side.
+    low_c, mid_c, high_c = sorted(float(w["cosine"]) for w in want.values())  # type: ignore[arg-type]
+    band = ((low_c + mid_c) / 2, (mid_c + high_c) / 2)
+    v2 = run_generate(lakehouse, config(Path(lakehouse.storage.root or ""), prompt_version="v2", similarity_band=band))
+    assert (v2.computed, v2.captioned, v2.kept) == (6, 0, 1)
+    assert v2.rejected == {
+        "no_retrieved_text": 2,
+        "undecodable_image": 1,
+        "too_dissimilar": 1,
+        "too_similar_ocr_like": 1,
+    }
+    by_cosine = {float(w["cosine"]): k for k, w in want.items()}  # type: ignore[arg-type]
+    v2_rejects = {
+        r.image_id: r.reject_reason
+        for r in lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS).filter("prompt_version = 'v2'").collect()
+    }
+    assert v2_rejects[by_cosine[low_c]] == "too_dissimilar"
+    assert v2_rejects[by_cosine[high_c]] == "too_similar_ocr_like"
+    [v2_kept] = lakehouse.read(GOLD_SYNTHETIC_TEXTS).filter("prompt_version = 'v2'").collect()
+    assert v2_kept.image_id == by_cosine[mid_c]
+    v1_rows = lakehouse.read(GOLD_SYNTHETIC_TEXTS).filter("prompt_version = 'v1'")
+    assert sorted(map(str, v1_rows.collect())) == before[GOLD_SYNTHETIC_TEXTS]
+
+
+def test_prompt_without_its_placeholders_fails_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"local.yaml: generate: Value error, generate.user_prompt must hold \{tags"):
+        load_config(REGISTRY.parent / "local.yaml", ["generate.user_prompt=Rewrite {retrieved_text} with {caption}"])
+    with pytest.raises(ConfigError, match=r"generate.tags.prompt_template must hold \{tag\}"):
+        load_config(REGISTRY.parent / "local.yaml", ["generate.tags.prompt_template=a photo"])
