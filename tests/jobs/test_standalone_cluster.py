@@ -112,6 +112,8 @@ def assert_same_rows(name: str, got: list[dict[str, Any]], want: list[dict[str, 
             assert close(g[column], w[column]), (name, column, g[column], w[column])
 
 
+# Two whole demo runs: a few minutes on two idle cores, several times that on a loaded machine.
+@pytest.mark.timeout(2700)
 def test_standalone_cluster_run_matches_local(cluster: Cluster, tmp_path: Path) -> None:
     raw = tmp_path / "raw"  # one corpus for both runs: image URLs, hence url_ids, are the same
     local = submit("local[2]", tmp_path / "local", raw)
@@ -129,5 +131,6 @@ def test_standalone_cluster_run_matches_local(cluster: Cluster, tmp_path: Path) 
     assert sorted(got) == sorted(want)
     assert {"bronze/documents", "silver/image_embeddings", "silver/retrieval", "gold/funnel"} <= set(want)
     for name in want:
-        assert want[name], f"{name} is empty"
+        # Reject tables may be empty on the demo corpus; every other table has rows to compare.
+        assert want[name] or name.endswith("rejects"), f"{name} is empty"
         assert_same_rows(name, got[name], want[name])
