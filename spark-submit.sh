@@ -8,13 +8,14 @@
 #
 # <job> is a file jobs/<job>.py. The code is built into a wheel, which is also a zip that --py-files takes.
 # Delta's jars are added with --packages unless REALSYN_DELTA_PACKAGES=0 (clusters that ship Delta, such as
-# Databricks or EMR with Delta enabled). SPARK_SUBMIT picks the spark-submit binary (default: the one on PATH,
-# else the project virtualenv's).
+# Databricks or EMR with Delta enabled); a --packages among the spark-submit options gets Delta appended. The model
+# registry conf/models.yaml goes with --files (appended to a --files given). SPARK_SUBMIT picks the spark-submit
+# binary (default: the one on PATH, else the project virtualenv's).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ $# -lt 1 || "$1" == -* ]]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 job="$1"; shift
@@ -45,8 +46,19 @@ cp "$wheel" "$dist/realsyn.zip"
 delta_version="${DELTA_VERSION:-4.0.1}"
 extra=()
 if [[ "${REALSYN_DELTA_PACKAGES:-1}" != "0" ]]; then
-  extra+=(--packages "io.delta:delta-spark_2.13:${delta_version}")
+  packages="io.delta:delta-spark_2.13:${delta_version}"
+  for i in "${!spark_args[@]}"; do  # a caller's --packages (e.g. hadoop-aws) gets Delta appended
+    if [[ "${spark_args[$i]}" == "--packages" ]]; then spark_args[i + 1]="${spark_args[i + 1]},$packages"; packages=""; fi
+  done
+  [[ -z "$packages" ]] || extra+=(--packages "$packages")
 fi
+# The model registry travels with the application: the driver may run in another folder (or, in cluster deploy
+# mode, on another node) and imports the code from the zip, which holds no conf/.
+files="$here/conf/models.yaml"
+for i in "${!spark_args[@]}"; do  # a caller's --files gets the registry appended
+  if [[ "${spark_args[$i]}" == "--files" ]]; then spark_args[i + 1]="${spark_args[i + 1]},$files"; files=""; fi
+done
+[[ -z "$files" ]] || extra+=(--files "$files")
 
 exec "$submit" \
   --name "realsyn-$job" \

@@ -80,15 +80,35 @@ def _result_schema(key: str) -> T.StructType:
     )
 
 
+def registry_path(registry: str) -> Path:
+    """Where the registry file ``registry`` (``embed.registry``) is read from.
+
+    An absolute path is taken as it is. A relative one is looked up in the working directory, then in the project
+    folder (a source checkout or an editable install), then among the files shipped with the Spark application
+    (``--files``, which spark-submit.sh uses for conf/models.yaml) under its file name: a job submitted from
+    another folder, or a driver started by the cluster in a folder of its own, imports the code from a zip that
+    holds no conf/. Where none exists, the path as given (reading it fails naming it).
+    """
+    path = Path(registry)
+    if path.is_absolute() or path.exists():
+        return path
+    if (PROJECT_ROOT / path).exists():
+        return PROJECT_ROOT / path
+    from pyspark import SparkContext, SparkFiles
+
+    if SparkContext._active_spark_context is None:  # no Spark application: nothing was shipped
+        return path
+    shipped = Path(SparkFiles.get(path.name))
+    return shipped if shipped.exists() else path
+
+
 def resolve_model(cfg: EmbedConfig) -> ModelSpec:
     """The registry entry named by ``embed.model``.
 
     Raises ConfigError naming the key and file when the entry is absent, and ModelNotAvailable naming the path
     when a checkpoint file or model directory it points to does not exist.
     """
-    path = Path(cfg.registry)
-    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-        path = PROJECT_ROOT / path
+    path = registry_path(cfg.registry)
     try:
         spec = get_spec(load_registry(path), cfg.model, str(path))
     except RegistryError as e:

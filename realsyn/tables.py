@@ -10,11 +10,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from realsyn.config import StorageConfig
+from realsyn.config import ConfigError, StorageConfig
 
 # Bronze: as ingested.
 BRONZE_DOCUMENTS = "bronze.documents"
@@ -81,6 +82,7 @@ class Lakehouse:
         self.spark = spark
         self.storage = storage
         self._present: set[str] = set()  # tables this instance created or found: later writes skip the check
+        self._schema_ready = storage.catalog is None  # catalog mode: the schema is checked before the first write
 
     def location(self, name: str) -> str:
         """Path or fully qualified table name of logical table ``name``."""
@@ -96,6 +98,26 @@ class Lakehouse:
     @property
     def _by_path(self) -> bool:
         return self.storage.catalog is None
+
+    def ensure_schema(self) -> None:
+        """In catalog mode, create the schema of ``storage.catalog`` unless it exists (no-op for path storage).
+
+        Raises ConfigError naming ``storage.catalog`` when the catalog is not configured in this session or the
+        schema cannot be created (no privilege, read-only metastore).
+        """
+        if self._schema_ready:
+            return
+        assert self.storage.catalog is not None
+        catalog, schema = self.storage.catalog.split(".")
+        try:
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS `{catalog}`.`{schema}`")
+        except Exception as e:  # AnalysisException (unknown catalog), Py4J errors of the metastore client
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"storage.catalog: cannot use schema {schema!r} of catalog {catalog!r} "
+                f"({self.storage.catalog!r}): {first}"
+            ) from e
+        self._schema_ready = True
 
     def exists(self, name: str) -> bool:
         """Whether the Delta table ``name`` exists."""
@@ -133,14 +155,28 @@ class Lakehouse:
         """
         if name in self._present:
             return
-        builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema)
+        self.ensure_schema()
         loc = self.location(name)
-        builder = builder.location(loc) if self._by_path else builder.tableName(loc)
-        for key, value in {**TABLE_PROPERTIES, **(properties or {})}.items():
-            builder = builder.property(key, value)
-        if partition_by:
-            builder = builder.partitionedBy(*partition_by)
-        builder.execute()
+        table_properties = {**TABLE_PROPERTIES, **(properties or {})}
+        if self._by_path:
+            builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema).location(loc)
+            for key, value in table_properties.items():
+                builder = builder.property(key, value)
+            if partition_by:
+                builder = builder.partitionedBy(*partition_by)
+            builder.execute()
+        elif not self.spark.catalog.tableExists(loc):
+            # Delta's table builder parses at most two name parts; a DataFrameWriterV2 takes catalog.schema.table.
+            writer = self.spark.createDataFrame([], schema).writeTo(loc).using("delta")
+            for key, value in table_properties.items():
+                writer = writer.tableProperty(key, value)
+            if partition_by:
+                writer = writer.partitionedBy(*(F.col(c) for c in partition_by))
+            try:
+                writer.create()
+            except AnalysisException as e:  # a concurrent rerun created it in between
+                if e.getCondition() != "TABLE_OR_VIEW_ALREADY_EXISTS":
+                    raise
         self._present.add(name)
 
     def insert_new(self, name: str, df: DataFrame, keys: Sequence[str], replace_when: str | None = None) -> int:

@@ -1,0 +1,108 @@
+"""Lakehouse in metastore mode (storage.catalog) against Spark's session catalog with Delta's catalog."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.testing import assertDataFrameEqual
+
+from realsyn.config import Config, ConfigError, DemoCorpusConfig, StorageConfig, load_config
+from realsyn.demo_corpus import generate, with_demo_inputs
+from realsyn.ingest import run_ingest
+from realsyn.sentences import run_extract_sentences
+from realsyn.tables import (
+    BRONZE_DOCUMENTS,
+    BRONZE_IMAGE_REFS,
+    BRONZE_INGEST_REJECTS,
+    BRONZE_TEXTS,
+    FUNNEL,
+    SILVER_SENTENCE_REJECTS,
+    SILVER_SENTENCES,
+    Lakehouse,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+# Ingest writes with insert_new (MERGE), sentence extraction with overwrite, the funnel with replace_partition.
+WRITTEN = (
+    BRONZE_DOCUMENTS,
+    BRONZE_TEXTS,
+    BRONZE_IMAGE_REFS,
+    BRONZE_INGEST_REJECTS,
+    SILVER_SENTENCES,
+    SILVER_SENTENCE_REJECTS,
+    FUNNEL,
+)
+
+
+def demo_config(tmp_path: Path, storage: StorageConfig) -> Config:
+    """conf/local.yaml on a 12-document demo corpus under ``tmp_path``, with ``storage``."""
+    demo = DemoCorpusConfig(output=str(tmp_path / "raw"), documents=12, synthetic_images=4)
+    out = generate(demo)
+    broken = out / "mmc4" / "broken.jsonl"  # one malformed line, so that bronze.ingest_rejects has a row
+    if not broken.exists():
+        broken.write_text('{"url": "https://broken.example/1", "text_list": [\n')
+    cfg = load_config(REPO / "conf" / "local.yaml")
+    return with_demo_inputs(cfg.model_copy(update={"demo": demo, "storage": storage}))
+
+
+def run_twice(lakehouse: Lakehouse, cfg: Config) -> None:
+    """Ingest and sentence extraction, then both again (the rerun must change nothing)."""
+    for _ in range(2):
+        run_ingest(lakehouse, cfg)
+        run_extract_sentences(lakehouse, cfg)
+
+
+def test_catalog_mode_gives_the_tables_of_path_mode(spark: SparkSession, tmp_path: Path) -> None:
+    schema = f"realsyn_{uuid.uuid4().hex[:8]}"
+    # The schema's folder is under tmp_path, so its managed tables are too (the warehouse dir is the cwd's).
+    spark.sql(f"CREATE SCHEMA spark_catalog.{schema} LOCATION '{tmp_path / 'warehouse' / schema}'")
+    try:
+        by_path = Lakehouse(spark, StorageConfig(root=str(tmp_path / "lake")))
+        path_cfg = demo_config(tmp_path, by_path.storage)
+        run_ingest(by_path, path_cfg)
+        run_extract_sentences(by_path, path_cfg)
+
+        by_name = Lakehouse(spark, StorageConfig(catalog=f"spark_catalog.{schema}"))
+        run_twice(by_name, demo_config(tmp_path, by_name.storage))
+
+        names = {r.tableName for r in spark.sql(f"SHOW TABLES IN spark_catalog.{schema}").collect()}
+        assert names == {name.replace(".", "_") for name in WRITTEN}
+        for name in WRITTEN:
+            assert by_name.exists(name)
+            assert by_name.location(name) == f"spark_catalog.{schema}.{name.replace('.', '_')}"
+            expected = by_path.read(name)
+            assert by_name.read(name).count() > 0, name
+            assertDataFrameEqual(by_name.read(name), expected)
+            # Managed Delta tables, each a folder of the schema's location.
+            detail = spark.sql(f"DESCRIBE DETAIL {by_name.location(name)}").first()
+            assert detail is not None and detail["format"] == "delta"
+            assert str(detail["location"]).startswith(f"file:{tmp_path / 'warehouse' / schema}/")
+    finally:
+        spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{schema} CASCADE")
+
+
+def test_an_absent_schema_is_created(spark: SparkSession, tmp_path: Path) -> None:
+    schema = f"realsyn_{uuid.uuid4().hex[:8]}"
+    lakehouse = Lakehouse(spark, StorageConfig(catalog=f"spark_catalog.{schema}"))
+    try:
+        assert not spark.catalog.databaseExists(f"spark_catalog.{schema}")
+        assert not lakehouse.exists(BRONZE_DOCUMENTS)
+        df = spark.createDataFrame([("d1", 1)], "doc_id string, n int")
+        assert lakehouse.insert_new(BRONZE_DOCUMENTS, df, ["doc_id"]) == 1
+        assert lakehouse.insert_new(BRONZE_DOCUMENTS, df, ["doc_id"]) == 0
+        assert spark.catalog.databaseExists(f"spark_catalog.{schema}")
+        assertDataFrameEqual(spark.table(f"spark_catalog.{schema}.bronze_documents"), df)
+    finally:
+        spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{schema} CASCADE")
+
+
+def test_an_unknown_catalog_is_named(spark: SparkSession) -> None:
+    lakehouse = Lakehouse(spark, StorageConfig(catalog="no_such_catalog.realsyn"))
+    df = spark.createDataFrame([("d1",)], "doc_id string")
+    with pytest.raises(
+        ConfigError, match=r"storage\.catalog: cannot use schema 'realsyn' of catalog 'no_such_catalog'"
+    ):
+        lakehouse.insert_new(BRONZE_DOCUMENTS, df, ["doc_id"])

@@ -1,0 +1,127 @@
+"""A Spark standalone cluster on loopback, started from pyspark's own distribution (no download).
+
+One master and N workers, each a JVM of its own (``bin/spark-class org.apache.spark.deploy.{master.Master,worker.
+Worker}``), bound to 127.0.0.1 only. Every worker has its own work directory (the executors' working directories
+live under it) and its own local directories, so executors share the filesystem with the driver but not its working
+directory. The processes are stopped by their pids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyspark
+
+SPARK_HOME = Path(pyspark.__file__).resolve().parent
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running standalone cluster: its master URL, web UI, workers' work directories and process ids."""
+
+    master_url: str
+    web_ui: str
+    work_dirs: tuple[Path, ...]
+    pids: tuple[int, ...]
+    logs: tuple[Path, ...]
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of every daemon's log, for a failure message."""
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in self.logs if p.exists())
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def _daemon_env(local_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
+    env.update(
+        SPARK_HOME=str(SPARK_HOME),
+        SPARK_LOCAL_IP=LOOPBACK,
+        SPARK_LOCAL_HOSTNAME="localhost",
+        SPARK_LOCAL_DIRS=str(local_dir),
+        SPARK_LOG_DIR=str(local_dir),
+        SPARK_NO_DAEMONIZE="1",
+    )
+    return env
+
+
+def _alive_workers(web_ui: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{web_ui}/json/", timeout=2) as response:
+            state = json.load(response)
+    except OSError:
+        return -1
+    return int(state.get("aliveworkers", 0))
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each daemon by its pid (workers first, the master last), SIGKILL what is still up after 20 s."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def standalone_cluster(
+    folder: Path, workers: int = 2, cores: int = 1, memory: str = "1g", timeout_s: float = 120.0
+) -> Iterator[Cluster]:
+    """Start a master and ``workers`` workers on loopback under ``folder``; yield once all workers registered."""
+    port, ui_port = free_port(), free_port()
+    master_url = f"spark://{LOOPBACK}:{port}"
+    web_ui = f"http://{LOOPBACK}:{ui_port}"
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    work_dirs: list[Path] = []
+
+    def launch(name: str, args: list[str]) -> None:
+        local = folder / name
+        local.mkdir(parents=True, exist_ok=True)
+        log = local / f"{name}.log"
+        logs.append(log)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [spark_class, *args], cwd=local, env=_daemon_env(local), stdout=out, stderr=subprocess.STDOUT
+            )
+        procs.append(proc)
+
+    try:
+        master = ["org.apache.spark.deploy.master.Master", "--host", LOOPBACK, "--port", str(port)]
+        launch("master", [*master, "--webui-port", str(ui_port)])
+        for i in range(workers):
+            work = folder / f"worker-{i}" / "work"
+            work.mkdir(parents=True)
+            work_dirs.append(work)
+            worker = ["org.apache.spark.deploy.worker.Worker", "--host", LOOPBACK, "--port", "0", "--webui-port", "0"]
+            resources = ["--cores", str(cores), "--memory", memory, "--work-dir", str(work)]
+            launch(f"worker-{i}", [*worker, *resources, master_url])
+        cluster = Cluster(master_url, web_ui, tuple(work_dirs), tuple(p.pid for p in procs), tuple(logs))
+        deadline = time.monotonic() + timeout_s
+        while _alive_workers(web_ui) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{workers} workers did not register in {timeout_s:.0f} s\n{cluster.log_tail()}")
+            time.sleep(0.5)
+        yield cluster
+    finally:
+        _stop(procs)

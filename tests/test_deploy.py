@@ -1,0 +1,148 @@
+"""Structure of the deployment files: the Databricks Asset Bundle (databricks.yml, resources/) and the EMR steps (emr/).
+
+Both run the pipeline one stage per task (``realsyn-pipeline --only <stage>``); their task graph must be the
+pipeline's stage graph, every task's parameters must load as a config, and the bundle's job must be a valid job
+definition (``databricks-bundles``' typed resources reject unknown or misspelt fields, offline).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from databricks.bundles.jobs import Job
+
+from realsyn.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+# The pipeline's stages and what each depends on (the fixed contract of realsyn-pipeline).
+STAGES: dict[str, set[str]] = {
+    "ingest": set(),
+    "fetch_images": {"ingest"},
+    "extract_images": {"fetch_images"},
+    "extract_sentences": {"ingest"},
+    "embed": {"extract_images", "extract_sentences"},
+    "semantic_dedup": {"embed"},
+    "cluster_sentences": {"semantic_dedup"},
+    "retrieve": {"cluster_sentences"},
+    "cluster_images": {"semantic_dedup"},
+    "generate": {"retrieve"},
+    "balance": {"generate", "cluster_images"},
+    "export": {"balance"},
+    "report": {"export"},
+}
+GPU_STAGES = {"embed", "generate"}
+ENTRY_POINT = "realsyn-pipeline"
+EMR_HOME = "/home/hadoop/realsyn"  # where emr/bootstrap.sh puts the job files on every node
+
+
+def pyproject_scripts() -> dict[str, str]:
+    """The console scripts of pyproject.toml."""
+    text = (REPO / "pyproject.toml").read_text()
+    section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]  # tomllib is Python 3.11+
+    return dict(re.findall(r'^([\w-]+)\s*=\s*"([^"]+)"', section, flags=re.MULTILINE))
+
+
+def bundle() -> tuple[dict[str, Any], dict[str, Any]]:
+    """databricks.yml and the union of the resources it includes."""
+    root = yaml.safe_load((REPO / "databricks.yml").read_text())
+    resources: dict[str, Any] = {}
+    for pattern in root["include"]:
+        for path in sorted(REPO.glob(pattern)):
+            for kind, items in yaml.safe_load(path.read_text())["resources"].items():
+                resources.setdefault(kind, {}).update(items)
+    return root, resources
+
+
+def substitute(text: str, root: dict[str, Any]) -> str:
+    """Bundle variables replaced by their defaults, the workspace file path by this checkout."""
+    text = text.replace("${workspace.file_path}", str(REPO))
+    return re.sub(r"\$\{var\.(\w+)\}", lambda m: str(root["variables"][m.group(1)]["default"]), text)
+
+
+def job_arguments(params: list[str]) -> tuple[str, list[str], str]:
+    """(--conf, [--set values], --only) of a task's parameters; anything else fails the test."""
+    conf, sets, only = None, [], None
+    it = iter(params)
+    for flag in it:
+        value = next(it)
+        if flag == "--conf":
+            conf = value
+        elif flag == "--set":
+            sets.append(value)
+        elif flag == "--only":
+            only = value
+        else:
+            pytest.fail(f"unexpected parameter {flag} {value}")
+    assert conf is not None and only is not None, params
+    return conf, sets, only
+
+
+def test_bundle_job_is_the_stage_graph() -> None:
+    root, resources = bundle()
+    assert set(root["variables"]) >= {"catalog", "schema", "volume"}
+    assert set(root["targets"]) == {"dev", "prod"}
+    assert [a["type"] for a in root["artifacts"].values()] == ["whl"]
+    job_def = resources["jobs"]["realsyn_pipeline"]
+    Job.from_dict(job_def)  # raises on an unknown field anywhere in the job
+    tasks = job_def["tasks"]
+    assert {t["task_key"]: {d["task_key"] for d in t.get("depends_on", [])} for t in tasks} == STAGES
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job_def["job_clusters"]}
+    for task in tasks:
+        wheel = task["python_wheel_task"]
+        assert (wheel["package_name"], wheel["entry_point"]) == ("realsyn", ENTRY_POINT)
+        conf, sets, only = job_arguments([substitute(p, root) for p in wheel["parameters"]])
+        assert only == task["task_key"]
+        cfg = load_config(conf, sets)  # every --set names a valid key with a valid value
+        assert cfg.storage.catalog == "main.realsyn"
+        assert Path(cfg.embed.registry).is_file()
+        cluster = clusters[task["job_cluster_key"]]
+        gpus = cluster.get("spark_conf", {}).get("spark.task.resource.gpu.amount")
+        assert (gpus == "1") == (only in GPU_STAGES), (only, task["job_cluster_key"])
+        assert task["libraries"] == [{"whl": "../dist/*.whl"}]
+
+
+def test_emr_steps_run_the_stages_in_dependency_order() -> None:
+    steps = json.loads((REPO / "emr" / "steps.json").read_text())
+    done: set[str] = set()
+    for step in steps:
+        assert (step["Type"], step["Jar"], step["ActionOnFailure"]) == (
+            "CUSTOM_JAR",
+            "command-runner.jar",
+            "CANCEL_AND_WAIT",
+        )
+        args = step["Args"]
+        assert args[:2] == ["spark-submit", "--master"]
+        script = next(a for a in args if a.endswith(".py"))
+        assert script == f"{EMR_HOME}/jobs/pipeline.py"
+        local = [a.replace(EMR_HOME, str(REPO)) for a in args[args.index(script) + 1 :]]
+        conf, sets, only = job_arguments(local)
+        assert step["Name"] == f"realsyn-{only}"
+        assert STAGES[only] <= done, f"{only} runs before {STAGES[only] - done}"
+        done.add(only)
+        load_config(conf, sets)
+        gpu = "spark.task.resource.gpu.amount=1" in args
+        assert gpu == (only in GPU_STAGES), only
+    assert done == set(STAGES)
+
+
+def test_emr_configurations() -> None:
+    classes = {c["Classification"]: c for c in json.loads((REPO / "emr" / "configurations.json").read_text())}
+    assert classes["delta-defaults"]["Properties"] == {"delta.enabled": "true"}
+    assert classes["yarn-site"]["Properties"]["yarn.resource-types"] == "yarn.io/gpu"
+    python = classes["spark-defaults"]["Properties"]["spark.pyspark.python"]
+    assert python in (REPO / "emr" / "bootstrap.sh").read_text()  # the interpreter the bootstrap installs
+    subprocess.run(["bash", "-n", str(REPO / "emr" / "bootstrap.sh")], check=True)
+
+
+def test_the_entry_point_is_a_console_script() -> None:
+    scripts = pyproject_scripts()
+    if ENTRY_POINT not in scripts:
+        pytest.skip(f"{ENTRY_POINT} (jobs/pipeline.py) is not in pyproject.toml on this branch yet")
+    assert scripts[ENTRY_POINT] == "jobs.pipeline:main"
+    assert (REPO / "jobs" / "pipeline.py").is_file()
