@@ -2,7 +2,7 @@
 
 ``STAGES`` is the stage table: a name, the stages it runs after, the stage function (``module:function``, imported
 only when the stage runs), and the tables it reads and writes (their row counts go to ``gold.runs``). Adding a
-stage is one entry. A stage marked ``optional`` whose module is not installed is recorded as ``skipped``.
+stage is one entry.
 
 Every stage is retry-safe and skips work already done by itself (ingest merges on the document key, fetch and
 embed only touch rows without a result, extraction and clustering replace their tables in one commit each), so
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+OK, FAILED = "ok", "failed"
 LOCK_FILE = "_pipeline.lock"
 
 
@@ -87,8 +87,7 @@ class Stage:
 
     ``run`` names the stage function ``run_<stage>(lakehouse, cfg) -> summary`` as ``module:function``; it is
     imported when the stage runs. ``after``: the stages whose output it needs. ``reads`` / ``writes``: tables
-    whose row counts are measured before / after it (``gold.runs``). ``optional``: the module may be absent from
-    this installation (the stage is then skipped).
+    whose row counts are measured before / after it (``gold.runs``).
     """
 
     name: str
@@ -96,22 +95,11 @@ class Stage:
     run: str
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
-    optional: bool = False
 
     @property
     def module(self) -> str:
         """The module that holds the stage function."""
         return self.run.partition(":")[0]
-
-    def available(self) -> bool:
-        """Whether the stage's module can be imported (always checked by importing it)."""
-        try:
-            importlib.import_module(self.module)
-        except ModuleNotFoundError as e:
-            if self.optional and e.name is not None and self.module.startswith(e.name):
-                return False
-            raise
-        return True
 
     def function(self) -> Callable[[Lakehouse, Config], object]:
         """The stage function."""
@@ -193,7 +181,6 @@ STAGES: tuple[Stage, ...] = (
         "realsyn.generate:run_generate",
         reads=(SILVER_RETRIEVAL, SILVER_IMAGES),
         writes=(GOLD_CAPTIONS, GOLD_IMAGE_TAGS, GOLD_SYNTHETIC_TEXTS, GOLD_SYNTHETIC_TEXT_REJECTS),
-        optional=True,
     ),
     Stage(
         "balance",
@@ -201,12 +188,13 @@ STAGES: tuple[Stage, ...] = (
         "realsyn.balance:run_balance",
         reads=(GOLD_SYNTHETIC_TEXTS, SILVER_IMAGE_CLUSTERS),
         writes=(GOLD_DATASET, GOLD_DATASET_REJECTS),
-        optional=True,
     ),
-    Stage("export", ("balance",), "realsyn.export:run_export", reads=(GOLD_DATASET,), optional=True),
-    Stage("report", ("export",), "realsyn.report:run_report", reads=(GOLD_DATASET,), optional=True),
+    Stage("export", ("balance",), "realsyn.export:run_export", reads=(GOLD_DATASET,)),
+    Stage("report", ("export",), "realsyn.report:run_report", reads=(GOLD_DATASET,)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+# Stages whose summary is repeated at the end of a run: gold size per scale, exports, the report page.
+PRODUCT_STAGES = ("balance", "export", "report")
 
 
 def check_order(stages: Sequence[Stage]) -> None:
@@ -667,9 +655,11 @@ class PipelineSummary:
 
     def __str__(self) -> str:
         width = max((len(t) for t in self.tables), default=10)
-        counts = ", ".join(f"{sum(r.status == s for r in self.runs)} {s}" for s in (OK, SKIPPED, FAILED))
+        counts = ", ".join(f"{sum(r.status == s for r in self.runs)} {s}" for s in (OK, FAILED))
         lines = [f"run {self.run_id}: stages {counts}; rows per table:"]
         lines += [f"  {t:<{width}} {n:>12,} rows" for t, n in self.tables.items()]
+        # What a user takes away: the dataset's size per scale, and where the exports and the report are.
+        lines += [f"{r.summary}" for r in self.runs if r.stage in PRODUCT_STAGES and r.status == OK]
         lines.append(f"stage runs in {RUNS} (run_id = '{self.run_id}'); full log: {self.log}")
         return "\n".join(lines)
 
@@ -735,16 +725,9 @@ def _run(
     log.info("run %s: config %s, code %s, stages %s", run_id, cfg_hash, version, [s.name for s in stages])
 
     runs: list[StageRun] = []
-    skipped: list[StageRun] = []
     for i, stage in enumerate(stages, start=1):
         label = f"[{i}/{len(stages)}] {stage.name}"
         started = datetime.now(timezone.utc)
-        if not stage.available():
-            run = StageRun(stage.name, i, SKIPPED, started, started, {}, {}, None, f"{stage.module} is not installed")
-            skipped.append(run)  # recorded with the next stage that runs (one commit), or at the end
-            runs.append(run)
-            _say(console, f"{label:<28} skipped: {stage.module} is not part of this installation")
-            continue
         log.info("stage %s started", stage.name)
         rows_in = count_rows(lakehouse, stage.reads)
         progress = SparkProgress(spark.sparkContext, label, sys.stderr)
@@ -762,22 +745,19 @@ def _run(
             _say(console, f"{label:<28} FAILED after {run.seconds:.1f} s: {detail.splitlines()[0][:300]}")
             _say(console, f"  traceback and Spark's log: {log_file}")
             try:
-                record(lakehouse, run_id, cfg_hash, version, [*skipped, run])
+                record(lakehouse, run_id, cfg_hash, version, [run])
             except Exception:
                 log.exception("could not record the failed stage in %s", RUNS)
-            skipped = []
             break
         ended = datetime.now(timezone.utc)
         run = StageRun(stage.name, i, OK, started, ended, rows_in, rows_out, progress.busy_share, None, summary)
-        record(lakehouse, run_id, cfg_hash, version, [*skipped, run])
-        skipped = []
+        record(lakehouse, run_id, cfg_hash, version, [run])
         runs.append(run)
         log.info("stage %s done in %.1f s: %s", stage.name, run.seconds, summary)
         _say(console, f"{label:<28} ok  {run.seconds:7.1f} s")
         text = str(summary).strip()
         if text:
             _say(console, _indent(text))
-    record(lakehouse, run_id, cfg_hash, version, skipped)
     tables: dict[str, int] = {}
     for run in runs:  # counted after each stage: a table's last writer in this run has its final count
         tables.update(run.rows_out)

@@ -1,6 +1,6 @@
-"""Delta tables on an S3 API: the demo job with ``storage.root: s3a://<bucket>/realsyn``, read back with delta-rs.
+"""Delta tables on an S3 API: the pipeline job with ``storage.root: s3a://<bucket>/realsyn``, read back with delta-rs.
 
-An S3 API runs on loopback (moto's server, in this process). ``./spark-submit.sh demo`` writes every table of the
+An S3 API runs on loopback (moto's server, in this process). ``./spark-submit.sh pipeline`` writes every table of the
 demo pipeline through Hadoop's s3a filesystem: hadoop-aws of the Hadoop version inside pyspark, resolved from Maven
 Central with ``--packages`` together with the AWS SDK v2 bundle it depends on (~600 MB on first use, then in the
 Ivy cache), and the endpoint, path-style access and credentials as ``spark.hadoop.fs.s3a.*`` settings. Delta's
@@ -61,9 +61,9 @@ def s3a_conf(endpoint: str) -> dict[str, str]:
 
 
 def submit(root: str, raw: Path, documents: int, cwd: Path, extra: list[str]) -> float:
-    """Run ``./spark-submit.sh demo`` on local[2] with ``storage.root=root``; return its wall time."""
+    """Run ``./spark-submit.sh pipeline`` on local[2] with ``storage.root=root``; return its wall time."""
     cwd.mkdir(parents=True, exist_ok=True)
-    argv = [str(REPO / "spark-submit.sh"), "demo", "--conf", str(REPO / "conf" / "local.yaml")]
+    argv = [str(REPO / "spark-submit.sh"), "pipeline", "--conf", str(REPO / "conf" / "local.yaml")]
     for item in (f"storage.root={root}", f"demo.output={raw}", f"demo.documents={documents}"):
         argv += ["--set", item]
     argv += ["--set", "demo.synthetic_images=4", "--", "--master", "local[2]", *extra]
@@ -82,7 +82,7 @@ def submit(root: str, raw: Path, documents: int, cwd: Path, extra: list[str]) ->
 
 
 def main() -> None:
-    """Run the demo on s3a:// (and locally), read back with delta-rs, compare, print figures."""
+    """Run the pipeline on s3a:// (and locally), read back with delta-rs, compare, print figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=12)
     parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the local twin run")
@@ -111,7 +111,7 @@ def main() -> None:
             raw = work / "raw"
             root = f"s3a://{BUCKET}/realsyn"
             s3a_seconds = submit(root, raw, args.documents, work / "s3a", extra)
-            print(f"demo job on {root} with {packages}: {s3a_seconds:.0f} s (first run includes the jar download)")
+            print(f"pipeline on {root} with {packages}: {s3a_seconds:.0f} s (first run includes the jar download)")
 
             options = {
                 "AWS_ENDPOINT_URL": endpoint,

@@ -18,24 +18,11 @@ import yaml
 from databricks.bundles.jobs import Job
 
 from realsyn.config import load_config
+from realsyn.pipeline import STAGES as PIPELINE_STAGES
 
 REPO = Path(__file__).resolve().parents[1]
-# The pipeline's stages and what each depends on (the fixed contract of realsyn-pipeline).
-STAGES: dict[str, set[str]] = {
-    "ingest": set(),
-    "fetch_images": {"ingest"},
-    "extract_images": {"fetch_images"},
-    "extract_sentences": {"ingest"},
-    "embed": {"extract_images", "extract_sentences"},
-    "semantic_dedup": {"embed"},
-    "cluster_sentences": {"semantic_dedup"},
-    "retrieve": {"cluster_sentences"},
-    "cluster_images": {"semantic_dedup"},
-    "generate": {"retrieve"},
-    "balance": {"generate", "cluster_images"},
-    "export": {"balance"},
-    "report": {"export"},
-}
+# The pipeline's stages and what each depends on: the stage table itself.
+STAGES: dict[str, set[str]] = {s.name: set(s.after) for s in PIPELINE_STAGES}
 GPU_STAGES = {"embed", "generate"}
 ENTRY_POINT = "realsyn-pipeline"
 EMR_HOME = "/home/hadoop/realsyn"  # where emr/bootstrap.sh puts the job files on every node

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
 from udfs.models import WEIGHT_SUFFIXES as _WEIGHT_SUFFIXES
 from udfs.models import DevicePolicy as DevicePolicy
 from udfs.models import ModelNotAvailable, ModelSpec, Precision, cache_key, cached, resolve_dtype, run_halving
@@ -40,8 +41,6 @@ from udfs.models import get_spec as get_spec
 from udfs.models import load_registry as load_registry
 from udfs.models import looks_like_path as _looks_like_path
 from udfs.models import pick_device as pick_device
-
-from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
 
 if TYPE_CHECKING:
     import torch

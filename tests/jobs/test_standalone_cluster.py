@@ -24,7 +24,7 @@ from tests.standalone import Cluster, standalone_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 # The job submitted to both masters (jobs/<JOB>.py).
-JOB = "demo"
+JOB = "pipeline"
 # Spark settings of both runs: the same partitioning, so that both plans split the data alike.
 SPARK_CONF = {
     "spark.ui.enabled": "false",
