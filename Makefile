@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## run: the pipeline on the embedded demo corpus (local Spark, Delta tables under ./lakehouse); resumable with
+## run: the pipeline on the embedded demo corpus (local Spark, Delta tables under ./lakehouse), then the dataset
+## notebook executed on its tables (lakehouse/report/dataset.ipynb); resumable with
 ## .venv/bin/python -m jobs.pipeline --conf conf/local.yaml --from STAGE
 run: $(STAMP)
 	$(PY) -m jobs.pipeline --conf $(CONF)
+	$(PY) -m jobs.notebook --conf $(CONF)
 
 ## test: linters, type check and the whole test suite
 test: lint

@@ -14,9 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 from deltalake import DeltaTable
 
+from realsyn.notebook import execute_notebook
 from realsyn.pipeline import STAGE_NAMES
 from tests.faults import Moment, clean_env, differences, pipeline_argv, run_and_kill, run_to_end
 
@@ -92,6 +94,11 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
         assert (lake / "exports" / scale / "webdataset" / "sizes.json").is_file(), scale
         assert any((lake / "exports" / scale / "parquet").glob("*.parquet")), scale
     assert (lake / "report" / "index.html").is_file()
+    # The dataset notebook runs on the demo's tables (as `make run` runs it after the pipeline).
+    executed = nbformat.read(execute_notebook(lake, lake / "report" / "dataset.ipynb"), as_version=4)
+    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any(f"{len(dataset)} rows in gold.dataset" in o.get("text", "") for o in outputs)
     assert re.search(r"^export to .*: all: [0-9,]+ rows", console, re.M)
 
     # One row per stage in gold.runs, with the row counts measured before and after it.

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pyarrow as pa
 from deltalake import write_deltalake
-from nbclient import NotebookClient
 from PIL import Image
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "dataset.ipynb"
+from realsyn.notebook import execute_notebook
 
 
 def jpeg(colour: str) -> bytes:
@@ -62,18 +60,8 @@ def tiny_lakehouse(root: Path) -> None:
 
 def test_notebook_runs_on_a_tiny_lakehouse(tmp_path: Path) -> None:
     tiny_lakehouse(tmp_path / "lake")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    env_before = os.environ.get("REALSYN_LAKEHOUSE")
-    os.environ["REALSYN_LAKEHOUSE"] = str(tmp_path / "lake")
-    try:
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-        ).execute()
-    finally:
-        if env_before is None:
-            del os.environ["REALSYN_LAKEHOUSE"]
-        else:
-            os.environ["REALSYN_LAKEHOUSE"] = env_before
+    executed = execute_notebook(tmp_path / "lake", tmp_path / "report" / "dataset.ipynb")
+    nb = nbformat.read(executed, as_version=4)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(
