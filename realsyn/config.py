@@ -7,6 +7,7 @@ Command-line overrides (``--set stage.key=value``) are applied to the parsed YAM
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -541,6 +542,10 @@ def _embed_model_problems(embed: EmbedConfig) -> list[tuple[str, str]]:
     project = Path(__file__).resolve().parents[1]
     if not path.is_absolute() and not path.exists() and (project / path).exists():
         path = project / path
+    if not path.exists() and not path.is_absolute() and "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Under spark-submit the registry may come with --files (spark-submit.sh ships conf/models.yaml), which
+        # the driver can see only once its Spark context exists: the embed and generate stages check it there.
+        return []
     try:
         registry = load_registry(path)
     except RegistryError as e:

@@ -151,9 +151,9 @@ def resolve_models(cfg: Config) -> GenerateModels:
     CLIP entry has no ``similarity_band`` and ``generate.similarity_band`` is not set; ModelNotAvailable when a
     local path an entry names does not exist.
     """
-    path = Path(cfg.embed.registry)
-    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-        path = PROJECT_ROOT / path
+    from realsyn.embed import registry_path
+
+    path = registry_path(cfg.embed.registry)
     try:
         registry = load_registry(path)
     except RegistryError as e:

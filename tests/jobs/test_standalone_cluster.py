@@ -25,6 +25,9 @@ from tests.standalone import Cluster, standalone_cluster
 REPO = Path(__file__).resolve().parents[2]
 # The job submitted to both masters (jobs/<JOB>.py).
 JOB = "pipeline"
+# The stages compared on the cluster: documents to retrieval and image clusters (the generation and dataset stages
+# run on local[2] in tests/jobs/test_pipeline.py).
+UNTIL = "cluster_images"
 # Spark settings of both runs: the same partitioning, so that both plans split the data alike.
 SPARK_CONF = {
     "spark.ui.enabled": "false",
@@ -59,7 +62,7 @@ def submit(master: str, cwd: Path, raw: Path) -> subprocess.CompletedProcess[str
     argv = [str(REPO / "spark-submit.sh"), JOB, "--conf", str(REPO / "conf" / "local.yaml")]
     for item in ("storage.root=lake", f"demo.output={raw}", "demo.documents=12", "demo.synthetic_images=4"):
         argv += ["--set", item]
-    argv += ["--", "--master", master]
+    argv += ["--until", UNTIL, "--", "--master", master]
     for key, value in SPARK_CONF.items():
         argv += ["--conf", f"{key}={value}"]
     # Neither the driver's nor the workers' environment points Python at the checkout.
