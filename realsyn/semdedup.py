@@ -18,7 +18,6 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -192,12 +191,10 @@ def refusal(model_id: str, embed: EmbedConfig) -> str | None:
     registry does not know (embeddings written by other tools) may; the share guard
     (:func:`check_removed_share`) still stops an implausible result.
     """
-    from realsyn.embed import PROJECT_ROOT
+    from realsyn.embed import registry_path
     from udfs.clip import RegistryError, load_registry
 
-    path = Path(embed.registry)
-    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-        path = PROJECT_ROOT / path
+    path = registry_path(embed.registry)
     try:
         spec = load_registry(path).get(model_id)
     except RegistryError as e:
