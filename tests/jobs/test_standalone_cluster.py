@@ -42,7 +42,12 @@ SPARK_CONF = {
     "spark.driver.bindAddress": "127.0.0.1",
 }
 # Columns that record when or how long, not what: they differ between any two runs.
-VOLATILE = {"bronze/fetched_images": {"fetched_at", "elapsed_ms"}}
+# Columns that differ between any two runs: fetch times, and each pipeline run's id and timings in gold.runs (its
+# stages, statuses, row counts, config hash and code version must match).
+VOLATILE = {
+    "bronze/fetched_images": {"fetched_at", "elapsed_ms"},
+    "gold/runs": {"run_id", "started_at", "ended_at", "seconds", "task_busy_share"},
+}
 # Floats (embedding components, cosines, centroid coordinates) are compared within this absolute tolerance: the CPU
 # kernels of a forward pass may sum in another order when a batch holds other rows, and aggregations add partial
 # sums in the order tasks finish, which moves the last bits of a float32. Every other value must be equal.
