@@ -536,12 +536,10 @@ def check_references(cfg: Config) -> list[tuple[str, str]]:
 
 def _embed_model_problems(embed: EmbedConfig) -> list[tuple[str, str]]:
     """The registry file must read and name ``embed.model`` (weights are checked by the embed stage)."""
+    from realsyn.embed import registry_path
     from udfs.clip import RegistryError, load_registry
 
-    path = Path(embed.registry)
-    project = Path(__file__).resolve().parents[1]
-    if not path.is_absolute() and not path.exists() and (project / path).exists():
-        path = project / path
+    path = registry_path(embed.registry)
     if not path.exists() and not path.is_absolute() and "PYSPARK_GATEWAY_PORT" in os.environ:
         # Under spark-submit the registry may come with --files (spark-submit.sh ships conf/models.yaml), which
         # the driver can see only once its Spark context exists: the embed and generate stages check it there.
