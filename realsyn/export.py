@@ -37,7 +37,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from realsyn.balance import scale_column
 from realsyn.config import Config, ConfigError
-from realsyn.tables import GOLD_DATASET, SILVER_IMAGES, TABLE_PROPERTIES, Lakehouse
+from realsyn.tables import GOLD_DATASET, SILVER_IMAGES, Lakehouse, create_table_at
 from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, shard_name, write_shards
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
@@ -178,12 +178,7 @@ def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Co
 
 def write_delta(lakehouse: Lakehouse, rows: DataFrame, path: str) -> None:
     """Overwrite the Delta table at ``path`` with ``rows`` (created with realsyn's table properties)."""
-    from delta.tables import DeltaTable
-
-    builder = DeltaTable.createIfNotExists(lakehouse.spark).location(path).addColumns(rows.schema)
-    for key, value in TABLE_PROPERTIES.items():
-        builder = builder.property(key, value)
-    builder.execute()
+    create_table_at(lakehouse.spark, path, rows.schema)
     rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
 
 

@@ -6,6 +6,7 @@ URI, or at ``<catalog>.<schema>.bronze_documents`` when storage is a metastore s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -73,6 +74,45 @@ TABLE_PROPERTIES = {
     "delta.enableDeletionVectors": "false",
     "delta.autoOptimize.optimizeWrite": "true",
 }
+
+# A file of a committed table version in _delta_log: a commit (NNN.json) or a checkpoint (NNN.checkpoint[...].parquet).
+_COMMITTED = re.compile(r"[0-9]{20}\.(json|checkpoint\..*parquet|checkpoint\.parquet)")
+
+
+def clear_uncommitted_log(spark: SparkSession, location: str) -> bool:
+    """Remove ``location``'s ``_delta_log`` when it holds no committed version; whether there was one to remove.
+
+    A process killed inside a table's first commit leaves the log folder with at most a temporary file in it:
+    no version exists, yet Delta's table builder takes the folder for a table and then fails to read it, so
+    every rerun would fail. Such a log names no data, so removing it loses nothing.
+    """
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    log = jvm.org.apache.hadoop.fs.Path(f"{location.rstrip('/')}/_delta_log")
+    fs = log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(log):
+        return False
+    if any(_COMMITTED.fullmatch(status.getPath().getName()) for status in fs.listStatus(log)):
+        return False
+    return bool(fs.delete(log, True))
+
+
+def create_table_at(
+    spark: SparkSession,
+    location: str,
+    schema: StructType,
+    partition_by: Sequence[str] = (),
+    properties: Mapping[str, str] | None = None,
+) -> None:
+    """Create an empty Delta table at the path ``location`` unless one exists there, with realsyn's table
+    properties and ``properties``; a log left by a killed first commit is cleared first."""
+    clear_uncommitted_log(spark, location)
+    builder = DeltaTable.createIfNotExists(spark).addColumns(schema).location(location)
+    for key, value in {**TABLE_PROPERTIES, **(properties or {})}.items():
+        builder = builder.property(key, value)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    builder.execute()
 
 
 class Lakehouse:
@@ -157,18 +197,12 @@ class Lakehouse:
             return
         self.ensure_schema()
         loc = self.location(name)
-        table_properties = {**TABLE_PROPERTIES, **(properties or {})}
         if self._by_path:
-            builder = DeltaTable.createIfNotExists(self.spark).addColumns(schema).location(loc)
-            for key, value in table_properties.items():
-                builder = builder.property(key, value)
-            if partition_by:
-                builder = builder.partitionedBy(*partition_by)
-            builder.execute()
+            create_table_at(self.spark, loc, schema, partition_by, properties)
         elif not self.spark.catalog.tableExists(loc):
             # Delta's table builder parses at most two name parts; a DataFrameWriterV2 takes catalog.schema.table.
             writer = self.spark.createDataFrame([], schema).writeTo(loc).using("delta")
-            for key, value in table_properties.items():
+            for key, value in {**TABLE_PROPERTIES, **(properties or {})}.items():
                 writer = writer.tableProperty(key, value)
             if partition_by:
                 writer = writer.partitionedBy(*(F.col(c) for c in partition_by))

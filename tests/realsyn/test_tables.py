@@ -1,4 +1,5 @@
-"""Lakehouse in metastore mode (storage.catalog) against Spark's session catalog with Delta's catalog."""
+"""The Lakehouse: path tables a killed first commit left behind, and metastore mode (storage.catalog) against
+Spark's session catalog with Delta's catalog."""
 
 from __future__ import annotations
 
@@ -53,6 +54,23 @@ def run_twice(lakehouse: Lakehouse, cfg: Config) -> None:
     for _ in range(2):
         run_ingest(lakehouse, cfg)
         run_extract_sentences(lakehouse, cfg)
+
+
+def test_a_log_without_a_commit_is_cleared_and_a_committed_one_kept(spark: SparkSession, tmp_path: Path) -> None:
+    lakehouse = Lakehouse(spark, StorageConfig(root=str(tmp_path)))
+    rows = spark.createDataFrame([("a", "m"), ("b", "m")], "image_id string, model_id string")
+    # What a process killed inside the table's first commit leaves: the log folder and a temporary file in it.
+    log = Path(lakehouse.location(FUNNEL)) / "_delta_log"
+    log.mkdir(parents=True)
+    (log / ".00000000000000000000.json.0f3c.tmp").write_text('{"commitInfo": {}}')
+    assert not lakehouse.exists(FUNNEL)
+    lakehouse.replace_partition(FUNNEL, rows, "model_id", "m")
+    assertDataFrameEqual(lakehouse.read(FUNNEL), rows)
+    # A committed table is a table: a second writer (a fresh Lakehouse) appends to it and clears nothing.
+    Lakehouse(spark, StorageConfig(root=str(tmp_path))).insert_new(
+        FUNNEL, spark.createDataFrame([("c", "m")], rows.schema), ["image_id"]
+    )
+    assert sorted(r.image_id for r in lakehouse.read(FUNNEL).collect()) == ["a", "b", "c"]
 
 
 def test_catalog_mode_gives_the_tables_of_path_mode(spark: SparkSession, tmp_path: Path) -> None:
