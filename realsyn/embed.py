@@ -139,7 +139,7 @@ def _results_frame(key: str, model_id: str, batch: object) -> pd.DataFrame:
 
 
 def embed_images(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
-    """(image_id, content) -> (image_id, model_id, embedding | null, reject_reason | null, detail)."""
+    """(image_id, content) -> (image_id, model_id, embedding | null, reason | null, detail)."""
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from udfs.clip import embed_images as embed_batches
@@ -164,7 +164,7 @@ def embed_images(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
 
 
 def embed_sentences(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
-    """(sentence_id, text) -> (sentence_id, model_id, embedding | null, reject_reason | null, detail)."""
+    """(sentence_id, text) -> (sentence_id, model_id, embedding | null, reason | null, detail)."""
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from udfs.clip import embed_texts, get_encoder

@@ -16,7 +16,9 @@ from pyspark.sql import types as T
 
 from realsyn.tables import FUNNEL, Lakehouse
 
-REASON = "reject_reason"
+# Every reject table names its reason column so, beside a nullable ``detail`` that says what was measured.
+REASON = "reason"
+DETAIL = "detail"
 
 FUNNEL_SCHEMA = T.StructType(
     [

@@ -234,7 +234,7 @@ def tag_frame(df: DataFrame, gcfg: GenerateConfig, model_id: str, tags: list[str
 
 
 def rewrite_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec) -> DataFrame:
-    """(image_id, retrieved_text, caption, tags) -> (image_id, syn_text | null, reject_reason, detail, n_tokens)."""
+    """(image_id, retrieved_text, caption, tags) -> (image_id, syn_text | null, reason, detail, n_tokens)."""
     from udfs.llm import PromptTemplate
 
     template = PromptTemplate(gcfg.prompt_version, gcfg.system_prompt, gcfg.user_prompt)
@@ -280,7 +280,7 @@ def rewrite_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec) -> DataF
 def score_frame(
     df: DataFrame, gcfg: GenerateConfig, precision: str, text_batch: int, spec: ModelSpec, band: tuple[float, float]
 ) -> DataFrame:
-    """(image_id, syn_text, embedding) -> (image_id, cosine, reject_reason, detail): the synthetic text embedded by
+    """(image_id, syn_text, embedding) -> (image_id, cosine, reason, detail): the synthetic text embedded by
     the CLIP model's text tower (udfs.clip.embed_texts, as the embed stage embeds sentences), dotted with the image's
     unit vector, and judged against ``band`` (udfs.similarity.band_reason)."""
     low, high = band

@@ -36,7 +36,7 @@ from pyspark.sql import types as T
 
 from realsyn.components import COMPONENT, REPRESENTATIVE, choose_representatives, connected_components
 from realsyn.config import Config, EmbedConfig, ImagePerceptualDedupConfig, ImagesConfig, SemanticDedupConfig
-from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
+from realsyn.funnel import DETAIL, REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import bytes_id_col
 from realsyn.semdedup import (
     SemDedupParams,
@@ -66,6 +66,7 @@ REJECT_SCHEMA = T.StructType(
     [
         T.StructField(STEP, T.StringType(), False),
         T.StructField(REASON, T.StringType(), False),
+        T.StructField(DETAIL, T.StringType(), True),
         T.StructField("image_id", T.StringType(), True),
         T.StructField("url_ids", T.ArrayType(T.StringType()), True),
         T.StructField("doc_ids", T.ArrayType(T.StringType()), True),
@@ -134,13 +135,35 @@ def quality_reason(cfg: ImagesConfig) -> Column:
     )
 
 
+def quality_detail(cfg: ImagesConfig) -> Column:
+    """What the quality check measured on a rejected row: its size, and the side or ratio that failed."""
+    w, h = F.col("width"), F.col("height")
+    short, long = F.least(w, h), F.greatest(w, h)
+    return (
+        F.when(
+            F.col(REASON) == "too_small", F.format_string(f"%dx%d: short side %d < {cfg.min_short_side}", w, h, short)
+        )
+        .when(
+            F.col(REASON) == "aspect_ratio",
+            F.format_string(f"%dx%d: aspect ratio %.2f > {cfg.max_aspect_ratio:g}", w, h, long / short),
+        )
+        .otherwise(F.lit(None).cast("string"))
+    )
+
+
 def _reject_rows(
-    df: DataFrame, step: str, reason: Column, url_ids: Column | None = None, duplicate_of: Column | None = None
+    df: DataFrame,
+    step: str,
+    reason: Column,
+    url_ids: Column | None = None,
+    duplicate_of: Column | None = None,
+    detail: Column | None = None,
 ) -> DataFrame:
     """Rows of ``df`` in the shape of silver.image_rejects, dropped at ``step`` for ``reason``."""
     return df.select(
         F.lit(step).alias(STEP),
         reason.alias(REASON),
+        (F.lit(None).cast("string") if detail is None else detail).alias(DETAIL),
         "image_id",
         (F.col("url_ids") if url_ids is None else url_ids).alias("url_ids"),
         "doc_ids",
@@ -309,7 +332,9 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     urls = url_rows(lakehouse.read(BRONZE_FETCHED_IMAGES), lakehouse.read(BRONZE_IMAGE_REFS))
     urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)
     passed, bad = split(urls)
-    quality_rejects = _reject_rows(bad, "quality", F.col(REASON), url_ids=F.array("url_id"))
+    quality_rejects = _reject_rows(
+        bad, "quality", F.col(REASON), url_ids=F.array("url_id"), detail=quality_detail(icfg)
+    )
     images, exact_rejects = exact_dedup(passed)
     images = images.localCheckpoint(eager=True)
     n_passed = passed.count()

@@ -18,7 +18,8 @@ same verdict; they therefore run once per distinct sentence, which carries its o
 counts occurrences for the filter steps exactly as if each occurrence had been filtered. Units of the funnel:
 sentence occurrences up to exact dedup (its output is distinct sentences), distinct sentences after it.
 
-Rejects: one row per distinct dropped sentence with ``step``, ``reject_reason`` and, for duplicates, the
+Rejects: one row per distinct dropped sentence with ``step``, ``reason``, ``detail`` (the value the
+filter measured) and, for duplicates, the
 ``duplicate_of`` sentence that absorbed it (its documents and occurrences are merged into that sentence).
 Exact duplicates are not rows of their own: they are the ``n_occurrences`` of the kept sentence.
 
@@ -51,7 +52,7 @@ from realsyn.config import (
     SentencesConfig,
     check_references,
 )
-from realsyn.funnel import REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
+from realsyn.funnel import DETAIL, REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import stable_id_col
 from realsyn.semdedup import check_removed_share, prune_embeddings, usable_embeddings
 from realsyn.tables import (
@@ -76,7 +77,8 @@ REJECTS_SCHEMA = T.StructType(
     [
         *SENTENCES_SCHEMA.fields,
         T.StructField("step", T.StringType(), False),
-        T.StructField("reject_reason", T.StringType(), False),
+        T.StructField(REASON, T.StringType(), False),
+        T.StructField(DETAIL, T.StringType(), True),
         T.StructField("duplicate_of", T.StringType(), True),
     ]
 )
@@ -91,7 +93,6 @@ FILTER_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("word_entropy", ("low_word_entropy",)),
     ("perplexity", ("perplexity_too_low", "perplexity_too_high")),
 )
-DEDUP_STEPS = ("exact_dedup", "near_dedup", "semantic_dedup")
 STEP_OF_REASON = {reason: step for step, reasons in FILTER_STEPS for reason in reasons}
 
 _FEATURES = T.StructType(
@@ -263,7 +264,9 @@ def perplexity_reason(cfg: SentencePerplexityConfig) -> Column:
     )
 
 
-def _as_rejects(df: DataFrame, reason: Column | str | None = None, duplicate_of: Column | None = None) -> DataFrame:
+def _as_rejects(
+    df: DataFrame, reason: Column | str | None = None, duplicate_of: Column | None = None, detail: Column | None = None
+) -> DataFrame:
     # A dedup step passes its one reason as a string: its step is known here, not compared row by row.
     reason_col = F.col(REASON) if reason is None else F.lit(reason) if isinstance(reason, str) else reason
     step = F.lit(None).cast("string")
@@ -277,7 +280,8 @@ def _as_rejects(df: DataFrame, reason: Column | str | None = None, duplicate_of:
         "doc_ids",
         "n_occurrences",
         step.alias("step"),
-        reason_col.alias("reject_reason"),
+        reason_col.alias(REASON),
+        (detail if detail is not None else F.lit(None).cast("string")).alias(DETAIL),
         (duplicate_of if duplicate_of is not None else F.lit(None).cast("string")).alias("duplicate_of"),
     )
 
@@ -293,23 +297,26 @@ def filter_sentences(sentences: DataFrame, cfg: SentencesConfig) -> tuple[DataFr
     total = int(counts.agg(F.coalesce(F.sum("count"), F.lit(0))).first()[0])  # type: ignore[index]
 
     kept, rejects = split(featured.withColumn(REASON, basic_reason(cfg)))
-    all_rejects = [_as_rejects(rejects)]
+    n_words = F.when(F.col("n_words") == 1, F.lit("1 word")).otherwise(F.format_string("%d words", "n_words"))
+    words = F.when(F.col(REASON).startswith("too_"), n_words)
+    all_rejects = [_as_rejects(rejects, detail=words)]
     if cfg.cat.enabled:
         # Checkpointed before the split so that the parser runs once for kept and rejected rows alike.
         parsed = add_cat(kept, cfg.cat).withColumn(REASON, cat_reason(cfg.cat)).localCheckpoint(eager=True)
         kept, rejects = split(parsed)
-        all_rejects.append(_as_rejects(rejects))
+        parse = F.format_string("complexity %d, action %s", "complexity", F.col("has_action").cast("string"))
+        all_rejects.append(_as_rejects(rejects, detail=parse))
     kept, rejects = split(
         add_word_entropy(kept, counts, total).withColumn(
             REASON, first_reason([(F.col("word_entropy") < cfg.min_word_entropy, "low_word_entropy")])
         )
     )
     kept = kept.localCheckpoint(eager=True)
-    all_rejects.append(_as_rejects(rejects))
+    all_rejects.append(_as_rejects(rejects, detail=F.format_string("word entropy %.3f", "word_entropy")))
     if cfg.perplexity.enabled:
         scored = add_perplexity(kept, cfg.perplexity).withColumn(REASON, perplexity_reason(cfg.perplexity))
         kept, rejects = split(scored.localCheckpoint(eager=True))
-        all_rejects.append(_as_rejects(rejects))
+        all_rejects.append(_as_rejects(rejects, detail=F.format_string("perplexity %.1f", "perplexity")))
     out = all_rejects[0]
     for more in all_rejects[1:]:
         out = out.unionByName(more)

@@ -75,6 +75,11 @@ TABLE_PROPERTIES = {
     "delta.autoOptimize.optimizeWrite": "true",
 }
 
+# Columns renamed since realsyn first wrote them, (old, new): every reject table names its reason column
+# ``reason`` beside a ``detail``. A table that still has an old name is rewritten once, in one commit, the first time
+# a stage writes to it (see Lakehouse.create_if_absent).
+RENAMED_COLUMNS = (("reject_reason", "reason"),)
+
 # A file of a committed table version in _delta_log: a commit (NNN.json) or a checkpoint (NNN.checkpoint[...].parquet).
 _COMMITTED = re.compile(r"[0-9]{20}\.(json|checkpoint\..*parquet|checkpoint\.parquet)")
 
@@ -197,7 +202,9 @@ class Lakehouse:
             return
         self.ensure_schema()
         loc = self.location(name)
-        if self._by_path:
+        if self.exists(name):
+            self._migrate(name, schema)
+        elif self._by_path:
             create_table_at(self.spark, loc, schema, partition_by, properties)
         elif not self.spark.catalog.tableExists(loc):
             # Delta's table builder parses at most two name parts; a DataFrameWriterV2 takes catalog.schema.table.
@@ -212,6 +219,29 @@ class Lakehouse:
                 if e.getCondition() != "TABLE_OR_VIEW_ALREADY_EXISTS":
                     raise
         self._present.add(name)
+
+    def _migrate(self, name: str, schema: StructType) -> None:
+        """Rewrite ``name`` with the column names of ``schema`` where it still has an old one (RENAMED_COLUMNS),
+        adding the nullable columns of ``schema`` it lacks as nulls; a table that needs neither is left as it is."""
+        table = self.read(name)
+        wanted = schema.fieldNames()
+        renames = [(old, new) for old, new in RENAMED_COLUMNS if old in table.columns and new in wanted]
+        if not renames or any(new in table.columns for _, new in renames):
+            return
+        for old, new in renames:
+            table = table.withColumnRenamed(old, new)
+        for field in schema:
+            if field.name not in table.columns and field.nullable:
+                table = table.withColumn(field.name, F.lit(None).cast(field.dataType))
+        order = [c for c in wanted if c in table.columns] + [c for c in table.columns if c not in wanted]
+        partitions = list(self.delta(name).detail().first()["partitionColumns"])  # type: ignore[index]
+        writer = table.select(*order).write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        if partitions:
+            writer = writer.partitionBy(*partitions)
+        if self._by_path:
+            writer.save(self.location(name))
+        else:
+            writer.saveAsTable(self.location(name))
 
     def insert_new(self, name: str, df: DataFrame, keys: Sequence[str], replace_when: str | None = None) -> int:
         """Insert the rows of ``df`` whose key is not in the table yet (a MERGE: atomic and idempotent).

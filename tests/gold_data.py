@@ -48,7 +48,7 @@ SYNTHETIC_TEXTS_SCHEMA = T.StructType(
 SYNTHETIC_REJECTS_SCHEMA = T.StructType(
     [
         *SYNTHETIC_TEXTS_SCHEMA.fields[:5],
-        T.StructField("reject_reason", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
         T.StructField("detail", T.StringType(), True),
     ]
 )

@@ -188,7 +188,7 @@ def test_bad_inputs_through_the_whole_pipeline(lakehouse: Lakehouse, server: _Se
     assert lakehouse.read(SILVER_IMAGE_REJECTS).count() == 0
 
     # Sentences: the emoji-only text is rejected as such; every kept sentence and every reject has a reason.
-    reasons = Counter(r["reject_reason"] for r in lakehouse.read(SILVER_SENTENCE_REJECTS).collect())
+    reasons = Counter(r["reason"] for r in lakehouse.read(SILVER_SENTENCE_REJECTS).collect())
     assert reasons["emoji"] == 1 and None not in reasons
 
     # The funnel: rows in = kept + rejected at every step, each step's kept rows enter the next step, and each

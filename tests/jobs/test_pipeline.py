@@ -82,7 +82,13 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     kept = [r["image_id"] for r in table(lake, "gold.synthetic_texts")]
     rejected = [r["image_id"] for r in table(lake, "gold.synthetic_text_rejects")]
     assert sorted(kept + rejected) == sorted({r["image_id"] for r in retrieval})
-    assert all(r["reject_reason"] for r in table(lake, "gold.synthetic_text_rejects"))
+    assert all(r["reason"] for r in table(lake, "gold.synthetic_text_rejects"))
+    # One contract for every reject table: a reason column so named, and a detail.
+    reject_tables = sorted(p.parent.relative_to(lake) for p in lake.glob("*/*_rejects/_delta_log"))
+    assert len(reject_tables) == 10
+    for path in reject_tables:
+        columns = DeltaTable(str(lake / path)).schema().fields
+        assert {"reason", "detail"} <= {f.name for f in columns}, path
     assert {r["image_id"] for r in table(lake, "gold.captions")} == images
     # The dataset: every image of silver.images is in gold.dataset or in its rejects, and the kept pairs are the
     # synthetic texts kept; the exports and the report page are where the summary says.

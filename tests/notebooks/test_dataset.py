@@ -52,7 +52,7 @@ def tiny_lakehouse(root: Path) -> None:
     )
     write_deltalake(
         str(root / "gold" / "dataset_rejects"),
-        pd.DataFrame({"image_id": ["img_d"], "reject_reason": ["no_synthetic_text"], "detail": ["none"]}),
+        pd.DataFrame({"image_id": ["img_d"], "reason": ["no_synthetic_text"], "detail": ["none"]}),
     )
     images = pa.table({"image_id": ids, "content": pa.array([jpeg(c) for c in ("red", "green", "blue")], pa.binary())})
     write_deltalake(str(root / "silver" / "images"), images)

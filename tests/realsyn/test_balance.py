@@ -70,16 +70,14 @@ def test_gold_rows_rejects_and_funnel(lakehouse: Lakehouse) -> None:
         "a": "JPEG", "b": "JPEG", "c": "PNG"
     }  # fmt: skip
 
-    rejects = lakehouse.read(GOLD_DATASET_REJECTS).select("image_id", "reject_reason", "detail")
+    rejects = lakehouse.read(GOLD_DATASET_REJECTS).select("image_id", "reason", "detail")
     assertDataFrameEqual(
         rejects,
         [
-            Row(image_id="d", reject_reason="synthetic_text_rejected", detail="cosine_out_of_range: 0.70 > 0.61"),
-            Row(
-                image_id="e", reject_reason="no_synthetic_text", detail="no row in gold.synthetic_texts under this key"
-            ),
-            Row(image_id="f", reject_reason="no_retrieved_text", detail="no row in silver.retrieval for model m"),
-            Row(image_id="g", reject_reason="no_cluster", detail="no leaf in silver.image_clusters for model m"),
+            Row(image_id="d", reason="synthetic_text_rejected", detail="cosine_out_of_range: 0.70 > 0.61"),
+            Row(image_id="e", reason="no_synthetic_text", detail="no row in gold.synthetic_texts under this key"),
+            Row(image_id="f", reason="no_retrieved_text", detail="no row in silver.retrieval for model m"),
+            Row(image_id="g", reason="no_cluster", detail="no leaf in silver.image_clusters for model m"),
         ],
     )
     funnel = lakehouse.read(FUNNEL).filter(F.col("stage") == "balance").drop("stage")

@@ -102,8 +102,8 @@ def test_udf_output_equals_the_model_whatever_partitions_and_batches(
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
     rows = images + texts
-    check_vectors({r[0]: r["embedding"] for r in rows if r["reject_reason"] is None}, expected)
-    assert {r[0]: r["reject_reason"] for r in rows if r["reject_reason"] is not None} == {
+    check_vectors({r[0]: r["embedding"] for r in rows if r["reason"] is None}, expected)
+    assert {r[0]: r["reason"] for r in rows if r["reason"] is not None} == {
         "junk": clip.REASON_UNDECODABLE,
         "empty": clip.REASON_EMPTY_IMAGE,
         "truncated": clip.REASON_UNDECODABLE,
@@ -118,12 +118,12 @@ def test_udf_with_tensor_decoding_keeps_ids_and_reasons(
     # image_decode "torch" on a CPU: torchvision's JPEG decoder and the tensor resize, inside the Spark UDF
     cfg = CFG.model_copy(update={"image_decode": "torch"})
     rows = embed_images(images_df(spark, GOOD | BAD), cfg, spec).collect()
-    vectors = {r[0]: np.asarray(r["embedding"], np.float32) for r in rows if r["reject_reason"] is None}
+    vectors = {r[0]: np.asarray(r["embedding"], np.float32) for r in rows if r["reason"] is None}
     assert sorted(vectors) == sorted(GOOD)
     for key, vector in vectors.items():  # resized by torchvision's kernels: close to Pillow's, not equal
         assert float(vector @ expected[key]) > 0.999
     assert any(np.abs(vector - expected[key]).max() > 1e-5 for key, vector in vectors.items())  # the tensor way ran
-    assert {r[0]: r["reject_reason"] for r in rows if r["reject_reason"] is not None} == {
+    assert {r[0]: r["reason"] for r in rows if r["reason"] is not None} == {
         "junk": clip.REASON_UNDECODABLE,
         "empty": clip.REASON_EMPTY_IMAGE,
         "truncated": clip.REASON_UNDECODABLE,

@@ -157,7 +157,7 @@ def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, 
         assert row["retrieved_text"] == SENTENCES[RETRIEVED[image_id]]
         assert (row["caption"], row["tags"], row["syn_text"]) == (w["caption"], w["tags"], w["syn_text"])
         assert row["cosine"] == pytest.approx(w["cosine"], abs=1e-5)
-    rejects = {r.image_id: (r.reject_reason, r.detail) for r in lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS).collect()}
+    rejects = {r.image_id: (r.reason, r.detail) for r in lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS).collect()}
     assert rejects == {
         "p_rocket": ("no_retrieved_text", "no rank-1 row in silver.retrieval"),
         "p_gone": ("no_retrieved_text", "sentence not in silver.sentences: s_missing"),
@@ -208,7 +208,7 @@ def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, 
     }
     by_cosine = {float(w["cosine"]): k for k, w in want.items()}  # type: ignore[arg-type]
     v2_rejects = {
-        r.image_id: r.reject_reason
+        r.image_id: r.reason
         for r in lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS).filter("prompt_version = 'v2'").collect()
     }
     assert v2_rejects[by_cosine[low_c]] == "too_dissimilar"

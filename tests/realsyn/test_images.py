@@ -111,10 +111,15 @@ def test_extract_images_end_to_end(spark: SparkSession, lakehouse: Lakehouse) ->
     }
 
     rejects = sorted(
-        (r["step"], r["reject_reason"], r["image_id"], tuple(r["url_ids"]), r["duplicate_of"])
+        (r["step"], r["reason"], r["image_id"], tuple(r["url_ids"]), r["duplicate_of"])
         for r in lakehouse.read(SILVER_IMAGE_REJECTS).collect()
     )
     rid = {n: bytes_id(c) for n, c in contents.items()}
+    # What the quality check measured, against the default limits (short side 100, aspect ratio 3).
+    details = {r["image_id"]: r["detail"] for r in lakehouse.read(SILVER_IMAGE_REJECTS).collect()}
+    assert details.pop(rid["tiny-astronaut"]) == "90x90: short side 90 < 100"
+    assert details.pop(rid["flower-strip"]) == "640x150: aspect ratio 4.27 > 3"
+    assert set(details.values()) == {None}
     assert rejects == sorted(
         [
             ("quality", "too_small", rid["tiny-astronaut"], (url_ids["tiny-astronaut"],), None),
@@ -189,7 +194,7 @@ def test_semantic_dedup_uses_image_embeddings_when_present(spark: SparkSession, 
         iid["flower"]: ([url_ids["flower"]], ["d03"]),
     }
     rejects = [
-        (r["step"], r["reject_reason"], r["image_id"], r["duplicate_of"])
+        (r["step"], r["reason"], r["image_id"], r["duplicate_of"])
         for r in lakehouse.read(SILVER_IMAGE_REJECTS).collect()
     ]
     assert rejects == [("semantic_dedup", "semantic_duplicate", iid["astronaut"], iid["china"])]

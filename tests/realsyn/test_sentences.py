@@ -7,6 +7,7 @@ tokenizer trained in the test: no weights can be downloaded, and the scores say 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from pyspark.sql import Row, SparkSession
@@ -111,12 +112,22 @@ def test_filters_exact_and_near_dedup(lakehouse: Lakehouse, storage: StorageConf
             doc_ids=docs,
             n_occurrences=n,
             step=step,
-            reject_reason=reason,
+            reason=reason,
             duplicate_of=dup,
         )
 
+    rejects = lakehouse.read(SILVER_SENTENCE_REJECTS)
+    # The detail says what the filter measured: word counts, the parse, the entropy (threshold 0.3).
+    details = {r.text: r.detail for r in rejects.collect()}
+    assert details["Hello there."] == "2 words" and details[GO] == "82 words"
+    assert details["The dog sleeps."] == "complexity 0, action true"
+    assert re.fullmatch(r"complexity [1-9][0-9]*, action false", details["The weather is nice."])
+    assert re.fullmatch(r"word entropy 0\.2[0-9]{2}", details[BOILER])
+    assert [
+        details[t] for t in ("A black dog runs on the beach 🐶.", "Read more at www.example.com today.", YOUNG)
+    ] == [None] * 3
     assertDataFrameEqual(
-        lakehouse.read(SILVER_SENTENCE_REJECTS),
+        rejects.drop("detail"),
         [
             reject("A black dog runs on the beach 🐶.", ["d1"], 1, "emoji", "emoji"),
             reject("Read more at www.example.com today.", ["d1"], 1, "url", "url"),
@@ -215,7 +226,7 @@ def test_mmc4_end_to_end_reconciles(
     # Keys are unique across kept and rejected sentences, and every reject has exactly one reason.
     ids = sentences.select("sentence_id").union(rejects.select("sentence_id"))
     assert ids.count() == ids.distinct().count()
-    assert rejects.where(F.col("reject_reason").isNull() | F.col("step").isNull()).count() == 0
+    assert rejects.where(F.col("reason").isNull() | F.col("step").isNull()).count() == 0
     # The real sample hits the emoji, URL, word-count and CAT filters.
     assert all(by_step.get(s, (0, 0))[0] > 0 for s in ("emoji", "url", "word_count", "cat"))
 
@@ -268,7 +279,8 @@ def test_semantic_dedup_with_existing_embeddings(lakehouse: Lakehouse, storage: 
                 doc_ids=["d2"],
                 n_occurrences=1,
                 step="semantic_dedup",
-                reject_reason="semantic_duplicate",
+                reason="semantic_duplicate",
+                detail=None,
                 duplicate_of=sid(CAT_),
             )
         ],

@@ -20,6 +20,7 @@ from realsyn.tables import (
     BRONZE_INGEST_REJECTS,
     BRONZE_TEXTS,
     FUNNEL,
+    SILVER_IMAGE_EMBEDDING_REJECTS,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
     Lakehouse,
@@ -71,6 +72,25 @@ def test_a_log_without_a_commit_is_cleared_and_a_committed_one_kept(spark: Spark
         FUNNEL, spark.createDataFrame([("c", "m")], rows.schema), ["image_id"]
     )
     assert sorted(r.image_id for r in lakehouse.read(FUNNEL).collect()) == ["a", "b", "c"]
+
+
+def test_a_reject_table_of_the_old_naming_is_renamed_on_its_first_write(spark: SparkSession, tmp_path: Path) -> None:
+    old = spark.createDataFrame([("a", "m", "undecodable")], "image_id string, model_id string, reject_reason string")
+    Lakehouse(spark, StorageConfig(root=str(tmp_path))).overwrite(SILVER_IMAGE_EMBEDDING_REJECTS, old)
+    new = spark.createDataFrame(
+        [("b", "m", "empty_text", "0 bytes")], "image_id string, model_id string, reason string, detail string"
+    )
+    lakehouse = Lakehouse(spark, StorageConfig(root=str(tmp_path)))
+    assert lakehouse.insert_new(SILVER_IMAGE_EMBEDDING_REJECTS, new, ["image_id", "model_id"]) == 1
+    got = lakehouse.read(SILVER_IMAGE_EMBEDDING_REJECTS)
+    assert got.columns == ["image_id", "model_id", "reason", "detail"]
+    assertDataFrameEqual(
+        got, [("a", "m", "undecodable", None), ("b", "m", "empty_text", "0 bytes")], checkRowOrder=False
+    )
+    # Written once: a table that already has the new name is left as it is.
+    version = lakehouse.delta(SILVER_IMAGE_EMBEDDING_REJECTS).history(1).first()["version"]  # type: ignore[index]
+    Lakehouse(spark, StorageConfig(root=str(tmp_path))).create_if_absent(SILVER_IMAGE_EMBEDDING_REJECTS, new.schema)
+    assert lakehouse.delta(SILVER_IMAGE_EMBEDDING_REJECTS).history(1).first()["version"] == version  # type: ignore[index]
 
 
 def test_catalog_mode_gives_the_tables_of_path_mode(spark: SparkSession, tmp_path: Path) -> None:
