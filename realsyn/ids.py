@@ -1,36 +1,23 @@
 """Deterministic ids: the same input always gets the same id, in Spark and in plain Python.
 
-An id is the first 32 hex digits (128 bits) of a SHA-256; parts are joined with a unit separator and a
-missing part is written as NUL, so ("a", None) and ("a",) differ.
+The Python functions live in ``udfs.ids`` (executors use them without Spark); the columns here compute the same
+ids inside a query.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-ID_HEX_DIGITS = 32
-_SEP = "\x1f"
-_NULL = "\x00"
+from udfs.ids import ID_HEX_DIGITS, NULL, SEP, bytes_id, stable_id
 
-
-def stable_id(*parts: str | None) -> str:
-    """Id of a tuple of strings (documents from source + URL, image references from URL, sentences)."""
-    joined = _SEP.join(_NULL if p is None else p for p in parts)
-    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:ID_HEX_DIGITS]
-
-
-def bytes_id(data: bytes) -> str:
-    """Id of content bytes (an image is its bytes: the same picture at two URLs is one image)."""
-    return hashlib.sha256(data).hexdigest()[:ID_HEX_DIGITS]
+__all__ = ["ID_HEX_DIGITS", "bytes_id", "bytes_id_col", "stable_id", "stable_id_col"]
 
 
 def stable_id_col(*cols: Column | str) -> Column:
     """Spark column equal to :func:`stable_id` of the given string columns."""
-    parts = [F.coalesce(F.col(c) if isinstance(c, str) else c, F.lit(_NULL)) for c in cols]
-    return F.substring(F.sha2(F.concat_ws(_SEP, *parts), 256), 1, ID_HEX_DIGITS)
+    parts = [F.coalesce(F.col(c) if isinstance(c, str) else c, F.lit(NULL)) for c in cols]
+    return F.substring(F.sha2(F.concat_ws(SEP, *parts), 256), 1, ID_HEX_DIGITS)
 
 
 def bytes_id_col(col: Column | str) -> Column:

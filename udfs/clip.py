@@ -596,19 +596,10 @@ def load_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") ->
     )
 
 
-_ENCODER_KEYS: set[tuple[object, ...]] = set()
-
-
 def get_encoder(spec: ModelSpec, device: str, precision: Precision = "auto") -> Encoder:
     """The encoder of ``spec`` on ``device``, loaded once per Python process and then reused."""
     key = cache_key(spec, "encoder", device, precision)
-    _ENCODER_KEYS.add(key)
     return cached(key, lambda: load_encoder(spec, device, precision))
-
-
-def loaded_encoders() -> int:
-    """How many encoders this process holds (one per model, device and precision)."""
-    return len(_ENCODER_KEYS)
 
 
 # --------------------------------------------------------------------------------------------- batch pipelines

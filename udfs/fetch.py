@@ -26,7 +26,6 @@ import base64
 import binascii
 import contextlib
 import email.utils
-import hashlib
 import io
 import ipaddress
 import os
@@ -49,6 +48,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from udfs.ids import bytes_id
 from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
 
 if sys.version_info >= (3, 11):
@@ -182,11 +182,6 @@ def is_transient(status: str, http_status: int | None) -> bool:
     if status in (TIMEOUT, CONNECTION_ERROR):
         return True
     return status == HTTP_ERROR and http_status is not None and (http_status == 429 or http_status >= 500)
-
-
-def content_id(data: bytes) -> str:
-    """Id of image bytes; equal to ``realsyn.ids.bytes_id`` (first 128 bits of SHA-256, hex)."""
-    return hashlib.sha256(data).hexdigest()[:32]
 
 
 class StatusCounts:
@@ -661,7 +656,7 @@ class Fetcher:
             check = await self._in_thread(self._decode, decode_check, header, o.max_decoded_bytes)
         if check.status != OK:
             raise _Outcome(check.status, check.error, http_status)
-        image_id = content_id(data)
+        image_id = bytes_id(data)
         result = FetchResult(url, OK, False, http_status, None, image_id=image_id, n_bytes=len(data))
         # Lower-case, as in silver.images ("jpeg", "png"): one spelling of a format in every table.
         fmt = check.format.lower() if check.format else None
@@ -773,7 +768,7 @@ class Fetcher:
                 raise _Outcome(OPTED_OUT, "X-Robots-Tag: " + "; ".join(resp.headers.getall("X-Robots-Tag")), status)
             if not 200 <= status < 300:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
-                transient = status == 429 or status >= 500
+                transient = is_transient(HTTP_ERROR, status)
                 raise _Outcome(HTTP_ERROR, f"HTTP {status} {resp.reason or ''}".strip(), status, retry_after, transient)
             length = resp.content_length
             if length is not None and length > o.max_bytes:
