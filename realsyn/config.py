@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+from udfs.fetch import FetchOptions
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the file and the key."""
@@ -223,35 +225,35 @@ class EmbedConfig(Section):
     sentences: bool = True
 
 
+_FETCH = FetchOptions()
+
+
 class FetchConfig(Section):
     """Image acquisition (bronze.image_refs -> bronze.fetched_images): limits, timeouts and safety of the fetcher."""
 
-    concurrency: int = Field(default=128, gt=0)
-    per_host: int = Field(default=16, gt=0)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=10.0, gt=0)
-    total_timeout_s: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
-    backoff_base_s: float = Field(default=1.0, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    max_retry_after_s: float = Field(default=60.0, ge=0)
-    max_redirects: int = Field(default=5, ge=0)
-    max_bytes: int = Field(default=20_000_000, gt=0)
-    max_pixels: int = Field(default=89_478_485, gt=0)
-    max_decoded_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
-    inline_decode_pixels: int = Field(default=4_000_000, ge=0)
-    user_agent: str = Field(
-        default="realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)", min_length=1
-    )
-    user_agent_token: str = Field(default="realsyn", min_length=1)
-    opt_out_directives: list[str] = Field(default_factory=lambda: ["noai", "noimageai"])
-    allow_networks: list[str] = Field(default_factory=list)
-    allowed_schemes: list[str] = Field(
-        default_factory=lambda: ["http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs"]
-    )
-    file_roots: list[str] = Field(default_factory=list)
-    object_prefixes: list[str] = Field(default_factory=list)
-    verify_tls: bool = True
+    # The fetcher's own defaults (udfs.fetch.FetchOptions), so that they are written once.
+    concurrency: int = Field(default=_FETCH.concurrency, gt=0)
+    per_host: int = Field(default=_FETCH.per_host, gt=0)
+    connect_timeout_s: float = Field(default=_FETCH.connect_timeout_s, gt=0)
+    read_timeout_s: float = Field(default=_FETCH.read_timeout_s, gt=0)
+    total_timeout_s: float = Field(default=_FETCH.total_timeout_s, gt=0)
+    max_attempts: int = Field(default=_FETCH.max_attempts, ge=1)
+    backoff_base_s: float = Field(default=_FETCH.backoff_base_s, ge=0)
+    backoff_max_s: float = Field(default=_FETCH.backoff_max_s, ge=0)
+    max_retry_after_s: float = Field(default=_FETCH.max_retry_after_s, ge=0)
+    max_redirects: int = Field(default=_FETCH.max_redirects, ge=0)
+    max_bytes: int = Field(default=_FETCH.max_bytes, gt=0)
+    max_pixels: int = Field(default=_FETCH.max_pixels, gt=0)
+    max_decoded_bytes: int = Field(default=_FETCH.max_decoded_bytes, gt=0)
+    inline_decode_pixels: int = Field(default=_FETCH.inline_decode_pixels, ge=0)
+    user_agent: str = Field(default=_FETCH.user_agent, min_length=1)
+    user_agent_token: str = Field(default=_FETCH.user_agent_token, min_length=1)
+    opt_out_directives: list[str] = Field(default_factory=lambda: list(_FETCH.opt_out_directives))
+    allow_networks: list[str] = Field(default_factory=lambda: list(_FETCH.allow_networks))
+    allowed_schemes: list[str] = Field(default_factory=lambda: list(_FETCH.allowed_schemes))
+    file_roots: list[str] = Field(default_factory=lambda: list(_FETCH.file_roots))
+    object_prefixes: list[str] = Field(default_factory=lambda: list(_FETCH.object_prefixes))
+    verify_tls: bool = _FETCH.verify_tls
     content_store: Literal["table", "files"] = "table"
     content_prefix: str | None = None
     tasks: int = Field(default=0, ge=0)

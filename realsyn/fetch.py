@@ -15,6 +15,7 @@ in place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -22,43 +23,25 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import cast
+from typing import Any, cast
 
 import pyarrow as pa
 from pyspark import Accumulator, AccumulatorParam, StorageLevel
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from realsyn.config import Config, ConfigError, FetchConfig
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS, Lakehouse
-from udfs.fetch import FetchOptions, FetchProgress, StatusCounts, count_statuses, fetch_arrow
+from udfs.fetch import ARROW_SCHEMA, FetchOptions, FetchProgress, StatusCounts, count_statuses, fetch_arrow
 
 log = logging.getLogger(__name__)
 
 STAGE = "fetch_images"
 
-FETCHED_IMAGES_SCHEMA = T.StructType(
-    [
-        T.StructField("url_id", T.StringType()),
-        T.StructField("url", T.StringType()),
-        T.StructField("status", T.StringType()),
-        T.StructField("retryable", T.BooleanType()),
-        T.StructField("http_status", T.IntegerType()),
-        T.StructField("error", T.StringType()),
-        T.StructField("attempts", T.IntegerType()),
-        T.StructField("elapsed_ms", T.LongType()),
-        T.StructField("fetched_at", T.TimestampType()),
-        T.StructField("image_id", T.StringType()),
-        T.StructField("content", T.BinaryType()),
-        T.StructField("content_path", T.StringType()),
-        T.StructField("n_bytes", T.LongType()),
-        T.StructField("width", T.IntegerType()),
-        T.StructField("height", T.IntegerType()),
-        T.StructField("format", T.StringType()),
-    ]
-)
+# bronze.fetched_images holds the fetcher's Arrow batches as they are: its schema is theirs.
+FETCHED_IMAGES_SCHEMA = from_arrow_schema(ARROW_SCHEMA)
 
 # Optimized writes would shuffle every image's bytes once more before writing; each task already writes one
 # large file per commit batch.
@@ -96,32 +79,12 @@ class FetchSummary:
 
 
 def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None) -> FetchOptions:
-    """The fetcher options of a config section (images written under ``content_prefix`` if set)."""
-    return FetchOptions(
-        concurrency=fcfg.concurrency,
-        per_host=fcfg.per_host,
-        connect_timeout_s=fcfg.connect_timeout_s,
-        read_timeout_s=fcfg.read_timeout_s,
-        total_timeout_s=fcfg.total_timeout_s,
-        max_attempts=fcfg.max_attempts,
-        backoff_base_s=fcfg.backoff_base_s,
-        backoff_max_s=fcfg.backoff_max_s,
-        max_retry_after_s=fcfg.max_retry_after_s,
-        max_redirects=fcfg.max_redirects,
-        max_bytes=fcfg.max_bytes,
-        max_pixels=fcfg.max_pixels,
-        max_decoded_bytes=fcfg.max_decoded_bytes,
-        inline_decode_pixels=fcfg.inline_decode_pixels,
-        user_agent=fcfg.user_agent,
-        user_agent_token=fcfg.user_agent_token,
-        opt_out_directives=tuple(fcfg.opt_out_directives),
-        allow_networks=tuple(fcfg.allow_networks),
-        allowed_schemes=tuple(fcfg.allowed_schemes),
-        file_roots=tuple(fcfg.file_roots),
-        object_prefixes=tuple(fcfg.object_prefixes),
-        verify_tls=fcfg.verify_tls,
-        content_prefix=content_prefix,
-    )
+    """The fetcher options of a config section: every setting the two share (lists as tuples), with images
+    written under ``content_prefix`` if set (the section's own ``content_prefix`` is resolved by the caller)."""
+    shared = {f.name for f in dataclasses.fields(FetchOptions)} & set(FetchConfig.model_fields) - {"content_prefix"}
+    values: dict[str, Any] = {name: getattr(fcfg, name) for name in shared}
+    values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
+    return FetchOptions(**values, content_prefix=content_prefix)
 
 
 def content_prefix(lakehouse: Lakehouse, fcfg: FetchConfig) -> str | None:

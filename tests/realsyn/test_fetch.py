@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -18,10 +19,10 @@ from PIL import Image
 
 from jobs.fetch_images import main as fetch_job
 from realsyn.config import Config, FetchConfig, StorageConfig
-from realsyn.fetch import FETCHED_IMAGES_SCHEMA, run_fetch_images
+from realsyn.fetch import FETCHED_IMAGES_SCHEMA, fetch_options, run_fetch_images
 from realsyn.ids import bytes_id, stable_id
 from realsyn.tables import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS, Lakehouse
-from udfs.fetch import STATUSES
+from udfs.fetch import STATUSES, FetchOptions
 
 REFS_SCHEMA = (
     "doc_id string, position int, url string, url_id string, alt_text string, "
@@ -109,6 +110,34 @@ def _write_refs(lakehouse: Lakehouse, urls: list[tuple[str, int, str]]) -> None:
 def _table(lakehouse: Lakehouse) -> dict[str, tuple[Any, ...]]:
     cols = ["url", "status", "http_status", "retryable", "attempts", "image_id", "width", "height", "format"]
     return {r["url_id"]: tuple(r[c] for c in cols) for r in lakehouse.read(BRONZE_FETCHED_IMAGES).collect()}
+
+
+def _another(name: str, value: Any) -> Any:
+    """A valid value of fetch setting ``name`` other than ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    return {"allow_networks": ["10.0.0.0/8"], "object_prefixes": ["s3://bucket/images/"]}.get(name, [*value, "/data"])
+
+
+def test_every_fetch_setting_reaches_the_fetcher_and_the_defaults_agree() -> None:
+    assert fetch_options(FetchConfig()) == FetchOptions()
+    # Every option but those the fetcher sizes itself (thread pools) or the stage resolves (content_prefix) comes
+    # from a config key: changed there, it arrives changed.
+    internal = {"content_prefix", "dns_threads", "io_threads", "decode_threads"}
+    changed = {
+        f.name: _another(f.name, getattr(FetchOptions(), f.name))
+        for f in dataclasses.fields(FetchOptions)
+        if f.name not in internal
+    }
+    options = fetch_options(FetchConfig(**changed), content_prefix="/tmp/images")
+    assert {name: getattr(options, name) for name in changed} == {
+        name: tuple(v) if isinstance(v, list) else v for name, v in changed.items()
+    }
+    assert options.content_prefix == "/tmp/images"
 
 
 def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp_path: Path) -> None:
