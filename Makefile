@@ -21,9 +21,10 @@ run: $(STAMP)
 	$(PY) -m jobs.pipeline --conf $(CONF)
 	$(PY) -m jobs.notebook --conf $(CONF)
 
-## test: linters, type check and the whole test suite
+## test: linters, type check and the whole test suite, its files shared out to two processes (a file's tests
+## stay together, so its module fixtures are made once); the slowest tests are listed at the end
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

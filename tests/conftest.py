@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,18 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REALSYN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``-n`` (pytest-xdist), resolve Delta's jars in the controller before the workers start: each worker
+    starts Spark on its own, and two Ivy resolutions into an empty cache at once would download the same files."""
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", default=None):
+        return
+    jar = f"io.delta_delta-spark_2.13-{version('delta-spark')}.jar"
+    if any(Path.home().glob(f".ivy2*/jars/{jar}")):
+        return
+    start = "from realsyn.config import SparkConfig as C; from realsyn.spark import get_spark; get_spark(C()).stop()"
+    subprocess.run([sys.executable, "-c", start], cwd=REPO, check=True, capture_output=True, timeout=600)
 
 
 @pytest.fixture(scope="session")
