@@ -19,6 +19,7 @@ last line is ``s3a_tables_equal: <n>/<n>``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -60,8 +61,9 @@ def s3a_conf(endpoint: str) -> dict[str, str]:
     }
 
 
-def submit(root: str, raw: Path, documents: int, cwd: Path, extra: list[str]) -> float:
-    """Run ``./spark-submit.sh pipeline`` on local[2] with ``storage.root=root``; return its wall time."""
+def submit(root: str, raw: Path, documents: int, cwd: Path, extra: list[str], env_extra: dict[str, str]) -> float:
+    """Run ``./spark-submit.sh pipeline`` on local[2] with ``storage.root=root`` and ``env_extra`` in its
+    environment; return its wall time."""
     cwd.mkdir(parents=True, exist_ok=True)
     argv = [str(REPO / "spark-submit.sh"), "pipeline", "--conf", str(REPO / "conf" / "local.yaml")]
     for item in (f"storage.root={root}", f"demo.output={raw}", f"demo.documents={documents}"):
@@ -70,14 +72,17 @@ def submit(root: str, raw: Path, documents: int, cwd: Path, extra: list[str]) ->
     for key, value in SPARK_CONF.items():
         argv += ["--conf", f"{key}={value}"]
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYSPARK_PYTHON"}}
-    env["PYTHON"] = sys.executable
+    env.update(PYTHON=sys.executable, **env_extra)
     start = time.perf_counter()
     result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     (cwd / "stdout.log").write_text(result.stdout)
     (cwd / "stderr.log").write_text(result.stderr)
     if result.returncode != 0:
-        raise SystemExit(f"spark-submit failed ({result.returncode}); end of stderr:\n{result.stderr[-4000:]}")
+        raise SystemExit(
+            f"spark-submit failed ({result.returncode}); end of its console:\n{result.stdout[-3000:]}\n"
+            f"end of stderr:\n{result.stderr[-3000:]}"
+        )
     return seconds
 
 
@@ -92,6 +97,7 @@ def main() -> None:
     from deltalake import DeltaTable
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server would log every request of the job
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -110,7 +116,15 @@ def main() -> None:
             work = Path(tmp)
             raw = work / "raw"
             root = f"s3a://{BUCKET}/realsyn"
-            s3a_seconds = submit(root, raw, args.documents, work / "s3a", extra)
+            # The stages that write files from Python (the WebDataset shards) reach the bucket through fsspec's
+            # s3fs, which finds its endpoint and credentials where boto does: here, the environment.
+            aws_env = {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET,
+                "AWS_DEFAULT_REGION": REGION,
+            }
+            s3a_seconds = submit(root, raw, args.documents, work / "s3a", extra, aws_env)
             print(f"pipeline on {root} with {packages}: {s3a_seconds:.0f} s (first run includes the jar download)")
 
             options = {
@@ -137,7 +151,7 @@ def main() -> None:
 
             equal = 0
             if args.compare:
-                local_seconds = submit(str(work / "local" / "lake"), raw, args.documents, work / "local", [])
+                local_seconds = submit(str(work / "local" / "lake"), raw, args.documents, work / "local", [], {})
                 print(f"the same job on the local disk: {local_seconds:.0f} s")
                 local = {}
                 for log in sorted((work / "local" / "lake").glob("*/*/_delta_log")):
