@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 
 from realsyn.cli import job_parser, parse
-from realsyn.pipeline import STAGE_NAMES, PipelineLocked, StageSelectionError, run_pipeline, select_stages
+from realsyn.config import ConfigError
+from realsyn.pipeline import (
+    STAGE_NAMES,
+    PipelineLocked,
+    StageSelectionError,
+    check_config,
+    run_pipeline,
+    select_stages,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,9 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = parse(parser, argv)
     try:
         selected = select_stages(args.start, args.until, args.only)
-        summary = run_pipeline(cfg, selected)
     except StageSelectionError as e:
         parser.error(str(e))
+    try:
+        check_config(cfg, selected)
+    except ConfigError as e:
+        print(f"config error: {e} ({args.conf})", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        summary = run_pipeline(cfg, selected)
     except PipelineLocked as e:
         print(f"realsyn-pipeline: {e}", file=sys.stderr)
         raise SystemExit(3) from None

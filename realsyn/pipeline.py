@@ -87,7 +87,8 @@ class Stage:
 
     ``run`` names the stage function ``run_<stage>(lakehouse, cfg) -> summary`` as ``module:function``; it is
     imported when the stage runs. ``after``: the stages whose output it needs. ``reads`` / ``writes``: tables
-    whose row counts are measured before / after it (``gold.runs``).
+    whose row counts are measured before / after it (``gold.runs``). ``check``, a ``module:function`` of the
+    config alone that raises ConfigError, runs before the first stage of a run that includes this one.
     """
 
     name: str
@@ -95,6 +96,7 @@ class Stage:
     run: str
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
+    check: str | None = None
 
     @property
     def module(self) -> str:
@@ -189,12 +191,25 @@ STAGES: tuple[Stage, ...] = (
         reads=(GOLD_SYNTHETIC_TEXTS, SILVER_IMAGE_CLUSTERS),
         writes=(GOLD_DATASET, GOLD_DATASET_REJECTS),
     ),
-    Stage("export", ("balance",), "realsyn.export:run_export", reads=(GOLD_DATASET,)),
-    Stage("report", ("export",), "realsyn.report:run_report", reads=(GOLD_DATASET,)),
+    Stage(
+        "export", ("balance",), "realsyn.export:run_export", reads=(GOLD_DATASET,), check="realsyn.export:export_root"
+    ),
+    Stage(
+        "report", ("export",), "realsyn.report:run_report", reads=(GOLD_DATASET,), check="realsyn.report:report_root"
+    ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # Stages whose summary is repeated at the end of a run: gold size per scale, exports, the report page.
 PRODUCT_STAGES = ("balance", "export", "report")
+
+
+def check_config(cfg: Config, stages: Sequence[Stage]) -> None:
+    """Raise ConfigError for a setting that one of ``stages`` cannot work with (e.g. the report's folder when the
+    tables are in object storage), so that the run stops before its first stage rather than at that one."""
+    for stage in stages:
+        if stage.check is not None:
+            module, _, name = stage.check.partition(":")
+            getattr(importlib.import_module(module), name)(cfg)
 
 
 def check_order(stages: Sequence[Stage]) -> None:

@@ -66,7 +66,14 @@ def submit(root: str, raw: Path, documents: int, cwd: Path, extra: list[str], en
     environment; return its wall time."""
     cwd.mkdir(parents=True, exist_ok=True)
     argv = [str(REPO / "spark-submit.sh"), "pipeline", "--conf", str(REPO / "conf" / "local.yaml")]
-    for item in (f"storage.root={root}", f"demo.output={raw}", f"demo.documents={documents}"):
+    # The report page links its images as local files: it is written beside the run, whatever storage.root is.
+    sets = (
+        f"storage.root={root}",
+        f"demo.output={raw}",
+        f"demo.documents={documents}",
+        f"report.output={cwd / 'report'}",
+    )
+    for item in sets:
         argv += ["--set", item]
     argv += ["--set", "demo.synthetic_images=4", "--", "--master", "local[2]", *extra]
     for key, value in SPARK_CONF.items():

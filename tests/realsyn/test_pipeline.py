@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from realsyn.config import StorageConfig
+from realsyn.config import ConfigError, StorageConfig, load_config
 from realsyn.pipeline import (
     STAGE_NAMES,
     STAGES,
@@ -21,6 +21,7 @@ from realsyn.pipeline import (
     PipelineLocked,
     Stage,
     StageSelectionError,
+    check_config,
     check_order,
     lock_path,
     select_stages,
@@ -92,6 +93,23 @@ def test_an_unknown_stage_fails_before_any_work(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "--from: unknown stage 'embedding'; the stages are ingest, fetch_images," in done.stderr
     assert not (tmp_path / "lake").exists()  # no lock, no log, no table
+
+
+def test_a_setting_a_selected_stage_cannot_use_fails_before_any_work(tmp_path: Path) -> None:
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("storage:\n  root: s3a://bucket/realsyn\n", encoding="utf-8")
+    argv = [sys.executable, "-m", "jobs.pipeline", "--conf", str(conf)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert f"config error: report.output: set a local folder when tables are not in a local storage.root ({conf})" in (
+        done.stderr
+    )
+    assert "spark" not in done.stdout.lower()  # stopped before the session and the first stage
+    # The check belongs to the stage: a run without the report stage takes the same settings.
+    cfg = load_config(conf)
+    check_config(cfg, select_stages(until="export"))
+    with pytest.raises(ConfigError, match=r"^report\.output: "):
+        check_config(cfg, select_stages(start="export"))
 
 
 def test_lock_paths_live_in_the_storage_location(tmp_path: Path) -> None:
