@@ -18,9 +18,9 @@ same verdict; they therefore run once per distinct sentence, which carries its o
 counts occurrences for the filter steps exactly as if each occurrence had been filtered. Units of the funnel:
 sentence occurrences up to exact dedup (its output is distinct sentences), distinct sentences after it.
 
-Rejects: one row per distinct dropped sentence with ``step``, ``reason``, ``detail`` (the value the
-filter measured) and, for duplicates, the
-``duplicate_of`` sentence that absorbed it (its documents and occurrences are merged into that sentence).
+Rejects: one row per distinct dropped sentence with ``step``, ``reason``, ``detail`` (the value the filter
+measured) and, for duplicates, the ``duplicate_of`` sentence that absorbed it (its documents and occurrences are
+merged into that sentence).
 Exact duplicates are not rows of their own: they are the ``n_occurrences`` of the kept sentence.
 
 Retry safety: both silver tables are replaced in one commit each, and the funnel rows of the stage are replaced
