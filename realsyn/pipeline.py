@@ -105,9 +105,14 @@ class Stage:
 
     def function(self) -> Callable[[Lakehouse, Config], object]:
         """The stage function."""
-        module, _, name = self.run.partition(":")
-        fn: Callable[[Lakehouse, Config], object] = getattr(importlib.import_module(module), name)
+        fn: Callable[[Lakehouse, Config], object] = _imported(self.run)
         return fn
+
+
+def _imported(ref: str) -> Any:
+    """The object a ``module:name`` reference names, its module imported."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _EXTRACTED = (SILVER_IMAGES, SILVER_IMAGE_REJECTS, SILVER_SENTENCES, SILVER_SENTENCE_REJECTS)
@@ -208,8 +213,7 @@ def check_config(cfg: Config, stages: Sequence[Stage]) -> None:
     tables are in object storage), so that the run stops before its first stage rather than at that one."""
     for stage in stages:
         if stage.check is not None:
-            module, _, name = stage.check.partition(":")
-            getattr(importlib.import_module(module), name)(cfg)
+            _imported(stage.check)(cfg)
 
 
 def check_order(stages: Sequence[Stage]) -> None:

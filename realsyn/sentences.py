@@ -298,7 +298,7 @@ def filter_sentences(sentences: DataFrame, cfg: SentencesConfig) -> tuple[DataFr
 
     kept, rejects = split(featured.withColumn(REASON, basic_reason(cfg)))
     n_words = F.when(F.col("n_words") == 1, F.lit("1 word")).otherwise(F.format_string("%d words", "n_words"))
-    words = F.when(F.col(REASON).startswith("too_"), n_words)
+    words = F.when(F.col(REASON).isin(*dict(FILTER_STEPS)["word_count"]), n_words)
     all_rejects = [_as_rejects(rejects, detail=words)]
     if cfg.cat.enabled:
         # Checkpointed before the split so that the parser runs once for kept and rejected rows alike.

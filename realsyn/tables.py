@@ -206,7 +206,7 @@ class Lakehouse:
             self._migrate(name, schema)
         elif self._by_path:
             create_table_at(self.spark, loc, schema, partition_by, properties)
-        elif not self.spark.catalog.tableExists(loc):
+        else:
             # Delta's table builder parses at most two name parts; a DataFrameWriterV2 takes catalog.schema.table.
             writer = self.spark.createDataFrame([], schema).writeTo(loc).using("delta")
             for key, value in {**TABLE_PROPERTIES, **(properties or {})}.items():
