@@ -713,6 +713,17 @@ def run_pipeline(cfg: Config, stages: Sequence[Stage], console: TextIO = sys.std
             lock.release()
 
 
+def run_config(cfg: Config) -> Config:
+    """The config every stage of a run reads: with ``pipeline.demo_corpus``, ingest's inputs are the demo corpus
+    and fetch allows its ``file://`` images, whichever stage the run starts from (a run resumed ``--from
+    fetch_images`` fetches the same images as the run that ingested them)."""
+    if not cfg.pipeline.demo_corpus:
+        return cfg
+    from realsyn.demo_corpus import with_demo_inputs
+
+    return with_demo_inputs(cfg)
+
+
 def _say(console: TextIO, text: str) -> None:
     console.write(text + "\n")
     console.flush()
@@ -728,12 +739,12 @@ def _run(
     _say(console, f"  log: {log_file}")
     if lock is not None and lock.took_over is not None:
         _say(console, f"  took over the lock of run {lock.took_over.get('run_id', '?')}, which is no longer running")
+    cfg = run_config(cfg)
     if cfg.pipeline.demo_corpus and any(s.name == "ingest" for s in stages):
-        from realsyn.demo_corpus import generate, with_demo_inputs
+        from realsyn.demo_corpus import generate
 
         t0 = time.monotonic()
         out = generate(cfg.demo)
-        cfg = with_demo_inputs(cfg)
         _say(console, f"  demo corpus: {out} ({cfg.demo.documents:,} documents, {time.monotonic() - t0:.1f} s)")
     t0 = time.monotonic()
     spark = get_spark(cfg.spark, jvm_log=log_file)

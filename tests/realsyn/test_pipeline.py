@@ -24,6 +24,7 @@ from realsyn.pipeline import (
     check_config,
     check_order,
     lock_path,
+    run_config,
     select_stages,
 )
 
@@ -110,6 +111,23 @@ def test_a_setting_a_selected_stage_cannot_use_fails_before_any_work(tmp_path: P
     check_config(cfg, select_stages(until="export"))
     with pytest.raises(ConfigError, match=r"^report\.output: "):
         check_config(cfg, select_stages(start="export"))
+
+
+def test_a_run_resumed_after_ingest_reads_the_demo_corpus_settings(tmp_path: Path) -> None:
+    conf = tmp_path / "conf.yaml"
+    raw = tmp_path / "raw"
+    conf.write_text(
+        f"storage:\n  root: {tmp_path / 'lake'}\npipeline:\n  demo_corpus: true\ndemo:\n  output: {raw}\n",
+        encoding="utf-8",
+    )
+    cfg = run_config(load_config(conf))
+    # The images of the demo corpus are file:// URIs under its folder: without it among the roots, a run
+    # resumed --from fetch_images would record every one of them as blocked.
+    assert str(raw) in cfg.fetch.file_roots
+    assert {i.path for i in cfg.ingest.inputs} == {str(raw / "mmc4"), str(raw / "obelics")}
+    assert run_config(cfg) == cfg
+    plain = load_config(conf, ["pipeline.demo_corpus=false"])
+    assert run_config(plain) is plain
 
 
 def test_lock_paths_live_in_the_storage_location(tmp_path: Path) -> None:
