@@ -1,7 +1,7 @@
 """Image captioning with a Hugging Face image-to-text model (BLIP-class): batched greedy decoding.
 
 Pure functions over Python batches; no Spark here. Images are decoded exactly as the embed stage decodes them
-(:func:`udfs.clip.decode_image`: EXIF orientation, transparency on white, 16-bit scaled, decompression-bomb
+(:func:`udfs.decode.decode_image`: EXIF orientation, transparency on white, 16-bit scaled, decompression-bomb
 limit), so an image the embed stage rejected is rejected here for the same reason. A registry entry of kind
 ``captioner`` names the model (a Hub id or local directory, e.g. Salesforce/blip-image-captioning-base) or an
 inline config built with random weights and the locally built tokenizer of udfs/models.py (tests, demo: its
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from udfs.clip import DEFAULT_MAX_PIXELS, Rejected, decode_image
+from udfs.decode import DEFAULT_MAX_PIXELS, Rejected, decode_image
 from udfs.models import (
     ModelSpec,
     Precision,
@@ -140,7 +140,7 @@ def caption_images(
 ) -> Iterator[CaptionBatch]:
     """Caption ``(id, image bytes)`` pairs in batches of ``batch_size``.
 
-    Bytes that do not decode are rejected with the embed stage's reason (udfs.clip REASON_*); a caption that is
+    Bytes that do not decode are rejected with the embed stage's reason (udfs.decode REASON_*); a caption that is
     empty once special tokens are removed is rejected as ``empty_caption``.
     """
 

@@ -1,6 +1,7 @@
-"""CLIP-style embedding of image bytes and sentences: decode, model loading, batched inference.
+"""CLIP-style embedding of image bytes and sentences: model loading, preprocessing, batched inference.
 
-Pure functions over Python / numpy batches; no Spark here. The Spark stage (realsyn/embed.py) wraps
+Pure functions over Python / numpy batches; no Spark here. Image bytes are decoded by udfs.decode (Pillow, or
+JPEGs on the model's device). The Spark stage (realsyn/embed.py) wraps
 :func:`embed_images` and :func:`embed_texts` in iterator UDFs and picks the device from the task's resources.
 
 Models come from the registry of udfs/models.py (conf/models.yaml, entries of kind ``clip``): open_clip models by
@@ -12,16 +13,11 @@ an out-of-memory error halves the batch (udfs.models.run_halving). The registry 
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
+from udfs.decode import DEFAULT_MAX_PIXELS, Jpeg, Rejected, decode_image, decode_jpegs, route_jpeg, tensor_decoder_works
 from udfs.models import WEIGHT_SUFFIXES as _WEIGHT_SUFFIXES
 from udfs.models import DevicePolicy as DevicePolicy
 from udfs.models import ModelNotAvailable, ModelSpec, Precision, cache_key, cached, resolve_dtype, run_halving
@@ -54,213 +50,9 @@ log = logging.getLogger(__name__)
 # on a GPU and "pil" on a CPU.
 ImageDecode = Literal["auto", "pil", "torch"]
 
-# Reject reasons (one per rejected row).
-REASON_EMPTY_IMAGE = "empty_image"
-REASON_UNDECODABLE = "undecodable_image"
-REASON_TOO_MANY_PIXELS = "too_many_pixels"
+# Reject reasons of texts (one per rejected row); those of images are udfs.decode's.
 REASON_EMPTY_TEXT = "empty_text"
 REASON_NON_FINITE = "non_finite_embedding"
-
-# Pillow's own decompression-bomb threshold (about a 9,500 x 9,500 image).
-DEFAULT_MAX_PIXELS = 89_478_485
-
-EXIF_ORIENTATION = 0x0112
-
-
-# --------------------------------------------------------------------------------------------- image decoding
-
-
-class Rejected(Exception):
-    """An input that gives no vector; ``reason`` is one of the REASON_* constants."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def _flatten_alpha(img: Image.Image) -> Image.Image:
-    from PIL import Image
-
-    rgba = img.convert("RGBA")
-    background = Image.new("RGB", rgba.size, (255, 255, 255))
-    background.paste(rgba, mask=rgba.getchannel("A"))
-    return background
-
-
-def _to_8bit_gray(img: Image.Image) -> Image.Image:
-    from PIL import Image
-
-    arr = np.asarray(img, dtype=np.float64)
-    if img.mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
-        arr = arr * 255.0
-    elif img.mode != "F" and (img.mode.startswith("I;16") or (arr.size and arr.max() > 255)):
-        arr = arr / 257.0  # 16-bit range 0..65535 onto 0..255
-    return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """An 8-bit RGB image as it should be seen: EXIF orientation applied, transparency on white, 16-bit scaled."""
-    from PIL import ImageOps
-
-    with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels usable
-        img = ImageOps.exif_transpose(img) or img
-    mode = img.mode
-    if mode.startswith("I") or mode == "F":
-        img = _to_8bit_gray(img)
-    elif mode == "P":
-        img = _flatten_alpha(img) if "transparency" in img.info else img.convert("RGB")
-    elif mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        img = _flatten_alpha(img)
-    if img.mode != "RGB":
-        img = img.convert("RGB")  # 1, L, CMYK, YCbCr, HSV (Adobe CMYK JPEGs are un-inverted by the decoder)
-    return img
-
-
-def _header(data: bytes | None, max_pixels: int) -> Image.Image:
-    """``data`` opened by Pillow (its header read, its pixels not yet); Rejected for empty bytes and for more than
-    ``max_pixels`` pixels, and whatever Pillow raises for bytes it cannot open."""
-    from PIL import Image
-
-    if not data:
-        raise Rejected(REASON_EMPTY_IMAGE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
-    width, height = img.size
-    if width * height > max_pixels:
-        raise Rejected(REASON_TOO_MANY_PIXELS, f"{width}x{height}")
-    return img
-
-
-def decode_image(
-    data: bytes | None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft_size: int | None = None,
-    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
-) -> Image.Image:
-    """Decode image bytes to 8-bit RGB (first frame of animations); raise Rejected for anything unusable.
-
-    ``draft_size`` lets the JPEG decoder downscale in the DCT domain to no less than that size (faster, but
-    not pixel-identical to a full decode); None decodes at full size. An image whose decoded pixels would take
-    more than ``max_decoded_bytes`` is decoded at a reduced scale if a JPEG (still >= 448 px a side, above every
-    model's input size), else rejected as too many pixels.
-    """
-    from PIL import Image
-
-    try:
-        img = _header(data, max_pixels)
-        if draft_size is not None and img.format == "JPEG":
-            img.draft("RGB", (draft_size, draft_size))
-        too_big = bound_decode(img, max_decoded_bytes, max(draft_size or 0, 448))
-        if too_big is not None:
-            raise Rejected(REASON_TOO_MANY_PIXELS, too_big)
-        img.load()
-        return to_rgb(img)
-    except Rejected:
-        raise
-    except Image.DecompressionBombError as e:
-        raise Rejected(REASON_TOO_MANY_PIXELS, str(e)[:200]) from None
-    except Exception as e:  # hostile bytes raise anything (OSError, SyntaxError, struct.error...)
-        message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))  # keep details deterministic
-        raise Rejected(REASON_UNDECODABLE, f"{type(e).__name__}: {message}"[:300]) from None
-
-
-@dataclass
-class Jpeg:
-    """A JPEG the tensor decoder takes: its bytes as a 1-D uint8 tensor and its EXIF orientation (1 to 8)."""
-
-    data: torch.Tensor
-    orientation: int
-
-
-def route_jpeg(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Jpeg | None:
-    """Read the header of ``data``: a ``Jpeg`` for an RGB or grey JPEG within ``max_pixels``, None for anything
-    Pillow must decode (other formats, CMYK, unreadable headers: its reason then comes from :func:`decode_image`).
-    Raises Rejected for empty bytes and for too many pixels, as :func:`decode_image` does.
-    """
-    import torch
-
-    try:
-        img = _header(data, max_pixels)
-    except Rejected:
-        raise
-    except Exception:
-        return None
-    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-        return None
-    assert data is not None  # _header rejects empty bytes
-    orientation = 1
-    with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels usable, as in to_rgb
-        orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
-    return Jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation if 1 <= orientation <= 8 else 1)
-
-
-def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
-    """A (C, H, W) tensor as EXIF ``orientation`` says it should be seen (what ImageOps.exif_transpose does)."""
-    import torch
-
-    h, w = -2, -1
-    if orientation == 2:
-        return pixels.flip(w)
-    if orientation == 3:
-        return pixels.flip(h, w)
-    if orientation == 4:
-        return pixels.flip(h)
-    if orientation == 5:
-        return pixels.transpose(h, w)
-    if orientation == 6:
-        return torch.rot90(pixels, -1, (h, w))
-    if orientation == 7:
-        return pixels.transpose(h, w).flip(h, w)
-    if orientation == 8:
-        return torch.rot90(pixels, 1, (h, w))
-    return pixels
-
-
-@functools.cache
-def tensor_decoder_works(device: str) -> bool:
-    """Whether torchvision decodes a JPEG on ``device`` in this process (checked once per device): False, with a
-    warning, where torchvision was built without its image library or without nvJPEG."""
-    import torch
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 8), (200, 40, 10)).save(buf, "JPEG")
-    jpeg = route_jpeg(buf.getvalue())
-    assert jpeg is not None
-    try:
-        pixels = decode_jpegs([jpeg], torch.device(device), strict=True)[0]
-    except Exception as e:
-        log.warning("torchvision cannot decode JPEGs on %s (%s); images are decoded with Pillow", device, e)
-        return False
-    return pixels is not None and tuple(pixels.shape) == (3, 8, 16)
-
-
-def decode_jpegs(jpegs: Sequence[Jpeg], device: torch.device, strict: bool = False) -> list[torch.Tensor | None]:
-    """Decode JPEGs to oriented (3, H, W) uint8 tensors on ``device`` (nvJPEG on a GPU, in one batch); None for
-    each one the decoder refuses (those go through Pillow, which gives the reject reason or the pixels), or the
-    decoder's error raised when ``strict``."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    if not jpegs:
-        return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
-        try:
-            decoded: list[torch.Tensor | None] = list(
-                decode_jpeg([j.data for j in jpegs], mode=ImageReadMode.RGB, device=device)
-            )
-        except RuntimeError:  # one bad image fails the batch: decode one by one
-            if strict:
-                raise
-            decoded = []
-            for j in jpegs:
-                try:
-                    decoded.append(decode_jpeg(j.data, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    decoded.append(None)
-    return [None if d is None else orient(d, j.orientation) for d, j in zip(decoded, jpegs, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------------- the models

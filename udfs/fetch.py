@@ -26,7 +26,6 @@ import base64
 import binascii
 import contextlib
 import email.utils
-import io
 import ipaddress
 import os
 import queue
@@ -48,8 +47,20 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from udfs.decode import (
+    DEFAULT_MAX_DECODED_BYTES,
+    REASON_EMPTY_IMAGE,
+    REASON_NOT_AN_IMAGE,
+    REASON_TOO_MANY_PIXELS,
+    REASON_UNDECODABLE,
+    ImageHeader,
+    Rejected,
+    bound_decode,
+    error_detail,
+    exif_orientation,
+    read_header,
+)
 from udfs.ids import bytes_id
-from udfs.images import DEFAULT_MAX_DECODED_BYTES, bound_decode
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -278,55 +289,22 @@ class ImageCheck:
     format: str | None = None
 
 
-@dataclass
-class ImageHeader:
-    """An image whose header parsed within the pixel limit, not decoded yet (see :func:`read_header`)."""
-
-    image: Any  # PIL.Image.Image, still open on the bytes
-    width: int
-    height: int
-    format: str | None
-    orientation: int
-
-    @property
-    def pixels(self) -> int:
-        """Width times height, as stored."""
-        return self.width * self.height
+# What the decoder's reasons are called among the fetch statuses (zero bytes are no image format either).
+_DECODE_STATUS = {
+    REASON_EMPTY_IMAGE: NOT_AN_IMAGE,
+    REASON_NOT_AN_IMAGE: NOT_AN_IMAGE,
+    REASON_UNDECODABLE: DECODE_ERROR,
+    REASON_TOO_MANY_PIXELS: TOO_MANY_PIXELS,
+}
 
 
-def read_header(data: bytes, max_pixels: int) -> ImageHeader | ImageCheck:
-    """Identify ``data`` from its own bytes and parse its header (cheap: no pixel data is read).
-
-    Returns the header to decode, or the final check when the bytes are no image or it has too many pixels.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as e:
-            return ImageCheck(TOO_MANY_PIXELS, str(e))
-        except UnidentifiedImageError:
-            return ImageCheck(NOT_AN_IMAGE, "not a recognised image format")
-        except Exception as e:
-            return ImageCheck(DECODE_ERROR, f"{type(e).__name__}: {e}")
-        width, height = img.size
-        fmt = img.format
-        try:
-            if width <= 0 or height <= 0:
-                return _closed(img, ImageCheck(DECODE_ERROR, f"empty image {width}x{height}", format=fmt))
-            if width * height > max_pixels:
-                reason = f"{width}x{height} pixels > {max_pixels}"
-                return _closed(img, ImageCheck(TOO_MANY_PIXELS, reason, width, height, fmt))
-            # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixel data: a
-            # 9,000 x 9,000 PNG would be decoded here, on the event loop, past every bound. Only an eXIf chunk
-            # before the pixel data (in img.info already) is read.
-            png_without_exif = fmt == "PNG" and "exif" not in img.info
-            orientation = 1 if png_without_exif else img.getexif().get(0x0112, 1)
-        except Exception as e:
-            return _closed(img, ImageCheck(DECODE_ERROR, f"{type(e).__name__}: {e}", format=fmt))
-    return ImageHeader(img, width, height, fmt, orientation)
+def check_header(data: bytes, max_pixels: int) -> ImageHeader | ImageCheck:
+    """The header of ``data`` (udfs.decode.read_header: no pixel data read), or the final check when the bytes are
+    no image, do not parse or have too many pixels."""
+    try:
+        return read_header(data, max_pixels)
+    except Rejected as r:
+        return ImageCheck(_DECODE_STATUS[r.reason], r.detail or "not a recognised image format")
 
 
 def decode_check(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> ImageCheck:
@@ -341,6 +319,7 @@ def decode_check(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECOD
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            orientation = exif_orientation(img)
             if fmt == "JPEG":
                 img.draft(None, (max(1, header.width // 8), max(1, header.height // 8)))
             too_big = bound_decode(img, max_decoded_bytes)
@@ -348,13 +327,13 @@ def decode_check(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECOD
                 return ImageCheck(TOO_MANY_PIXELS, too_big, header.width, header.height, fmt)
             img.load()
         except Image.DecompressionBombError as e:
-            return ImageCheck(TOO_MANY_PIXELS, str(e))
+            return ImageCheck(TOO_MANY_PIXELS, str(e)[:300])
         except Exception as e:
-            return ImageCheck(DECODE_ERROR, f"{type(e).__name__}: {e}", format=fmt)
+            return ImageCheck(DECODE_ERROR, error_detail(e), format=fmt)
         finally:
             img.close()
     width, height = header.width, header.height
-    if header.orientation in (5, 6, 7, 8):
+    if orientation in (5, 6, 7, 8):
         width, height = height, width
     return ImageCheck(OK, None, width, height, fmt)
 
@@ -365,13 +344,8 @@ def validate_image(data: bytes, max_pixels: int, max_decoded_bytes: int = DEFAUL
     The pixel limit is checked from the header before decoding. Width and height are as displayed (after the
     EXIF orientation).
     """
-    header = read_header(data, max_pixels)
+    header = check_header(data, max_pixels)
     return header if isinstance(header, ImageCheck) else decode_check(header, max_decoded_bytes)
-
-
-def _closed(img: Any, check: ImageCheck) -> ImageCheck:
-    img.close()
-    return check
 
 
 def store_content(prefix: str, image_id: str, fmt: str | None, data: bytes) -> str:
@@ -647,7 +621,7 @@ class Fetcher:
         o = self.options
         # Small images are decoded on the loop: cheaper than handing them to a thread and back (the check then
         # costs ~30% less CPU per web-sized image); large ones in a thread, so that the loop keeps serving.
-        header = read_header(data, o.max_pixels)
+        header = check_header(data, o.max_pixels)
         if isinstance(header, ImageCheck):
             check = header
         elif header.pixels <= o.inline_decode_pixels:

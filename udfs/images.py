@@ -13,14 +13,14 @@ share at least one emitted key (a key halfway between their bands), so grouping 
 
 from __future__ import annotations
 
-import io
 import itertools
 import warnings
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+from udfs.decode import DEFAULT_MAX_DECODED_BYTES, Rejected, bound_decode, open_image, read_header
 
 HASH_BITS = 64
 # Band index goes in the bits above the band value in a key, so keys of different bands never collide.
@@ -28,26 +28,18 @@ _BAND_SHIFT = 40
 
 
 def image_info(content: bytes | None, max_pixels: int = 178_956_970) -> tuple[int | None, int | None, str | None]:
-    """(width, height, format) read from the image header with Pillow, or (None, None, None) if unreadable.
+    """(width, height, format) read from the image header (udfs.decode.read_header), or (None, None, None) if
+    unreadable.
 
-    Only the header is parsed (no pixel decode). Images above ``max_pixels`` (Pillow's decompression-bomb
-    limit by default) count as unreadable.
+    Only the header is parsed (no pixel decode). Images above ``max_pixels`` (twice Pillow's decompression-bomb
+    limit by default, the size at which Pillow itself refuses to open) count as unreadable.
     """
-    if not content:
-        return None, None, None
-    from PIL import Image
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(content)) as im:
-                width, height = im.size
-                fmt = im.format
-    except Exception:
+        header = read_header(content, max_pixels)
+    except Rejected:
         return None, None, None
-    if width <= 0 or height <= 0 or width * height > max_pixels:
-        return None, None, None
-    return int(width), int(height), (fmt.lower() if fmt else None)
+    header.image.close()
+    return int(header.width), int(header.height), (header.format.lower() if header.format else None)
 
 
 def image_info_batch(contents: pd.Series) -> pd.DataFrame:
@@ -62,37 +54,6 @@ def image_info_batch(contents: pd.Series) -> pd.DataFrame:
     )
 
 
-# Bytes the decoded pixels of an image may take (a 9,000 x 9,000 RGB PNG is under the pixel limit but ~324 MB):
-# larger JPEGs are decoded at a reduced DCT scale, larger images of other formats are refused.
-DEFAULT_MAX_DECODED_BYTES = 128 * 1024 * 1024
-
-
-def decoded_bytes(img: Any) -> int:
-    """Bytes Pillow allocates to decode the (opened, not yet loaded) image ``img`` at its current size: one per
-    pixel for 1-band 8-bit modes, two for 16-bit ones, four for every other mode (Pillow keeps RGB in 32 bits)."""
-    mode = img.mode
-    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
-    return int(img.size[0]) * int(img.size[1]) * per_pixel
-
-
-def bound_decode(img: Any, max_bytes: int, min_side: int = 64) -> str | None:
-    """Keep the decode of ``img`` (opened, not loaded) within ``max_bytes``: a JPEG over it is set to decode at
-    the largest DCT scale (1/2 .. 1/8) that fits and keeps both sides >= ``min_side``. Returns why the image
-    cannot be decoded within the bound (other formats, or a JPEG too large even at 1/8), or None."""
-    full = decoded_bytes(img)
-    if full <= max_bytes:
-        return None
-    if img.format == "JPEG":
-        width, height = img.size
-        for scale in (2, 4, 8):
-            if full / (scale * scale) <= max_bytes or scale == 8:
-                img.draft(img.mode, (max(min_side, width // scale), max(min_side, height // scale)))
-                break
-        if decoded_bytes(img) <= max_bytes:
-            return None
-    return f"decoding {img.size[0]}x{img.size[1]} {img.mode} takes {full / 1e6:,.0f} MB > {max_bytes / 1e6:,.0f} MB"
-
-
 def phash(content: bytes | None, hash_size: int = 8, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> int | None:
     """The perceptual hash (imagehash.phash, DCT based) of an image as a signed 64-bit integer, or None.
 
@@ -102,14 +63,13 @@ def phash(content: bytes | None, hash_size: int = 8, max_decoded_bytes: int = DE
     if not content:
         return None
     import imagehash
-    from PIL import Image
 
     if hash_size * hash_size != HASH_BITS:
         raise ValueError(f"hash_size must give {HASH_BITS} bits, got {hash_size}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(content)) as im:
+            with open_image(content) as im:
                 if bound_decode(im, max_decoded_bytes, 4 * hash_size) is not None:
                     return None
                 im.load()

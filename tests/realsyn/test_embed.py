@@ -23,7 +23,7 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs import clip
+from udfs import clip, decode
 
 IMAGES_SCHEMA = T.StructType([T.StructField("image_id", T.StringType()), T.StructField("content", T.BinaryType())])
 SENTENCES_SCHEMA = T.StructType([T.StructField("sentence_id", T.StringType()), T.StructField("text", T.StringType())])
@@ -104,9 +104,9 @@ def test_udf_output_equals_the_model_whatever_partitions_and_batches(
     rows = images + texts
     check_vectors({r[0]: r["embedding"] for r in rows if r["reason"] is None}, expected)
     assert {r[0]: r["reason"] for r in rows if r["reason"] is not None} == {
-        "junk": clip.REASON_UNDECODABLE,
-        "empty": clip.REASON_EMPTY_IMAGE,
-        "truncated": clip.REASON_UNDECODABLE,
+        "junk": decode.REASON_NOT_AN_IMAGE,
+        "empty": decode.REASON_EMPTY_IMAGE,
+        "truncated": decode.REASON_UNDECODABLE,
         "blank": clip.REASON_EMPTY_TEXT,
     }
     assert {r["model_id"] for r in rows} == {"tiny-random"}
@@ -124,9 +124,9 @@ def test_udf_with_tensor_decoding_keeps_ids_and_reasons(
         assert float(vector @ expected[key]) > 0.999
     assert any(np.abs(vector - expected[key]).max() > 1e-5 for key, vector in vectors.items())  # the tensor way ran
     assert {r[0]: r["reason"] for r in rows if r["reason"] is not None} == {
-        "junk": clip.REASON_UNDECODABLE,
-        "empty": clip.REASON_EMPTY_IMAGE,
-        "truncated": clip.REASON_UNDECODABLE,
+        "junk": decode.REASON_NOT_AN_IMAGE,
+        "empty": decode.REASON_EMPTY_IMAGE,
+        "truncated": decode.REASON_UNDECODABLE,
     }
 
 
@@ -155,8 +155,8 @@ def test_run_embed_writes_tables_rejects_and_reruns_incrementally(
     sentences = {r["sentence_id"]: r["embedding"] for r in lakehouse.read(SILVER_SENTENCE_EMBEDDINGS).collect()}
     check_vectors(images | sentences, {k: v for k, v in expected.items() if k in first or k in TEXTS})
     [(image_id, model_id, reason, detail)] = _table(lakehouse, SILVER_IMAGE_EMBEDDING_REJECTS)
-    assert (image_id, model_id, reason) == ("junk", "tiny-random", clip.REASON_UNDECODABLE)
-    assert detail == "UnidentifiedImageError: cannot identify image file"
+    assert (image_id, model_id, reason) == ("junk", "tiny-random", decode.REASON_NOT_AN_IMAGE)
+    assert detail == "not a recognised image format"
     assert _table(lakehouse, SILVER_SENTENCE_EMBEDDING_REJECTS) == [
         ("blank", "tiny-random", clip.REASON_EMPTY_TEXT, "")
     ]

@@ -9,7 +9,7 @@ import torch
 
 from tests.photos import encode, photo
 from udfs import captioner as cap
-from udfs.clip import REASON_EMPTY_IMAGE, REASON_UNDECODABLE, decode_image
+from udfs.decode import REASON_EMPTY_IMAGE, REASON_NOT_AN_IMAGE, decode_image
 from udfs.models import get_spec, load_registry
 
 REGISTRY = Path(__file__).resolve().parents[2] / "conf" / "models.yaml"
@@ -42,7 +42,7 @@ def test_batched_captions_equal_one_by_one_and_bad_bytes_are_rejected(tiny: cap.
     got = {k: c for b in batches for k, c in zip(b.ids, b.captions, strict=True)}
     assert got == {f"i{k}": c for k, c in enumerate(expected) if c}
     reasons = {k: r for b in batches for k, r in zip(b.rejected_ids, b.reasons, strict=True)}
-    assert reasons["bad"] == REASON_UNDECODABLE
+    assert reasons["bad"] == REASON_NOT_AN_IMAGE
     assert reasons["empty"] == REASON_EMPTY_IMAGE
     assert all(len(c) <= 12 for c in got.values())  # one character per token, at most max_new_tokens
 

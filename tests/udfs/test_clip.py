@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tests.photos import encode, photo
-from udfs import clip
+from udfs import clip, decode
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = REPO / "conf" / "models.yaml"
@@ -151,7 +151,7 @@ def test_alpha_and_palette_transparency_become_white() -> None:
     rgba.putpixel((0, 0), (10, 200, 30, 255))
     buf = io.BytesIO()
     rgba.save(buf, "PNG")
-    img = clip.decode_image(buf.getvalue())
+    img = decode.decode_image(buf.getvalue())
     assert img.mode == "RGB"
     assert img.getpixel((0, 0)) == (10, 200, 30)
     assert img.getpixel((1, 1)) == (255, 255, 255)
@@ -162,7 +162,7 @@ def test_alpha_and_palette_transparency_become_white() -> None:
     pal.putpixel((1, 0), 1)
     buf = io.BytesIO()
     pal.save(buf, "PNG", transparency=0)
-    img = clip.decode_image(buf.getvalue())
+    img = decode.decode_image(buf.getvalue())
     assert [img.getpixel((0, 0)), img.getpixel((1, 0))] == [(255, 255, 255), (200, 0, 0)]
 
 
@@ -170,12 +170,12 @@ def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     arr = np.array([[0, 32896, 65535]], dtype=np.uint16)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG")
-    img = clip.decode_image(buf.getvalue())
+    img = decode.decode_image(buf.getvalue())
     assert [img.getpixel((x, 0)) for x in range(3)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
 
 
 def test_cmyk_jpeg_decodes_to_rgb() -> None:
-    img = clip.decode_image(image_bytes(1, (16, 8), "JPEG", mode="CMYK"))
+    img = decode.decode_image(image_bytes(1, (16, 8), "JPEG", mode="CMYK"))
     assert (img.mode, img.size) == ("RGB", (16, 8))
 
 
@@ -186,7 +186,7 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # stored rotated: display rotated 90 degrees clockwise
     buf = io.BytesIO()
     img.save(buf, "PNG", exif=exif)
-    out = clip.decode_image(buf.getvalue())
+    out = decode.decode_image(buf.getvalue())
     assert out.size == (10, 20)
     assert out.getpixel((5, 2)) == (255, 0, 0)  # the red half is now on top
     assert out.getpixel((5, 17)) == (0, 0, 255)
@@ -195,23 +195,23 @@ def test_exif_orientation_is_applied() -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (None, clip.REASON_EMPTY_IMAGE),
-        (b"", clip.REASON_EMPTY_IMAGE),
-        (b"<html>not an image</html>", clip.REASON_UNDECODABLE),
-        (image_bytes(2, (40, 40))[:200], clip.REASON_UNDECODABLE),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, clip.REASON_UNDECODABLE),
+        (None, decode.REASON_EMPTY_IMAGE),
+        (b"", decode.REASON_EMPTY_IMAGE),
+        (b"<html>not an image</html>", decode.REASON_NOT_AN_IMAGE),
+        (image_bytes(2, (40, 40))[:200], decode.REASON_UNDECODABLE),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, decode.REASON_NOT_AN_IMAGE),
     ],
 )
 def test_bad_bytes_are_rejected(data: bytes | None, reason: str) -> None:
-    with pytest.raises(clip.Rejected) as info:
-        clip.decode_image(data)
+    with pytest.raises(decode.Rejected) as info:
+        decode.decode_image(data)
     assert info.value.reason == reason
 
 
 def test_too_many_pixels_is_rejected_before_decoding() -> None:
-    with pytest.raises(clip.Rejected) as info:
-        clip.decode_image(image_bytes(3, (40, 30)), max_pixels=1000)
-    assert (info.value.reason, info.value.detail) == (clip.REASON_TOO_MANY_PIXELS, "40x30")
+    with pytest.raises(decode.Rejected) as info:
+        decode.decode_image(image_bytes(3, (40, 30)), max_pixels=1000)
+    assert (info.value.reason, info.value.detail) == (decode.REASON_TOO_MANY_PIXELS, "40x30 pixels > 1000")
 
 
 # ------------------------------------------------------------------------------------- decoding on the device
@@ -220,17 +220,17 @@ def test_too_many_pixels_is_rejected_before_decoding() -> None:
 def _oriented_jpeg(orientation: int) -> bytes:
     img = Image.fromarray(np.random.default_rng(orientation).integers(0, 256, (30, 50, 3), dtype=np.uint8))
     exif = Image.Exif()
-    exif[clip.EXIF_ORIENTATION] = orientation
+    exif[decode.EXIF_ORIENTATION] = orientation
     return encode(img, "JPEG", exif=exif, quality=95)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_tensor_decoding_turns_every_exif_orientation_as_pillow_does(orientation: int) -> None:
     data = _oriented_jpeg(orientation)
-    jpeg = clip.route_jpeg(data)
+    jpeg = decode.route_jpeg(data)
     assert jpeg is not None and jpeg.orientation == orientation
-    (got,) = clip.decode_jpegs([jpeg], torch.device("cpu"))
-    expected = torch.from_numpy(np.array(clip.decode_image(data))).permute(2, 0, 1)
+    (got,) = decode.decode_jpegs([jpeg], torch.device("cpu"))
+    expected = torch.from_numpy(np.array(decode.decode_image(data))).permute(2, 0, 1)
     assert got is not None and torch.equal(got, expected)  # the same libjpeg-turbo decode, the same turn
 
 
@@ -279,9 +279,9 @@ def test_tensor_resize_is_within_a_few_levels_of_pillow(encoder: clip.Encoder) -
     blobs = [encode(im.resize(size), "JPEG", quality=90) for im, size in zip(sources, sizes, strict=True)]
     for data in blobs:
         pillow = encoder.preprocess(data).permute(2, 0, 1).int()
-        jpeg = clip.route_jpeg(data)
+        jpeg = decode.route_jpeg(data)
         assert jpeg is not None
-        (pixels,) = clip.decode_jpegs([jpeg], torch.device("cpu"))
+        (pixels,) = decode.decode_jpegs([jpeg], torch.device("cpu"))
         assert pixels is not None
         tensor = encoder.tensor_geometry([pixels])[0].int()
         assert tensor.shape == pillow.shape == (3, encoder.image_size, encoder.image_size)
@@ -309,11 +309,11 @@ def test_tensor_decoding_keeps_every_reject_reason_and_other_format(tiny: clip.M
     tensor, tensor_rejects = collect(clip.embed_images(enc, items, decode="torch", **kwargs))
     assert tensor_rejects == pillow_rejects
     assert pillow_rejects == {
-        "truncated": clip.REASON_UNDECODABLE,
-        "empty": clip.REASON_EMPTY_IMAGE,
-        "none": clip.REASON_EMPTY_IMAGE,
-        "junk": clip.REASON_UNDECODABLE,
-        "huge": clip.REASON_TOO_MANY_PIXELS,
+        "truncated": decode.REASON_UNDECODABLE,
+        "empty": decode.REASON_EMPTY_IMAGE,
+        "none": decode.REASON_EMPTY_IMAGE,
+        "junk": decode.REASON_NOT_AN_IMAGE,
+        "huge": decode.REASON_TOO_MANY_PIXELS,
     }
     assert sorted(tensor) == sorted(pillow) == ["cmyk", "grey", "png", "rgb", "webp"]
     for key in ("png", "webp", "cmyk"):  # not decoded as tensors: the Pillow way, the same vectors
@@ -348,11 +348,11 @@ def test_image_vectors_equal_the_model_called_directly(encoder: clip.Encoder, di
 
 
 def test_device_side_normalisation_equals_the_models_own_transform(encoder: clip.Encoder) -> None:
-    img = clip.decode_image(image_bytes(4, (50, 37)))
+    img = decode.decode_image(image_bytes(4, (50, 37)))
     assert encoder.model_transform is not None and encoder.pixel_mean is not None
     cpu_part = encoder.image_transform(img)
     assert (cpu_part.dtype, tuple(cpu_part.shape)) == (torch.uint8, (32, 32, 3))
-    images = [img, clip.decode_image(image_bytes(5, (64, 30)))]
+    images = [img, decode.decode_image(image_bytes(5, (64, 30)))]
     batch = encoder._normalize(torch.stack([encoder.image_transform(i) for i in images]))
     assert batch.is_contiguous()
     # The same float32 operations as torchvision's ToTensor + Normalize: bit-identical, not merely close.
@@ -419,7 +419,7 @@ def test_batch_size_threads_and_prefetch_do_not_change_results(encoder: clip.Enc
     items = [(i, image_bytes(i, (20 + i, 25))) for i in range(9)] + [(99, b"junk")]
     base, base_rejects = collect(clip.embed_images(encoder, items, batch_size=16, decode_threads=1, prefetch=1))
     other, other_rejects = collect(clip.embed_images(encoder, items, batch_size=2, decode_threads=3, prefetch=3))
-    assert base_rejects == other_rejects == {99: clip.REASON_UNDECODABLE}
+    assert base_rejects == other_rejects == {99: decode.REASON_NOT_AN_IMAGE}
     assert sorted(base) == sorted(other) == list(range(9))
     for key in base:
         np.testing.assert_allclose(base[key], other[key], atol=1e-5)
@@ -578,7 +578,7 @@ def test_half_precision_on_gpu_is_close_to_float32(tiny: clip.ModelSpec) -> None
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_nvjpeg_decoding_on_gpu_is_close_to_pillow(tiny: clip.ModelSpec) -> None:
-    assert clip.tensor_decoder_works("cuda")
+    assert decode.tensor_decoder_works("cuda")
     gpu = clip.load_encoder(tiny, "cuda", precision="fp32")
     assert clip.image_decoder(gpu, "auto") == "torch"
     blobs = [encode(photo(name).resize((97, 64)), "JPEG", quality=90) for name in ("astronaut", "coffee", "chelsea")]
@@ -586,13 +586,13 @@ def test_nvjpeg_decoding_on_gpu_is_close_to_pillow(tiny: clip.ModelSpec) -> None
     items = list(enumerate(blobs))
     nvjpeg, nv_rejects = collect(clip.embed_images(gpu, items, batch_size=8, decode="auto"))
     pillow, pil_rejects = collect(clip.embed_images(gpu, items, batch_size=8, decode="pil"))
-    assert nv_rejects == pil_rejects == {5: clip.REASON_UNDECODABLE}
+    assert nv_rejects == pil_rejects == {5: decode.REASON_NOT_AN_IMAGE}
     for key in pillow:
         assert float(nvjpeg[key] @ pillow[key]) > 0.99
-    jpegs = [clip.route_jpeg(blobs[0]), clip.route_jpeg(blobs[3])]
+    jpegs = [decode.route_jpeg(blobs[0]), decode.route_jpeg(blobs[3])]
     assert all(j is not None for j in jpegs)
-    on_gpu = clip.decode_jpegs(jpegs, torch.device("cuda"))  # type: ignore[arg-type]
-    on_cpu = clip.decode_jpegs(jpegs, torch.device("cpu"))  # type: ignore[arg-type]
+    on_gpu = decode.decode_jpegs(jpegs, torch.device("cuda"))  # type: ignore[arg-type]
+    on_cpu = decode.decode_jpegs(jpegs, torch.device("cpu"))  # type: ignore[arg-type]
     assert [tuple(t.shape) for t in on_gpu] == [tuple(t.shape) for t in on_cpu] == [(3, 64, 97), (3, 50, 30)]
     # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: close on a photograph
     assert (on_gpu[0].cpu().int() - on_cpu[0].int()).abs().float().mean() < 5
@@ -601,6 +601,6 @@ def test_nvjpeg_decoding_on_gpu_is_close_to_pillow(tiny: clip.ModelSpec) -> None
 def test_huge_images_decode_within_the_memory_bound() -> None:
     big = Image.new("RGB", (9000, 9000), (200, 30, 30))
     # A JPEG over the bound is decoded at a reduced DCT scale (1/2 here: 4500 x 4500, ~81 MB).
-    assert clip.decode_image(encode(big, "JPEG")).size == (4500, 4500)
-    with pytest.raises(clip.Rejected, match=r"too_many_pixels.*324 MB"):
-        clip.decode_image(encode(big, "PNG"))
+    assert decode.decode_image(encode(big, "JPEG")).size == (4500, 4500)
+    with pytest.raises(decode.Rejected, match=r"too_many_pixels.*324 MB"):
+        decode.decode_image(encode(big, "PNG"))
