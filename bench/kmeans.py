@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval import local_spark, synthetic, write_parquet
 
-from udfs.kmeans import l2_normalize
+from udfs.vectors import l2_normalize
 
 
 def ids_to_rows(ids: np.ndarray) -> np.ndarray:

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval import stage_tree, synthetic
 
 from realsyn.config import ClusterConfig
-from udfs.kmeans import descend, top_p
+from udfs.tree import descend
+from udfs.vectors import top_p
 
 BUDGETS = (0.01, 0.02, 0.04)
 

@@ -42,19 +42,9 @@ from typing import Any
 import numpy as np
 
 from realsyn.config import ClusterConfig, RetrievalConfig
-from udfs.kmeans import (
-    Prefilter,
-    Tree,
-    calibrate_margin,
-    descend,
-    hierarchical_kmeans,
-    l2_normalize,
-    matrix_column,
-    merge_top_k,
-    nearest_leaf,
-    probe_counts,
-    top_k_prefiltered,
-)
+from udfs.kmeans import hierarchical_kmeans
+from udfs.tree import Prefilter, Tree, calibrate_margin, descend, nearest_leaf, probe_counts, top_k_prefiltered
+from udfs.vectors import l2_normalize, matrix_column, merge_top_k
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval import local_spark, write_parquet
 
-from udfs.kmeans import Tree, l2_normalize
+from udfs.tree import Tree
+from udfs.vectors import l2_normalize
 
 
 def random_tree(coarse: int, fan: int, dim: int, seed: int) -> Tree:

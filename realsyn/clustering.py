@@ -67,20 +67,9 @@ from realsyn.tables import (
     SILVER_SENTENCES,
     Lakehouse,
 )
-from udfs.kmeans import (
-    Tree,
-    arrow_matrix,
-    assign,
-    boundary_rows,
-    embedding_problems,
-    local_refined,
-    matrix_column,
-    nearest_leaf,
-    refined,
-    replace_fine,
-    spherical_kmeans,
-    sums_by_label,
-)
+from udfs.kmeans import local_refined, refined, replace_fine, spherical_kmeans, sums_by_label
+from udfs.tree import Tree, boundary_rows, nearest_leaf
+from udfs.vectors import arrow_matrix, assign, embedding_problems, matrix_column
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +246,7 @@ def boundary_pass(rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, 
     cluster retrained against its neighbours.
 
     Each row goes to the coarse cluster of its best leaf and to those of its ``assign_coarse_probe`` nearest
-    whose best leaf is within ``boundary_margin`` of that (udfs.kmeans.boundary_rows: ~1.7x the rows in all),
+    whose best leaf is within ``boundary_margin`` of that (udfs.tree.boundary_rows: ~1.7x the rows in all),
     with its best score elsewhere. Every coarse cluster then runs up to ``niter`` Lloyd steps on its leaves in
     which a row counts only while it scores higher there (udfs.kmeans.local_refined): the two-level split no
     longer decides which side of a coarse boundary a row's leaf is on, as in flat k-means. One shuffle keyed by
@@ -479,7 +468,7 @@ def embedding_dimension(rows: DataFrame, embedding_col: str = "embedding") -> in
 
 def embedding_rejects(rows: DataFrame, id_col: str, dim: int, embedding_col: str = "embedding") -> DataFrame:
     """(id, reason, detail) for every row of ``rows`` whose embedding is not a usable ``dim``-wide vector (see
-    ``udfs.kmeans.embedding_problems``), checked on Arrow batches in one pass."""
+    ``udfs.vectors.embedding_problems``), checked on Arrow batches in one pass."""
     schema = T.StructType(
         [
             T.StructField(id_col, rows.schema[id_col].dataType, True),

@@ -50,16 +50,8 @@ from realsyn.tables import (
     SILVER_SENTENCES,
     Lakehouse,
 )
-from udfs.kmeans import (
-    Prefilter,
-    Tree,
-    arrow_matrix,
-    calibrate_margin,
-    descend,
-    matrix_column,
-    probe_counts,
-    top_k_prefiltered,
-)
+from udfs.tree import Prefilter, Tree, calibrate_margin, descend, probe_counts, top_k_prefiltered
+from udfs.vectors import arrow_matrix, matrix_column
 
 RETRIEVAL_SCHEMA = T.StructType(
     [
@@ -73,7 +65,7 @@ RETRIEVAL_SCHEMA = T.StructType(
 )
 
 
-# An embedding in the axes of a retrieval prefilter (udfs.kmeans.Prefilter).
+# An embedding in the axes of a retrieval prefilter (udfs.tree.Prefilter).
 LOW_FIELD = T.StructField("embedding_low", T.ArrayType(T.FloatType(), containsNull=False), False)
 
 
@@ -175,7 +167,7 @@ def _plan(
     Both come from the ranked leaves of at most about ``PLAN_SAMPLE_IMAGES`` images (a hash sample; all images
     below that), so the descent of every image runs once, in the join, and not a second time to plan it: the
     probe margin is the one that gives the sample ``cfg.probe_leaves`` leaves per image on average
-    (``udfs.kmeans.calibrate_margin``), and images are counted per leaf from the sample's probes (scaled up with
+    (``udfs.tree.calibrate_margin``), and images are counted per leaf from the sample's probes (scaled up with
     a margin). Sentences are counted per leaf exactly. A sample cannot show that no image probes a leaf, so with
     one every leaf with sentences is planned (at least one image chunk).
     """
@@ -230,7 +222,7 @@ def retrieve(
     ``images`` has (image_col, embedding); ``sentences`` has (sentence_col, embedding, leaf_id) with leaves of
     ``tree``. Both sides hold unit-norm embeddings of one model. With ``cfg.prefilter_dim`` > 0 each leaf group
     pre-scores its sentences in that many principal axes of the leaf centroids and scores each image's
-    ``cfg.shortlist`` best exactly (udfs.kmeans.Prefilter); scores are exact cosines either way.
+    ``cfg.shortlist`` best exactly (udfs.tree.Prefilter); scores are exact cosines either way.
     """
     return retrieve_with_stats(images, sentences, tree, cfg, image_col, sentence_col, embedding_col)[0]
 

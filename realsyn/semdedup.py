@@ -29,7 +29,8 @@ from pyspark.sql import types as T
 from realsyn.components import group_duplicates
 from realsyn.config import EmbedConfig
 from realsyn.tables import Lakehouse
-from udfs.kmeans import as_matrix, l2_normalize, spherical_kmeans, top_p
+from udfs.kmeans import spherical_kmeans
+from udfs.vectors import as_matrix, l2_normalize, top_p
 
 log = logging.getLogger(__name__)
 

@@ -34,15 +34,9 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import (
-    Tree,
-    boundary_pass_local,
-    boundary_rows,
-    descend,
-    l2_normalize,
-    refined,
-    sums_by_label,
-)
+from udfs.kmeans import boundary_pass_local, refined, sums_by_label
+from udfs.tree import Tree, boundary_rows, descend
+from udfs.vectors import l2_normalize
 
 DIM = 12
 

@@ -21,7 +21,8 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import Tree, calibrate_margin, descend, l2_normalize, probe_counts
+from udfs.tree import Tree, calibrate_margin, descend, probe_counts
+from udfs.vectors import l2_normalize
 
 RESULT_COLUMNS = "image_id string, rank int, sentence_id string, score float, leaf_id long"
 

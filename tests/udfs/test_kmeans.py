@@ -6,31 +6,28 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import udfs.kmeans
+import udfs.vectors
 from udfs.kmeans import (
-    Prefilter,
-    Tree,
-    arrow_matrix,
-    as_matrix,
-    assign,
     boundary_pass_local,
-    boundary_rows,
-    descend,
     hierarchical_kmeans,
     kmeans_plus_plus,
-    l2_normalize,
     local_refined,
-    matrix_column,
-    mean_cosine_distance,
-    merge_top_k,
-    nearest_leaf,
     refined,
     replace_fine,
     resample_centroids,
     spherical_kmeans,
     sums_by_label,
+)
+from udfs.tree import Prefilter, Tree, boundary_rows, descend, nearest_leaf, top_k_prefiltered
+from udfs.vectors import (
+    arrow_matrix,
+    as_matrix,
+    assign,
+    l2_normalize,
+    matrix_column,
+    mean_cosine_distance,
+    merge_top_k,
     top_k_exact,
-    top_k_prefiltered,
     top_p,
 )
 
@@ -207,7 +204,7 @@ def test_arrow_matrix_reads_flat_values_of_a_sliced_column() -> None:
 
 
 def test_matrix_column_is_arrow_matrix_inverse_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(udfs.kmeans, "ARROW_CHUNK_ROWS", 2)
+    monkeypatch.setattr(udfs.vectors, "ARROW_CHUNK_ROWS", 2)
     m = np.arange(10, dtype=np.float64).reshape(5, 2) / 4
     column = matrix_column(m, np.float64)
     assert column.num_chunks == 3 and column.type.value_type == pa.float64()
@@ -420,23 +417,23 @@ def test_embedding_problems_names_each_unusable_row() -> None:
     nan, inf = float("nan"), float("inf")
     rows = [[0.6, 0.8], None, [1.0], [nan, 1.0], [0.0, 0.0], [None, 1.0], [0.5, -inf], [3.0, 4.0, 0.0], [-1.0, 0.0]]
     column = pa.chunked_array([rows[:4], rows[4:]], pa.list_(pa.float32()))
-    bad, reasons, details = udfs.kmeans.embedding_problems(column, 2)
+    bad, reasons, details = udfs.vectors.embedding_problems(column, 2)
     assert bad.tolist() == [1, 2, 3, 4, 5, 6, 7]
     assert reasons == [
-        udfs.kmeans.NULL_EMBEDDING,
-        udfs.kmeans.WRONG_DIMENSION,
-        udfs.kmeans.NON_FINITE,
-        udfs.kmeans.ZERO_VECTOR,
-        udfs.kmeans.NON_FINITE,
-        udfs.kmeans.NON_FINITE,
-        udfs.kmeans.WRONG_DIMENSION,
+        udfs.vectors.NULL_EMBEDDING,
+        udfs.vectors.WRONG_DIMENSION,
+        udfs.vectors.NON_FINITE,
+        udfs.vectors.ZERO_VECTOR,
+        udfs.vectors.NON_FINITE,
+        udfs.vectors.NON_FINITE,
+        udfs.vectors.WRONG_DIMENSION,
     ]
     assert details[1] == "length 1, expected 2" and details[2] == "1 of 2 values NaN, infinite or null"
     # what passes is exactly what arrow_matrix reads
     good = pa.array([rows[0], rows[8]], pa.list_(pa.float64()))
-    assert udfs.kmeans.embedding_problems(good, 2)[0].size == 0
-    np.testing.assert_array_equal(udfs.kmeans.arrow_matrix(good, 2), np.float32([[0.6, 0.8], [-1.0, 0.0]]))
-    assert udfs.kmeans.embedding_problems(pa.chunked_array([], pa.list_(pa.float32())), 2)[0].size == 0
+    assert udfs.vectors.embedding_problems(good, 2)[0].size == 0
+    np.testing.assert_array_equal(udfs.vectors.arrow_matrix(good, 2), np.float32([[0.6, 0.8], [-1.0, 0.0]]))
+    assert udfs.vectors.embedding_problems(pa.chunked_array([], pa.list_(pa.float32())), 2)[0].size == 0
 
 
 def test_probe_counts_keep_the_leaves_within_the_margin() -> None:
@@ -450,24 +447,24 @@ def test_probe_counts_keep_the_leaves_within_the_margin() -> None:
         ],
         np.float32,
     )
-    assert udfs.kmeans.probe_counts(scores, 0.1, 2, 3).tolist() == [2, 2, 3, 2]
-    assert udfs.kmeans.probe_counts(scores, 0.1, 1, 4).tolist() == [2, 1, 4, 2]
-    assert udfs.kmeans.probe_counts(scores, 0.0, 4, 4).tolist() == [4, 4, 4, 2]  # lo = hi: a fixed p
-    assert udfs.kmeans.probe_counts(scores[:, :0], 0.1, 2, 3).tolist() == [0, 0, 0, 0]
+    assert udfs.tree.probe_counts(scores, 0.1, 2, 3).tolist() == [2, 2, 3, 2]
+    assert udfs.tree.probe_counts(scores, 0.1, 1, 4).tolist() == [2, 1, 4, 2]
+    assert udfs.tree.probe_counts(scores, 0.0, 4, 4).tolist() == [4, 4, 4, 2]  # lo = hi: a fixed p
+    assert udfs.tree.probe_counts(scores[:, :0], 0.1, 2, 3).tolist() == [0, 0, 0, 0]
 
 
 def test_calibrated_margin_spends_the_mean_probe_budget() -> None:
     # gaps to the best leaf: row 0 0.2, 0.33; row 1 0.05, 0.52; row 2 0.41, 0.47
     scores = np.array([[0.9, 0.7, 0.57], [0.8, 0.75, 0.28], [0.6, 0.19, 0.13]], np.float32)
     # counts (lo 1, hi 3) as the margin grows: 0.05: 1,2,1; 0.2: 2,2,1; 0.33: 3,2,1; 0.41: 3,2,2; 0.47: 3,2,3
-    margin = udfs.kmeans.calibrate_margin(scores, 2.0, 1, 3)  # the largest margin with at most 6 probes in all
+    margin = udfs.tree.calibrate_margin(scores, 2.0, 1, 3)  # the largest margin with at most 6 probes in all
     assert 0.33 - 1e-6 <= margin <= 0.41 + 1e-6  # float32 scores: breakpoints within rounding
-    assert udfs.kmeans.probe_counts(scores, margin, 1, 3).tolist() == [3, 2, 1]
-    margin = udfs.kmeans.calibrate_margin(scores, 4 / 3, 1, 3)
+    assert udfs.tree.probe_counts(scores, margin, 1, 3).tolist() == [3, 2, 1]
+    margin = udfs.tree.calibrate_margin(scores, 4 / 3, 1, 3)
     assert 0.05 - 1e-6 <= margin <= 0.2 + 1e-6
-    assert udfs.kmeans.probe_counts(scores, margin, 1, 3).tolist() == [1, 2, 1]
+    assert udfs.tree.probe_counts(scores, margin, 1, 3).tolist() == [1, 2, 1]
     # a budget below lo everywhere, or above what any margin reaches
-    assert udfs.kmeans.calibrate_margin(scores, 0.5, 1, 3) == 0.0
-    assert udfs.kmeans.probe_counts(scores, udfs.kmeans.calibrate_margin(scores, 9.0, 1, 3), 1, 3).tolist() == [3, 3, 3]
-    assert udfs.kmeans.calibrate_margin(np.zeros((0, 3), np.float32), 2.0, 1, 3) == 0.0
-    assert udfs.kmeans.calibrate_margin(scores, 2.0, 2, 2) == 0.0  # lo = hi: the margin changes nothing
+    assert udfs.tree.calibrate_margin(scores, 0.5, 1, 3) == 0.0
+    assert udfs.tree.probe_counts(scores, udfs.tree.calibrate_margin(scores, 9.0, 1, 3), 1, 3).tolist() == [3, 3, 3]
+    assert udfs.tree.calibrate_margin(np.zeros((0, 3), np.float32), 2.0, 1, 3) == 0.0
+    assert udfs.tree.calibrate_margin(scores, 2.0, 2, 2) == 0.0  # lo = hi: the margin changes nothing
