@@ -69,7 +69,7 @@ from realsyn.tables import (
 )
 from udfs.kmeans import local_refined, refined, replace_fine, spherical_kmeans, sums_by_label
 from udfs.tree import Tree, boundary_rows, nearest_leaf
-from udfs.vectors import arrow_matrix, assign, embedding_problems, matrix_column
+from udfs.vectors import arrow_matrix, assign, embedding_problems, matrix_column, top_p
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +174,17 @@ def fine_cluster_count(n_rows: int, leaf_size: int) -> int:
     return max(1, round(n_rows / leaf_size))
 
 
-def _sorted_matrix(table: pa.Table, id_col: str, embedding_col: str, dim: int) -> np.ndarray:
+def sorted_matrix(table: pa.Table, id_col: str, embedding_col: str, dim: int) -> np.ndarray:
     """Embeddings ordered by id, so training does not depend on the order rows arrive in."""
     order = pc.sort_indices(table, sort_keys=[(id_col, "ascending")])
     return arrow_matrix(table.column(embedding_col).take(order), dim)
+
+
+def hash_sample(rows: DataFrame, id_col: str, seed: int, fraction: float) -> pa.Table:
+    """About ``fraction`` of ``rows`` chosen by the hash of their id (:func:`hash_uniform`), as Arrow on the
+    driver; the whole (then small) input when a tiny fraction misses every row."""
+    sample = rows.filter(hash_uniform(id_col, seed) < fraction).toArrow() if fraction < 1 else rows.toArrow()
+    return sample if sample.num_rows else rows.toArrow()
 
 
 def train_tree(
@@ -197,9 +204,7 @@ def train_tree(
         return Tree.from_parts(np.zeros((0, 0), np.float32), [])
     k1 = coarse_cluster_count(n, cfg)
     fraction = min(1.0, k1 * cfg.max_points_per_centroid / n)
-    sample = rows.filter(hash_uniform(id_col, cfg.seed) < fraction).toArrow()
-    if sample.num_rows == 0:  # a tiny fraction can miss every row; fall back to the whole (then small) input
-        sample = rows.toArrow()
+    sample = hash_sample(rows, id_col, cfg.seed, fraction)
     dim = len(sample.column(embedding_col)[0])
     kmeans = functools.partial(
         spherical_kmeans,
@@ -208,18 +213,18 @@ def train_tree(
         resampling_steps=cfg.resampling_steps,
         resample_size=cfg.resample_size,
     )
-    coarse = kmeans(_sorted_matrix(sample, id_col, embedding_col, dim), k1, seed=cfg.seed)
+    coarse = kmeans(sorted_matrix(sample, id_col, embedding_col, dim), k1, seed=cfg.seed)
     # Each coarse cluster of n_c rows gets k_c = round(n_c / leaf_size) leaves trained on about
     # max_points_per_centroid rows per leaf: the same share of every cluster, so one pass samples them all and
     # k_c is estimated from the sample (exact when the share is 1).
     share = min(1.0, cfg.max_points_per_centroid / cfg.leaf_size)
     fine_sample = rows.filter(hash_uniform(id_col, cfg.seed + 1) < share) if share < 1 else rows
-    sampled = _with_nearest(fine_sample, coarse, id_col, embedding_col, "coarse_id")
+    sampled = with_nearest(fine_sample, coarse, embedding_col, "coarse_id")
 
     def train_fine(table: pa.Table) -> pa.Table:
         coarse_id = int(table.column("coarse_id")[0].as_py())
         k = fine_cluster_count(round(table.num_rows / share), cfg.leaf_size)
-        centroids = kmeans(_sorted_matrix(table, id_col, embedding_col, dim), k, seed=cfg.seed + coarse_id, threads=1)
+        centroids = kmeans(sorted_matrix(table, id_col, embedding_col, dim), k, seed=cfg.seed + coarse_id, threads=1)
         return pa.table(
             {
                 "coarse_id": pa.array(np.full(len(centroids), coarse_id), pa.int64()),
@@ -381,9 +386,21 @@ def _with_label(
     return df.mapInArrow(labelled, schema)
 
 
-def _with_nearest(df: DataFrame, centroids: np.ndarray, id_col: str, embedding_col: str, out_col: str) -> DataFrame:
-    """``df`` plus the index of the nearest of ``centroids`` (a flat level) in ``out_col``."""
-    return _with_label(df, embedding_col, out_col, centroids.shape[1], lambda x: assign(x, centroids)[0])
+def with_nearest(df: DataFrame, centroids: np.ndarray, embedding_col: str, out_col: str, p: int = 1) -> DataFrame:
+    """``df`` plus the index of the nearest of ``centroids`` (a flat level) in ``out_col``; with ``p`` > 1, one
+    row for each of the ``p`` nearest (best first)."""
+    if p == 1:
+        return _with_label(df, embedding_col, out_col, centroids.shape[1], lambda x: assign(x, centroids)[0])
+    schema = T.StructType([*df.schema.fields, T.StructField(out_col, T.LongType(), False)])
+    dim = centroids.shape[1]
+
+    def labelled(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        for batch in batches:
+            idx, _ = top_p(arrow_matrix(batch.column(embedding_col), dim), centroids, p)
+            rows = pa.array(np.repeat(np.arange(batch.num_rows), idx.shape[1]))
+            yield batch.take(rows).append_column(out_col, pa.array(idx.reshape(-1), pa.int64()))
+
+    return df.mapInArrow(labelled, schema)
 
 
 def assign_leaves(

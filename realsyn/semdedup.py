@@ -8,15 +8,16 @@ components (:mod:`realsyn.components`, union-find semantics) and the caller's ra
 representative per group, the same rule as every other near-duplicate step of realsyn.
 
 Generic over any DataFrame with an id column and an L2-normalised ``array<float>`` embedding column (images or
-sentences). Centroids are trained on the driver from a deterministic sample (the rows with the smallest hash
-of their id), which is the only data the driver holds.
+sentences). It runs on clustering's k-means path (realsyn.clustering): centroids trained on the driver from a
+hash sample of the ids read as Arrow (the only data the driver holds), rows assigned to their nearest centroids
+by an Arrow map over the tasks.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +27,12 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from realsyn.clustering import hash_sample, sorted_matrix, with_nearest
 from realsyn.components import group_duplicates
 from realsyn.config import EmbedConfig
 from realsyn.tables import Lakehouse
 from udfs.kmeans import spherical_kmeans
-from udfs.vectors import as_matrix, l2_normalize, top_p
+from udfs.vectors import as_matrix, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -88,36 +90,17 @@ def similar_pairs(
 def train_centroids(df: DataFrame, id_col: str, embedding_col: str, params: SemDedupParams) -> np.ndarray:
     """Spherical k-means centroids for ``df``: k = ceil(n / items_per_cluster), trained on a deterministic sample.
 
-    The sample is the ``min(max_train_points, 256 * k)`` rows with the smallest xxhash64 of their id (ties by
-    id), so it does not depend on partitioning; only that sample reaches the driver.
+    The sample is clustering's (realsyn.clustering.hash_sample): about ``min(max_train_points, 256 * k)`` rows
+    chosen by the hash of their id, so it does not depend on partitioning; only that sample reaches the driver,
+    as Arrow.
     """
     n = df.count()
     k = max(1, math.ceil(n / params.items_per_cluster))
-    sample = (
-        df.select(id_col, embedding_col)
-        .orderBy(F.xxhash64(F.col(id_col)), F.col(id_col))
-        .limit(min(params.max_train_points, _POINTS_PER_CENTROID * k))
-        .collect()
-    )
-    x = l2_normalize(as_matrix([r[embedding_col] for r in sample]))
+    size = min(params.max_train_points, _POINTS_PER_CENTROID * k)
+    sample = hash_sample(df.select(id_col, embedding_col), id_col, params.seed, size / max(n, 1))
+    dim = len(sample.column(embedding_col)[0])
+    x = l2_normalize(sorted_matrix(sample, id_col, embedding_col, dim))
     return spherical_kmeans(x, k, niter=params.niter, seed=params.seed, max_points_per_centroid=_POINTS_PER_CENTROID)
-
-
-def assign_clusters(df: DataFrame, embedding_col: str, centroids: np.ndarray, clusters_per_item: int = 1) -> DataFrame:
-    """Add ``cluster`` (int): the nearest centroid by cosine; with ``clusters_per_item`` > 1, one row per cluster."""
-    spark = df.sparkSession
-    shared = spark.sparkContext.broadcast(np.ascontiguousarray(centroids, dtype=np.float32))
-    p = clusters_per_item
-
-    @F.pandas_udf(T.ArrayType(T.IntegerType()))  # type: ignore[call-overload]
-    def nearest(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        c = shared.value
-        for emb in batches:
-            x = l2_normalize(as_matrix(emb, dim=c.shape[1]))
-            idx, _ = top_p(x, c, p)
-            yield pd.Series([row.astype(np.int32).tolist() for row in idx])
-
-    return df.withColumn(CLUSTER, F.explode(nearest(F.col(embedding_col))))
 
 
 def duplicate_pairs(df: DataFrame, id_col: str, embedding_col: str, params: SemDedupParams) -> DataFrame:
@@ -126,7 +109,9 @@ def duplicate_pairs(df: DataFrame, id_col: str, embedding_col: str, params: SemD
     ``src < dst``; a pair found in several clusters appears once (with its one similarity).
     """
     centroids = train_centroids(df, id_col, embedding_col, params)
-    clustered = assign_clusters(df.select(id_col, embedding_col), embedding_col, centroids, params.clusters_per_item)
+    clustered = with_nearest(
+        df.select(id_col, embedding_col), centroids, embedding_col, CLUSTER, params.clusters_per_item
+    )
     threshold = params.threshold
     schema = T.StructType(
         [

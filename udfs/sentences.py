@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -159,15 +159,6 @@ def word_entropy(sentence_words: Sequence[str], counts: Mapping[str, int], total
     log_total = math.log(total)
     surprisal = sum(log_total - math.log(counts[w]) for w in sentence_words) / len(sentence_words)
     return surprisal / log_total
-
-
-def corpus_word_counts(sentences: Iterable[str]) -> dict[str, int]:
-    """Word counts over ``sentences`` (every occurrence counts): the single-process twin of the Spark count."""
-    counts: dict[str, int] = {}
-    for s in sentences:
-        for w in words(s):
-            counts[w] = counts.get(w, 0) + 1
-    return counts
 
 
 def shingles(text: str, size: int = 5) -> list[str]:

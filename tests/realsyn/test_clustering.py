@@ -21,6 +21,7 @@ from realsyn.clustering import (
     run_cluster_sentences,
     train_tree,
     tree_from_centroids,
+    with_nearest,
 )
 from realsyn.config import ClusterConfig, Config, ConfigError
 from realsyn.tables import (
@@ -339,3 +340,15 @@ def test_run_cluster_images_writes_the_image_tree(spark: SparkSession, lakehouse
     sizes = lakehouse.read(SILVER_IMAGE_CENTROIDS).filter(F.col("level") == LEVEL_LEAF).select("size").collect()
     assert sorted(r["size"] for r in sizes) == [30, 30, 30]
     assert not lakehouse.exists(SILVER_SENTENCE_CENTROIDS)
+
+
+def test_each_row_gets_its_nearest_centroids_best_first(spark: SparkSession) -> None:
+    centroids = np.eye(3, dtype=np.float32)
+    rows = [("a", [0.9, 0.4, 0.1]), ("b", [0.1, 0.2, 0.95]), ("c", [0.3, 0.9, 0.5])]
+    df = spark.createDataFrame(rows, "id string, embedding array<float>").repartition(2)
+    one = sorted((r["id"], r["cluster"]) for r in with_nearest(df, centroids, "embedding", "cluster").collect())
+    assert one == [("a", 0), ("b", 2), ("c", 1)]
+    # p = 2: one row per each of the two nearest (semantic dedup's clusters_per_item), best first within a row.
+    two = [(r["id"], r["cluster"]) for r in with_nearest(df, centroids, "embedding", "cluster", p=2).collect()]
+    assert sorted(two) == [("a", 0), ("a", 1), ("b", 1), ("b", 2), ("c", 1), ("c", 2)]
+    assert [c for i, c in two if i == "c"] == [1, 2]

@@ -7,9 +7,11 @@ tokenizer trained in the test: no weights can be downloaded, and the scores say 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import pytest
 from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -27,7 +29,14 @@ from realsyn.config import (
 from realsyn.funnel import FUNNEL_SCHEMA
 from realsyn.ids import stable_id
 from realsyn.ingest import run_ingest
-from realsyn.sentences import STAGE, add_perplexity, perplexity_reason, run_extract_sentences
+from realsyn.sentences import (
+    STAGE,
+    add_perplexity,
+    add_word_entropy,
+    perplexity_reason,
+    run_extract_sentences,
+    word_counts,
+)
 from realsyn.tables import (
     BRONZE_TEXTS,
     FUNNEL,
@@ -288,3 +297,19 @@ def test_semantic_dedup_with_existing_embeddings(lakehouse: Lakehouse, storage: 
     funnel = {r["step"]: (r["rows_in"], r["rows_out"]) for r in lakehouse.read(FUNNEL).collect()}
     assert funnel["exact_dedup"] == (5, 4)
     assert funnel["semantic_dedup"] == (4, 3)
+
+
+def test_word_counts_and_entropy_count_every_occurrence(spark: SparkSession) -> None:
+    rows = [("s1", ["the", "the", "the", "the", "cat"], 1), ("s2", ["the", "dog"], 1), ("s3", ["a", "rare", "word"], 2)]
+    sentences = spark.createDataFrame(rows, "sentence_id string, words array<string>, n_occurrences long")
+    counts = word_counts(sentences)
+    # s3 occurs twice: its words count twice.
+    assert dict(counts.collect()) == {"the": 5, "cat": 1, "dog": 1, "a": 2, "rare": 2, "word": 2}
+    entropy = dict(add_word_entropy(sentences, counts, 13).select("sentence_id", "word_entropy").collect())
+    log_total = math.log(13)
+    expected = {
+        "s1": (4 * (log_total - math.log(5)) + log_total) / 5 / log_total,
+        "s2": ((log_total - math.log(5)) + log_total) / 2 / log_total,
+        "s3": (log_total - math.log(2)) / log_total,
+    }
+    assert entropy == pytest.approx(expected)
