@@ -2,9 +2,10 @@
 
 Three measurements, side by side in one run:
 
-1. Synthetic clustered embeddings at full size (default 1M sentences x 100k images, dim 512): the same kernels
-   the Spark stage runs (udfs.kmeans: two-level tree, descent to p leaves, one matrix product per leaf, merge of
-   the per-leaf top-k), swept over p. Recall@k is measured on a random sample of images against faiss exact
+1. Synthetic clustered embeddings at full size (default 1M sentences x 100k images, dim 512): the tree trained
+   by the clustering stage itself (realsyn.clustering.train_tree on local Spark), then the kernels the retrieval
+   stage runs (udfs.tree / udfs.vectors: descent to p leaves, one matrix product per leaf, merge of the per-leaf
+   top-k), swept over p. Recall@k is measured on a random sample of images against faiss exact
    search; the dot-product share counts every similarity computed (coarse centroids, the leaves under the probed
    coarse clusters, the sentences of the p leaves) over what brute force computes (N per image).
 2. The Spark stage itself (realsyn.clustering + realsyn.retrieval) on a smaller synthetic set, timed end to end
@@ -42,7 +43,6 @@ from typing import Any
 import numpy as np
 
 from realsyn.config import ClusterConfig, RetrievalConfig
-from udfs.kmeans import hierarchical_kmeans
 from udfs.tree import Prefilter, Tree, calibrate_margin, descend, nearest_leaf, probe_counts, top_k_prefiltered
 from udfs.vectors import l2_normalize, matrix_column, merge_top_k
 
@@ -272,21 +272,17 @@ class Descent:
 
 
 def stage_tree(s: np.ndarray, ccfg: ClusterConfig) -> Tree:
-    """The tree the clustering stage trains on ``s`` under ``ccfg``, by its one-machine twin."""
-    return hierarchical_kmeans(
-        s,
-        ccfg.leaf_size,
-        ccfg.coarse_clusters,
-        niter=ccfg.niter,
-        seed=ccfg.seed,
-        max_points_per_centroid=ccfg.max_points_per_centroid,
-        resampling_steps=ccfg.resampling_steps,
-        resample_size=ccfg.resample_size,
-        refine_steps=ccfg.refine_steps,
-        assign_coarse_probe=ccfg.assign_coarse_probe,
-        boundary_passes=ccfg.boundary_passes,
-        boundary_margin=ccfg.boundary_margin,
-    )
+    """The tree the clustering stage trains on ``s`` under ``ccfg``: realsyn.clustering.train_tree itself, on a
+    local Spark session over the rows written as parquet."""
+    from realsyn.clustering import train_tree
+
+    spark = local_spark("bench-retrieval-tree")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            sentences = spark.read.parquet(write_parquet(s, f"{tmp}/sentences.parquet", "sentence_id", "s"))
+            return train_tree(sentences, ccfg, "sentence_id", n_rows=s.shape[0])
+    finally:
+        spark.stop()
 
 
 def sweep(

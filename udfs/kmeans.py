@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from udfs.tree import Tree, boundary_rows, nearest_leaf
+from udfs.tree import Tree
 from udfs.vectors import Ints, Matrix, assign, l2_normalize
 
 
@@ -202,77 +202,3 @@ def replace_fine(tree: Tree, fine: Sequence[tuple[int, Matrix, npt.NDArray[np.fl
         if np.any(total):
             coarse[c] = l2_normalize(total[None, :])[0]
     return Tree(coarse, leaves, tree.parent)
-
-
-def boundary_pass_local(x: Matrix, tree: Tree, coarse_probe: int, margin: float, niter: int) -> Tree:
-    """One boundary pass over rows held in memory (``realsyn.clustering.boundary_pass`` runs it in Spark): rows
-    routed by :func:`boundary_rows`, each coarse cluster's leaves retrained by :func:`local_refined` over its rows
-    in row order, and the tree rebuilt by :func:`replace_fine`."""
-    rows, owner, competitor = boundary_rows(x, tree, coarse_probe, margin)
-    offsets, parts = tree.offsets, []
-    for c in np.unique(owner):
-        mine = owner == c
-        new, _, sums = local_refined(x[rows[mine]], tree.leaves[offsets[c] : offsets[c + 1]], competitor[mine], niter)
-        parts.append((int(c), new, sums))
-    return replace_fine(tree, parts)
-
-
-def hierarchical_kmeans(
-    x: Matrix,
-    leaf_size: int,
-    coarse_clusters: int = 0,
-    *,
-    niter: int = 20,
-    seed: int = 0,
-    max_points_per_centroid: int = 256,
-    resampling_steps: int = 0,
-    resample_size: int = 0,
-    refine_steps: int = 0,
-    assign_coarse_probe: int = 3,
-    boundary_passes: int = 0,
-    boundary_margin: float = 0.05,
-) -> Tree:
-    """The two-level tree of realsyn.clustering on one machine (arrays in memory), with random samples.
-
-    ``coarse_clusters`` 0 means about sqrt(n / leaf_size); each coarse cluster of n_c rows gets
-    max(1, round(n_c / leaf_size)) leaves. ``boundary_passes`` boundary passes (:func:`boundary_pass_local`) over
-    a sample of about ``max_points_per_centroid`` rows per leaf follow, then ``refine_steps`` Lloyd steps over all
-    rows, each row going to its nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters.
-    """
-    n, d = x.shape
-    if n == 0:
-        return Tree.from_parts(np.zeros((0, d), np.float32), [])
-    k1 = coarse_clusters or max(1, round(float(np.sqrt(n / leaf_size))))
-    rng = np.random.default_rng(seed)
-    kwargs = {
-        "niter": niter,
-        "max_points_per_centroid": max_points_per_centroid,
-        "resampling_steps": resampling_steps,
-        "resample_size": resample_size,
-    }
-
-    def sample(rows: Ints, k: int) -> Ints:
-        cap = k * max_points_per_centroid
-        return rows if rows.size <= cap else np.sort(rng.choice(rows, cap, replace=False))
-
-    coarse = spherical_kmeans(x[sample(np.arange(n), k1)], k1, seed=seed, **kwargs)  # type: ignore[arg-type]
-    labels, _ = assign(x, coarse)
-    fine = []
-    for c in range(coarse.shape[0]):
-        rows = np.flatnonzero(labels == c)
-        if rows.size == 0:
-            fine.append(np.zeros((0, d), np.float32))
-            continue
-        k = max(1, round(rows.size / leaf_size))
-        fine.append(spherical_kmeans(x[sample(rows, k)], k, seed=seed + c, **kwargs))  # type: ignore[arg-type]
-    tree = Tree.from_parts(coarse, fine)
-    # the passes train on about max_points_per_centroid rows per leaf, as the fine level does
-    share = max_points_per_centroid / leaf_size
-    passes_x = x if share >= 1 else x[np.sort(rng.choice(n, round(n * share), replace=False))]
-    for _ in range(boundary_passes):
-        tree = boundary_pass_local(passes_x, tree, assign_coarse_probe, boundary_margin, niter)
-    for _ in range(refine_steps):
-        labels = nearest_leaf(x, tree, assign_coarse_probe)[0]
-        ids, _, sums = sums_by_label(x, labels)
-        tree = refined(tree, ids, sums)
-    return tree

@@ -35,9 +35,9 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     Lakehouse,
 )
-from udfs.kmeans import boundary_pass_local, refined, sums_by_label
-from udfs.tree import Tree, boundary_rows, descend
-from udfs.vectors import l2_normalize
+from udfs.kmeans import refined, spherical_kmeans, sums_by_label
+from udfs.tree import Tree, boundary_rows, descend, nearest_leaf
+from udfs.vectors import l2_normalize, mean_cosine_distance
 
 DIM = 12
 
@@ -283,16 +283,68 @@ def test_distributed_refine_step_equals_the_one_machine_step(spark: SparkSession
     assert not np.allclose(got.leaves, tree.leaves)
 
 
-def test_distributed_boundary_pass_equals_the_one_machine_pass(spark: SparkSession) -> None:
+def test_a_boundary_pass_is_the_same_whatever_the_partitioning_and_lowers_the_loss(spark: SparkSession) -> None:
     x, tree = two_topic_case()
     cfg = ClusterConfig(assign_coarse_probe=2, boundary_margin=0.3, niter=5)
     rows, _, _ = boundary_rows(x, tree, 2, 0.3)
     assert np.unique(rows).size < rows.size  # some rows take part on both sides of the coarse split
-    expected = boundary_pass_local(x, tree, 2, 0.3, 5)
+    one = boundary_pass(embeddings_df(spark, x).coalesce(1), tree, cfg, "sentence_id", "embedding")
     got = boundary_pass(embeddings_df(spark, x).repartition(3), tree, cfg, "sentence_id", "embedding")
-    np.testing.assert_allclose(got.leaves, expected.leaves, atol=1e-6)
-    np.testing.assert_allclose(got.coarse, expected.coarse, atol=1e-6)
+    np.testing.assert_allclose(got.leaves, one.leaves, atol=1e-6)
+    np.testing.assert_allclose(got.coarse, one.coarse, atol=1e-6)
     assert not np.allclose(got.leaves, tree.leaves)
+    assert np.mean(nearest_leaf(x, got, 2)[1]) > np.mean(nearest_leaf(x, tree, 2)[1])
+
+
+def split_cluster_case() -> tuple[np.ndarray, np.ndarray, Tree]:
+    """Four planted clusters on axes 0-3, and a tree whose coarse split went wrong: clusters 0 and 1 under
+    coarse 0 share its one leaf, while coarse 1 (clusters 2 and 3) holds a spare leaf nearer to cluster 1."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(4), 50)
+    e = np.eye(8, dtype=np.float32)
+    x = l2_normalize(e[labels] + 0.02 * rng.normal(size=(labels.size, 8)))
+    tree = Tree.from_parts(
+        l2_normalize(e[[0, 2]] + e[[1, 3]]),
+        [l2_normalize(e[[0]] + e[[1]]), l2_normalize(np.stack([e[1] + 0.6 * e[2], e[2], e[3]]))],
+    )
+    return x, labels, tree
+
+
+def test_a_boundary_pass_lets_a_leaf_claim_a_planted_cluster_across_the_coarse_split(spark: SparkSession) -> None:
+    x, labels, start = split_cluster_case()
+    df = embeddings_df(spark, x).repartition(2)
+
+    def partition(leaf_of: np.ndarray) -> set[tuple[int, int]]:
+        """(planted cluster, leaf) pairs: one per cluster when every cluster has a leaf of its own."""
+        return set(zip(labels.tolist(), leaf_of.tolist(), strict=True))
+
+    assert partition(nearest_leaf(x, start, 1)[0]) == {(0, 0), (1, 0), (2, 2), (3, 3)}  # the training split
+    cfg = ClusterConfig(assign_coarse_probe=2, boundary_margin=0.2, niter=10)
+    tree = boundary_pass(df, start, cfg, "sentence_id", "embedding")
+    leaf_of = nearest_leaf(x, tree, 2)[0]
+    assert partition(leaf_of) == {(0, 0), (1, 1), (2, 2), (3, 3)}  # cluster 1 went to coarse 1's spare leaf
+    means = l2_normalize(np.stack([x[labels == c].mean(axis=0) for c in range(4)]))
+    np.testing.assert_allclose(tree.leaves, means, atol=1e-5)
+    # probing only their nearest coarse cluster, cluster 1's rows never see coarse 1's leaves
+    alone = boundary_pass(df, start, cfg.model_copy(update={"assign_coarse_probe": 1}), "sentence_id", "embedding")
+    assert {leaf for c, leaf in partition(nearest_leaf(x, alone, 1)[0]) if c == 1} == {0}
+
+
+def test_boundary_passes_take_back_most_of_what_the_coarse_split_costs(spark: SparkSession) -> None:
+    # overlapping clusters in 16 dimensions: the two-level tree ends well above flat k-means, two passes near it
+    rng = np.random.default_rng(3)
+    centres = l2_normalize(rng.normal(size=(60, 16)))
+    x = l2_normalize(centres[rng.integers(0, 60, 6000)] + 0.35 * rng.normal(size=(6000, 16)))
+    df = embeddings_df(spark, x).repartition(2)
+
+    def loss(tree: Tree) -> float:
+        return float(1.0 - np.mean(nearest_leaf(x, tree, 4)[1]))
+
+    cfg = ClusterConfig(leaf_size=100, coarse_clusters=6, assign_coarse_probe=4, boundary_passes=0)
+    plain = train_tree(df, cfg, "sentence_id")
+    passed = train_tree(df, cfg.model_copy(update={"boundary_passes": 2}), "sentence_id")
+    flat = mean_cosine_distance(x, spherical_kmeans(x, passed.n_leaves, max_points_per_centroid=6000))
+    assert loss(passed) - flat < 0.4 * (loss(plain) - flat)
 
 
 def test_partial_sums_fold_to_the_same_totals_past_the_row_cap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,6 @@ import pytest
 
 import udfs.vectors
 from udfs.kmeans import (
-    boundary_pass_local,
-    hierarchical_kmeans,
     kmeans_plus_plus,
     local_refined,
     refined,
@@ -309,47 +307,6 @@ def test_replace_fine_moves_each_retrained_coarse_centroid_to_its_leaves_rows() 
     np.testing.assert_allclose(new.leaves, [[1, 0, 0], [0.6, 0.8, 0], [0, 0, 1]], atol=1e-6)
     np.testing.assert_allclose(new.coarse, [[1, 0, 0], [0, 0.6, 0.8], [0, 0, 1]], atol=1e-6)
     np.testing.assert_array_equal(new.parent, tree.parent)
-
-
-def split_cluster_case() -> tuple[np.ndarray, np.ndarray, Tree]:
-    """Four planted clusters on axes 0-3, and a tree whose coarse split went wrong: clusters 0 and 1 under
-    coarse 0 share its one leaf, while coarse 1 (clusters 2 and 3) holds a spare leaf nearer to cluster 1."""
-    x, labels = planted([50, 50, 50, 50], dim=8, noise=0.02, seed=2)
-    e = np.eye(8, dtype=np.float32)
-    tree = Tree.from_parts(
-        l2_normalize(e[[0, 2]] + e[[1, 3]]),
-        [l2_normalize(e[[0]] + e[[1]]), l2_normalize(np.stack([e[1] + 0.6 * e[2], e[2], e[3]]))],
-    )
-    return x, labels, tree
-
-
-def test_a_boundary_pass_lets_a_leaf_claim_a_planted_cluster_across_the_coarse_split() -> None:
-    x, labels, start = split_cluster_case()
-    assert not same_partition(nearest_leaf(x, start, 1)[0], labels)  # the training split
-    tree = boundary_pass_local(x, start, coarse_probe=2, margin=0.2, niter=10)
-    leaf_of = nearest_leaf(x, tree, 2)[0]
-    assert same_partition(leaf_of, labels)
-    np.testing.assert_array_equal(leaf_of[[0, 50, 100, 150]], [0, 1, 2, 3])  # cluster 1 went to coarse 1's leaf
-    means = l2_normalize(np.stack([x[labels == c].mean(axis=0) for c in range(4)]))
-    np.testing.assert_allclose(tree.leaves, means, atol=1e-5)
-    # probing only their nearest coarse cluster, cluster 1's rows never see coarse 1's leaves
-    alone = boundary_pass_local(x, start, coarse_probe=1, margin=0.2, niter=10)
-    assert not same_partition(nearest_leaf(x, alone, 1)[0], labels)
-
-
-def test_boundary_passes_take_back_most_of_what_the_coarse_split_costs() -> None:
-    # overlapping clusters in 16 dimensions: the two-level tree ends ~6% above flat k-means, two passes ~2%
-    rng = np.random.default_rng(3)
-    centres = l2_normalize(rng.normal(size=(60, 16)))
-    x = l2_normalize(centres[rng.integers(0, 60, 6000)] + 0.35 * rng.normal(size=(6000, 16)))
-
-    def loss(tree: Tree) -> float:
-        return float(1.0 - np.mean(nearest_leaf(x, tree, 4)[1]))
-
-    plain = hierarchical_kmeans(x, 100, 6, assign_coarse_probe=4)
-    passed = hierarchical_kmeans(x, 100, 6, assign_coarse_probe=4, boundary_passes=2)
-    flat = mean_cosine_distance(x, spherical_kmeans(x, passed.n_leaves, max_points_per_centroid=6000))
-    assert loss(passed) - flat < 0.4 * (loss(plain) - flat)
 
 
 # ------------------------------------------------------------------------------------------- prefiltered top-k
