@@ -123,7 +123,8 @@ def read_header(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
 
 
 def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation (1 to 8) of an opened image, read without decoding it; raises on a broken EXIF block.
+    """The EXIF orientation (1 to 8) of an opened image, read without decoding it; raises on an EXIF block that
+    does not parse.
 
     Pillow's PNG ``getexif()`` decodes the whole image to look for an eXIf chunk after the pixel data (a 9,000 x
     9,000 PNG would be decoded past every bound): for a PNG only an eXIf chunk before the pixel data, already in
@@ -133,8 +134,8 @@ def exif_orientation(img: Image.Image) -> int:
         return 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
-    return orientation if 1 <= orientation <= 8 else 1
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1  # a bad value: as stored
 
 
 # ------------------------------------------------------------------------------------------------ the decode
