@@ -108,11 +108,6 @@ def duplicate_pairs(df: DataFrame, id_col: str, embedding_col: str, params: SemD
 
     ``src < dst``; a pair found in several clusters appears once (with its one similarity).
     """
-    centroids = train_centroids(df, id_col, embedding_col, params)
-    clustered = with_nearest(
-        df.select(id_col, embedding_col), centroids, embedding_col, CLUSTER, params.clusters_per_item
-    )
-    threshold = params.threshold
     schema = T.StructType(
         [
             T.StructField("src", T.StringType(), False),
@@ -120,6 +115,13 @@ def duplicate_pairs(df: DataFrame, id_col: str, embedding_col: str, params: SemD
             T.StructField(SIMILARITY, T.DoubleType(), False),
         ]
     )
+    if df.isEmpty():  # no rows to train centroids on, and no pair
+        return df.sparkSession.createDataFrame([], schema)
+    centroids = train_centroids(df, id_col, embedding_col, params)
+    clustered = with_nearest(
+        df.select(id_col, embedding_col), centroids, embedding_col, CLUSTER, params.clusters_per_item
+    )
+    threshold = params.threshold
 
     def per_cluster(group: pd.DataFrame) -> pd.DataFrame:
         ids = [str(i) for i in group[id_col]]

@@ -56,6 +56,11 @@ def test_a_cluster_without_any_pair_keeps_every_item(spark: SparkSession) -> Non
     ]
 
 
+def test_an_empty_input_has_no_duplicates(spark: SparkSession) -> None:
+    df = spark.createDataFrame([], "id string, embedding array<float>")
+    assert semantic_dedup(df, "id", "embedding", [], SemDedupParams()).count() == 0
+
+
 def test_random_weight_models_never_drive_dedup() -> None:
     from realsyn.config import EmbedConfig
     from realsyn.semdedup import refusal
