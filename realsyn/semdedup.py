@@ -87,17 +87,20 @@ def similar_pairs(
     return src, dst, sim
 
 
-def train_centroids(df: DataFrame, id_col: str, embedding_col: str, params: SemDedupParams) -> np.ndarray:
-    """Spherical k-means centroids for ``df``: k = ceil(n / items_per_cluster), trained on a deterministic sample.
+def train_centroids(df: DataFrame, id_col: str, embedding_col: str, params: SemDedupParams) -> np.ndarray | None:
+    """Spherical k-means centroids for ``df``: k = ceil(n / items_per_cluster), trained on a deterministic sample;
+    None for an empty ``df`` (nothing to train on).
 
     The sample is clustering's (realsyn.clustering.hash_sample): about ``min(max_train_points, 256 * k)`` rows
     chosen by the hash of their id, so it does not depend on partitioning; only that sample reaches the driver,
     as Arrow.
     """
     n = df.count()
-    k = max(1, math.ceil(n / params.items_per_cluster))
+    if n == 0:
+        return None
+    k = math.ceil(n / params.items_per_cluster)
     size = min(params.max_train_points, _POINTS_PER_CENTROID * k)
-    sample = hash_sample(df.select(id_col, embedding_col), id_col, params.seed, size / max(n, 1))
+    sample = hash_sample(df.select(id_col, embedding_col), id_col, params.seed, size / n)
     dim = len(sample.column(embedding_col)[0])
     x = l2_normalize(sorted_matrix(sample, id_col, embedding_col, dim))
     return spherical_kmeans(x, k, niter=params.niter, seed=params.seed, max_points_per_centroid=_POINTS_PER_CENTROID)
@@ -115,9 +118,9 @@ def duplicate_pairs(df: DataFrame, id_col: str, embedding_col: str, params: SemD
             T.StructField(SIMILARITY, T.DoubleType(), False),
         ]
     )
-    if df.isEmpty():  # no rows to train centroids on, and no pair
-        return df.sparkSession.createDataFrame([], schema)
     centroids = train_centroids(df, id_col, embedding_col, params)
+    if centroids is None:  # no rows, no pair
+        return df.sparkSession.createDataFrame([], schema)
     clustered = with_nearest(
         df.select(id_col, embedding_col), centroids, embedding_col, CLUSTER, params.clusters_per_item
     )

@@ -60,10 +60,16 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def error_detail(e: BaseException) -> str:
-    """What an exception raised by a decoder says, made deterministic (no object addresses) and short."""
+def decode_failure(e: Exception) -> Rejected:
+    """What an exception raised by Pillow on hostile bytes (anything: OSError, SyntaxError, struct.error...) means:
+    too many pixels for its decompression-bomb error, else undecodable; the detail deterministic (no object
+    addresses) and short."""
+    from PIL import Image
+
+    if isinstance(e, Image.DecompressionBombError):
+        return Rejected(REASON_TOO_MANY_PIXELS, str(e)[:300])
     message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))
-    return f"{type(e).__name__}: {message}"[:300]
+    return Rejected(REASON_UNDECODABLE, f"{type(e).__name__}: {message}"[:300])
 
 
 # ------------------------------------------------------------------------------------------------- the header
@@ -100,18 +106,16 @@ def read_header(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     Raises Rejected for empty bytes, bytes that are no image, a header that does not parse, an empty image and
     more than ``max_pixels`` pixels (the image is then closed).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not data:
         raise Rejected(REASON_EMPTY_IMAGE)
     try:
         img = open_image(data)
-    except Image.DecompressionBombError as e:
-        raise Rejected(REASON_TOO_MANY_PIXELS, str(e)[:300]) from None
     except UnidentifiedImageError:
         raise Rejected(REASON_NOT_AN_IMAGE, "not a recognised image format") from None
-    except Exception as e:  # hostile bytes raise anything (OSError, SyntaxError, struct.error...)
-        raise Rejected(REASON_UNDECODABLE, error_detail(e)) from None
+    except Exception as e:
+        raise decode_failure(e) from None
     width, height = img.size
     if width <= 0 or height <= 0:
         img.close()
@@ -218,7 +222,6 @@ def decode_image(
     more than ``max_decoded_bytes`` is decoded at a reduced scale if a JPEG (still >= 448 px a side, above every
     model's input size), else rejected as too many pixels.
     """
-    from PIL import Image
 
     img = read_header(data, max_pixels).image
     try:
@@ -231,10 +234,8 @@ def decode_image(
         return to_rgb(img)
     except Rejected:
         raise
-    except Image.DecompressionBombError as e:
-        raise Rejected(REASON_TOO_MANY_PIXELS, str(e)[:300]) from None
-    except Exception as e:  # hostile bytes raise anything (OSError, SyntaxError, struct.error...)
-        raise Rejected(REASON_UNDECODABLE, error_detail(e)) from None
+    except Exception as e:
+        raise decode_failure(e) from None
 
 
 # ------------------------------------------------------------------------------- JPEG decoding on the device

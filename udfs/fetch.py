@@ -56,7 +56,7 @@ from udfs.decode import (
     ImageHeader,
     Rejected,
     bound_decode,
-    error_detail,
+    decode_failure,
     exif_orientation,
     read_header,
 )
@@ -313,7 +313,6 @@ def decode_check(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECOD
     JPEG is decoded at reduced DCT scale, which still reads every byte of the image data. Another image whose
     decoded pixels would take more than ``max_decoded_bytes`` is refused (too_many_pixels) without decoding.
     """
-    from PIL import Image
 
     img, fmt = header.image, header.format
     with warnings.catch_warnings():
@@ -326,10 +325,9 @@ def decode_check(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECOD
             if too_big is not None:
                 return ImageCheck(TOO_MANY_PIXELS, too_big, header.width, header.height, fmt)
             img.load()
-        except Image.DecompressionBombError as e:
-            return ImageCheck(TOO_MANY_PIXELS, str(e)[:300])
         except Exception as e:
-            return ImageCheck(DECODE_ERROR, error_detail(e), format=fmt)
+            failure = decode_failure(e)
+            return ImageCheck(_DECODE_STATUS[failure.reason], failure.detail, format=fmt)
         finally:
             img.close()
     width, height = header.width, header.height
