@@ -84,7 +84,8 @@ def export_rows(spark: object, lakehouse_root: str, m: int) -> tuple[object, obj
     from PIL import Image
 
     from realsyn.config import Config
-    from realsyn.tables import SILVER_IMAGES, Lakehouse
+    from realsyn.contracts import SILVER_IMAGES
+    from realsyn.tables import Lakehouse
 
     rng = np.random.default_rng(0)
     tiles = []
@@ -94,9 +95,12 @@ def export_rows(spark: object, lakehouse_root: str, m: int) -> tuple[object, obj
         tiles.append(buf.getvalue())
     ids = [f"{i:032x}" for i in range(m)]
     images = pd.DataFrame({"image_id": ids, "content": [tiles[i % 64] for i in range(m)], "format": "JPEG"})
+    images = images.reindex(columns=SILVER_IMAGES.columns).astype(object)  # the other columns null
+    images = images.where(images.notna(), None)
     cfg = Config.model_validate({"storage": {"root": lakehouse_root}, "export": {"samples_per_shard": 1000}})
     lakehouse = Lakehouse(spark, cfg.storage)  # type: ignore[arg-type]
-    lakehouse.overwrite(SILVER_IMAGES, spark.createDataFrame(images))  # type: ignore[attr-defined]
+    frame = spark.createDataFrame(images, SILVER_IMAGES.schema)  # type: ignore[attr-defined]
+    lakehouse.overwrite(SILVER_IMAGES, frame)
     rows = spark.createDataFrame(  # type: ignore[attr-defined]
         pd.DataFrame(
             {
@@ -117,7 +121,7 @@ def export_rows(spark: object, lakehouse_root: str, m: int) -> tuple[object, obj
 
 def plain_tar_writer(lakehouse: object, rows: object, out: Path, per_shard: int) -> float:
     """Single process: read the same joined rows with toArrow, write the shards with tarfile; seconds."""
-    from realsyn.tables import SILVER_IMAGES
+    from realsyn.contracts import SILVER_IMAGES
     from udfs.webdataset import sample_json
 
     t = time.perf_counter()

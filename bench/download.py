@@ -259,9 +259,10 @@ def job_config(root: Path, concurrency: int, tasks: int) -> dict[str, object]:
 def write_refs(cfg: dict[str, object], urls: list[str]) -> None:
     """Write ``urls`` to bronze.image_refs of a fresh lakehouse (four images per document)."""
     from realsyn.config import Config
+    from realsyn.contracts import BRONZE_IMAGE_REFS
     from realsyn.ids import stable_id
     from realsyn.spark import get_spark
-    from realsyn.tables import BRONZE_IMAGE_REFS, Lakehouse
+    from realsyn.tables import Lakehouse
 
     config = Config.model_validate(cfg)
     assert config.storage.root is not None
@@ -270,11 +271,7 @@ def write_refs(cfg: dict[str, object], urls: list[str]) -> None:
     spark.sparkContext.setLogLevel("ERROR")
     lakehouse = Lakehouse(spark, config.storage)
     rows = [(f"doc{i // 4}", i % 4, u, stable_id(u), None, None, None, None) for i, u in enumerate(urls)]
-    schema = (
-        "doc_id string, position int, url string, url_id string, alt_text string, "
-        "matched_text_index int, matched_sim double, meta string"
-    )
-    lakehouse.insert_new(BRONZE_IMAGE_REFS, spark.createDataFrame(rows, schema), ["doc_id", "position"])
+    lakehouse.insert_new(BRONZE_IMAGE_REFS, spark.createDataFrame(rows, BRONZE_IMAGE_REFS.schema))
 
 
 def run_realsyn(

@@ -39,8 +39,7 @@ from pyspark.sql import types as T
 
 from realsyn.clustering import LEVEL_LEAF
 from realsyn.config import BalanceConfig, Config
-from realsyn.funnel import REASON, FunnelStep, first_reason, split, write_funnel
-from realsyn.tables import (
+from realsyn.contracts import (
     BRONZE_IMAGE_REFS,
     GOLD_DATASET,
     GOLD_DATASET_REJECTS,
@@ -52,8 +51,10 @@ from realsyn.tables import (
     SILVER_IMAGES,
     SILVER_RETRIEVAL,
     SILVER_SENTENCES,
-    Lakehouse,
+    Table,
 )
+from realsyn.funnel import REASON, FunnelStep, first_reason, split, write_funnel
+from realsyn.tables import Lakehouse
 from udfs.balance import capped, hierarchical_quotas, max_over_median, water_fill
 
 STAGE = "balance"
@@ -63,19 +64,6 @@ NO_RETRIEVED_TEXT = "no_retrieved_text"
 NO_CLUSTER = "no_cluster"
 SCALE_PREFIX = "scale_"
 TEXTS = 3  # text1..text3 of the release
-
-REJECTS_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType(), False),
-        T.StructField(REASON, T.StringType(), False),
-        T.StructField("detail", T.StringType(), True),
-        T.StructField("model_id", T.StringType(), False),
-        T.StructField("captioner_id", T.StringType(), False),
-        T.StructField("llm_id", T.StringType(), False),
-        T.StructField("prompt_version", T.StringType(), False),
-        T.StructField("doc_ids", T.ArrayType(T.StringType()), True),
-    ]
-)
 
 
 def scale_column(name: str) -> str:
@@ -118,7 +106,7 @@ class BalanceSummary:
         )
 
 
-def _require(lakehouse: Lakehouse, *names: str) -> None:
+def _require(lakehouse: Lakehouse, *names: Table) -> None:
     for name in names:
         if not lakehouse.exists(name):
             hint = (
@@ -359,7 +347,7 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
         *key_cols,
     )
     lakehouse.overwrite(GOLD_DATASET, dataset)
-    lakehouse.overwrite(GOLD_DATASET_REJECTS, rejects.select(*[F.col(f.name) for f in REJECTS_SCHEMA]))
+    lakehouse.overwrite(GOLD_DATASET_REJECTS, rejects.select(*GOLD_DATASET_REJECTS.columns))
 
     n_kept = int(sizes.sum())
     steps = _funnel_steps(n_images, counts, n_kept)

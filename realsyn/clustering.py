@@ -53,8 +53,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from realsyn.config import ClusterConfig, Config, ConfigError
-from realsyn.funnel import FunnelStep, write_funnel
-from realsyn.tables import (
+from realsyn.contracts import (
     SILVER_IMAGE_CENTROIDS,
     SILVER_IMAGE_CLUSTER_REJECTS,
     SILVER_IMAGE_CLUSTERS,
@@ -65,8 +64,10 @@ from realsyn.tables import (
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCES,
-    Lakehouse,
+    Table,
 )
+from realsyn.funnel import FunnelStep, write_funnel
+from realsyn.tables import Lakehouse
 from udfs.kmeans import local_refined, refined, replace_fine, spherical_kmeans, sums_by_label
 from udfs.tree import Tree, boundary_rows, nearest_leaf
 from udfs.vectors import arrow_matrix, assign, embedding_problems, matrix_column, top_p
@@ -75,17 +76,6 @@ log = logging.getLogger(__name__)
 
 LEVEL_COARSE = 0
 LEVEL_LEAF = 1
-
-CENTROIDS_SCHEMA = T.StructType(
-    [
-        T.StructField("model_id", T.StringType(), False),
-        T.StructField("level", T.IntegerType(), False),
-        T.StructField("centroid_id", T.LongType(), False),
-        T.StructField("parent_id", T.LongType(), True),
-        T.StructField("vector", T.ArrayType(T.FloatType(), False), False),
-        T.StructField("size", T.LongType(), False),
-    ]
-)
 
 _FINE_SCHEMA = T.StructType(
     [
@@ -444,7 +434,7 @@ def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: 
             "size": pa.array(np.r_[coarse_sizes, sizes], pa.int64()),
         }
     )
-    return spark.createDataFrame(table, CENTROIDS_SCHEMA)
+    return spark.createDataFrame(table, SILVER_SENTENCE_CENTROIDS.schema)  # both centroid tables have it
 
 
 def tree_from_centroids(centroids: DataFrame, model_id: str) -> Tree:
@@ -508,7 +498,7 @@ def embedding_rejects(rows: DataFrame, id_col: str, dim: int, embedding_col: str
 
 
 def usable_embeddings(
-    lakehouse: Lakehouse, rows: DataFrame, rejects: str, id_col: str, model_id: str, dim: int | None
+    lakehouse: Lakehouse, rows: DataFrame, rejects: Table, id_col: str, model_id: str, dim: int | None
 ) -> tuple[DataFrame, int]:
     """``rows`` (id, embedding) less those whose embedding is not a usable ``dim``-wide vector, and how many those
     are. They replace ``model_id``'s rows of the table ``rejects`` (id, model_id, reason, detail), so a rerun
@@ -541,12 +531,12 @@ class Subject:
 
     name: str
     id_col: str
-    embeddings: str
-    centroids: str
-    clusters: str
-    rejects: str
+    embeddings: Table
+    centroids: Table
+    clusters: Table
+    rejects: Table
     section: str
-    kept: str  # the extraction table of the rows still in the dataset: embeddings of others are not clustered
+    kept: Table  # the extraction table of the rows still in the dataset: embeddings of others are not clustered
 
 
 SENTENCES = Subject(
@@ -644,7 +634,7 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
         note = f"no {subject.name} embeddings for model {model_id!r}; nothing to cluster"
         return ClusterSummary(model_id, 0, 0, 0, 0, False, note=note, **named)
 
-    def of_model(table: str) -> DataFrame:
+    def of_model(table: Table) -> DataFrame:
         return lakehouse.read(table).filter(F.col("model_id") == model_id)
 
     keep = not cfg.retrain and lakehouse.exists(subject.centroids) and of_model(subject.centroids).limit(1).count()
@@ -661,7 +651,7 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
         assigned = assign_leaves(todo, tree, subject.id_col, coarse_probe=cfg.assign_coarse_probe).select(
             subject.id_col, F.lit(model_id).alias("model_id"), "leaf_id"
         )
-        added = lakehouse.insert_new(subject.clusters, assigned, [subject.id_col, "model_id"])
+        added = lakehouse.insert_new(subject.clusters, assigned)
         return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, added, False, rejected, **named)
 
     tree = train_tree(rows, cfg, subject.id_col, n_rows=n - rejected)

@@ -27,14 +27,15 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.config import Config, ConfigError, EmbedConfig
-from realsyn.funnel import REASON, FunnelStep, write_funnel
-from realsyn.tables import (
+from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDING_REJECTS,
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_SENTENCE_EMBEDDING_REJECTS,
     SILVER_SENTENCE_EMBEDDINGS,
-    Lakehouse,
+    Table,
 )
+from realsyn.funnel import REASON, FunnelStep, write_funnel
+from realsyn.tables import Lakehouse
 from realsyn.workers import keep_zip_directories, task_device
 from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
 
@@ -42,29 +43,6 @@ log = logging.getLogger(__name__)
 
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def embedding_schema(key: str) -> T.StructType:
-    """Schema of an embedding table keyed by ``key`` and model_id."""
-    return T.StructType(
-        [
-            T.StructField(key, T.StringType(), False),
-            T.StructField("model_id", T.StringType(), False),
-            T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
-        ]
-    )
-
-
-def reject_schema(key: str) -> T.StructType:
-    """Schema of an embedding reject table: the id, the model, one reason and a short detail."""
-    return T.StructType(
-        [
-            T.StructField(key, T.StringType(), False),
-            T.StructField("model_id", T.StringType(), False),
-            T.StructField(REASON, T.StringType(), False),
-            T.StructField("detail", T.StringType(), True),
-        ]
-    )
 
 
 def _result_schema(key: str) -> T.StructType:
@@ -241,16 +219,16 @@ def _embed_side(
     kind: str,
     input_table: str,
     key: str,
-    output: str,
-    rejects: str,
+    output: Table,
+    rejects: Table,
     arrow_batch: int,
 ) -> EmbedCounts | None:
     if not lakehouse.exists(input_table):
         return None
     block = str(cfg.parquet_block_size_mb << 20)
     properties = {"parquet.block.size": block}
-    lakehouse.create_if_absent(output, embedding_schema(key), properties=properties)
-    lakehouse.create_if_absent(rejects, reject_schema(key), properties=properties)
+    lakehouse.create_if_absent(output, properties=properties)
+    lakehouse.create_if_absent(rejects, properties=properties)
     source = lakehouse.read(input_table)
     todo = not_yet_embedded(source, [lakehouse.read(output), lakehouse.read(rejects)], key, spec.name)
     if cfg.partitions:
@@ -265,9 +243,9 @@ def _embed_side(
             bad = results.filter(F.col(REASON).isNotNull()).select(key, "model_id", REASON, "detail")
             n_bad = bad.count()  # on the cached results; an empty MERGE would still add a commit
             if computed > n_bad:
-                lakehouse.insert_new(output, ok, [key, "model_id"])
+                lakehouse.insert_new(output, ok)
             if n_bad:
-                lakehouse.insert_new(rejects, bad, [key, "model_id"])
+                lakehouse.insert_new(rejects, bad)
     finally:
         results.unpersist()
     embedded = lakehouse.read(output).filter(F.col("model_id") == spec.name).count()

@@ -37,7 +37,8 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from realsyn.balance import scale_column
 from realsyn.config import Config, ConfigError
-from realsyn.tables import GOLD_DATASET, SILVER_IMAGES, Lakehouse, create_table_at
+from realsyn.contracts import GOLD_DATASET, SILVER_IMAGES
+from realsyn.tables import Lakehouse, create_table_at
 from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, shard_name, write_shards
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]

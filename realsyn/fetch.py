@@ -29,23 +29,16 @@ import pyarrow as pa
 from pyspark import Accumulator, AccumulatorParam, StorageLevel
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema
 
 from realsyn.config import Config, ConfigError, FetchConfig
+from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
 from realsyn.funnel import FunnelStep, write_funnel
-from realsyn.tables import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS, Lakehouse
-from udfs.fetch import ARROW_SCHEMA, FetchOptions, FetchProgress, StatusCounts, count_statuses, fetch_arrow
+from realsyn.tables import Lakehouse
+from udfs.fetch import FetchOptions, FetchProgress, StatusCounts, count_statuses, fetch_arrow
 
 log = logging.getLogger(__name__)
 
 STAGE = "fetch_images"
-
-# bronze.fetched_images holds the fetcher's Arrow batches as they are: its schema is theirs.
-FETCHED_IMAGES_SCHEMA = from_arrow_schema(ARROW_SCHEMA)
-
-# Optimized writes would shuffle every image's bytes once more before writing; each task already writes one
-# large file per commit batch.
-TABLE_PROPERTIES = {"delta.autoOptimize.optimizeWrite": "false"}
 
 
 @dataclass
@@ -135,7 +128,7 @@ def fetch_urls(
         if counts is not None:
             counts.add(returned)
 
-    return urls.select("url_id", "url").mapInArrow(fetch_partition, FETCHED_IMAGES_SCHEMA)
+    return urls.select("url_id", "url").mapInArrow(fetch_partition, BRONZE_FETCHED_IMAGES.schema)
 
 
 def _batch_stats(lakehouse: Lakehouse, part: DataFrame, committed_after: datetime) -> list[Row]:
@@ -166,7 +159,7 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
     if not lakehouse.exists(BRONZE_IMAGE_REFS):
         log.warning("%s does not exist: nothing to fetch", BRONZE_IMAGE_REFS)
         return summary
-    lakehouse.create_if_absent(BRONZE_FETCHED_IMAGES, FETCHED_IMAGES_SCHEMA, properties=TABLE_PROPERTIES)
+    lakehouse.create_if_absent(BRONZE_FETCHED_IMAGES)
     fetched_before = lakehouse.read(BRONZE_FETCHED_IMAGES)
     pending = pending_urls(lakehouse.read(BRONZE_IMAGE_REFS), fetched_before, retry_failed)
     # Materialised with its lineage cut: a commit to bronze.fetched_images must not re-evaluate what was pending.
@@ -196,7 +189,7 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
             try:
                 # Transient failures are replaced in place on --retry-failed; a final row is never touched.
                 replace_when = "t.retryable" if retry_failed else None
-                written = lakehouse.insert_new(BRONZE_FETCHED_IMAGES, fetched, ["url_id"], replace_when)
+                written = lakehouse.insert_new(BRONZE_FETCHED_IMAGES, fetched, replace_when)
             finally:
                 fetched.unpersist()
             returned = counts.value

@@ -12,24 +12,9 @@ from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from realsyn.tables import FUNNEL, Lakehouse
-
-# Every reject table names its reason column so, beside a nullable ``detail`` that says what was measured.
-REASON = "reason"
-DETAIL = "detail"
-
-FUNNEL_SCHEMA = T.StructType(
-    [
-        T.StructField("stage", T.StringType(), False),
-        T.StructField("step_index", T.IntegerType(), False),
-        T.StructField("step", T.StringType(), False),
-        T.StructField("rows_in", T.LongType(), False),
-        T.StructField("rows_out", T.LongType(), False),
-        T.StructField("rows_rejected", T.LongType(), False),
-    ]
-)
+from realsyn.contracts import FUNNEL, REASON
+from realsyn.tables import Lakehouse
 
 
 def first_reason(checks: Sequence[tuple[Column, str]]) -> Column:
@@ -69,7 +54,7 @@ def write_funnel(lakehouse: Lakehouse, stage: str, steps: Sequence[FunnelStep]) 
     """Replace the funnel rows of ``stage`` with ``steps`` (one atomic commit; reruns give the same rows)."""
     spark: SparkSession = lakehouse.spark
     rows = [(stage, i, s.step, s.rows_in, s.rows_out, s.rows_rejected) for i, s in enumerate(steps)]
-    df = spark.createDataFrame(rows, FUNNEL_SCHEMA)
+    df = spark.createDataFrame(rows, FUNNEL.schema)
     lakehouse.replace_partition(FUNNEL, df, "stage", stage)
 
 

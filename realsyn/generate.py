@@ -39,8 +39,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.config import Config, ConfigError, GenerateConfig
-from realsyn.funnel import REASON, FunnelStep, write_funnel
-from realsyn.tables import (
+from realsyn.contracts import (
     GOLD_CAPTIONS,
     GOLD_IMAGE_TAGS,
     GOLD_SYNTHETIC_TEXT_REJECTS,
@@ -50,8 +49,9 @@ from realsyn.tables import (
     SILVER_RETRIEVAL,
     SILVER_SENTENCES,
     SILVER_TAGS,
-    Lakehouse,
 )
+from realsyn.funnel import REASON, FunnelStep, write_funnel
+from realsyn.tables import Lakehouse
 from realsyn.workers import keep_zip_directories, task_device
 from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
 
@@ -64,57 +64,7 @@ REASON_NO_RETRIEVED_TEXT = "no_retrieved_text"
 # Reasons by the step that gives them (the funnel's steps); the caption step passes on the decoder's reasons.
 LLM_REASONS = ("invalid_utf8", "empty_output", "prompt_echo", "truncated", "over_long")
 BAND_REASONS = ("too_similar_ocr_like", "too_dissimilar", "text_not_embeddable")
-KEY = ["image_id", "model_id", "captioner_id", "llm_id", "prompt_version"]
 
-SYNTHETIC_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType(), False),
-        T.StructField("model_id", T.StringType(), False),
-        T.StructField("captioner_id", T.StringType(), False),
-        T.StructField("llm_id", T.StringType(), False),
-        T.StructField("prompt_version", T.StringType(), False),
-        T.StructField("retrieved_sentence_id", T.StringType(), False),
-        T.StructField("retrieved_text", T.StringType(), False),
-        T.StructField("caption", T.StringType(), False),
-        T.StructField("tags", T.ArrayType(T.StringType(), True), False),
-        T.StructField("syn_text", T.StringType(), False),
-        T.StructField("cosine", T.FloatType(), False),
-    ]
-)
-REJECT_SCHEMA = T.StructType(
-    [
-        *(T.StructField(k, T.StringType(), False) for k in KEY),
-        T.StructField(REASON, T.StringType(), False),
-        T.StructField("detail", T.StringType(), True),
-    ]
-)
-CAPTION_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType(), False),
-        T.StructField("captioner_id", T.StringType(), False),
-        T.StructField("caption", T.StringType(), True),
-        T.StructField(REASON, T.StringType(), True),
-        T.StructField("detail", T.StringType(), True),
-    ]
-)
-IMAGE_TAGS_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType(), False),
-        T.StructField("model_id", T.StringType(), False),
-        T.StructField("tags", T.ArrayType(T.StringType(), True), False),
-        T.StructField("cosines", T.ArrayType(T.FloatType(), True), False),
-    ]
-)
-TAGS_SCHEMA = T.StructType(
-    [
-        T.StructField("tag", T.StringType(), False),
-        T.StructField("model_id", T.StringType(), False),
-        T.StructField("source", T.StringType(), False),
-        T.StructField("frequency", T.LongType(), False),
-        T.StructField("prompt", T.StringType(), False),
-        T.StructField("embedding", T.ArrayType(T.FloatType(), False), False),
-    ]
-)
 _REWRITE_SCHEMA = T.StructType(
     [
         T.StructField("image_id", T.StringType(), False),
@@ -206,7 +156,7 @@ def caption_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec, max_pixe
                 }
             )
 
-    return df.select("image_id", "content").mapInPandas(run, CAPTION_SCHEMA)
+    return df.select("image_id", "content").mapInPandas(run, GOLD_CAPTIONS.schema)
 
 
 def tag_frame(df: DataFrame, gcfg: GenerateConfig, model_id: str, tags: list[str], vectors: np.ndarray) -> DataFrame:
@@ -230,7 +180,7 @@ def tag_frame(df: DataFrame, gcfg: GenerateConfig, model_id: str, tags: list[str
                 }
             )
 
-    return df.select("image_id", "embedding").mapInPandas(run, IMAGE_TAGS_SCHEMA)
+    return df.select("image_id", "embedding").mapInPandas(run, GOLD_IMAGE_TAGS.schema)
 
 
 def rewrite_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec) -> DataFrame:
@@ -344,7 +294,7 @@ def embed_tag_frame(df: DataFrame, gcfg: GenerateConfig, precision: str, text_ba
                 }
             )
 
-    return df.select("tag", "source", "frequency", "prompt").mapInPandas(run, TAGS_SCHEMA)
+    return df.select("tag", "source", "frequency", "prompt").mapInPandas(run, SILVER_TAGS.schema)
 
 
 # --------------------------------------------------------------------------------------------- the vocabulary
@@ -392,7 +342,7 @@ def tag_vocabulary(sentences: DataFrame, gcfg: GenerateConfig) -> DataFrame:
 def ensure_tags(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec) -> tuple[int, bool]:
     """Build silver.tags for the CLIP model unless it has rows (or ``generate.tags.rebuild``); (tags, built)."""
     gcfg = cfg.generate
-    lakehouse.create_if_absent(SILVER_TAGS, TAGS_SCHEMA)
+    lakehouse.create_if_absent(SILVER_TAGS)
     present = lakehouse.read(SILVER_TAGS).filter(F.col("model_id") == spec.name).limit(1).count()
     if present and not gcfg.tags.rebuild:
         return lakehouse.read(SILVER_TAGS).filter(F.col("model_id") == spec.name).count(), False
@@ -470,17 +420,12 @@ def run_generate(lakehouse: Lakehouse, cfg: Config) -> GenerateSummary:
     model_id = models.clip.name
     low, high = models.band
     random_weights = any(s.random_init for s in (models.clip, models.captioner, models.llm))
-    for name, schema in (
-        (GOLD_SYNTHETIC_TEXTS, SYNTHETIC_SCHEMA),
-        (GOLD_SYNTHETIC_TEXT_REJECTS, REJECT_SCHEMA),
-        (GOLD_CAPTIONS, CAPTION_SCHEMA),
-        (GOLD_IMAGE_TAGS, IMAGE_TAGS_SCHEMA),
-    ):
-        lakehouse.create_if_absent(name, schema)
+    for table in (GOLD_SYNTHETIC_TEXTS, GOLD_SYNTHETIC_TEXT_REJECTS, GOLD_CAPTIONS, GOLD_IMAGE_TAGS):
+        lakehouse.create_if_absent(table)
     needed = [SILVER_IMAGES, SILVER_IMAGE_EMBEDDINGS, SILVER_RETRIEVAL, SILVER_SENTENCES]
     missing = [n for n in needed if not lakehouse.exists(n)]
     if missing:
-        log.warning("generate: %s not there yet; nothing to generate", ", ".join(missing))
+        log.warning("generate: %s not there yet; nothing to generate", ", ".join(map(str, missing)))
         return _summary(lakehouse, models, gcfg, 0, 0, 0, 0, random_weights)
     spark = lakehouse.spark
     before = spark.conf.get(ARROW_BATCH_CONF, None)
@@ -539,7 +484,7 @@ def _generate(
             .alias("detail"),
         )
         if no_text.limit(1).count():
-            lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(no_text, models, gcfg), KEY)
+            lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(no_text, models, gcfg))
         with_text = todo.filter(F.col("retrieved_text").isNotNull())
         captioned = _caption(lakehouse, cfg, models.captioner, with_text)
         n_tags, _ = ensure_tags(lakehouse, cfg, models.clip)
@@ -564,7 +509,7 @@ def _caption(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec, images: DataFra
     try:
         n = rows.count()
         if n:
-            lakehouse.insert_new(GOLD_CAPTIONS, rows, ["image_id", "captioner_id"])
+            lakehouse.insert_new(GOLD_CAPTIONS, rows)
     finally:
         rows.unpersist()
     return n
@@ -589,9 +534,7 @@ def _tag(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec, images: DataFrame) 
         return
     tags, vectors = _tag_vectors(lakehouse, spec.name)
     _with_arrow_batch(need, 4096)
-    lakehouse.insert_new(
-        GOLD_IMAGE_TAGS, tag_frame(need, cfg.generate, spec.name, tags, vectors), ["image_id", "model_id"]
-    )
+    lakehouse.insert_new(GOLD_IMAGE_TAGS, tag_frame(need, cfg.generate, spec.name, tags, vectors))
 
 
 def _rewrite_and_filter(
@@ -608,7 +551,7 @@ def _rewrite_and_filter(
         F.coalesce(F.col("detail"), F.lit("")).alias("detail"),
     )
     if no_caption.limit(1).count():
-        lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(no_caption, models, gcfg), KEY)
+        lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(no_caption, models, gcfg))
     ready = (
         joined.filter(F.col("caption").isNotNull())
         .drop(REASON, "detail")
@@ -626,7 +569,7 @@ def _rewrite_and_filter(
         tokens = int(stats["tokens"] or 0)
         bad = written.filter(F.col(REASON).isNotNull()).select("image_id", REASON, "detail")
         if bad.limit(1).count():
-            lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(bad, models, gcfg), KEY)
+            lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(bad, models, gcfg))
         good = written.filter(F.col(REASON).isNull()).select("image_id", "syn_text")
         with_vectors = good.join(embeddings.select("image_id", "embedding"), "image_id", "left")
         scored = (
@@ -637,7 +580,7 @@ def _rewrite_and_filter(
         try:
             out = scored.filter(F.col(REASON).isNotNull()).select("image_id", REASON, "detail")
             if out.limit(1).count():
-                lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(out, models, gcfg), KEY)
+                lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(out, models, gcfg))
             kept = (
                 scored.filter(F.col(REASON).isNull())
                 .join(
@@ -655,7 +598,7 @@ def _rewrite_and_filter(
                 )
             )
             if kept.limit(1).count():
-                lakehouse.insert_new(GOLD_SYNTHETIC_TEXTS, kept, KEY)
+                lakehouse.insert_new(GOLD_SYNTHETIC_TEXTS, kept)
         finally:
             scored.unpersist()
     finally:

@@ -36,7 +36,16 @@ from pyspark.sql import types as T
 
 from realsyn.components import COMPONENT, REPRESENTATIVE, choose_representatives, connected_components
 from realsyn.config import Config, EmbedConfig, ImagePerceptualDedupConfig, ImagesConfig, SemanticDedupConfig
-from realsyn.funnel import DETAIL, REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
+from realsyn.contracts import (
+    BRONZE_FETCHED_IMAGES,
+    BRONZE_IMAGE_REFS,
+    DETAIL,
+    REASON,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGE_REJECTS,
+    SILVER_IMAGES,
+)
+from realsyn.funnel import FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import bytes_id_col
 from realsyn.semdedup import (
     SemDedupParams,
@@ -45,14 +54,7 @@ from realsyn.semdedup import (
     semantic_dedup,
     usable_embeddings,
 )
-from realsyn.tables import (
-    BRONZE_FETCHED_IMAGES,
-    BRONZE_IMAGE_REFS,
-    SILVER_IMAGE_EMBEDDINGS,
-    SILVER_IMAGE_REJECTS,
-    SILVER_IMAGES,
-    Lakehouse,
-)
+from realsyn.tables import Lakehouse
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +62,6 @@ STAGE = "extract_images"
 PHASH = "phash"
 DUPLICATE_OF = "duplicate_of"
 STEP = "step"
-
-IMAGE_COLUMNS = ["image_id", "content", "width", "height", "format", "url_ids", "doc_ids"]
-REJECT_SCHEMA = T.StructType(
-    [
-        T.StructField(STEP, T.StringType(), False),
-        T.StructField(REASON, T.StringType(), False),
-        T.StructField(DETAIL, T.StringType(), True),
-        T.StructField("image_id", T.StringType(), True),
-        T.StructField("url_ids", T.ArrayType(T.StringType()), True),
-        T.StructField("doc_ids", T.ArrayType(T.StringType()), True),
-        T.StructField("width", T.IntegerType(), True),
-        T.StructField("height", T.IntegerType(), True),
-        T.StructField("format", T.StringType(), True),
-        T.StructField(DUPLICATE_OF, T.StringType(), True),
-    ]
-)
 
 
 _INFO_TYPE = T.StructType(
@@ -240,12 +226,12 @@ def _merge_groups(df: DataFrame, step: str, reason: str) -> tuple[DataFrame, Dat
     kept = (
         df.where(is_rep)
         .join(refs, COMPONENT)
-        .select(*[c for c in IMAGE_COLUMNS if c not in ("url_ids", "doc_ids")], "_url_ids", "_doc_ids")
+        .select(*[c for c in SILVER_IMAGES.columns if c not in ("url_ids", "doc_ids")], "_url_ids", "_doc_ids")
         .withColumnRenamed("_url_ids", "url_ids")
         .withColumnRenamed("_doc_ids", "doc_ids")
     )
     rejects = _reject_rows(df.where(~is_rep), step, F.lit(reason), duplicate_of=F.col(REPRESENTATIVE))
-    return kept.select(*IMAGE_COLUMNS), rejects
+    return kept.select(*SILVER_IMAGES.columns), rejects
 
 
 def _by_resolution() -> list[Column]:
@@ -288,7 +274,7 @@ def semantic_image_dedup(
     )
     grouped = semantic_dedup(with_emb, "image_id", "embedding", _by_resolution(), params).drop("embedding")
     kept, rejects = _merge_groups(grouped, "semantic_dedup", "semantic_duplicate")
-    return kept.unionByName(without.select(*IMAGE_COLUMNS)), rejects
+    return kept.unionByName(without.select(*SILVER_IMAGES.columns)), rejects
 
 
 def _embeddings_of(lakehouse: Lakehouse, cfg: SemanticDedupConfig, embed: EmbedConfig) -> DataFrame | None:
@@ -360,9 +346,10 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     all_rejects = rejects[0]
     for r in rejects[1:]:
         all_rejects = all_rejects.unionByName(r)
-    lakehouse.overwrite(SILVER_IMAGES, images.select(*IMAGE_COLUMNS))
+    lakehouse.overwrite(SILVER_IMAGES, images.select(*SILVER_IMAGES.columns))
     lakehouse.overwrite(
-        SILVER_IMAGE_REJECTS, all_rejects.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in REJECT_SCHEMA])
+        SILVER_IMAGE_REJECTS,
+        all_rejects.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in SILVER_IMAGE_REJECTS.schema]),
     )
     write_funnel(lakehouse, STAGE, steps)
     # Last: the rejects above are computed from the embeddings as they were when the stage started.

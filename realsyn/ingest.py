@@ -30,15 +30,10 @@ from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
 from realsyn.config import Config, ConfigError, IngestConfig, IngestInput
+from realsyn.contracts import BRONZE_DOCUMENTS, BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS, BRONZE_TEXTS
 from realsyn.funnel import FunnelStep, first_reason, write_funnel
 from realsyn.ids import stable_id_col
-from realsyn.tables import (
-    BRONZE_DOCUMENTS,
-    BRONZE_IMAGE_REFS,
-    BRONZE_INGEST_REJECTS,
-    BRONZE_TEXTS,
-    Lakehouse,
-)
+from realsyn.tables import Lakehouse
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +86,6 @@ IMAGE_ITEM = T.StructType(
     ]
 )
 
-REJECTS_SCHEMA = T.StructType(
-    [
-        T.StructField("reject_id", T.StringType(), False),
-        T.StructField("source", T.StringType()),
-        T.StructField("input_file", T.StringType()),
-        T.StructField("kind", T.StringType()),
-        T.StructField("doc_id", T.StringType()),
-        T.StructField("position", T.IntegerType()),
-        T.StructField("reason", T.StringType()),
-        T.StructField("raw", T.StringType()),
-        T.StructField("detail", T.StringType()),
-    ]
-)
 # The columns Spark reads from a parquet shard: a shard whose columns have other types is an unreadable file.
 OBELICS_PARQUET_SCHEMA = T.StructType([f for f in OBELICS_SCHEMA.fields if f.name != "_corrupt"])
 MMC4_PARQUET_SCHEMA = T.StructType([f for f in MMC4_SCHEMA.fields if f.name != "_corrupt"])
@@ -600,13 +582,13 @@ def _write(
         lakehouse.delta(BRONZE_INGEST_REJECTS).alias("t").merge(
             fixed.alias("s"), "t.kind = 'file' AND t.input_file = s.input_file"
         ).whenMatchedDelete().execute()
-    lakehouse.insert_new(BRONZE_INGEST_REJECTS, rejects, ["reject_id"])
+    lakehouse.insert_new(BRONZE_INGEST_REJECTS, rejects)
     kept_texts = texts.filter(F.col("reject_reason").isNull()).select("doc_id", "position", "text")
-    lakehouse.insert_new(BRONZE_TEXTS, kept_texts, ["doc_id", "position"])
+    lakehouse.insert_new(BRONZE_TEXTS, kept_texts)
     kept_images = images.filter(F.col("reject_reason").isNull()).select(
         "doc_id", "position", "url", "url_id", "alt_text", "matched_text_index", "matched_sim", "meta"
     )
-    lakehouse.insert_new(BRONZE_IMAGE_REFS, kept_images, ["doc_id", "position"])
+    lakehouse.insert_new(BRONZE_IMAGE_REFS, kept_images)
     # Written last: a document row means its texts and image references are complete.
     documents = new.select(
         "doc_id",
@@ -618,7 +600,7 @@ def _write(
         F.size("images").alias("n_images"),
         "meta",
     )
-    lakehouse.insert_new(BRONZE_DOCUMENTS, documents, ["doc_id"])
+    lakehouse.insert_new(BRONZE_DOCUMENTS, documents)
 
     write_funnel(lakehouse, "ingest", ingest_funnel(lakehouse))
     return summary

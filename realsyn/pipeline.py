@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pyspark import SparkContext
-from pyspark.sql import types as T
 
 from realsyn import __version__
 from realsyn.config import Config, StorageConfig
-from realsyn.tables import (
+from realsyn.contracts import (
     BRONZE_DOCUMENTS,
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
@@ -68,8 +67,9 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
-    Lakehouse,
+    Table,
 )
+from realsyn.tables import Lakehouse
 
 if TYPE_CHECKING:
     from realsyn.images import ImagesSummary
@@ -94,8 +94,8 @@ class Stage:
     name: str
     after: tuple[str, ...]
     run: str
-    reads: tuple[str, ...] = ()
-    writes: tuple[str, ...] = ()
+    reads: tuple[Table, ...] = ()
+    writes: tuple[Table, ...] = ()
     check: str | None = None
 
     @property
@@ -321,25 +321,6 @@ def run_semantic_dedup(lakehouse: Lakehouse, cfg: Config) -> SemanticDedupSummar
 # ---------------------------------------------------------------------------------------------------------------
 # gold.runs
 
-RUNS_SCHEMA = T.StructType(
-    [
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("stage", T.StringType(), False),
-        T.StructField("stage_index", T.IntegerType(), False),
-        T.StructField("status", T.StringType(), False),
-        T.StructField("started_at", T.TimestampType(), False),
-        T.StructField("ended_at", T.TimestampType(), False),
-        T.StructField("seconds", T.DoubleType(), False),
-        T.StructField("rows_in", T.MapType(T.StringType(), T.LongType()), False),
-        T.StructField("rows_out", T.MapType(T.StringType(), T.LongType()), False),
-        # Share of the stage's wall time during which at least one Spark task ran (sampled by the progress thread).
-        T.StructField("task_busy_share", T.DoubleType(), True),
-        T.StructField("config_hash", T.StringType(), False),
-        T.StructField("code_version", T.StringType(), False),
-        T.StructField("detail", T.StringType(), True),
-    ]
-)
-
 
 @dataclass(frozen=True)
 class StageRun:
@@ -385,9 +366,9 @@ def code_version() -> str:
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
 
 
-def count_rows(lakehouse: Lakehouse, tables: Sequence[str]) -> dict[str, int]:
-    """Row counts of those of ``tables`` that exist."""
-    return {t: lakehouse.read(t).count() for t in tables if lakehouse.exists(t)}
+def count_rows(lakehouse: Lakehouse, tables: Sequence[Table]) -> dict[str, int]:
+    """Row counts of those of ``tables`` that exist, by table name."""
+    return {t.name: lakehouse.read(t).count() for t in tables if lakehouse.exists(t)}
 
 
 def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs: Sequence[StageRun]) -> None:
@@ -412,7 +393,7 @@ def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs:
         for run in runs
     ]
     if rows:
-        lakehouse.insert_new(RUNS, lakehouse.spark.createDataFrame(rows, RUNS_SCHEMA), ["run_id", "stage"])
+        lakehouse.insert_new(RUNS, lakehouse.spark.createDataFrame(rows, RUNS.schema))
 
 
 # ---------------------------------------------------------------------------------------------------------------

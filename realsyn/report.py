@@ -28,7 +28,8 @@ from pyspark.sql import functions as F
 
 from realsyn.balance import SCALE_PREFIX, TEXTS
 from realsyn.config import Config, ConfigError
-from realsyn.tables import FUNNEL, GOLD_DATASET, SILVER_IMAGES, Lakehouse
+from realsyn.contracts import FUNNEL, GOLD_DATASET, SILVER_IMAGES
+from realsyn.tables import Lakehouse
 from udfs.balance import max_over_median
 
 TEXT_COLUMNS = [f"text{r}" for r in range(1, TEXTS + 1)] + ["syn_text"]

@@ -38,8 +38,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from realsyn.clustering import hash_uniform, resolve_model_id, shipped, tree_from_centroids, usable_embeddings
 from realsyn.config import Config, RetrievalConfig
-from realsyn.funnel import FunnelStep, write_funnel
-from realsyn.tables import (
+from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_IMAGES,
     SILVER_RETRIEVAL,
@@ -48,22 +47,12 @@ from realsyn.tables import (
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCES,
-    Lakehouse,
+    Table,
 )
+from realsyn.funnel import FunnelStep, write_funnel
+from realsyn.tables import Lakehouse
 from udfs.tree import Prefilter, Tree, calibrate_margin, descend, probe_counts, top_k_prefiltered
 from udfs.vectors import arrow_matrix, matrix_column
-
-RETRIEVAL_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType(), False),
-        T.StructField("model_id", T.StringType(), False),
-        T.StructField("rank", T.IntegerType(), False),
-        T.StructField("sentence_id", T.StringType(), False),
-        T.StructField("score", T.FloatType(), False),
-        T.StructField("leaf_id", T.LongType(), False),
-    ]
-)
-
 
 # An embedding in the axes of a retrieval prefilter (udfs.tree.Prefilter).
 LOW_FIELD = T.StructField("embedding_low", T.ArrayType(T.FloatType(), containsNull=False), False)
@@ -349,7 +338,9 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     needed = [SILVER_IMAGE_EMBEDDINGS, SILVER_SENTENCE_EMBEDDINGS, SILVER_SENTENCE_CENTROIDS, SILVER_SENTENCE_CLUSTERS]
     missing = [name for name in needed if not lakehouse.exists(name)]
     if missing:
-        return RetrievalSummary(None, 0, 0, 0, note=f"{', '.join(missing)} not there yet; nothing to retrieve")
+        return RetrievalSummary(
+            None, 0, 0, 0, note=f"{', '.join(map(str, missing))} not there yet; nothing to retrieve"
+        )
     image_embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
     model_id = resolve_model_id(image_embeddings, cfg.retrieval.model_id, "retrieval.model_id")
     if model_id is None:
@@ -393,7 +384,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
     )
 
 
-def _still_kept(lakehouse: Lakehouse, rows: DataFrame, kept: str) -> DataFrame:
+def _still_kept(lakehouse: Lakehouse, rows: DataFrame, kept: Table) -> DataFrame:
     """``rows`` whose id is in the extraction table ``kept`` (all of them while that table does not exist)."""
     if not lakehouse.exists(kept):
         return rows

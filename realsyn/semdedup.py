@@ -30,6 +30,7 @@ from pyspark.sql import types as T
 from realsyn.clustering import hash_sample, sorted_matrix, with_nearest
 from realsyn.components import group_duplicates
 from realsyn.config import EmbedConfig
+from realsyn.contracts import Table
 from realsyn.tables import Lakehouse
 from udfs.kmeans import spherical_kmeans
 from udfs.vectors import as_matrix, l2_normalize
@@ -203,7 +204,7 @@ def usable_embeddings(model_id: str, embed: EmbedConfig, what: str) -> bool:
     return why is None
 
 
-def prune_embeddings(lakehouse: Lakehouse, table: str, kept: DataFrame, id_col: str) -> None:
+def prune_embeddings(lakehouse: Lakehouse, table: Table, kept: DataFrame, id_col: str) -> None:
     """Delete the rows of embeddings ``table`` whose ``id_col`` is not in ``kept`` (one MERGE; a rerun is a no-op).
 
     Keeps an embeddings table in step with the table it was made from after dedup removed rows from it; a row

@@ -52,36 +52,20 @@ from realsyn.config import (
     SentencesConfig,
     check_references,
 )
-from realsyn.funnel import DETAIL, REASON, FunnelStep, first_reason, format_funnel, split, write_funnel
-from realsyn.ids import stable_id_col
-from realsyn.semdedup import check_removed_share, prune_embeddings, usable_embeddings
-from realsyn.tables import (
+from realsyn.contracts import (
     BRONZE_TEXTS,
+    DETAIL,
+    REASON,
     SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
-    Lakehouse,
 )
+from realsyn.funnel import FunnelStep, first_reason, format_funnel, split, write_funnel
+from realsyn.ids import stable_id_col
+from realsyn.semdedup import check_removed_share, prune_embeddings, usable_embeddings
+from realsyn.tables import Lakehouse
 
 STAGE = "extract_sentences"
-
-SENTENCES_SCHEMA = T.StructType(
-    [
-        T.StructField("sentence_id", T.StringType(), False),
-        T.StructField("text", T.StringType(), False),
-        T.StructField("doc_ids", T.ArrayType(T.StringType(), False), False),
-        T.StructField("n_occurrences", T.LongType(), False),
-    ]
-)
-REJECTS_SCHEMA = T.StructType(
-    [
-        *SENTENCES_SCHEMA.fields,
-        T.StructField("step", T.StringType(), False),
-        T.StructField(REASON, T.StringType(), False),
-        T.StructField(DETAIL, T.StringType(), True),
-        T.StructField("duplicate_of", T.StringType(), True),
-    ]
-)
 
 # Funnel steps in order, and the reasons each one gives.
 FILTER_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -320,7 +304,7 @@ def filter_sentences(sentences: DataFrame, cfg: SentencesConfig) -> tuple[DataFr
     out = all_rejects[0]
     for more in all_rejects[1:]:
         out = out.unionByName(more)
-    return kept.select(*SENTENCES_SCHEMA.fieldNames()), out.localCheckpoint(eager=True)
+    return kept.select(*SILVER_SENTENCES.columns), out.localCheckpoint(eager=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,13 +375,13 @@ def merge_duplicates(sentences: DataFrame, pairs: DataFrame, reason: str) -> tup
     pairs = pairs.select("src", "dst").localCheckpoint(eager=True)
     empty_rejects = _as_rejects(sentences.limit(0), reason, F.lit(None).cast("string"))
     if pairs.limit(1).count() == 0:
-        return sentences.select(*SENTENCES_SCHEMA.fieldNames()), empty_rejects
+        return sentences.select(*SILVER_SENTENCES.columns), empty_rejects
     members = pairs.select(F.col("src").alias("sentence_id")).union(pairs.select(F.col("dst").alias("sentence_id")))
     paired = sentences.join(members.distinct(), "sentence_id", "left_semi")
     alone = sentences.join(members.distinct(), "sentence_id", "left_anti")
     grouped = group_duplicates(paired, pairs, "sentence_id", [F.desc("n_occurrences")])
     kept, rejects = _merge_groups(grouped, reason)
-    return kept.unionByName(alone.select(*SENTENCES_SCHEMA.fieldNames())), rejects
+    return kept.unionByName(alone.select(*SILVER_SENTENCES.columns)), rejects
 
 
 def _merge_groups(grouped: DataFrame, reason: str) -> tuple[DataFrame, DataFrame]:
@@ -411,7 +395,7 @@ def _merge_groups(grouped: DataFrame, reason: str) -> tuple[DataFrame, DataFrame
         grouped.where(F.col("sentence_id") == F.col("representative"))
         .select("sentence_id", "text", "representative")
         .join(merged, "representative")
-        .select(*SENTENCES_SCHEMA.fieldNames())
+        .select(*SILVER_SENTENCES.columns)
     )
     dropped = grouped.where(F.col("sentence_id") != F.col("representative"))
     return kept, _as_rejects(dropped, reason, F.col("representative"))
@@ -437,7 +421,7 @@ def semantic_duplicates(
     alone = sentences.join(embeddings, "sentence_id", "left_anti")
     grouped = semantic_dedup(embedded, "sentence_id", "embedding", [F.desc("n_occurrences")], params)
     kept, rejects = _merge_groups(grouped.drop("embedding"), "semantic_duplicate")
-    return kept.unionByName(alone.select(*SENTENCES_SCHEMA.fieldNames())), rejects
+    return kept.unionByName(alone.select(*SILVER_SENTENCES.columns)), rejects
 
 
 def sentence_embeddings(
@@ -534,8 +518,8 @@ def run_extract_sentences(lakehouse: Lakehouse, cfg: Config) -> SentencesSummary
             "sentence semantic dedup", n_in, n_out, ceiling, "sentences.semantic_dedup.max_removed_share"
         )
     # Rejects first: the sentences table, written last, marks a complete run.
-    lakehouse.overwrite(SILVER_SENTENCE_REJECTS, rejects.select(*REJECTS_SCHEMA.fieldNames()))
-    lakehouse.overwrite(SILVER_SENTENCES, kept.select(*SENTENCES_SCHEMA.fieldNames()))
+    lakehouse.overwrite(SILVER_SENTENCE_REJECTS, rejects.select(*SILVER_SENTENCE_REJECTS.columns))
+    lakehouse.overwrite(SILVER_SENTENCES, kept.select(*SILVER_SENTENCES.columns))
     steps = sentence_funnel(lakehouse)
     write_funnel(lakehouse, STAGE, steps)
     # Last, after everything computed from the embeddings as they were when the stage started.

@@ -17,13 +17,7 @@ from pyspark.sql import functions as F
 
 from realsyn.clustering import run_cluster_images, run_cluster_sentences
 from realsyn.config import IngestInput, load_config
-from realsyn.embed import run_embed
-from realsyn.fetch import run_fetch_images
-from realsyn.images import run_extract_images
-from realsyn.ingest import run_ingest
-from realsyn.retrieval import run_retrieve
-from realsyn.sentences import run_extract_sentences
-from realsyn.tables import (
+from realsyn.contracts import (
     BRONZE_DOCUMENTS,
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
@@ -36,8 +30,14 @@ from realsyn.tables import (
     SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
-    Lakehouse,
 )
+from realsyn.embed import run_embed
+from realsyn.fetch import run_fetch_images
+from realsyn.images import run_extract_images
+from realsyn.ingest import run_ingest
+from realsyn.retrieval import run_retrieve
+from realsyn.sentences import run_extract_sentences
+from realsyn.tables import Lakehouse
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("make_bad_inputs", REPO / "tests/data/bad_inputs/make_bad_inputs.py")

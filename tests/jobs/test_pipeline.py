@@ -7,6 +7,7 @@ run holds the lake, a second pipeline on it refuses to start.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -18,6 +19,7 @@ import nbformat
 import pytest
 from deltalake import DeltaTable
 
+from realsyn.contracts import TABLES
 from realsyn.notebook import execute_notebook
 from realsyn.pipeline import STAGE_NAMES
 from tests.faults import Moment, clean_env, differences, pipeline_argv, run_and_kill, run_to_end
@@ -83,12 +85,24 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     rejected = [r["image_id"] for r in table(lake, "gold.synthetic_text_rejects")]
     assert sorted(kept + rejected) == sorted({r["image_id"] for r in retrieval})
     assert all(r["reason"] for r in table(lake, "gold.synthetic_text_rejects"))
-    # One contract for every reject table: a reason column so named, and a detail.
-    reject_tables = sorted(p.parent.relative_to(lake) for p in lake.glob("*/*_rejects/_delta_log"))
-    assert len(reject_tables) == 10
-    for path in reject_tables:
-        columns = DeltaTable(str(lake / path)).schema().fields
-        assert {"reason", "detail"} <= {f.name for f in columns}, path
+    # Every table the pipeline wrote is its contract: the declared columns, types and nullability, in order,
+    # unique on its key; every reject table has a reason column so named, and a detail.
+    written = {f"{p.parent.parent.name}.{p.parent.name}" for p in lake.glob("*/*/_delta_log")}
+    assert written == set(TABLES)
+    for name, contract in TABLES.items():
+        delta = DeltaTable(str(lake / name.replace(".", "/")))
+        fields = json.loads(delta.schema().to_json())["fields"]
+        declared = json.loads(contract.schema.json())["fields"]
+        if contract.open_columns is not None:  # the scale columns, placed after the declared column
+            at = [f["name"] for f in fields].index(contract.open_columns.after) + 1
+            scales = [f for f in fields if f["name"].startswith(contract.open_columns.prefix)]
+            assert scales and all(f["type"] == "boolean" for f in scales)
+            declared[at:at] = scales
+        assert fields == declared, name
+        rows = delta.to_pyarrow_table(columns=list(contract.keys)).to_pylist()
+        assert len({tuple(r.values()) for r in rows}) == len(rows), name
+        if name.endswith("_rejects"):
+            assert {"reason", "detail"} <= {f["name"] for f in fields}, name
     assert {r["image_id"] for r in table(lake, "gold.captions")} == images
     # The dataset: every image of silver.images is in gold.dataset or in its rejects, and the kept pairs are the
     # synthetic texts kept; the exports and the report page are where the summary says.

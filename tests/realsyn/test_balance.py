@@ -13,7 +13,8 @@ from pyspark.testing import assertDataFrameEqual
 
 from realsyn.balance import run_balance
 from realsyn.config import Config, ConfigError, load_config
-from realsyn.tables import FUNNEL, GOLD_DATASET, GOLD_DATASET_REJECTS, Lakehouse
+from realsyn.contracts import FUNNEL, GOLD_DATASET, GOLD_DATASET_REJECTS
+from realsyn.tables import Lakehouse
 from tests.gold_data import Img, picture, write_inputs
 
 

@@ -14,15 +14,18 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from realsyn.config import Config, ConfigError, EmbedConfig, StorageConfig
-from realsyn.embed import embed_images, embed_sentences, resolve_model, run_embed
-from realsyn.tables import (
+from realsyn.contracts import (
     FUNNEL,
     SILVER_IMAGE_EMBEDDING_REJECTS,
     SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGES,
     SILVER_SENTENCE_EMBEDDING_REJECTS,
     SILVER_SENTENCE_EMBEDDINGS,
-    Lakehouse,
+    SILVER_SENTENCES,
 )
+from realsyn.embed import embed_images, embed_sentences, resolve_model, run_embed
+from realsyn.tables import Lakehouse
+from tests.tables import rows_frame
 from udfs import clip, decode
 
 IMAGES_SCHEMA = T.StructType([T.StructField("image_id", T.StringType()), T.StructField("content", T.BinaryType())])
@@ -132,8 +135,10 @@ def test_udf_with_tensor_decoding_keeps_ids_and_reasons(
 
 def _write_inputs(lakehouse: Lakehouse, images: dict[str, bytes], texts: dict[str, str]) -> None:
     spark = lakehouse.spark
-    lakehouse.overwrite("silver.images", spark.createDataFrame(list(images.items()), IMAGES_SCHEMA))
-    lakehouse.overwrite("silver.sentences", spark.createDataFrame(list(texts.items()), SENTENCES_SCHEMA))
+    image_rows = [{"image_id": k, "content": v} for k, v in images.items()]
+    lakehouse.overwrite(SILVER_IMAGES, rows_frame(spark, SILVER_IMAGES, image_rows))
+    sentence_rows = [{"sentence_id": k, "text": v} for k, v in texts.items()]
+    lakehouse.overwrite(SILVER_SENTENCES, rows_frame(spark, SILVER_SENTENCES, sentence_rows))
 
 
 def _table(lakehouse: Lakehouse, name: str) -> list[tuple[object, ...]]:

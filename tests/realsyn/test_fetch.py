@@ -19,9 +19,10 @@ from PIL import Image
 
 from jobs.fetch_images import main as fetch_job
 from realsyn.config import Config, FetchConfig, StorageConfig
-from realsyn.fetch import FETCHED_IMAGES_SCHEMA, fetch_options, run_fetch_images
+from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
+from realsyn.fetch import fetch_options, run_fetch_images
 from realsyn.ids import bytes_id, stable_id
-from realsyn.tables import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS, Lakehouse
+from realsyn.tables import Lakehouse
 from udfs.fetch import STATUSES, FetchOptions
 
 REFS_SCHEMA = (
@@ -104,7 +105,7 @@ def _config(storage: StorageConfig, **fetch: Any) -> Config:
 
 def _write_refs(lakehouse: Lakehouse, urls: list[tuple[str, int, str]]) -> None:
     rows = [(doc, pos, url, stable_id(url), None, None, None, None) for doc, pos, url in urls]
-    lakehouse.insert_new(BRONZE_IMAGE_REFS, lakehouse.spark.createDataFrame(rows, REFS_SCHEMA), ["doc_id", "position"])
+    lakehouse.insert_new(BRONZE_IMAGE_REFS, lakehouse.spark.createDataFrame(rows, REFS_SCHEMA))
 
 
 def _table(lakehouse: Lakehouse) -> dict[str, tuple[Any, ...]]:
@@ -224,7 +225,7 @@ def test_job_refuses_loopback_by_default_and_stores_files(
         path,
     )
     assert Path(path).read_bytes() == IMAGES["/a.jpg"]
-    assert lakehouse.read(BRONZE_FETCHED_IMAGES).schema == FETCHED_IMAGES_SCHEMA
+    assert lakehouse.read(BRONZE_FETCHED_IMAGES).schema == BRONZE_FETCHED_IMAGES.schema
 
 
 def test_mmc4_urls_all_end_with_a_final_status(lakehouse: Lakehouse, mmc4_path: Path) -> None:

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pyspark.sql import types as T
 
 from realsyn.config import Config, ConfigError, GenerateConfig, GenerateTagsConfig, StorageConfig, load_config
-from realsyn.generate import resolve_models, run_generate, tag_vocabulary
-from realsyn.tables import (
+from realsyn.contracts import (
     FUNNEL,
     GOLD_CAPTIONS,
     GOLD_IMAGE_TAGS,
@@ -24,9 +22,11 @@ from realsyn.tables import (
     SILVER_RETRIEVAL,
     SILVER_SENTENCES,
     SILVER_TAGS,
-    Lakehouse,
 )
+from realsyn.generate import resolve_models, run_generate, tag_vocabulary
+from realsyn.tables import Lakehouse
 from tests.photos import encode, photo
+from tests.tables import rows_frame
 from udfs import captioner, clip, llm, tagger
 from udfs.models import get_spec, load_registry
 
@@ -120,13 +120,8 @@ def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, 
     vectors = {k: want[k]["image_vec"] for k in want}
     vectors |= {k: next(clip.embed_images(enc, [(k, images[k])], 1)).vectors[0] for k in ("p_rocket", "p_gone")}
     vectors["p_bad"] = np.full(32, 32**-0.5, dtype=np.float32)  # the embed stage would have rejected it
-    lakehouse.overwrite(
-        SILVER_IMAGES,
-        spark.createDataFrame(
-            list(images.items()),
-            T.StructType([T.StructField("image_id", T.StringType()), T.StructField("content", T.BinaryType())]),
-        ),
-    )
+    image_rows = [{"image_id": k, "content": v} for k, v in images.items()]
+    lakehouse.overwrite(SILVER_IMAGES, rows_frame(spark, SILVER_IMAGES, image_rows))
     lakehouse.overwrite(
         SILVER_IMAGE_EMBEDDINGS,
         spark.createDataFrame(
@@ -134,9 +129,8 @@ def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, 
             "image_id string, model_id string, embedding array<float>",
         ),
     )
-    lakehouse.overwrite(
-        SILVER_SENTENCES, spark.createDataFrame(list(SENTENCES.items()), "sentence_id string, text string")
-    )
+    sentence_rows = [{"sentence_id": k, "text": v} for k, v in SENTENCES.items()]
+    lakehouse.overwrite(SILVER_SENTENCES, rows_frame(spark, SILVER_SENTENCES, sentence_rows))
     lakehouse.overwrite(
         SILVER_RETRIEVAL,
         spark.createDataFrame(

@@ -6,18 +6,19 @@ from PIL import ImageEnhance
 from pyspark.sql import SparkSession
 
 from realsyn.config import Config
-from realsyn.ids import bytes_id, stable_id
-from realsyn.images import run_extract_images
-from realsyn.tables import (
+from realsyn.contracts import (
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
     FUNNEL,
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_IMAGE_REJECTS,
     SILVER_IMAGES,
-    Lakehouse,
 )
+from realsyn.ids import bytes_id, stable_id
+from realsyn.images import run_extract_images
+from realsyn.tables import Lakehouse
 from tests.photos import crop, encode, photo
+from tests.tables import rows_frame
 
 
 def _inputs() -> dict[str, bytes]:
@@ -52,23 +53,17 @@ def _write_bronze(spark: SparkSession, lakehouse: Lakehouse, contents: dict[str,
     fetched.append(
         (stable_id("https://example.org/gone"), "https://example.org/gone", "http_error", None, None, None, None, None)
     )
-    lakehouse.overwrite(
-        BRONZE_FETCHED_IMAGES,
-        spark.createDataFrame(
-            fetched,
-            "url_id string, url string, status string, image_id string, content binary, width int, height int, "
-            "format string",
-        ),
-    )
+    columns = ("url_id", "url", "status", "image_id", "content", "width", "height", "format")
+    rows = [dict(zip(columns, row, strict=True)) for row in fetched]
+    lakehouse.overwrite(BRONZE_FETCHED_IMAGES, rows_frame(spark, BRONZE_FETCHED_IMAGES, rows))
     # Document i uses the i-th URL; d-all uses every rocket copy and the astronaut.
     refs = [(f"d{i:02d}", 0, f"https://example.org/{n}", url_ids[n]) for i, n in enumerate(contents)]
     refs += [
         ("d-all", j, f"https://example.org/{n}", url_ids[n])
         for j, n in enumerate([n for n in ["rocket-2", "rocket-3", "astronaut"] if n in contents])
     ]
-    lakehouse.overwrite(
-        BRONZE_IMAGE_REFS, spark.createDataFrame(refs, "doc_id string, position int, url string, url_id string")
-    )
+    ref_rows = [dict(zip(("doc_id", "position", "url", "url_id"), ref, strict=True)) for ref in refs]
+    lakehouse.overwrite(BRONZE_IMAGE_REFS, rows_frame(spark, BRONZE_IMAGE_REFS, ref_rows))
     return url_ids
 
 

@@ -13,14 +13,15 @@ from pyspark.testing import assertDataFrameEqual
 import realsyn.retrieval
 from realsyn.clustering import run_cluster_sentences, train_tree
 from realsyn.config import ClusterConfig, Config, RetrievalConfig
-from realsyn.retrieval import RETRIEVAL_SCHEMA, retrieve, run_retrieve
-from realsyn.tables import (
+from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_RETRIEVAL,
     SILVER_RETRIEVAL_REJECTS,
     SILVER_SENTENCE_EMBEDDINGS,
-    Lakehouse,
 )
+from realsyn.retrieval import retrieve, run_retrieve
+from realsyn.tables import Lakehouse
+from tests.tables import write_foreign
 from udfs.tree import Tree, calibrate_margin, descend, probe_counts
 from udfs.vectors import l2_normalize
 
@@ -259,7 +260,8 @@ def test_run_retrieve_end_to_end_and_rerun(spark: SparkSession, lakehouse: Lakeh
         [("x-null", "m", None), ("x-short", "m", [1.0] * 7), ("x-nan", "m", [float("nan")] * 8)],
         "image_id string, model_id string, embedding array<float>",
     )
-    lakehouse.overwrite(SILVER_IMAGE_EMBEDDINGS, embedding_table(spark, "image_id", q, "m").unionByName(unusable))
+    # Vectors the embed stage would never write (its table refuses a null), as another tool might have written them.
+    write_foreign(lakehouse, SILVER_IMAGE_EMBEDDINGS, embedding_table(spark, "image_id", q, "m").unionByName(unusable))
     run_cluster_sentences(lakehouse, cfg)
     summary = run_retrieve(lakehouse, cfg)
     assert (summary.model_id, summary.images, summary.sentences, summary.rows) == ("m", 5, 40, 10)
@@ -272,7 +274,7 @@ def test_run_retrieve_end_to_end_and_rerun(spark: SparkSession, lakehouse: Lakeh
 
     table = lakehouse.read(SILVER_RETRIEVAL)
     assert [(f.name, f.dataType) for f in table.schema.fields] == [
-        (f.name, f.dataType) for f in RETRIEVAL_SCHEMA.fields
+        (f.name, f.dataType) for f in SILVER_RETRIEVAL.schema.fields
     ]
     got = table.toPandas().sort_values(["image_id", "rank"])
     sims = q @ s.T

@@ -26,7 +26,13 @@ from realsyn.config import (
     SentencesConfig,
     StorageConfig,
 )
-from realsyn.funnel import FUNNEL_SCHEMA
+from realsyn.contracts import (
+    BRONZE_TEXTS,
+    FUNNEL,
+    SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_REJECTS,
+    SILVER_SENTENCES,
+)
 from realsyn.ids import stable_id
 from realsyn.ingest import run_ingest
 from realsyn.sentences import (
@@ -37,14 +43,7 @@ from realsyn.sentences import (
     run_extract_sentences,
     word_counts,
 )
-from realsyn.tables import (
-    BRONZE_TEXTS,
-    FUNNEL,
-    SILVER_SENTENCE_EMBEDDINGS,
-    SILVER_SENTENCE_REJECTS,
-    SILVER_SENTENCES,
-    Lakehouse,
-)
+from realsyn.tables import Lakehouse
 from udfs.sentences import split_sentences
 
 NO_LM = SentencePerplexityConfig(enabled=False)
@@ -170,7 +169,7 @@ def test_filters_exact_and_near_dedup(lakehouse: Lakehouse, storage: StorageConf
                     ]
                 )
             ],
-            FUNNEL_SCHEMA,
+            FUNNEL.schema,
         ),
     )
 
@@ -247,7 +246,6 @@ BEACH = "Children build a sandcastle at the beach."
 
 
 def test_semantic_dedup_with_existing_embeddings(lakehouse: Lakehouse, storage: StorageConfig) -> None:
-    from realsyn.embed import embedding_schema
 
     spark = lakehouse.spark
     texts = [("d1", 0, f"{CAT_} {MARKET}"), ("d2", 0, f"{CAT_} {KITTEN}"), ("d3", 0, BEACH)]
@@ -258,7 +256,7 @@ def test_semantic_dedup_with_existing_embeddings(lakehouse: Lakehouse, storage: 
         (stable_id(KITTEN), "m", [b, 0.1 * b, 0.0, 0.0]),  # cosine 0.995 with CAT_
         (stable_id(MARKET), "m", [0.0, 0.0, 1.0, 0.0]),
     ]  # BEACH has no embedding: it passes through
-    lakehouse.overwrite(SILVER_SENTENCE_EMBEDDINGS, spark.createDataFrame(vectors, embedding_schema("sentence_id")))
+    lakehouse.overwrite(SILVER_SENTENCE_EMBEDDINGS, spark.createDataFrame(vectors, SILVER_SENTENCE_EMBEDDINGS.schema))
     cfg = Config(
         storage=storage,
         sentences=SentencesConfig(

@@ -11,22 +11,25 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from realsyn.config import Config, ConfigError, DemoCorpusConfig, StorageConfig, load_config
-from realsyn.demo_corpus import generate, with_demo_inputs
-from realsyn.ingest import run_ingest
-from realsyn.sentences import run_extract_sentences
-from realsyn.tables import (
+from realsyn.contracts import (
     BRONZE_DOCUMENTS,
     BRONZE_IMAGE_REFS,
     BRONZE_INGEST_REJECTS,
     BRONZE_TEXTS,
     FUNNEL,
+    SILVER_IMAGE_CLUSTERS,
     SILVER_IMAGE_EMBEDDING_REJECTS,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
-    Lakehouse,
 )
+from realsyn.demo_corpus import generate, with_demo_inputs
+from realsyn.ingest import run_ingest
+from realsyn.sentences import run_extract_sentences
+from realsyn.tables import Lakehouse
+from tests.tables import rows_frame, write_foreign
 
 REPO = Path(__file__).resolve().parents[2]
+DOCUMENT = {"doc_id": "d1", "source": "s", "layout": "mmc4", "input_file": "f", "n_texts": 1, "n_images": 0}
 # Ingest writes with insert_new (MERGE), sentence extraction with overwrite, the funnel with replace_partition.
 WRITTEN = (
     BRONZE_DOCUMENTS,
@@ -59,29 +62,30 @@ def run_twice(lakehouse: Lakehouse, cfg: Config) -> None:
 
 def test_a_log_without_a_commit_is_cleared_and_a_committed_one_kept(spark: SparkSession, tmp_path: Path) -> None:
     lakehouse = Lakehouse(spark, StorageConfig(root=str(tmp_path)))
-    rows = spark.createDataFrame([("a", "m"), ("b", "m")], "image_id string, model_id string")
+    table = SILVER_IMAGE_CLUSTERS
+    rows = spark.createDataFrame([("a", "m", 0), ("b", "m", 1)], table.schema)
     # What a process killed inside the table's first commit leaves: the log folder and a temporary file in it.
-    log = Path(lakehouse.location(FUNNEL)) / "_delta_log"
+    log = Path(lakehouse.location(table)) / "_delta_log"
     log.mkdir(parents=True)
     (log / ".00000000000000000000.json.0f3c.tmp").write_text('{"commitInfo": {}}')
-    assert not lakehouse.exists(FUNNEL)
-    lakehouse.replace_partition(FUNNEL, rows, "model_id", "m")
-    assertDataFrameEqual(lakehouse.read(FUNNEL), rows)
+    assert not lakehouse.exists(table)
+    lakehouse.replace_partition(table, rows, "model_id", "m")
+    assertDataFrameEqual(lakehouse.read(table), rows)
     # A committed table is a table: a second writer (a fresh Lakehouse) appends to it and clears nothing.
     Lakehouse(spark, StorageConfig(root=str(tmp_path))).insert_new(
-        FUNNEL, spark.createDataFrame([("c", "m")], rows.schema), ["image_id"]
+        table, spark.createDataFrame([("c", "m", 1)], table.schema)
     )
-    assert sorted(r.image_id for r in lakehouse.read(FUNNEL).collect()) == ["a", "b", "c"]
+    assert sorted(r.image_id for r in lakehouse.read(table).collect()) == ["a", "b", "c"]
 
 
 def test_a_reject_table_of_the_old_naming_is_renamed_on_its_first_write(spark: SparkSession, tmp_path: Path) -> None:
     old = spark.createDataFrame([("a", "m", "undecodable")], "image_id string, model_id string, reject_reason string")
-    Lakehouse(spark, StorageConfig(root=str(tmp_path))).overwrite(SILVER_IMAGE_EMBEDDING_REJECTS, old)
+    write_foreign(Lakehouse(spark, StorageConfig(root=str(tmp_path))), SILVER_IMAGE_EMBEDDING_REJECTS, old)
     new = spark.createDataFrame(
         [("b", "m", "empty_text", "0 bytes")], "image_id string, model_id string, reason string, detail string"
     )
     lakehouse = Lakehouse(spark, StorageConfig(root=str(tmp_path)))
-    assert lakehouse.insert_new(SILVER_IMAGE_EMBEDDING_REJECTS, new, ["image_id", "model_id"]) == 1
+    assert lakehouse.insert_new(SILVER_IMAGE_EMBEDDING_REJECTS, new) == 1
     got = lakehouse.read(SILVER_IMAGE_EMBEDDING_REJECTS)
     assert got.columns == ["image_id", "model_id", "reason", "detail"]
     assertDataFrameEqual(
@@ -89,7 +93,7 @@ def test_a_reject_table_of_the_old_naming_is_renamed_on_its_first_write(spark: S
     )
     # Written once: a table that already has the new name is left as it is.
     version = lakehouse.delta(SILVER_IMAGE_EMBEDDING_REJECTS).history(1).first()["version"]  # type: ignore[index]
-    Lakehouse(spark, StorageConfig(root=str(tmp_path))).create_if_absent(SILVER_IMAGE_EMBEDDING_REJECTS, new.schema)
+    Lakehouse(spark, StorageConfig(root=str(tmp_path))).create_if_absent(SILVER_IMAGE_EMBEDDING_REJECTS)
     assert lakehouse.delta(SILVER_IMAGE_EMBEDDING_REJECTS).history(1).first()["version"] == version  # type: ignore[index]
 
 
@@ -107,10 +111,10 @@ def test_catalog_mode_gives_the_tables_of_path_mode(spark: SparkSession, tmp_pat
         run_twice(by_name, demo_config(tmp_path, by_name.storage))
 
         names = {r.tableName for r in spark.sql(f"SHOW TABLES IN spark_catalog.{schema}").collect()}
-        assert names == {name.replace(".", "_") for name in WRITTEN}
+        assert names == {table.name.replace(".", "_") for table in WRITTEN}
         for name in WRITTEN:
             assert by_name.exists(name)
-            assert by_name.location(name) == f"spark_catalog.{schema}.{name.replace('.', '_')}"
+            assert by_name.location(name) == f"spark_catalog.{schema}.{name.name.replace('.', '_')}"
             expected = by_path.read(name)
             assert by_name.read(name).count() > 0, name
             assertDataFrameEqual(by_name.read(name), expected)
@@ -128,9 +132,9 @@ def test_an_absent_schema_is_created(spark: SparkSession, tmp_path: Path) -> Non
     try:
         assert not spark.catalog.databaseExists(f"spark_catalog.{schema}")
         assert not lakehouse.exists(BRONZE_DOCUMENTS)
-        df = spark.createDataFrame([("d1", 1)], "doc_id string, n int")
-        assert lakehouse.insert_new(BRONZE_DOCUMENTS, df, ["doc_id"]) == 1
-        assert lakehouse.insert_new(BRONZE_DOCUMENTS, df, ["doc_id"]) == 0
+        df = rows_frame(spark, BRONZE_DOCUMENTS, [DOCUMENT])
+        assert lakehouse.insert_new(BRONZE_DOCUMENTS, df) == 1
+        assert lakehouse.insert_new(BRONZE_DOCUMENTS, df) == 0
         assert spark.catalog.databaseExists(f"spark_catalog.{schema}")
         assertDataFrameEqual(spark.table(f"spark_catalog.{schema}.bronze_documents"), df)
     finally:
@@ -139,8 +143,8 @@ def test_an_absent_schema_is_created(spark: SparkSession, tmp_path: Path) -> Non
 
 def test_an_unknown_catalog_is_named(spark: SparkSession) -> None:
     lakehouse = Lakehouse(spark, StorageConfig(catalog="no_such_catalog.realsyn"))
-    df = spark.createDataFrame([("d1",)], "doc_id string")
+    df = rows_frame(spark, BRONZE_DOCUMENTS, [DOCUMENT])
     with pytest.raises(
         ConfigError, match=r"storage\.catalog: cannot use schema 'realsyn' of catalog 'no_such_catalog'"
     ):
-        lakehouse.insert_new(BRONZE_DOCUMENTS, df, ["doc_id"])
+        lakehouse.insert_new(BRONZE_DOCUMENTS, df)
