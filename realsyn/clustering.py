@@ -68,7 +68,9 @@ from realsyn.contracts import (
 )
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse
+from realsyn.workers import task_device
 from udfs.kmeans import local_refined, refined, replace_fine, spherical_kmeans, sums_by_label
+from udfs.models import DevicePolicy
 from udfs.tree import Tree, boundary_rows, nearest_leaf
 from udfs.vectors import arrow_matrix, assign, embedding_problems, matrix_column, top_p
 
@@ -177,16 +179,31 @@ def hash_sample(rows: DataFrame, id_col: str, seed: int, fraction: float) -> pa.
     return sample if sample.num_rows else rows.toArrow()
 
 
+def kmeans_device(policy: DevicePolicy, key: str) -> str | None:
+    """Where the running task's k-means products go: its GPU (udfs.kmeans.DeviceRows), or None for its CPU.
+
+    "cpu" never imports torch; "auto" and "cuda" resolve as the embed stage's device does (realsyn.workers).
+    """
+    if policy == "cpu":
+        return None
+    device = task_device(policy, key)
+    return None if device == "cpu" else device
+
+
 def train_tree(
     df: DataFrame,
     cfg: ClusterConfig,
     id_col: str = "id",
     embedding_col: str = "embedding",
     n_rows: int | None = None,
+    section: str = "cluster",
 ) -> Tree:
     """Train the two-level tree on ``df`` (one row per id, unit-norm embeddings); an empty ``df`` gives no leaves.
 
     Only the coarse sample and the centroids reach the driver. ``n_rows`` saves a count when the caller knows it.
+    With ``cfg.device`` "auto" or "cuda" the fine levels and boundary passes run on each task's GPU and the coarse
+    level on the driver's GPU where it has one (its CPU otherwise, whatever the policy); ``section`` names the
+    config section in errors.
     """
     rows = df.select(id_col, embedding_col)
     n = rows.count() if n_rows is None else n_rows
@@ -203,7 +220,9 @@ def train_tree(
         resampling_steps=cfg.resampling_steps,
         resample_size=cfg.resample_size,
     )
-    coarse = kmeans(sorted_matrix(sample, id_col, embedding_col, dim), k1, seed=cfg.seed)
+    key = f"{section}.device"
+    coarse_device = None if cfg.device == "cpu" else kmeans_device("auto", key)
+    coarse = kmeans(sorted_matrix(sample, id_col, embedding_col, dim), k1, seed=cfg.seed, device=coarse_device)
     # Each coarse cluster of n_c rows gets k_c = round(n_c / leaf_size) leaves trained on about
     # max_points_per_centroid rows per leaf: the same share of every cluster, so one pass samples them all and
     # k_c is estimated from the sample (exact when the share is 1).
@@ -214,7 +233,8 @@ def train_tree(
     def train_fine(table: pa.Table) -> pa.Table:
         coarse_id = int(table.column("coarse_id")[0].as_py())
         k = fine_cluster_count(round(table.num_rows / share), cfg.leaf_size)
-        centroids = kmeans(sorted_matrix(table, id_col, embedding_col, dim), k, seed=cfg.seed + coarse_id, threads=1)
+        x = sorted_matrix(table, id_col, embedding_col, dim)
+        centroids = kmeans(x, k, seed=cfg.seed + coarse_id, threads=1, device=kmeans_device(cfg.device, key))
         return pa.table(
             {
                 "coarse_id": pa.array(np.full(len(centroids), coarse_id), pa.int64()),
@@ -230,13 +250,15 @@ def train_tree(
     fine = [ordered[owner == c] for c in range(coarse.shape[0])]
     tree = Tree.from_parts(coarse, fine)
     for _ in range(cfg.boundary_passes):
-        tree = boundary_pass(fine_sample, tree, cfg, id_col, embedding_col)
+        tree = boundary_pass(fine_sample, tree, cfg, id_col, embedding_col, section)
     for _ in range(cfg.refine_steps):
         tree = refine_tree(rows, tree, cfg.assign_coarse_probe, embedding_col)
     return tree
 
 
-def boundary_pass(rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, embedding_col: str) -> Tree:
+def boundary_pass(
+    rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, embedding_col: str, section: str = "cluster"
+) -> Tree:
     """One boundary pass over ``rows`` (training uses the fine level's sample): the fine level of every coarse
     cluster retrained against its neighbours.
 
@@ -276,6 +298,7 @@ def boundary_pass(rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, 
             current.leaves[a:b],
             table.column("competitor").take(order).to_numpy(),
             cfg.niter,
+            device=kmeans_device(cfg.device, f"{section}.device"),
         )
         return pa.table(
             {
@@ -654,7 +677,7 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
         added = lakehouse.insert_new(subject.clusters, assigned)
         return ClusterSummary(model_id, n, tree.coarse.shape[0], tree.n_leaves, added, False, rejected, **named)
 
-    tree = train_tree(rows, cfg, subject.id_col, n_rows=n - rejected)
+    tree = train_tree(rows, cfg, subject.id_col, n_rows=n - rejected, section=subject.section)
     assigned = assign_leaves(rows, tree, subject.id_col, coarse_probe=cfg.assign_coarse_probe).select(
         subject.id_col, F.lit(model_id).alias("model_id"), "leaf_id"
     )

@@ -101,6 +101,7 @@ class ClusterConfig(Section):
     assign_coarse_probe: int = Field(default=8, gt=0)
     seed: int = 0
     retrain: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
 
 
 class RetrievalConfig(Section):

@@ -1,22 +1,72 @@
 """Spherical k-means and the training of the two-level tree: k-means++, centroid resampling, refinement from
 per-leaf sums, boundary passes.
 
-Plain numpy / faiss kernels, no Spark. The resampling step follows the idea of Vo et al. 2024 ("Automatic Data
-Curation for Self-Supervised Learning", facebookresearch/ssl-data-curation): after k-means, each centroid is
-moved to the mean of the ``resample_size`` points closest to it, which pulls centroids away from the dense middle
-of big clusters and spreads them more evenly over the data's support.
+Plain numpy / faiss kernels, no Spark. Given a torch ``device`` ("cuda:0"), the similarity products of the
+Lloyd steps and of the k-means++ seeding run there instead (:class:`DeviceRows`: the rows are copied once, every
+step sends only the centroids), and k-means is :func:`local_refined`'s Lloyd loop on that device rather than
+faiss's CPU build; everything else stays on the host.
+
+The resampling step follows the idea of Vo et al. 2024 ("Automatic Data Curation for Self-Supervised Learning",
+facebookresearch/ssl-data-curation): after k-means, each centroid is moved to the mean of the ``resample_size``
+points closest to it, which pulls centroids away from the dense middle of big clusters and spreads them more
+evenly over the data's support.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from udfs.tree import Tree
 from udfs.vectors import Ints, Matrix, assign, l2_normalize
+
+
+class DeviceRows:
+    """Fixed rows whose similarities with centroids (or with some of the rows) are asked for again and again.
+
+    ``device`` None: numpy on the host (:func:`udfs.vectors.assign`). A torch device: the rows are copied there
+    once, and each call computes its products there in chunks of ``chunk_rows`` rows, returning numpy arrays;
+    ties still go to the lower centroid index (``torch.max`` returns the first maximal index).
+    """
+
+    def __init__(self, x: Matrix, device: str | None = None, chunk_rows: int = 16_384) -> None:
+        self.x = x
+        self.device = device
+        self.chunk_rows = chunk_rows
+        self._rows: Any = None
+        if device is not None:
+            import torch
+
+            self._rows = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
+
+    def nearest(self, centroids: Matrix) -> tuple[Ints, Matrix]:
+        """Nearest centroid of every row (cosine): (labels (n,), scores (n,)), as :func:`udfs.vectors.assign`."""
+        if self._rows is None:
+            return assign(self.x, centroids, self.chunk_rows)
+        import torch
+
+        n = self.x.shape[0]
+        if centroids.shape[0] == 0:
+            return np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.float32)
+        c = torch.from_numpy(np.ascontiguousarray(centroids, np.float32)).to(self.device)
+        labels, scores = np.zeros(n, np.int64), np.zeros(n, np.float32)
+        for start in range(0, n, self.chunk_rows):
+            best = (self._rows[start : start + self.chunk_rows] @ c.T).max(dim=1)
+            labels[start : start + self.chunk_rows] = best.indices.cpu().numpy()
+            scores[start : start + self.chunk_rows] = best.values.cpu().numpy()
+        return labels, scores
+
+    def dots(self, rows: Ints) -> npt.NDArray[np.float64]:
+        """Similarities of the given rows with every row: shape (len(rows), n), float64."""
+        if self._rows is None:
+            return (self.x[rows] @ self.x.T).astype(np.float64)
+        import torch
+
+        picked = self._rows[torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)]
+        return (picked @ self._rows.T).double().cpu().numpy()
 
 
 def spherical_kmeans(
@@ -30,6 +80,7 @@ def spherical_kmeans(
     resample_size: int = 0,
     init: Literal["kmeans++", "random"] = "kmeans++",
     threads: int | None = None,
+    device: str | None = None,
 ) -> Matrix:
     """Train spherical k-means with faiss and return unit-norm centroids, shape (min(k, distinct rows), d).
 
@@ -41,6 +92,11 @@ def spherical_kmeans(
     owns one core). ``resampling_steps``
     > 0 then moves each centroid, that many times, to the normalised mean of its ``resample_size`` closest
     points (Vo et al. 2024).
+
+    ``device`` (a torch device, e.g. "cuda:0"): the same seeding, then up to ``niter`` Lloyd steps of
+    :func:`local_refined` there (on the same subsample size, drawn with ``seed``) instead of faiss; a centroid that
+    ends with no row keeps its place rather than splitting a big cluster as faiss does. "random" init draws
+    its k rows with ``seed``.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
@@ -49,6 +105,8 @@ def spherical_kmeans(
     distinct = np.unique(x, axis=0)
     if distinct.shape[0] <= k:
         return l2_normalize(distinct)
+    if device is not None:
+        return _device_kmeans(x, k, niter, seed, max_points_per_centroid, resampling_steps, resample_size, init, device)
     import faiss
 
     if threads is not None:
@@ -73,11 +131,41 @@ def spherical_kmeans(
     return centroids
 
 
-def kmeans_plus_plus(x: Matrix, k: int, seed: int, max_rows: int = 65_536) -> Matrix:
+def _device_kmeans(
+    x: Matrix,
+    k: int,
+    niter: int,
+    seed: int,
+    max_points_per_centroid: int,
+    resampling_steps: int,
+    resample_size: int,
+    init: Literal["kmeans++", "random"],
+    device: str,
+) -> Matrix:
+    """:func:`spherical_kmeans` on a torch device (x holds more distinct rows than k)."""
+    rng = np.random.default_rng(seed)
+    if x.shape[0] > max_points_per_centroid * k:
+        x = x[np.sort(rng.choice(x.shape[0], max_points_per_centroid * k, replace=False))]
+    if init == "kmeans++":
+        seeds = kmeans_plus_plus(x, k, seed, device=device)
+        if seeds.shape[0] < k:  # every row is already a seed
+            return l2_normalize(np.unique(seeds, axis=0))
+    else:
+        seeds = x[np.sort(rng.choice(x.shape[0], k, replace=False))]
+    rows = DeviceRows(x, device)
+    centroids, _, _ = local_refined(x, seeds, np.full(x.shape[0], -np.inf, np.float32), niter, rows=rows)
+    for _ in range(resampling_steps):
+        centroids = resample_centroids(x, centroids, resample_size, rows=rows)
+    return l2_normalize(centroids)
+
+
+def kmeans_plus_plus(x: Matrix, k: int, seed: int, max_rows: int = 65_536, device: str | None = None) -> Matrix:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; as in scikit-learn) on at most ``max_rows`` rows.
 
     Each next seed is the best of ``2 + log k`` candidates drawn with probability proportional to their squared
-    distance to the nearest seed so far, best meaning the lowest total squared distance afterwards.
+    distance to the nearest seed so far, best meaning the lowest total squared distance afterwards. ``device``: the
+    similarity products run there (:class:`DeviceRows`); the draws stay on the host, so a seed picks the same rows
+    wherever the products agree.
     """
     rng = np.random.default_rng(seed)
     if x.shape[0] > max_rows:
@@ -85,14 +173,16 @@ def kmeans_plus_plus(x: Matrix, k: int, seed: int, max_rows: int = 65_536) -> Ma
     n = x.shape[0]
     trials = 2 + int(np.log(max(k, 1)))
     chosen = [int(rng.integers(n))]
+    rows = DeviceRows(x, device)
     # squared euclidean distance of unit vectors: 2 - 2 cos
-    dist = np.maximum(2.0 - 2.0 * (x @ x[chosen[0]]).astype(np.float64), 0.0)
+    first = (x @ x[chosen[0]]).astype(np.float64) if device is None else rows.dots(np.array(chosen))[0]
+    dist = np.maximum(2.0 - 2.0 * first, 0.0)
     for _ in range(1, min(k, n)):
         total = dist.sum()
         if total <= 0:
             break
         candidates = np.minimum(np.searchsorted(np.cumsum(dist), rng.random(trials) * total), n - 1)
-        cand_dist = np.maximum(2.0 - 2.0 * (x[candidates] @ x.T).astype(np.float64), 0.0)
+        cand_dist = np.maximum(2.0 - 2.0 * rows.dots(candidates), 0.0)
         new = np.minimum(dist[None, :], cand_dist)
         best = int(np.argmin(new.sum(axis=1)))
         chosen.append(int(candidates[best]))
@@ -100,13 +190,13 @@ def kmeans_plus_plus(x: Matrix, k: int, seed: int, max_rows: int = 65_536) -> Ma
     return np.ascontiguousarray(x[chosen], dtype=np.float32)
 
 
-def resample_centroids(x: Matrix, centroids: Matrix, resample_size: int) -> Matrix:
+def resample_centroids(x: Matrix, centroids: Matrix, resample_size: int, rows: DeviceRows | None = None) -> Matrix:
     """Move every centroid to the normalised mean of the ``resample_size`` points of its cluster closest to it.
 
     A cluster with no points keeps its centroid. ``resample_size`` <= 0 keeps all points of the cluster (a plain
-    spherical Lloyd step).
+    spherical Lloyd step). ``rows``: ``x`` already held where the similarities are computed.
     """
-    labels, scores = assign(x, centroids)
+    labels, scores = (rows or DeviceRows(x)).nearest(centroids)
     out = centroids.copy()
     order = np.lexsort((np.arange(labels.size), -scores, labels))
     sorted_labels = labels[order]
@@ -157,7 +247,12 @@ def refined(tree: Tree, leaf_ids: Ints, sums: npt.NDArray[np.floating]) -> Tree:
 
 
 def local_refined(
-    x: Matrix, leaves: Matrix, competitor: Matrix, niter: int
+    x: Matrix,
+    leaves: Matrix,
+    competitor: Matrix,
+    niter: int,
+    device: str | None = None,
+    rows: DeviceRows | None = None,
 ) -> tuple[Matrix, Ints, npt.NDArray[np.float64]]:
     """Up to ``niter`` spherical Lloyd steps (fewer once no row changes leaf) of one coarse cluster's ``leaves``
     over rows that may belong elsewhere.
@@ -165,7 +260,8 @@ def local_refined(
     A row counts for its nearest leaf here only while that leaf beats its ``competitor`` score (its best leaf in
     another coarse cluster, held fixed), so leaves on either side of a coarse boundary share the rows between
     them as flat k-means would. A leaf that claims no row keeps its place. Returns the leaves, and the row
-    counts and float64 row sums of the final assignment (one per leaf).
+    counts and float64 row sums of the final assignment (one per leaf). The similarities are computed on
+    ``device`` (a torch device; None: numpy on the host), or where ``rows`` already holds ``x``.
     """
     leaves = np.array(leaves, dtype=np.float32, copy=True)
     k, d = leaves.shape
@@ -173,9 +269,10 @@ def local_refined(
     sums = np.zeros((k, d), np.float64)
     if k == 0 or x.shape[0] == 0:
         return leaves, counts, sums
+    rows = rows or DeviceRows(x, device)
     previous = None
     for _ in range(niter):
-        labels, scores = assign(x, leaves)
+        labels, scores = rows.nearest(leaves)
         labels[scores <= competitor] = -1  # the row stays with its leaf in another coarse cluster
         if previous is not None and np.array_equal(labels, previous):
             break  # converged: the leaves are already the means of their rows

@@ -16,6 +16,7 @@ from realsyn.clustering import (
     boundary_pass,
     centroids_frame,
     coarse_cluster_count,
+    kmeans_device,
     refine_tree,
     run_cluster_images,
     run_cluster_sentences,
@@ -104,6 +105,22 @@ def test_skewed_coarse_clusters_get_leaves_in_proportion(spark: SparkSession) ->
     assert sorted(np.bincount(tree.parent, minlength=3).tolist()) == [1, 1, 4]
     pairs = leaf_partition(assign_leaves(df, tree, "sentence_id"), labels)
     assert len(pairs) == 6 == len({leaf for _, leaf in pairs}) == len({label for label, _ in pairs})
+
+
+def test_kmeans_runs_where_the_device_policy_says(spark: SparkSession) -> None:
+    import torch
+
+    assert kmeans_device("cpu", "cluster.device") is None
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: auto and cuda resolve to it")
+    assert kmeans_device("auto", "cluster.device") is None  # no GPU here: the CPU (faiss)
+    with pytest.raises(RuntimeError, match=r"image_cluster\.device: .*no CUDA device"):
+        kmeans_device("cuda", "image_cluster.device")
+    # "cuda" reaches the tasks that train the leaves: on a machine without a GPU they stop, naming the key
+    x, _ = planted_tree_points([[40, 40], [40, 40]])
+    cfg = ClusterConfig(leaf_size=40, coarse_clusters=2, device="cuda")
+    with pytest.raises(Exception, match=r"image_cluster\.device: device is 'cuda' but no CUDA device"):
+        train_tree(embeddings_df(spark, x), cfg, "sentence_id", section="image_cluster")
 
 
 def test_empty_input_gives_an_empty_tree(spark: SparkSession) -> None:
