@@ -1,10 +1,10 @@
 """Spherical k-means and the training of the two-level tree: k-means++, centroid resampling, refinement from
 per-leaf sums, boundary passes.
 
-Plain numpy / faiss kernels, no Spark. Given a torch ``device`` ("cuda:0"), the similarity products of the
-Lloyd steps and of the k-means++ seeding run there instead (:class:`DeviceRows`: the rows are copied once, every
-step sends only the centroids), and k-means is :func:`local_refined`'s Lloyd loop on that device rather than
-faiss's CPU build; everything else stays on the host.
+Plain numpy / faiss kernels, no Spark. Given a torch ``device`` ("cuda:0"), the similarity products and per-leaf
+sums of the Lloyd steps, and the products of the k-means++ seeding, run there instead (:class:`DeviceRows`: the
+rows are copied once, every step sends only the centroids), and k-means is :func:`local_refined`'s Lloyd loop on
+that device rather than faiss's CPU build; labels and random draws stay on the host.
 
 The resampling step follows the idea of Vo et al. 2024 ("Automatic Data Curation for Self-Supervised Learning",
 facebookresearch/ssl-data-curation): after k-means, each centroid is moved to the mean of the ``resample_size``
@@ -58,6 +58,27 @@ class DeviceRows:
             labels[start : start + self.chunk_rows] = best.indices.cpu().numpy()
             scores[start : start + self.chunk_rows] = best.values.cpu().numpy()
         return labels, scores
+
+    def sums(self, labels: Ints) -> tuple[Ints, Ints, npt.NDArray[np.float64]]:
+        """:func:`sums_by_label` of the rows whose label is >= 0 (the others are left out): per label, ascending,
+        (labels, row counts, float64 sums of rows); on a device the sums are taken there."""
+        claimed = labels >= 0
+        if self._rows is None:
+            return sums_by_label(self.x[claimed], labels[claimed])
+        import torch
+
+        keys, counts = np.unique(labels[claimed], return_counts=True)
+        d = self.x.shape[1]
+        if keys.size == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, d), np.float64)
+        totals = torch.zeros((int(keys[-1]) + 1, d), dtype=torch.float64, device=self.device)
+        on_device = torch.from_numpy(np.asarray(labels, np.int64)).to(self.device)
+        for start in range(0, labels.size, self.chunk_rows):
+            part = on_device[start : start + self.chunk_rows]
+            keep = part >= 0
+            totals.index_add_(0, part[keep], self._rows[start : start + self.chunk_rows][keep].double())
+        picked = totals[torch.from_numpy(keys.astype(np.int64)).to(self.device)]
+        return keys.astype(np.int64), counts.astype(np.int64), picked.cpu().numpy()
 
     def dots(self, rows: Ints) -> npt.NDArray[np.float64]:
         """Similarities of the given rows with every row: shape (len(rows), n), float64."""
@@ -277,8 +298,7 @@ def local_refined(
         if previous is not None and np.array_equal(labels, previous):
             break  # converged: the leaves are already the means of their rows
         previous = labels
-        claimed = labels >= 0
-        ids, n_rows, totals = sums_by_label(x[claimed], labels[claimed])
+        ids, n_rows, totals = rows.sums(labels)
         counts[:], sums[:] = 0, 0.0
         counts[ids], sums[ids] = n_rows, totals
         leaves[ids] = l2_normalize(totals)

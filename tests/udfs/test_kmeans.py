@@ -442,6 +442,10 @@ def test_device_rows_agree_with_the_host_kernels() -> None:
     np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
     rows = np.array([3, 0, 77])
     np.testing.assert_allclose(on_device.dots(rows), on_host.dots(rows), atol=1e-6)
+    labels[::3] = -1  # rows left out of the sums
+    for a, b in zip(on_device.sums(labels), on_host.sums(labels), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert [a.size for a in on_device.sums(np.full(x.shape[0], -1))] == [0, 0, 0]
     assert on_device.nearest(np.zeros((0, 16), np.float32))[0].tolist() == [-1] * x.shape[0]
 
 
