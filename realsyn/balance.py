@@ -95,7 +95,8 @@ class BalanceSummary:
     def __str__(self) -> str:
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejected.items())) or "none"
         scales = "; ".join(
-            f"{s.name} ({s.rule}): {s.rows:,} images in {s.clusters:,} clusters, max/median cluster size "
+            f"{s.name} ({s.rule}): {s.rows:,} images in {s.clusters:,} cluster{'s' * (s.clusters != 1)}, "
+            "max/median cluster size "
             f"{s.max_over_median_before:.2f} -> {s.max_over_median_after:.2f}"
             for s in self.scales
         )

@@ -614,7 +614,8 @@ class ClusterSummary:
         elif self.trained:
             lines.append(
                 f"{job}: model {self.model_id}: {self.rows - self.rejected} {self.subject} -> "
-                f"{self.coarse_clusters} coarse clusters, {self.leaves} leaves; "
+                f"{self.coarse_clusters} coarse cluster{'s' * (self.coarse_clusters != 1)}, "
+                f"{self.leaves} lea{'ves' if self.leaves != 1 else 'f'}; "
                 f"{self.newly_assigned} {self.subject} assigned"
             )
         else:

@@ -90,7 +90,11 @@ class ExportSummary:
     def __str__(self) -> str:
         parts = "; ".join(
             f"{s.scale}: {s.rows:,} rows as {'/'.join(s.formats)}"
-            + (f" ({s.shards} shards, {s.shard_bytes / 1e6:,.1f} MB)" if "webdataset" in s.formats else "")
+            + (
+                f" ({s.shards} shard{'s' * (s.shards != 1)}, {s.shard_bytes / 1e6:,.1f} MB)"
+                if "webdataset" in s.formats
+                else ""
+            )
             + f" in {s.seconds:,.1f} s"
             for s in self.scales
         )

@@ -320,7 +320,8 @@ class RetrievalSummary:
         probed = ""
         if self.probes is not None:
             sampled = "" if self.probes.over == self.probes.of else f", measured on {self.probes.over:,} of them"
-            probed = f"; {self.probes.mean:.2f} of {self.leaves:,} leaves probed per image on average{sampled}"
+            leaves = f"{self.leaves:,} lea{'ves' if self.leaves != 1 else 'f'}"
+            probed = f"; {self.probes.mean:.2f} of {leaves} probed per image on average{sampled}"
         lines.append(
             f"retrieve: model {self.model_id}: {self.images:,} images got {self.rows:,} sentences "
             f"(top {self.top_k} of {self.sentences:,}{probed})"

@@ -138,7 +138,7 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     for noise in ("WARN", "::", "Ivy", "[Stage", "Traceback"):
         assert noise not in console
     # Leaves probed per image are measured: never more than the tree has (the configured average is 44).
-    probed = re.search(r"([0-9.]+) of ([0-9,]+) leaves probed per image on average", console)
+    probed = re.search(r"([0-9.]+) of ([0-9,]+) lea(?:ves|f) probed per image on average", console)
     assert probed is not None and 1 <= float(probed[1]) <= int(probed[2].replace(",", ""))
     log = next((lake / "_logs").glob("*.log")).read_text(encoding="utf-8")
     assert "resolution report" in log and "stage retrieve done" in log
