@@ -6,9 +6,9 @@ import sys
 
 from realsyn.cli import job_parser, parse
 from realsyn.config import ConfigError
+from realsyn.lock import PipelineLocked
 from realsyn.pipeline import (
     STAGE_NAMES,
-    PipelineLocked,
     StageSelectionError,
     check_config,
     run_pipeline,

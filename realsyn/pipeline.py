@@ -8,7 +8,7 @@ Every stage is retry-safe and skips work already done by itself (ingest merges o
 embed only touch rows without a result, extraction and clustering replace their tables in one commit each), so
 the pipeline simply runs the selected stages in order; after a crash, ``--from <stage>`` resumes.
 
-A run holds a lock file in the storage location (:class:`PipelineLock`), writes one row per stage to
+A run holds a lock in the storage location (realsyn.lock), writes one row per stage to
 ``gold.runs`` and sends the full log (its own and the Spark JVM's) to ``<root>/_logs/<run_id>.log``; the console
 gets one line per stage, a progress bar fed from Spark's status tracker while it runs (on a terminal), and the
 stage's summary.
@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import logging
-import os
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pyspark import SparkContext
 
 from realsyn import __version__
-from realsyn.config import Config, StorageConfig
+from realsyn.config import Config
 from realsyn.contracts import (
     BRONZE_DOCUMENTS,
     BRONZE_FETCHED_IMAGES,
@@ -69,6 +66,7 @@ from realsyn.contracts import (
     SILVER_SENTENCES,
     Table,
 )
+from realsyn.lock import Lock, lock_path, pipeline_lock
 from realsyn.tables import Lakehouse
 
 if TYPE_CHECKING:
@@ -78,7 +76,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
-LOCK_FILE = "_pipeline.lock"
 
 
 @dataclass(frozen=True)
@@ -397,151 +394,6 @@ def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The lock against a second pipeline on the same tables
-
-
-class PipelineLocked(RuntimeError):
-    """Another pipeline holds the lock of this storage location."""
-
-
-def lock_path(storage: StorageConfig) -> Path | None:
-    """The lock file of a storage location: ``<root>/_pipeline.lock`` for a local or ``dbfs:/`` root, else None."""
-    root = storage.root
-    if root is None:
-        return None
-    if root.startswith("dbfs:"):
-        return Path("/dbfs") / root.removeprefix("dbfs:").lstrip("/") / LOCK_FILE
-    if "://" in root:
-        return Path(root.removeprefix("file://")) / LOCK_FILE if root.startswith("file://") else None
-    return Path(root) / LOCK_FILE
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-class PipelineLock:
-    """A lock file naming its holder (pid, host, run id, start and heartbeat times), created atomically.
-
-    A lock is stale, and taken over, when its holder ran on this host and its process is gone, or when its
-    heartbeat is older than ``stale_after_s`` (a crash, a kill, a lost machine); a holder rewrites its heartbeat
-    every ``heartbeat_s``. :meth:`release` removes the file if it is still this holder's.
-    """
-
-    def __init__(self, path: Path, run_id: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0) -> None:
-        self.path = path
-        self.run_id = run_id
-        self.heartbeat_s = heartbeat_s
-        self.stale_after_s = stale_after_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.took_over: dict[str, Any] | None = None  # the stale holder this lock replaced, if any
-
-    def _content(self, started: float) -> str:
-        return json.dumps(
-            {
-                "run_id": self.run_id,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started": started,
-                "heartbeat": time.time(),
-            }
-        )
-
-    def holder(self) -> dict[str, Any] | None:
-        """The current holder's record, or None when there is no lock file; ``{}`` when it cannot be read."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        try:
-            found = json.loads(text)
-        except json.JSONDecodeError:
-            found = None
-        if not isinstance(found, dict):  # being written, or torn by a crash: judge it by its age
-            found = {"heartbeat": self.path.stat().st_mtime}
-        return found
-
-    def is_stale(self, holder: dict[str, Any]) -> bool:
-        """Whether ``holder`` is gone (see the class docstring)."""
-        pid = holder.get("pid")
-        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
-            return True
-        return time.time() - float(holder.get("heartbeat", 0)) > self.stale_after_s
-
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`PipelineLocked` naming the live holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.time()
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is None:
-                    continue  # released meanwhile
-                if not self.is_stale(holder):
-                    raise PipelineLocked(self._refusal(holder)) from None
-                # Move the stale file aside atomically: of two pipelines taking over at once, one wins.
-                aside = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
-                try:
-                    self.path.rename(aside)
-                except FileNotFoundError:
-                    continue
-                aside.unlink(missing_ok=True)
-                self.took_over = holder
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self._content(started))
-            self._thread = threading.Thread(target=self._beat, args=(started,), name="pipeline-lock", daemon=True)
-            self._thread.start()
-            return
-        raise PipelineLocked(f"could not take the lock {self.path}: other pipelines keep taking it")
-
-    def _refusal(self, holder: dict[str, Any]) -> str:
-        age = time.time() - float(holder.get("heartbeat", 0))
-        since = datetime.fromtimestamp(float(holder.get("started", 0)), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        return (
-            f"another realsyn pipeline is running on these tables: run {holder.get('run_id', '?')}, "
-            f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {since} UTC, "
-            f"last heartbeat {age:.0f} s ago (lock {self.path}). Wait for it to finish; a lock whose process is "
-            f"gone, or whose heartbeat is older than {self.stale_after_s:.0f} s, is taken over automatically."
-        )
-
-    def _beat(self, started: float) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            holder = self.holder()
-            if holder is None or holder.get("run_id") != self.run_id:
-                log.error("pipeline lock %s was taken by another run: %s", self.path, holder)
-                return
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(self._content(started), encoding="utf-8")
-            tmp.replace(self.path)
-
-    def release(self) -> None:
-        """Stop the heartbeat and remove the lock file if it is still this run's."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        holder = self.holder()
-        if holder is not None and holder.get("run_id") == self.run_id:
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> PipelineLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Console and logs
 
 
@@ -678,12 +530,7 @@ def run_pipeline(cfg: Config, stages: Sequence[Stage], console: TextIO = sys.std
     logs = log_dir(cfg)
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"{run_id}.log"
-    lock_file = lock_path(cfg.storage)
-    lock = (
-        PipelineLock(lock_file, run_id, cfg.pipeline.lock_heartbeat_s, cfg.pipeline.lock_stale_after_s)
-        if lock_file is not None
-        else None
-    )
+    lock = pipeline_lock(cfg.storage, run_id, cfg.pipeline.lock_heartbeat_s, cfg.pipeline.lock_stale_after_s)
     if lock is not None:
         lock.acquire()
     try:
@@ -712,7 +559,7 @@ def _say(console: TextIO, text: str) -> None:
 
 
 def _run(
-    cfg: Config, stages: Sequence[Stage], run_id: str, log_file: Path, lock: PipelineLock | None, console: TextIO
+    cfg: Config, stages: Sequence[Stage], run_id: str, log_file: Path, lock: Lock | None, console: TextIO
 ) -> PipelineSummary:
     from realsyn.spark import get_spark
 

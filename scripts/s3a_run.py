@@ -147,6 +147,8 @@ def main() -> None:
                 for o in page.get("Contents", [])
             ]
             names = sorted({k.split("/_delta_log/")[0].removeprefix("realsyn/") for k in keys if "/_delta_log/" in k})
+            if "realsyn/_pipeline.lock" in keys:  # held on s3 while the run lasted (realsyn.lock), then released
+                raise SystemExit("the pipeline's lock object is still in the bucket after the run")
             on_s3 = {}
             for name in names:
                 rows = DeltaTable(f"{root}/{name}", storage_options=options).to_pyarrow_table().to_pylist()

@@ -1,29 +1,21 @@
-"""The stage table, stage selection and the lock against a second pipeline (no Spark needed)."""
+"""The stage table and stage selection (no Spark needed)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from realsyn.config import ConfigError, StorageConfig, load_config
+from realsyn.config import ConfigError, load_config
 from realsyn.pipeline import (
     STAGE_NAMES,
     STAGES,
-    PipelineLock,
-    PipelineLocked,
     Stage,
     StageSelectionError,
     check_config,
     check_order,
-    lock_path,
     run_config,
     select_stages,
 )
@@ -128,66 +120,3 @@ def test_a_run_resumed_after_ingest_reads_the_demo_corpus_settings(tmp_path: Pat
     assert run_config(cfg) == cfg
     plain = load_config(conf, ["pipeline.demo_corpus=false"])
     assert run_config(plain) is plain
-
-
-def test_lock_paths_live_in_the_storage_location(tmp_path: Path) -> None:
-    assert lock_path(StorageConfig(root=str(tmp_path))) == tmp_path / "_pipeline.lock"
-    assert lock_path(StorageConfig(root="dbfs:/mnt/realsyn")) == Path("/dbfs/mnt/realsyn/_pipeline.lock")
-    assert lock_path(StorageConfig(root="s3://bucket/realsyn")) is None
-    assert lock_path(StorageConfig(catalog="main.realsyn")) is None
-
-
-def test_a_held_lock_refuses_a_second_holder_and_is_released(tmp_path: Path) -> None:
-    path = tmp_path / "lake" / "_pipeline.lock"
-    first = PipelineLock(path, "run-1", heartbeat_s=0.05, stale_after_s=60)
-    with first:
-        holder = json.loads(path.read_text())
-        assert (holder["run_id"], holder["pid"]) == ("run-1", os.getpid())
-        time.sleep(0.2)  # the heartbeat moves on
-        assert json.loads(path.read_text())["heartbeat"] > holder["heartbeat"]
-        with pytest.raises(PipelineLocked, match=f"run run-1, pid {os.getpid()} on host .*lock {path}"):
-            PipelineLock(path, "run-2").acquire()
-    assert not path.exists()
-    with PipelineLock(path, "run-3") as third:
-        assert third.took_over is None
-
-
-def test_the_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
-    path = tmp_path / "_pipeline.lock"
-    holder = textwrap.dedent(
-        f"""
-        import time
-        from pathlib import Path
-        from realsyn.pipeline import PipelineLock
-        PipelineLock(Path({str(path)!r}), "killed-run").acquire()
-        print("held", flush=True)
-        time.sleep(600)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", holder], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-        with pytest.raises(PipelineLocked, match="run killed-run"):
-            PipelineLock(path, "second").acquire()
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    lock = PipelineLock(path, "after-crash")
-    lock.acquire()
-    assert lock.took_over is not None and lock.took_over["run_id"] == "killed-run"
-    assert json.loads(path.read_text())["run_id"] == "after-crash"
-    lock.release()
-
-
-def test_a_lock_with_an_old_heartbeat_from_another_host_is_stale(tmp_path: Path) -> None:
-    path = tmp_path / "_pipeline.lock"
-    old = {"run_id": "lost", "pid": 1, "host": "another-host", "started": 0, "heartbeat": time.time() - 300}
-    path.write_text(json.dumps(old))
-    with pytest.raises(PipelineLocked, match="run lost"):
-        PipelineLock(path, "x", stale_after_s=600).acquire()
-    with PipelineLock(path, "y", stale_after_s=120) as lock:
-        assert lock.took_over == old
-    # A torn lock file (a crash while writing it) is judged by its age.
-    path.write_text('{"run_id": "to')
-    with pytest.raises(PipelineLocked):
-        PipelineLock(path, "z", stale_after_s=120).acquire()
