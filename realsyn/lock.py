@@ -320,8 +320,12 @@ class S3PipelineLock(Lock):
                 log.warning("pipeline lock %s: heartbeat not written (%s)", self.where, e)
 
     def release(self) -> None:
-        """Stop the heartbeat and delete the lock object if it is still this run's."""
+        """Stop the heartbeat and delete the lock object if it is still this run's (if S3 cannot be reached, the
+        object is left to go stale: the run's work is done either way)."""
         self._stop_heartbeat()
-        holder = self.holder()
-        if holder is not None and holder.get("run_id") == self.run_id:
-            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
+        try:
+            holder = self.holder()
+            if holder is not None and holder.get("run_id") == self.run_id:
+                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
+        except OSError as e:
+            log.warning("pipeline lock %s not removed (%s); it is taken over once stale", self.where, e)
