@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     k, niter, seed, device = args.k, args.niter, args.seed, args.device
     x, _, _ = synthetic(args.rows, 1, args.dim, 2 * k, seed)
     warm = x[: 50 * 8]
-    spherical_kmeans(warm, 8, niter=2, device=device)  # device start-up (CUDA context, kernels), untimed
-    spherical_kmeans(warm, 8, niter=2, threads=1)
+    # untimed warm-up of both sides: device start-up (CUDA context, kernels), faiss, scipy's sparse sums
+    warm_c = spherical_kmeans(warm, 8, niter=2, threads=1)
+    spherical_kmeans(warm, 8, niter=2, device=device)
+    for on in (None, device):
+        local_refined(warm, warm_c, np.full(warm.shape[0], -np.inf, np.float32), 2, device=on)
     faiss_s, faiss_c = timed(lambda: spherical_kmeans(x, k, niter=niter, seed=seed, threads=1))
     device_s, device_c = timed(lambda: spherical_kmeans(x, k, niter=niter, seed=seed, device=device))
     free = np.full(x.shape[0], -np.inf, np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 import udfs.vectors
 from udfs.kmeans import (
@@ -428,8 +429,8 @@ def test_calibrated_margin_spends_the_mean_probe_budget() -> None:
     assert udfs.tree.calibrate_margin(scores, 2.0, 2, 2) == 0.0  # lo = hi: the margin changes nothing
 
 
-# The torch path of the k-means kernels (what a GPU task runs), here on torch's CPU device.
-TORCH = "cpu"
+# The torch path of the k-means kernels (what a GPU task runs): on the GPU where there is one, else on torch's CPU.
+TORCH = "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def test_device_rows_agree_with_the_host_kernels() -> None:
