@@ -201,6 +201,8 @@ def kmeans_plus_plus(x: Matrix, k: int, seed: int, max_rows: int = 65_536, devic
     chosen = [int(rng.integers(n))]
     rows = DeviceRows(x, device)
     # squared euclidean distance of unit vectors: 2 - 2 cos
+    # on the host, the product of the seeds written before devices existed (a matrix-vector product, whose
+    # rounding a one-row matrix product need not share), so the CPU tree stays bit for bit the same
     first = (x @ x[chosen[0]]).astype(np.float64) if device is None else rows.dots(np.array(chosen))[0]
     dist = np.maximum(2.0 - 2.0 * first, 0.0)
     for _ in range(1, min(k, n)):

@@ -477,8 +477,11 @@ def test_kmeans_on_a_device_recovers_planted_clusters() -> None:
     x, labels = planted([200, 50, 20])
     resampled = spherical_kmeans(x, 3, seed=0, resampling_steps=2, resample_size=10, device=TORCH)
     assert same_partition(assign(x, resampled)[0], labels)
+    # "random" init: k rows drawn with the seed, then Lloyd steps, which only lower the loss of those rows
     random_init = spherical_kmeans(x, 3, seed=0, init="random", niter=30, device=TORCH)
-    assert random_init.shape == (3, 16)
+    assert same_partition(assign(x, random_init)[0], labels)
+    drawn = x[np.sort(np.random.default_rng(0).choice(x.shape[0], 3, replace=False))]
+    assert mean_cosine_distance(x, random_init) < mean_cosine_distance(x, drawn)
 
 
 def test_kmeans_on_a_device_is_seeded_and_as_good_as_faiss() -> None:
