@@ -4,17 +4,23 @@ prefiltered exact scoring.
 Plain numpy kernels, no Spark; the same tie rule as udfs/vectors.py (the lower index wins). The clustering
 stage trains the tree (udfs/kmeans.py), ships it to its tasks and assigns every embedding to a leaf; retrieval
 descends it for each image and scores the sentences of the leaves it probes.
+
+Given a torch ``device`` ("cuda:0"), :func:`descend` and :func:`top_k_prefiltered` compute their products and
+rankings there and return the same numpy arrays; the tree is copied to the device once per Python process
+(:func:`tree_on`). Float32 products on a GPU round differently from the host's, so two candidates whose scores
+agree to about 1e-6 may change places; otherwise the results are the host's, ties included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from udfs.vectors import Ints, Matrix, top_columns, top_k_exact, top_p
+from udfs.vectors import Ints, Matrix, top_columns, top_columns_on, top_k_exact, top_p
 
 
 @dataclass(frozen=True)
@@ -51,15 +57,20 @@ class Tree:
         return Tree(np.ascontiguousarray(coarse, np.float32), np.ascontiguousarray(leaves, np.float32), parent)
 
 
-def descend(x: Matrix, tree: Tree, p: int, coarse_probe: int, max_cells: int = 1 << 24) -> tuple[Ints, Matrix, Ints]:
+def descend(
+    x: Matrix, tree: Tree, p: int, coarse_probe: int, max_cells: int | None = None, device: str | None = None
+) -> tuple[Ints, Matrix, Ints]:
     """The ``p`` nearest leaves of each row, found by descending ``tree``: (leaf ids, scores, dot products).
 
     Each row is compared with every coarse centroid, then with the leaves of its ``coarse_probe`` nearest coarse
     clusters only; the best ``p`` of those leaves are returned, best first, padded with -1 (score -inf) when
     fewer leaves were seen; equal scores go to the lower leaf id. The third array counts the similarity
     computations spent per row. Rows are processed in chunks whose candidate score matrix holds at most
-    ``max_cells`` floats.
+    ``max_cells`` floats (default 2^24 on the host, 2^27 on a ``device``, where bigger chunks mean fewer launches).
     """
+    if device is not None:
+        return _descend_on(x, tree, p, coarse_probe, max_cells or 1 << 27, device)
+    max_cells = max_cells or 1 << 24
     n = x.shape[0]
     leaf_ids = np.full((n, p), -1, dtype=np.int64)
     leaf_scores = np.full((n, p), -np.inf, dtype=np.float32)
@@ -98,6 +109,78 @@ def descend(x: Matrix, tree: Tree, p: int, coarse_probe: int, max_cells: int = 1
         seen = np.isfinite(best_scores)
         leaf_ids[start : start + m, :width] = np.where(seen, leaves, -1)
         leaf_scores[start : start + m, :width] = best_scores
+    return leaf_ids, leaf_scores, cost
+
+
+_TREES_ON: dict[tuple[int, str], tuple[Tree, Any, Any]] = {}
+
+
+def tree_on(tree: Tree, device: str) -> tuple[Any, Any]:
+    """``tree``'s coarse and leaf centroids as torch matrices on ``device``, copied once per Python process and
+    tree: a memory-mapped tree (realsyn.clustering.shipped) is one object for all tasks of a worker, so its
+    leaves cross to the GPU once; a small tree that travels in each task's closure is copied again per task.
+    The leaves are copied in slices, so a memory-mapped matrix is never read into host memory whole."""
+    import torch
+
+    key = (id(tree), device)
+    hit = _TREES_ON.get(key)
+    if hit is None or hit[0] is not tree:
+        coarse = torch.from_numpy(np.array(tree.coarse, np.float32)).to(device)
+        leaves = torch.empty(tree.leaves.shape, dtype=torch.float32, device=device)
+        for start in range(0, tree.n_leaves, 1 << 16):
+            leaves[start : start + (1 << 16)] = torch.from_numpy(np.array(tree.leaves[start : start + (1 << 16)]))
+        hit = _TREES_ON[key] = (tree, coarse, leaves)  # holding the tree keeps its id from being reused
+        while len(_TREES_ON) > 2:  # refinement ships a new tree per step; older ones are not used again
+            del _TREES_ON[next(iter(_TREES_ON))]
+    return hit[1], hit[2]
+
+
+def _descend_on(
+    x: Matrix, tree: Tree, p: int, coarse_probe: int, max_cells: int, device: str
+) -> tuple[Ints, Matrix, Ints]:
+    """:func:`descend` with its products and rankings on a torch ``device``: the same steps, one launch per
+    probed coarse cluster and chunk."""
+    import torch
+
+    n = x.shape[0]
+    leaf_ids = np.full((n, p), -1, dtype=np.int64)
+    leaf_scores = np.full((n, p), -np.inf, dtype=np.float32)
+    cost = np.zeros(n, dtype=np.int64)
+    if n == 0 or tree.n_leaves == 0 or p <= 0:
+        return leaf_ids, leaf_scores, cost
+    coarse, leaves = tree_on(tree, device)
+    offsets = tree.offsets
+    sizes = np.diff(offsets)
+    fan = int(sizes.max())
+    k1 = tree.coarse.shape[0]
+    probe = min(coarse_probe, k1)
+    width = min(p, probe * fan)
+    chunk = max(1, max_cells // (probe * fan))
+    offsets_on, sizes_on = torch.from_numpy(offsets).to(device), torch.from_numpy(sizes).to(device)
+    rows_on = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
+    for start in range(0, n, chunk):
+        xc = rows_on[start : start + chunk]
+        m = xc.shape[0]
+        probed = torch.sort(top_columns_on(xc @ coarse.T, probe), dim=1).values  # coarse-id order, as on the host
+        cost[start : start + m] = k1 + sizes_on[probed].sum(dim=1).cpu().numpy()
+        scores = torch.full((m, probe * fan), -torch.inf, dtype=torch.float32, device=device)
+        flat = probed.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        rows, slots = order // probe, order % probe
+        first = 0
+        for c, count in enumerate(torch.bincount(flat, minlength=k1).cpu().tolist()):
+            a, b = int(offsets[c]), int(offsets[c + 1])
+            seg = slice(first, first + count)
+            first += count
+            if count and b > a:
+                r = rows[seg]
+                cols = slots[seg, None] * fan + torch.arange(b - a, device=device)[None, :]
+                scores[r[:, None], cols] = xc[r] @ leaves[a:b].T
+        best = top_columns_on(scores, width)
+        best_scores = scores.gather(1, best)
+        found = offsets_on[probed.gather(1, best // fan)] + best % fan
+        leaf_ids[start : start + m, :width] = torch.where(torch.isfinite(best_scores), found, -1).cpu().numpy()
+        leaf_scores[start : start + m, :width] = best_scores.cpu().numpy()
     return leaf_ids, leaf_scores, cost
 
 
@@ -260,13 +343,17 @@ def top_k_prefiltered(
     queries_low: Matrix | None = None,
     keys_low: Matrix | None = None,
     rows_per_step: int = 512,
+    device: str | None = None,
 ) -> tuple[Ints, Matrix]:
     """Top-``k`` keys of every query as :func:`top_k_exact` returns them, through ``prefilter``'s shortlist
     (exact when ``prefilter`` is None or the keys fit in the shortlist). Scores are exact; ties go to the lower
     key index among the shortlisted keys. ``queries_low`` / ``keys_low``: the inputs already projected
     (:meth:`Prefilter.queries_low`, :meth:`Prefilter.keys_low`), so that a key or query scored in many groups
-    is projected once."""
+    is projected once. ``device``: the products and rankings run there (a torch device), in steps of
+    ``rows_per_step`` x 16 queries."""
     nq, nk = queries.shape[0], keys.shape[0]
+    if device is not None:
+        return _top_k_on(queries, keys, k, prefilter, queries_low, keys_low, rows_per_step * 16, device)
     if prefilter is None or nk <= max(prefilter.shortlist, k) or nq == 0:
         return top_k_exact(queries, keys, k)
     width = min(k, prefilter.shortlist)
@@ -282,4 +369,49 @@ def top_k_prefiltered(
         order = np.argsort(-exact, axis=1, kind="stable")[:, :width]
         out_idx[start : start + q.shape[0]] = np.take_along_axis(short, order, axis=1)
         out_scores[start : start + q.shape[0]] = np.take_along_axis(exact, order, axis=1)
+    return out_idx, out_scores
+
+
+def _top_k_on(
+    queries: Matrix,
+    keys: Matrix,
+    k: int,
+    prefilter: Prefilter | None,
+    queries_low: Matrix | None,
+    keys_low: Matrix | None,
+    rows_per_step: int,
+    device: str,
+) -> tuple[Ints, Matrix]:
+    """:func:`top_k_prefiltered` with its products and rankings on a torch ``device``."""
+    import torch
+
+    def on(m: Matrix) -> Any:
+        return torch.from_numpy(np.ascontiguousarray(m, np.float32)).to(device)
+
+    nq, nk = queries.shape[0], keys.shape[0]
+    pre = None if prefilter is None or nk <= max(prefilter.shortlist, k) else prefilter  # None: exact scores
+    width = min(k, nk) if pre is None else min(k, pre.shortlist)
+    out_idx = np.zeros((nq, width), np.int64)
+    out_scores = np.zeros((nq, width), np.float32)
+    if nq == 0 or width == 0:
+        return out_idx, out_scores
+    q_all, keys_on = on(queries), on(keys)
+    if pre is not None:
+        q_low = on(pre.queries_low(queries) if queries_low is None else queries_low)
+        keys_low_on = on(pre.keys_low(keys) if keys_low is None else keys_low).T
+    for start in range(0, nq, rows_per_step):
+        q = q_all[start : start + rows_per_step]
+        if pre is None:
+            sims = q @ keys_on.T
+            best = top_columns_on(sims, width)
+            best_scores = sims.gather(1, best)
+        else:
+            short = torch.sort(
+                top_columns_on(q_low[start : start + rows_per_step] @ keys_low_on, pre.shortlist), dim=1
+            ).values
+            exact = torch.einsum("qd,qld->ql", q, keys_on[short])
+            order = torch.sort(exact, dim=1, descending=True, stable=True).indices[:, :width]
+            best, best_scores = short.gather(1, order), exact.gather(1, order)
+        out_idx[start : start + q.shape[0]] = best.cpu().numpy()
+        out_scores[start : start + q.shape[0]] = best_scores.cpu().numpy()
     return out_idx, out_scores

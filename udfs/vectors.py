@@ -2,13 +2,15 @@
 
 Every function takes and returns arrays; nothing here knows about Spark. Similarity is the inner product of
 L2-normalised float32 vectors (cosine). Wherever two candidates score the same, the one with the lower index
-wins, so results do not depend on thread counts or on the order in which groups are processed. The k-means
-tree and the search over it are in udfs/tree.py, its training in udfs/kmeans.py.
+wins, so results do not depend on thread counts or on the order in which groups are processed
+(:func:`top_columns_on` keeps the rule for torch matrices on a GPU). The k-means tree and the search over it are
+in udfs/tree.py, its training in udfs/kmeans.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -156,6 +158,27 @@ def top_columns(sims: Matrix, width: int) -> Ints:
     best = np.take_along_axis(part, order, axis=1).astype(np.int64)
     if tied.size:
         best[tied] = np.argsort(-sims[tied], axis=1, kind="stable")[:, :width]
+    return best
+
+
+def top_columns_on(sims: Any, width: int) -> Any:
+    """:func:`top_columns` of a torch matrix, on its device: the same columns in the same order, ties to the
+    lower column (``torch.topk`` alone leaves the order of equal values open)."""
+    import torch
+
+    k = sims.shape[1]
+    if width == 1 and k > 0:  # torch.argmax returns the first of equal maxima
+        return sims.argmax(dim=1, keepdim=True)
+    if width >= k:
+        return torch.sort(sims, dim=1, descending=True, stable=True).indices
+    vals, part = torch.topk(sims, width, dim=1)
+    part, perm = torch.sort(part, dim=1)  # ascending columns, so the stable sort below puts ties lower first
+    order = torch.sort(vals.gather(1, perm), dim=1, descending=True, stable=True).indices
+    best = part.gather(1, order)
+    # which member of a tie at the cut topk kept is open; redo those (rare) rows with a stable sort
+    tied = torch.nonzero((sims >= vals[:, -1:]).sum(dim=1) > width).squeeze(1)
+    if tied.numel():
+        best[tied] = torch.sort(sims[tied], dim=1, descending=True, stable=True).indices[:, :width]
     return best
 
 

@@ -18,7 +18,7 @@ from udfs.kmeans import (
     spherical_kmeans,
     sums_by_label,
 )
-from udfs.tree import Prefilter, Tree, boundary_rows, descend, nearest_leaf, top_k_prefiltered
+from udfs.tree import Prefilter, Tree, boundary_rows, descend, nearest_leaf, top_k_prefiltered, tree_on
 from udfs.vectors import (
     arrow_matrix,
     as_matrix,
@@ -27,6 +27,8 @@ from udfs.vectors import (
     matrix_column,
     mean_cosine_distance,
     merge_top_k,
+    top_columns,
+    top_columns_on,
     top_k_exact,
     top_p,
 )
@@ -501,3 +503,79 @@ def test_kmeans_plus_plus_on_a_device_picks_the_host_seeds() -> None:
     seeds = kmeans_plus_plus(x, 3, seed=0, device=TORCH)
     np.testing.assert_array_equal(seeds, kmeans_plus_plus(x, 3, seed=0))
     assert same_partition(assign(x, seeds)[0], labels)
+
+
+# The torch path of retrieval's kernels (udfs.tree with a device): the host's answers, ties included.
+
+
+def test_top_columns_on_a_device_break_ties_as_on_the_host() -> None:
+    sims = np.array([[0.5, 0.9, 0.5, 0.9, 0.1], [0.2, -np.inf, 0.7, -np.inf, -np.inf]], np.float32)
+    on = torch.from_numpy(sims).to(TORCH)
+    # row 0: the tie 1 / 3 at the top is ordered by column, the tie 0 / 2 at the cut goes to column 0
+    assert top_columns_on(on, 3).cpu().tolist() == [[1, 3, 0], [2, 0, 1]]
+    assert top_columns_on(on, 1).cpu().tolist() == [[1], [2]]
+    assert top_columns_on(on, 5).cpu().tolist() == [[1, 3, 0, 2, 4], [2, 0, 1, 3, 4]]
+    ties = np.random.default_rng(0).integers(0, 4, (300, 20)).astype(np.float32)  # ties in most rows
+    for width in (2, 3, 7, 19):
+        on = torch.from_numpy(ties).to(TORCH)
+        np.testing.assert_array_equal(top_columns_on(on, width).cpu().numpy(), top_columns(ties, width))
+
+
+def test_descend_on_a_device_with_every_leaf_probed_is_a_full_sort() -> None:
+    tree, _ = random_tree()
+    q = l2_normalize(np.random.default_rng(5).normal(size=(300, 12)))
+    leaves, scores, cost = descend(q, tree, tree.n_leaves, coarse_probe=6, max_cells=64 * 6 * 6, device=TORCH)
+    expected = np.argsort(-(q @ tree.leaves.T), axis=1, kind="stable")
+    np.testing.assert_array_equal(leaves, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ tree.leaves.T, expected, axis=1), atol=1e-6)
+    np.testing.assert_array_equal(cost, 6 + tree.n_leaves)
+
+
+def test_descend_on_a_device_finds_the_host_leaves() -> None:
+    rng = np.random.default_rng(8)
+    coarse = l2_normalize(rng.normal(size=(7, 12)))
+    fine = [l2_normalize(rng.normal(size=(n, 12))) for n in (3, 0, 8, 1, 5, 0, 4)]  # two clusters with no leaves
+    tree, q = Tree.from_parts(coarse, fine), l2_normalize(rng.normal(size=(500, 12)))
+    for p, probe, cells in ((1, 1, None), (4, 3, 100), (12, 7, 1_000), (40, 7, None)):
+        host = descend(q, tree, p, probe, max_cells=cells)
+        device = descend(q, tree, p, probe, max_cells=cells, device=TORCH)
+        np.testing.assert_array_equal(device[0], host[0])  # -1 padding where fewer leaves were seen
+        np.testing.assert_allclose(device[1], host[1], atol=1e-6)
+        np.testing.assert_array_equal(device[2], host[2])
+    assert [a.shape for a in descend(q[:0], tree, 4, 3, device=TORCH)] == [(0, 4), (0, 4), (0,)]
+
+
+def test_a_tree_crosses_to_the_device_once_per_process() -> None:
+    tree, _ = random_tree()
+    coarse, leaves = tree_on(tree, TORCH)
+    again = tree_on(tree, TORCH)
+    assert again[0] is coarse and again[1] is leaves  # the same tensors: not copied a second time
+    np.testing.assert_array_equal(leaves.cpu().numpy(), tree.leaves)
+    np.testing.assert_array_equal(coarse.cpu().numpy(), tree.coarse)
+    others = [random_tree(seed)[0] for seed in (1, 2)]
+    for other in others:
+        tree_on(other, TORCH)
+    assert tree_on(tree, TORCH)[1] is not leaves  # two newer trees pushed it out: copied again
+
+
+def test_top_k_on_a_device_is_the_host_top_k() -> None:
+    keys = np.array([[1, 0], [0, 1], [-1, 0], [0.6, 0.8]], np.float32)
+    queries = np.array([[1, 0], [0, 1]], np.float32)
+    idx, scores = top_k_prefiltered(queries, keys, 3, None, device=TORCH)  # the hand-worked case above
+    np.testing.assert_array_equal(idx, [[0, 3, 1], [1, 3, 0]])
+    np.testing.assert_allclose(scores, [[1.0, 0.6, 0.0], [1.0, 0.8, 0.0]], atol=1e-6)
+    assert top_k_prefiltered(queries, keys[:2], 3, None, device=TORCH)[0].tolist() == [[0, 1], [1, 0]]
+    data = subspace_data(330, 16, 4, 2)
+    pre = Prefilter.of(tree_over(data[:30]), 4, shortlist=5)
+    exact = top_k_exact(data[300:], data[30:300], 3)
+    for prefilter in (None, pre):
+        idx, scores = top_k_prefiltered(data[300:], data[30:300], 3, prefilter, rows_per_step=1, device=TORCH)
+        np.testing.assert_array_equal(idx, exact[0])
+        np.testing.assert_allclose(scores, exact[1], atol=1e-6)
+    rng = np.random.default_rng(3)  # a poor shortlist: the host's shortlist and rescoring, step for step
+    keys, queries = l2_normalize(rng.normal(size=(200, 16))), l2_normalize(rng.normal(size=(9, 16)))
+    pre = Prefilter.of(tree_over(keys[:40]), 2, shortlist=6)
+    host, device = top_k_prefiltered(queries, keys, 3, pre), top_k_prefiltered(queries, keys, 3, pre, device=TORCH)
+    np.testing.assert_array_equal(device[0], host[0])
+    np.testing.assert_allclose(device[1], host[1], atol=1e-6)
+    assert [a.shape for a in top_k_prefiltered(queries[:0], keys, 3, pre, device=TORCH)] == [(0, 3), (0, 3)]
