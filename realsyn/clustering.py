@@ -68,9 +68,8 @@ from realsyn.contracts import (
 )
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse
-from realsyn.workers import task_device
+from realsyn.workers import array_device
 from udfs.kmeans import local_refined, refined, replace_fine, spherical_kmeans, sums_by_label
-from udfs.models import DevicePolicy
 from udfs.tree import Tree, boundary_rows, nearest_leaf
 from udfs.vectors import arrow_matrix, assign, embedding_problems, matrix_column, top_p
 
@@ -179,17 +178,6 @@ def hash_sample(rows: DataFrame, id_col: str, seed: int, fraction: float) -> pa.
     return sample if sample.num_rows else rows.toArrow()
 
 
-def kmeans_device(policy: DevicePolicy, key: str) -> str | None:
-    """Where the running task's k-means products go: its GPU (udfs.kmeans.DeviceRows), or None for its CPU.
-
-    "cpu" never imports torch; "auto" and "cuda" resolve as the embed stage's device does (realsyn.workers).
-    """
-    if policy == "cpu":
-        return None
-    device = task_device(policy, key)
-    return None if device == "cpu" else device
-
-
 def train_tree(
     df: DataFrame,
     cfg: ClusterConfig,
@@ -221,7 +209,7 @@ def train_tree(
         resample_size=cfg.resample_size,
     )
     key = f"{section}.device"
-    coarse_device = None if cfg.device == "cpu" else kmeans_device("auto", key)
+    coarse_device = None if cfg.device == "cpu" else array_device("auto", key)
     coarse = kmeans(sorted_matrix(sample, id_col, embedding_col, dim), k1, seed=cfg.seed, device=coarse_device)
     # Each coarse cluster of n_c rows gets k_c = round(n_c / leaf_size) leaves trained on about
     # max_points_per_centroid rows per leaf: the same share of every cluster, so one pass samples them all and
@@ -234,7 +222,7 @@ def train_tree(
         coarse_id = int(table.column("coarse_id")[0].as_py())
         k = fine_cluster_count(round(table.num_rows / share), cfg.leaf_size)
         x = sorted_matrix(table, id_col, embedding_col, dim)
-        centroids = kmeans(x, k, seed=cfg.seed + coarse_id, threads=1, device=kmeans_device(cfg.device, key))
+        centroids = kmeans(x, k, seed=cfg.seed + coarse_id, threads=1, device=array_device(cfg.device, key))
         return pa.table(
             {
                 "coarse_id": pa.array(np.full(len(centroids), coarse_id), pa.int64()),
@@ -298,7 +286,7 @@ def boundary_pass(
             current.leaves[a:b],
             table.column("competitor").take(order).to_numpy(),
             cfg.niter,
-            device=kmeans_device(cfg.device, f"{section}.device"),
+            device=array_device(cfg.device, f"{section}.device"),
         )
         return pa.table(
             {

@@ -1,8 +1,8 @@
 """What every model stage's Python worker does before its first batch: pick the task's device, keep zip caches.
 
-Shared by the embed and generate stages: the device comes from the GPU Spark assigned to the running task
-(``TaskContext.resources()["gpu"]``), mapped through CUDA_VISIBLE_DEVICES (udfs.models.pick_device); on a CPU the
-task uses as many torch threads as it has cores.
+Shared by the embed and generate stages, and by clustering and retrieval for their vector products: the device
+comes from the GPU Spark assigned to the running task (``TaskContext.resources()["gpu"]``), mapped through
+CUDA_VISIBLE_DEVICES (udfs.models.pick_device); on a CPU the task uses as many torch threads as it has cores.
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ def task_device(policy: DevicePolicy, key: str = "embed.device") -> str:
     if device == "cpu" and ctx is not None:
         torch.set_num_threads(max(1, ctx.cpus()))
     return device
+
+
+def array_device(policy: DevicePolicy, key: str) -> str | None:
+    """Where the running task's vector products go (k-means, retrieval): its GPU as a torch device, or None for
+    numpy on its CPU. "cpu" never imports torch; "auto" and "cuda" resolve as :func:`task_device` does."""
+    if policy == "cpu":
+        return None
+    device = task_device(policy, key)
+    return None if device == "cpu" else device
 
 
 _ZIP_STAMPS: dict[str, tuple[int, int]] = {}

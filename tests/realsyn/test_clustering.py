@@ -16,7 +16,6 @@ from realsyn.clustering import (
     boundary_pass,
     centroids_frame,
     coarse_cluster_count,
-    kmeans_device,
     refine_tree,
     run_cluster_images,
     run_cluster_sentences,
@@ -36,6 +35,7 @@ from realsyn.contracts import (
     SILVER_SENTENCE_EMBEDDINGS,
 )
 from realsyn.tables import Lakehouse
+from realsyn.workers import array_device
 from tests.tables import write_foreign
 from udfs.kmeans import refined, spherical_kmeans, sums_by_label
 from udfs.tree import Tree, boundary_rows, descend, nearest_leaf
@@ -110,12 +110,12 @@ def test_skewed_coarse_clusters_get_leaves_in_proportion(spark: SparkSession) ->
 def test_kmeans_runs_where_the_device_policy_says(spark: SparkSession) -> None:
     import torch
 
-    assert kmeans_device("cpu", "cluster.device") is None
+    assert array_device("cpu", "cluster.device") is None
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device: auto and cuda resolve to it")
-    assert kmeans_device("auto", "cluster.device") is None  # no GPU here: the CPU (faiss)
+    assert array_device("auto", "cluster.device") is None  # no GPU here: the CPU (faiss)
     with pytest.raises(RuntimeError, match=r"image_cluster\.device: .*no CUDA device"):
-        kmeans_device("cuda", "image_cluster.device")
+        array_device("cuda", "image_cluster.device")
     # "cuda" reaches the tasks that train the leaves: on a machine without a GPU they stop, naming the key
     x, _ = planted_tree_points([[40, 40], [40, 40]])
     cfg = ClusterConfig(leaf_size=40, coarse_clusters=2, device="cuda")
