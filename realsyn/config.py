@@ -116,6 +116,7 @@ class RetrievalConfig(Section):
     max_group_images: int = Field(default=2048, gt=0)
     prefilter_dim: int = Field(default=0, ge=0)
     shortlist: int = Field(default=8, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
 
     @model_validator(mode="after")
     def _consistent(self) -> RetrievalConfig:

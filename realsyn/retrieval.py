@@ -20,6 +20,12 @@ leaves hold fewer than k sentences in all gets fewer than k rows. Ties in score 
 ``silver.sentence_clusters`` and replaces the rows of one model id in ``silver.retrieval`` (image_id,
 model_id, rank (1 = best), sentence_id, score, leaf_id); image embeddings that are null, of another length than
 the tree's, not finite or all zero go to ``silver.retrieval_rejects`` with a reason each instead.
+
+With ``retrieval.device`` "auto" or "cuda" each task descends the tree and scores its groups on the GPU Spark
+assigned to it (udfs.tree's torch path; the tree crosses to each GPU once per Python worker); "cpu" is numpy. A
+GPU rounds its products differently from a CPU, so run the stage on one kind: where the plan's tasks and the
+join's ran on different kinds, an image at a near-tie may probe a leaf that no image probed in the plan, and its
+sentences there are not scored.
 """
 
 from __future__ import annotations
@@ -51,8 +57,13 @@ from realsyn.contracts import (
 )
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse
+from realsyn.workers import array_device
+from udfs.models import DevicePolicy
 from udfs.tree import Prefilter, Tree, calibrate_margin, descend, probe_counts, top_k_prefiltered
 from udfs.vectors import arrow_matrix, matrix_column
+
+# The config key of the device policy, named when "cuda" finds no GPU.
+DEVICE_KEY = "retrieval.device"
 
 # An embedding in the axes of a retrieval prefilter (udfs.tree.Prefilter).
 LOW_FIELD = T.StructField("embedding_low", T.ArrayType(T.FloatType(), containsNull=False), False)
@@ -70,7 +81,7 @@ class Probing:
 
 
 def _ranked_leaves(
-    images: DataFrame, load: Callable[[], Tree], dim: int, probing: Probing, embedding_col: str
+    images: DataFrame, load: Callable[[], Tree], dim: int, probing: Probing, embedding_col: str, device: DevicePolicy
 ) -> DataFrame:
     """Each image's ``probing.hi`` nearest leaves and their centroid similarities, best first (-1 / -inf pad)."""
     schema = T.StructType(
@@ -81,10 +92,10 @@ def _ranked_leaves(
     )
 
     def rank(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        on = array_device(device, DEVICE_KEY)
         for batch in batches:
-            leaves, scores, _ = descend(
-                arrow_matrix(batch.column(embedding_col), dim), load(), probing.hi, probing.coarse_probe
-            )
+            x = arrow_matrix(batch.column(embedding_col), dim)
+            leaves, scores, _ = descend(x, load(), probing.hi, probing.coarse_probe, device=on)
             yield pa.RecordBatch.from_arrays(
                 [matrix_column(leaves, np.int64).combine_chunks(), matrix_column(scores).combine_chunks()],
                 names=["leaves", "scores"],
@@ -101,20 +112,23 @@ def image_leaves(
     id_col: str = "image_id",
     embedding_col: str = "embedding",
     prefilter: Prefilter | None = None,
+    device: DevicePolicy = "cpu",
 ) -> DataFrame:
     """One row per (image, probed leaf): ``images`` columns id and embedding, plus ``leaf_id`` (and with a
     ``prefilter``, the image in its axes as ``embedding_low``, projected once per image, not once per leaf).
 
-    ``load`` returns the tree of ``dim``-wide leaves inside the tasks (``realsyn.clustering.shipped``).
+    ``load`` returns the tree of ``dim``-wide leaves inside the tasks (``realsyn.clustering.shipped``); ``device``
+    is the policy of ``retrieval.device``.
     """
     fields = [images.schema[id_col], images.schema[embedding_col], T.StructField("leaf_id", T.LongType(), False)]
     if prefilter is not None:
         fields.append(LOW_FIELD)
 
     def probe(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+        on = array_device(device, DEVICE_KEY)
         for batch in batches:
             x = arrow_matrix(batch.column(embedding_col), dim)
-            leaves, scores, _ = descend(x, load(), probing.hi, probing.coarse_probe)
+            leaves, scores, _ = descend(x, load(), probing.hi, probing.coarse_probe, device=on)
             counts = probe_counts(scores, probing.margin, probing.lo, probing.hi)
             rows, cols = np.nonzero(np.arange(leaves.shape[1]) < counts[:, None])
             out = batch.take(pa.array(rows)).append_column("leaf_id", pa.array(leaves[rows, cols], pa.int64()))
@@ -165,7 +179,8 @@ def _plan(
     sample = images if fraction >= 1.0 else images.filter(hash_uniform(image_col, 0) < fraction)
     scale = 1.0 if fraction >= 1.0 else _PLAN_MARGIN / fraction
     lo, hi = cfg.probe_bounds
-    ranked = _ranked_leaves(sample, load, dim, Probing(lo, hi, cfg.coarse_probe), embedding_col).toArrow()
+    ranked = _ranked_leaves(sample, load, dim, Probing(lo, hi, cfg.coarse_probe), embedding_col, cfg.device)
+    ranked = ranked.toArrow()
     leaves, scores = arrow_matrix(ranked.column("leaves"), hi, np.int64), arrow_matrix(ranked.column("scores"), hi)
     probing = Probing(lo, hi, cfg.coarse_probe, calibrate_margin(scores, cfg.probe_leaves, lo, hi))
     counts = probe_counts(scores, probing.margin, lo, hi)
@@ -234,7 +249,7 @@ def retrieve_with_stats(
     sentences = sentences.select(sentence_col, embedding_col, "leaf_id")
     probing, chunks, stats = _plan(images, sentences, load, dim, cfg, image_col, embedding_col)
     plan = F.broadcast(spark.createDataFrame(chunks, "leaf_id long, image_chunks long, sentence_chunks long"))
-    probes = image_leaves(images, load, dim, probing, image_col, embedding_col, prefilter)
+    probes = image_leaves(images, load, dim, probing, image_col, embedding_col, prefilter, cfg.device)
     low = [LOW_FIELD.name] if prefilter is not None else []
     if prefilter is not None:
         sentences = with_low(sentences, prefilter, dim, embedding_col)
@@ -270,7 +285,7 @@ def retrieve_with_stats(
         if prefilter is not None:
             x_low = arrow_matrix(imgs.column(LOW_FIELD.name), prefilter.dim)
             y_low = arrow_matrix(sents.column(LOW_FIELD.name), prefilter.dim)
-        idx, scores = top_k_prefiltered(x, y, k, prefilter, x_low, y_low)
+        idx, scores = top_k_prefiltered(x, y, k, prefilter, x_low, y_low, device=array_device(cfg.device, DEVICE_KEY))
         width = idx.shape[1]
         return pa.table(
             {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one run on a GPU machine: the GPU tests (embedding, vLLM, the k-means
-# device path) and the GPU benchmarks, each with its own time limit, each log kept. What is missing on the
-# machine (Spark, vLLM, faiss, ...) makes a check fail with its log saying so; the others still run.
+# and retrieval device paths) and the GPU benchmarks, each with its own time limit, each log kept. What is missing
+# on the machine (Spark, vLLM, faiss, ...) makes a check fail with its log saying so; the others still run.
 #
 #   OUT=/tmp/gpu-check bash scripts/gpu_check.sh                    # all checks: at most 555 s by their limits
 #   OUT=/tmp/gpu-check bash scripts/gpu_check.sh kmeans_device generate_gpu    # only these
@@ -35,6 +35,7 @@ head -n 20 "$out/machine.txt"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 check tests_gpu 150 "$py" -m pytest -q -p no:cacheprovider --noconftest -m gpu tests/udfs/test_clip.py tests/udfs/test_llm.py
 check tests_kmeans 45 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/udfs/test_kmeans.py
-check kmeans_device 90 "$py" bench/kmeans_device.py
-check embed_gpu 120 "$py" bench/embed_gpu.py --quick
+check kmeans_device 60 "$py" bench/kmeans_device.py
+check retrieval_device 45 "$py" bench/retrieval_device.py --quick
+check embed_gpu 105 "$py" bench/embed_gpu.py --quick
 check generate_gpu 150 "$py" bench/generate_gpu.py --quick

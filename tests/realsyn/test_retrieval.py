@@ -230,6 +230,21 @@ def test_probe_bounds_follow_the_spread() -> None:
         RetrievalConfig(probe_spread=0.5)
 
 
+def test_retrieval_runs_where_the_device_policy_says(spark: SparkSession) -> None:
+    import torch
+
+    cfg = RetrievalConfig(top_k=3, probe_leaves=2, coarse_probe=1, probe_spread=1)
+    auto = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg.model_copy(update={"device": "auto"}))
+    if torch.cuda.is_available():  # the tasks' GPU: the hand-worked answer of the CPU
+        assertDataFrameEqual(auto, retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg), rtol=1e-6)
+        return
+    assert auto.count() == 4  # no GPU here: auto falls back to the CPU
+    # "cuda" reaches the tasks that descend the tree: without a GPU they stop, naming the key
+    cuda = cfg.model_copy(update={"device": "cuda"})
+    with pytest.raises(Exception, match=r"retrieval\.device: device is 'cuda' but no CUDA device"):
+        retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cuda).collect()
+
+
 def test_empty_images_give_no_rows(spark: SparkSession) -> None:
     images = spark.createDataFrame([], "image_id string, embedding array<float>")
     got = retrieve(images, hand_sentences(spark), hand_tree(), RetrievalConfig())
