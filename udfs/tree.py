@@ -119,12 +119,16 @@ def tree_on(tree: Tree, device: str) -> tuple[Any, Any]:
     """``tree``'s coarse and leaf centroids as torch matrices on ``device``, copied once per Python process and
     tree: a memory-mapped tree (realsyn.clustering.shipped) is one object for all tasks of a worker, so its
     leaves cross to the GPU once; a small tree that travels in each task's closure is copied again per task.
-    The leaves are copied in slices, so a memory-mapped matrix is never read into host memory whole."""
+    The leaves are copied in slices, so a memory-mapped matrix is never read into host memory whole. A worker
+    runs one task at a time: copies on another device (an earlier task's GPU) are dropped, so that no GPU holds
+    the tree of a worker that now runs elsewhere (at the paper's size a tree is 6 GB)."""
     import torch
 
     key = (id(tree), device)
     hit = _TREES_ON.get(key)
     if hit is None or hit[0] is not tree:
+        for other in [k for k in _TREES_ON if k[1] != device]:
+            del _TREES_ON[other]
         coarse = torch.from_numpy(np.array(tree.coarse, np.float32)).to(device)
         leaves = torch.empty(tree.leaves.shape, dtype=torch.float32, device=device)
         for start in range(0, tree.n_leaves, 1 << 16):

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+import udfs.tree
 import udfs.vectors
 from udfs.kmeans import (
     DeviceRows,
@@ -556,6 +557,8 @@ def test_a_tree_crosses_to_the_device_once_per_process() -> None:
     for other in others:
         tree_on(other, TORCH)
     assert tree_on(tree, TORCH)[1] is not leaves  # two newer trees pushed it out: copied again
+    udfs.tree.tree_on(tree, "meta")  # the next task's device: the copies on this one are dropped
+    assert {device for _, device in udfs.tree._TREES_ON} == {"meta"}
 
 
 def test_top_k_on_a_device_is_the_host_top_k() -> None:
