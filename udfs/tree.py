@@ -68,9 +68,6 @@ def descend(
     computations spent per row. Rows are processed in chunks whose candidate score matrix holds at most
     ``max_cells`` floats (default 2^24 on the host, 2^27 on a ``device``, where bigger chunks mean fewer launches).
     """
-    if device is not None:
-        return _descend_on(x, tree, p, coarse_probe, max_cells or 1 << 27, device)
-    max_cells = max_cells or 1 << 24
     n = x.shape[0]
     leaf_ids = np.full((n, p), -1, dtype=np.int64)
     leaf_scores = np.full((n, p), -np.inf, dtype=np.float32)
@@ -82,7 +79,10 @@ def descend(
     fan = int(sizes.max())
     probe = min(coarse_probe, tree.coarse.shape[0])
     width = min(p, probe * fan)
-    chunk = max(1, max_cells // (probe * fan))
+    chunk = max(1, (max_cells or (1 << 24 if device is None else 1 << 27)) // (probe * fan))
+    if device is not None:
+        _descend_on(x, tree, probe, width, chunk, device, (leaf_ids, leaf_scores, cost))
+        return leaf_ids, leaf_scores, cost
     for start in range(0, n, chunk):
         xc = x[start : start + chunk]
         m = xc.shape[0]
@@ -140,29 +140,21 @@ def tree_on(tree: Tree, device: str) -> tuple[Any, Any]:
 
 
 def _descend_on(
-    x: Matrix, tree: Tree, p: int, coarse_probe: int, max_cells: int, device: str
-) -> tuple[Ints, Matrix, Ints]:
-    """:func:`descend` with its products and rankings on a torch ``device``: the same steps, one launch per
-    probed coarse cluster and chunk."""
+    x: Matrix, tree: Tree, probe: int, width: int, chunk: int, device: str, out: tuple[Ints, Matrix, Ints]
+) -> None:
+    """:func:`descend`'s chunk loop with its products and rankings on a torch ``device``, filling ``out`` (leaf
+    ids, scores, costs): the same steps, one launch per probed coarse cluster and chunk."""
     import torch
 
-    n = x.shape[0]
-    leaf_ids = np.full((n, p), -1, dtype=np.int64)
-    leaf_scores = np.full((n, p), -np.inf, dtype=np.float32)
-    cost = np.zeros(n, dtype=np.int64)
-    if n == 0 or tree.n_leaves == 0 or p <= 0:
-        return leaf_ids, leaf_scores, cost
+    leaf_ids, leaf_scores, cost = out
     coarse, leaves = tree_on(tree, device)
     offsets = tree.offsets
     sizes = np.diff(offsets)
     fan = int(sizes.max())
     k1 = tree.coarse.shape[0]
-    probe = min(coarse_probe, k1)
-    width = min(p, probe * fan)
-    chunk = max(1, max_cells // (probe * fan))
     offsets_on, sizes_on = torch.from_numpy(offsets).to(device), torch.from_numpy(sizes).to(device)
     rows_on = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
-    for start in range(0, n, chunk):
+    for start in range(0, x.shape[0], chunk):
         xc = rows_on[start : start + chunk]
         m = xc.shape[0]
         probed = torch.sort(top_columns_on(xc @ coarse.T, probe), dim=1).values  # coarse-id order, as on the host
@@ -185,7 +177,6 @@ def _descend_on(
         found = offsets_on[probed.gather(1, best // fan)] + best % fan
         leaf_ids[start : start + m, :width] = torch.where(torch.isfinite(best_scores), found, -1).cpu().numpy()
         leaf_scores[start : start + m, :width] = best_scores.cpu().numpy()
-    return leaf_ids, leaf_scores, cost
 
 
 def best_per_probe(x: Matrix, tree: Tree, coarse_probe: int) -> tuple[Ints, Ints, Matrix]:
