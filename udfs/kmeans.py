@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from udfs.tree import Tree
-from udfs.vectors import Ints, Matrix, assign, l2_normalize
+from udfs.vectors import Ints, Matrix, assign, l2_normalize, to_device
 
 
 class DeviceRows:
@@ -38,20 +38,17 @@ class DeviceRows:
         self.chunk_rows = chunk_rows
         self._rows: Any = None
         if device is not None:
-            import torch
-
-            self._rows = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
+            self._rows = to_device(x, device)
 
     def nearest(self, centroids: Matrix) -> tuple[Ints, Matrix]:
         """Nearest centroid of every row (cosine): (labels (n,), scores (n,)), as :func:`udfs.vectors.assign`."""
         if self._rows is None:
             return assign(self.x, centroids, self.chunk_rows)
-        import torch
 
         n = self.x.shape[0]
         if centroids.shape[0] == 0:
             return np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.float32)
-        c = torch.from_numpy(np.ascontiguousarray(centroids, np.float32)).to(self.device)
+        c = to_device(centroids, self._rows.device)
         labels, scores = np.zeros(n, np.int64), np.zeros(n, np.float32)
         for start in range(0, n, self.chunk_rows):
             best = (self._rows[start : start + self.chunk_rows] @ c.T).max(dim=1)

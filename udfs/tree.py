@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from udfs.vectors import Ints, Matrix, top_columns, top_columns_on, top_k_exact, top_p
+from udfs.vectors import Ints, Matrix, to_device, top_columns, top_columns_on, top_k_exact, top_p
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def descend(
     width = min(p, probe * fan)
     chunk = max(1, (max_cells or (1 << 24 if device is None else 1 << 27)) // (probe * fan))
     if device is not None:
-        _descend_on(x, tree, probe, width, chunk, device, (leaf_ids, leaf_scores, cost))
+        _descend_on(x, tree, offsets, fan, probe, width, chunk, device, (leaf_ids, leaf_scores, cost))
         return leaf_ids, leaf_scores, cost
     for start in range(0, n, chunk):
         xc = x[start : start + chunk]
@@ -129,7 +129,7 @@ def tree_on(tree: Tree, device: str) -> tuple[Any, Any]:
     if hit is None or hit[0] is not tree:
         for other in [k for k in _TREES_ON if k[1] != device]:
             del _TREES_ON[other]
-        coarse = torch.from_numpy(np.array(tree.coarse, np.float32)).to(device)
+        coarse = to_device(tree.coarse, device)
         leaves = torch.empty(tree.leaves.shape, dtype=torch.float32, device=device)
         for start in range(0, tree.n_leaves, 1 << 16):
             leaves[start : start + (1 << 16)] = torch.from_numpy(np.array(tree.leaves[start : start + (1 << 16)]))
@@ -140,7 +140,15 @@ def tree_on(tree: Tree, device: str) -> tuple[Any, Any]:
 
 
 def _descend_on(
-    x: Matrix, tree: Tree, probe: int, width: int, chunk: int, device: str, out: tuple[Ints, Matrix, Ints]
+    x: Matrix,
+    tree: Tree,
+    offsets: Ints,
+    fan: int,
+    probe: int,
+    width: int,
+    chunk: int,
+    device: str,
+    out: tuple[Ints, Matrix, Ints],
 ) -> None:
     """:func:`descend`'s chunk loop with its products and rankings on a torch ``device``, filling ``out`` (leaf
     ids, scores, costs): the same steps, one launch per probed coarse cluster and chunk."""
@@ -148,12 +156,10 @@ def _descend_on(
 
     leaf_ids, leaf_scores, cost = out
     coarse, leaves = tree_on(tree, device)
-    offsets = tree.offsets
-    sizes = np.diff(offsets)
-    fan = int(sizes.max())
     k1 = tree.coarse.shape[0]
-    offsets_on, sizes_on = torch.from_numpy(offsets).to(device), torch.from_numpy(sizes).to(device)
-    rows_on = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
+    offsets_on = torch.from_numpy(offsets).to(device)
+    sizes_on = offsets_on[1:] - offsets_on[:-1]
+    rows_on = to_device(x, device)
     for start in range(0, x.shape[0], chunk):
         xc = rows_on[start : start + chunk]
         m = xc.shape[0]
@@ -380,9 +386,6 @@ def _top_k_on(
     """:func:`top_k_prefiltered` with its products and rankings on a torch ``device``."""
     import torch
 
-    def on(m: Matrix) -> Any:
-        return torch.from_numpy(np.ascontiguousarray(m, np.float32)).to(device)
-
     nq, nk = queries.shape[0], keys.shape[0]
     pre = None if prefilter is None or nk <= max(prefilter.shortlist, k) else prefilter  # None: exact scores
     width = min(k, nk) if pre is None else min(k, pre.shortlist)
@@ -390,10 +393,10 @@ def _top_k_on(
     out_scores = np.zeros((nq, width), np.float32)
     if nq == 0 or width == 0:
         return out_idx, out_scores
-    q_all, keys_on = on(queries), on(keys)
+    q_all, keys_on = to_device(queries, device), to_device(keys, device)
     if pre is not None:
-        q_low = on(pre.queries_low(queries) if queries_low is None else queries_low)
-        keys_low_on = on(pre.keys_low(keys) if keys_low is None else keys_low).T
+        q_low = to_device(pre.queries_low(queries) if queries_low is None else queries_low, device)
+        keys_low_on = to_device(pre.keys_low(keys) if keys_low is None else keys_low, device).T
     for start in range(0, nq, rows_per_step):
         q = q_all[start : start + rows_per_step]
         if pre is None:

@@ -161,6 +161,13 @@ def top_columns(sims: Matrix, width: int) -> Ints:
     return best
 
 
+def to_device(m: npt.ArrayLike, device: str) -> Any:
+    """``m`` as a float32 torch matrix on ``device`` (one copy)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(m, np.float32)).to(device)
+
+
 def top_columns_on(sims: Any, width: int) -> Any:
     """:func:`top_columns` of a torch matrix, on its device: the same columns in the same order, ties to the
     lower column (``torch.topk`` alone leaves the order of equal values open)."""
