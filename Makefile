@@ -11,7 +11,7 @@ CONF   ?= conf/local.yaml
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --quiet -e '.[dev]'
 	touch $(STAMP)
 
 ## run: the pipeline on the embedded demo corpus (local Spark, Delta tables under ./lakehouse), then the dataset
