@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from deltalake import DeltaTable
@@ -33,10 +34,12 @@ def short(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def run_size(n: int, work: Path, conf: Path) -> dict[str, object]:
-    """Run the pipeline on an n-document corpus; wall time and the per-stage rows of gold.runs."""
-    lake, raw = work / f"lake-{n}", work / f"raw-{n}"
+def run_size(n: int, work: Path, conf: Path, extra: Sequence[str] = (), tag: str = "") -> dict[str, object]:
+    """Run the pipeline on an n-document corpus (``extra``: more ``--set`` items, ``tag``: a name for this run's
+    lake, so that runs of one size share the corpus); wall time, the lake and the per-stage rows of gold.runs."""
+    lake, raw = work / f"lake-{n}{tag}", work / f"raw-{n}"
     sets = [f"storage.root={lake}", f"demo.output={raw}", f"demo.documents={n}", f"demo.synthetic_images={n // 5}"]
+    sets += extra
     argv = [sys.executable, "-m", "jobs.pipeline", "--conf", str(conf)]
     for item in sets:
         argv += ["--set", item]
@@ -47,7 +50,7 @@ def run_size(n: int, work: Path, conf: Path) -> dict[str, object]:
         raise SystemExit(f"pipeline failed on {n} documents:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     runs = DeltaTable(str(lake / "gold" / "runs")).to_pyarrow_table().to_pylist()
     stages = sorted((r for r in runs if r["status"] == "ok"), key=lambda r: int(r["stage_index"]))
-    return {"n": n, "wall": wall, "stages": stages}
+    return {"n": n, "wall": wall, "lake": lake, "stages": stages}
 
 
 def report(result: dict[str, object]) -> tuple[float, float]:
