@@ -22,7 +22,9 @@ members are ranked in a window per leaf and compared with the quota in the same 
 
 ``raw_image_url``: an image can sit at several URLs in several documents. The row names the URL of its
 reference with the smallest (doc_id, position): a pick that does not depend on the order documents arrived in.
-``source_refs`` lists every (doc_id, position, url) in that order.
+``source_refs`` lists every (doc_id, position, url) in that order. URLs are stored without userinfo and without the
+query parameters of ``fetch.redact_query_params`` (signatures, tokens: :mod:`udfs.urls`); ``url_redacted`` says
+that ``raw_image_url`` lost some.
 
 Both gold tables are overwritten in one commit each and the funnel rows of stage ``balance`` replaced, so a rerun
 gives the same tables.
@@ -30,9 +32,11 @@ gives the same tables.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -56,6 +60,7 @@ from realsyn.contracts import (
 from realsyn.funnel import REASON, FunnelStep, first_reason, split, write_funnel
 from realsyn.tables import Lakehouse
 from udfs.balance import capped, hierarchical_quotas, max_over_median, water_fill
+from udfs.urls import SECRET_QUERY_PARAMS, redact_urls
 
 STAGE = "balance"
 SYNTHETIC_TEXT_REJECTED = "synthetic_text_rejected"
@@ -149,14 +154,37 @@ def retrieved_texts(retrieval: DataFrame, sentences: DataFrame, model_id: str) -
     )
 
 
-def source_references(images: DataFrame, refs: DataFrame) -> DataFrame:
-    """One row per image: every (doc_id, position, url) that references one of its URLs, sorted, and the first URL."""
+def redacted(url: Column, secret_params: Sequence[str] = SECRET_QUERY_PARAMS) -> Column:
+    """Struct (url, url_redacted) of :func:`udfs.urls.redact_url`: ``url`` without userinfo or secret parameters."""
+    params = tuple(secret_params)
+
+    @F.pandas_udf("url string, url_redacted boolean")  # type: ignore[call-overload]
+    def redact(urls: pd.Series) -> pd.DataFrame:
+        return redact_urls(urls, params)
+
+    return redact(url)
+
+
+def source_references(
+    images: DataFrame, refs: DataFrame, secret_params: Sequence[str] = SECRET_QUERY_PARAMS
+) -> DataFrame:
+    """One row per image: every (doc_id, position, url) that references one of its URLs, sorted, and the first
+    URL (``raw_image_url``); URLs without userinfo or secret parameters, ``url_redacted`` when the first lost any."""
     urls = images.select("image_id", F.explode("url_ids").alias("url_id"))
-    joined = urls.join(refs.select("url_id", "doc_id", "position", "url"), "url_id")
-    listed = joined.groupBy("image_id").agg(
-        F.array_sort(F.collect_set(F.struct("doc_id", "position", "url"))).alias("source_refs")
+    joined = (
+        urls.join(refs.select("url_id", "doc_id", "position", "url"), "url_id")
+        .withColumn("_safe", redacted(F.col("url"), secret_params))
+        .select("image_id", "doc_id", "position", "_safe.url", "_safe.url_redacted")
     )
-    return listed.withColumn("raw_image_url", F.col("source_refs")[0]["url"])
+    listed = joined.groupBy("image_id").agg(
+        F.array_sort(F.collect_set(F.struct("doc_id", "position", "url", "url_redacted"))).alias("_refs")
+    )
+    return listed.select(
+        "image_id",
+        F.transform("_refs", lambda r: F.struct(r["doc_id"], r["position"], r["url"])).alias("source_refs"),
+        F.col("_refs")[0]["url"].alias("raw_image_url"),
+        F.col("_refs")[0]["url_redacted"].alias("url_redacted"),
+    )
 
 
 def leaves_of(clusters: DataFrame, centroids: DataFrame, model_id: str) -> DataFrame:
@@ -187,7 +215,7 @@ def pairs(lakehouse: Lakehouse, cfg: Config) -> DataFrame:
     )
     texts = retrieved_texts(lakehouse.read(SILVER_RETRIEVAL), lakehouse.read(SILVER_SENTENCES), model_id)
     leaves = leaves_of(lakehouse.read(SILVER_IMAGE_CLUSTERS), lakehouse.read(SILVER_IMAGE_CENTROIDS), model_id)
-    refs = source_references(images, lakehouse.read(BRONZE_IMAGE_REFS))
+    refs = source_references(images, lakehouse.read(BRONZE_IMAGE_REFS), cfg.fetch.redact_query_params)
     df = (
         images.join(syn, "image_id", "left")
         .join(texts.withColumn("_has_texts", F.lit(True)), "image_id", "left")
@@ -331,6 +359,7 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
     dataset = ranked.select(
         "image_id",
         "raw_image_url",
+        F.coalesce("url_redacted", F.lit(False)).alias("url_redacted"),
         *[f"text{r}" for r in range(1, TEXTS + 1)],
         "syn_text",
         "coarse_id",

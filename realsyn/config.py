@@ -256,6 +256,8 @@ class FetchConfig(Section):
     file_roots: list[str] = Field(default_factory=lambda: list(_FETCH.file_roots))
     object_prefixes: list[str] = Field(default_factory=lambda: list(_FETCH.object_prefixes))
     verify_tls: bool = _FETCH.verify_tls
+    credentials_in_url: Literal["strip", "refuse"] = "strip"
+    redact_query_params: list[str] = Field(default_factory=lambda: list(_FETCH.redact_query_params))
     content_store: Literal["table", "files"] = "table"
     content_prefix: str | None = None
     tasks: int = Field(default=0, ge=0)

@@ -426,6 +426,7 @@ GOLD_DATASET = _table(
     schema(
         ("image_id", STRING),
         ("raw_image_url", STRING),
+        ("url_redacted", BOOLEAN),
         ("text1", STRING),
         ("text2", STRING),
         ("text3", STRING),

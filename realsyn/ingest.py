@@ -135,7 +135,7 @@ def _read_jsonl(spark: SparkSession, files: list[str], schema: T.StructType, tex
     ).withColumn(
         "text_types",
         F.expr(
-            f"transform(variant_get(try_parse_json({_NON_NUMBERS_SQL}), '$.{texts_field}', 'array<variant>'), "
+            f"transform(try_variant_get(try_parse_json({_NON_NUMBERS_SQL}), '$.{texts_field}', 'array<variant>'), "
             "e -> schema_of_variant(e))"
         ),
     )
@@ -190,11 +190,33 @@ def _read_parquet(spark: SparkSession, files: list[str], schema: T.StructType) -
 # Normalising both layouts to: url, meta, texts array<TEXT_ITEM>, images array<IMAGE_ITEM>, layout_reason.
 
 
-def _normalise_mmc4(df: DataFrame) -> DataFrame:
+@dataclass(frozen=True)
+class Limits:
+    """Items per document above which a document is rejected before any per-item work is done."""
+
+    max_texts: int
+    max_images: int
+
+
+def _zipped_texts(texts: Column, n_texts: Column) -> Column:
+    """``texts`` zipped with their JSON types (``text_types``), as many as there are texts.
+
+    Each element's type comes zipped with it: a lambda that read ``text_types`` by index would let Spark inline
+    the line's whole parse into the lambda and redo it per element (quadratic in the line's length).
+    """
+    types = F.coalesce(F.col("text_types"), F.array().cast("array<string>"))
+    return F.slice(F.arrays_zip(texts.alias("text"), types.alias("json_type")), 1, n_texts)
+
+
+def _normalise_mmc4(df: DataFrame, limits: Limits) -> DataFrame:
+    text_list = F.coalesce(F.col("rec.text_list"), F.array().cast("array<string>"))
+    image_info = F.coalesce(F.col("rec.image_info"), F.array().cast(T.ArrayType(_MMC4_IMAGE)))
+    n_texts, n_images = F.size(text_list), F.size(image_info)
+    within = (n_texts <= limits.max_texts) & (n_images <= limits.max_images)
     texts = F.transform(
-        F.coalesce(F.col("rec.text_list"), F.array().cast("array<string>")),
-        lambda t, i: F.struct(
-            i.cast("int").alias("position"), t.alias("text"), F.element_at("text_types", i + 1).alias("json_type")
+        _zipped_texts(text_list, n_texts),
+        lambda x, i: F.struct(
+            i.cast("int").alias("position"), x["text"].alias("text"), x["json_type"].alias("json_type")
         ),
     )
 
@@ -219,7 +241,7 @@ def _normalise_mmc4(df: DataFrame) -> DataFrame:
             F.regexp_replace(F.when(bad_index, index).when(bad_sim, sim), '^"|"$', "").alias("field_detail"),
         )
 
-    images = F.transform(F.coalesce(F.col("rec.image_info"), F.array().cast(T.ArrayType(_MMC4_IMAGE))), image_item)
+    images = F.transform(image_info, image_item)
     return df.select(
         "raw",
         "input_file",
@@ -228,40 +250,59 @@ def _normalise_mmc4(df: DataFrame) -> DataFrame:
         "parse_reason",
         F.col("rec.url").alias("url"),
         F.lit(None).cast("string").alias("meta"),
-        texts.cast(T.ArrayType(TEXT_ITEM)).alias("texts"),
-        images.cast(T.ArrayType(IMAGE_ITEM)).alias("images"),
+        _unless(within, texts, TEXT_ITEM).alias("texts"),
+        _unless(within, images, IMAGE_ITEM).alias("images"),
+        n_texts.alias("n_texts"),
+        n_images.alias("n_images"),
         F.lit(None).cast("string").alias("layout_reason"),
     )
 
 
-def _normalise_obelics(df: DataFrame) -> DataFrame:
+def _unless(within: Column, items: Column, item: T.StructType) -> Column:
+    """``items`` as an array of ``item`` when ``within`` the limits, else empty (the document is rejected)."""
+    return F.when(within, items.cast(T.ArrayType(item))).otherwise(F.array().cast(T.ArrayType(item)))
+
+
+def _normalise_obelics(df: DataFrame, limits: Limits) -> DataFrame:
     imgs = F.coalesce(F.col("rec.images"), F.array().cast("array<string>"))
     txts = F.coalesce(F.col("rec.texts"), F.array().cast("array<string>"))
+    n_texts = F.size(F.filter(txts, lambda t: t.isNotNull()))
+    n_images = F.size(F.filter(imgs, lambda t: t.isNotNull()))
+    within = (n_texts <= limits.max_texts) & (n_images <= limits.max_images)
     meta = F.from_json(F.col("rec.metadata"), T.ArrayType(T.StringType()))
-    items = F.arrays_zip(imgs.alias("image"), txts.alias("text"))
+    meta_ok = meta.isNotNull() & (F.size(meta) == F.size(imgs))
+    # Every per-position value is zipped in (see _zipped_texts): nothing inside a lambda parses the line again.
+    metas = F.when(meta_ok, meta).otherwise(F.array().cast("array<string>"))
+    types = F.coalesce(F.col("text_types"), F.array().cast("array<string>"))
+    positions = F.greatest(F.size(imgs), F.size(txts))
+    items = F.slice(
+        F.arrays_zip(imgs.alias("image"), txts.alias("text"), types.alias("json_type"), metas.alias("meta")),
+        1,
+        positions,
+    )
     indexed = F.transform(
         items,
-        lambda x, i: F.struct(i.cast("int").alias("position"), x["image"].alias("image"), x["text"].alias("text")),
+        lambda x, i: F.struct(
+            i.cast("int").alias("position"),
+            x["image"].alias("image"),
+            x["text"].alias("text"),
+            x["json_type"].alias("json_type"),
+            x["meta"].alias("meta"),
+        ),
     )
     texts = F.transform(
         F.filter(indexed, lambda x: x["text"].isNotNull()),
-        lambda x: F.struct(
-            x["position"].alias("position"),
-            x["text"].alias("text"),
-            F.element_at("text_types", x["position"] + 1).alias("json_type"),
-        ),
+        lambda x: F.struct(x["position"].alias("position"), x["text"].alias("text"), x["json_type"].alias("json_type")),
     )
-    meta_ok = meta.isNotNull() & (F.size(meta) == F.size(imgs))
 
     def image_item(x: Column) -> Column:
-        m = F.when(meta_ok, F.element_at(meta, x["position"] + 1))
         return F.struct(
             x["position"].alias("position"),
             x["image"].alias("url"),
-            F.get_json_object(m, "$.alt_text").alias("alt_text"),
+            F.get_json_object(x["meta"], "$.alt_text").alias("alt_text"),
             F.lit(None).cast("int").alias("matched_text_index"),
             F.lit(None).cast("double").alias("matched_sim"),
-            m.alias("meta"),
+            x["meta"].alias("meta"),
             F.lit(None).cast("string").alias("field_reason"),
             F.lit(None).cast("string").alias("field_detail"),
         )
@@ -284,15 +325,17 @@ def _normalise_obelics(df: DataFrame) -> DataFrame:
         "parse_reason",
         F.get_json_object("rec.general_metadata", "$.url").alias("url"),
         F.col("rec.general_metadata").alias("meta"),
-        texts.cast(T.ArrayType(TEXT_ITEM)).alias("texts"),
-        images.cast(T.ArrayType(IMAGE_ITEM)).alias("images"),
-        layout_reason.alias("layout_reason"),
+        _unless(within, texts, TEXT_ITEM).alias("texts"),
+        _unless(within, images, IMAGE_ITEM).alias("images"),
+        n_texts.alias("n_texts"),
+        n_images.alias("n_images"),
+        F.when(within, layout_reason).alias("layout_reason"),
     )
 
 
-def read_documents(spark: SparkSession, inp: IngestInput, files: list[str] | None = None) -> DataFrame:
+def read_documents(spark: SparkSession, inp: IngestInput, limits: Limits, files: list[str] | None = None) -> DataFrame:
     """One input dump (``files`` of it, default: all) as normalised documents (not yet validated), with source
-    and layout columns."""
+    and layout columns; a document over ``limits`` keeps its counts but no texts or images."""
     schema = MMC4_SCHEMA if inp.layout == "mmc4" else OBELICS_SCHEMA
     paths = files if files is not None else [inp.path]
     texts_field = "text_list" if inp.layout == "mmc4" else "texts"
@@ -300,7 +343,7 @@ def read_documents(spark: SparkSession, inp: IngestInput, files: list[str] | Non
         df = _read_jsonl(spark, paths, schema, texts_field)
     else:
         df = _read_parquet(spark, paths, schema)
-    normalised = _normalise_mmc4(df) if inp.layout == "mmc4" else _normalise_obelics(df)
+    normalised = _normalise_mmc4(df, limits) if inp.layout == "mmc4" else _normalise_obelics(df, limits)
     return normalised.select(F.lit(inp.source).alias("source"), F.lit(inp.layout).alias("layout"), "*")
 
 
@@ -323,8 +366,8 @@ def validate(docs: DataFrame, cfg: IngestConfig) -> DataFrame:
         ).otherwise(stable_id_col(F.col("source"), F.concat(F.lit("sha256:"), content_key))),
     )
     rank = F.row_number().over(Window.partitionBy("doc_id").orderBy("input_file", content_key))
-    n_texts = F.size("texts")
-    n_images = F.size("images")
+    n_texts = F.col("n_texts")
+    n_images = F.col("n_images")
     reason = first_reason(
         [
             (F.col("parse_reason").isNotNull(), "__parse__"),
@@ -481,16 +524,19 @@ def read_all(spark: SparkSession, icfg: IngestConfig) -> tuple[DataFrame, dict[t
     failure that names one input file sets that file aside and reads again without it.
     """
     listed = _input_files(spark, icfg)
+    limits = Limits(icfg.max_texts_per_document, icfg.max_images_per_document)
     bad: dict[tuple[str, str], str] = {}
     while True:
         readable = [
             [f for f in files if (inp.source, f) not in bad] for inp, files in zip(icfg.inputs, listed, strict=True)
         ]
-        parts = [read_documents(spark, inp, files) for inp, files in zip(icfg.inputs, readable, strict=True) if files]
+        parts = [
+            read_documents(spark, inp, limits, files) for inp, files in zip(icfg.inputs, readable, strict=True) if files
+        ]
         if not parts:  # every file unreadable: no documents, with the columns of the documents
             first = next((i for i, files in enumerate(listed) if files), None)
             inp = icfg.inputs[first or 0]
-            parts = [read_documents(spark, inp, listed[first][:1] if first is not None else None).limit(0)]
+            parts = [read_documents(spark, inp, limits, listed[first][:1] if first is not None else None).limit(0)]
         docs = parts[0]
         for more in parts[1:]:
             docs = docs.unionByName(more)

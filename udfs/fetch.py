@@ -61,6 +61,7 @@ from udfs.decode import (
     read_header,
 )
 from udfs.ids import bytes_id
+from udfs.urls import SECRET_QUERY_PARAMS, has_userinfo, redact_text, redact_url
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -85,6 +86,7 @@ TOO_MANY_REDIRECTS = "too_many_redirects"
 INVALID_URL = "invalid_url"
 NOT_FOUND = "not_found"  # a file or object that does not exist
 IO_ERROR = "io_error"  # any other error reading a file or object
+CREDENTIALS_IN_URL = "credentials_in_url"  # userinfo in the URL, refused by credentials_in_url="refuse"
 ERROR = "error"  # an unexpected error; the text is in `error`
 
 STATUSES = (
@@ -103,6 +105,7 @@ STATUSES = (
     INVALID_URL,
     NOT_FOUND,
     IO_ERROR,
+    CREDENTIALS_IN_URL,
     ERROR,
 )
 
@@ -139,6 +142,10 @@ class FetchOptions:
     file_roots: tuple[str, ...] = ()
     object_prefixes: tuple[str, ...] = ()
     verify_tls: bool = True
+    # "strip": fetch with the URL's userinfo (Basic auth to that host), store the URL without it; "refuse": do not
+    # fetch such a URL (status credentials_in_url). Stored URLs and errors never hold userinfo or these parameters.
+    credentials_in_url: str = "strip"
+    redact_query_params: tuple[str, ...] = SECRET_QUERY_PARAMS
     content_prefix: str | None = None
     dns_threads: int = 32
     io_threads: int = 8
@@ -550,6 +557,8 @@ class Fetcher:
         kind = scheme or "file"
         if kind not in self._schemes:
             raise _Outcome(BLOCKED, f"scheme {kind!r} is not in fetch.allowed_schemes")
+        if o.credentials_in_url == "refuse" and has_userinfo(url):
+            raise _Outcome(CREDENTIALS_IN_URL, "user name or password in the URL (fetch.credentials_in_url: refuse)")
         if scheme in ("http", "https"):
             data, http_status = await self._get_http(url)
         elif scheme == "data":
@@ -667,6 +676,8 @@ class Fetcher:
         host = url.raw_host
         if not host:
             raise _Outcome(INVALID_URL, "no host")
+        if self.options.credentials_in_url == "refuse" and (url.raw_user or url.raw_password):
+            raise _Outcome(CREDENTIALS_IN_URL, "user name or password in a redirect (fetch.credentials_in_url: refuse)")
         try:
             reason = self._literal_checks[host]
         except KeyError:
@@ -932,6 +943,8 @@ def fetch_arrow(
 ) -> Iterator[pa.RecordBatch]:
     """Fetch the ``url`` of each input row (with its ``url_id``); yield batches of :data:`ARROW_SCHEMA`.
 
+    The rows hold each URL and error text without userinfo or secret parameters (:func:`udfs.urls.redact_url`).
+
     Output batches hold at most ``rows_per_batch`` rows or about 64 MB of content, in completion order.
     ``progress`` is called every ``progress_interval_s`` seconds and once at the end.
     """
@@ -951,7 +964,12 @@ def fetch_arrow(
             state.bytes += r.n_bytes or 0
         else:
             state.failed += 1
-        rows.append({"url_id": url_id, **r.__dict__})
+        row = {"url_id": url_id, **r.__dict__}
+        if isinstance(r.url, str):
+            row["url"] = redact_url(r.url, options.redact_query_params)[0]
+        if r.error:
+            row["error"] = redact_text(r.error, options.redact_query_params)
+        rows.append(row)
         size += len(r.content or b"")
         if len(rows) >= rows_per_batch or size >= 64_000_000:
             yield pa.RecordBatch.from_pylist(rows, schema=ARROW_SCHEMA)

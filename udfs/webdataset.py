@@ -23,7 +23,17 @@ import pyarrow as pa
 
 # Pillow format name -> extension of the bytes as stored.
 STORED_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
-JSON_FIELDS = ("image_id", "text1", "text2", "text3", "syn_text", "raw_image_url", "coarse_id", "leaf_id")
+JSON_FIELDS = (
+    "image_id",
+    "text1",
+    "text2",
+    "text3",
+    "syn_text",
+    "raw_image_url",
+    "url_redacted",
+    "coarse_id",
+    "leaf_id",
+)
 RESULT_SCHEMA = pa.schema([("shard", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64())])
 
 

@@ -3,6 +3,7 @@ with a reason, and a funnel that reconciles inside every stage and from one stag
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import itertools
 import threading
@@ -12,9 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
+from realsyn.balance import run_balance
 from realsyn.clustering import run_cluster_images, run_cluster_sentences
 from realsyn.config import IngestInput, load_config
 from realsyn.contracts import (
@@ -24,20 +27,25 @@ from realsyn.contracts import (
     BRONZE_INGEST_REJECTS,
     BRONZE_TEXTS,
     FUNNEL,
+    GOLD_DATASET,
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_IMAGE_REJECTS,
     SILVER_IMAGES,
     SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
+    TABLES,
 )
 from realsyn.embed import run_embed
+from realsyn.export import export_root, run_export
 from realsyn.fetch import run_fetch_images
+from realsyn.generate import run_generate
 from realsyn.images import run_extract_images
 from realsyn.ingest import run_ingest
 from realsyn.retrieval import run_retrieve
 from realsyn.sentences import run_extract_sentences
 from realsyn.tables import Lakehouse
+from udfs.urls import redact_url
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("make_bad_inputs", REPO / "tests/data/bad_inputs/make_bad_inputs.py")
@@ -66,7 +74,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        path = self.server.root / self.path.lstrip("/")
+        name = self.path.split("?")[0].lstrip("/")
+        path = self.server.root / name
+        auth = "Basic " + base64.b64encode(":".join(corpus.BASIC_AUTH).encode()).decode()
+        if name.startswith("private/") and self.headers.get("Authorization") != auth:
+            path = self.server.root / "missing"
         if not path.is_file():
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -138,6 +150,9 @@ def test_bad_inputs_through_the_whole_pipeline(lakehouse: Lakehouse, server: _Se
     run_cluster_sentences(lakehouse, cfg)
     run_retrieve(lakehouse, cfg)
     run_cluster_images(lakehouse, cfg)
+    run_generate(lakehouse, cfg)
+    run_balance(lakehouse, cfg)
+    run_export(lakehouse, cfg)
 
     # Ingest: every bad record is a reject with its reason; the good records beside them are ingested.
     rejects = Counter((r["kind"], r["reason"]) for r in lakehouse.read(BRONZE_INGEST_REJECTS).collect())
@@ -180,11 +195,11 @@ def test_bad_inputs_through_the_whole_pipeline(lakehouse: Lakehouse, server: _Se
     # Fetch: every distinct URL of bronze.image_refs ends in its one known status.
     refs = lakehouse.read(BRONZE_IMAGE_REFS)
     fetched = {r["url"]: r["status"] for r in lakehouse.read(BRONZE_FETCHED_IMAGES).collect()}
-    assert fetched == urls
+    assert fetched == {redact_url(u)[0]: status for u, status in urls.items()}  # stored without secrets
     assert {r["url"] for r in refs.collect()} == set(urls)
 
-    # Image extraction keeps the three photographs; nothing else was fetched ok.
-    assert lakehouse.read(SILVER_IMAGES).count() == 3
+    # Image extraction keeps the four photographs; nothing else was fetched ok.
+    assert lakehouse.read(SILVER_IMAGES).count() == 4
     assert lakehouse.read(SILVER_IMAGE_REJECTS).count() == 0
 
     # Sentences: the emoji-only text is rejected as such; every kept sentence and every reject has a reason.
@@ -221,3 +236,22 @@ def test_bad_inputs_through_the_whole_pipeline(lakehouse: Lakehouse, server: _Se
     assert retrieve[1][2] == n_image_embeddings  # every image got sentences
     n_sentence_embeddings = lakehouse.read(SILVER_SENTENCE_EMBEDDINGS).where(F.col("model_id") == cfg.embed.model)
     assert n_sentence_embeddings.count() == embed_sentences[0][2]
+
+    # Secrets: the password and tokens of the signed URL reached the server (the image was fetched) and nothing
+    # after the fetch: no table but the ingested input itself, no export file.
+    signed = next(u for u in urls if corpus.SECRETS[0] in u)
+    dataset = {r["raw_image_url"]: r["url_redacted"] for r in lakehouse.read(GOLD_DATASET).collect()}
+    assert dataset[redact_url(signed)[0]] is True and sum(dataset.values()) == 1
+    upstream = (BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS)  # the input as ingested: the fetch reads its URLs there
+    for name in sorted(set(TABLES) - {t.name for t in upstream}):
+        if lakehouse.exists(name):
+            rows = lakehouse.read(name).select(F.to_json(F.struct("*")).alias("j")).collect()
+            assert not any(secret in r["j"] for r in rows for secret in corpus.SECRETS), name
+    for path in Path(export_root(cfg)).rglob("*"):
+        if path.is_file():
+            text = (
+                repr(pq.read_table(path).to_pylist())
+                if path.suffix == ".parquet"
+                else path.read_bytes().decode("latin-1")
+            )
+            assert not any(secret in text for secret in corpus.SECRETS), path

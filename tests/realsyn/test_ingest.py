@@ -196,6 +196,71 @@ def test_new_dump_adds_only_new_documents(lakehouse: Lakehouse, storage: Storage
     assert texts == [f"Text {i}." for i in range(6)]
 
 
+def test_documents_with_many_items_beside_another_input(
+    lakehouse: Lakehouse, storage: StorageConfig, tmp_path: Path
+) -> None:
+    """A 100,000-text MMC4 line and a 2,000-position OBELICS line, each beside another input: every item at its
+    position (this read was quadratic in the line once there were two inputs), and over the limit a document is
+    rejected with its counts and nothing of it written."""
+    n = 100_000
+    (tmp_path / "mmc4").mkdir()
+    big = {"url": "https://big.example/", "text_list": [f"Text {i}." for i in range(n)], "image_info": []}
+    over = {"url": "https://over.example/", "text_list": ["a"] * 11, "image_info": []}
+    (tmp_path / "mmc4" / "big.jsonl").write_text(json.dumps(big) + "\n" + json.dumps(over) + "\n")
+    m = 1_000
+    texts = [f"Caption {i}." if i % 2 == 0 else None for i in range(2 * m)]
+    images = [None if i % 2 == 0 else f"https://img.example/{i}.jpg" for i in range(2 * m)]
+    pos = obelics_doc("https://ob.example/", texts, images)
+    pos["metadata"] = json.dumps(
+        [None if u is None else {"src": u, "alt_text": f"alt {i}"} for i, u in enumerate(images)]
+    )
+    (tmp_path / "obelics").mkdir()
+    (tmp_path / "obelics" / "a.jsonl").write_text(json.dumps(pos) + "\n")
+    cfg = config(
+        storage,
+        IngestInput(path=str(tmp_path / "mmc4"), layout="mmc4", source="m"),
+        IngestInput(path=str(tmp_path / "obelics"), layout="obelics", format="jsonl", source="o"),
+        max_texts_per_document=n,
+    )
+    summary = run_ingest(lakehouse, cfg)
+    assert (summary.documents_new, summary.documents_rejected) == (3, 0)
+    big_id, ob_id = stable_id("m", "https://big.example/"), stable_id("o", "https://ob.example/")
+    over_id = stable_id("m", "https://over.example/")
+    got = (
+        lakehouse.read(BRONZE_TEXTS)
+        .groupBy("doc_id")
+        .agg(F.count("*").alias("n"), F.min("position").alias("lo"), F.max("position").alias("hi"))
+    )
+    expected = [(big_id, n, 0, n - 1), (over_id, 11, 0, 10), (ob_id, m, 0, 2 * m - 2)]
+    assert sorted(tuple(r) for r in got.collect()) == sorted(expected)
+    assert (
+        lakehouse.read(BRONZE_TEXTS)
+        .filter(F.col("text") != F.concat(F.lit("Text "), "position", F.lit(".")))
+        .filter(F.col("doc_id") == big_id)
+        .count()
+        == 0
+    )
+    alts = lakehouse.read(BRONZE_IMAGE_REFS).filter(F.col("alt_text") != F.concat(F.lit("alt "), "position"))
+    assert lakehouse.read(BRONZE_IMAGE_REFS).count() == m and alts.count() == 0
+
+    lakehouse.spark.sql(f"DELETE FROM delta.`{lakehouse.location(BRONZE_DOCUMENTS)}`")
+    for table in (BRONZE_TEXTS, BRONZE_IMAGE_REFS):
+        lakehouse.spark.sql(f"DELETE FROM delta.`{lakehouse.location(table)}`")
+    strict = config(
+        storage,
+        IngestInput(path=str(tmp_path / "mmc4"), layout="mmc4", source="m"),
+        IngestInput(path=str(tmp_path / "obelics"), layout="obelics", format="jsonl", source="o"),
+        max_texts_per_document=10,
+        max_images_per_document=m,
+    )
+    assert run_ingest(lakehouse, strict).documents_rejected == 3
+    rejects = lakehouse.read(BRONZE_INGEST_REJECTS).select("doc_id", "reason").collect()
+    assert sorted(tuple(r) for r in rejects) == sorted(
+        [(big_id, "too_many_texts"), (over_id, "too_many_texts"), (ob_id, "too_many_texts")]
+    )
+    assert lakehouse.read(BRONZE_TEXTS).count() == 0 and lakehouse.read(BRONZE_IMAGE_REFS).count() == 0
+
+
 def test_missing_input_fails_before_any_work(lakehouse: Lakehouse, storage: StorageConfig, tmp_path: Path) -> None:
     cfg = config(storage, IngestInput(path=str(tmp_path / "nowhere"), layout="mmc4", source="x"))
     with pytest.raises(ConfigError, match=r"ingest\.inputs\[0\]\.path"):

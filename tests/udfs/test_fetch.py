@@ -132,6 +132,11 @@ class LoopbackServer:
             return web.Response(body=body, content_type=ctype)
         if name == "missing":
             return web.Response(status=404, text="not here")
+        if name == "auth":  # the image only with Basic auth user:pw (sent from the URL's userinfo)
+            expected = "Basic " + base64.b64encode(b"user:pw").decode()
+            if request.headers.get("Authorization") != expected:
+                return web.Response(status=401)
+            return web.Response(body=BODIES["png"][0], content_type="image/png")
         if name == "flaky":  # 500 first, then the image
             return web.Response(status=500) if n == 1 else web.Response(body=BODIES["jpeg"][0])
         if name == "always-503":
@@ -543,6 +548,32 @@ def test_fetch_arrow_keeps_keys_and_schema(server: LoopbackServer) -> None:
     assert rows == [("a", F.OK, 200), ("b", F.HTTP_ERROR, 404), ("c", F.OK, 200)]
     png, gif = len(BODIES["png"][0]), len(BODIES["gif"][0])
     assert reports[-1].startswith("fetched 3: ok 2, failed 1, ") and f"{(png + gif) / 1e6:,.1f} MB" in reports[-1]
+
+
+def test_credentials_are_used_for_the_fetch_and_never_stored(server: LoopbackServer) -> None:
+    signed = "?X-Amz-Signature=s3cr3tsig&w=1&token=t0ken"
+    urls = {
+        "auth": server.url("/auth" + signed).replace("http://", "http://user:pw@"),
+        "timeout": server.url("/never" + signed).replace("http://", "http://user:pw@"),
+        "plain": server.url("/png"),
+    }
+    batch = pa.RecordBatch.from_pydict({"url_id": list(urls), "url": list(urls.values())})
+    out = {r["url_id"]: r for r in pa.Table.from_batches(list(F.fetch_arrow([batch], OPTS))).to_pylist()}
+    assert out["auth"]["status"] == F.OK  # the userinfo reached the server as Basic auth
+    assert out["auth"]["url"] == server.url("/auth?w=1")
+    assert out["timeout"]["status"] == F.TIMEOUT
+    assert out["plain"]["url"] == urls["plain"]
+    stored = repr(sorted(out.items()))
+    for secret in ("user:pw", "s3cr3tsig", "t0ken"):
+        assert secret not in stored
+
+    refused = replace(OPTS, credentials_in_url="refuse")
+    before = server.hits["auth?"]
+    (result,) = F.fetch_batch([server.url("/auth").replace("http://", "http://user:pw@")], refused)
+    assert result.status == F.CREDENTIALS_IN_URL and result.attempts == 1
+    assert server.hits["auth?"] == before  # refused before any connection
+    (result,) = F.fetch_batch([server.url("/png")], refused)
+    assert result.status == F.OK
 
 
 def test_helpers() -> None:

@@ -64,7 +64,13 @@ KINDS = {
     "HTML served as image/jpeg": "fetch not_an_image",
     "decompression bomb (PNG header 100,000 x 100,000)": "fetch too_many_pixels",
     "huge decoded PNG (9,000 x 9,000)": "fetch too_many_pixels",
+    "password and signed-URL tokens in an image URL": "fetched ok with Basic auth; no table or export after the "
+    "fetch holds any of SECRETS (gold.dataset.url_redacted true)",
 }
+
+# Planted in one image URL (userinfo password, an S3 signature, a token): nothing after the fetch may hold them.
+SECRETS = ("pw-5ecret", "s1gnature-5ecret", "t0ken-5ecret")
+BASIC_AUTH = ("user", SECRETS[0])
 
 CAPTIONS = [
     "A brown dog is running across the green field.",
@@ -94,12 +100,14 @@ def _bomb_png(width: int, height: int) -> bytes:
 
 def image_files() -> dict[str, bytes]:
     """Name -> bytes of every file the server serves (good photographs and bad bytes)."""
-    photo = {n: Image.fromarray(getattr(data, n)()).convert("RGB") for n in ("astronaut", "coffee", "chelsea")}
+    names = ("astronaut", "coffee", "chelsea", "rocket")
+    photo = {n: Image.fromarray(getattr(data, n)()).convert("RGB") for n in names}
     good = _encode(photo["astronaut"], "JPEG")
     return {
         "astronaut.jpg": good,
         "coffee.jpg": _encode(photo["coffee"], "JPEG"),
         "chelsea.png": _encode(photo["chelsea"], "PNG"),
+        "private/rocket.jpg": _encode(photo["rocket"], "JPEG"),  # served only with BASIC_AUTH
         "truncated.jpg": good[: len(good) // 2],
         "zero.jpg": b"",
         "image.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="200" height="200"><rect width="200"/></svg>',
@@ -112,7 +120,11 @@ def image_files() -> dict[str, bytes]:
 def hostile_urls(base: str, images: Path) -> dict[str, str]:
     """URL -> the fetch status it must end in (``base`` is the test server, ``images`` the allowed file root)."""
     port = base.rsplit(":", 1)[1]
+    user, password = BASIC_AUTH
+    signed = f"{base.replace('://', f'://{user}:{password}@')}/private/rocket.jpg"
+    signed += f"?X-Amz-Signature={SECRETS[1]}&w=640&token={SECRETS[2]}"
     return {
+        signed: "ok",
         f"{base}/astronaut.jpg": "ok",
         f"{base}/coffee.jpg": "ok",
         (images / "chelsea.png").as_uri(): "ok",
@@ -144,6 +156,7 @@ def write_corpus(out: Path, base: str) -> dict[str, str]:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     for name, payload in image_files().items():
+        (images / name).parent.mkdir(exist_ok=True)
         (images / name).write_bytes(payload)
     urls = hostile_urls(base, images)
     good_a = _mmc4(
