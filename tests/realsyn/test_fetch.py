@@ -119,9 +119,10 @@ def _another(name: str, value: Any) -> Any:
         return not value
     if isinstance(value, int | float):
         return value + 1
-    if isinstance(value, str):
+    if isinstance(value, str) and name != "credentials_in_url":
         return value + "x"
-    return {"allow_networks": ["10.0.0.0/8"], "object_prefixes": ["s3://bucket/images/"]}.get(name, [*value, "/data"])
+    other = {"allow_networks": ["10.0.0.0/8"], "object_prefixes": ["s3://bucket/images/"], "credentials_in_url": "refuse"}
+    return other.get(name, [*value, "/data"])
 
 
 def test_every_fetch_setting_reaches_the_fetcher_and_the_defaults_agree() -> None:
