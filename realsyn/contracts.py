@@ -289,6 +289,7 @@ SILVER_IMAGES = _table(
 SILVER_IMAGE_REJECTS = _table(
     "silver.image_rejects",
     schema(
+        ("reject_id", STRING),
         ("step", STRING),
         (REASON, STRING),
         (DETAIL, STRING),
@@ -300,8 +301,9 @@ SILVER_IMAGE_REJECTS = _table(
         ("format", STRING),
         ("duplicate_of", STRING),
     ),
-    ("image_id",),
-    "images the size / aspect filter or a dedup step dropped: the step, one reason, the kept duplicate",
+    ("reject_id",),
+    "URLs (quality, exact dedup; reject_id = url_id) and images (later steps; reject_id = image_id) dropped: the "
+    "step, one reason, the kept duplicate",
 )
 SILVER_SENTENCES = _table(
     "silver.sentences",

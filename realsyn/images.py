@@ -7,7 +7,8 @@ documents use which URL). Steps, each writing what it drops to ``silver.image_re
    < ``images.min_short_side``), ``aspect_ratio`` (long / short side > ``images.max_aspect_ratio``). Sizes are
    read from the bytes, not trusted from the fetcher.
 2. exact dedup: URLs whose bytes are identical are one image (``image_id`` = hash of the bytes) that keeps every
-   URL and document; the extra URL rows are rejected as ``exact_duplicate`` (their references live on).
+   URL and document; the extra URL rows are rejected as ``exact_duplicate`` (their references live on). The URL
+   fetched first stands for the image, so a URL added by a later run never takes its place.
 3. perceptual dedup: 64-bit pHash; images whose hashes differ in at most ``max_distance`` bits are linked,
    candidate pairs come from banding (:mod:`udfs.images`), groups are connected components
    (:mod:`realsyn.components`). Images whose bytes decode only partially are rejected as ``undecodable``.
@@ -18,7 +19,9 @@ Representative of a duplicate group (steps 3 and 4): the largest resolution (wid
 smallest ``image_id``. The representative takes over the URLs and documents of the whole group, and the other
 members are rejected as ``near_duplicate`` / ``semantic_duplicate`` with ``duplicate_of`` naming it.
 
-Rows in (fetched URLs) = rows of ``silver.images`` + rows of ``silver.image_rejects``; the per-step counts go
+Rows in (fetched URLs) = rows of ``silver.images`` + rows of ``silver.image_rejects``. A reject's key
+(``reject_id``) is the ``url_id`` of a URL dropped at quality or exact dedup, the ``image_id`` of an image dropped
+by a later step: the same bytes at two URLs are two rejects. The per-step counts go
 to ``gold.funnel`` under stage ``images``. Both silver tables are replaced atomically on every run, so a rerun
 (or a retry after a crash) gives identical tables.
 """
@@ -92,19 +95,19 @@ def _phash(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
 def url_rows(fetched: DataFrame, refs: DataFrame) -> DataFrame:
     """One row per successfully fetched URL with its bytes, size read from the bytes, and its documents.
 
-    Columns: url_id, image_id, content, width, height, format, doc_ids (sorted, distinct; empty when no
-    reference names the URL).
+    Columns: url_id, fetched_at, image_id, content, width, height, format, doc_ids (sorted, distinct; empty when
+    no reference names the URL).
     """
     docs = refs.groupBy("url_id").agg(F.array_sort(F.collect_set("doc_id")).alias("doc_ids"))
     ok = fetched.where(F.col("status") == "ok").select(
-        "url_id", F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"), "content"
+        "url_id", "fetched_at", F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"), "content"
     )
     info = _image_info(F.col("content"))
     return (
         ok.join(docs, "url_id", "left")
         .withColumn("doc_ids", F.coalesce(F.col("doc_ids"), F.array().cast("array<string>")))
         .withColumn("_info", info)
-        .select("url_id", "image_id", "content", "_info.width", "_info.height", "_info.format", "doc_ids")
+        .select("url_id", "fetched_at", "image_id", "content", "_info.width", "_info.height", "_info.format", "doc_ids")
     )
 
 
@@ -141,17 +144,19 @@ def _reject_rows(
     df: DataFrame,
     step: str,
     reason: Column,
-    url_ids: Column | None = None,
     duplicate_of: Column | None = None,
     detail: Column | None = None,
 ) -> DataFrame:
-    """Rows of ``df`` in the shape of silver.image_rejects, dropped at ``step`` for ``reason``."""
+    """Rows of ``df`` in the shape of silver.image_rejects, dropped at ``step`` for ``reason``: one per URL where
+    ``df`` has a ``url_id`` (quality, exact dedup), else one per image."""
+    per_url = "url_id" in df.columns
     return df.select(
+        F.col("url_id" if per_url else "image_id").alias("reject_id"),
         F.lit(step).alias(STEP),
         reason.alias(REASON),
         (F.lit(None).cast("string") if detail is None else detail).alias(DETAIL),
         "image_id",
-        (F.col("url_ids") if url_ids is None else url_ids).alias("url_ids"),
+        (F.array("url_id") if per_url else F.col("url_ids")).alias("url_ids"),
         "doc_ids",
         "width",
         "height",
@@ -163,12 +168,13 @@ def _reject_rows(
 def exact_dedup(urls: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(images, rejects): one image per content hash with all its URLs and documents; extra URL rows rejected.
 
-    The URL row with the smallest url_id stands for the image; the others are ``exact_duplicate`` rejects.
+    The URL fetched first (then the smallest url_id) stands for the image, so the choice survives later runs that
+    add URLs; the others are ``exact_duplicate`` rejects.
     """
     groups = urls.groupBy("image_id").agg(
         F.array_sort(F.collect_set("url_id")).alias("url_ids"),
         F.array_sort(F.array_distinct(F.flatten(F.collect_list("doc_ids")))).alias("all_doc_ids"),
-        F.min("url_id").alias("_first_url"),
+        F.min(F.struct("fetched_at", "url_id"))["url_id"].alias("_first_url"),
     )
     joined = urls.join(groups, "image_id")
     images = joined.where(F.col("url_id") == F.col("_first_url")).select(
@@ -178,7 +184,6 @@ def exact_dedup(urls: DataFrame) -> tuple[DataFrame, DataFrame]:
         joined.where(F.col("url_id") != F.col("_first_url")),
         "exact_dedup",
         F.lit("exact_duplicate"),
-        url_ids=F.array("url_id"),
         duplicate_of=F.col("image_id"),
     )
     return images, rejects
@@ -318,9 +323,7 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     urls = url_rows(lakehouse.read(BRONZE_FETCHED_IMAGES), lakehouse.read(BRONZE_IMAGE_REFS))
     urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)
     passed, bad = split(urls)
-    quality_rejects = _reject_rows(
-        bad, "quality", F.col(REASON), url_ids=F.array("url_id"), detail=quality_detail(icfg)
-    )
+    quality_rejects = _reject_rows(bad, "quality", F.col(REASON), detail=quality_detail(icfg))
     images, exact_rejects = exact_dedup(passed)
     images = images.localCheckpoint(eager=True)
     n_passed = passed.count()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from PIL import ImageEnhance
 from pyspark.sql import SparkSession
 
@@ -45,15 +47,16 @@ def _inputs() -> dict[str, bytes]:
     }
 
 
+FETCHED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 def _write_bronze(spark: SparkSession, lakehouse: Lakehouse, contents: dict[str, bytes]) -> dict[str, str]:
     url_ids = {name: stable_id(f"https://example.org/{name}") for name in contents}
-    fetched = [
-        (url_ids[n], f"https://example.org/{n}", "ok", bytes_id(c), c, None, None, None) for n, c in contents.items()
-    ]
+    fetched = [(url_ids[n], f"https://example.org/{n}", "ok", FETCHED_AT, bytes_id(c), c) for n, c in contents.items()]
     fetched.append(
-        (stable_id("https://example.org/gone"), "https://example.org/gone", "http_error", None, None, None, None, None)
+        (stable_id("https://example.org/gone"), "https://example.org/gone", "http_error", FETCHED_AT, None, None)
     )
-    columns = ("url_id", "url", "status", "image_id", "content", "width", "height", "format")
+    columns = ("url_id", "url", "status", "fetched_at", "image_id", "content")
     rows = [dict(zip(columns, row, strict=True)) for row in fetched]
     lakehouse.overwrite(BRONZE_FETCHED_IMAGES, rows_frame(spark, BRONZE_FETCHED_IMAGES, rows))
     # Document i uses the i-th URL; d-all uses every rocket copy and the astronaut.
@@ -151,12 +154,37 @@ def test_extract_images_end_to_end(spark: SparkSession, lakehouse: Lakehouse) ->
     assert funnel == [("quality", 15, 12, 3), ("exact_dedup", 12, 10, 2), ("perceptual_dedup", 10, 6, 4)]
     assert summary.kept == 6
 
+    # Every reject has its own key: the URL's for a URL dropped at quality or exact dedup (the same bytes at three
+    # URLs are two rejects), the image's for an image dropped later.
+    keys = {
+        r["reject_id"]: (r["step"], r["url_ids"], r["image_id"]) for r in lakehouse.read(SILVER_IMAGE_REJECTS).collect()
+    }
+    assert len(keys) == len(rejects)
+    assert all(
+        key == (url_ids_[0] if step in ("quality", "exact_dedup") else image_id)
+        for key, (step, url_ids_, image_id) in keys.items()
+    )
+
     # A rerun replaces the tables with identical content.
     before_images = lakehouse.read(SILVER_IMAGES).collect()
     before_rejects = lakehouse.read(SILVER_IMAGE_REJECTS).collect()
     run_extract_images(lakehouse, cfg)
     assert sorted(lakehouse.read(SILVER_IMAGES).collect()) == sorted(before_images)
     assert sorted(lakehouse.read(SILVER_IMAGE_REJECTS).collect()) == sorted(before_rejects)
+
+    # A URL fetched later with the same bytes joins the image as one more reject, whatever its url_id: the URL
+    # that stood for the image before still does.
+    late = next(
+        u
+        for i in range(1000)
+        if (u := f"https://mirror.example/rocket-{i}") and stable_id(u) < min(urls("rocket-1", "rocket-2", "rocket-3"))
+    )
+    late_row = {"url_id": stable_id(late), "url": late, "status": "ok", "fetched_at": FETCHED_AT + timedelta(days=1)}
+    late_row |= {"image_id": rid["rocket-1"], "content": contents["rocket-1"]}
+    lakehouse.insert_new(BRONZE_FETCHED_IMAGES, rows_frame(spark, BRONZE_FETCHED_IMAGES, [late_row]))
+    run_extract_images(lakehouse, cfg)
+    exact = {r["reject_id"] for r in lakehouse.read(SILVER_IMAGE_REJECTS).where("step = 'exact_dedup'").collect()}
+    assert exact == {*urls("rocket-1", "rocket-2", "rocket-3")[1:], stable_id(late)}
 
 
 def test_semantic_dedup_uses_image_embeddings_when_present(spark: SparkSession, lakehouse: Lakehouse) -> None:
