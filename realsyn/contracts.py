@@ -500,14 +500,16 @@ RUNS = _table(
         ("seconds", DOUBLE, False),
         ("rows_in", T.MapType(STRING, LONG, True), False),
         ("rows_out", T.MapType(STRING, LONG, True), False),
+        ("table_versions", T.MapType(STRING, LONG, False)),
         ("task_busy_share", DOUBLE),
         ("config_hash", STRING, False),
         ("code_version", STRING, False),
         (DETAIL, STRING),
     ),
     ("run_id", "stage"),
-    "one row per stage of every pipeline run: status, times, rows per table read and written, the share of the "
-    "stage's time with a Spark task running, config hash, code version",
+    "one row per stage of every pipeline run: status (ok, skipped, failed), times, rows per table read and "
+    "written, the Delta version of each after it, the share of the stage's time with a Spark task running, config "
+    "hash, code version",
 )
 
 

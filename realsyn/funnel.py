@@ -51,9 +51,14 @@ class FunnelStep:
 
 
 def write_funnel(lakehouse: Lakehouse, stage: str, steps: Sequence[FunnelStep]) -> None:
-    """Replace the funnel rows of ``stage`` with ``steps`` (one atomic commit; reruns give the same rows)."""
+    """Replace the funnel rows of ``stage`` with ``steps`` in one atomic commit; rows equal to those stored already
+    are not written again (a rerun with nothing new adds no version)."""
     spark: SparkSession = lakehouse.spark
     rows = [(stage, i, s.step, s.rows_in, s.rows_out, s.rows_rejected) for i, s in enumerate(steps)]
+    if lakehouse.exists(FUNNEL):
+        stored = lakehouse.read(FUNNEL).where(F.col("stage") == stage).collect()
+        if sorted(tuple(r) for r in stored) == sorted(rows):
+            return
     df = spark.createDataFrame(rows, FUNNEL.schema)
     lakehouse.replace_partition(FUNNEL, df, "stage", stage)
 

@@ -6,7 +6,9 @@ stage is one entry.
 
 Every stage is retry-safe and skips work already done by itself (ingest merges on the document key, fetch and
 embed only touch rows without a result, extraction and clustering replace their tables in one commit each), so
-the pipeline simply runs the selected stages in order; after a crash, ``--from <stage>`` resumes.
+the pipeline simply runs the selected stages in order; after a crash, ``--from <stage>`` resumes. A stage whose
+tables are all at the Delta versions its last run left them at (same config, same code) is skipped: a rerun with
+nothing new writes no table but ``gold.runs``.
 
 A run holds a lock in the storage location (realsyn.lock), writes one row per stage to
 ``gold.runs`` and sends the full log (its own and the Spark JVM's) to ``<root>/_logs/<run_id>.log``; the console
@@ -16,6 +18,7 @@ stage's summary.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import logging
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pyspark import SparkContext
+from pyspark.sql import functions as F
 
 from realsyn import __version__
 from realsyn.config import Config
@@ -75,7 +79,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OK, FAILED = "ok", "failed"
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class Stage:
     imported when the stage runs. ``after``: the stages whose output it needs. ``reads`` / ``writes``: tables
     whose row counts are measured before / after it (``gold.runs``). ``check``, a ``module:function`` of the
     config alone that raises ConfigError, runs before the first stage of a run that includes this one.
+    ``skip_unchanged``: skip the stage when nothing it reads or writes changed since its last run (see
+    :func:`unchanged_since`); false where inputs or outputs are files, not tables (ingest, export, report).
     """
 
     name: str
@@ -94,6 +100,7 @@ class Stage:
     reads: tuple[Table, ...] = ()
     writes: tuple[Table, ...] = ()
     check: str | None = None
+    skip_unchanged: bool = True
 
     @property
     def module(self) -> str:
@@ -122,6 +129,7 @@ STAGES: tuple[Stage, ...] = (
         (),
         "realsyn.ingest:run_ingest",
         writes=(BRONZE_DOCUMENTS, BRONZE_TEXTS, BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS),
+        skip_unchanged=False,
     ),
     Stage(
         "fetch_images",
@@ -194,10 +202,20 @@ STAGES: tuple[Stage, ...] = (
         writes=(GOLD_DATASET, GOLD_DATASET_REJECTS),
     ),
     Stage(
-        "export", ("balance",), "realsyn.export:run_export", reads=(GOLD_DATASET,), check="realsyn.export:export_root"
+        "export",
+        ("balance",),
+        "realsyn.export:run_export",
+        reads=(GOLD_DATASET,),
+        check="realsyn.export:export_root",
+        skip_unchanged=False,
     ),
     Stage(
-        "report", ("export",), "realsyn.report:run_report", reads=(GOLD_DATASET,), check="realsyn.report:report_root"
+        "report",
+        ("export",),
+        "realsyn.report:run_report",
+        reads=(GOLD_DATASET,),
+        check="realsyn.report:report_root",
+        skip_unchanged=False,
     ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -333,6 +351,7 @@ class StageRun:
     busy_share: float | None
     detail: str | None = None
     summary: object = None
+    table_versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -341,8 +360,10 @@ class StageRun:
 
 
 def config_hash(cfg: Config) -> str:
-    """SHA-256 (first 16 hex digits) of the effective configuration, overrides included."""
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    """SHA-256 (first 16 hex digits) of the settings that decide what the stages compute, overrides included:
+    the whole configuration but where the tables live, how Spark runs and how the pipeline job runs (``storage``,
+    ``spark``, ``pipeline``), so a lake moved or run on another cluster is the same lake."""
+    return hashlib.sha256(cfg.model_dump_json(exclude={"storage", "spark", "pipeline"}).encode()).hexdigest()[:16]
 
 
 def code_version() -> str:
@@ -368,6 +389,63 @@ def count_rows(lakehouse: Lakehouse, tables: Sequence[Table]) -> dict[str, int]:
     return {t.name: lakehouse.read(t).count() for t in tables if lakehouse.exists(t)}
 
 
+def table_versions(lakehouse: Lakehouse, tables: Sequence[Table]) -> dict[str, int]:
+    """Delta versions of those of ``tables`` that exist, by table name."""
+    return {t.name: lakehouse.version(t) for t in tables if lakehouse.exists(t)}
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The last ``ok`` or ``skipped`` row of a stage in gold.runs: what its skip check compares with."""
+
+    run_id: str
+    config_hash: str
+    code_version: str
+    table_versions: dict[str, int]
+    rows_out: dict[str, int]
+
+
+def last_runs(lakehouse: Lakehouse) -> dict[str, LastRun]:
+    """The last ``ok`` or ``skipped`` run of every stage, by stage name (gold.runs is small: one row per stage
+    and run)."""
+    if not lakehouse.exists(RUNS):
+        return {}
+    rows = lakehouse.read(RUNS).where(F.col("status").isin(OK, SKIPPED)).orderBy("ended_at").collect()
+    return {
+        r["stage"]: LastRun(
+            r["run_id"],
+            r["config_hash"],
+            r["code_version"],
+            dict(r.asDict().get("table_versions") or {}),
+            dict(r["rows_out"]),
+        )
+        for r in rows
+    }
+
+
+def last_written(last: dict[str, LastRun], stages: Sequence[Stage] = STAGES) -> dict[str, int]:
+    """The version each table was left at by the last recorded stage that writes it (runs in stage order, so the
+    stage later in the table wins: semantic_dedup's rewrite of the extraction tables)."""
+    written: dict[str, int] = {}
+    for stage in stages:
+        if stage.name in last:
+            versions = last[stage.name].table_versions
+            written.update({t.name: versions[t.name] for t in stage.writes if t.name in versions})
+    return written
+
+
+def unchanged_since(
+    stage: Stage, last: LastRun | None, written: dict[str, int], now: dict[str, int], cfg_hash: str, version: str
+) -> bool:
+    """Whether ``stage`` may be skipped: it ran before with this config and code, every table it reads is at the
+    version that run read (``now`` holds the current versions), and every table it writes is at the version the
+    pipeline last left it at (nobody wrote it since)."""
+    if not stage.skip_unchanged or last is None or (last.config_hash, last.code_version) != (cfg_hash, version):
+        return False
+    reads_same = all(now.get(t.name) == last.table_versions.get(t.name) for t in stage.reads)
+    return reads_same and all(now.get(t.name) == written.get(t.name) for t in stage.writes)
+
+
 def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs: Sequence[StageRun]) -> None:
     """Write ``runs`` as rows of gold.runs in one commit (a MERGE on run id and stage: a retried write adds
     nothing)."""
@@ -382,6 +460,7 @@ def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs:
             run.seconds,
             run.rows_in,
             run.rows_out,
+            run.table_versions,
             run.busy_share,
             cfg_hash,
             version,
@@ -507,7 +586,7 @@ class PipelineSummary:
 
     def __str__(self) -> str:
         width = max((len(t) for t in self.tables), default=10)
-        counts = ", ".join(f"{sum(r.status == s for r in self.runs)} {s}" for s in (OK, FAILED))
+        counts = ", ".join(f"{sum(r.status == s for r in self.runs)} {s}" for s in (OK, SKIPPED, FAILED))
         lines = [f"run {self.run_id}: stages {counts}; rows per table:"]
         lines += [f"  {t:<{width}} {n:>12,} rows" for t, n in self.tables.items()]
         # What a user takes away: the dataset's size per scale, and where the exports and the report are.
@@ -582,10 +661,23 @@ def _run(
     cfg_hash, version = config_hash(cfg), code_version()
     log.info("run %s: config %s, code %s, stages %s", run_id, cfg_hash, version, [s.name for s in stages])
 
+    last = last_runs(lakehouse)
+    written = last_written(last)
     runs: list[StageRun] = []
     for i, stage in enumerate(stages, start=1):
         label = f"[{i}/{len(stages)}] {stage.name}"
         started = datetime.now(timezone.utc)
+        before = table_versions(lakehouse, (*stage.reads, *stage.writes))
+        previous = last.get(stage.name)
+        if previous is not None and unchanged_since(stage, previous, written, before, cfg_hash, version):
+            detail = f"nothing it reads or writes changed since run {previous.run_id}"
+            run = StageRun(stage.name, i, SKIPPED, started, datetime.now(timezone.utc), {}, previous.rows_out, None)
+            run = dataclasses.replace(run, detail=detail, table_versions=before)
+            record(lakehouse, run_id, cfg_hash, version, [run])
+            runs.append(run)
+            log.info("stage %s skipped: %s", stage.name, detail)
+            _say(console, f"{label:<28} skipped: {detail}")
+            continue
         log.info("stage %s started", stage.name)
         rows_in = count_rows(lakehouse, stage.reads)
         progress = SparkProgress(spark.sparkContext, label, sys.stderr)
@@ -608,8 +700,10 @@ def _run(
                 log.exception("could not record the failed stage in %s", RUNS)
             break
         ended = datetime.now(timezone.utc)
-        run = StageRun(stage.name, i, OK, started, ended, rows_in, rows_out, progress.busy_share, None, summary)
+        after = table_versions(lakehouse, (*stage.reads, *stage.writes))
+        run = StageRun(stage.name, i, OK, started, ended, rows_in, rows_out, progress.busy_share, None, summary, after)
         record(lakehouse, run_id, cfg_hash, version, [run])
+        written.update({t.name: after[t.name] for t in stage.writes if t.name in after})
         runs.append(run)
         log.info("stage %s done in %.1f s: %s", stage.name, run.seconds, summary)
         _say(console, f"{label:<28} ok  {run.seconds:7.1f} s")

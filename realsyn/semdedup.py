@@ -205,13 +205,16 @@ def usable_embeddings(model_id: str, embed: EmbedConfig, what: str) -> bool:
 
 
 def prune_embeddings(lakehouse: Lakehouse, table: Table, kept: DataFrame, id_col: str) -> None:
-    """Delete the rows of embeddings ``table`` whose ``id_col`` is not in ``kept`` (one MERGE; a rerun is a no-op).
+    """Delete the rows of embeddings ``table`` whose ``id_col`` is not in ``kept``, in one MERGE; with none to
+    delete (a rerun) nothing is written.
 
     Keeps an embeddings table in step with the table it was made from after dedup removed rows from it; a row
     kept again by a later run is embedded again by the embed stage.
     """
     if not lakehouse.exists(table):
         return
-    lakehouse.delta(table).alias("t").merge(
-        kept.select(id_col).distinct().alias("s"), f"t.`{id_col}` = s.`{id_col}`"
-    ).whenNotMatchedBySourceDelete().execute()
+    stale = lakehouse.read(table).select(id_col).join(kept.select(id_col), id_col, "left_anti").distinct()
+    if stale.isEmpty():
+        return
+    condition = f"t.`{id_col}` = s.`{id_col}`"
+    lakehouse.delta(table).alias("t").merge(stale.alias("s"), condition).whenMatchedDelete().execute()

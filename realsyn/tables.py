@@ -123,6 +123,13 @@ class Lakehouse:
             return DeltaTable.forPath(self.spark, loc)
         return DeltaTable.forName(self.spark, loc)
 
+    def version(self, table: Table | str) -> int:
+        """The current Delta version of ``table`` (from its log; no data is read)."""
+        row = self.delta(table).history(1).select("version").first()
+        if row is None:
+            raise RuntimeError(f"{table} has no history")
+        return int(row[0])
+
     def read(self, table: Table | str) -> DataFrame:
         """The current version of ``table`` (a contract or its logical name)."""
         loc = self.location(table)

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -142,6 +143,37 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     assert probed is not None and 1 <= float(probed[1]) <= int(probed[2].replace(",", ""))
     log = next((lake / "_logs").glob("*.log")).read_text(encoding="utf-8")
     assert "resolution report" in log and "stage retrieve done" in log
+
+
+def versions(lake: Path) -> dict[str, int]:
+    return {
+        f"{p.parent.parent.name}.{p.parent.name}": DeltaTable(str(p.parent)).version()
+        for p in lake.glob("*/*/_delta_log")
+    }
+
+
+def test_a_rerun_with_nothing_new_writes_no_table(reference: tuple[Path, str], raw: Path, tmp_path: Path) -> None:
+    ref_lake, _ = reference
+    lake = tmp_path / "lake"  # a copy: where the tables live is not part of what a stage computes
+    shutil.copytree(ref_lake, lake)
+    before = versions(lake)
+    argv = pipeline_argv(CONF, lake, raw, SMALL)
+    done = subprocess.run(argv, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=1200, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    # Every table but the runs log is at the version it was: ingest found nothing new, the stages between it and
+    # the exports were skipped, and the funnel was not rewritten.
+    after = versions(lake)
+    assert after.pop("gold.runs") > before.pop("gold.runs")
+    assert after == before
+    runs = [r for r in table(lake, "gold.runs") if r["run_id"] != table(ref_lake, "gold.runs")[0]["run_id"]]
+    status = {r["stage"]: r["status"] for r in runs}
+    always = {"ingest", "export", "report"}  # they read or write files, not only tables
+    assert status == {name: "ok" if name in always else "skipped" for name in STAGE_NAMES}
+    for name in set(STAGE_NAMES) - always:
+        assert re.search(rf"^\[[0-9]+/[0-9]+\] {name} +skipped: nothing it reads or writes changed", done.stdout, re.M)
+    # A skipped stage keeps the row counts of the run that wrote its tables.
+    first = {r["stage"]: r for r in table(ref_lake, "gold.runs")}
+    assert all(dict(r["rows_out"]) == dict(first[r["stage"]]["rows_out"]) for r in runs if r["status"] == "skipped")
 
 
 @pytest.mark.slow
