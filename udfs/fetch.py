@@ -74,7 +74,11 @@ K = TypeVar("K")
 OK = "ok"
 HTTP_ERROR = "http_error"  # an HTTP status other than 2xx / redirect (http_status says which)
 TIMEOUT = "timeout"  # connect, read or total timeout
-CONNECTION_ERROR = "connection_error"  # refused, reset, closed early, TLS or protocol error
+# Refused, reset, TLS error, or closed early (a body shorter than its Content-Length: a connection dropped mid-body
+# looks the same, so it is retried).
+CONNECTION_ERROR = "connection_error"
+# The reply is not valid HTTP: more body bytes than Content-Length declares, a bad status line or header. Not retried.
+MALFORMED_RESPONSE = "malformed_response"
 DNS_ERROR = "dns_error"  # the host name does not resolve
 TOO_LARGE = "too_large"  # more than max_bytes (Content-Length or counted while streaming)
 TOO_MANY_PIXELS = "too_many_pixels"  # width x height over max_pixels: a decompression bomb
@@ -94,6 +98,7 @@ STATUSES = (
     HTTP_ERROR,
     TIMEOUT,
     CONNECTION_ERROR,
+    MALFORMED_RESPONSE,
     DNS_ERROR,
     TOO_LARGE,
     TOO_MANY_PIXELS,
@@ -676,6 +681,11 @@ class Fetcher:
         host = url.raw_host
         if not host:
             raise _Outcome(INVALID_URL, "no host")
+        if "xn--" in host:
+            try:
+                _ = url.host  # decodes the punycode labels
+            except UnicodeError as e:
+                raise _Outcome(INVALID_URL, f"host {host!r} is not valid IDNA: {e}") from None
         if self.options.credentials_in_url == "refuse" and (url.raw_user or url.raw_password):
             raise _Outcome(CREDENTIALS_IN_URL, "user name or password in a redirect (fetch.credentials_in_url: refuse)")
         try:
@@ -724,6 +734,8 @@ class Fetcher:
                     raise _Outcome(DNS_ERROR, f"{current.host}: {cause}", retryable=temporary) from None
                 except aiohttp.InvalidURL as e:
                     raise _Outcome(INVALID_URL, f"{type(e).__name__}: {e}") from None
+                except aiohttp.ClientResponseError as e:  # the reply does not parse (allow_redirects=False: no other)
+                    raise _Outcome(MALFORMED_RESPONSE, _malformed(e.message)) from None
                 except (aiohttp.ClientError, OSError) as e:
                     raise _Outcome(CONNECTION_ERROR, f"{type(e).__name__}: {e}", retryable=True) from None
                 except ValueError as e:
@@ -763,6 +775,17 @@ class Fetcher:
                     resp.close()
                     raise _Outcome(TOO_LARGE, f"more than max_bytes={o.max_bytes} bytes streamed", status)
             return None, (bytes(body), status)
+
+
+def _malformed(message: str) -> str:
+    """The error of a reply aiohttp cannot parse, without the raw bytes its parser quotes.
+
+    aiohttp's parser reads bytes after a body of Content-Length as the start of the next reply: "Data after
+    `Connection: close`", or "Bad status line" as for a reply that is no HTTP at all. It sees them only when they
+    arrive with the reply's start; later ones are dropped, and the body of Content-Length bytes is checked as usual.
+    """
+    reason = " ".join(message.split("\n\n", 1)[0].split()).rstrip(":")
+    return f"invalid HTTP response: {reason} (a body longer than its Content-Length, or a bad status line or header)"
 
 
 def _normal_object_url(parts: urllib.parse.SplitResult) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import os
+import socket
 import struct
 import threading
 import time
@@ -80,8 +81,24 @@ BODIES["wrong-type"] = (BODIES["png"][0], "text/html")
 BODIES["truncated"] = (BODIES["jpeg"][0][: len(BODIES["jpeg"][0]) // 2], "image/jpeg")
 
 
+def _raw_reply(length: int, body: bytes, *headers: bytes) -> bytes:
+    head = [b"HTTP/1.1 200 OK", b"Content-Type: image/jpeg", b"Content-Length: %d" % length, *headers]
+    return b"\r\n".join([*head, b"", body])
+
+
+# Replies that no HTTP framework sends, written as raw bytes by LoopbackServer's second port.
+JPEG = BODIES["jpeg"][0]
+RAW_REPLIES = {
+    "longer": _raw_reply(len(JPEG) - 100, JPEG),  # 100 bytes more than Content-Length
+    "longer-close": _raw_reply(len(JPEG) - 100, JPEG, b"Connection: close"),
+    "not-http": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "shorter": _raw_reply(len(JPEG) + 100, JPEG),  # the connection closes 100 bytes before Content-Length
+}
+
+
 class LoopbackServer:
-    """An aiohttp server on 127.0.0.1 in a background thread; counts the requests per path."""
+    """An aiohttp server on 127.0.0.1 in a background thread, and a raw one (:data:`RAW_REPLIES`) on a second port;
+    counts the requests per path."""
 
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
@@ -96,6 +113,10 @@ class LoopbackServer:
         """Absolute URL of ``path`` on this server."""
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def raw_url(self, name: str) -> str:
+        """URL of the raw reply ``name`` of :data:`RAW_REPLIES`."""
+        return f"http://127.0.0.1:{self.raw_port}/{name}"
+
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
@@ -105,6 +126,8 @@ class LoopbackServer:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.raw = self.loop.run_until_complete(asyncio.start_server(self._raw, "127.0.0.1", 0))
+        self.raw_port = self.raw.sockets[0].getsockname()[1]
         ready.set()
         self.loop.run_forever()
 
@@ -112,6 +135,7 @@ class LoopbackServer:
         """Stop the server and its thread."""
 
         async def shutdown() -> None:
+            self.raw.close()
             await self.runner.cleanup()
             handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in handlers:
@@ -121,6 +145,13 @@ class LoopbackServer:
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+    async def _raw(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        name = (await reader.readuntil(b"\r\n\r\n")).split(b" ", 2)[1].decode().strip("/")
+        self.hits[f"raw/{name}"] += 1
+        writer.write(RAW_REPLIES[name])  # one write: on loopback the client reads the reply in one piece
+        await writer.drain()
+        writer.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -175,6 +206,8 @@ class LoopbackServer:
             raise web.HTTPFound(f"http://localhost:{self.port}/jpeg")
         if name == "to-file":
             raise web.HTTPFound("file:///etc/passwd")
+        if name == "to-bad-punycode":
+            raise web.HTTPFound("http://xn--abc-.example/x.jpg")
         if name == "to-jpeg":
             raise web.HTTPMovedPermanently("/jpeg")
         if name == "noai":
@@ -282,6 +315,46 @@ def test_loopback_is_refused_without_the_allow_list(server: LoopbackServer) -> N
     # A redirect to a host name is checked on the name's resolved address.
     allowed = F.fetch_batch([server.url("/to-localhost-name")], OPTS)
     assert [r.status for r in allowed] == [F.OK]
+
+
+def test_a_reply_that_is_not_valid_http_is_a_malformed_response(server: LoopbackServer) -> None:
+    names = sorted(RAW_REPLIES)
+    before = Counter(server.hits)
+    results = dict(zip(names, F.fetch_batch([server.raw_url(n) for n in names], OPTS), strict=True))
+    assert {n: (r.status, r.retryable, r.attempts) for n, r in results.items()} == {
+        "longer": (F.MALFORMED_RESPONSE, False, 1),
+        "longer-close": (F.MALFORMED_RESPONSE, False, 1),
+        "not-http": (F.MALFORMED_RESPONSE, False, 1),
+        # A body cut short looks like a connection dropped mid-transfer: retried.
+        "shorter": (F.CONNECTION_ERROR, True, OPTS.max_attempts),
+    }
+    hits = Counter(server.hits)
+    hits.subtract(before)
+    assert {n: hits[f"raw/{n}"] for n in names} == {n: results[n].attempts for n in names}
+    for name in ("longer", "longer-close"):
+        error = results[name].error or ""
+        assert error.startswith("invalid HTTP response: ") and "Content-Length" in error and len(error) < 200
+    assert "content length" in (results["shorter"].error or "")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://xn--/a.jpg", "http://xn--abc-.example/x.jpg", "https://a.xn--zz.example/x.jpg", "to-bad-punycode"]
+)
+def test_a_host_that_is_not_valid_punycode_is_an_invalid_url(
+    server: LoopbackServer, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[str] = []
+
+    def getaddrinfo(host: str, *args: object) -> list[object]:
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    url = url if "://" in url else server.url(f"/{url}")  # a redirect to such a host
+    (result,) = F.fetch_batch([url], OPTS)
+    assert (result.status, result.retryable, result.attempts) == (F.INVALID_URL, False, 1)
+    assert "xn--" in (result.error or "") and "not valid IDNA" in (result.error or "")
+    assert looked_up == []  # refused before any DNS lookup
 
 
 @pytest.mark.parametrize(
