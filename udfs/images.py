@@ -13,6 +13,7 @@ share at least one emitted key (a key halfway between their bands), so grouping 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
 
@@ -20,7 +21,15 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from udfs.decode import DEFAULT_MAX_DECODED_BYTES, Rejected, bound_decode, open_image, read_header
+from udfs.decode import (
+    DEFAULT_MAX_DECODED_BYTES,
+    Rejected,
+    bound_decode,
+    exif_orientation,
+    open_image,
+    read_header,
+    to_rgb,
+)
 
 HASH_BITS = 64
 # Band index goes in the bits above the band value in a key, so keys of different bands never collide.
@@ -29,7 +38,7 @@ _BAND_SHIFT = 40
 
 def image_info(content: bytes | None, max_pixels: int = 178_956_970) -> tuple[int | None, int | None, str | None]:
     """(width, height, format) read from the image header (udfs.decode.read_header), or (None, None, None) if
-    unreadable.
+    unreadable. Width and height are as displayed: swapped when the EXIF orientation turns the image (5 to 8).
 
     Only the header is parsed (no pixel decode). Images above ``max_pixels`` (twice Pillow's decompression-bomb
     limit by default, the size at which Pillow itself refuses to open) count as unreadable.
@@ -38,8 +47,12 @@ def image_info(content: bytes | None, max_pixels: int = 178_956_970) -> tuple[in
         header = read_header(content, max_pixels)
     except Rejected:
         return None, None, None
+    orientation = 1
+    with contextlib.suppress(Exception):  # a broken EXIF block: as stored, as udfs.decode.to_rgb shows it
+        orientation = exif_orientation(header.image)
     header.image.close()
-    return int(header.width), int(header.height), (header.format.lower() if header.format else None)
+    width, height = (header.height, header.width) if orientation in (5, 6, 7, 8) else (header.width, header.height)
+    return int(width), int(height), (header.format.lower() if header.format else None)
 
 
 def image_info_batch(contents: pd.Series) -> pd.DataFrame:
@@ -57,6 +70,10 @@ def image_info_batch(contents: pd.Series) -> pd.DataFrame:
 def phash(content: bytes | None, hash_size: int = 8, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> int | None:
     """The perceptual hash (imagehash.phash, DCT based) of an image as a signed 64-bit integer, or None.
 
+    The pixels hashed are those of udfs.decode.to_rgb, the image as displayed and as the encoders see it: EXIF
+    orientation applied, transparency on white, 16-bit scaled to 8 (a plain ``convert("RGB")`` would clip a
+    16-bit PNG to white and show the colours hidden under transparent pixels).
+
     The ``hash_size`` x ``hash_size`` bits are read row by row, most significant bit first, then stored as
     a two's complement int64 (Spark's long). Images that cannot be fully decoded give None.
     """
@@ -73,7 +90,7 @@ def phash(content: bytes | None, hash_size: int = 8, max_decoded_bytes: int = DE
                 if bound_decode(im, max_decoded_bytes, 4 * hash_size) is not None:
                     return None
                 im.load()
-                bits = imagehash.phash(im.convert("RGB"), hash_size=hash_size).hash.flatten()
+                bits = imagehash.phash(to_rgb(im), hash_size=hash_size).hash.flatten()
     except Exception:
         return None
     value = 0

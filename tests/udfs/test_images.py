@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from tests.photos import crop, encode, photo
+from udfs.decode import EXIF_ORIENTATION
 from udfs.images import (
     band_keys,
     band_layout,
@@ -56,6 +57,50 @@ def test_phash_groups_edited_copies_of_real_photographs_and_separates_distinct_o
             assert d <= 8, f"{name} {edit}: {d} bits"
     for a, b in itertools.combinations(PHOTOS, 2):
         assert int(hamming(originals[a], originals[b])) > 20, (a, b)
+
+
+# The transpose that shows a stored image as its EXIF orientation says it is displayed.
+_DISPLAYED = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_an_exif_rotated_jpeg_is_measured_and_hashed_as_displayed(orientation: int) -> None:
+    stored = photo("chelsea").resize((320, 160))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    rotated = encode(stored, "JPEG", exif=exif, quality=95)  # type: ignore[arg-type]
+    displayed = stored.transpose(_DISPLAYED[orientation])
+    assert image_info(rotated) == (*displayed.size, "jpeg")
+    assert displayed.size == ((320, 160) if orientation == 3 else (160, 320))
+    for twin in (encode(displayed, "JPEG", quality=95), encode(displayed)):
+        assert int(hamming(phash(rotated), phash(twin))) <= 2
+
+
+def _with_transparency(im: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """``im`` with its left quarter transparent (black beneath, as editors save it), and the same on white."""
+    rgba = np.array(im.convert("RGBA"))
+    rgba[:, : rgba.shape[1] // 4] = 0
+    on_white = np.array(im)
+    on_white[:, : on_white.shape[1] // 4] = 255
+    return Image.fromarray(rgba), Image.fromarray(on_white)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "camera"])
+def test_phash_merges_the_same_photograph_as_png_and_as_jpeg(name: str) -> None:
+    im = photo(name)
+    grey = np.array(im.convert("L"))
+    transparent, on_white = _with_transparency(im)
+    pairs = {
+        "rgb png": (encode(im), encode(im, "JPEG", quality=95)),
+        "palette png": (encode(im.quantize(256)), encode(im, "JPEG", quality=95)),
+        "grey png": (encode(Image.fromarray(grey)), encode(Image.fromarray(grey), "JPEG", quality=95)),
+        "16-bit grey png": (encode(Image.fromarray(grey.astype(np.uint16) * 257)), encode(Image.fromarray(grey))),
+        "rgba png": (encode(transparent), encode(on_white, "JPEG", quality=95)),
+        "palette png with transparency": (encode(transparent.quantize(255)), encode(on_white, "JPEG", quality=95)),
+    }
+    for variant, (png, jpg) in pairs.items():
+        d = int(hamming(phash(png), phash(jpg)))
+        assert d <= 2, f"{name} {variant}: {d} bits"
 
 
 def test_phash_of_broken_bytes_is_null() -> None:
