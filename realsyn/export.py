@@ -6,9 +6,9 @@ whole gold.dataset, any other name a scale of ``balance.scales``):
 - ``<scale>/parquet/``: parquet files with exactly the release's columns ``raw_image_url, text1, text2, text3,
   syn_text`` (RealSyn's published layout);
 - ``<scale>/webdataset/``: ``00000.tar``, ``00001.tar``, ... in img2dataset's layout (:mod:`udfs.webdataset`:
-  ``{key}.jpg`` the stored bytes, ``{key}.txt`` text1, ``{key}.json`` the rest; key = image_id) with
-  ``export.samples_per_shard`` samples per shard (the last one fewer), and ``sizes.json`` ({shard: samples}), which
-  open_clip's training loader reads for the sample count;
+  ``{key}.jpg`` the stored bytes, ``{key}.txt`` text1, ``{key}.json`` the rest and img2dataset's keys; key =
+  image_id) with ``export.samples_per_shard`` samples per shard (the last one fewer), and ``sizes.json`` ({shard:
+  samples}), which open_clip's training loader reads for the sample count;
 - ``<scale>/delta/``: the gold.dataset rows of the scale as a Delta table (deletion vectors off), for deltalake,
   DuckDB's ``delta_scan`` and Spark.
 
@@ -138,7 +138,13 @@ def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Co
     per_shard = cfg.export.samples_per_shard
     n = rows.count()
     idx = numbered(rows.select("image_id"), cfg.export.ids_per_range, n)
-    content = lakehouse.read(SILVER_IMAGES).select("image_id", "content", F.col("format").alias("_stored_format"))
+    content = lakehouse.read(SILVER_IMAGES).select(
+        "image_id",
+        "content",
+        F.col("format").alias("_stored_format"),
+        F.col("width").alias("_stored_width"),
+        F.col("height").alias("_stored_height"),
+    )
     samples = (
         rows.select("image_id", *[c for c in JSON_FIELDS if c != "image_id"])
         .join(idx, "image_id")
@@ -149,6 +155,8 @@ def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Co
             F.col("image_id").alias("key"),
             "content",
             F.col("_stored_format").alias("format"),
+            F.col("_stored_width").alias("width"),
+            F.col("_stored_height").alias("height"),
             *JSON_FIELDS,
         )
     )

@@ -1,7 +1,8 @@
 """WebDataset shards in img2dataset's layout, written from Arrow batches (pure Python, no Spark).
 
 Each sample is three members of a tar: ``{key}.{ext}`` (the stored image bytes), ``{key}.txt`` (text1) and
-``{key}.json`` (the four texts, ids, clusters, source URL). ``ext`` is ``jpg`` for JPEG, ``png`` / ``webp`` for
+``{key}.json`` (the four texts, ids, clusters, source URL, plus the keys img2dataset writes for a successful
+sample: see :func:`sample_json`). ``ext`` is ``jpg`` for JPEG, ``png`` / ``webp`` for
 those formats (bytes as stored: webdataset's decoders and open_clip's loader read all three); an image in any
 other format (GIF, BMP, TIFF, ...) is converted once to PNG, losslessly, because open_clip's loader only looks for
 jpg / jpeg / png / webp. Members get mtime 0 and fixed owners, so the same rows give byte-identical shards.
@@ -12,6 +13,7 @@ never sees half a shard.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -33,6 +35,21 @@ JSON_FIELDS = (
     "url_redacted",
     "coarse_id",
     "leaf_id",
+)
+# Keys of img2dataset's per-sample json (downloader.py's ``meta`` of a successful sample, with its defaults
+# ``extract_exif=True`` and ``compute_hash="sha256"``), which tools written for img2dataset shards read.
+IMG2DATASET_FIELDS = (
+    "url",
+    "caption",
+    "key",
+    "status",
+    "error_message",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "exif",
+    "sha256",
 )
 RESULT_SCHEMA = pa.schema([("shard", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64())])
 
@@ -66,9 +83,41 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def sample_json(row: dict[str, Any]) -> bytes:
-    """The ``.json`` member of one sample: its key and the JSON_FIELDS of the row, UTF-8."""
-    doc = {"key": row["key"], **{f: row.get(f) for f in JSON_FIELDS}}
+    """The ``.json`` member of one sample, UTF-8: its key, the JSON_FIELDS of the row and img2dataset's keys.
+
+    img2dataset's keys, as it writes them for a sample it downloaded successfully:
+
+    - ``url``: ``raw_image_url`` (the URL as exported, secrets redacted);
+    - ``caption``: ``text1``, the top-ranked retrieved text, which is also the ``.txt`` member (img2dataset's
+      caption and ``.txt`` are the same text; the other texts stay under their own keys);
+    - ``status`` ``"success"``, ``error_message`` null (only kept images are exported);
+    - ``width``, ``height`` and ``original_width``, ``original_height``: the stored image's size (realsyn does not
+      resize, so both pairs are equal);
+    - ``exif``: null (img2dataset's value when its extraction fails; realsyn does not extract EXIF);
+    - ``sha256``: hex SHA-256 of the stored bytes (``content``), as img2dataset hashes the downloaded bytes: for a
+      format converted to PNG it is the hash of the original, and its first 32 digits are ``image_id``.
+    """
+    content = row.get("content")
+    width, height = _int_or_none(row.get("width")), _int_or_none(row.get("height"))
+    doc = {
+        "key": row["key"],
+        **{f: row.get(f) for f in JSON_FIELDS},
+        "url": row.get("raw_image_url"),
+        "caption": row.get("text1"),
+        "status": "success",
+        "error_message": None,
+        "width": width,
+        "height": height,
+        "original_width": width,
+        "original_height": height,
+        "exif": None,
+        "sha256": None if content is None else hashlib.sha256(content).hexdigest(),
+    }
     return json.dumps(doc, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
@@ -104,8 +153,9 @@ class _Shard:
 def write_shards(batches: Iterable[pa.RecordBatch], folder: str) -> Iterator[pa.RecordBatch]:
     """Write rows sorted by (``shard``, ``idx``) into one tar per shard index under ``folder``.
 
-    Columns: ``shard`` (int), ``key``, ``content`` (bytes), ``format`` and the JSON_FIELDS. Yields one
-    (shard, samples, bytes) row per shard written. Rows of one shard must all come to the same call.
+    Columns: ``shard`` (int), ``key``, ``content`` (bytes), ``format``, ``width``, ``height`` (of the stored
+    image) and the JSON_FIELDS. Yields one (shard, samples, bytes) row per shard written. Rows of one shard must
+    all come to the same call.
     """
     current: _Shard | None = None
     done: list[tuple[str, int, int]] = []

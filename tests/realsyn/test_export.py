@@ -77,7 +77,9 @@ def test_exports_round_trip_through_real_readers(lakehouse: Lakehouse) -> None:
     digests = shard_digests(shards)
     assert sorted(digests) == ["00000.tar", "00001.tar"]
 
-    stored = {r["image_id"]: (bytes(r["content"]), r["format"]) for r in lakehouse.read(SILVER_IMAGES).collect()}
+    silver = lakehouse.read(SILVER_IMAGES).collect()
+    stored = {r["image_id"]: (bytes(r["content"]), r["format"]) for r in silver}
+    sizes = {r["image_id"]: (r["width"], r["height"]) for r in silver}
     gold = {r["image_id"]: r.asDict() for r in lakehouse.read(GOLD_DATASET).collect()}
 
     # webdataset, no decoding: every member byte-identical to what was stored.
@@ -91,6 +93,11 @@ def test_exports_round_trip_through_real_readers(lakehouse: Lakehouse) -> None:
         assert meta["image_id"] == key and meta["leaf_id"] == gold[key]["leaf_id"]
         assert meta["raw_image_url"] == gold[key]["raw_image_url"]
         content, fmt = stored[key]
+        # img2dataset's keys: width / height come from silver.images through the export's join.
+        assert meta["url"] == gold[key]["raw_image_url"] and meta["caption"] == TEXTS[key][0]
+        assert (meta["status"], meta["error_message"], meta["exif"]) == ("success", None, None)
+        assert (meta["width"], meta["height"]) == (meta["original_width"], meta["original_height"]) == sizes[key]
+        assert meta["sha256"] == hashlib.sha256(content).hexdigest()
         if fmt == "JPEG":
             assert sample["jpg"] == content
         elif fmt == "PNG":
