@@ -121,7 +121,11 @@ def _another(name: str, value: Any) -> Any:
         return value + 1
     if isinstance(value, str) and name != "credentials_in_url":
         return value + "x"
-    other = {"allow_networks": ["10.0.0.0/8"], "object_prefixes": ["s3://bucket/images/"], "credentials_in_url": "refuse"}
+    other = {
+        "allow_networks": ["10.0.0.0/8"],
+        "object_prefixes": ["s3://bucket/images/"],
+        "credentials_in_url": "refuse",
+    }
     return other.get(name, [*value, "/data"])
 
 
