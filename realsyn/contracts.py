@@ -508,8 +508,8 @@ RUNS = _table(
     ),
     ("run_id", "stage"),
     "one row per stage of every pipeline run: status (ok, skipped, failed), times, rows per table read and "
-    "written, the Delta version of each after it, the share of the stage's time with a Spark task running, config "
-    "hash, code version",
+    "written, the Delta version of each after it, its Spark task time over wall time x task slots, config hash, "
+    "code version",
 )
 
 

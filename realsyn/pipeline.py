@@ -476,49 +476,64 @@ def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs:
 # Console and logs
 
 
-class SparkProgress:
-    """Polls Spark's status tracker while a stage runs: a progress bar of its tasks, and how busy the tasks were.
+def task_time_share(sc: SparkContext, start: datetime, end: datetime) -> float | None:
+    """The task time of the Spark stages submitted between ``start`` and ``end`` (their executorRunTime, from
+    Spark's status store, which the UI shows and which is kept with the UI off) over the time of the task slots in
+    that span: (end - start) x the tasks the active executors run at once (their ``maxTasks`` at the end). None when
+    the store cannot be read; stages beyond its retention (``spark.ui.retainedStages``, 1,000) are not counted."""
+    try:
+        store = sc._jsc.sc().statusStore()
+        gateway: Any = sc._gateway
+        no_quantiles = gateway.new_array(gateway.jvm.double, 0)
+        stages = store.stageList(None, False, False, no_quantiles, getattr(store, "stageList$default$5")())
+        lo, hi = start.timestamp() * 1000, end.timestamp() * 1000
+        task_ms = 0
+        it = stages.iterator()
+        while it.hasNext():
+            stage = it.next()
+            submitted = stage.submissionTime()
+            if submitted.isDefined() and lo <= submitted.get().getTime() <= hi:
+                task_ms += stage.executorRunTime()
+        slots = 0
+        executors = store.executorList(True).iterator()
+        while executors.hasNext():
+            slots += executors.next().maxTasks()
+    except Exception:  # a Spark without this (private) API, or the JVM going away
+        log.debug("Spark's status store could not be read", exc_info=True)
+        return None
+    slots_ms = (hi - lo) * slots
+    return task_ms / slots_ms if slots_ms > 0 else None
 
-    The bar (tqdm, on ``stream`` when it is a terminal) counts the tasks of every Spark stage seen since the start;
-    ``busy_share`` is the share of samples in which at least one task was running.
-    """
+
+class SparkProgress:
+    """Polls Spark's status tracker while a stage runs: a progress bar of its tasks (tqdm, on ``stream`` when it is
+    a terminal), counting the tasks of every Spark stage seen since the start."""
 
     def __init__(self, sc: SparkContext, label: str, stream: TextIO, interval_s: float = 0.25) -> None:
         self.sc = sc
         self.label = label
         self.stream = stream
         self.interval_s = interval_s
-        self.samples = 0
-        self.busy = 0
         self._tasks: dict[int, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="spark-progress", daemon=True)
         self._bar: Any = None
-
-    @property
-    def busy_share(self) -> float | None:
-        """Share of the samples with a running task (None before the first sample)."""
-        return self.busy / self.samples if self.samples else None
 
     def _poll(self) -> None:
         tracker = self.sc.statusTracker()
         while not self._stop.wait(self.interval_s):
             try:
                 active = tracker.getActiveStageIds()
-                running = False
                 for sid in active:
                     info = tracker.getStageInfo(sid)
                     if info is not None:
                         self._tasks[sid] = (info.numTasks, info.numCompletedTasks)
-                        running = running or info.numActiveTasks > 0
                 for sid, (total, _) in list(self._tasks.items()):
                     if sid not in active:
                         self._tasks[sid] = (total, total)
             except Exception:  # the JVM is going away (a failing stage, the end of the run)
                 log.debug("status tracker poll failed", exc_info=True)
                 continue
-            self.samples += 1
-            self.busy += running
             if self._bar is not None and self._tasks:
                 self._bar.total = sum(t for t, _ in self._tasks.values())
                 self._bar.n = sum(d for _, d in self._tasks.values())
@@ -690,7 +705,8 @@ def _run(
             log.exception("stage %s failed", stage.name)
             ended = datetime.now(timezone.utc)
             detail = f"{type(e).__name__}: {e}"
-            run = StageRun(stage.name, i, FAILED, started, ended, rows_in, {}, progress.busy_share, detail[:4000])
+            busy = task_time_share(spark.sparkContext, started, ended)
+            run = StageRun(stage.name, i, FAILED, started, ended, rows_in, {}, busy, detail[:4000])
             runs.append(run)
             _say(console, f"{label:<28} FAILED after {run.seconds:.1f} s: {detail.splitlines()[0][:300]}")
             _say(console, f"  traceback and Spark's log: {log_file}")
@@ -701,7 +717,8 @@ def _run(
             break
         ended = datetime.now(timezone.utc)
         after = table_versions(lakehouse, (*stage.reads, *stage.writes))
-        run = StageRun(stage.name, i, OK, started, ended, rows_in, rows_out, progress.busy_share, None, summary, after)
+        busy = task_time_share(spark.sparkContext, started, ended)
+        run = StageRun(stage.name, i, OK, started, ended, rows_in, rows_out, busy, None, summary, after)
         record(lakehouse, run_id, cfg_hash, version, [run])
         written.update({t.name: after[t.name] for t in stage.writes if t.name in after})
         runs.append(run)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from realsyn.config import ConfigError, load_config
 from realsyn.pipeline import (
@@ -18,6 +22,7 @@ from realsyn.pipeline import (
     check_order,
     run_config,
     select_stages,
+    task_time_share,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +125,23 @@ def test_a_run_resumed_after_ingest_reads_the_demo_corpus_settings(tmp_path: Pat
     assert run_config(cfg) == cfg
     plain = load_config(conf, ["pipeline.demo_corpus=false"])
     assert run_config(plain) is plain
+
+
+def test_task_time_share_counts_the_tasks_run_in_the_span(spark: SparkSession) -> None:
+    sc = spark.sparkContext
+
+    def nap(rows: Iterator[object]) -> Iterator[int]:
+        time.sleep(2.0)
+        yield sum(1 for _ in rows)
+
+    sc.parallelize(range(2), 2).sum()  # Python workers started before the span
+    # Two tasks of ~2 s each on the session's two slots: most of the slots' time.
+    start = datetime.now(timezone.utc)
+    assert sc.parallelize(range(2), 2).mapPartitions(nap).sum() == 2
+    end = datetime.now(timezone.utc)
+    busy = task_time_share(sc, start, end)
+    assert busy is not None and 0.5 <= busy <= 1.0, busy
+    # The driver alone (no job in the span): no task time.
+    start = datetime.now(timezone.utc)
+    time.sleep(0.5)
+    assert task_time_share(sc, start, datetime.now(timezone.utc)) == 0.0
