@@ -311,7 +311,8 @@ def run_realsyn_cold(cfg: dict[str, object], urls: list[str], work: Path) -> tup
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"fetch job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = proc.stdout.strip().splitlines()[-1]  # "fetch_images: N of N pending URLs ... : ok N, ..."
+    # "fetch_images: N of N pending URLs ... : ok N, ..."
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("fetch_images:"))
     found = re.search(r"\bok ([\d,]+)", summary.rpartition(":")[2])
     return seconds, int(found.group(1).replace(",", "")) if found else 0
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from realsyn.balance import run_balance
-from realsyn.cli import job_parser, parse
-from realsyn.spark import get_spark
-from realsyn.tables import Lakehouse
+from realsyn.cli import job_parser, parse, run_stage_job
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: ``realsyn-balance --conf conf/local.yaml [--set balance.key=value ...]``."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
-    print(run_balance(Lakehouse(get_spark(cfg.spark), cfg.storage), cfg))
+    run_stage_job(cfg, "balance", lambda lakehouse: run_balance(lakehouse, cfg))
 
 
 if __name__ == "__main__":

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from realsyn.cli import job_parser, parse
+from realsyn.cli import job_parser, parse, run_stage_job
 from realsyn.embed import run_embed
-from realsyn.spark import get_spark
-from realsyn.tables import Lakehouse
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: ``realsyn-embed --conf conf/local.yaml [--set embed.model=eva02-l-14 ...]``."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
-    lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
-    print(run_embed(lakehouse, cfg))
+    run_stage_job(cfg, "embed", lambda lakehouse: run_embed(lakehouse, cfg))
 
 
 if __name__ == "__main__":

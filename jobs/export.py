@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from realsyn.cli import job_parser, parse
+from realsyn.cli import job_parser, parse, run_stage_job
 from realsyn.export import run_export
-from realsyn.spark import get_spark
-from realsyn.tables import Lakehouse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
         "--scale", dest="scales", action="append", default=None, help="export only this scale (repeatable; 'all')"
     )
     cfg, args = parse(parser, argv)
-    print(run_export(Lakehouse(get_spark(cfg.spark), cfg.storage), cfg, scales=args.scales))
+    run_stage_job(cfg, "export", lambda lakehouse: run_export(lakehouse, cfg, scales=args.scales))
 
 
 if __name__ == "__main__":

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from realsyn.cli import job_parser, parse
+from realsyn.cli import job_parser, parse, run_stage_job
 from realsyn.images import run_extract_images
-from realsyn.spark import get_spark
-from realsyn.tables import Lakehouse
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: ``realsyn-extract-images --conf conf/local.yaml [--set images.key=value ...]``."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
-    lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
-    print(run_extract_images(lakehouse, cfg))
+    run_stage_job(cfg, "extract_images", lambda lakehouse: run_extract_images(lakehouse, cfg))
 
 
 if __name__ == "__main__":

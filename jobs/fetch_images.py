@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from realsyn.cli import job_parser, parse
+from realsyn.cli import job_parser, parse, run_stage_job
 from realsyn.fetch import run_fetch_images
-from realsyn.spark import get_spark
-from realsyn.tables import Lakehouse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,8 +13,9 @@ def main(argv: list[str] | None = None) -> None:
         "--retry-failed", action="store_true", help="also refetch URLs whose failure was transient (replaced in place)"
     )
     cfg, args = parse(parser, argv)
-    lakehouse = Lakehouse(get_spark(cfg.spark), cfg.storage)
-    print(run_fetch_images(lakehouse, cfg, retry_failed=args.retry_failed))
+    run_stage_job(
+        cfg, "fetch_images", lambda lakehouse: run_fetch_images(lakehouse, cfg, retry_failed=args.retry_failed)
+    )
 
 
 if __name__ == "__main__":

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from realsyn.cli import job_parser, parse
+from realsyn.cli import job_parser, parse, run_stage_job
 from realsyn.report import run_report
-from realsyn.spark import get_spark
-from realsyn.tables import Lakehouse
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: ``realsyn-report --conf conf/local.yaml``."""
     cfg, _ = parse(job_parser(__doc__ or ""), argv)
-    print(run_report(Lakehouse(get_spark(cfg.spark), cfg.storage), cfg))
+    run_stage_job(cfg, "report", lambda lakehouse: run_report(lakehouse, cfg))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 
 from realsyn.config import Config, ConfigError, load_config
+from realsyn.tables import Lakehouse
+
+log = logging.getLogger(__name__)
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -36,3 +41,28 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_stage_job(cfg: Config, stage: str, run: Callable[[Lakehouse], object]) -> None:
+    """Run one stage as a job of its own with the pipeline's console: a line that names the log, a progress bar of
+    Spark tasks on a terminal, the stage's summary and its time; Spark's and Python's log go to
+    ``<log dir>/<stage>-<time>.log`` (the pipeline's log folder, :func:`realsyn.pipeline.log_dir`)."""
+    from realsyn.pipeline import SparkProgress, log_dir, logging_to
+    from realsyn.spark import get_spark
+
+    folder = log_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_file = folder / f"{stage}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.log"
+    print(f"realsyn {stage}: log {log_file}", flush=True)
+    start = time.monotonic()
+    with logging_to(log_file):
+        spark = get_spark(cfg.spark, jvm_log=log_file)
+        spark.sparkContext.setLogLevel("WARN")
+        log.info("stage %s started", stage)
+        with SparkProgress(spark.sparkContext, stage, sys.stderr):
+            summary = run(Lakehouse(spark, cfg.storage))
+        log.info("stage %s done in %.1f s: %s", stage, time.monotonic() - start, summary)
+    text = str(summary).strip()
+    if text:
+        print(text)
+    print(f"realsyn {stage}: done in {time.monotonic() - start:.1f} s")

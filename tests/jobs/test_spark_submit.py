@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,32 @@ def test_unknown_job_is_refused() -> None:
     result = subprocess.run([str(REPO / "spark-submit.sh"), "no_such_job"], capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert "no job named 'no_such_job'" in result.stderr
+
+
+def test_a_single_stage_job_prints_what_the_pipeline_prints(tmp_path: Path) -> None:
+    docs = tmp_path / "in" / "docs.jsonl"
+    docs.parent.mkdir()
+    docs.write_text(json.dumps({"url": "https://s.example/0", "text_list": ["A."], "image_info": []}) + "\n")
+    conf = tmp_path / "job.yaml"
+    conf.write_text(
+        f"storage:\n  root: {tmp_path / 'lake'}\nspark:\n  conf:\n    spark.ui.enabled: 'false'\n"
+        f"ingest:\n  inputs:\n    - path: {docs.parent}\n      layout: mmc4\n      source: s\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.ingest", "--conf", str(conf)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    # The log's name, the stage's summary and its time; Spark's and Ivy's output went to the log, as in the pipeline.
+    log = re.search(r"^realsyn ingest: log (\S+)$", result.stdout, re.M)
+    assert log is not None and Path(log[1]).parent == tmp_path / "lake" / "_logs", console
+    assert "documents read 1 = new 1 + already present 0 + rejected 0" in result.stdout
+    assert re.search(r"^realsyn ingest: done in [0-9.]+ s$", result.stdout, re.M)
+    for noise in ("WARN", "::", "Ivy", "[Stage", "Traceback"):
+        assert noise not in console, noise
+    assert "stage ingest done" in Path(log[1]).read_text(encoding="utf-8")
