@@ -19,12 +19,16 @@ re-ingesting a dump (or ingesting an overlapping one) add nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import re
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
@@ -114,13 +118,36 @@ class IngestSummary:
 # Reading: one row per input record with its raw text and a parse failure reason (or null).
 
 
-# NaN / Infinity as JSON values (written by Python's json module, and found in MMC4's matched_sim) are read by
-# from_json but not by the strict parsers that tell malformed JSON apart: they see null there instead.
-_NON_NUMBERS_SQL = r"regexp_replace(raw, '([:\\[,]\\s*)-?(NaN|Infinity)(\\s*[,\\]}])', '$1null$3')"
+# Strict JSON, as Python's json module reads it (Spark allows single quotes by default), and strings of any length:
+# Jackson stops at 20,000,000 characters, which a data: URI image can pass. NaN / Infinity (written by Python's json
+# module, found in MMC4's matched_sim) are read.
+_JSON_OPTIONS = {"allowSingleQuotes": "false", "maxStringLen": str(2**31 - 1)}
 
 
-def _read_jsonl(spark: SparkSession, files: list[str], schema: T.StructType, texts_field: str) -> DataFrame:
-    lines = spark.read.text(files).select(
+# Local files are read without Hadoop's checksum layer: it names a file's checksum ".<name>.crc", which is not a
+# valid path when the name holds ":" (read as a URI scheme), and input dumps have no checksum files anyway.
+_READ_OPTIONS = {"fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem", "fs.file.impl.disable.cache": "true"}
+
+
+def _one_json_value(raw: Column, value_type: str) -> Column:
+    """Whether ``raw`` is one strict JSON value of ``value_type`` with nothing after it.
+
+    Spark's JSON parsers stop after the first value and ignore what follows. Wrapped in ``[...]``, content after
+    the value fails to parse unless it starts with "]" (more values, after ",", make the array longer);
+    wrapped in ``{"k": ...}``, it fails unless it starts with "}" or ",". Only a line with nothing after its value
+    passes both. A value of type ``struct<>`` is checked without being built (its strings are skipped).
+    """
+    in_array = F.from_json(F.concat(F.lit("["), raw, F.lit("]")), f"array<{value_type}>", _JSON_OPTIONS)
+    in_object = F.from_json(
+        F.concat(F.lit('{"k":'), raw, F.lit("}")),
+        f"struct<k: {value_type}, _corrupt: string>",
+        {**_JSON_OPTIONS, "columnNameOfCorruptRecord": "_corrupt"},
+    )
+    return F.coalesce((F.size(in_array) == 1) & in_object["_corrupt"].isNull(), F.lit(False))
+
+
+def _read_jsonl(reader: DataFrameReader, files: list[str], schema: T.StructType, texts_field: str) -> DataFrame:
+    lines = reader.text(files).select(
         # A UTF-8 byte-order mark (first line of a file written by some editors) is not part of the JSON.
         F.regexp_replace("value", "^\ufeff", "").alias("raw"),
         F.is_valid_utf8("value").alias("valid_utf8"),  # before the replace, which would mend invalid bytes
@@ -130,31 +157,42 @@ def _read_jsonl(spark: SparkSession, files: list[str], schema: T.StructType, tex
         F.monotonically_increasing_id().alias("row_seq"),
     )
     lines = lines.filter(F.trim("raw") != "")
-    parsed = lines.withColumn(
-        "rec", F.from_json("raw", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
-    ).withColumn(
-        "text_types",
-        F.expr(
-            f"transform(try_variant_get(try_parse_json({_NON_NUMBERS_SQL}), '$.{texts_field}', 'array<variant>'), "
-            "e -> schema_of_variant(e))"
-        ),
+    # The JSON types of the texts (and of an MMC4 url), which from_json would read as strings (2.5 as "2.5").
+    url = ", url: variant" if "url" in schema.names else ""
+    types = F.from_json("raw", f"struct<{texts_field}: array<variant>{url}>", _JSON_OPTIONS)
+    parsed = lines.select(
+        "*",
+        F.from_json("raw", schema, {**_JSON_OPTIONS, "columnNameOfCorruptRecord": "_corrupt"}).alias("rec"),
+        F.transform(types[texts_field], F.schema_of_variant).alias("text_types"),
+        (_not_a_string(types["url"]) if url else F.lit(False)).alias("url_not_a_string"),
     )
     trimmed = F.trim("raw")
+    is_object = trimmed.startswith("{")
     reason = first_reason(
         [
             (~F.col("valid_utf8"), "invalid_utf8"),
             (trimmed == "null", "null_document"),
-            (F.get_json_object(F.expr(_NON_NUMBERS_SQL), "$").isNull(), "malformed_json"),
-            (~trimmed.startswith("{"), "not_a_json_object"),
-            (F.col("rec._corrupt").isNotNull(), "schema_mismatch"),
+            (
+                ~F.when(is_object, _one_json_value(F.col("raw"), "struct<>")).otherwise(
+                    _one_json_value(F.col("raw"), "variant")
+                ),
+                "malformed_json",
+            ),
+            (~is_object, "not_a_json_object"),
+            (F.col("rec._corrupt").isNotNull() | F.col("url_not_a_string"), "schema_mismatch"),
         ]
     )
     return parsed.withColumn("parse_reason", reason)
 
 
-def _read_parquet(spark: SparkSession, files: list[str], schema: T.StructType) -> DataFrame:
+def _not_a_string(value: Column) -> Column:
+    """Whether a variant holds something other than a JSON string or null (an object as a URL)."""
+    return ~F.coalesce(F.schema_of_variant(value).isin("STRING", "VOID"), F.lit(True))
+
+
+def _read_parquet(reader: DataFrameReader, files: list[str], schema: T.StructType) -> DataFrame:
     file_schema = T.StructType([f for f in schema.fields if f.name != "_corrupt"])
-    df = spark.read.schema(file_schema).parquet(*files)
+    df = reader.schema(file_schema).parquet(*files)
     fields = []
     for field in schema.fields:
         if field.name == "_corrupt":
@@ -310,8 +348,10 @@ def _normalise_obelics(df: DataFrame, limits: Limits) -> DataFrame:
     images = F.transform(F.filter(indexed, lambda x: x["image"].isNotNull()), image_item)
     both = F.exists(indexed, lambda x: x["image"].isNotNull() & x["text"].isNotNull())
     neither = F.exists(indexed, lambda x: x["image"].isNull() & x["text"].isNull())
+    url_json = F.from_json(F.col("rec.general_metadata"), "struct<url: variant>", _JSON_OPTIONS)["url"]
     layout_reason = first_reason(
         [
+            (_not_a_string(url_json), "schema_mismatch"),
             (F.size(imgs) != F.size(txts), "unequal_list_lengths"),
             (both, "position_with_text_and_image"),
             (neither, "position_with_neither_text_nor_image"),
@@ -333,16 +373,43 @@ def _normalise_obelics(df: DataFrame, limits: Limits) -> DataFrame:
     )
 
 
+_GLOB_CHARACTERS = re.compile(r"[{}\[\]*?\\]")
+
+
+def _path_groups(files: list[str]) -> list[tuple[list[str], dict[str, str]]]:
+    """``files`` as groups of paths that Spark reads each file of once, with the reader options of each group.
+
+    Spark reads a path holding any of ``{}[]*?\\`` as a glob pattern: a name with ``{}`` or ``[]`` would match no
+    file (or another one), one with ``*`` or ``?`` other files too. Those characters are escaped. Hadoop's glob
+    cannot give back a name that also holds ":" (it parses the name as a URI), so such a file is read alone with
+    globbing off (Spark's ``__globPaths__``, right for one path only: with several it repeats them).
+    """
+    together: list[str] = []
+    alone: list[tuple[list[str], dict[str, str]]] = []
+    for path in files:
+        scheme, colon, rest = path.partition(":")
+        if not _GLOB_CHARACTERS.search(rest):
+            together.append(path)
+        elif ":" in rest:
+            alone.append(([path], {"__globPaths__": "false"}))
+        else:
+            together.append(scheme + colon + _GLOB_CHARACTERS.sub(r"\\\g<0>", rest))
+    return ([(together, {})] if together else []) + alone
+
+
 def read_documents(spark: SparkSession, inp: IngestInput, limits: Limits, files: list[str] | None = None) -> DataFrame:
     """One input dump (``files`` of it, default: all) as normalised documents (not yet validated), with source
     and layout columns; a document over ``limits`` keeps its counts but no texts or images."""
     schema = MMC4_SCHEMA if inp.layout == "mmc4" else OBELICS_SCHEMA
-    paths = files if files is not None else [inp.path]
     texts_field = "text_list" if inp.layout == "mmc4" else "texts"
-    if inp.format == "jsonl":
-        df = _read_jsonl(spark, paths, schema, texts_field)
-    else:
-        df = _read_parquet(spark, paths, schema)
+    parts = []
+    for paths, options in _path_groups(files) if files is not None else [([inp.path], {})]:
+        reader = spark.read.options(**_READ_OPTIONS, **options)
+        if inp.format == "jsonl":
+            parts.append(_read_jsonl(reader, paths, schema, texts_field))
+        else:
+            parts.append(_read_parquet(reader, paths, schema))
+    df = functools.reduce(DataFrame.unionByName, parts)
     normalised = _normalise_mmc4(df, limits) if inp.layout == "mmc4" else _normalise_obelics(df, limits)
     return normalised.select(F.lit(inp.source).alias("source"), F.lit(inp.layout).alias("layout"), "*")
 
@@ -392,6 +459,11 @@ def validate(docs: DataFrame, cfg: IngestConfig) -> DataFrame:
     )
 
 
+# A text of nothing but white space (tabs, line breaks, U+00A0, U+3000 and the other Unicode separators) and
+# zero-width characters (U+200B-U+200D, U+2060, U+FEFF, U+180E).
+_BLANK_TEXT = r"^[\p{IsWhite_Space}\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}\x{180E}]++$"
+
+
 def _texts(docs: DataFrame, cfg: IngestConfig) -> DataFrame:
     exploded = docs.select("doc_id", "source", "input_file", F.explode("texts").alias("t")).select(
         "doc_id", "source", "input_file", "t.position", "t.text", "t.json_type"
@@ -403,7 +475,8 @@ def _texts(docs: DataFrame, cfg: IngestConfig) -> DataFrame:
             # A number or an object in a list of texts is not a text ("2.5" would be kept as one otherwise).
             (json_type.isNotNull() & ~json_type.isin("STRING", "VOID"), "non_string_text"),
             (F.instr("text", "\u0000") > 0, "nul_in_text"),
-            (F.trim("text") == "", "empty_text"),
+            (F.col("text") == "", "empty_text"),
+            (F.col("text").rlike(_BLANK_TEXT), "blank_text"),
             (F.length("text") > cfg.max_text_chars, "text_too_large"),
         ]
     )
@@ -470,23 +543,50 @@ def _input_files(spark: SparkSession, cfg: IngestConfig) -> list[list[str]]:
             raise ConfigError(f"ingest.inputs[{i}].path: no such file or folder: {inp.path}")
         files: list[str] = []
         for status in matches:
+            folder = str(status.getPath().toString())
             if status.isFile():
-                files.append(str(status.getPath().toString()))
-                continue
-            found = fs.listFiles(status.getPath(), True)
-            while found.hasNext():
-                child = found.next().getPath()
-                relative = str(child.toString())[len(str(status.getPath().toString())) :]
-                if not any(part.startswith((".", "_")) for part in relative.split("/") if part):
-                    files.append(str(child.toString()))
+                files.append(folder)
+            elif status.getPath().toUri().getScheme() == "file":
+                files.extend(f"{folder}/{name}" for name in _local_files(str(status.getPath().toUri().getPath())))
+            else:
+                found = fs.listFiles(status.getPath(), True)
+                while found.hasNext():
+                    child = str(found.next().getPath().toString())
+                    if not any(part.startswith((".", "_")) for part in child[len(folder) :].split("/") if part):
+                        files.append(child)
         listed.append(sorted(set(files)))
     return listed
 
 
+def _local_files(root: str) -> list[str]:
+    """The files under local folder ``root`` (hidden and ``_`` ones skipped), relative to it. Links are followed,
+    but not into a folder already listed or one holding ``root``: a link such as ``loop -> ..`` would list the
+    input again, once per level (and two of them without end)."""
+    top = Path(root).resolve()
+    seen = {top}
+    files: list[str] = []
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    for folder, dirs, names in os.walk(root, onerror=fail, followlinks=True):
+        relative = Path(folder).relative_to(root)
+        files += [(relative / n).as_posix() for n in names if not n.startswith((".", "_"))]
+        kept = []
+        for d in sorted(dirs):
+            real = (Path(folder) / d).resolve()
+            if not d.startswith((".", "_")) and real not in seen and real not in top.parents:
+                seen.add(real)
+                kept.append(d)
+        dirs[:] = kept
+    return files
+
+
 def _failed_file(error: Exception, files: list[str]) -> str | None:
-    """The input file an error of a Spark read names (the longest match), or None."""
-    text = str(error)
-    named = [f for f in files if f in text or urllib.parse.urlsplit(f).path in text]
+    """The input file an error of a Spark read names (the longest match), or None. Spark may name a file by its URI
+    (``file:///a%20b.jsonl`` for ``file:/a b.jsonl``), so the error is searched with percent-escapes decoded too."""
+    texts = (str(error), urllib.parse.unquote(str(error)))
+    named = [f for f in files if any(f.split(":", 1)[-1] in text for text in texts)]
     return max(named, key=len) if named else None
 
 
@@ -530,21 +630,25 @@ def read_all(spark: SparkSession, icfg: IngestConfig) -> tuple[DataFrame, dict[t
         readable = [
             [f for f in files if (inp.source, f) not in bad] for inp, files in zip(icfg.inputs, listed, strict=True)
         ]
-        parts = [
-            read_documents(spark, inp, limits, files) for inp, files in zip(icfg.inputs, readable, strict=True) if files
-        ]
-        if not parts:  # every file unreadable: no documents, with the columns of the documents
-            first = next((i for i, files in enumerate(listed) if files), None)
-            inp = icfg.inputs[first or 0]
-            parts = [read_documents(spark, inp, limits, listed[first][:1] if first is not None else None).limit(0)]
-        docs = parts[0]
-        for more in parts[1:]:
-            docs = docs.unionByName(more)
-        docs = validate(docs, icfg).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
+        docs: DataFrame | None = None
+        try:  # Spark looks for the files when the read is planned: a file gone since the listing fails there
+            parts = [
+                read_documents(spark, inp, limits, files)
+                for inp, files in zip(icfg.inputs, readable, strict=True)
+                if files
+            ]
+            if not parts:  # every file unreadable: no documents, with the columns of the documents
+                first = next((i for i, files in enumerate(listed) if files), None)
+                inp = icfg.inputs[first or 0]
+                parts = [read_documents(spark, inp, limits, listed[first][:1] if first is not None else None).limit(0)]
+            docs = parts[0]
+            for more in parts[1:]:
+                docs = docs.unionByName(more)
+            docs = validate(docs, icfg).persist(StorageLevel.MEMORY_AND_DISK)
             docs.count()
         except Exception as e:  # only a failure that names an input file is handled
-            docs.unpersist()
+            if docs is not None:
+                docs.unpersist()
             candidates = [(inp.source, f) for inp, files in zip(icfg.inputs, readable, strict=True) for f in files]
             path = _failed_file(e, [f for _, f in candidates])
             if path is None or len(bad) >= MAX_UNREADABLE_FILES:

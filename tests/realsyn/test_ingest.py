@@ -278,12 +278,23 @@ def test_unreadable_files_are_rejected_and_the_good_ones_beside_them_ingested(
     mmc4.mkdir()
     (mmc4 / "good.jsonl.gz").write_bytes(gzip.compress(f"{doc(0)}\n{doc(1)}\n".encode()))
     whole = gzip.compress("\n".join(doc(i) for i in range(2, 400)).encode())
-    (mmc4 / "truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # EOFException inside the gzip stream
+    (mmc4 / "truncated 1.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # EOFException inside the gzip stream
     obelics = tmp_path / "obelics"
     write_obelics(obelics / "good.parquet", [obelics_doc("https://ob.example/1", ["Text.", None], [None, "u"])])
     (obelics / "notes.parquet").write_text("this is not a parquet file\n")
     wrong = {**obelics_doc("https://ob.example/2", ["T."], [None]), "images": "not a list"}
     write_obelics(obelics / "wrong-type.parquet", [wrong])
+    # Names Spark would read as globs ({}, [], *) or Hadoop's checksum layer cannot open (":"), and two links back
+    # up the tree (to the input folder, to the folder above it): every file is read, and once. A link to nothing is
+    # an unreadable file.
+    odd = ["{a}.jsonl", "[b].jsonl", "c:d.jsonl", "e f%41#?ü.jsonl", "x*.jsonl", "xy.jsonl"]
+    for i, name in enumerate(odd, start=400):
+        (mmc4 / name).write_text(doc(i) + "\n")
+    (mmc4 / "sub").mkdir()
+    (mmc4 / "sub" / "loop").symlink_to("..")
+    (mmc4 / "up").symlink_to("..")
+    (mmc4 / "gone.jsonl").symlink_to("nowhere.jsonl")
+    write_obelics(obelics / "{p}:[q].parquet", [obelics_doc("https://ob.example/3", ["Odd name.", None], [None, "v"])])
     cfg = config(
         storage,
         IngestInput(path=str(mmc4), layout="mmc4", source="m"),
@@ -291,24 +302,26 @@ def test_unreadable_files_are_rejected_and_the_good_ones_beside_them_ingested(
     )
     summary = run_ingest(lakehouse, cfg)
 
-    assert (summary.documents_read, summary.documents_new, summary.documents_rejected) == (3, 3, 0)
-    assert sorted(r["text"] for r in lakehouse.read(BRONZE_TEXTS).collect()) == ["Text 0.", "Text 1.", "Text."]
+    assert (summary.documents_read, summary.documents_new, summary.documents_rejected) == (10, 10, 0)
+    texts = ["Text 0.", "Text 1.", *(f"Text {i}." for i in range(400, 406)), "Text.", "Odd name."]
+    assert sorted(r["text"] for r in lakehouse.read(BRONZE_TEXTS).collect()) == sorted(texts)
     rejects = sorted(
         (r["source"], r["kind"], Path(r["input_file"]).name, r["reason"], bool(r["detail"]))
         for r in lakehouse.read(BRONZE_INGEST_REJECTS).collect()
     )
     assert rejects == [
-        ("m", "file", "truncated.jsonl.gz", "unreadable_file", True),
+        ("m", "file", "gone.jsonl", "unreadable_file", True),
+        ("m", "file", "truncated 1.jsonl.gz", "unreadable_file", True),
         ("o", "file", "notes.parquet", "unreadable_file", True),
         ("o", "file", "wrong-type.parquet", "unreadable_file", True),
     ]
 
     # Fixed in place, the file is read by the next run and its reject row goes.
-    (mmc4 / "truncated.jsonl.gz").write_bytes(whole)
+    (mmc4 / "truncated 1.jsonl.gz").write_bytes(whole)
     again = run_ingest(lakehouse, cfg)
-    assert (again.documents_new, again.documents_already_present) == (398, 3)
+    assert (again.documents_new, again.documents_already_present) == (398, 10)
     names = sorted(Path(r["input_file"]).name for r in lakehouse.read(BRONZE_INGEST_REJECTS).collect())
-    assert names == ["notes.parquet", "wrong-type.parquet"]
+    assert names == ["gone.jsonl", "notes.parquet", "wrong-type.parquet"]
 
 
 def test_every_broken_line_is_a_reject_and_one_bad_field_rejects_only_that_field(
@@ -317,9 +330,16 @@ def test_every_broken_line_is_a_reject_and_one_bad_field_rejects_only_that_field
     def doc(url: str, texts: object, images: object = ()) -> bytes:
         return json.dumps({"url": url, "text_list": texts, "image_info": list(images)}).encode()
 
+    # Over Jackson's default limit of 20,000,000 characters in one string.
+    data_uri = "data:image/png;base64," + "A" * 20_000_000
     lines = [
         b'{"url": "https://bad.example/1", "text_list": ["unterminated',
         b'{"url": "https://bad.example/1", "text_list": ["unterminated',  # the same broken line again
+        doc("https://bad.example/2", ["Two objects"]) + b" " + doc("https://bad.example/3", ["on one line."]),
+        doc("https://bad.example/4", ["Trailing content."]) + b" x",
+        doc("https://bad.example/5", ["Trailing content after ]."]) + b"] x",
+        b"{'url': 'https://bad.example/6', 'text_list': ['Single quotes.']}",
+        b'{"url": {"a": 1}, "text_list": ["An object as URL."]}',
         b"\xef\xbb\xbf" + doc("https://ok.example/bom", ["After a byte-order mark."]),
         doc(
             "https://ok.example/fields",
@@ -328,36 +348,46 @@ def test_every_broken_line_is_a_reject_and_one_bad_field_rejects_only_that_field
                 {"raw_url": "https://i.example/a.jpg", "matched_text_index": "one", "matched_sim": 0.3},
                 {"raw_url": "https://i.example/b.jpg", "matched_text_index": 1},
                 {"raw_url": "https://i.example/c.jpg", "matched_text_index": 0, "matched_sim": 0.5},
+                {"raw_url": "https://i.example/d.jpg", "matched_text_index": 2**40},
             ],
         )
         .replace(b"0.3", b"0.3")
         .replace(b'"matched_text_index": 1}', b'"matched_text_index": 1, "matched_sim": NaN}'),
-        doc("https://ok.example/types", ["A text.", 2.5, {"a": 1}, "Nul\u0000inside."]),
+        doc(
+            "https://ok.example/types",
+            ["A text.", 2.5, {"a": 1}, "Nul\u0000inside.", " \t\n\u00a0\u2003\u3000", "\u200b\u200c\u200d\u2060\ufeff"],
+        ),
+        doc("https://ok.example/data", ["A large inline image."], [{"raw_url": data_uri}]),
     ]
     mmc4 = tmp_path / "mmc4" / "docs.jsonl"
     mmc4.parent.mkdir()
     mmc4.write_bytes(b"\n".join(lines) + b"\n")
     summary = run_ingest(lakehouse, config(storage, IngestInput(path=str(mmc4.parent), layout="mmc4", source="m")))
 
-    assert (summary.documents_read, summary.documents_new, summary.documents_rejected) == (5, 3, 2)
+    assert (summary.documents_read, summary.documents_new, summary.documents_rejected) == (11, 4, 7)
     rejects = sorted(
         (r["kind"], r["position"], r["reason"], r["detail"]) for r in lakehouse.read(BRONZE_INGEST_REJECTS).collect()
     )
     assert rejects == [
-        ("document", None, "malformed_json", None),
-        ("document", None, "malformed_json", None),
+        *[("document", None, "malformed_json", None)] * 6,
+        ("document", None, "schema_mismatch", None),
         ("field", 0, "invalid_matched_text_index", "one"),
         ("field", 1, "invalid_matched_sim", "NaN"),
+        ("field", 3, "invalid_matched_text_index", "1099511627776"),
         ("text", 1, "non_string_text", "JSON type DECIMAL"),
         ("text", 2, "non_string_text", "JSON type OBJECT"),
         ("text", 3, "nul_in_text", None),
+        ("text", 4, "blank_text", None),
+        ("text", 5, "blank_text", None),
     ]
-    assert lakehouse.read(BRONZE_INGEST_REJECTS).select("reject_id").distinct().count() == 7
+    assert lakehouse.read(BRONZE_INGEST_REJECTS).select("reject_id").distinct().count() == 15
     refs = lakehouse.read(BRONZE_IMAGE_REFS).select("url", "matched_text_index", "matched_sim")
     assert sorted(tuple(r) for r in refs.collect()) == [
+        (data_uri, None, None),
         ("https://i.example/a.jpg", None, 0.3),
         ("https://i.example/b.jpg", 1, None),
         ("https://i.example/c.jpg", 0, 0.5),
+        ("https://i.example/d.jpg", None, None),
     ]
     texts = sorted(r["text"] for r in lakehouse.read(BRONZE_TEXTS).collect())
-    assert texts == ["A text.", "After a byte-order mark.", "Caption one.", "Caption two."]
+    assert texts == ["A large inline image.", "A text.", "After a byte-order mark.", "Caption one.", "Caption two."]
