@@ -333,18 +333,17 @@ def decode_check(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECOD
             orientation = exif_orientation(img)
             if fmt == "JPEG":
                 img.draft(None, (max(1, header.width // 8), max(1, header.height // 8)))
+            turned = orientation in (5, 6, 7, 8)
+            width, height = (header.height, header.width) if turned else (header.width, header.height)
             too_big = bound_decode(img, max_decoded_bytes)
             if too_big is not None:
-                return ImageCheck(TOO_MANY_PIXELS, too_big, header.width, header.height, fmt)
+                return ImageCheck(TOO_MANY_PIXELS, too_big, width, height, fmt)
             img.load()
         except Exception as e:
             failure = decode_failure(e)
             return ImageCheck(_DECODE_STATUS[failure.reason], failure.detail, format=fmt)
         finally:
             img.close()
-    width, height = header.width, header.height
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
     return ImageCheck(OK, None, width, height, fmt)
 
 

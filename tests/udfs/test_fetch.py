@@ -720,6 +720,11 @@ def test_images_under_the_pixel_limit_but_huge_decoded_are_bounded(monkeypatch: 
     # A JPEG is checked at 1/8 scale (~5 MB) and passes; a higher bound lets the PNG through too.
     assert F.validate_image(jpeg, 89_478_485) == F.ImageCheck(F.OK, None, 9000, 9000, "JPEG")
     assert F.validate_image(png, 89_478_485, max_decoded_bytes=400_000_000).status == F.OK
+    # A refused image's size is as displayed, as an accepted one's is: EXIF orientation 6 turns 9000x4000 upright.
+    turned = io.BytesIO()
+    Image.new("RGB", (9000, 4000), (10, 20, 30)).save(turned, "PNG", exif=exif)
+    check = F.validate_image(turned.getvalue(), 89_478_485, max_decoded_bytes=100_000_000)
+    assert (check.status, check.width, check.height) == (F.TOO_MANY_PIXELS, 4000, 9000)
     # The refusal decodes nothing (the header check too: Pillow's PNG EXIF lookup would decode the whole image).
     from PIL import PngImagePlugin
 
