@@ -1,10 +1,12 @@
-"""The bad-input corpus: malformed documents, texts, URLs and image bytes, one of each kind, with the outcome each
-must have. Written on demand (``python tests/data/bad_inputs/make_bad_inputs.py OUT BASE_URL``, or
-:func:`write_corpus` from a test) because the image URLs name the port of the test's HTTP server.
+"""The bad-input corpus: malformed documents, texts, file names, URLs, HTTP replies and image bytes, one of each
+kind, with the outcome each must have. Written on demand (``python tests/data/bad_inputs/make_bad_inputs.py OUT
+BASE_URL``, or :func:`write_corpus` from a test) because the image URLs name the port of the test's HTTP server.
 
 Layout under ``out``: ``images/`` (the files the HTTP server serves, also read as ``file://`` URIs),
-``mmc4/`` (``docs.jsonl``, a good and a truncated ``.jsonl.gz``), ``obelics/`` (a parquet shard and a file that
-is not parquet). :data:`KINDS` names every kind of bad input and where it must end.
+``mmc4/`` (``docs.jsonl``, a good and a truncated ``.jsonl.gz``, files whose names Spark would read as globs or
+Hadoop as a URI, a link back up the tree and a link to nothing), ``obelics/`` (parquet shards, one with such a name,
+and a file that is not parquet). :data:`KINDS` names every kind of bad input and where it must end: the first
+corpus's kinds, then :data:`SECOND_KINDS`, a second corpus written apart from the first, as a hostile user would.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from skimage import data
+from sklearn.datasets import load_sample_image
 
 # kind of bad input -> where it must end (table, reason or status). Checked by tests/jobs/test_bad_inputs.py.
 KINDS = {
@@ -67,6 +70,30 @@ KINDS = {
     "password and signed-URL tokens in an image URL": "fetched ok with Basic auth; no table or export after the "
     "fetch holds any of SECRETS (gold.dataset.url_redacted true)",
 }
+SECOND_KINDS = {
+    "two JSON objects on one line": "document/malformed_json (neither ingested)",
+    "a JSON object and trailing garbage on its line": "document/malformed_json",
+    "single-quoted pseudo-JSON": "document/malformed_json",
+    "MMC4 url that is a JSON object": "document/schema_mismatch",
+    "OBELICS url that is a JSON object": "document/schema_mismatch",
+    "20 MB data: URI as an image URL": "ingested whole; fetch not_an_image (its bytes decode to zeros)",
+    "matched_text_index of 2^40": "field/invalid_matched_text_index (image kept)",
+    "text of white space only (tab, newline, NBSP, em and ideographic spaces)": "text/blank_text",
+    "text of zero-width characters only": "text/blank_text",
+    "file name with {}": "read",
+    "file name with []": "read",
+    "file name with :": "read",
+    "file name with *": "read",
+    "parquet file name with {} : []": "read",
+    "symbolic link back up the input folder (a loop)": "every file read once",
+    "symbolic link to nothing": "file/unreadable_file",
+    "JPEG with EXIF orientation 6": "silver.images as displayed: 427x640, stored 640x427",
+    "the same picture as JPEG q95 and as PNG": "one image kept, the other perceptual_dedup/near_duplicate",
+    "the same bytes at three URLs": "one image kept, two exact_dedup/exact_duplicate rejects, each with its own key",
+    "reply longer than its Content-Length": "fetch malformed_response",
+    "reply shorter than its Content-Length": "fetch connection_error",
+    "invalid punycode host (xn--)": "fetch invalid_url, no DNS lookup",
+}
 
 # Planted in one image URL (userinfo password, an S3 signature, a token): nothing after the fetch may hold them.
 SECRETS = ("pw-5ecret", "s1gnature-5ecret", "t0ken-5ecret")
@@ -84,9 +111,9 @@ RTL = "مرحبا بكم في المدينة القديمة الجميلة جد�
 EMOJI = "😀😀😀 🎉🎉"
 
 
-def _encode(img: Image.Image, fmt: str) -> bytes:
+def _encode(img: Image.Image, fmt: str, **options: object) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, fmt)
+    img.save(buf, fmt, **options)
     return buf.getvalue()
 
 
@@ -114,7 +141,36 @@ def image_files() -> dict[str, bytes]:
         "page.jpg": b"<!doctype html><html><body>not an image</body></html>",
         "bomb.png": _bomb_png(100_000, 100_000),
         "huge.png": _encode(Image.new("RGB", (9000, 9000), (30, 60, 90)), "PNG"),
+        **second_image_files(),
     }
+
+
+def second_image_files() -> dict[str, bytes]:
+    """The second corpus's images: EXIF-turned, one picture in two formats, one file served at three URLs."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to display
+    flower = Image.fromarray(load_sample_image("flower.jpg"))
+    return {
+        "turned.jpg": _encode(Image.fromarray(load_sample_image("china.jpg")), "JPEG", exif=exif),
+        "flower.jpg": _encode(flower, "JPEG", quality=95),
+        "flower.png": _encode(flower, "PNG"),
+        "hubble.jpg": _encode(Image.fromarray(data.hubble_deep_field()), "JPEG"),
+    }
+
+
+def raw_replies() -> dict[str, bytes]:
+    """Path -> the bytes of a reply whose body is longer or shorter than its Content-Length (the server writes them
+    as they are, then closes the connection)."""
+    body = _encode(Image.fromarray(data.coffee()), "JPEG")
+
+    def reply(length: int) -> bytes:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        return head.encode() + body
+
+    return {"/raw/longer": reply(len(body) - 100), "/raw/shorter": reply(len(body) + 100)}
+
+
+DATA_URI = "data:image/png;base64," + "A" * 20_000_000  # over Jackson's default limit of 20,000,000 characters
 
 
 def hostile_urls(base: str, images: Path) -> dict[str, str]:
@@ -144,6 +200,15 @@ def hostile_urls(base: str, images: Path) -> dict[str, str]:
         "file:///etc/passwd": "blocked",
         "not a url at all": "invalid_url",
         "http://[::1/x": "invalid_url",
+        # The second corpus.
+        f"{base}/turned.jpg": "ok",
+        f"{base}/flower.jpg": "ok",
+        f"{base}/flower.png": "ok",
+        **{f"{base}/hubble.jpg{query}": "ok" for query in ("", "?copy=2", "?copy=3")},
+        f"{base}/raw/longer": "malformed_response",
+        f"{base}/raw/shorter": "connection_error",
+        "http://xn--/a.jpg": "invalid_url",
+        DATA_URI: "not_an_image",
     }
 
 
@@ -190,9 +255,15 @@ def write_corpus(out: Path, base: str) -> dict[str, str]:
             ],
         ),
     ]
+    lines += _second_lines(base)
     mmc4 = out / "mmc4"
     mmc4.mkdir(exist_ok=True)
     (mmc4 / "docs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    for name in ODD_NAMES:
+        (mmc4 / f"{name}.jsonl").write_bytes(_mmc4(f"https://ok.example/{name}", [f"Read from the file {name}."]))
+    (mmc4 / "sub").mkdir(exist_ok=True)
+    (mmc4 / "sub" / "loop").symlink_to("..")
+    (mmc4 / "gone.jsonl").symlink_to("nowhere.jsonl")
     (mmc4 / "good.jsonl.gz").write_bytes(gzip.compress(_mmc4("https://ok.example/gz", [CAPTIONS[0] + " Again."])))
     whole = gzip.compress(b"\n".join(_mmc4(f"https://lost.example/{i}", [f"Lost {i}."]) for i in range(300)))
     (mmc4 / "truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])
@@ -209,8 +280,29 @@ def write_corpus(out: Path, base: str) -> dict[str, str]:
         ob("https://ob.example/both", ["A caption."], [f"{base}/coffee.jpg"]),
     ]
     pq.write_table(pa.Table.from_pylist(rows), obelics / "docs.parquet")
+    odd = ob("https://ob.example/odd-name", [CAPTIONS[2], None], [None, f"{base}/coffee.jpg"])
+    url_object = {**ob("", ["A caption."], [None]), "general_metadata": json.dumps({"url": {"a": 1}})}
+    pq.write_table(pa.Table.from_pylist([odd, url_object]), obelics / "{p}:[q].parquet")
     (obelics / "notes.parquet").write_text("this file is not parquet\n")
     return urls
+
+
+ODD_NAMES = ("{a}", "[b]", "c:d", "x*")  # Spark reads {} [] * as globs; Hadoop's checksum layer chokes on ":"
+
+
+def _second_lines(base: str) -> list[bytes]:
+    """The second corpus's lines of ``mmc4/docs.jsonl``."""
+    return [
+        _mmc4("https://bad.example/two-1", ["One."]) + b" " + _mmc4("https://bad.example/two-2", ["Two."]),
+        _mmc4("https://bad.example/trailing", ["Trailing garbage."]) + b" x",
+        b"{'url': 'https://bad.example/quotes', 'text_list': ['Single quotes.']}",
+        b'{"url": {"a": 1}, "text_list": ["An object as URL."], "image_info": []}',
+        _mmc4(
+            "https://ok.example/second-fields",
+            [CAPTIONS[3], " \t\n\u00a0\u2003\u3000", "\u200b\u200c\u200d\u2060\ufeff"],
+            [{"raw_url": f"{base}/coffee.jpg", "matched_text_index": 2**40}],
+        ),
+    ]
 
 
 if __name__ == "__main__":
