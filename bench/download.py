@@ -380,7 +380,8 @@ def main() -> None:
         def urls_for(tag: str) -> list[str]:  # fresh query strings: no run profits from another's caches
             return [f"http://127.0.0.1:{port}/img/{i}.jpg?{tag}" for i in range(n)]
 
-        from udfs.fetch import OK, FetchOptions, fetch_batch
+        from udfs.fetch import OK, fetch_batch
+        from udfs.fetch_schema import FetchOptions
 
         opts = FetchOptions(allow_networks=("127.0.0.0/8",), concurrency=args.concurrency, per_host=args.concurrency)
         # Untimed: a session on a long-running cluster has run jobs before, so its JVM has compiled the MERGE path.

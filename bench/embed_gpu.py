@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from udfs.clip import get_spec, load_registry
+    from udfs.models import get_spec, load_registry
 
     if args.device != "cpu" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --device cpu for a logic check")

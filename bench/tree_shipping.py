@@ -1,6 +1,6 @@
 """How a large k-means tree reaches the Spark tasks: inside the task closure versus as a memory-mapped file.
 
-``realsyn.clustering.shipped`` sends a tree whose leaves exceed ``INLINE_TREE_BYTES`` as an .npy file that every
+``realsyn.tree.shipped`` sends a tree whose leaves exceed ``INLINE_TREE_BYTES`` as an .npy file that every
 executor memory-maps, instead of inside the pickled closure that every task unpickles. This benchmark times
 ``assign_leaves`` (descent of every row, written to parquet) over the same rows with the same tree both ways, in
 one local Spark session, alternating, fastest of ``--repeats`` kept. The tree is random (unit vectors): only
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.rows, args.coarse, args.fan = 50_000, 200, 200
 
+    import realsyn.tree
     from realsyn import clustering
 
     spark = local_spark("bench-tree-shipping")
@@ -55,20 +56,20 @@ def main(argv: list[str] | None = None) -> None:
     tree = random_tree(args.coarse, args.fan, args.dim, 0)
     rng = np.random.default_rng(1)
     x = l2_normalize(rng.normal(size=(args.rows, args.dim)).astype(np.float32))
-    limit = clustering.INLINE_TREE_BYTES
+    limit = realsyn.tree.INLINE_TREE_BYTES
     with tempfile.TemporaryDirectory() as tmp:
         df = spark.read.parquet(write_parquet(x, f"{tmp}/rows.parquet", "sentence_id", "s"))
         tasks = df.rdd.getNumPartitions()
 
         def timed(inline: bool, tag: str) -> float:
-            clustering.INLINE_TREE_BYTES = tree.leaves.nbytes if inline else 0
+            realsyn.tree.INLINE_TREE_BYTES = tree.leaves.nbytes if inline else 0
             try:
                 started = time.perf_counter()
                 out = clustering.assign_leaves(df, tree, "sentence_id", coarse_probe=3).select("sentence_id", "leaf_id")
                 out.write.parquet(f"{tmp}/{tag}.parquet")
                 return time.perf_counter() - started
             finally:
-                clustering.INLINE_TREE_BYTES = limit
+                realsyn.tree.INLINE_TREE_BYTES = limit
 
         timed(True, "warm-inline")
         timed(False, "warm-file")

@@ -41,7 +41,6 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.clustering import LEVEL_LEAF
 from realsyn.config import BalanceConfig, Config
 from realsyn.contracts import (
     BRONZE_IMAGE_REFS,
@@ -49,6 +48,8 @@ from realsyn.contracts import (
     GOLD_DATASET_REJECTS,
     GOLD_SYNTHETIC_TEXT_REJECTS,
     GOLD_SYNTHETIC_TEXTS,
+    LEVEL_LEAF,
+    RETRIEVED_TEXTS,
     SILVER_IMAGE_CENTROIDS,
     SILVER_IMAGE_CLUSTERS,
     SILVER_IMAGE_EMBEDDINGS,
@@ -56,6 +57,7 @@ from realsyn.contracts import (
     SILVER_RETRIEVAL,
     SILVER_SENTENCES,
     Table,
+    scale_column,
 )
 from realsyn.funnel import REASON, FunnelStep, first_reason, split, write_funnel
 from realsyn.tables import Lakehouse
@@ -67,13 +69,6 @@ SYNTHETIC_TEXT_REJECTED = "synthetic_text_rejected"
 NO_SYNTHETIC_TEXT = "no_synthetic_text"
 NO_RETRIEVED_TEXT = "no_retrieved_text"
 NO_CLUSTER = "no_cluster"
-SCALE_PREFIX = "scale_"
-TEXTS = 3  # text1..text3 of the release
-
-
-def scale_column(name: str) -> str:
-    """The boolean membership column of scale ``name`` in gold.dataset."""
-    return f"{SCALE_PREFIX}{name}"
 
 
 @dataclass(frozen=True)
@@ -136,18 +131,18 @@ def _key_filter(cfg: Config) -> Column:
 def retrieved_texts(retrieval: DataFrame, sentences: DataFrame, model_id: str) -> DataFrame:
     """One row per image: text1..text3 by rank, and the sentence ids and scores in rank order."""
     ranked = (
-        retrieval.filter((F.col("model_id") == model_id) & (F.col("rank") <= TEXTS))
+        retrieval.filter((F.col("model_id") == model_id) & (F.col("rank") <= RETRIEVED_TEXTS))
         .select("image_id", "rank", "sentence_id", "score")
         .join(sentences.select("sentence_id", "text"), "sentence_id", "left")
     )
-    texts = [F.max(F.when(F.col("rank") == r, F.col("text"))).alias(f"text{r}") for r in range(1, TEXTS + 1)]
+    texts = [F.max(F.when(F.col("rank") == r, F.col("text"))).alias(f"text{r}") for r in range(1, RETRIEVED_TEXTS + 1)]
     by_rank = F.array_sort(F.collect_list(F.struct("rank", "sentence_id", "score")))
     return (
         ranked.groupBy("image_id")
         .agg(*texts, by_rank.alias("_ranked"))
         .select(
             "image_id",
-            *[f"text{r}" for r in range(1, TEXTS + 1)],
+            *[f"text{r}" for r in range(1, RETRIEVED_TEXTS + 1)],
             F.col("_ranked.sentence_id").alias("retrieved_sentence_ids"),
             F.col("_ranked.score").alias("retrieval_scores"),
         )
@@ -360,7 +355,7 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
         "image_id",
         "raw_image_url",
         F.coalesce("url_redacted", F.lit(False)).alias("url_redacted"),
-        *[f"text{r}" for r in range(1, TEXTS + 1)],
+        *[f"text{r}" for r in range(1, RETRIEVED_TEXTS + 1)],
         "syn_text",
         "coarse_id",
         "leaf_id",

@@ -17,7 +17,8 @@ nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters, every ce
 its rows; partial sums per leaf are computed inside each partition and reduced in one shuffle keyed by leaf).
 Finally every row goes to its nearest leaf under its ``assign_coarse_probe`` nearest coarse clusters. The UDFs
 read embeddings straight from Arrow buffers (no Python object per row). The tree reaches the tasks inside their
-closure, or, once its leaves pass ``INLINE_TREE_BYTES``, as a file that every executor memory-maps (``shipped``).
+closure, or, once its leaves pass ``INLINE_TREE_BYTES``, as a file that every executor memory-maps
+(:func:`realsyn.tree.shipped`).
 
 ``run_cluster_sentences`` applies this to ``silver.sentence_embeddings`` (section ``cluster``) and writes
 ``silver.sentence_centroids`` (model_id, level, centroid_id, parent_id, vector, size) and
@@ -33,26 +34,21 @@ another length than the model's, NaN or infinite values, all zero) are left out,
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import math
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.pandas.types import to_arrow_schema
 
-from realsyn.config import ClusterConfig, Config, ConfigError
+from realsyn.config import ClusterConfig, Config
 from realsyn.contracts import (
     SILVER_IMAGE_CENTROIDS,
     SILVER_IMAGE_CLUSTER_REJECTS,
@@ -68,15 +64,22 @@ from realsyn.contracts import (
 )
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse
+from realsyn.tree import centroids_frame, shipped, tree_from_centroids
+from realsyn.vectors import (
+    hash_sample,
+    hash_uniform,
+    resolve_model_id,
+    sorted_matrix,
+    usable_embeddings,
+    with_label,
+    with_nearest,
+)
 from realsyn.workers import array_device
 from udfs.kmeans import local_refined, refined, replace_fine, spherical_kmeans, sums_by_label
 from udfs.tree import Tree, boundary_rows, nearest_leaf
-from udfs.vectors import arrow_matrix, assign, embedding_problems, matrix_column, top_p
+from udfs.vectors import arrow_matrix, matrix_column
 
 log = logging.getLogger(__name__)
-
-LEVEL_COARSE = 0
-LEVEL_LEAF = 1
 
 _FINE_SCHEMA = T.StructType(
     [
@@ -101,57 +104,6 @@ _SUMS_SCHEMA = T.StructType(
     ]
 )
 
-_HASH_RANGE = 1 << 30
-
-# Leaves larger than this reach the tasks as a memory-mapped file rather than inside the task closure.
-INLINE_TREE_BYTES = 64 << 20
-_shipped_dir: str | None = None
-_mapped: dict[str, Tree] = {}
-
-
-def shipped(spark: SparkSession, tree: Tree) -> Callable[[], Tree]:
-    """A function that returns ``tree`` inside Spark tasks (and on the driver).
-
-    A tree whose leaves hold at most ``INLINE_TREE_BYTES`` travels inside the task closure. A larger one (the
-    paper's 2M leaves x 768 floats are 6 GB) would be unpickled by every task of every Python worker; its leaves
-    are instead written once to an .npy file that ``SparkContext.addFile`` copies to each executor, where tasks
-    memory-map it: the workers of one executor share one copy in the page cache, and a task pays nothing to load
-    it again. The file lives in a temporary folder removed when the driver exits (executors that join later
-    still fetch it).
-    """
-    if tree.leaves.nbytes <= INLINE_TREE_BYTES:
-        return functools.partial(_identity, tree)
-    global _shipped_dir
-    if _shipped_dir is None:
-        _shipped_dir = tempfile.mkdtemp(prefix="realsyn-trees-")
-        atexit.register(shutil.rmtree, _shipped_dir, ignore_errors=True)
-    name = f"tree-{uuid.uuid4().hex}.npy"
-    path = f"{_shipped_dir}/{name}"
-    np.save(path, np.ascontiguousarray(tree.leaves, np.float32))
-    spark.sparkContext.addFile(path)
-    return functools.partial(_mapped_tree, name, tree.coarse, tree.parent)
-
-
-def _identity(tree: Tree) -> Tree:
-    return tree
-
-
-def _mapped_tree(name: str, coarse: np.ndarray, parent: np.ndarray) -> Tree:
-    """The tree whose leaves were shipped as file ``name``, memory-mapped once per Python process."""
-    tree = _mapped.get(name)
-    if tree is None:
-        from pyspark import SparkFiles
-
-        tree = _mapped[name] = Tree(coarse, np.load(SparkFiles.get(name), mmap_mode="r"), parent)
-        while len(_mapped) > 2:  # refinement ships a new tree per step; older ones are not used again
-            del _mapped[next(iter(_mapped))]
-    return tree
-
-
-def hash_uniform(id_col: str, seed: int) -> Column:
-    """A number in [0, 1) that depends only on the id and the seed: a sample that ignores partitioning."""
-    return F.pmod(F.xxhash64(F.col(id_col), F.lit(seed)), F.lit(_HASH_RANGE)) / F.lit(float(_HASH_RANGE))
-
 
 def coarse_cluster_count(n_rows: int, cfg: ClusterConfig) -> int:
     """K1: ``cfg.coarse_clusters`` if set, else about sqrt(number of leaves) so both levels have similar fan-out."""
@@ -163,19 +115,6 @@ def coarse_cluster_count(n_rows: int, cfg: ClusterConfig) -> int:
 def fine_cluster_count(n_rows: int, leaf_size: int) -> int:
     """Leaves under a coarse cluster of ``n_rows`` rows: about one per ``leaf_size`` rows, at least one."""
     return max(1, round(n_rows / leaf_size))
-
-
-def sorted_matrix(table: pa.Table, id_col: str, embedding_col: str, dim: int) -> np.ndarray:
-    """Embeddings ordered by id, so training does not depend on the order rows arrive in."""
-    order = pc.sort_indices(table, sort_keys=[(id_col, "ascending")])
-    return arrow_matrix(table.column(embedding_col).take(order), dim)
-
-
-def hash_sample(rows: DataFrame, id_col: str, seed: int, fraction: float) -> pa.Table:
-    """About ``fraction`` of ``rows`` chosen by the hash of their id (:func:`hash_uniform`), as Arrow on the
-    driver; the whole (then small) input when a tiny fraction misses every row."""
-    sample = rows.filter(hash_uniform(id_col, seed) < fraction).toArrow() if fraction < 1 else rows.toArrow()
-    return sample if sample.num_rows else rows.toArrow()
 
 
 def train_tree(
@@ -373,37 +312,6 @@ def refine_tree(rows: DataFrame, tree: Tree, coarse_probe: int, embedding_col: s
     return refined(tree, table.column("leaf_id").to_numpy(), sums)
 
 
-def _with_label(
-    df: DataFrame, embedding_col: str, out_col: str, dim: int, label: Callable[[np.ndarray], np.ndarray]
-) -> DataFrame:
-    """``df`` plus ``out_col``: ``label`` applied to each Arrow batch's (rows, ``dim``) embedding matrix."""
-    schema = T.StructType([*df.schema.fields, T.StructField(out_col, T.LongType(), False)])
-
-    def labelled(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-        for batch in batches:
-            labels = label(arrow_matrix(batch.column(embedding_col), dim))
-            yield batch.append_column(out_col, pa.array(labels, pa.int64()))
-
-    return df.mapInArrow(labelled, schema)
-
-
-def with_nearest(df: DataFrame, centroids: np.ndarray, embedding_col: str, out_col: str, p: int = 1) -> DataFrame:
-    """``df`` plus the index of the nearest of ``centroids`` (a flat level) in ``out_col``; with ``p`` > 1, one
-    row for each of the ``p`` nearest (best first)."""
-    if p == 1:
-        return _with_label(df, embedding_col, out_col, centroids.shape[1], lambda x: assign(x, centroids)[0])
-    schema = T.StructType([*df.schema.fields, T.StructField(out_col, T.LongType(), False)])
-    dim = centroids.shape[1]
-
-    def labelled(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-        for batch in batches:
-            idx, _ = top_p(arrow_matrix(batch.column(embedding_col), dim), centroids, p)
-            rows = pa.array(np.repeat(np.arange(batch.num_rows), idx.shape[1]))
-            yield batch.take(rows).append_column(out_col, pa.array(idx.reshape(-1), pa.int64()))
-
-    return df.mapInArrow(labelled, schema)
-
-
 def assign_leaves(
     df: DataFrame, tree: Tree, id_col: str = "id", embedding_col: str = "embedding", coarse_probe: int = 1
 ) -> DataFrame:
@@ -414,62 +322,9 @@ def assign_leaves(
     coarse boundary (bench/kmeans.py).
     """
     load = shipped(df.sparkSession, tree)
-    return _with_label(
+    return with_label(
         df, embedding_col, "leaf_id", tree.leaves.shape[1], lambda x: nearest_leaf(x, load(), coarse_probe)[0]
     )
-
-
-def centroids_frame(spark: SparkSession, tree: Tree, model_id: str, leaf_sizes: np.ndarray) -> DataFrame:
-    """The rows of a centroids table for ``tree``: coarse level 0 (size = sum of its leaves) and leaves level 1.
-
-    ``leaf_sizes[i]`` is the number of rows of leaf ``i``. Built from Arrow buffers: a tree of millions of
-    leaves goes to Spark without a Python object per float.
-    """
-    sizes = np.asarray(leaf_sizes, np.int64)
-    if sizes.shape != (tree.n_leaves,):
-        raise ValueError(f"{sizes.shape[0]} leaf sizes for {tree.n_leaves} leaves")
-    n_coarse = tree.coarse.shape[0]
-    coarse_sizes = np.bincount(tree.parent, weights=sizes, minlength=n_coarse).astype(np.int64)
-    n = n_coarse + tree.n_leaves
-    table = pa.table(
-        {
-            "model_id": pa.array(np.full(n, model_id, dtype=object), pa.string()),
-            "level": pa.array(np.r_[np.full(n_coarse, LEVEL_COARSE), np.full(tree.n_leaves, LEVEL_LEAF)], pa.int32()),
-            "centroid_id": pa.array(np.r_[np.arange(n_coarse), np.arange(tree.n_leaves)], pa.int64()),
-            "parent_id": pa.array(
-                np.r_[np.zeros(n_coarse, np.int64), tree.parent],
-                pa.int64(),
-                mask=np.r_[np.ones(n_coarse, bool), np.zeros(tree.n_leaves, bool)],
-            ),
-            "vector": matrix_column(np.concatenate([tree.coarse, tree.leaves])),
-            "size": pa.array(np.r_[coarse_sizes, sizes], pa.int64()),
-        }
-    )
-    return spark.createDataFrame(table, SILVER_SENTENCE_CENTROIDS.schema)  # both centroid tables have it
-
-
-def tree_from_centroids(centroids: DataFrame, model_id: str) -> Tree:
-    """Load the tree of ``model_id`` back from a centroids table (collected to the driver through Arrow)."""
-    table = (
-        centroids.filter(F.col("model_id") == model_id).select("level", "centroid_id", "parent_id", "vector").toArrow()
-    )
-    if table.num_rows == 0:
-        return Tree.from_parts(np.zeros((0, 0), np.float32), [])
-    level = table.column("level").to_numpy()
-    ids = table.column("centroid_id").to_numpy()
-    vectors = table.column("vector")
-    dim = len(vectors[0])
-    coarse_rows = np.flatnonzero(level == LEVEL_COARSE)
-    leaf_rows = np.flatnonzero(level == LEVEL_LEAF)
-    coarse_rows, leaf_rows = coarse_rows[np.argsort(ids[coarse_rows])], leaf_rows[np.argsort(ids[leaf_rows])]
-    if coarse_rows.size == 0:
-        return Tree.from_parts(np.zeros((0, dim), np.float32), [])
-    coarse = arrow_matrix(vectors.take(pa.array(coarse_rows)), dim)
-    leaves = arrow_matrix(vectors.take(pa.array(leaf_rows)), dim)
-    parent = table.column("parent_id").take(pa.array(leaf_rows)).to_numpy(zero_copy_only=False).astype(np.int64)
-    if not np.array_equal(ids[leaf_rows], np.arange(leaf_rows.size)) or np.any(np.diff(parent) < 0):
-        raise ValueError(f"centroids of {model_id!r} are not a tree with leaves numbered by parent")
-    return Tree(coarse, leaves, parent)
 
 
 def embedding_dimension(rows: DataFrame, embedding_col: str = "embedding") -> int | None:
@@ -482,58 +337,6 @@ def embedding_dimension(rows: DataFrame, embedding_col: str = "embedding") -> in
         .first()
     )
     return None if top is None else int(top["length"])
-
-
-def embedding_rejects(rows: DataFrame, id_col: str, dim: int, embedding_col: str = "embedding") -> DataFrame:
-    """(id, reason, detail) for every row of ``rows`` whose embedding is not a usable ``dim``-wide vector (see
-    ``udfs.vectors.embedding_problems``), checked on Arrow batches in one pass."""
-    schema = T.StructType(
-        [
-            T.StructField(id_col, rows.schema[id_col].dataType, True),
-            T.StructField("reason", T.StringType(), False),
-            T.StructField("detail", T.StringType(), False),
-        ]
-    )
-    arrow_schema = to_arrow_schema(schema)
-
-    def check(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-        for batch in batches:
-            bad, reasons, details = embedding_problems(batch.column(embedding_col), dim)
-            if bad.size:
-                yield pa.RecordBatch.from_arrays(
-                    [batch.column(id_col).take(pa.array(bad)), pa.array(reasons), pa.array(details)],
-                    schema=arrow_schema,
-                )
-
-    return rows.select(id_col, embedding_col).mapInArrow(check, schema)
-
-
-def usable_embeddings(
-    lakehouse: Lakehouse, rows: DataFrame, rejects: Table, id_col: str, model_id: str, dim: int | None
-) -> tuple[DataFrame, int]:
-    """``rows`` (id, embedding) less those whose embedding is not a usable ``dim``-wide vector, and how many those
-    are. They replace ``model_id``'s rows of the table ``rejects`` (id, model_id, reason, detail), so a rerun
-    writes the same rejects; when there are none, ``rows`` is returned as it is (no join)."""
-    found = embedding_rejects(rows, id_col, dim if dim is not None else 0).select(
-        id_col, F.lit(model_id).alias("model_id"), "reason", "detail"
-    )
-    lakehouse.replace_partition(rejects, found, "model_id", model_id)
-    written = lakehouse.read(rejects).filter(F.col("model_id") == model_id)
-    n_rejected = written.count()
-    return (rows.join(written.select(id_col), id_col, "left_anti") if n_rejected else rows), n_rejected
-
-
-def resolve_model_id(df: DataFrame, configured: str | None, key: str) -> str | None:
-    """The model id to work on: ``configured`` if set, else the only one in ``df`` (None when ``df`` is empty).
-
-    Several models and no configured one is a configuration error that names ``key``.
-    """
-    if configured is not None:
-        return configured
-    found = sorted(r["model_id"] for r in df.select("model_id").distinct().limit(2).collect())
-    if len(found) > 1:
-        raise ConfigError(f"{key}: the embeddings hold several models ({', '.join(found)}, ...); set {key}")
-    return found[0] if found else None
 
 
 @dataclass(frozen=True)

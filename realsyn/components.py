@@ -12,7 +12,8 @@ rounds needed in practice grow like log n (a random-order chain of 2,000 vertice
 Determinism: the component id is the smallest vertex id of the component under Spark's ordering of the id
 column (lexicographic for strings, numeric for integers), whatever the partitioning or the order of edges.
 The representative of a group is chosen by :func:`choose_representatives` with a caller-given ranking, and ties
-are always broken by the smallest id, so reruns give identical results.
+are always broken by the smallest id, so reruns give identical results. :func:`merge_into_representatives` then
+gives each representative what its group holds (documents, URLs, counts) and sets the other members apart.
 """
 
 from __future__ import annotations
@@ -157,3 +158,23 @@ def group_duplicates(
     labels = connected_components(known, "src", "dst", vertices=ids, max_iterations=max_iterations)
     grouped = items.join(labels.withColumnRenamed(VERTEX, id_col), id_col, "left")
     return choose_representatives(grouped, COMPONENT, id_col, order_by)
+
+
+def merge_into_representatives(
+    grouped: DataFrame, id_col: str, unions: Sequence[str] = (), sums: Sequence[str] = ()
+) -> tuple[DataFrame, DataFrame]:
+    """(representatives, others) of ``grouped``, the rows of :func:`group_duplicates` (or of
+    :func:`choose_representatives` with the default ``output_col``).
+
+    A representative row keeps its own columns, except that each array column of ``unions`` becomes the sorted,
+    distinct union of its group's arrays (the documents or URLs of every member) and each column of ``sums`` the
+    sum over its group (occurrences). The other members come back as they are, ``representative`` naming the row
+    that stands for them.
+    """
+    merged = grouped.groupBy(REPRESENTATIVE).agg(
+        *[F.array_sort(F.array_distinct(F.flatten(F.collect_list(c)))).alias(c) for c in unions],
+        *[F.sum(c).alias(c) for c in sums],
+    )
+    is_rep = F.col(id_col) == F.col(REPRESENTATIVE)
+    kept = grouped.where(is_rep).drop(*unions, *sums).join(merged, REPRESENTATIVE)
+    return kept, grouped.where(~is_rep)

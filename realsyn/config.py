@@ -1,7 +1,9 @@
 """Typed configuration: one YAML file per environment, validated before any work starts.
 
 Every section is a pydantic model that forbids unknown keys, so a typo fails with the key and the file named.
-Command-line overrides (``--set stage.key=value``) are applied to the parsed YAML before validation.
+Command-line overrides (``--set stage.key=value``) are applied to the parsed YAML before validation. Languages,
+models and paths the config names are checked to exist before any work (``check_references``); the model registry
+file of ``embed.registry`` is found by :func:`registry_path`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from udfs.fetch import FetchOptions
+from udfs.fetch_schema import FetchOptions
+from udfs.llm import PLACEHOLDERS
+from udfs.models import RegistryError, load_registry
+
+# The folder of the source checkout (or of the editable install): where a relative embed.registry is looked up
+# after the working directory.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(ValueError):
@@ -137,6 +145,7 @@ class SentencePerplexityConfig(Section):
 
     enabled: bool = True
     model: str = "gpt2-large"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     min: float = Field(default=30.0, ge=0)
     max: float = Field(default=200.0, gt=0)
     batch_size: int = Field(default=32, gt=0)
@@ -233,7 +242,7 @@ _FETCH = FetchOptions()
 class FetchConfig(Section):
     """Image acquisition (bronze.image_refs -> bronze.fetched_images): limits, timeouts and safety of the fetcher."""
 
-    # The fetcher's own defaults (udfs.fetch.FetchOptions), so that they are written once.
+    # The fetcher's own defaults (udfs.fetch_schema.FetchOptions), so that they are written once.
     concurrency: int = Field(default=_FETCH.concurrency, gt=0)
     per_host: int = Field(default=_FETCH.per_host, gt=0)
     connect_timeout_s: float = Field(default=_FETCH.connect_timeout_s, gt=0)
@@ -366,7 +375,7 @@ class GenerateConfig(Section):
 
     @model_validator(mode="after")
     def _valid_prompts(self) -> GenerateConfig:
-        missing = [p for p in ("{retrieved_text}", "{caption}", "{tags}") if p not in self.user_prompt]
+        missing = [p for p in PLACEHOLDERS if p not in self.user_prompt]
         if missing:
             raise ValueError(f"generate.user_prompt must hold {', '.join(missing)}")
         if self.similarity_band is not None and not -1 <= self.similarity_band[0] < self.similarity_band[1] <= 1:
@@ -542,9 +551,6 @@ def check_references(cfg: Config) -> list[tuple[str, str]]:
 
 def _embed_model_problems(embed: EmbedConfig) -> list[tuple[str, str]]:
     """The registry file must read and name ``embed.model`` (weights are checked by the embed stage)."""
-    from realsyn.embed import registry_path
-    from udfs.clip import RegistryError, load_registry
-
     path = registry_path(embed.registry)
     if not path.exists() and not path.is_absolute() and "PYSPARK_GATEWAY_PORT" in os.environ:
         # Under spark-submit the registry may come with --files (spark-submit.sh ships conf/models.yaml), which
@@ -557,6 +563,28 @@ def _embed_model_problems(embed: EmbedConfig) -> list[tuple[str, str]]:
     if embed.model not in registry:
         return [("embed.model", f"{embed.model!r} is not in {path}; known models: {', '.join(sorted(registry))}")]
     return []
+
+
+def registry_path(registry: str) -> Path:
+    """Where the registry file ``registry`` (``embed.registry``) is read from.
+
+    An absolute path is taken as it is. A relative one is looked up in the working directory, then in the project
+    folder (a source checkout or an editable install), then among the files shipped with the Spark application
+    (``--files``, which spark-submit.sh uses for conf/models.yaml) under its file name: a job submitted from
+    another folder, or a driver started by the cluster in a folder of its own, imports the code from a zip that
+    holds no conf/. Where none exists, the path as given (reading it fails naming it).
+    """
+    path = Path(registry)
+    if path.is_absolute() or path.exists():
+        return path
+    if (PROJECT_ROOT / path).exists():
+        return PROJECT_ROOT / path
+    from pyspark import SparkContext, SparkFiles
+
+    if SparkContext._active_spark_context is None:  # no Spark application: nothing was shipped
+        return path
+    shipped = Path(SparkFiles.get(path.name))
+    return shipped if shipped.exists() else path
 
 
 def _looks_like_path(name: str) -> bool:

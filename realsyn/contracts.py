@@ -21,11 +21,19 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from udfs.fetch import ARROW_SCHEMA as FETCHED_IMAGES_ARROW_SCHEMA
+from udfs.fetch_schema import ARROW_SCHEMA as FETCHED_IMAGES_ARROW_SCHEMA
 
 # Every reject table names its reason column so, beside a nullable ``detail`` that says what was measured.
 REASON = "reason"
 DETAIL = "detail"
+
+# The level of a centroid in silver.sentence_centroids / silver.image_centroids: the k-means tree's two levels.
+LEVEL_COARSE = 0
+LEVEL_LEAF = 1  # a leaf's centroid_id is the leaf_id of the clusters tables
+
+# gold.dataset (and the release): text1..text3, the best retrieved texts by rank; and one boolean column per scale.
+RETRIEVED_TEXTS = 3
+SCALE_PREFIX = "scale_"
 
 # Properties of every table realsyn creates: no deletion vectors, so delta-rs and DuckDB read them.
 TABLE_PROPERTIES = {
@@ -119,6 +127,11 @@ class Table:
         return df.select(*order) if list(have) != order else df
 
 
+def scale_column(name: str) -> str:
+    """The boolean membership column of scale ``name`` (``balance.scales``) in gold.dataset."""
+    return f"{SCALE_PREFIX}{name}"
+
+
 def same_type(a: T.DataType, b: T.DataType) -> bool:
     """Whether ``a`` and ``b`` are the same type, nullability of fields and elements aside."""
     return _loose(a) == _loose(b)
@@ -189,8 +202,8 @@ def _cluster_tables(kind: str, key: str) -> tuple[Table, Table, Table]:
             ("size", LONG, False),
         ),
         ("model_id", "level", "centroid_id"),
-        f"the two-level k-means tree of the {kind} embeddings: level 0 coarse, level 1 leaves (parent_id: their "
-        "coarse centroid), with the number of rows assigned to each",
+        f"the two-level k-means tree of the {kind} embeddings: level {LEVEL_COARSE} coarse, level {LEVEL_LEAF} leaves "
+        "(parent_id: their coarse centroid), with the number of rows assigned to each",
     )
     clusters = _table(
         f"silver.{kind}_clusters",
@@ -455,7 +468,7 @@ GOLD_DATASET = _table(
     ("image_id",),
     "one row per kept pair: raw_image_url, text1..text3 (by rank), syn_text, coarse_id, leaf_id, cluster_rank, "
     "lineage (doc_ids, source_refs, model / captioner / LLM ids, prompt version)",
-    OpenColumns("scale_", BOOLEAN, "cluster_rank", "one per scale of balance.scales: in that scale"),
+    OpenColumns(SCALE_PREFIX, BOOLEAN, "cluster_rank", "one per scale of balance.scales: in that scale"),
 )
 GOLD_DATASET_REJECTS = _table(
     "gold.dataset_rejects",

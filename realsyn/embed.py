@@ -18,7 +18,6 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -26,7 +25,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.config import Config, ConfigError, EmbedConfig
+from realsyn.config import Config, ConfigError, EmbedConfig, registry_path
 from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDING_REJECTS,
     SILVER_IMAGE_EMBEDDINGS,
@@ -42,7 +41,6 @@ from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, l
 log = logging.getLogger(__name__)
 
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _result_schema(key: str) -> T.StructType:
@@ -56,28 +54,6 @@ def _result_schema(key: str) -> T.StructType:
             T.StructField("detail", T.StringType(), True),
         ]
     )
-
-
-def registry_path(registry: str) -> Path:
-    """Where the registry file ``registry`` (``embed.registry``) is read from.
-
-    An absolute path is taken as it is. A relative one is looked up in the working directory, then in the project
-    folder (a source checkout or an editable install), then among the files shipped with the Spark application
-    (``--files``, which spark-submit.sh uses for conf/models.yaml) under its file name: a job submitted from
-    another folder, or a driver started by the cluster in a folder of its own, imports the code from a zip that
-    holds no conf/. Where none exists, the path as given (reading it fails naming it).
-    """
-    path = Path(registry)
-    if path.is_absolute() or path.exists():
-        return path
-    if (PROJECT_ROOT / path).exists():
-        return PROJECT_ROOT / path
-    from pyspark import SparkContext, SparkFiles
-
-    if SparkContext._active_spark_context is None:  # no Spark application: nothing was shipped
-        return path
-    shipped = Path(SparkFiles.get(path.name))
-    return shipped if shipped.exists() else path
 
 
 def resolve_model(cfg: EmbedConfig) -> ModelSpec:

@@ -34,7 +34,8 @@ from realsyn.config import Config, ConfigError, FetchConfig
 from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse
-from udfs.fetch import FetchOptions, FetchProgress, StatusCounts, count_statuses, fetch_arrow
+from udfs.fetch import FetchProgress, StatusCounts, count_statuses, fetch_arrow
+from udfs.fetch_schema import FetchOptions
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.config import Config, ConfigError, GenerateConfig
+from realsyn.config import Config, ConfigError, GenerateConfig, registry_path
 from realsyn.contracts import (
     GOLD_CAPTIONS,
     GOLD_IMAGE_TAGS,
@@ -101,8 +101,6 @@ def resolve_models(cfg: Config) -> GenerateModels:
     CLIP entry has no ``similarity_band`` and ``generate.similarity_band`` is not set; ModelNotAvailable when a
     local path an entry names does not exist.
     """
-    from realsyn.embed import registry_path
-
     path = registry_path(cfg.embed.registry)
     try:
         registry = load_registry(path)

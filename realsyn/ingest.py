@@ -90,9 +90,6 @@ IMAGE_ITEM = T.StructType(
     ]
 )
 
-# The columns Spark reads from a parquet shard: a shard whose columns have other types is an unreadable file.
-OBELICS_PARQUET_SCHEMA = T.StructType([f for f in OBELICS_SCHEMA.fields if f.name != "_corrupt"])
-MMC4_PARQUET_SCHEMA = T.StructType([f for f in MMC4_SCHEMA.fields if f.name != "_corrupt"])
 UNREADABLE_FILE = "unreadable_file"
 # Each unreadable file costs one more attempt at the read; a run with more than this many stops.
 MAX_UNREADABLE_FILES = 1_000

@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 from pyspark.sql import functions as F
 
-from realsyn.balance import SCALE_PREFIX, TEXTS
 from realsyn.config import Config, ConfigError
-from realsyn.contracts import FUNNEL, GOLD_DATASET, SILVER_IMAGES
+from realsyn.contracts import FUNNEL, GOLD_DATASET, RETRIEVED_TEXTS, SCALE_PREFIX, SILVER_IMAGES
 from realsyn.tables import Lakehouse
 from udfs.balance import max_over_median
 
-TEXT_COLUMNS = [f"text{r}" for r in range(1, TEXTS + 1)] + ["syn_text"]
+TEXT_COLUMNS = [f"text{r}" for r in range(1, RETRIEVED_TEXTS + 1)] + ["syn_text"]
 THUMBNAIL_PX = 256
 
 

@@ -42,7 +42,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from realsyn.clustering import hash_uniform, resolve_model_id, shipped, tree_from_centroids, usable_embeddings
 from realsyn.config import Config, RetrievalConfig
 from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDINGS,
@@ -57,6 +56,8 @@ from realsyn.contracts import (
 )
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse
+from realsyn.tree import shipped, tree_from_centroids
+from realsyn.vectors import hash_uniform, resolve_model_id, usable_embeddings
 from realsyn.workers import array_device
 from udfs.models import DevicePolicy
 from udfs.tree import Prefilter, Tree, calibrate_margin, descend, probe_counts, top_k_prefiltered
@@ -117,7 +118,7 @@ def image_leaves(
     """One row per (image, probed leaf): ``images`` columns id and embedding, plus ``leaf_id`` (and with a
     ``prefilter``, the image in its axes as ``embedding_low``, projected once per image, not once per leaf).
 
-    ``load`` returns the tree of ``dim``-wide leaves inside the tasks (``realsyn.clustering.shipped``); ``device``
+    ``load`` returns the tree of ``dim``-wide leaves inside the tasks (``realsyn.tree.shipped``); ``device``
     is the policy of ``retrieval.device``.
     """
     fields = [images.schema[id_col], images.schema[embedding_col], T.StructField("leaf_id", T.LongType(), False)]

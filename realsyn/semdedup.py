@@ -8,9 +8,9 @@ components (:mod:`realsyn.components`, union-find semantics) and the caller's ra
 representative per group, the same rule as every other near-duplicate step of realsyn.
 
 Generic over any DataFrame with an id column and an L2-normalised ``array<float>`` embedding column (images or
-sentences). It runs on clustering's k-means path (realsyn.clustering): centroids trained on the driver from a
-hash sample of the ids read as Arrow (the only data the driver holds), rows assigned to their nearest centroids
-by an Arrow map over the tasks.
+sentences). It runs on the k-means path of clustering (:mod:`realsyn.vectors`): centroids trained on the driver
+from a hash sample of the ids read as Arrow (the only data the driver holds), rows assigned to their nearest
+centroids by an Arrow map over the tasks. Shared by the image and the sentence extraction stages.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.clustering import hash_sample, sorted_matrix, with_nearest
 from realsyn.components import group_duplicates
-from realsyn.config import EmbedConfig
+from realsyn.config import EmbedConfig, registry_path
 from realsyn.contracts import Table
 from realsyn.tables import Lakehouse
+from realsyn.vectors import hash_sample, sorted_matrix, with_nearest
 from udfs.kmeans import spherical_kmeans
+from udfs.models import RegistryError, load_registry
 from udfs.vectors import as_matrix, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,9 @@ def train_centroids(df: DataFrame, id_col: str, embedding_col: str, params: SemD
     """Spherical k-means centroids for ``df``: k = ceil(n / items_per_cluster), trained on a deterministic sample;
     None for an empty ``df`` (nothing to train on).
 
-    The sample is clustering's (realsyn.clustering.hash_sample): about ``min(max_train_points, 256 * k)`` rows
-    chosen by the hash of their id, so it does not depend on partitioning; only that sample reaches the driver,
-    as Arrow.
+    The sample is drawn as clustering draws its own (realsyn.vectors.hash_sample): about
+    ``min(max_train_points, 256 * k)`` rows chosen by the hash of their id, so it does not depend on partitioning;
+    only that sample reaches the driver, as Arrow.
     """
     n = df.count()
     if n == 0:
@@ -183,9 +184,6 @@ def refusal(model_id: str, embed: EmbedConfig) -> str | None:
     registry does not know (embeddings written by other tools) may; the share guard
     (:func:`check_removed_share`) still stops an implausible result.
     """
-    from realsyn.embed import registry_path
-    from udfs.clip import RegistryError, load_registry
-
     path = registry_path(embed.registry)
     try:
         spec = load_registry(path).get(model_id)

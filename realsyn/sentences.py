@@ -40,7 +40,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.components import group_duplicates
+from realsyn.components import group_duplicates, merge_into_representatives
 from realsyn.config import (
     Config,
     ConfigError,
@@ -64,6 +64,7 @@ from realsyn.funnel import FunnelStep, first_reason, format_funnel, split, write
 from realsyn.ids import stable_id_col
 from realsyn.semdedup import check_removed_share, prune_embeddings, usable_embeddings
 from realsyn.tables import Lakehouse
+from realsyn.workers import task_device
 
 STAGE = "extract_sentences"
 
@@ -211,29 +212,22 @@ def add_word_entropy(sentences: DataFrame, counts: DataFrame, total: int) -> Dat
     )
 
 
-def _task_device() -> str:
-    """The GPU Spark assigned to this task (``cuda:<address>``), else ``cpu``."""
-    from pyspark import TaskContext
+def score_perplexity(batches: Iterator[pd.Series], cfg: SentencePerplexityConfig) -> Iterator[pd.Series]:
+    """The perplexity UDF's body: each batch of sentences scored by ``cfg.model`` on the task's device
+    (``sentences.perplexity.device``, resolved as every model stage does: realsyn.workers.task_device)."""
+    from udfs.sentences import perplexity_batch
 
-    ctx = TaskContext.get()
-    if ctx is not None:
-        gpus = ctx.resources().get("gpu")
-        if gpus is not None and gpus.addresses:
-            return f"cuda:{gpus.addresses[0]}"
-    return "cpu"
+    device = task_device(cfg.device, "sentences.perplexity.device")
+    for batch in batches:
+        yield perplexity_batch(batch, cfg.model, device, cfg.batch_size, cfg.max_tokens)
 
 
 def add_perplexity(sentences: DataFrame, cfg: SentencePerplexityConfig) -> DataFrame:
     """Add ``perplexity`` under ``cfg.model`` (loaded once per Python worker, on the task's GPU when it has one)."""
-    model, batch_size, max_tokens = cfg.model, cfg.batch_size, cfg.max_tokens
 
     @F.pandas_udf(T.DoubleType())  # type: ignore[call-overload]
     def perplexity_udf(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        from udfs.sentences import perplexity_batch
-
-        device = _task_device()
-        for batch in batches:
-            yield perplexity_batch(batch, model, device, batch_size, max_tokens)
+        yield from score_perplexity(batches, cfg)
 
     return sentences.withColumn("perplexity", perplexity_udf("text"))
 
@@ -387,18 +381,8 @@ def merge_duplicates(sentences: DataFrame, pairs: DataFrame, reason: str) -> tup
 def _merge_groups(grouped: DataFrame, reason: str) -> tuple[DataFrame, DataFrame]:
     """Representatives (with their group's documents and occurrences) and the other members as rejects."""
     grouped = grouped.localCheckpoint(eager=True)
-    merged = grouped.groupBy("representative").agg(
-        F.array_sort(F.array_distinct(F.flatten(F.collect_list("doc_ids")))).alias("doc_ids"),
-        F.sum("n_occurrences").alias("n_occurrences"),
-    )
-    kept = (
-        grouped.where(F.col("sentence_id") == F.col("representative"))
-        .select("sentence_id", "text", "representative")
-        .join(merged, "representative")
-        .select(*SILVER_SENTENCES.columns)
-    )
-    dropped = grouped.where(F.col("sentence_id") != F.col("representative"))
-    return kept, _as_rejects(dropped, reason, F.col("representative"))
+    kept, others = merge_into_representatives(grouped, "sentence_id", unions=("doc_ids",), sums=("n_occurrences",))
+    return kept.select(*SILVER_SENTENCES.columns), _as_rejects(others, reason, F.col("representative"))
 
 
 def semantic_duplicates(

@@ -20,11 +20,6 @@ from pyspark.sql.types import StructType
 from realsyn.config import ConfigError, StorageConfig
 from realsyn.contracts import TABLE_PROPERTIES, Table
 
-# Columns renamed since realsyn first wrote them, (old, new): every reject table names its reason column
-# ``reason`` beside a ``detail``. A table that still has an old name is rewritten once, in one commit, the first time
-# a stage writes to it (see Lakehouse.create_if_absent).
-RENAMED_COLUMNS = (("reject_reason", "reason"),)
-
 # A file of a committed table version in _delta_log: a commit (NNN.json) or a checkpoint (NNN.checkpoint[...].parquet).
 _COMMITTED = re.compile(r"[0-9]{20}\.(json|checkpoint\..*parquet|checkpoint\.parquet)")
 
@@ -141,55 +136,32 @@ class Lakehouse:
         """Create ``table`` empty, as its contract declares it, unless it exists (safe from concurrent reruns).
 
         ``properties`` are added to the contract's (e.g. ``parquet.block.size``, which Delta passes to the Parquet
-        writer of every later write). A table that exists with a column of an older name is migrated
-        (RENAMED_COLUMNS). A table this instance has created or found once is not checked again, so a job that
-        writes one table in many batches pays for the check once.
+        writer of every later write). A table this instance has created or found once is not checked again, so a
+        job that writes one table in many batches pays for the check once.
         """
         if table.name in self._present:
             return
         self.ensure_schema()
-        loc = self.location(table)
-        props = {**TABLE_PROPERTIES, **table.properties, **(properties or {})}
-        if self.exists(table):
-            self._migrate(table)
-        elif self._by_path:
-            create_table_at(self.spark, loc, table.schema, table.partition_by, props)
-        else:
-            # Delta's table builder parses at most two name parts; a DataFrameWriterV2 takes catalog.schema.table.
-            writer = self.spark.createDataFrame([], table.schema).writeTo(loc).using("delta")
-            for key, value in props.items():
-                writer = writer.tableProperty(key, value)
-            if table.partition_by:
-                writer = writer.partitionedBy(*(F.col(c) for c in table.partition_by))
-            try:
-                writer.create()
-            except AnalysisException as e:  # a concurrent rerun created it in between
-                if e.getCondition() != "TABLE_OR_VIEW_ALREADY_EXISTS":
-                    raise
+        if not self.exists(table):
+            self._create(table, {**TABLE_PROPERTIES, **table.properties, **(properties or {})})
         self._present.add(table.name)
 
-    def _migrate(self, contract: Table) -> None:
-        """Rewrite ``contract``'s table with its declared column names where it still has an old one
-        (RENAMED_COLUMNS), adding the nullable columns it lacks as nulls; a table that needs neither is left as is."""
-        table = self.read(contract)
-        wanted = contract.columns
-        renames = [(old, new) for old, new in RENAMED_COLUMNS if old in table.columns and new in wanted]
-        if not renames or any(new in table.columns for _, new in renames):
-            return
-        for old, new in renames:
-            table = table.withColumnRenamed(old, new)
-        for field in contract.schema:
-            if field.name not in table.columns and field.nullable:
-                table = table.withColumn(field.name, F.lit(None).cast(field.dataType))
-        order = [c for c in wanted if c in table.columns] + [c for c in table.columns if c not in wanted]
-        partitions = list(self.delta(contract).detail().first()["partitionColumns"])  # type: ignore[index]
-        writer = table.select(*order).write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-        if partitions:
-            writer = writer.partitionBy(*partitions)
+    def _create(self, table: Table, props: Mapping[str, str]) -> None:
+        loc = self.location(table)
         if self._by_path:
-            writer.save(self.location(contract))
-        else:
-            writer.saveAsTable(self.location(contract))
+            create_table_at(self.spark, loc, table.schema, table.partition_by, props)
+            return
+        # Delta's table builder parses at most two name parts; a DataFrameWriterV2 takes catalog.schema.table.
+        writer = self.spark.createDataFrame([], table.schema).writeTo(loc).using("delta")
+        for key, value in props.items():
+            writer = writer.tableProperty(key, value)
+        if table.partition_by:
+            writer = writer.partitionedBy(*(F.col(c) for c in table.partition_by))
+        try:
+            writer.create()
+        except AnalysisException as e:  # a concurrent rerun created it in between
+            if e.getCondition() != "TABLE_OR_VIEW_ALREADY_EXISTS":
+                raise
 
     def insert_new(self, table: Table, df: DataFrame, replace_when: str | None = None) -> int:
         """Insert the rows of ``df`` whose key (the contract's) is not in ``table`` yet: a MERGE, atomic and

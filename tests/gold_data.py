@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from realsyn.clustering import LEVEL_COARSE, LEVEL_LEAF
 from realsyn.config import Config
 from realsyn.contracts import (
     BRONZE_IMAGE_REFS,
     GOLD_SYNTHETIC_TEXT_REJECTS,
     GOLD_SYNTHETIC_TEXTS,
+    LEVEL_COARSE,
+    LEVEL_LEAF,
     SILVER_IMAGE_CENTROIDS,
     SILVER_IMAGE_CLUSTERS,
     SILVER_IMAGE_EMBEDDINGS,

@@ -8,7 +8,7 @@ Models come from the registry of udfs/models.py (conf/models.yaml, entries of ki
 name plus a pretrained tag or checkpoint file, Hugging Face CLIP / SigLIP by id or local directory, and small
 configs with random weights for tests and the offline demo (their vectors are meaningless as embeddings). A model
 is loaded once per Python worker and device (udfs.models.cached), then reused by every task that worker runs;
-an out-of-memory error halves the batch (udfs.models.run_halving). The registry names are re-exported here.
+an out-of-memory error halves the batch (udfs.models.run_halving).
 """
 
 from __future__ import annotations
@@ -29,14 +29,8 @@ import numpy as np
 
 from udfs.decode import DEFAULT_MAX_PIXELS, Jpeg, Rejected, decode_image, decode_jpegs, route_jpeg, tensor_decoder_works
 from udfs.models import WEIGHT_SUFFIXES as _WEIGHT_SUFFIXES
-from udfs.models import DevicePolicy as DevicePolicy
 from udfs.models import ModelNotAvailable, ModelSpec, Precision, cache_key, cached, resolve_dtype, run_halving
-from udfs.models import RegistryError as RegistryError
-from udfs.models import check_local_files as check_local_files
-from udfs.models import get_spec as get_spec
-from udfs.models import load_registry as load_registry
 from udfs.models import looks_like_path as _looks_like_path
-from udfs.models import pick_device as pick_device
 
 if TYPE_CHECKING:
     import torch

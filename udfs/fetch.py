@@ -60,8 +60,9 @@ from udfs.decode import (
     exif_orientation,
     read_header,
 )
+from udfs.fetch_schema import ARROW_SCHEMA, FetchOptions
 from udfs.ids import bytes_id
-from udfs.urls import SECRET_QUERY_PARAMS, has_userinfo, redact_text, redact_url
+from udfs.urls import has_userinfo, redact_text, redact_url
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -115,46 +116,9 @@ STATUSES = (
 )
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-DEFAULT_SCHEMES = ("http", "https", "data", "file", "s3", "s3a", "gs", "abfs", "abfss", "dbfs")
 # Where Databricks mounts DBFS on every node: dbfs:/ references are read there when it exists (FUSE: no API token).
 DBFS_MOUNT = "/dbfs"
 _EXT = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "tiff": "tif", "bmp": "bmp"}
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    """Limits, timeouts and safety settings of one fetcher (one per Spark task)."""
-
-    concurrency: int = 128
-    per_host: int = 16
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
-    total_timeout_s: float = 30.0
-    max_attempts: int = 3
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
-    max_retry_after_s: float = 60.0
-    max_redirects: int = 5
-    max_bytes: int = 20_000_000
-    max_pixels: int = 89_478_485
-    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
-    inline_decode_pixels: int = 4_000_000  # larger images are decoded in one of the decode threads
-    user_agent: str = "realsyn/0.1 (image-text dataset builder; honours X-Robots-Tag noai, noimageai)"
-    user_agent_token: str = "realsyn"
-    opt_out_directives: tuple[str, ...] = ("noai", "noimageai")
-    allow_networks: tuple[str, ...] = ()
-    allowed_schemes: tuple[str, ...] = DEFAULT_SCHEMES
-    file_roots: tuple[str, ...] = ()
-    object_prefixes: tuple[str, ...] = ()
-    verify_tls: bool = True
-    # "strip": fetch with the URL's userinfo (Basic auth to that host), store the URL without it; "refuse": do not
-    # fetch such a URL (status credentials_in_url). Stored URLs and errors never hold userinfo or these parameters.
-    credentials_in_url: str = "strip"
-    redact_query_params: tuple[str, ...] = SECRET_QUERY_PARAMS
-    content_prefix: str | None = None
-    dns_threads: int = 32
-    io_threads: int = 8
-    decode_threads: int = 2
 
 
 @dataclass
@@ -176,28 +140,6 @@ class FetchResult:
     width: int | None = None
     height: int | None = None
     format: str | None = None
-
-
-ARROW_SCHEMA = pa.schema(
-    [
-        ("url_id", pa.string()),
-        ("url", pa.string()),
-        ("status", pa.string()),
-        ("retryable", pa.bool_()),
-        ("http_status", pa.int32()),
-        ("error", pa.string()),
-        ("attempts", pa.int32()),
-        ("elapsed_ms", pa.int64()),
-        ("fetched_at", pa.timestamp("us", tz="UTC")),
-        ("image_id", pa.string()),
-        ("content", pa.binary()),
-        ("content_path", pa.string()),
-        ("n_bytes", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("format", pa.string()),
-    ]
-)
 
 
 def is_transient(status: str, http_status: int | None) -> bool:

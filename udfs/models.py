@@ -2,14 +2,17 @@
 
 One registry file (conf/models.yaml) names every model the pipeline runs, of three kinds: ``clip`` encoders (the
 embed stage, the tagger and the similarity filter), ``captioner`` image-to-text models and ``llm`` chat models
-(the generate stage). An entry says where the weights come from (an open_clip name and tag or checkpoint, a
-Hugging Face Hub id or local directory, a pinned revision), whether the model may run in half precision, and, for
-tests and the offline demo, an inline architecture config to build with random weights. Tiny random captioners and
-LLMs get a tokenizer built here from a fixed character alphabet (no download), with a chat template for LLMs.
+(the generate stage). A fourth kind, ``lm``, is a plain causal LM that scores text: the perplexity filter builds
+its entry from ``sentences.perplexity.model`` (udfs.sentences.causal_lm_spec). An entry says where the weights
+come from (an open_clip name and tag or checkpoint, a Hugging Face Hub id or local directory, a pinned revision),
+whether the model may run in half precision, and, for tests and the offline demo, an inline architecture config
+to build with random weights. Tiny random captioners and LLMs get a tokenizer built here from a fixed character
+alphabet (no download), with a chat template for LLMs.
 
-Loading goes through :func:`cached`, once per Python process and key; :func:`pick_device` maps the GPU Spark
-assigned to a task to a torch device; :func:`run_halving` runs a batch in slices and halves the slice on every
-out-of-memory error. No Spark here; heavy imports happen inside the functions that need them.
+Loading goes through :func:`cached`, once per Python process and key (spaCy pipelines too, through
+:func:`load_spacy`); :func:`pick_device` maps the GPU Spark assigned to a task to a torch device; :func:`run_halving`
+runs a batch in slices and halves the slice on every out-of-memory error. No Spark here; heavy imports happen
+inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 DevicePolicy = Literal["auto", "cpu", "cuda"]
-ModelKind = Literal["clip", "captioner", "llm"]
+ModelKind = Literal["clip", "captioner", "llm", "lm"]
 
 T = TypeVar("T")
 
@@ -50,7 +53,8 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
-    # What the model does: clip (image and text encoder), captioner (image -> text), llm (chat / instruction LM).
+    # What the model does: clip (image and text encoder), captioner (image -> text), llm (chat / instruction LM),
+    # lm (a plain causal LM that scores text: the perplexity filter).
     kind: ModelKind = "clip"
     family: Literal["open_clip", "hf"]
     # open_clip: a built-in architecture name ("ViT-B-32", "EVA02-L-14"), or "hf-hub:org/repo" / "local-dir:/path".
@@ -238,9 +242,21 @@ def cache_key(spec: ModelSpec, *parts: Hashable) -> tuple[Hashable, ...]:
     return (spec.model_dump_json(), *parts)
 
 
-def loaded_models() -> int:
-    """How many models this process holds through :func:`cached`."""
-    return len(_CACHE)
+# The components spaCy pipelines load: every one but NER, which no user needs. The tagger's phrase mining needs the
+# lemmatizer; CAT does not run it (udfs.sentences.cat_features disables it per call), so one pipeline object per
+# name serves both, and CAT's parses are those of a pipeline without the lemmatizer.
+SPACY_EXCLUDE = ("ner",)
+
+
+def load_spacy(name: str) -> Any:
+    """The spaCy pipeline ``name`` (an installed package or a folder) without NER, loaded once per process."""
+
+    def load() -> Any:
+        import spacy
+
+        return spacy.load(name, exclude=list(SPACY_EXCLUDE))
+
+    return cached(("spacy", name), load)
 
 
 # ------------------------------------------------------------------------------------------ OOM batch halving

@@ -1,8 +1,10 @@
 """Pure sentence functions: Punkt splitting, normalisation, the paper's sentence filters, MinHash shingles.
 
 No Spark here: every function takes plain Python / pandas / numpy values, so the same code runs in a pandas UDF
-on an executor and in a single process (tests, the benchmark). Models (spaCy parser, causal LM) are loaded once
-per Python process and cached; heavy imports happen inside the loaders.
+on an executor and in a single process (tests, the benchmark). Models are loaded once per Python process through
+udfs.models: the spaCy parser with :func:`udfs.models.load_spacy` (the tagger's pipeline object), the causal LM as
+a registry entry (:func:`causal_lm_spec`) through :func:`udfs.models.cached`; heavy imports happen inside the
+loaders.
 
 Definitions (the paper, arXiv 2502.12513 section 3.1, names the filters but not these details):
 
@@ -38,6 +40,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from udfs.models import (
+    ModelSpec,
+    Precision,
+    cache_key,
+    cached,
+    hf_error,
+    hf_source,
+    load_spacy,
+    resolve_dtype,
+    run_halving,
+    tiny_token_ids,
+    tiny_tokenizer,
+)
 
 if TYPE_CHECKING:
     from nltk.tokenize.punkt import PunktSentenceTokenizer
@@ -186,12 +202,8 @@ def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
 # CAT: caption complexity and action, from a dependency parse
 
 
-@lru_cache(maxsize=2)
-def load_parser(name: str) -> Any:
-    """The spaCy pipeline ``name`` (an installed package or a path), without the components CAT does not use."""
-    import spacy
-
-    return spacy.load(name, exclude=["ner", "lemmatizer"])
+# Components of the shared pipeline (udfs.models.load_spacy) that CAT does not use: not run for its parses.
+CAT_DISABLED = ("lemmatizer",)
 
 
 _ATTRIBUTE_DEPS = {"amod", "nummod", "acomp"}
@@ -321,9 +333,9 @@ def has_action(doc: Any) -> bool:
 
 def cat_features(texts: pd.Series, parser: str, batch_size: int = 256) -> pd.DataFrame:
     """Columns ``complexity`` (int) and ``has_action`` (bool) for a Series of sentences, parsed in batches."""
-    nlp = load_parser(parser)
+    nlp = load_spacy(parser)
     complexity, action = [], []
-    for doc in nlp.pipe((str(t) for t in texts), batch_size=batch_size):
+    for doc in nlp.pipe((str(t) for t in texts), batch_size=batch_size, disable=list(CAT_DISABLED)):
         complexity.append(scene_graph_complexity(doc))
         action.append(has_action(doc))
     return pd.DataFrame({"complexity": complexity, "has_action": action}, index=texts.index)
@@ -333,16 +345,46 @@ def cat_features(texts: pd.Series, parser: str, batch_size: int = 256) -> pd.Dat
 # Perplexity under a causal language model
 
 
-@lru_cache(maxsize=2)
-def load_causal_lm(name_or_path: str, device: str = "cpu") -> tuple[Any, Any]:
-    """(model, tokenizer) of a Hugging Face causal LM by hub id or local folder, in eval mode on ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def causal_lm_spec(name_or_path: str) -> ModelSpec:
+    """The registry entry of the perplexity LM ``sentences.perplexity.model`` names (a Hub id or a local folder).
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
-    model.eval().to(device)
-    return model, tokenizer
+    It stays in float32 on GPUs too (``half: false``): the [min, max] window is a window of float32 scores.
+    """
+    return ModelSpec(name=name_or_path, kind="lm", family="hf", source=name_or_path, half=False)
+
+
+def load_causal_lm(model: str | ModelSpec, device: str = "cpu", precision: Precision = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) of a causal LM (a Hub id, a local folder or an ``lm`` entry), in eval mode on
+    ``device``; loaded once per Python process, device and precision (udfs.models.cached)."""
+    spec = model if isinstance(model, ModelSpec) else causal_lm_spec(model)
+    return cached(cache_key(spec, "lm", device, precision), lambda: _load_causal_lm(spec, device, precision))
+
+
+def _load_causal_lm(spec: ModelSpec, device: str, precision: Precision) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dev = torch.device(device)
+    dtype = resolve_dtype(precision, dev, spec.half)
+    if spec.config is not None:
+        tokenizer = tiny_tokenizer(chat=False)
+        raw = dict(spec.config)
+        config = AutoConfig.for_model(raw.pop("model_type"), **{**raw, **tiny_token_ids(tokenizer)})
+        torch.manual_seed(spec.seed)
+        lm = AutoModelForCausalLM.from_config(config)
+    else:
+        source, kwargs = hf_source(spec)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            if spec.random_init:
+                torch.manual_seed(spec.seed)
+                lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source, **kwargs))
+            else:
+                lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        except OSError as e:
+            raise hf_error(spec, e) from e
+    lm = lm.to(device=dev, dtype=dtype).eval()
+    return lm, tokenizer
 
 
 def perplexity(
@@ -350,8 +392,9 @@ def perplexity(
 ) -> np.ndarray:
     """Perplexity of each text under ``model``: exp(mean NLL of its tokens), the end-of-text token prepended.
 
-    Texts are scored in batches of ``batch_size`` with right padding (padding never changes a score); each is
-    cut to ``max_tokens`` tokens. A text with no tokens gets NaN.
+    Texts are scored in batches of at most ``batch_size`` with right padding (padding never changes a score); an
+    out-of-memory error halves the batch for the rest of the call. Each text is cut to ``max_tokens`` tokens. A
+    text with no tokens gets NaN.
     """
     import torch
 
@@ -359,11 +402,11 @@ def perplexity(
     device = next(model.parameters()).device
     out = np.full(len(texts), np.nan, dtype=np.float64)
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    for lo in range(0, len(order), batch_size):
-        idx = [i for i in order[lo : lo + batch_size] if encoded[i]]
-        if not idx:
-            continue
+    # Shortest first, so that a batch pads little; texts without tokens are not scored.
+    order = [i for i in sorted(range(len(texts)), key=lambda i: len(encoded[i])) if encoded[i]]
+
+    def run(lo: int, hi: int) -> None:
+        idx = order[lo:hi]
         seqs = [[start, *encoded[i]] for i in idx]
         width = max(len(s) for s in seqs)
         ids = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -380,13 +423,15 @@ def perplexity(
         valid = mask[:, 1:].float()
         mean_nll = (nll * valid).sum(dim=1) / valid.sum(dim=1)
         out[idx] = torch.exp(mean_nll).cpu().numpy()
+
+    run_halving(len(order), batch_size, run, "perplexity LM", device)
     return out
 
 
 def perplexity_batch(
-    texts: pd.Series, model_name: str, device: str = "cpu", batch_size: int = 16, max_tokens: int = 128
+    texts: pd.Series, model_name: str | ModelSpec, device: str = "cpu", batch_size: int = 16, max_tokens: int = 128
 ) -> pd.Series:
-    """Batch form of :func:`perplexity` that loads ``model_name`` once per process."""
+    """Batch form of :func:`perplexity` that loads ``model_name`` once per process (:func:`load_causal_lm`)."""
     model, tokenizer = load_causal_lm(model_name, device)
     scores = perplexity([str(t) for t in texts], model, tokenizer, batch_size=batch_size, max_tokens=max_tokens)
     return pd.Series(scores, index=texts.index, dtype="float64")

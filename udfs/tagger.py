@@ -20,7 +20,8 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+from udfs.models import load_spacy
 
 # Parts of speech a mined phrase may hold before its head noun; determiners, numbers and pronouns are dropped.
 _MODIFIERS = {"ADJ", "NOUN", "PROPN"}
@@ -43,22 +44,6 @@ def base_tags() -> list[str]:
 def normalise_tag(tag: str) -> str:
     """A tag as it is compared and stored: lower case, single spaces."""
     return " ".join(tag.lower().split())
-
-
-def load_nlp(name: str) -> Any:
-    """A spaCy pipeline with tagger, parser and lemmatizer (no NER), loaded once per process."""
-    return _load_nlp(name)
-
-
-_NLP: dict[str, Any] = {}
-
-
-def _load_nlp(name: str) -> Any:
-    import spacy
-
-    if name not in _NLP:
-        _NLP[name] = spacy.load(name, exclude=["ner"])
-    return _NLP[name]
 
 
 def doc_phrases(doc: Any) -> list[str]:
@@ -87,13 +72,8 @@ def doc_phrases(doc: Any) -> list[str]:
 
 def mine_phrases(texts: Iterable[str], parser: str, batch_size: int = 256) -> list[list[str]]:
     """The tags of each text (see :func:`doc_phrases`), parsed with the spaCy pipeline ``parser``."""
-    nlp = load_nlp(parser)
+    nlp = load_spacy(parser)  # tagger, parser and lemmatizer (no NER), once per process
     return [doc_phrases(doc) for doc in nlp.pipe((str(t) for t in texts), batch_size=batch_size)]
-
-
-def phrases_series(texts: pd.Series, parser: str, batch_size: int = 256) -> pd.Series:
-    """:func:`mine_phrases` over a pandas Series (the body of the Spark stage's pandas UDF)."""
-    return pd.Series(mine_phrases(texts.fillna("").tolist(), parser, batch_size), index=texts.index)
 
 
 @dataclass(frozen=True)

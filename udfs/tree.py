@@ -117,7 +117,7 @@ _TREES_ON: dict[tuple[int, str], tuple[Tree, Any, Any]] = {}
 
 def tree_on(tree: Tree, device: str) -> tuple[Any, Any]:
     """``tree``'s coarse and leaf centroids as torch matrices on ``device``, copied once per Python process and
-    tree: a memory-mapped tree (realsyn.clustering.shipped) is one object for all tasks of a worker, so its
+    tree: a memory-mapped tree (realsyn.tree.shipped) is one object for all tasks of a worker, so its
     leaves cross to the GPU once; a small tree that travels in each task's closure is copied again per task.
     The leaves are copied in slices, so a memory-mapped matrix is never read into host memory whole. A worker
     runs one task at a time: copies on another device (an earlier task's GPU) are dropped, so that no GPU holds

@@ -8,24 +8,22 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+import realsyn.tree
 from realsyn import clustering
 from realsyn.clustering import (
-    LEVEL_COARSE,
-    LEVEL_LEAF,
     assign_leaves,
     boundary_pass,
-    centroids_frame,
     coarse_cluster_count,
     refine_tree,
     run_cluster_images,
     run_cluster_sentences,
     train_tree,
-    tree_from_centroids,
-    with_nearest,
 )
 from realsyn.config import ClusterConfig, Config, ConfigError
 from realsyn.contracts import (
     FUNNEL,
+    LEVEL_COARSE,
+    LEVEL_LEAF,
     SILVER_IMAGE_CENTROIDS,
     SILVER_IMAGE_CLUSTERS,
     SILVER_IMAGE_EMBEDDINGS,
@@ -35,6 +33,8 @@ from realsyn.contracts import (
     SILVER_SENTENCE_EMBEDDINGS,
 )
 from realsyn.tables import Lakehouse
+from realsyn.tree import centroids_frame, tree_from_centroids
+from realsyn.vectors import with_nearest
 from realsyn.workers import array_device
 from tests.tables import write_foreign
 from udfs.kmeans import refined, spherical_kmeans, sums_by_label
@@ -388,8 +388,8 @@ def test_a_tree_past_the_inline_limit_reaches_the_tasks_as_a_mapped_file(
     tree = train_tree(df, ClusterConfig(leaf_size=30, coarse_clusters=2, refine_steps=0, seed=1), "sentence_id")
     inline = leaf_partition(assign_leaves(df, tree, "sentence_id"), labels)
     inline_step = refine_tree(df, tree, coarse_probe=2)
-    monkeypatch.setattr(clustering, "INLINE_TREE_BYTES", 0)
-    load = clustering.shipped(spark, tree)
+    monkeypatch.setattr(realsyn.tree, "INLINE_TREE_BYTES", 0)
+    load = realsyn.tree.shipped(spark, tree)
     assert isinstance(load().leaves, np.memmap)
     np.testing.assert_array_equal(load().leaves, tree.leaves)
     assert leaf_partition(assign_leaves(df, tree, "sentence_id"), labels) == inline

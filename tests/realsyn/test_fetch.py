@@ -23,7 +23,8 @@ from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
 from realsyn.fetch import fetch_options, run_fetch_images
 from realsyn.ids import bytes_id, stable_id
 from realsyn.tables import Lakehouse
-from udfs.fetch import STATUSES, FetchOptions
+from udfs.fetch import STATUSES
+from udfs.fetch_schema import FetchOptions
 
 REFS_SCHEMA = (
     "doc_id string, position int, url string, url_id string, alt_text string, "

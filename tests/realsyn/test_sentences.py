@@ -18,6 +18,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from realsyn.config import (
     Config,
+    EmbedConfig,
     IngestConfig,
     IngestInput,
     SentenceCatConfig,
@@ -41,6 +42,7 @@ from realsyn.sentences import (
     add_word_entropy,
     perplexity_reason,
     run_extract_sentences,
+    score_perplexity,
     word_counts,
 )
 from realsyn.tables import Lakehouse
@@ -188,6 +190,65 @@ def test_perplexity_filter_in_spark(spark: SparkSession, tmp_path: Path) -> None
             Row(sentence_id="b", p=float(vocab), reason="perplexity_too_high"),
         ],
     )
+
+
+class _GpuTask:
+    """A stand-in for the TaskContext of a task Spark gave the GPU with physical index ``address``."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def resources(self) -> dict[str, object]:
+        return {"gpu": type("Gpu", (), {"addresses": [self.address]})()}
+
+    def cpus(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    ("address", "visible", "device"),
+    [
+        ("3", "3", "cuda:0"),  # YARN / Kubernetes isolation: the process sees its one GPU as cuda:0
+        ("3", "1,3", "cuda:1"),  # the assigned GPU is the second one this process sees
+        ("1", None, "cuda:1"),  # no isolation: Spark's address is the torch index
+    ],
+)
+def test_perplexity_runs_on_the_assigned_gpu_as_seen_through_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, address: str, visible: str | None, device: str
+) -> None:
+    import pandas as pd
+    import torch
+    from pyspark import TaskContext
+
+    import udfs.sentences
+    from realsyn.workers import task_device
+
+    monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: _GpuTask(address)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    devices: list[str] = []
+
+    def scored_on(texts: pd.Series, model: str, on: str, batch_size: int, max_tokens: int) -> pd.Series:
+        devices.append(on)
+        return pd.Series(50.0, index=texts.index)
+
+    monkeypatch.setattr(udfs.sentences, "perplexity_batch", scored_on)
+    batches = [pd.Series(["a dog runs"]), pd.Series(["the cat sleeps", "a man rides"])]
+    out = list(score_perplexity(iter(batches), SentencePerplexityConfig(model="gpt2-large")))
+    assert [o.tolist() for o in out] == [[50.0], [50.0, 50.0]]
+    # The device of the embed stage (and every other model stage) for the same task, and the expected index.
+    assert devices == [device, device] == [task_device(EmbedConfig().device)] * 2
+
+
+def test_perplexity_device_cuda_without_a_gpu_names_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"^sentences\.perplexity\.device: device is 'cuda' but no CUDA device"):
+        next(score_perplexity(iter([]), SentencePerplexityConfig(device="cuda")))
 
 
 def test_mmc4_end_to_end_reconciles(

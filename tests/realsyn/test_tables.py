@@ -18,7 +18,6 @@ from realsyn.contracts import (
     BRONZE_TEXTS,
     FUNNEL,
     SILVER_IMAGE_CLUSTERS,
-    SILVER_IMAGE_EMBEDDING_REJECTS,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
 )
@@ -26,7 +25,7 @@ from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.ingest import run_ingest
 from realsyn.sentences import run_extract_sentences
 from realsyn.tables import Lakehouse
-from tests.tables import rows_frame, write_foreign
+from tests.tables import rows_frame
 
 REPO = Path(__file__).resolve().parents[2]
 DOCUMENT = {"doc_id": "d1", "source": "s", "layout": "mmc4", "input_file": "f", "n_texts": 1, "n_images": 0}
@@ -76,25 +75,6 @@ def test_a_log_without_a_commit_is_cleared_and_a_committed_one_kept(spark: Spark
         table, spark.createDataFrame([("c", "m", 1)], table.schema)
     )
     assert sorted(r.image_id for r in lakehouse.read(table).collect()) == ["a", "b", "c"]
-
-
-def test_a_reject_table_of_the_old_naming_is_renamed_on_its_first_write(spark: SparkSession, tmp_path: Path) -> None:
-    old = spark.createDataFrame([("a", "m", "undecodable")], "image_id string, model_id string, reject_reason string")
-    write_foreign(Lakehouse(spark, StorageConfig(root=str(tmp_path))), SILVER_IMAGE_EMBEDDING_REJECTS, old)
-    new = spark.createDataFrame(
-        [("b", "m", "empty_text", "0 bytes")], "image_id string, model_id string, reason string, detail string"
-    )
-    lakehouse = Lakehouse(spark, StorageConfig(root=str(tmp_path)))
-    assert lakehouse.insert_new(SILVER_IMAGE_EMBEDDING_REJECTS, new) == 1
-    got = lakehouse.read(SILVER_IMAGE_EMBEDDING_REJECTS)
-    assert got.columns == ["image_id", "model_id", "reason", "detail"]
-    assertDataFrameEqual(
-        got, [("a", "m", "undecodable", None), ("b", "m", "empty_text", "0 bytes")], checkRowOrder=False
-    )
-    # Written once: a table that already has the new name is left as it is.
-    version = lakehouse.delta(SILVER_IMAGE_EMBEDDING_REJECTS).history(1).first()["version"]  # type: ignore[index]
-    Lakehouse(spark, StorageConfig(root=str(tmp_path))).create_if_absent(SILVER_IMAGE_EMBEDDING_REJECTS)
-    assert lakehouse.delta(SILVER_IMAGE_EMBEDDING_REJECTS).history(1).first()["version"] == version  # type: ignore[index]
 
 
 def test_catalog_mode_gives_the_tables_of_path_mode(spark: SparkSession, tmp_path: Path) -> None:

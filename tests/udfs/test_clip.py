@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tests.photos import encode, photo
-from udfs import clip, decode
+from udfs import clip, decode, models
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = REPO / "conf" / "models.yaml"
@@ -22,7 +22,7 @@ REGISTRY = REPO / "conf" / "models.yaml"
 @pytest.fixture(scope="module")
 def tiny() -> clip.ModelSpec:
     """The tiny random open_clip model of the registry."""
-    return clip.get_spec(clip.load_registry(REGISTRY), "tiny-random")
+    return models.get_spec(models.load_registry(REGISTRY), "tiny-random")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def collect(batches: Any) -> tuple[dict[Any, np.ndarray], dict[Any, str]]:
 
 
 def test_registry_has_every_kind_of_entry() -> None:
-    reg = clip.load_registry(REGISTRY)
+    reg = models.load_registry(REGISTRY)
     assert reg["eva02-l-14"].architecture == "EVA02-L-14"
     assert reg["eva02-l-14"].pretrained == "merged2b_s4b_b131k"
     assert reg["hf-siglip-base"].family == "hf"
@@ -100,10 +100,10 @@ def test_registry_has_every_kind_of_entry() -> None:
 def test_registry_errors_name_the_entry(tmp_path: Path) -> None:
     bad = tmp_path / "models.yaml"
     bad.write_text("models:\n  broken:\n    family: open_clip\n    architecture: ViT-B-32\n", encoding="utf-8")
-    with pytest.raises(clip.RegistryError, match=r"models\.broken: .*pretrained"):
-        clip.load_registry(bad)
-    with pytest.raises(clip.RegistryError, match=r"known models: .*tiny-random"):
-        clip.get_spec(clip.load_registry(REGISTRY), "no-such-model")
+    with pytest.raises(models.RegistryError, match=r"models\.broken: .*pretrained"):
+        models.load_registry(bad)
+    with pytest.raises(models.RegistryError, match=r"known models: .*tiny-random"):
+        models.get_spec(models.load_registry(REGISTRY), "no-such-model")
 
 
 def test_missing_weights_name_what_was_looked_for(tmp_path: Path) -> None:
@@ -133,14 +133,14 @@ def test_missing_weights_name_what_was_looked_for(tmp_path: Path) -> None:
     ],
 )
 def test_device_follows_the_gpu_spark_assigned(
-    policy: clip.DevicePolicy, addresses: list[str], cuda: bool, visible: str | None, expected: str
+    policy: models.DevicePolicy, addresses: list[str], cuda: bool, visible: str | None, expected: str
 ) -> None:
-    assert clip.pick_device(policy, addresses, cuda, visible) == expected
+    assert models.pick_device(policy, addresses, cuda, visible) == expected
 
 
 def test_cuda_policy_without_a_gpu_fails() -> None:
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        clip.pick_device("cuda", [], False, None)
+        models.pick_device("cuda", [], False, None)
 
 
 # ------------------------------------------------------------------------------------------------ decoding

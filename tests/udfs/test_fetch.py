@@ -27,10 +27,11 @@ from sklearn.datasets import load_sample_image
 
 from realsyn.ids import bytes_id
 from udfs import fetch as F
+from udfs.fetch_schema import ARROW_SCHEMA, DEFAULT_SCHEMES, FetchOptions
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 # Small timeouts so that every hostile endpoint ends within a few seconds.
-OPTS = F.FetchOptions(
+OPTS = FetchOptions(
     connect_timeout_s=1.0,
     read_timeout_s=0.5,
     total_timeout_s=1.5,
@@ -42,7 +43,7 @@ OPTS = F.FetchOptions(
     max_bytes=1_000_000,
     max_pixels=50_000_000,
     allow_networks=LOOPBACK,
-    allowed_schemes=(*F.DEFAULT_SCHEMES, "memory"),
+    allowed_schemes=(*DEFAULT_SCHEMES, "memory"),
 )
 
 
@@ -614,7 +615,7 @@ def test_fetch_arrow_keeps_keys_and_schema(server: LoopbackServer) -> None:
     out = pa.Table.from_batches(
         list(F.fetch_arrow([batch], OPTS, rows_per_batch=2, progress=lambda p: reports.append(p.line())))
     )
-    assert out.schema == F.ARROW_SCHEMA
+    assert out.schema == ARROW_SCHEMA
     rows = sorted(
         zip(out["url_id"].to_pylist(), out["status"].to_pylist(), out["http_status"].to_pylist(), strict=True)
     )
@@ -699,7 +700,7 @@ def test_status_counts() -> None:
         {"url_id": "c", "url": "u3", "status": F.OK, "n_bytes": 5},
     ]
     counts: dict[str, list[int]] = {}
-    F.count_statuses(pa.RecordBatch.from_pylist(rows, schema=F.ARROW_SCHEMA), counts)
+    F.count_statuses(pa.RecordBatch.from_pylist(rows, schema=ARROW_SCHEMA), counts)
     assert counts == {F.OK: [2, 15], F.HTTP_ERROR: [1, 0]}
     param = F.StatusCounts()
     total = param.addInPlace(param.zero({}), counts)

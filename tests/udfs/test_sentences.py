@@ -160,6 +160,74 @@ def test_perplexity_does_not_depend_on_batching(tiny_lm: Path) -> None:
     assert (batched > 1).all()
 
 
+def test_perplexity_lm_goes_through_the_registry_cache_and_precision_policy(tiny_lm: Path) -> None:
+    import torch
+
+    spec = S.causal_lm_spec(str(tiny_lm))
+    assert (spec.kind, spec.family, spec.source, spec.half) == ("lm", "hf", str(tiny_lm), False)
+    model, tokenizer = S.load_causal_lm(str(tiny_lm))
+    assert S.load_causal_lm(spec) == (model, tokenizer)  # one cache entry per entry, device and precision
+    assert next(model.parameters()).dtype == torch.float32
+    half, _ = S.load_causal_lm(str(tiny_lm), precision="bf16")
+    assert next(half.parameters()).dtype == torch.bfloat16 and half is not model
+
+
+def test_perplexity_lm_from_the_hub_is_pinned_to_the_entrys_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from udfs.models import ModelNotAvailable, ModelSpec
+
+    calls: list[tuple[str, str, dict[str, object]]] = []
+
+    def from_pretrained(what: str) -> object:
+        def load(source: str, **kwargs: object) -> object:
+            calls.append((what, source, kwargs))
+            raise OSError("offline")
+
+        return load
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained("tokenizer"))
+    spec = ModelSpec(name="gpt2-pinned", kind="lm", family="hf", source="openai-community/gpt2", revision="607a30d")
+    with pytest.raises(ModelNotAvailable, match=r"'gpt2-pinned'.*'openai-community/gpt2' not available"):
+        S.load_causal_lm(spec)
+    assert calls == [("tokenizer", "openai-community/gpt2", {"cache_dir": None, "revision": "607a30d"})]
+
+
+def test_perplexity_lm_from_an_inline_config_entry() -> None:
+    from udfs.models import ModelSpec
+
+    config = {"model_type": "gpt2", "n_positions": 64, "n_embd": 16, "n_layer": 1, "n_head": 2}
+    spec = ModelSpec(name="tiny-lm", kind="lm", family="hf", config=config, random_init=True)
+    scores = S.perplexity_batch(pd.Series(["a dog runs", ""]), spec)
+    assert scores.iloc[0] > 1 and np.isnan(scores.iloc[1])
+
+
+def test_perplexity_halves_the_batch_on_out_of_memory(tiny_lm: Path) -> None:
+    import torch
+
+    model, tokenizer = S.load_causal_lm(str(tiny_lm))
+    rows: list[int] = []
+
+    class SmallMemory(torch.nn.Module):
+        """The model, running out of memory on more than two rows at once."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+            rows.append(int(input_ids.shape[0]))
+            if input_ids.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    texts = ["a dog runs on the beach", "children play", "the cat sleeps on a red sofa", "a dog", ""]
+    scores = S.perplexity(texts, SmallMemory(), tokenizer, batch_size=4)
+    assert rows == [4, 2, 2]  # four scorable texts: four rows fail, then two and two
+    np.testing.assert_allclose(scores[:4], S.perplexity(texts[:4], model, tokenizer, batch_size=1), rtol=1e-5)
+    assert np.isnan(scores[4])
+
+
 def test_cat_filter_on_the_labelled_set() -> None:
     # 203 sentences labelled by hand (tests/data/cat_labelled.tsv); bench/cat.py prints the same figures.
     import importlib.util
