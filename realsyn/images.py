@@ -12,8 +12,9 @@ documents use which URL). Steps, each writing what it drops to ``silver.image_re
 3. perceptual dedup: 64-bit pHash; images whose hashes differ in at most ``max_distance`` bits are linked,
    candidate pairs come from banding (:mod:`udfs.images`), groups are connected components
    (:mod:`realsyn.components`). Images whose bytes decode only partially are rejected as ``undecodable``.
-4. semantic dedup (only where ``silver.image_embeddings`` holds the configured model): CLIP image cosine
-   within k-means clusters (:mod:`realsyn.semdedup`).
+4. semantic dedup (only where ``silver.image_embeddings`` holds the configured model, or a single model when
+   none is configured; several models and no ``images.semantic_dedup.model_id`` stop the run naming that key):
+   CLIP image cosine within k-means clusters (:mod:`realsyn.semdedup`).
 
 Representative of a duplicate group (steps 3 and 4): the largest resolution (width * height), then the
 smallest ``image_id``. The representative takes over the URLs and documents of the whole group, and the other
@@ -28,7 +29,6 @@ to ``gold.funnel`` under stage ``images``. Both silver tables are replaced atomi
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,7 +37,13 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.components import COMPONENT, REPRESENTATIVE, choose_representatives, connected_components
+from realsyn.components import (
+    COMPONENT,
+    REPRESENTATIVE,
+    choose_representatives,
+    connected_components,
+    merge_into_representatives,
+)
 from realsyn.config import Config, EmbedConfig, ImagePerceptualDedupConfig, ImagesConfig, SemanticDedupConfig
 from realsyn.contracts import (
     BRONZE_FETCHED_IMAGES,
@@ -58,8 +64,7 @@ from realsyn.semdedup import (
     usable_embeddings,
 )
 from realsyn.tables import Lakehouse
-
-log = logging.getLogger(__name__)
+from realsyn.vectors import resolve_model_id
 
 STAGE = "extract_images"
 PHASH = "phash"
@@ -95,19 +100,19 @@ def _phash(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
 def url_rows(fetched: DataFrame, refs: DataFrame) -> DataFrame:
     """One row per successfully fetched URL with its bytes, size read from the bytes, and its documents.
 
-    Columns: url_id, fetched_at, image_id, content, width, height, format, doc_ids (sorted, distinct; empty when
+    Columns: url_id, image_id, content, width, height, format, doc_ids (sorted, distinct; empty when
     no reference names the URL).
     """
     docs = refs.groupBy("url_id").agg(F.array_sort(F.collect_set("doc_id")).alias("doc_ids"))
     ok = fetched.where(F.col("status") == "ok").select(
-        "url_id", "fetched_at", F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"), "content"
+        "url_id", F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"), "content"
     )
     info = _image_info(F.col("content"))
     return (
         ok.join(docs, "url_id", "left")
         .withColumn("doc_ids", F.coalesce(F.col("doc_ids"), F.array().cast("array<string>")))
         .withColumn("_info", info)
-        .select("url_id", "fetched_at", "image_id", "content", "_info.width", "_info.height", "_info.format", "doc_ids")
+        .select("url_id", "image_id", "content", "_info.width", "_info.height", "_info.format", "doc_ids")
     )
 
 
@@ -165,18 +170,24 @@ def _reject_rows(
     )
 
 
-def exact_dedup(urls: DataFrame) -> tuple[DataFrame, DataFrame]:
+def exact_dedup(urls: DataFrame, stood_before: DataFrame | None = None) -> tuple[DataFrame, DataFrame]:
     """(images, rejects): one image per content hash with all its URLs and documents; extra URL rows rejected.
 
-    The URL fetched first (then the smallest url_id) stands for the image, so the choice survives later runs that
-    add URLs; the others are ``exact_duplicate`` rejects.
+    The URL that stood for the image in the last run (``stood_before``: a ``url_id`` column, see
+    :func:`urls_that_stood`) stands for it again, so URLs added later never displace it; an image new to this run
+    takes its smallest url_id, which two runs on the same input choose alike whatever order the fetch took. The
+    other URLs are ``exact_duplicate`` rejects.
     """
+    if stood_before is not None:
+        urls = urls.join(stood_before.select("url_id", F.lit(0).alias("_before")), "url_id", "left")
+    else:
+        urls = urls.withColumn("_before", F.lit(None).cast("int"))
     groups = urls.groupBy("image_id").agg(
         F.array_sort(F.collect_set("url_id")).alias("url_ids"),
         F.array_sort(F.array_distinct(F.flatten(F.collect_list("doc_ids")))).alias("all_doc_ids"),
-        F.min(F.struct("fetched_at", "url_id"))["url_id"].alias("_first_url"),
+        F.min(F.struct(F.coalesce("_before", F.lit(1)), "url_id"))["url_id"].alias("_first_url"),
     )
-    joined = urls.join(groups, "image_id")
+    joined = urls.drop("_before").join(groups, "image_id")
     images = joined.where(F.col("url_id") == F.col("_first_url")).select(
         "image_id", "content", "width", "height", "format", "url_ids", F.col("all_doc_ids").alias("doc_ids")
     )
@@ -187,6 +198,16 @@ def exact_dedup(urls: DataFrame) -> tuple[DataFrame, DataFrame]:
         duplicate_of=F.col("image_id"),
     )
     return images, rejects
+
+
+def urls_that_stood(images: DataFrame, rejects: DataFrame) -> DataFrame:
+    """The url_ids that stood for an image when ``images`` / ``rejects`` (silver.images and silver.image_rejects
+    of the last run) were written: every URL they name except those rejected as exact duplicates."""
+    named = images.select(F.explode("url_ids").alias("url_id")).union(
+        rejects.select(F.explode("url_ids").alias("url_id"))
+    )
+    duplicates = rejects.where(F.col(STEP) == "exact_dedup").select(F.explode("url_ids").alias("url_id"))
+    return named.subtract(duplicates)
 
 
 def phash_pairs(hashes: DataFrame, cfg: ImagePerceptualDedupConfig) -> DataFrame:
@@ -223,19 +244,8 @@ def _merge_groups(df: DataFrame, step: str, reason: str) -> tuple[DataFrame, Dat
 
     ``df`` has the image columns plus ``component`` and ``representative``.
     """
-    refs = df.groupBy(COMPONENT).agg(
-        F.array_sort(F.array_distinct(F.flatten(F.collect_list("url_ids")))).alias("_url_ids"),
-        F.array_sort(F.array_distinct(F.flatten(F.collect_list("doc_ids")))).alias("_doc_ids"),
-    )
-    is_rep = F.col("image_id") == F.col(REPRESENTATIVE)
-    kept = (
-        df.where(is_rep)
-        .join(refs, COMPONENT)
-        .select(*[c for c in SILVER_IMAGES.columns if c not in ("url_ids", "doc_ids")], "_url_ids", "_doc_ids")
-        .withColumnRenamed("_url_ids", "url_ids")
-        .withColumnRenamed("_doc_ids", "doc_ids")
-    )
-    rejects = _reject_rows(df.where(~is_rep), step, F.lit(reason), duplicate_of=F.col(REPRESENTATIVE))
+    kept, others = merge_into_representatives(df, "image_id", unions=("url_ids", "doc_ids"))
+    rejects = _reject_rows(others, step, F.lit(reason), duplicate_of=F.col(REPRESENTATIVE))
     return kept.select(*SILVER_IMAGES.columns), rejects
 
 
@@ -283,18 +293,17 @@ def semantic_image_dedup(
 
 
 def _embeddings_of(lakehouse: Lakehouse, cfg: SemanticDedupConfig, embed: EmbedConfig) -> DataFrame | None:
-    """The image embeddings of the configured model, or None when the step cannot run."""
+    """The image embeddings of the configured model (or of the only model present), or None when the step cannot
+    run.
+
+    Raises ConfigError naming ``images.semantic_dedup.model_id`` when several models have image embeddings and
+    that key does not pick one, as every stage that reads embeddings does.
+    """
     if not cfg.enabled or not lakehouse.exists(SILVER_IMAGE_EMBEDDINGS):
         return None
     table = lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
-    model_id = cfg.model_id
-    if model_id is None:
-        models = [r[0] for r in table.select("model_id").distinct().limit(2).collect()]
-        if len(models) != 1:
-            log.warning("semantic image dedup skipped: set images.semantic_dedup.model_id (models: %s)", models)
-            return None
-        model_id = models[0]
-    if not usable_embeddings(model_id, embed, "images"):
+    model_id = resolve_model_id(table, cfg.model_id, "images.semantic_dedup.model_id")
+    if model_id is None or not usable_embeddings(model_id, embed, "images"):
         return None
     return table.where(F.col("model_id") == model_id)
 
@@ -324,7 +333,11 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)
     passed, bad = split(urls)
     quality_rejects = _reject_rows(bad, "quality", F.col(REASON), detail=quality_detail(icfg))
-    images, exact_rejects = exact_dedup(passed)
+    stood = None
+    if lakehouse.exists(SILVER_IMAGES) and lakehouse.exists(SILVER_IMAGE_REJECTS):
+        stood = urls_that_stood(lakehouse.read(SILVER_IMAGES), lakehouse.read(SILVER_IMAGE_REJECTS))
+        stood = stood.localCheckpoint(eager=True)  # read before this stage overwrites both tables
+    images, exact_rejects = exact_dedup(passed, stood)
     images = images.localCheckpoint(eager=True)
     n_passed = passed.count()
     steps = [FunnelStep("quality", urls.count(), n_passed), FunnelStep("exact_dedup", n_passed, images.count())]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from PIL import ImageEnhance
 from pyspark.sql import SparkSession
 
-from realsyn.config import Config
+from realsyn.config import Config, ConfigError
 from realsyn.contracts import (
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
@@ -52,7 +53,9 @@ FETCHED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 def _write_bronze(spark: SparkSession, lakehouse: Lakehouse, contents: dict[str, bytes]) -> dict[str, str]:
     url_ids = {name: stable_id(f"https://example.org/{name}") for name in contents}
-    fetched = [(url_ids[n], f"https://example.org/{n}", "ok", FETCHED_AT, bytes_id(c), c) for n, c in contents.items()]
+    # Fetched in descending url_id order: which copy of some bytes arrived first must not decide which one stands.
+    at = {n: FETCHED_AT + timedelta(seconds=i) for i, n in enumerate(sorted(contents, key=url_ids.get, reverse=True))}
+    fetched = [(url_ids[n], f"https://example.org/{n}", "ok", at[n], bytes_id(c), c) for n, c in contents.items()]
     fetched.append(
         (stable_id("https://example.org/gone"), "https://example.org/gone", "http_error", FETCHED_AT, None, None)
     )
@@ -123,7 +126,8 @@ def test_extract_images_end_to_end(spark: SparkSession, lakehouse: Lakehouse) ->
             ("quality", "too_small", rid["tiny-astronaut"], (url_ids["tiny-astronaut"],), None),
             ("quality", "aspect_ratio", rid["flower-strip"], (url_ids["flower-strip"],), None),
             ("quality", "undecodable", rid["html"], (url_ids["html"],), None),
-            # The copy with the larger url_id is the rejected row; both URLs live on in the kept image.
+            # The copies with the larger url_ids are the rejected rows, though fetched first; all URLs live on in
+            # the kept image.
             *[
                 ("exact_dedup", "exact_duplicate", rid["rocket-1"], (u,), rid["rocket-1"])
                 for u in urls("rocket-1", "rocket-2", "rocket-3")[1:]
@@ -229,3 +233,18 @@ def test_semantic_dedup_uses_image_embeddings_when_present(spark: SparkSession, 
     # The embeddings stay in step with silver.images: the duplicate's rows are gone, of every model.
     embedded = sorted((r["image_id"], r["model_id"]) for r in lakehouse.read(SILVER_IMAGE_EMBEDDINGS).collect())
     assert embedded == sorted([(iid["china"], "m"), (iid["coffee"], "m"), (iid["coffee"], "other")])
+
+
+def test_several_embedding_models_and_none_configured_stop_the_run(spark: SparkSession, lakehouse: Lakehouse) -> None:
+    contents = {n: encode(photo(n), "JPEG", quality=90) for n in ["astronaut", "coffee"]}
+    _write_bronze(spark, lakehouse, contents)
+    emb = [(bytes_id(contents["astronaut"]), "m", [1.0, 0.0]), (bytes_id(contents["coffee"]), "other", [0.0, 1.0])]
+    lakehouse.overwrite(
+        SILVER_IMAGE_EMBEDDINGS, spark.createDataFrame(emb, "image_id string, model_id string, embedding array<float>")
+    )
+    cfg = Config.model_validate(
+        {"storage": {"root": lakehouse.storage.root}, "images": {"perceptual_dedup": {"enabled": False}}}
+    )
+    with pytest.raises(ConfigError, match=r"images\.semantic_dedup\.model_id: .*several models \(m, other"):
+        run_extract_images(lakehouse, cfg)
+    assert not lakehouse.exists(SILVER_IMAGES)  # stopped before writing anything
