@@ -19,6 +19,11 @@ range-partitioned and sorted, each partition's count is collected (one number pe
 its own shards (mapInArrow); a shard appears under its final name only once complete. A rerun writes the same
 shards with the same bytes, removes shards a previous run left beyond the new count, and replaces sizes.json
 last. Parquet and Delta are overwritten in one commit each.
+
+Each scale's folder holds ``_export.json`` once its export is finished: the versions of gold.dataset and
+silver.images and the export settings it was made from, and what it wrote. A run whose tables and settings are
+those of the manifest writes nothing to that folder (a pipeline rerun with nothing new leaves the exports as they
+are); any other run removes the manifest first and writes it again last, so a killed export is redone.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from pyspark.sql import DataFrame
@@ -42,6 +48,7 @@ from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, shard_name, write_shards
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
 ALL = "all"
+MANIFEST = "_export.json"  # in each scale's folder: the table versions and settings it was exported from
 _LOCAL_BITS = 33  # monotonically_increasing_id: partition id in the upper 31 bits, row in partition in the lower 33
 
 
@@ -77,6 +84,7 @@ class ScaleExport:
     shard_bytes: int
     seconds: float
     formats: tuple[str, ...]
+    unchanged: bool = False  # the folder already held this export of the same table versions: nothing written
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ class ExportSummary:
                 if "webdataset" in s.formats
                 else ""
             )
-            + f" in {s.seconds:,.1f} s"
+            + (" unchanged" if s.unchanged else f" in {s.seconds:,.1f} s")
             for s in self.scales
         )
         return f"export to {self.root}: {parts or 'nothing'}"
@@ -204,17 +212,55 @@ def run_export(lakehouse: Lakehouse, cfg: Config, scales: Sequence[str] | None =
     missing = [n for n in names if n != ALL and scale_column(n) not in dataset.columns]
     if missing:
         raise RuntimeError(f"{GOLD_DATASET} has no column for scale(s) {', '.join(missing)}: rerun the balance stage")
+    sources = {t.name: lakehouse.version(t) for t in (GOLD_DATASET, SILVER_IMAGES)}
     out = []
     for name in names:
         start = time.perf_counter()
+        folder = f"{root}/{name}"
+        manifest = {"scale": name, "table_versions": sources, "export": cfg.export.model_dump(mode="json")}
+        done = read_manifest(folder)
+        if done is not None and done["source"] == manifest:
+            n, shards, shard_bytes = (int(v) for v in done["written"])
+            out.append(ScaleExport(name, n, shards, shard_bytes, 0.0, tuple(cfg.export.formats), unchanged=True))
+            continue
+        remove_manifest(folder)  # from here until the new one is written, the folder is not a finished export
         rows = scale_rows(dataset, name).localCheckpoint(eager=True)
         n, shards, shard_bytes = rows.count(), 0, 0
-        folder = f"{root}/{name}"
         if "parquet" in cfg.export.formats:
             rows.select(*RELEASE_COLUMNS).write.mode("overwrite").parquet(f"{folder}/parquet")
         if "webdataset" in cfg.export.formats:
             n, shards, shard_bytes = write_webdataset(lakehouse, rows, f"{folder}/webdataset", cfg)
         if "delta" in cfg.export.formats:
             write_delta(lakehouse, rows, f"{folder}/delta")
+        write_manifest(folder, {"source": manifest, "written": [n, shards, shard_bytes]})
         out.append(ScaleExport(name, n, shards, shard_bytes, time.perf_counter() - start, tuple(cfg.export.formats)))
     return ExportSummary(root, tuple(out))
+
+
+def read_manifest(folder: str) -> dict[str, Any] | None:
+    """The manifest of the finished export in ``folder`` (what it was made from, what it wrote), or None."""
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(f"{folder}/{MANIFEST}")
+    if not fs.exists(base):
+        return None
+    with fs.open(base, "r") as f:
+        manifest: dict[str, Any] = json.load(f)
+    return manifest
+
+
+def write_manifest(folder: str, manifest: dict[str, Any]) -> None:
+    """Mark the export in ``folder`` finished (written last, after every format)."""
+    import fsspec
+
+    with fsspec.open(f"{folder}/{MANIFEST}", "w") as f:
+        json.dump(manifest, f, sort_keys=True)
+
+
+def remove_manifest(folder: str) -> None:
+    """Unmark ``folder`` before writing into it, so that a killed export is never taken as finished."""
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(f"{folder}/{MANIFEST}")
+    if fs.exists(base):
+        fs.rm(base)

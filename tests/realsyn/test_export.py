@@ -143,8 +143,14 @@ def test_exports_round_trip_through_real_readers(lakehouse: Lakehouse) -> None:
     got = con.execute(f"SELECT image_id, text2, text3 FROM delta_scan('{delta_path}') ORDER BY image_id").fetchall()
     assert got == [(k, TEXTS[k][1], TEXTS[k][2]) for k in sorted(TEXTS)]
 
-    # A rerun writes the same bytes; one scale is exported alone into its own folder.
-    run_export(lakehouse, cfg)
+    # A rerun on the same table versions and settings writes nothing; after an export killed before its manifest,
+    # it writes the same bytes again. One scale is exported alone into its own folder.
+    files = {p: p.stat().st_mtime_ns for p in (root / "all").rglob("*") if p.is_file()}
+    again = run_export(lakehouse, cfg)
+    assert again.scales[0].unchanged and (again.scales[0].rows, again.scales[0].shards) == (4, 2)
+    assert {p: p.stat().st_mtime_ns for p in (root / "all").rglob("*") if p.is_file()} == files
+    (root / "all" / "_export.json").unlink()
+    assert not run_export(lakehouse, cfg).scales[0].unchanged
     assert shard_digests(shards) == digests
     alone = run_export(lakehouse, cfg, scales=["tiny"])
     assert [s.scale for s in alone.scales] == ["tiny"] and alone.scales[0].rows == 2
