@@ -8,7 +8,8 @@ documents use which URL). Steps, each writing what it drops to ``silver.image_re
    read from the bytes, not trusted from the fetcher.
 2. exact dedup: URLs whose bytes are identical are one image (``image_id`` = hash of the bytes) that keeps every
    URL and document; the extra URL rows are rejected as ``exact_duplicate`` (their references live on). The URL
-   fetched first stands for the image, so a URL added by a later run never takes its place.
+   that stood for the image in the last run stands again, so a URL added later never takes its place; a new
+   image's is its smallest ``url_id`` (whatever order the fetch took).
 3. perceptual dedup: 64-bit pHash; images whose hashes differ in at most ``max_distance`` bits are linked,
    candidate pairs come from banding (:mod:`udfs.images`), groups are connected components
    (:mod:`realsyn.components`). Images whose bytes decode only partially are rejected as ``undecodable``.
