@@ -7,12 +7,17 @@ plots, sample pairs) is written to ``<report folder>/dataset.ipynb``. Needs the 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "dataset.ipynb"
 LAKEHOUSE_VARIABLE = "REALSYN_LAKEHOUSE"
+
+# nbclient's logger: its progress lines (INFO) are left out of a job's console; warnings and errors still show.
+client_log = logging.getLogger(f"{__name__}.client")
+client_log.setLevel(logging.WARNING)
 
 
 class NotebookError(RuntimeError):
@@ -29,9 +34,8 @@ def execute_notebook(lakehouse: Path, output: Path, notebook: Path = NOTEBOOK, t
     before = os.environ.get(LAKEHOUSE_VARIABLE)
     os.environ[LAKEHOUSE_VARIABLE] = str(lakehouse)  # the kernel inherits this process's environment
     try:
-        client = NotebookClient(
-            nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(output.parent)}}
-        )
+        resources = {"metadata": {"path": str(output.parent)}}
+        client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", resources=resources, log=client_log)
         output.parent.mkdir(parents=True, exist_ok=True)
         try:
             client.execute()

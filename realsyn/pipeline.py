@@ -24,6 +24,7 @@ import importlib
 import logging
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -220,7 +221,7 @@ STAGES: tuple[Stage, ...] = (
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # Stages whose summary is repeated at the end of a run: gold size per scale, exports, the report page.
-PRODUCT_STAGES = ("balance", "export", "report")
+CONSOLE_WIDTH = 120  # what the pipeline prints fits a terminal this wide
 
 
 def check_config(cfg: Config, stages: Sequence[Stage]) -> None:
@@ -600,18 +601,43 @@ class PipelineSummary:
         return all(r.status != FAILED for r in self.runs)
 
     def __str__(self) -> str:
-        width = max((len(t) for t in self.tables), default=10)
         counts = ", ".join(f"{sum(r.status == s for r in self.runs)} {s}" for s in (OK, SKIPPED, FAILED))
-        lines = [f"run {self.run_id}: stages {counts}; rows per table:"]
-        lines += [f"  {t:<{width}} {n:>12,} rows" for t, n in self.tables.items()]
-        # What a user takes away: the dataset's size per scale, and where the exports and the report are.
-        lines += [f"{r.summary}" for r in self.runs if r.stage in PRODUCT_STAGES and r.status == OK]
-        lines.append(f"stage runs in {RUNS} (run_id = '{self.run_id}'); full log: {self.log}")
+        lines = [f"run {self.run_id}: {len(self.runs)} stage{'s' * (len(self.runs) != 1)}: {counts}"]
+        lines += table_lines(self.tables)
+        # Where a user looks next (each stage's own summary was printed once, under the stage).
+        for run in self.runs:
+            if run.status == OK and getattr(run.summary, "page", None):
+                lines.append(f"report page:  {run.summary.page}")  # type: ignore[attr-defined]
+            if run.status == OK and getattr(run.summary, "root", None):
+                lines.append(f"exports:      {run.summary.root}")  # type: ignore[attr-defined]
+        lines.append(f"stage runs:   {RUNS} (run_id = '{self.run_id}')")
+        lines.append(f"full log:     {self.log}")
         return "\n".join(lines)
 
 
-def _indent(text: str) -> str:
-    return "\n".join(f"      {line}" for line in text.splitlines())
+def table_lines(tables: dict[str, int], width: int = CONSOLE_WIDTH) -> list[str]:
+    """Rows per table, a line (wrapped at ``width``) per layer in pipeline order, the empty tables on one more."""
+    lines = ["rows per table:"]
+    for layer in ("bronze", "silver", "gold"):
+        items = [f"{t.partition('.')[2]} {n:,}" for t, n in tables.items() if t.startswith(f"{layer}.") and n]
+        if items:
+            lines += _wrap(", ".join(items), width, f"  {layer:<8}", 10)
+    empty = [t for t, n in tables.items() if not n]
+    if empty:
+        lines += _wrap(", ".join(empty), width, "  empty:  ", 10)
+    return lines
+
+
+def _indent(text: str, width: int = CONSOLE_WIDTH) -> str:
+    """A stage's summary under its line, wrapped to the console's width (paths are not broken)."""
+    return "\n".join(part for line in text.splitlines() for part in _wrap(line, width, 6, 8))
+
+
+def _wrap(text: str, width: int, indent: int | str, hang: int) -> list[str]:
+    first = indent if isinstance(indent, str) else " " * indent
+    return textwrap.wrap(
+        text, width, initial_indent=first, subsequent_indent=" " * hang, break_long_words=False, break_on_hyphens=False
+    )
 
 
 def run_pipeline(cfg: Config, stages: Sequence[Stage], console: TextIO = sys.stdout) -> PipelineSummary:
@@ -708,7 +734,8 @@ def _run(
             busy = task_time_share(spark.sparkContext, started, ended)
             run = StageRun(stage.name, i, FAILED, started, ended, rows_in, {}, busy, detail[:4000])
             runs.append(run)
-            _say(console, f"{label:<28} FAILED after {run.seconds:.1f} s: {detail.splitlines()[0][:300]}")
+            failed = f"{label:<28} FAILED after {run.seconds:.1f} s: {detail.splitlines()[0][:300]}"
+            _say(console, "\n".join(_wrap(failed, CONSOLE_WIDTH, "", 6)))
             _say(console, f"  traceback and Spark's log: {log_file}")
             try:
                 record(lakehouse, run_id, cfg_hash, version, [run])
@@ -730,6 +757,6 @@ def _run(
     tables: dict[str, int] = {}
     for run in runs:  # counted after each stage: a table's last writer in this run has its final count
         tables.update(run.rows_out)
-    summary = PipelineSummary(run_id, log_file, tuple(runs), dict(sorted(tables.items())))
+    summary = PipelineSummary(run_id, log_file, tuple(runs), tables)  # in the order the stages wrote them
     _say(console, str(summary))
     return summary

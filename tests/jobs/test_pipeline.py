@@ -33,6 +33,11 @@ CONF = REPO / "conf" / "local.yaml"
 SMALL = ("demo.documents=12", "demo.synthetic_images=4")
 
 
+def unwrapped(console: str) -> str:
+    """``console`` with the pipeline's wrapped summary lines joined again (a continuation is indented 8)."""
+    return re.sub(r"\n {8}(?=\S)", " ", console)
+
+
 def table(root: Path, name: str) -> list[dict[str, object]]:
     layer, _, rest = name.partition(".")
     return DeltaTable(str(root / layer / rest)).to_pyarrow_table().to_pylist()
@@ -72,7 +77,7 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     sentences = {r["sentence_id"] for r in table(lake, "silver.sentences")}
     assert ("extract_images", "semantic_dedup") not in funnel
     assert funnel[("extract_sentences", "semantic_dedup")] == (len(sentences), len(sentences))  # a step that drops none
-    assert re.search(r"semantic dedup: images: not run \(model 'tiny-random' has random weights", console)
+    assert re.search(r"semantic dedup: images: not run \(model 'tiny-random' has random weights", unwrapped(console))
     # Each stage's output feeds the next: kept images and sentences are embedded, and images get retrieved texts.
     assert images and sentences
     assert images <= {r["image_id"] for r in table(lake, "silver.image_embeddings")}
@@ -120,7 +125,14 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(f"{len(dataset)} rows in gold.dataset" in o.get("text", "") for o in outputs)
-    assert re.search(r"^export to .*: all: [0-9,]+ rows", console, re.M)
+    # Each stage's summary once, under its line, wrapped to 120 columns (a continuation indented 8); then the tables
+    # by layer and where to look.
+    summaries = unwrapped(console)
+    assert len(re.findall(r"^ {6}export to .*: all: [0-9,]+ rows", summaries, re.M)) == 1
+    assert len(re.findall(r"^ {6}report: ", summaries, re.M)) == 1
+    end = console[console.index("rows per table:") :].splitlines()
+    assert all(len(line) <= 120 for line in end), end
+    assert re.match(r"  bronze  documents 12, ", end[1]) and re.search(r"^report page: +\S+index.html$", console, re.M)
 
     # One row per stage in gold.runs, with the row counts measured before and after it.
     runs = {r["stage"]: r for r in table(lake, "gold.runs")}
@@ -139,7 +151,7 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     for noise in ("WARN", "::", "Ivy", "[Stage", "Traceback"):
         assert noise not in console
     # Leaves probed per image are measured: never more than the tree has (the configured average is 44).
-    probed = re.search(r"([0-9.]+) of ([0-9,]+) lea(?:ves|f) probed per image on average", console)
+    probed = re.search(r"([0-9.]+) of ([0-9,]+) lea(?:ves|f) probed per image on average", summaries)
     assert probed is not None and 1 <= float(probed[1]) <= int(probed[2].replace(",", ""))
     log = next((lake / "_logs").glob("*.log")).read_text(encoding="utf-8")
     assert "resolution report" in log and "stage retrieve done" in log
@@ -163,7 +175,7 @@ def test_a_rerun_with_nothing_new_writes_no_table(reference: tuple[Path, str], r
     after = versions(lake)
     assert after.pop("gold/runs") > before.pop("gold/runs")
     assert after == before and "exports/all/delta" in after
-    assert re.search(r"^export to .*: all: [0-9,]+ rows as .* unchanged", done.stdout, re.M)
+    assert re.search(r"^ {6}export to .*: all: [0-9,]+ rows as .* unchanged", unwrapped(done.stdout), re.M)
     runs = [r for r in table(lake, "gold.runs") if r["run_id"] != table(ref_lake, "gold.runs")[0]["run_id"]]
     status = {r["stage"]: r["status"] for r in runs}
     always = {"ingest", "export", "report"}  # they read or write files, not only tables

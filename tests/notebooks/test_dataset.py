@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pyarrow as pa
+import pytest
 from deltalake import write_deltalake
 from PIL import Image
 
@@ -58,9 +60,11 @@ def tiny_lakehouse(root: Path) -> None:
     write_deltalake(str(root / "silver" / "images"), images)
 
 
-def test_notebook_runs_on_a_tiny_lakehouse(tmp_path: Path) -> None:
+def test_notebook_runs_on_a_tiny_lakehouse(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tiny_lakehouse(tmp_path / "lake")
-    executed = execute_notebook(tmp_path / "lake", tmp_path / "report" / "dataset.ipynb")
+    with caplog.at_level(logging.INFO):  # as a job's logging is set: nbclient's progress stays off the console
+        executed = execute_notebook(tmp_path / "lake", tmp_path / "report" / "dataset.ipynb")
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING], caplog.text
     nb = nbformat.read(executed, as_version=4)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

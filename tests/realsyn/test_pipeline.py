@@ -13,10 +13,13 @@ import pytest
 from pyspark.sql import SparkSession
 
 from realsyn.config import ConfigError, load_config
+from realsyn.export import ExportSummary, ScaleExport
 from realsyn.pipeline import (
     STAGE_NAMES,
     STAGES,
+    PipelineSummary,
     Stage,
+    StageRun,
     StageSelectionError,
     check_config,
     check_order,
@@ -145,3 +148,36 @@ def test_task_time_share_counts_the_tasks_run_in_the_span(spark: SparkSession) -
     start = datetime.now(timezone.utc)
     time.sleep(0.5)
     assert task_time_share(sc, start, datetime.now(timezone.utc)) == 0.0
+
+
+def test_the_run_summary_lists_tables_by_layer_within_120_columns_and_says_where_to_look() -> None:
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    tables = {
+        "bronze.documents": 12,
+        "bronze.texts": 1_234,
+        "bronze.ingest_rejects": 0,
+        **{f"silver.table_with_a_long_name_{i}": 10_000 * i for i in range(1, 9)},
+        "silver.image_embedding_rejects": 0,
+        "gold.dataset": 44,
+    }
+    exports = ExportSummary("/lake/exports", (ScaleExport("all", 44, 1, 10_000, 1.5, ("parquet",)),))
+    runs = (
+        StageRun("ingest", 1, "ok", at, at, {}, {}, None),
+        StageRun("embed", 2, "skipped", at, at, {}, {}, None),
+        StageRun("export", 3, "ok", at, at, {}, {}, None, summary=exports),
+    )
+    lines = str(PipelineSummary("r1", Path("/lake/_logs/r1.log"), runs, tables)).splitlines()
+
+    assert lines[0] == "run r1: 3 stages: 2 ok, 1 skipped, 0 failed"
+    assert lines[1] == "rows per table:"
+    assert lines[2] == "  bronze  documents 12, texts 1,234"
+    assert lines[3].startswith("  silver  table_with_a_long_name_1 10,000, ") and lines[4].startswith(" " * 10)
+    assert "  gold    dataset 44" in lines
+    assert "  empty:  bronze.ingest_rejects, silver.image_embedding_rejects" in lines
+    assert lines[-3:] == [
+        "exports:      /lake/exports",
+        "stage runs:   gold.runs (run_id = 'r1')",
+        "full log:     /lake/_logs/r1.log",
+    ]
+    assert all(len(line) <= 120 for line in lines)
+    assert "export to" not in "\n".join(lines)  # the export's own summary was printed under its stage
