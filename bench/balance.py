@@ -1,13 +1,13 @@
 """Balance sampling and WebDataset export: time vs N, flatness of Zipf-skewed clusters, shard throughput.
 
-1. Sampling in Spark (realsyn.balance.selection_order + with_scales): N cluster assignments over K = N / 200
+1. Sampling in Spark (realsyn.stages.balance.selection_order + with_scales): N cluster assignments over K = N / 200
    leaves (the paper: ~200 images per cluster) with Zipf(1) cluster probabilities, ranked per leaf by a seeded
    hash and compared with a cap-20 scale and a water-filled target of N / 10 (the paper's 15M of 198M is 7.6%),
    counted to force the work. Timed at several N (default 1M, 2M, 5M, 10M; --quick 200k and 400k) after a warm-up;
    near-linear growth is the goal (exponent of t(N) ~ N^e printed). The quota kernels (udfs.balance) on the
    collected sizes are timed apart.
 2. Zipf-skewed sizes: max / median leaf size before sampling and in each scale after it.
-3. Export: realsyn.export.write_webdataset (Spark tasks writing shards) against a plain single-process tarfile
+3. Export: realsyn.stages.export.write_webdataset (Spark tasks writing shards) against a plain single-process tarfile
    writer over the same rows (read into the process with toArrow, then written), M small JPEGs
    (default 20,000; --quick 4,000), samples/s of each.
 
@@ -54,8 +54,8 @@ def sample_once(df: object, seed: int, n: int) -> tuple[float, float, dict[str, 
     """Time one sampling pass; returns (spark seconds, kernel seconds, per-scale leaf counts, sizes before)."""
     from pyspark.sql import functions as F
 
-    from realsyn.balance import scale_column, selection_order, with_scales
     from realsyn.config import BalanceConfig
+    from realsyn.stages.balance import scale_column, selection_order, with_scales
     from udfs.balance import capped, water_fill
 
     cfg = BalanceConfig(seed=seed, scales={"cap20": {"cap": 20}, "n10pct": {"target": n // 10}})  # type: ignore[arg-type]
@@ -160,8 +160,8 @@ def main() -> None:
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from realsyn.config import SparkConfig
-    from realsyn.export import write_webdataset
     from realsyn.spark import get_spark
+    from realsyn.stages.export import write_webdataset
     from udfs.balance import max_over_median
 
     spark = get_spark(

@@ -4,10 +4,10 @@ A loopback HTTP server (its own process, aiohttp) serves real photographs (sciki
 images, cropped and scaled into distinct web-sized JPEGs) at N distinct URLs (``--server http.server``: the same
 files from ``python -m http.server``, a slower server that takes more of the cores). The same URLs are fetched by:
 
-- realsyn: ``run_fetch_images`` on local Spark (bronze.image_refs -> bronze.fetched_images, Delta MERGE), with
+- realsyn: ``run_fetch`` on local Spark (bronze.image_refs -> bronze.fetched_images, Delta MERGE), with
   every check on (resolved-address check, size limit, Pillow decode of every image), timed twice: in a running
   Spark session that has already run a 200-URL fetch job (as a job on a long-running cluster sees it: session
-  start-up and JVM warm-up excluded) and as the job's entry point ``jobs/fetch_images.py`` in a process of its
+  start-up and JVM warm-up excluded) and as the job's entry point ``jobs/fetch.py`` in a process of its
   own (Python, JVM and Spark session start-up included);
 - udfs.fetch: the fetcher alone, in this one process (no Spark, no Delta), same checks;
 - img2dataset: installed by this script in its own virtualenv (``--i2d-venv``) from PyPI, run with
@@ -277,13 +277,13 @@ def write_refs(cfg: dict[str, object], urls: list[str]) -> None:
 def run_realsyn(
     cfg: dict[str, object], urls: list[str], server_pid: int = 0
 ) -> tuple[float, dict[str, int], float, dict[str, float]]:
-    """Write the URLs to bronze.image_refs, then time run_fetch_images in this (warm) session.
+    """Write the URLs to bronze.image_refs, then time run_fetch in this (warm) session.
 
     Returns (seconds, statuses, MB, CPU seconds of the run by kind of process, see :func:`cpu_seconds`).
     """
     from realsyn.config import Config
-    from realsyn.fetch import run_fetch_images
     from realsyn.spark import get_spark
+    from realsyn.stages.fetch import run_fetch
     from realsyn.tables import Lakehouse
 
     write_refs(cfg, urls)
@@ -291,7 +291,7 @@ def run_realsyn(
     lakehouse = Lakehouse(get_spark(config.spark), config.storage)
     cpu_before, own_before = cpu_seconds(server_pid), time.process_time()
     started = time.perf_counter()
-    summary = run_fetch_images(lakehouse, config)
+    summary = run_fetch(lakehouse, config)
     seconds = time.perf_counter() - started
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(server_pid).items()}
     cpu["driver"] = time.process_time() - own_before
@@ -305,14 +305,14 @@ def run_realsyn_cold(cfg: dict[str, object], urls: list[str], work: Path) -> tup
     write_refs(cfg, urls)
     conf = work / "fetch-job.yaml"
     conf.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    cmd = [sys.executable, "-m", "jobs.fetch_images", "--conf", str(conf)]
+    cmd = [sys.executable, "-m", "jobs.fetch", "--conf", str(conf)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"fetch job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    # "fetch_images: N of N pending URLs ... : ok N, ..."
-    summary = next(line for line in proc.stdout.splitlines() if line.startswith("fetch_images:"))
+    # "fetch: N of N pending URLs ... : ok N, ..."
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("fetch:"))
     found = re.search(r"\bok ([\d,]+)", summary.rpartition(":")[2])
     return seconds, int(found.group(1).replace(",", "")) if found else 0
 
@@ -352,7 +352,7 @@ def main() -> None:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("realsyn.fetch").setLevel(logging.INFO)  # the job's progress lines
+    logging.getLogger("realsyn.stages.fetch").setLevel(logging.INFO)  # the job's progress lines
     n = 2_000 if args.quick else args.urls
     args.work.mkdir(parents=True, exist_ok=True)
 

@@ -1,4 +1,4 @@
-"""Embedding throughput: the Spark UDFs of realsyn.embed versus a bare PyTorch loop, side by side in one run.
+"""Embedding throughput: the Spark UDFs of realsyn.stages.embed versus a bare PyTorch loop, side by side in one run.
 
 Both sides embed the same JPEG bytes (decode and the model's own preprocessing included) and the same sentences,
 with the same model and batch size. The Spark side runs the stage's mapInPandas UDFs on a local session (one task
@@ -164,7 +164,7 @@ class SparkUdfs:
         self.text_df = self.spark.read.parquet(f"{folder}/sentences")
 
     def _run(self, df: Any, arrow_batch: int) -> float:
-        from realsyn.embed import ARROW_BATCH_CONF
+        from realsyn.stages.embed import ARROW_BATCH_CONF
 
         self.spark.conf.set(ARROW_BATCH_CONF, str(arrow_batch))
         start = time.perf_counter()
@@ -177,7 +177,7 @@ class SparkUdfs:
         Spark stops Python workers idle for a minute, so this runs again right before every timed job. A full
         batch per task, as the bare loop's warm-up: the first forward at a new batch shape sets up kernels.
         """
-        from realsyn.embed import embed_images, embed_sentences
+        from realsyn.stages.embed import embed_images, embed_sentences
 
         n = self.partitions
         images = self.image_df.limit(n * self.cfg.image_batch_size).repartition(n)
@@ -189,7 +189,7 @@ class SparkUdfs:
 
     def images(self) -> float:
         """Images per second (after a warm-up that is not timed)."""
-        from realsyn.embed import embed_images
+        from realsyn.stages.embed import embed_images
 
         self.warm_up()
         df = embed_images(self.image_df, self.cfg, self.spec)
@@ -197,7 +197,7 @@ class SparkUdfs:
 
     def sentences(self) -> float:
         """Sentences per second (after a warm-up that is not timed)."""
-        from realsyn.embed import embed_sentences
+        from realsyn.stages.embed import embed_sentences
 
         self.warm_up()
         df = embed_sentences(self.text_df, self.cfg, self.spec)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     args.rounds = args.rounds or (2 if args.quick else 3)
 
     from realsyn.config import EmbedConfig
-    from realsyn.embed import resolve_model
+    from realsyn.stages.embed import resolve_model
 
     cfg = EmbedConfig(
         model=args.model,

@@ -43,10 +43,10 @@ def load_texts(folder: Path, copies: int) -> list[tuple[str, int, str]]:
 
 def single_process(rows: list[tuple[str, int, str]], parser: str) -> tuple[int, int]:
     """Split + filters + exact dedup in this process: (sentence occurrences, distinct sentences kept)."""
-    from realsyn.config import SentencesConfig
+    from realsyn.config import ExtractSentencesConfig
     from udfs import sentences as S
 
-    cfg = SentencesConfig()
+    cfg = ExtractSentencesConfig()
     occurrences: Counter[str] = Counter()
     for _, _, text in rows:
         occurrences.update(S.split_sentences(text, cfg.language))
@@ -77,11 +77,11 @@ def spark_run(spark: object, rows: list[tuple[str, int, str]], partitions: int) 
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from realsyn.config import SentencePerplexityConfig, SentencesConfig
-    from realsyn.sentences import filter_sentences, group_occurrences, split_occurrences
+    from realsyn.config import ExtractSentencesConfig, SentencePerplexityConfig
+    from realsyn.stages.extract_sentences import filter_sentences, group_occurrences, split_occurrences
 
     assert isinstance(spark, SparkSession)
-    cfg = SentencesConfig(perplexity=SentencePerplexityConfig(enabled=False))
+    cfg = ExtractSentencesConfig(perplexity=SentencePerplexityConfig(enabled=False))
     texts = spark.createDataFrame(rows, "doc_id string, position int, text string").repartition(partitions)
     distinct = group_occurrences(split_occurrences(texts, cfg)).persist()
     occurrences = int(distinct.agg(F.sum("n_occurrences")).first()[0])  # type: ignore[index]
@@ -93,10 +93,10 @@ def spark_run(spark: object, rows: list[tuple[str, int, str]], partitions: int) 
 
 def bench_sentences(args: argparse.Namespace) -> float:
     """Time both sides on the same texts; print rates and return the Spark / single-process ratio."""
-    from realsyn.config import SentencesConfig, SparkConfig
+    from realsyn.config import ExtractSentencesConfig, SparkConfig
     from realsyn.spark import get_spark
 
-    parser = SentencesConfig().cat.parser
+    parser = ExtractSentencesConfig().cat.parser
     rows = load_texts(args.mmc4, args.copies)
     warmup = load_texts(args.mmc4, 1)[:200]
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -1,7 +1,7 @@
 """Ingest of one very long document: alone, and beside a second input; the cost must stay linear in the line.
 
 Input: one MMC4 line with N texts (``Text <i> of a long page.``), and a second MMC4 file with one short document.
-Timed side by side in one Spark session (local[2]): ``realsyn.ingest.run_ingest`` into a fresh lake with the long
+Timed side by side in one Spark session (local[2]): ``realsyn.stages.ingest.run_ingest`` into a fresh lake with the long
 document's input alone, then with both inputs, then both again at N / 4 (each after one warm-up run of its kind
 at a small N). Checked: every text of the long document is in bronze.texts.
 
@@ -39,7 +39,7 @@ def timed_ingest(spark: object, root: Path, inputs: list[Path], n: int) -> float
     """Seconds of one run_ingest of ``inputs`` into a fresh lake under ``root``; checks the long document's texts."""
     from realsyn.config import Config, IngestConfig, IngestInput, StorageConfig
     from realsyn.contracts import BRONZE_TEXTS
-    from realsyn.ingest import run_ingest
+    from realsyn.stages.ingest import run_ingest
     from realsyn.tables import Lakehouse
 
     storage = StorageConfig(root=str(root))

@@ -1,4 +1,5 @@
-"""k-means on a torch device (``cluster.device``: udfs.kmeans.DeviceRows) versus faiss on one CPU core, same data.
+"""k-means on a torch device (``cluster_sentences.device``: udfs.kmeans.DeviceRows) versus faiss on one CPU core,
+same data.
 
 What one clustering task does: train the leaves of one coarse cluster (about ``max_points_per_centroid`` rows
 per leaf, here all ``--rows`` rows) and run a boundary pass's Lloyd steps over them. Side by side in one process,

@@ -1,4 +1,5 @@
-"""Perceptual near-duplicate search (banded pHash, realsyn.images.phash_pairs) at two sizes: near-linear growth.
+"""Perceptual near-duplicate search (banded pHash, realsyn.stages.extract_images.phash_pairs) at two sizes:
+near-linear growth.
 
 Input: N uniformly random 64-bit hashes, of which 1% get a planted partner 1 to ``max_distance`` bits away
 (the other 99% stand for distinct pictures). Random hashes are the hard case for banding: real pHashes of
@@ -52,11 +53,11 @@ def all_pairs_seconds(h: np.ndarray, max_distance: int) -> tuple[float, int]:
 
 
 def spark_search(spark: object, h: np.ndarray, max_distance: int, bands: int, out: str) -> tuple[float, set]:
-    """Time realsyn.images.phash_pairs over ``h`` (written to parquet); (seconds, pairs found)."""
+    """Time realsyn.stages.extract_images.phash_pairs over ``h`` (written to parquet); (seconds, pairs found)."""
     import pandas as pd
 
     from realsyn.config import ImagePerceptualDedupConfig
-    from realsyn.images import phash_pairs
+    from realsyn.stages.extract_images import phash_pairs
 
     cfg = ImagePerceptualDedupConfig(max_distance=max_distance, bands=bands)
     df = spark.createDataFrame(pd.DataFrame({"phash": h})).repartition(4).cache()  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ Three measurements, side by side in one run:
    top-k), swept over p. Recall@k is measured on a random sample of images against faiss exact
    search; the dot-product share counts every similarity computed (coarse centroids, the leaves under the probed
    coarse clusters, the sentences of the p leaves) over what brute force computes (N per image).
-2. The Spark stage itself (realsyn.clustering + realsyn.retrieval) on a smaller synthetic set, timed end to end
+2. The Spark stage itself (realsyn.clustering + realsyn.stages.retrieve) on a smaller synthetic set, timed end to end
    and checked against exact search (``--spark-sentences``; 0 skips it), and against the kernel path of 1. on the
    stage's own tree, leaves and probing: the share of images whose top-k list the two return identically.
 3. Real text embeddings (``--real``): sentences embedded with all-MiniLM-L6-v2 from the PyPI package
@@ -18,9 +18,9 @@ Three measurements, side by side in one run:
    same size and settings beside it, so the two recall curves can be compared.
 
 Each data set is swept with exact scoring of every sentence of the probed leaves, once with every image probing
-exactly p leaves and once with adaptive probing (``--spread``, ``retrieval.probe_spread``: p leaves per image on
+exactly p leaves and once with adaptive probing (``--spread``, ``retrieve.probe_spread``: p leaves per image on
 average, more for images between leaves, fewer for images near one), and optionally with the prefilter
-(``--prefilter-dim``; ``retrieval.prefilter_dim``), which scores sentences in a few principal axes first and only
+(``--prefilter-dim``; ``retrieve.prefilter_dim``), which scores sentences in a few principal axes first and only
 a shortlist exactly. ``--real-docstrings`` adds the sentences of the installed packages' docstrings to the real
 corpus (~145k sentences in all). The last two lines are ``retrieval_recall_at_3`` and ``retrieval_dot_share`` of
 the synthetic full-size run with the stage's default probing (adaptive unless ``--spread 1``) at the chosen p:
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from realsyn.config import ClusterConfig, RetrievalConfig
+from realsyn.config import ClusterConfig, RetrieveConfig
 from udfs.tree import Prefilter, Tree, calibrate_margin, descend, nearest_leaf, probe_counts, top_k_prefiltered
 from udfs.vectors import l2_normalize, matrix_column, merge_top_k
 
@@ -190,7 +190,7 @@ def grouped_top_k(
     device: str | None = None,
 ) -> Candidates:
     """Join images (rows ``image_rows`` of ``q``) and sentences on leaf id; top-k per leaf group (exact, or
-    through the shortlist of ``low``'s prefilter), scored on a torch ``device`` if given (retrieval.device)."""
+    through the shortlist of ``low``'s prefilter), scored on a torch ``device`` if given (retrieve.device)."""
     order = np.argsort(s_leaf, kind="stable")
     starts = np.searchsorted(s_leaf[order], np.arange(s_leaf.max() + 2))
     sub = q_leaves[image_rows]
@@ -265,9 +265,9 @@ class Descent:
     cost: np.ndarray
 
     def probes(self, p: int, spread: float) -> np.ndarray:
-        """How many leaves each image probes at ``retrieval.probe_leaves`` p and ``retrieval.probe_spread``,
+        """How many leaves each image probes at ``retrieve.probe_leaves`` p and ``retrieve.probe_spread``,
         with the margin calibrated on all images, as the Spark stage does on its plan sample."""
-        cfg = RetrievalConfig(probe_leaves=p, probe_spread=spread)
+        cfg = RetrieveConfig(probe_leaves=p, probe_spread=spread)
         lo, hi = cfg.probe_bounds
         scores = self.scores[:, :hi]
         return probe_counts(scores, calibrate_margin(scores, p, lo, hi), lo, hi)
@@ -313,7 +313,7 @@ def sweep(
     s_leaf = nearest_leaf(s, tree, ccfg.assign_coarse_probe)[0]
     assign_s = time.perf_counter() - t
     widest = max(
-        RetrievalConfig(probe_leaves=max(pr), probe_spread=sp).probe_bounds[1] for _, _, sp, pr in methods_wanted
+        RetrieveConfig(probe_leaves=max(pr), probe_spread=sp).probe_bounds[1] for _, _, sp, pr in methods_wanted
     )
     descent = Descent(*descend(q, tree, widest, coarse_probe))
     sizes = np.bincount(s_leaf, minlength=tree.n_leaves)
@@ -429,12 +429,12 @@ def write_parquet(x: np.ndarray, path: str, key: str, prefix: str) -> str:
 
 
 def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_probe: int, k: int) -> dict[str, float]:
-    """Run realsyn.clustering + realsyn.retrieval on local Spark; wall times and recall vs exact search."""
+    """Run realsyn.clustering + realsyn.stages.retrieve on local Spark; wall times and recall vs exact search."""
     import faiss
 
     from realsyn.clustering import assign_leaves, train_tree
-    from realsyn.config import ClusterConfig, RetrievalConfig
-    from realsyn.retrieval import retrieve
+    from realsyn.config import ClusterConfig, RetrieveConfig
+    from realsyn.stages.retrieve import retrieve
 
     spark = local_spark("bench-retrieval")
     with tempfile.TemporaryDirectory() as tmp:
@@ -447,7 +447,7 @@ def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_pro
         assigned = f"{tmp}/assigned.parquet"
         assign_leaves(sentences, tree, "sentence_id", coarse_probe=ccfg.assign_coarse_probe).write.parquet(assigned)
         t2 = time.perf_counter()
-        cfg = RetrievalConfig(top_k=k, probe_leaves=p, coarse_probe=coarse_probe)
+        cfg = RetrieveConfig(top_k=k, probe_leaves=p, coarse_probe=coarse_probe)
         out = f"{tmp}/retrieval.parquet"
         retrieve(images, spark.read.parquet(assigned), tree, cfg).write.parquet(out)
         t3 = time.perf_counter()
@@ -465,7 +465,7 @@ def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_pro
     # every image up to PLAN_SAMPLE_IMAGES): the share of images whose top-k list it returns exactly as the stage.
     s_leaf = np.zeros(s.shape[0], np.int64)
     s_leaf[leaf_of["sentence_id"].str[1:].astype(int).to_numpy()] = leaf_of["leaf_id"].to_numpy()
-    # Timed, these kernels on the driver's cores are what a GPU could speed up (retrieval.device); the rest of the
+    # Timed, these kernels on the driver's cores are what a GPU could speed up (retrieve.device); the rest of the
     # stage's time is Spark's: reading, the shuffle of every image to its leaves, the merge.
     t4 = time.perf_counter()
     descent = Descent(*descend(q, tree, cfg.probe_bounds[1], coarse_probe))
@@ -590,21 +590,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--components", type=int, default=20_000)
     ap.add_argument("--noise", type=float, default=2.0, help="noise of the synthetic generator")
     ap.add_argument("--noise-flat", type=float, default=0.4, help="share of the generator's noise spread evenly")
-    ccfg, rcfg = ClusterConfig(), RetrievalConfig()
-    ap.add_argument("--leaf-size", type=int, default=ccfg.leaf_size, help="cluster.leaf_size")
-    ap.add_argument("--coarse-probe", type=int, default=rcfg.coarse_probe, help="retrieval.coarse_probe")
+    ccfg, rcfg = ClusterConfig(), RetrieveConfig()
+    ap.add_argument("--leaf-size", type=int, default=ccfg.leaf_size, help="cluster_sentences.leaf_size")
+    ap.add_argument("--coarse-probe", type=int, default=rcfg.coarse_probe, help="retrieve.coarse_probe")
     ap.add_argument("--probes", default=f"16,24,32,40,{rcfg.probe_leaves},48,64", help="values of p to sweep")
     ap.add_argument(
         "--prefilter-probes",
         default="44,64,96,128,192",
         help="values of p to sweep with the prefilter",
     )
-    ap.add_argument("--prefilter-dim", type=int, default=0, help="retrieval.prefilter_dim of a third sweep (0: none)")
-    ap.add_argument("--spread", type=float, default=rcfg.probe_spread, help="retrieval.probe_spread (1: fixed p)")
-    ap.add_argument("--shortlist", type=int, default=rcfg.shortlist, help="retrieval.shortlist")
+    ap.add_argument("--prefilter-dim", type=int, default=0, help="retrieve.prefilter_dim of a third sweep (0: none)")
+    ap.add_argument("--spread", type=float, default=rcfg.probe_spread, help="retrieve.probe_spread (1: fixed p)")
+    ap.add_argument("--shortlist", type=int, default=rcfg.shortlist, help="retrieve.shortlist")
     ap.add_argument("--assign-coarse-probe", type=int, default=ccfg.assign_coarse_probe)
-    ap.add_argument("--refine-steps", type=int, default=ccfg.refine_steps, help="cluster.refine_steps")
-    ap.add_argument("--boundary-passes", type=int, default=ccfg.boundary_passes, help="cluster.boundary_passes")
+    ap.add_argument("--refine-steps", type=int, default=ccfg.refine_steps, help="cluster_sentences.refine_steps")
+    ap.add_argument(
+        "--boundary-passes", type=int, default=ccfg.boundary_passes, help="cluster_sentences.boundary_passes"
+    )
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--exact-sample", type=int, default=2_000)
     ap.add_argument("--target-recall", type=float, default=0.95)

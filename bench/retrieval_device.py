@@ -1,4 +1,4 @@
-"""Retrieval's kernels on a torch device against numpy on the host, same data, side by side (retrieval.device).
+"""Retrieval's kernels on a torch device against numpy on the host, same data, side by side (retrieve.device).
 
 Each task of the retrieval stage runs two kernels: the descent of every image to its nearest leaves
 (udfs.tree.descend, the probe step) and, per group of a leaf's images and sentences, the exact top-k by one
@@ -9,7 +9,7 @@ that the two return the same top-k lists.
 
 The tree is drawn from the data rather than trained (the coarse centroids and the leaves are rows of the
 sentences, each leaf under its nearest coarse centroid): the kernels' cost depends on the tree's shape (coarse
-clusters, leaves per coarse cluster, sentences per leaf), which follows the stage's defaults (cluster.leaf_size,
+clusters, leaves per coarse cluster, sentences per leaf), which follows the stage's defaults (cluster_sentences.leaf_size,
 about sqrt(leaves) coarse clusters), not on how good its centroids are. Recall is bench/retrieval.py's measure.
 The Spark shuffle that brings each image to its leaves stays where it is whatever the device: bench/retrieval.py
 measures how much of the stage's time the kernels are.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval import Descent, grouped_top_k, merged, synthetic
 
-from realsyn.config import ClusterConfig, RetrievalConfig
+from realsyn.config import ClusterConfig, RetrieveConfig
 from udfs.tree import Tree, descend, nearest_leaf
 from udfs.vectors import assign
 
@@ -52,7 +52,7 @@ def drawn_tree(s: np.ndarray, leaf_size: int, seed: int) -> Tree:
 
 
 def kernels(
-    q: np.ndarray, s: np.ndarray, s_leaf: np.ndarray, tree: Tree, cfg: RetrievalConfig, device: str | None
+    q: np.ndarray, s: np.ndarray, s_leaf: np.ndarray, tree: Tree, cfg: RetrieveConfig, device: str | None
 ) -> tuple[np.ndarray, float, float]:
     """Every image's top-k sentence rows, and the seconds of the descent and of the scoring, on ``device``."""
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name(device) if device.startswith("cuda") else "torch's CPU device (no GPU)"
-    cfg = RetrievalConfig()
+    cfg = RetrieveConfig()
     ccfg = ClusterConfig()
     s, q, _ = synthetic(args.sentences, args.images, args.dim, args.components, seed=args.seed)
     tree = drawn_tree(s, ccfg.leaf_size, args.seed)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from realsyn.balance import run_balance
 from realsyn.cli import job_parser, parse, run_stage_job
+from realsyn.stages.balance import run_balance
 
 
 def main(argv: list[str] | None = None) -> None:

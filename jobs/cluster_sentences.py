@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.clustering import run_cluster_sentences
+from realsyn.stages.cluster_sentences import run_cluster_sentences
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.embed import run_embed
+from realsyn.stages.embed import run_embed
 
 
 def main(argv: list[str] | None = None) -> None:

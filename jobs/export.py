@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.export import run_export
+from realsyn.stages.export import run_export
 
 
 def main(argv: list[str] | None = None) -> None:

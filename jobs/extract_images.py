@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.images import run_extract_images
+from realsyn.stages.extract_images import run_extract_images
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.sentences import run_extract_sentences
+from realsyn.stages.extract_sentences import run_extract_sentences
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.generate import resolve_models, run_generate
+from realsyn.stages.generate import resolve_models, run_generate
 
 
 def main(argv: list[str] | None = None) -> None:

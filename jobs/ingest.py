@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.ingest import run_ingest
+from realsyn.stages.ingest import run_ingest
 
 
 def main(argv: list[str] | None = None) -> None:

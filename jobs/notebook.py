@@ -7,7 +7,7 @@ from pathlib import Path
 
 from realsyn.cli import job_parser, parse
 from realsyn.notebook import NotebookError, execute_notebook
-from realsyn.report import report_root
+from realsyn.stages.report import report_root
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.report import run_report
+from realsyn.stages.report import run_report
 
 
 def main(argv: list[str] | None = None) -> None:

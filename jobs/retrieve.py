@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from realsyn.cli import job_parser, parse, run_stage_job
-from realsyn.retrieval import run_retrieve
+from realsyn.stages.retrieve import run_retrieve
 
 
 def main(argv: list[str] | None = None) -> None:

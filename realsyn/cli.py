@@ -46,8 +46,8 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[
 def run_stage_job(cfg: Config, stage: str, run: Callable[[Lakehouse], object]) -> None:
     """Run one stage as a job of its own with the pipeline's console: a line that names the log, a progress bar of
     Spark tasks on a terminal, the stage's summary and its time; Spark's and Python's log go to
-    ``<log dir>/<stage>-<time>.log`` (the pipeline's log folder, :func:`realsyn.pipeline.log_dir`)."""
-    from realsyn.pipeline import SparkProgress, log_dir, logging_to
+    ``<log dir>/<stage>-<time>.log`` (the pipeline's log folder, :func:`realsyn.console.log_dir`)."""
+    from realsyn.console import SparkProgress, log_dir, logging_to
     from realsyn.spark import get_spark
 
     folder = log_dir(cfg)

@@ -20,16 +20,14 @@ read embeddings straight from Arrow buffers (no Python object per row). The tree
 closure, or, once its leaves pass ``INLINE_TREE_BYTES``, as a file that every executor memory-maps
 (:func:`realsyn.tree.shipped`).
 
-``run_cluster_sentences`` applies this to ``silver.sentence_embeddings`` (section ``cluster``) and writes
-``silver.sentence_centroids`` (model_id, level, centroid_id, parent_id, vector, size) and
-``silver.sentence_clusters`` (sentence_id, model_id, leaf_id); ``run_cluster_images`` does the same for
-``silver.image_embeddings`` (section ``image_cluster``) into ``silver.image_centroids`` and
-``silver.image_clusters``, the image clusters that balance sampling draws from. Level 0 is the coarse level;
-level 1 holds the leaves, whose ``centroid_id`` is the ``leaf_id`` used everywhere else. Both tables are
-rewritten for one model id at a time (an atomic replace of that model's rows); with ``retrain: false`` an
+:func:`run_cluster` applies this to one :class:`Subject`, the embeddings of one kind (the stages
+``cluster_sentences`` and ``cluster_images``), and writes its centroids table (model_id, level, centroid_id,
+parent_id, vector, size) and its clusters table (id, model_id, leaf_id). Level 0 is the coarse level; level 1
+holds the leaves, whose ``centroid_id`` is the ``leaf_id`` used everywhere else. Both tables are rewritten for
+one model id at a time (an atomic replace of that model's rows); with ``retrain: false`` an
 existing tree is kept and only rows without a leaf are assigned. Embeddings that cannot be clustered (null, of
 another length than the model's, NaN or infinite values, all zero) are left out, each with a reason in
-``silver.sentence_cluster_rejects`` / ``silver.image_cluster_rejects``.
+the subject's rejects table.
 """
 
 from __future__ import annotations
@@ -48,21 +46,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.config import ClusterConfig, Config
-from realsyn.contracts import (
-    SILVER_IMAGE_CENTROIDS,
-    SILVER_IMAGE_CLUSTER_REJECTS,
-    SILVER_IMAGE_CLUSTERS,
-    SILVER_IMAGE_EMBEDDINGS,
-    SILVER_IMAGES,
-    SILVER_SENTENCE_CENTROIDS,
-    SILVER_SENTENCE_CLUSTER_REJECTS,
-    SILVER_SENTENCE_CLUSTERS,
-    SILVER_SENTENCE_EMBEDDINGS,
-    SILVER_SENTENCES,
-    Table,
-)
-from realsyn.funnel import FunnelStep, write_funnel
+from realsyn.config import ClusterConfig
+from realsyn.contracts import Table
+from realsyn.funnel import FunnelStep, Models, write_funnel
 from realsyn.tables import Lakehouse
 from realsyn.tree import centroids_frame, shipped, tree_from_centroids
 from realsyn.vectors import (
@@ -353,28 +339,6 @@ class Subject:
     kept: Table  # the extraction table of the rows still in the dataset: embeddings of others are not clustered
 
 
-SENTENCES = Subject(
-    "sentences",
-    "sentence_id",
-    SILVER_SENTENCE_EMBEDDINGS,
-    SILVER_SENTENCE_CENTROIDS,
-    SILVER_SENTENCE_CLUSTERS,
-    SILVER_SENTENCE_CLUSTER_REJECTS,
-    "cluster",
-    SILVER_SENTENCES,
-)
-IMAGES = Subject(
-    "images",
-    "image_id",
-    SILVER_IMAGE_EMBEDDINGS,
-    SILVER_IMAGE_CENTROIDS,
-    SILVER_IMAGE_CLUSTERS,
-    SILVER_IMAGE_CLUSTER_REJECTS,
-    "image_cluster",
-    SILVER_IMAGES,
-)
-
-
 @dataclass(frozen=True)
 class ClusterSummary:
     """What a clustering run did."""
@@ -417,16 +381,6 @@ class ClusterSummary:
         return "\n".join(lines)
 
 
-def run_cluster_sentences(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
-    """Train (or reuse) the sentence tree of one model and give every sentence its leaf (section ``cluster``)."""
-    return run_cluster(lakehouse, cfg.cluster, SENTENCES)
-
-
-def run_cluster_images(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
-    """Train (or reuse) the image tree of one model and give every image its leaf (section ``image_cluster``)."""
-    return run_cluster(lakehouse, cfg.image_cluster, IMAGES)
-
-
 def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> ClusterSummary:
     """Train (or reuse) the tree of one model over ``subject``'s embeddings and give every row its leaf.
 
@@ -456,7 +410,7 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
     tree = tree_from_centroids(lakehouse.read(subject.centroids), model_id) if keep else None
     dim = int(tree.leaves.shape[1]) if tree is not None else embedding_dimension(rows)
     rows, rejected = usable_embeddings(lakehouse, rows, subject.rejects, subject.id_col, model_id, dim)
-    write_funnel(lakehouse, f"{job}[{model_id}]", [FunnelStep("usable_embedding", n, n - rejected)])
+    write_funnel(lakehouse, job, [FunnelStep("usable_embedding", n, n - rejected)], Models(model_id=model_id))
     if rejected == n:
         return ClusterSummary(model_id, n, 0, 0, 0, False, rejected, **named)
 

@@ -108,6 +108,11 @@ def _small_star(oriented: DataFrame) -> DataFrame:
     return _oriented(linked)
 
 
+def by_resolution() -> list[Column]:
+    """The ranking that leads a group of images: the largest width * height first."""
+    return [F.desc(F.col("width").cast("long") * F.col("height").cast("long"))]
+
+
 def choose_representatives(
     df: DataFrame,
     group_col: str,

@@ -93,8 +93,8 @@ class DemoCorpusConfig(Section):
 
 
 class ClusterConfig(Section):
-    """Hierarchical spherical k-means of one kind of embedding (sentences: section ``cluster``; images:
-    ``image_cluster``) into a centroids table and a table of the leaf of every row."""
+    """Hierarchical spherical k-means of one kind of embedding (sections ``cluster_sentences`` and
+    ``cluster_images``) into a centroids table and a table of the leaf of every row."""
 
     model_id: str | None = None
     leaf_size: int = Field(default=420, gt=0)
@@ -112,7 +112,7 @@ class ClusterConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
 
 
-class RetrievalConfig(Section):
+class RetrieveConfig(Section):
     """Top-k sentences per image by descending the sentence k-means tree (silver.retrieval)."""
 
     model_id: str | None = None
@@ -127,9 +127,9 @@ class RetrievalConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
 
     @model_validator(mode="after")
-    def _consistent(self) -> RetrievalConfig:
+    def _consistent(self) -> RetrieveConfig:
         if self.prefilter_dim > 0 and self.shortlist < self.top_k:
-            raise ValueError(f"retrieval.shortlist ({self.shortlist}) must be at least retrieval.top_k ({self.top_k})")
+            raise ValueError(f"retrieve.shortlist ({self.shortlist}) must be at least retrieve.top_k ({self.top_k})")
         return self
 
     @property
@@ -154,7 +154,7 @@ class SentencePerplexityConfig(Section):
     @model_validator(mode="after")
     def _ordered(self) -> SentencePerplexityConfig:
         if self.min >= self.max:
-            raise ValueError(f"sentences.perplexity.min ({self.min}) must be below max ({self.max})")
+            raise ValueError(f"extract_sentences.perplexity.min ({self.min}) must be below max ({self.max})")
         return self
 
 
@@ -197,8 +197,8 @@ class SemanticDedupConfig(Section):
     max_removed_share: float = Field(default=0.5, gt=0, le=1)
 
 
-class SentencesConfig(Section):
-    """Sentence extraction (paper section 3.1): split, filter, dedup."""
+class ExtractSentencesConfig(Section):
+    """Sentence extraction (paper section 3.1): split, filter, exact and near dedup."""
 
     language: str = "english"
     min_words: int = Field(default=3, ge=0)
@@ -209,7 +209,6 @@ class SentencesConfig(Section):
     cat: SentenceCatConfig = Field(default_factory=SentenceCatConfig)
     perplexity: SentencePerplexityConfig = Field(default_factory=SentencePerplexityConfig)
     near_dedup: SentenceNearDedupConfig = Field(default_factory=SentenceNearDedupConfig)
-    semantic_dedup: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
 
 
 class EmbedConfig(Section):
@@ -303,13 +302,19 @@ class ImagePerceptualDedupConfig(Section):
     bands: int = Field(default=3, ge=1, le=64)
 
 
-class ImagesConfig(Section):
-    """Image extraction (paper section 3.1): quality filter, exact, perceptual and semantic dedup."""
+class ExtractImagesConfig(Section):
+    """Image extraction (paper section 3.1): quality filter, exact and perceptual dedup."""
 
     min_short_side: int = Field(default=100, ge=0)
     max_aspect_ratio: float = Field(default=3.0, ge=1)
     perceptual_dedup: ImagePerceptualDedupConfig = Field(default_factory=ImagePerceptualDedupConfig)
-    semantic_dedup: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+
+
+class SemanticDedupStageConfig(Section):
+    """Semantic dedup (paper section 3.1), after embedding: images and sentences, each on its own settings."""
+
+    images: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+    sentences: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
 
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -461,16 +466,17 @@ class Config(Section):
     """The whole configuration of one environment."""
 
     storage: StorageConfig
-    images: ImagesConfig = Field(default_factory=ImagesConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    image_cluster: ClusterConfig = Field(default_factory=lambda: ClusterConfig(leaf_size=200))
-    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
-    sentences: SentencesConfig = Field(default_factory=SentencesConfig)
+    extract_images: ExtractImagesConfig = Field(default_factory=ExtractImagesConfig)
+    extract_sentences: ExtractSentencesConfig = Field(default_factory=ExtractSentencesConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    semantic_dedup: SemanticDedupStageConfig = Field(default_factory=SemanticDedupStageConfig)
+    cluster_sentences: ClusterConfig = Field(default_factory=ClusterConfig)
+    retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+    cluster_images: ClusterConfig = Field(default_factory=lambda: ClusterConfig(leaf_size=200))
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -523,29 +529,32 @@ def check_references(cfg: Config) -> list[tuple[str, str]]:
     import importlib.util
 
     problems: list[tuple[str, str]] = []
-    scfg = cfg.sentences
+    scfg = cfg.extract_sentences
     from punkt.data import LANGUAGES
 
     if scfg.language not in LANGUAGES:
         problems.append(
-            ("sentences.language", f"no Punkt model for {scfg.language!r}; known: {', '.join(sorted(LANGUAGES))}")
+            (
+                "extract_sentences.language",
+                f"no Punkt model for {scfg.language!r}; known: {', '.join(sorted(LANGUAGES))}",
+            )
         )
     if scfg.cat.enabled:
         parser = scfg.cat.parser
         if "/" in parser or parser.startswith((".", "~")):
             if not Path(parser).expanduser().is_dir():
-                problems.append(("sentences.cat.parser", f"no spaCy pipeline folder at {parser!r}"))
+                problems.append(("extract_sentences.cat.parser", f"no spaCy pipeline folder at {parser!r}"))
         elif not parser.isidentifier() or importlib.util.find_spec(parser) is None:
             problems.append(
                 (
-                    "sentences.cat.parser",
+                    "extract_sentences.cat.parser",
                     f"spaCy model package {parser!r} is not installed (pip install it, or name a folder)",
                 )
             )
     problems += _embed_model_problems(cfg.embed)
     perplexity = scfg.perplexity
     if perplexity.enabled and _looks_like_path(perplexity.model) and not Path(perplexity.model).exists():
-        problems.append(("sentences.perplexity.model", f"no model folder at {perplexity.model!r}"))
+        problems.append(("extract_sentences.perplexity.model", f"no model folder at {perplexity.model!r}"))
     return problems
 
 

@@ -488,18 +488,25 @@ GOLD_DATASET_REJECTS = _table(
 )
 
 # Gold: per-stage row counts (rows in, kept, rejected) for the whole pipeline, and the runs.
+# What tells the funnels of one stage apart: a stage that runs models keeps one funnel per model (and prompt).
+FUNNEL_IDENTITY = ("stage", "model_id", "captioner", "llm", "prompt_version")
 FUNNEL = _table(
     "gold.funnel",
     schema(
         ("stage", STRING, False),
+        ("model_id", STRING),
+        ("captioner", STRING),
+        ("llm", STRING),
+        ("prompt_version", STRING),
         ("step_index", INT, False),
         ("step", STRING, False),
         ("rows_in", LONG, False),
         ("rows_out", LONG, False),
         ("rows_rejected", LONG, False),
     ),
-    ("stage", "step_index"),
-    "rows in, kept and rejected per step of every stage (rows kept by a step are the rows that enter the next)",
+    (*FUNNEL_IDENTITY, "step_index"),
+    "rows in, kept and rejected per step of every stage (rows kept by a step are the rows that enter the next); "
+    "model_id, captioner, llm and prompt_version name what a stage that runs models used (null elsewhere)",
 )
 RUNS = _table(
     "gold.runs",

@@ -7,13 +7,14 @@ counts go to the ``gold.funnel`` table from which the paper's Figure 2 is drawn.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from realsyn.contracts import FUNNEL, REASON
+from realsyn.contracts import FUNNEL, FUNNEL_IDENTITY, REASON
 from realsyn.tables import Lakehouse
 
 
@@ -50,17 +51,31 @@ class FunnelStep:
         return self.rows_in - self.rows_out
 
 
-def write_funnel(lakehouse: Lakehouse, stage: str, steps: Sequence[FunnelStep]) -> None:
-    """Replace the funnel rows of ``stage`` with ``steps`` in one atomic commit; rows equal to those stored already
-    are not written again (a rerun with nothing new adds no version)."""
+@dataclass(frozen=True)
+class Models:
+    """What a stage that runs models used, stored beside its funnel rows (``gold.funnel``'s identity columns)."""
+
+    model_id: str | None = None
+    captioner: str | None = None
+    llm: str | None = None
+    prompt_version: str | None = None
+
+
+def write_funnel(lakehouse: Lakehouse, stage: str, steps: Sequence[FunnelStep], models: Models = Models()) -> None:
+    """Replace the funnel rows of ``stage`` (of these ``models``) with ``steps`` in one atomic commit; rows equal to
+    those stored already are not written again (a rerun with nothing new adds no version)."""
     spark: SparkSession = lakehouse.spark
-    rows = [(stage, i, s.step, s.rows_in, s.rows_out, s.rows_rejected) for i, s in enumerate(steps)]
+    identity = {"stage": stage, **dataclasses.asdict(models)}
+    assert tuple(identity) == FUNNEL_IDENTITY
+    rows = [(*identity.values(), i, s.step, s.rows_in, s.rows_out, s.rows_rejected) for i, s in enumerate(steps)]
     if lakehouse.exists(FUNNEL):
-        stored = lakehouse.read(FUNNEL).where(F.col("stage") == stage).collect()
-        if sorted(tuple(r) for r in stored) == sorted(rows):
+        stored = lakehouse.read(FUNNEL)
+        for column, value in identity.items():
+            stored = stored.where(F.col(column).isNull() if value is None else F.col(column) == value)
+        if sorted(tuple(r) for r in stored.collect()) == sorted(rows):
             return
     df = spark.createDataFrame(rows, FUNNEL.schema)
-    lakehouse.replace_partition(FUNNEL, df, "stage", stage)
+    lakehouse.replace_where(FUNNEL, df, identity)
 
 
 def format_funnel(steps: Sequence[FunnelStep], title: str) -> str:

@@ -185,27 +185,47 @@ class Lakehouse:
 
     def replace_partition(self, table: Table, df: DataFrame, column: str, value: str) -> None:
         """Replace the rows of ``table`` where ``column = value`` with ``df`` in one commit (others untouched)."""
+        self.replace_where(table, df, {column: value})
+
+    def replace_where(self, table: Table, df: DataFrame, values: Mapping[str, str | None]) -> None:
+        """Replace the rows of ``table`` whose columns equal ``values`` (None: is null) with ``df`` in one commit;
+        other rows are untouched."""
         df = table.conform(df)
         self.create_if_absent(table)
-        escaped = value.replace("'", "''")
         loc = self.location(table)
         if self._by_path:
-            writer = df.write.format("delta").mode("overwrite").option("replaceWhere", f"`{column}` = '{escaped}'")
-            writer.save(loc)
+            sql = " AND ".join(
+                f"`{c}` IS NULL" if v is None else f"`{c}` = '{v.replace(chr(39), chr(39) * 2)}'"
+                for c, v in values.items()
+            )
+            df.write.format("delta").mode("overwrite").option("replaceWhere", sql).save(loc)
         else:
-            df.writeTo(loc).overwrite(F.col(column) == value)
+            condition = F.lit(True)
+            for c, v in values.items():
+                condition = condition & (F.col(c).isNull() if v is None else F.col(c) == v)
+            df.writeTo(loc).overwrite(condition)
 
-    def overwrite(self, table: Table, df: DataFrame) -> None:
+    def last_note(self, table: Table) -> str | None:
+        """The note (Delta ``userMetadata``) of the last commit to ``table``, None if it has none or does not exist."""
+        if not self.exists(table):
+            return None
+        row = self.delta(table).history(1).select("userMetadata").first()
+        return None if row is None else row[0]
+
+    def overwrite(self, table: Table, df: DataFrame, note: str | None = None) -> None:
         """Replace the whole content of ``table`` with ``df`` in one commit.
 
         The table keeps its declared schema; only a table with config-named columns (``gold.dataset``'s scales)
-        takes the schema of ``df``, whose columns the contract has checked.
+        takes the schema of ``df``, whose columns the contract has checked. ``note`` goes to the commit's
+        ``userMetadata`` (:meth:`last_note` reads it back).
         """
         df = table.conform(df)
         self.create_if_absent(table)
         writer = df.write.format("delta").mode("overwrite")
         if table.open_columns is not None:
             writer = writer.option("overwriteSchema", "true")
+        if note is not None:
+            writer = writer.option("userMetadata", note)
         loc = self.location(table)
         if self._by_path:
             writer.save(loc)

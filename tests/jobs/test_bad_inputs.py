@@ -17,8 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from realsyn.balance import run_balance
-from realsyn.clustering import run_cluster_images, run_cluster_sentences
 from realsyn.config import IngestInput, load_config
 from realsyn.contracts import (
     BRONZE_DOCUMENTS,
@@ -36,14 +34,18 @@ from realsyn.contracts import (
     SILVER_SENTENCES,
     TABLES,
 )
-from realsyn.embed import run_embed
-from realsyn.export import export_root, run_export
-from realsyn.fetch import run_fetch_images
-from realsyn.generate import run_generate
-from realsyn.images import run_extract_images
-from realsyn.ingest import run_ingest
-from realsyn.retrieval import run_retrieve
-from realsyn.sentences import run_extract_sentences
+from realsyn.stages.balance import run_balance
+from realsyn.stages.cluster_images import run_cluster_images
+from realsyn.stages.cluster_sentences import run_cluster_sentences
+from realsyn.stages.embed import run_embed
+from realsyn.stages.export import export_root, run_export
+from realsyn.stages.extract_images import run_extract_images
+from realsyn.stages.extract_sentences import run_extract_sentences
+from realsyn.stages.fetch import run_fetch
+from realsyn.stages.generate import run_generate
+from realsyn.stages.ingest import run_ingest
+from realsyn.stages.retrieve import run_retrieve
+from realsyn.stages.semantic_dedup import run_semantic_dedup
 from realsyn.tables import Lakehouse
 from udfs.urls import redact_url
 
@@ -148,10 +150,11 @@ def test_bad_inputs_through_the_whole_pipeline(lakehouse: Lakehouse, server: _Se
     cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"inputs": inputs})})
 
     ingest = run_ingest(lakehouse, cfg)
-    run_fetch_images(lakehouse, cfg)
+    run_fetch(lakehouse, cfg)
     run_extract_images(lakehouse, cfg)
     run_extract_sentences(lakehouse, cfg)
     run_embed(lakehouse, cfg)
+    run_semantic_dedup(lakehouse, cfg)
     run_cluster_sentences(lakehouse, cfg)
     run_retrieve(lakehouse, cfg)
     run_cluster_images(lakehouse, cfg)
@@ -239,7 +242,7 @@ def test_bad_inputs_through_the_whole_pipeline(lakehouse: Lakehouse, server: _Se
     assert ingest_steps["documents"][1:3] == (len(documents) + n_document_rejects, len(documents))
     assert ingest_steps["texts"][2] == lakehouse.read(BRONZE_TEXTS).count()
     assert ingest_steps["image_refs"][2] == refs.count()
-    fetch = funnel["fetch_images"]
+    fetch = funnel["fetch"]
     assert [s[0] for s in fetch] == ["distinct_urls", "fetch"]
     assert fetch[0][1] == refs.count() and fetch[0][2] == fetch[1][1] == len(urls)
     assert fetch[1][2] == sum(1 for s in urls.values() if s == "ok")
@@ -249,16 +252,18 @@ def test_bad_inputs_through_the_whole_pipeline(lakehouse: Lakehouse, server: _Se
     assert funnel["extract_images"][0][1] == fetch[1][2]
     assert funnel["extract_images"][-1][2] == lakehouse.read(SILVER_IMAGES).count()
     assert funnel["extract_sentences"][-1][2] == lakehouse.read(SILVER_SENTENCES).count()
-    embed_images = next(v for k, v in funnel.items() if k.startswith("embed_images"))
-    embed_sentences = next(v for k, v in funnel.items() if k.startswith("embed_sentences"))
-    assert embed_images[0][1] == lakehouse.read(SILVER_IMAGES).count()
-    assert embed_sentences[0][1] == lakehouse.read(SILVER_SENTENCES).count()
-    retrieve = next(v for k, v in funnel.items() if k.startswith("retrieve["))
+    embed_images, embed_sentences = funnel["embed"]
+    assert embed_images[0] == "images" and embed_images[1] == lakehouse.read(SILVER_IMAGES).count()
+    assert embed_sentences[0] == "sentences" and embed_sentences[1] == lakehouse.read(SILVER_SENTENCES).count()
+    retrieve = funnel["retrieve"]
     n_image_embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS).count()
-    assert retrieve[0][1] == n_image_embeddings == embed_images[0][2]
+    assert retrieve[0][1] == n_image_embeddings == embed_images[2]
     assert retrieve[1][2] == n_image_embeddings  # every image got sentences
     n_sentence_embeddings = lakehouse.read(SILVER_SENTENCE_EMBEDDINGS).where(F.col("model_id") == cfg.embed.model)
-    assert n_sentence_embeddings.count() == embed_sentences[0][2]
+    assert n_sentence_embeddings.count() == embed_sentences[2]
+    assert {r["model_id"] for r in lakehouse.read(FUNNEL).where(F.col("stage") == "embed").collect()} == {
+        cfg.embed.model
+    }
 
     # Every table is unique on its declared key.
     for table in TABLES.values():

@@ -15,8 +15,6 @@ from realsyn.clustering import (
     boundary_pass,
     coarse_cluster_count,
     refine_tree,
-    run_cluster_images,
-    run_cluster_sentences,
     train_tree,
 )
 from realsyn.config import ClusterConfig, Config, ConfigError
@@ -32,6 +30,8 @@ from realsyn.contracts import (
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDINGS,
 )
+from realsyn.stages.cluster_images import run_cluster_images
+from realsyn.stages.cluster_sentences import run_cluster_sentences
 from realsyn.tables import Lakehouse
 from realsyn.tree import centroids_frame, tree_from_centroids
 from realsyn.vectors import with_nearest
@@ -110,17 +110,17 @@ def test_skewed_coarse_clusters_get_leaves_in_proportion(spark: SparkSession) ->
 def test_kmeans_runs_where_the_device_policy_says(spark: SparkSession) -> None:
     import torch
 
-    assert array_device("cpu", "cluster.device") is None
+    assert array_device("cpu", "cluster_sentences.device") is None
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device: auto and cuda resolve to it")
-    assert array_device("auto", "cluster.device") is None  # no GPU here: the CPU (faiss)
-    with pytest.raises(RuntimeError, match=r"image_cluster\.device: .*no CUDA device"):
-        array_device("cuda", "image_cluster.device")
+    assert array_device("auto", "cluster_sentences.device") is None  # no GPU here: the CPU (faiss)
+    with pytest.raises(RuntimeError, match=r"cluster_images\.device: .*no CUDA device"):
+        array_device("cuda", "cluster_images.device")
     # "cuda" reaches the tasks that train the leaves: on a machine without a GPU they stop, naming the key
     x, _ = planted_tree_points([[40, 40], [40, 40]])
     cfg = ClusterConfig(leaf_size=40, coarse_clusters=2, device="cuda")
-    with pytest.raises(Exception, match=r"image_cluster\.device: device is 'cuda' but no CUDA device"):
-        train_tree(embeddings_df(spark, x), cfg, "sentence_id", section="image_cluster")
+    with pytest.raises(Exception, match=r"cluster_images\.device: device is 'cuda' but no CUDA device"):
+        train_tree(embeddings_df(spark, x), cfg, "sentence_id", section="cluster_images")
 
 
 def test_empty_input_gives_an_empty_tree(spark: SparkSession) -> None:
@@ -157,7 +157,7 @@ def write_embeddings(lakehouse: Lakehouse, df: DataFrame) -> None:
 
 
 def config(lakehouse: Lakehouse, **cluster: object) -> Config:
-    return Config(storage=lakehouse.storage, cluster=ClusterConfig(**cluster))  # type: ignore[arg-type]
+    return Config(storage=lakehouse.storage, cluster_sentences=ClusterConfig(**cluster))  # type: ignore[arg-type]
 
 
 def test_run_cluster_sentences_is_retry_safe_and_incremental(spark: SparkSession, lakehouse: Lakehouse) -> None:
@@ -233,7 +233,8 @@ def test_unusable_embeddings_become_rejects_and_the_rest_is_clustered(
         "b-null-value": ("non_finite_embedding", f"1 of {DIM} values NaN, infinite or null"),
         "b-zero": ("zero_vector", ""),
     }
-    funnel = lakehouse.read(FUNNEL).filter(F.col("stage") == "cluster_sentences[clip-test]").collect()
+    funnel = lakehouse.read(FUNNEL).filter((F.col("stage") == "cluster_sentences") & (F.col("model_id") == "clip-test"))
+    funnel = funnel.collect()
     assert [(r["step"], r["rows_in"], r["rows_out"], r["rows_rejected"]) for r in funnel] == [
         ("usable_embedding", 127, 120, 7)
     ]
@@ -275,7 +276,7 @@ def test_several_models_need_a_configured_model_id(spark: SparkSession, lakehous
     x = l2_normalize(np.eye(DIM)[:2])
     both = embeddings_df(spark, x, model_id="a").unionByName(embeddings_df(spark, x, model_id="b"))
     write_embeddings(lakehouse, both)
-    with pytest.raises(ConfigError, match=r"cluster\.model_id"):
+    with pytest.raises(ConfigError, match=r"cluster_sentences\.model_id"):
         run_cluster_sentences(lakehouse, config(lakehouse))
     summary = run_cluster_sentences(lakehouse, config(lakehouse, model_id="b", leaf_size=1))
     assert (summary.model_id, summary.rows, summary.leaves) == ("b", 2, 2)
@@ -402,7 +403,7 @@ def test_run_cluster_images_writes_the_image_tree(spark: SparkSession, lakehouse
     lakehouse.overwrite(SILVER_IMAGE_EMBEDDINGS, rows)
     cfg = Config(
         storage=lakehouse.storage,
-        image_cluster=ClusterConfig(leaf_size=30, coarse_clusters=2, seed=1),  # type: ignore[arg-type]
+        cluster_images=ClusterConfig(leaf_size=30, coarse_clusters=2, seed=1),  # type: ignore[arg-type]
     )
     summary = run_cluster_images(lakehouse, cfg)
     assert (summary.model_id, summary.rows, summary.coarse_clusters, summary.leaves) == ("clip-test", 90, 2, 3)

@@ -40,8 +40,8 @@ def test_spark_conf_keys_keep_their_dots(tmp_path: Path) -> None:
 
 def test_cat_parser_off_is_not_checked(tmp_path: Path) -> None:
     path = write(tmp_path, "storage:\n  root: /tmp/x\n")
-    cfg = load_config(path, ["sentences.cat.enabled=false", "sentences.cat.parser=en_core_web_xx"])
-    assert cfg.sentences.cat.parser == "en_core_web_xx"
+    cfg = load_config(path, ["extract_sentences.cat.enabled=false", "extract_sentences.cat.parser=en_core_web_xx"])
+    assert cfg.extract_sentences.cat.parser == "en_core_web_xx"
 
 
 @pytest.mark.parametrize(
@@ -68,18 +68,18 @@ def test_cat_parser_off_is_not_checked(tmp_path: Path) -> None:
         ("storage:\n  root: ''\n", [], r"env\.yaml: storage: .*storage\.root is empty"),
         (
             "storage:\n  root: /x\n",
-            ["sentences.cat.parser=en_core_web_xx"],
-            r"--set sentences\.cat\.parser over .*en_core_web_xx.* not installed",
+            ["extract_sentences.cat.parser=en_core_web_xx"],
+            r"--set extract_sentences\.cat\.parser over .*en_core_web_xx.* not installed",
         ),
         (
-            "storage:\n  root: /x\nsentences:\n  cat:\n    parser: ./no/such/dir\n",
+            "storage:\n  root: /x\nextract_sentences:\n  cat:\n    parser: ./no/such/dir\n",
             [],
-            r"env\.yaml: sentences\.cat\.parser: no spaCy pipeline folder",
+            r"env\.yaml: extract_sentences\.cat\.parser: no spaCy pipeline folder",
         ),
         (
             "storage:\n  root: /x\n",
-            ["sentences.language=klingon"],
-            r"--set sentences\.language over .*no Punkt model for 'klingon'",
+            ["extract_sentences.language=klingon"],
+            r"--set extract_sentences\.language over .*no Punkt model for 'klingon'",
         ),
         ("storage:\n  root: /x\n", ["foo.bar=1"], r"--set foo\.bar over .*env\.yaml: foo: Extra inputs"),
         (
@@ -89,8 +89,8 @@ def test_cat_parser_off_is_not_checked(tmp_path: Path) -> None:
         ),
         (
             "storage:\n  root: /x\n",
-            ["sentences.perplexity.min=300"],
-            r"--set sentences\.perplexity\.min over .*below max",
+            ["extract_sentences.perplexity.min=300"],
+            r"--set extract_sentences\.perplexity\.min over .*below max",
         ),
         (
             "storage:\n  root: /x\n",

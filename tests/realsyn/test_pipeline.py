@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from pyspark.sql import SparkSession
 
 from realsyn.config import ConfigError, load_config
-from realsyn.export import ExportSummary, ScaleExport
 from realsyn.pipeline import (
     STAGE_NAMES,
     STAGES,
     PipelineSummary,
-    Stage,
-    StageRun,
     StageSelectionError,
     check_config,
     check_order,
     run_config,
     select_stages,
-    task_time_share,
 )
+from realsyn.runs import Stage, StageRun
+from realsyn.stages.export import ExportSummary, ScaleExport
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,8 +33,8 @@ def names(stages: list[Stage]) -> list[str]:
 def test_the_table_holds_the_agreed_stages_and_dependencies() -> None:
     assert {s.name: s.after for s in STAGES} == {
         "ingest": (),
-        "fetch_images": ("ingest",),
-        "extract_images": ("fetch_images",),
+        "fetch": ("ingest",),
+        "extract_images": ("fetch",),
         "extract_sentences": ("ingest",),
         "embed": ("extract_images", "extract_sentences"),
         "semantic_dedup": ("embed",),
@@ -51,12 +46,12 @@ def test_the_table_holds_the_agreed_stages_and_dependencies() -> None:
         "export": ("balance",),
         "report": ("export",),
     }
-    # Every stage function imports.
-    assert all(callable(s.function()) for s in STAGES)
+    # Each stage's function is run_<name> of realsyn.stages.<name>.
+    assert all((s.run.__module__, s.run.__name__) == (f"realsyn.stages.{s.name}", f"run_{s.name}") for s in STAGES)
 
 
 def test_an_order_that_breaks_a_dependency_is_refused() -> None:
-    a, b = Stage("a", (), "m:f"), Stage("b", ("a",), "m:f")
+    a, b = Stage("a", (), print), Stage("b", ("a",), print)
     check_order([a, b])
     with pytest.raises(ValueError, match="'b' runs after \\['a'\\]"):
         check_order([b, a])
@@ -67,14 +62,14 @@ def test_an_order_that_breaks_a_dependency_is_refused() -> None:
 def test_from_until_and_only_select_by_position_in_the_table() -> None:
     assert names(select_stages()) == list(STAGE_NAMES)
     assert names(select_stages("retrieve", "cluster_images")) == ["retrieve", "cluster_images"]
-    assert names(select_stages(until="fetch_images")) == ["ingest", "fetch_images"]
+    assert names(select_stages(until="fetch")) == ["ingest", "fetch"]
     assert names(select_stages(only=["embed", "ingest"])) == ["ingest", "embed"]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"start": "fetch"}, "--from: unknown stage 'fetch'"),
+        ({"start": "download"}, "--from: unknown stage 'download'"),
         ({"until": "dedup"}, "--until: unknown stage 'dedup'"),
         ({"only": ["embed", "clip"]}, "--only: unknown stage 'clip'"),
         ({"start": "embed", "only": ["embed"]}, "--only cannot be combined"),
@@ -92,7 +87,7 @@ def test_an_unknown_stage_fails_before_any_work(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "jobs.pipeline", "--conf", str(conf), "--from", "embedding"]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2
-    assert "--from: unknown stage 'embedding'; the stages are ingest, fetch_images," in done.stderr
+    assert "--from: unknown stage 'embedding'; the stages are ingest, fetch," in done.stderr
     assert not (tmp_path / "lake").exists()  # no lock, no log, no table
 
 
@@ -122,32 +117,12 @@ def test_a_run_resumed_after_ingest_reads_the_demo_corpus_settings(tmp_path: Pat
     )
     cfg = run_config(load_config(conf))
     # The images of the demo corpus are file:// URIs under its folder: without it among the roots, a run
-    # resumed --from fetch_images would record every one of them as blocked.
+    # resumed --from fetch would record every one of them as blocked.
     assert str(raw) in cfg.fetch.file_roots
     assert {i.path for i in cfg.ingest.inputs} == {str(raw / "mmc4"), str(raw / "obelics")}
     assert run_config(cfg) == cfg
     plain = load_config(conf, ["pipeline.demo_corpus=false"])
     assert run_config(plain) is plain
-
-
-def test_task_time_share_counts_the_tasks_run_in_the_span(spark: SparkSession) -> None:
-    sc = spark.sparkContext
-
-    def nap(rows: Iterator[object]) -> Iterator[int]:
-        time.sleep(2.0)
-        yield sum(1 for _ in rows)
-
-    sc.parallelize(range(2), 2).sum()  # Python workers started before the span
-    # Two tasks of ~2 s each on the session's two slots: most of the slots' time.
-    start = datetime.now(timezone.utc)
-    assert sc.parallelize(range(2), 2).mapPartitions(nap).sum() == 2
-    end = datetime.now(timezone.utc)
-    busy = task_time_share(sc, start, end)
-    assert busy is not None and 0.5 <= busy <= 1.0, busy
-    # The driver alone (no job in the span): no task time.
-    start = datetime.now(timezone.utc)
-    time.sleep(0.5)
-    assert task_time_share(sc, start, datetime.now(timezone.utc)) == 0.0
 
 
 def test_the_run_summary_lists_tables_by_layer_within_120_columns_and_says_where_to_look() -> None:

@@ -75,8 +75,8 @@ def test_random_weight_models_never_drive_dedup() -> None:
 def test_an_implausible_share_removed_stops_the_run() -> None:
     from realsyn.semdedup import ImplausibleDedupError, check_removed_share
 
-    check_removed_share("image semantic dedup", 239, 120, 0.5, "images.semantic_dedup.max_removed_share")
+    check_removed_share("image semantic dedup", 239, 120, 0.5, "semantic_dedup.images.max_removed_share")
     with pytest.raises(
-        ImplausibleDedupError, match=r"238 of 239 rows .*images\.semantic_dedup\.max_removed_share=0\.5"
+        ImplausibleDedupError, match=r"238 of 239 rows .*semantic_dedup\.images\.max_removed_share=0\.5"
     ):
-        check_removed_share("image semantic dedup", 239, 1, 0.5, "images.semantic_dedup.max_removed_share")
+        check_removed_share("image semantic dedup", 239, 1, 0.5, "semantic_dedup.images.max_removed_share")

@@ -22,8 +22,8 @@ from realsyn.contracts import (
     SILVER_SENTENCES,
 )
 from realsyn.demo_corpus import generate, with_demo_inputs
-from realsyn.ingest import run_ingest
-from realsyn.sentences import run_extract_sentences
+from realsyn.stages.extract_sentences import run_extract_sentences
+from realsyn.stages.ingest import run_ingest
 from realsyn.tables import Lakehouse
 from tests.tables import rows_frame
 

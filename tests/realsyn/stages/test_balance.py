@@ -11,11 +11,13 @@ from pyspark.sql import Row
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from realsyn.balance import run_balance
 from realsyn.config import Config, ConfigError, load_config
 from realsyn.contracts import FUNNEL, GOLD_DATASET, GOLD_DATASET_REJECTS
+from realsyn.stages.balance import run_balance
 from realsyn.tables import Lakehouse
 from tests.gold_data import Img, picture, write_inputs
+
+BALANCE_STEP = ("step_index", "step", "rows_in", "rows_out", "rows_rejected")
 
 
 def make_cfg(lakehouse: Lakehouse, **balance: Any) -> Config:
@@ -81,13 +83,13 @@ def test_gold_rows_rejects_and_funnel(lakehouse: Lakehouse) -> None:
             Row(image_id="g", reason="no_cluster", detail="no leaf in silver.image_clusters for model m"),
         ],
     )
-    funnel = lakehouse.read(FUNNEL).filter(F.col("stage") == "balance").drop("stage")
+    funnel = lakehouse.read(FUNNEL).filter(F.col("stage") == "balance").select(*BALANCE_STEP)
     assertDataFrameEqual(
         funnel,
         [
             Row(step_index=0, step="synthetic_text", rows_in=7, rows_out=5, rows_rejected=2),
             Row(step_index=1, step="retrieved_text", rows_in=5, rows_out=4, rows_rejected=1),
-            Row(step_index=2, step="image_cluster", rows_in=4, rows_out=3, rows_rejected=1),
+            Row(step_index=2, step="cluster_images", rows_in=4, rows_out=3, rows_rejected=1),
             Row(step_index=3, step="scale[tiny]", rows_in=3, rows_out=2, rows_rejected=1),
             Row(step_index=4, step="scale[full]", rows_in=3, rows_out=3, rows_rejected=0),
         ],

@@ -404,7 +404,7 @@ def _funnel_steps(n_images: int, counts: dict[str, int], n_kept: int) -> list[Fu
     for step, reasons in (
         ("synthetic_text", (SYNTHETIC_TEXT_REJECTED, NO_SYNTHETIC_TEXT)),
         ("retrieved_text", (NO_RETRIEVED_TEXT,)),
-        ("image_cluster", (NO_CLUSTER,)),
+        ("cluster_images", (NO_CLUSTER,)),
     ):
         out = left - sum(counts.get(r, 0) for r in reasons)
         steps.append(FunnelStep(step, left, out))

@@ -19,24 +19,20 @@ from pyspark.testing import assertDataFrameEqual
 from realsyn.config import (
     Config,
     EmbedConfig,
+    ExtractSentencesConfig,
     IngestConfig,
     IngestInput,
-    SentenceCatConfig,
-    SentenceNearDedupConfig,
     SentencePerplexityConfig,
-    SentencesConfig,
     StorageConfig,
 )
 from realsyn.contracts import (
     BRONZE_TEXTS,
     FUNNEL,
-    SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
 )
 from realsyn.ids import stable_id
-from realsyn.ingest import run_ingest
-from realsyn.sentences import (
+from realsyn.stages.extract_sentences import (
     STAGE,
     add_perplexity,
     add_word_entropy,
@@ -45,6 +41,7 @@ from realsyn.sentences import (
     score_perplexity,
     word_counts,
 )
+from realsyn.stages.ingest import run_ingest
 from realsyn.tables import Lakehouse
 from udfs.sentences import split_sentences
 
@@ -100,7 +97,7 @@ def test_filters_exact_and_near_dedup(lakehouse: Lakehouse, storage: StorageConf
         ("d4", 0, "   "),
     ]
     lakehouse.overwrite(BRONZE_TEXTS, spark.createDataFrame(texts, "doc_id string, position int, text string"))
-    cfg = Config(storage=storage, sentences=SentencesConfig(perplexity=NO_LM))
+    cfg = Config(storage=storage, extract_sentences=ExtractSentencesConfig(perplexity=NO_LM))
 
     run_extract_sentences(lakehouse, cfg)
 
@@ -155,7 +152,7 @@ def test_filters_exact_and_near_dedup(lakehouse: Lakehouse, storage: StorageConf
         lakehouse.read(FUNNEL).where(F.col("stage") == STAGE),
         spark.createDataFrame(
             [
-                (STAGE, i, step, rows_in, rows_out, rows_in - rows_out)
+                (STAGE, None, None, None, None, i, step, rows_in, rows_out, rows_in - rows_out)
                 for i, (step, rows_in, rows_out) in enumerate(
                     [
                         ("empty", 113, 113),
@@ -167,7 +164,6 @@ def test_filters_exact_and_near_dedup(lakehouse: Lakehouse, storage: StorageConf
                         ("perplexity", 7, 7),
                         ("exact_dedup", 7, 4),
                         ("near_dedup", 4, 3),
-                        ("semantic_dedup", 3, 3),
                     ]
                 )
             ],
@@ -247,7 +243,9 @@ def test_perplexity_device_cuda_without_a_gpu_names_its_key(monkeypatch: pytest.
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match=r"^sentences\.perplexity\.device: device is 'cuda' but no CUDA device"):
+    with pytest.raises(
+        RuntimeError, match=r"^extract_sentences\.perplexity\.device: device is 'cuda' but no CUDA device"
+    ):
         next(score_perplexity(iter([]), SentencePerplexityConfig(device="cuda")))
 
 
@@ -260,7 +258,7 @@ def test_mmc4_end_to_end_reconciles(
         ingest=IngestConfig(inputs=[IngestInput(path=str(mmc4_path), layout="mmc4", source="mmc4-sample")]),
         # Random weights score every sentence near the vocabulary size; the wide window keeps the rest of the
         # pipeline fed while the perplexity step still runs on every sentence.
-        sentences=SentencesConfig(
+        extract_sentences=ExtractSentencesConfig(
             perplexity=SentencePerplexityConfig(model=str(model), min=1.0, max=1e6, batch_size=64)
         ),
     )
@@ -291,7 +289,7 @@ def test_mmc4_end_to_end_reconciles(
     assert kept is not None and kept["n"] > 0
     assert kept["occ"] == chained  # duplicates hand their occurrences to the sentence they are merged into
     assert steps["near_dedup"].rows_rejected == by_step.get("near_dedup", (0, 0))[0]
-    assert steps["semantic_dedup"].rows_out == kept["n"] == summary.sentences
+    assert steps["near_dedup"].rows_out == kept["n"] == summary.sentences
     # Keys are unique across kept and rejected sentences, and every reject has exactly one reason.
     ids = sentences.select("sentence_id").union(rejects.select("sentence_id"))
     assert ids.count() == ids.distinct().count()
@@ -304,58 +302,6 @@ CAT_ = "A cat sleeps on the warm sofa today."
 KITTEN = "A kitten naps on the cosy couch today."
 MARKET = "The stock market fell sharply this morning."
 BEACH = "Children build a sandcastle at the beach."
-
-
-def test_semantic_dedup_with_existing_embeddings(lakehouse: Lakehouse, storage: StorageConfig) -> None:
-
-    spark = lakehouse.spark
-    texts = [("d1", 0, f"{CAT_} {MARKET}"), ("d2", 0, f"{CAT_} {KITTEN}"), ("d3", 0, BEACH)]
-    lakehouse.overwrite(BRONZE_TEXTS, spark.createDataFrame(texts, "doc_id string, position int, text string"))
-    b = 1 / (1 + 0.1**2) ** 0.5
-    vectors = [
-        (stable_id(CAT_), "m", [1.0, 0.0, 0.0, 0.0]),
-        (stable_id(KITTEN), "m", [b, 0.1 * b, 0.0, 0.0]),  # cosine 0.995 with CAT_
-        (stable_id(MARKET), "m", [0.0, 0.0, 1.0, 0.0]),
-    ]  # BEACH has no embedding: it passes through
-    lakehouse.overwrite(SILVER_SENTENCE_EMBEDDINGS, spark.createDataFrame(vectors, SILVER_SENTENCE_EMBEDDINGS.schema))
-    cfg = Config(
-        storage=storage,
-        sentences=SentencesConfig(
-            cat=SentenceCatConfig(enabled=False),
-            perplexity=NO_LM,
-            near_dedup=SentenceNearDedupConfig(enabled=False),
-        ),
-    )
-
-    run_extract_sentences(lakehouse, cfg)
-
-    sid = stable_id
-    assertDataFrameEqual(
-        lakehouse.read(SILVER_SENTENCES),
-        [
-            Row(sentence_id=sid(CAT_), text=CAT_, doc_ids=["d1", "d2"], n_occurrences=3),
-            Row(sentence_id=sid(MARKET), text=MARKET, doc_ids=["d1"], n_occurrences=1),
-            Row(sentence_id=sid(BEACH), text=BEACH, doc_ids=["d3"], n_occurrences=1),
-        ],
-    )
-    assertDataFrameEqual(
-        lakehouse.read(SILVER_SENTENCE_REJECTS),
-        [
-            Row(
-                sentence_id=sid(KITTEN),
-                text=KITTEN,
-                doc_ids=["d2"],
-                n_occurrences=1,
-                step="semantic_dedup",
-                reason="semantic_duplicate",
-                detail=None,
-                duplicate_of=sid(CAT_),
-            )
-        ],
-    )
-    funnel = {r["step"]: (r["rows_in"], r["rows_out"]) for r in lakehouse.read(FUNNEL).collect()}
-    assert funnel["exact_dedup"] == (5, 4)
-    assert funnel["semantic_dedup"] == (4, 3)
 
 
 def test_word_counts_and_entropy_count_every_occurrence(spark: SparkSession) -> None:

@@ -1,4 +1,4 @@
-"""Sentence extraction (paper section 3.1): bronze.texts -> silver.sentences and silver.sentence_rejects.
+"""Stage extract_sentences (paper section 3.1): bronze.texts -> silver.sentences and silver.sentence_rejects.
 
 Steps, in the paper's order:
 
@@ -8,10 +8,9 @@ Steps, in the paper's order:
    perplexity (CAT and perplexity can be switched off in the config);
 3. exact dedup: ``sentence_id = stable_id(normalised text)``; a sentence keeps every document it occurs in;
 4. near dedup: MinHash LSH (Spark MLlib) over character shingles, banded, candidates checked by exact Jaccard,
-   grouped by connected components (``realsyn.components``);
-5. semantic dedup: cosine of sentence embeddings within k-means clusters (``realsyn.semdedup``), when
-   silver.sentence_embeddings holds vectors of the configured model (embeddings are made from silver.sentences,
-   so this step takes effect on the run after the embedding stage).
+   grouped by connected components (``realsyn.components``).
+
+Semantic dedup, which needs the embeddings, is a stage of its own after embed (:mod:`realsyn.stages.semantic_dedup`).
 
 Filters only look at the normalised text (and at corpus statistics), so every occurrence of a sentence gets the
 same verdict; they therefore run once per distinct sentence, which carries its occurrence count, and the funnel
@@ -44,12 +43,10 @@ from realsyn.components import group_duplicates, merge_into_representatives
 from realsyn.config import (
     Config,
     ConfigError,
-    EmbedConfig,
-    SemanticDedupConfig,
+    ExtractSentencesConfig,
     SentenceCatConfig,
     SentenceNearDedupConfig,
     SentencePerplexityConfig,
-    SentencesConfig,
     check_references,
 )
 from realsyn.contracts import (
@@ -62,7 +59,7 @@ from realsyn.contracts import (
 )
 from realsyn.funnel import FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import stable_id_col
-from realsyn.semdedup import check_removed_share, prune_embeddings, usable_embeddings
+from realsyn.semdedup import prune_embeddings
 from realsyn.tables import Lakehouse
 from realsyn.workers import task_device
 
@@ -107,7 +104,7 @@ class SentencesSummary:
 # Split and group
 
 
-def split_occurrences(texts: DataFrame, cfg: SentencesConfig) -> DataFrame:
+def split_occurrences(texts: DataFrame, cfg: ExtractSentencesConfig) -> DataFrame:
     """One row per sentence occurrence: ``doc_id, position, sentence_index, text`` (normalised, may be "")."""
     language = cfg.language
 
@@ -150,7 +147,7 @@ def add_basic_features(sentences: DataFrame) -> DataFrame:
 # Filters
 
 
-def basic_reason(cfg: SentencesConfig) -> Column:
+def basic_reason(cfg: ExtractSentencesConfig) -> Column:
     """First failing cheap check: empty, emoji, URL, too few / too many words."""
     return first_reason(
         [
@@ -214,10 +211,10 @@ def add_word_entropy(sentences: DataFrame, counts: DataFrame, total: int) -> Dat
 
 def score_perplexity(batches: Iterator[pd.Series], cfg: SentencePerplexityConfig) -> Iterator[pd.Series]:
     """The perplexity UDF's body: each batch of sentences scored by ``cfg.model`` on the task's device
-    (``sentences.perplexity.device``, resolved as every model stage does: realsyn.workers.task_device)."""
+    (``extract_sentences.perplexity.device``, resolved as every model stage does: realsyn.workers.task_device)."""
     from udfs.sentences import perplexity_batch
 
-    device = task_device(cfg.device, "sentences.perplexity.device")
+    device = task_device(cfg.device, "extract_sentences.perplexity.device")
     for batch in batches:
         yield perplexity_batch(batch, cfg.model, device, cfg.batch_size, cfg.max_tokens)
 
@@ -251,7 +248,7 @@ def _as_rejects(
     for name, reasons in FILTER_STEPS:
         step = F.when(reason_col.isin(*reasons), F.lit(name)).otherwise(step)
     if isinstance(reason, str):
-        step = F.lit("near_dedup" if reason == "near_duplicate" else "semantic_dedup")
+        step = F.lit("near_dedup")
     return df.select(
         "sentence_id",
         "text",
@@ -264,7 +261,7 @@ def _as_rejects(
     )
 
 
-def filter_sentences(sentences: DataFrame, cfg: SentencesConfig) -> tuple[DataFrame, DataFrame]:
+def filter_sentences(sentences: DataFrame, cfg: ExtractSentencesConfig) -> tuple[DataFrame, DataFrame]:
     """Apply every enabled filter to distinct sentences: (kept sentences, rejects with one reason each).
 
     Corpus word counts are taken over all occurrences before any filter ("the whole corpus"); the total is the
@@ -302,7 +299,7 @@ def filter_sentences(sentences: DataFrame, cfg: SentencesConfig) -> tuple[DataFr
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Near and semantic dedup
+# Near dedup
 
 
 def near_duplicate_pairs(sentences: DataFrame, cfg: SentenceNearDedupConfig) -> DataFrame:
@@ -385,73 +382,18 @@ def _merge_groups(grouped: DataFrame, reason: str) -> tuple[DataFrame, DataFrame
     return kept.select(*SILVER_SENTENCES.columns), _as_rejects(others, reason, F.col("representative"))
 
 
-def semantic_duplicates(
-    sentences: DataFrame, embeddings: DataFrame, cfg: SemanticDedupConfig
-) -> tuple[DataFrame, DataFrame]:
-    """Merge sentences whose embeddings have cosine >= ``cfg.min_cosine`` (searched within k-means clusters).
-
-    ``embeddings``: ``(sentence_id, embedding)`` of one model. Sentences without an embedding pass through;
-    groups and representatives follow the same rule as near duplicates.
-    """
-    from realsyn.semdedup import SemDedupParams, semantic_dedup
-
-    params = SemDedupParams(
-        threshold=cfg.min_cosine,
-        items_per_cluster=cfg.items_per_cluster,
-        clusters_per_item=cfg.clusters_per_item,
-        seed=cfg.seed,
-    )
-    embedded = sentences.join(embeddings, "sentence_id").localCheckpoint(eager=True)
-    alone = sentences.join(embeddings, "sentence_id", "left_anti")
-    grouped = semantic_dedup(embedded, "sentence_id", "embedding", [F.desc("n_occurrences")], params)
-    kept, rejects = _merge_groups(grouped.drop("embedding"), "semantic_duplicate")
-    return kept.unionByName(alone.select(*SILVER_SENTENCES.columns)), rejects
-
-
-def sentence_embeddings(
-    lakehouse: Lakehouse, cfg: SemanticDedupConfig, embed: EmbedConfig | None = None
-) -> DataFrame | None:
-    """``(sentence_id, embedding)`` of the configured model (or of the only model present), else None.
-
-    Raises ConfigError when several models have sentence embeddings and ``model_id`` does not pick one.
-    """
-    if not cfg.enabled or not lakehouse.exists(SILVER_SENTENCE_EMBEDDINGS):
-        return None
-    table = lakehouse.read(SILVER_SENTENCE_EMBEDDINGS)
-    model_id = cfg.model_id
-    if model_id is None:
-        models = [r[0] for r in table.select("model_id").distinct().limit(2).collect()]
-        if len(models) > 1:
-            raise ConfigError("sentences.semantic_dedup.model_id: several models have sentence embeddings; pick one")
-        if not models:
-            return None
-        model_id = models[0]
-    if not usable_embeddings(model_id, embed or EmbedConfig(), "sentences"):
-        return None
-    chosen = table.where(F.col("model_id") == model_id).select("sentence_id", "embedding")
-    return chosen if chosen.limit(1).count() else None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The stage
 
 
-def extract_sentences(
-    texts: DataFrame, cfg: SentencesConfig, embeddings: DataFrame | None = None
-) -> tuple[DataFrame, DataFrame]:
-    """bronze.texts rows -> (silver.sentences rows, silver.sentence_rejects rows).
-
-    ``embeddings`` (``sentence_id, embedding``), when given, turns on semantic dedup.
-    """
+def extract_sentences(texts: DataFrame, cfg: ExtractSentencesConfig) -> tuple[DataFrame, DataFrame]:
+    """bronze.texts rows -> (silver.sentences rows, silver.sentence_rejects rows)."""
     distinct = group_occurrences(split_occurrences(texts, cfg))
     kept, rejects = filter_sentences(distinct, cfg)
     if cfg.near_dedup.enabled:
         kept = kept.localCheckpoint(eager=True)
         kept, near = merge_duplicates(kept, near_duplicate_pairs(kept, cfg.near_dedup), "near_duplicate")
         rejects = rejects.unionByName(near)
-    if embeddings is not None:
-        kept, semantic = semantic_duplicates(kept.localCheckpoint(eager=True), embeddings, cfg.semantic_dedup)
-        rejects = rejects.unionByName(semantic)
     return kept, rejects
 
 
@@ -459,7 +401,7 @@ def sentence_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
     """Funnel steps from the written tables (occurrences through the filters, distinct sentences after).
 
     Occurrences entering the filters = the occurrences of filter rejects + those held by silver.sentences
-    (near and semantic duplicates hand theirs to their representative).
+    (near duplicates hand theirs to their representative).
     """
     rejects = lakehouse.read(SILVER_SENTENCE_REJECTS)
     by_step = {
@@ -470,17 +412,15 @@ def sentence_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
     assert kept is not None
     n_final, occ_final = int(kept["n"]), int(kept["occ"] or 0)
     n_near = by_step.get("near_dedup", (0, 0))[0]
-    n_semantic = by_step.get("semantic_dedup", (0, 0))[0]
     occurrences = occ_final + sum(occ for step, (_, occ) in by_step.items() if step in STEP_OF_REASON.values())
     steps = []
     for step, _ in FILTER_STEPS:
         dropped = by_step.get(step, (0, 0))[1]
         steps.append(FunnelStep(step, occurrences, occurrences - dropped))
         occurrences -= dropped
-    distinct = n_final + n_near + n_semantic
+    distinct = n_final + n_near
     steps.append(FunnelStep("exact_dedup", occurrences, distinct))
-    steps.append(FunnelStep("near_dedup", distinct, distinct - n_near))
-    steps.append(FunnelStep("semantic_dedup", distinct - n_near, n_final))
+    steps.append(FunnelStep("near_dedup", distinct, n_final))
     return steps
 
 
@@ -489,24 +429,16 @@ def run_extract_sentences(lakehouse: Lakehouse, cfg: Config) -> SentencesSummary
     problems = check_references(cfg)  # a config built in code has not been through load_config
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(f"{key}: {why}" for key, why in problems))
-    scfg = cfg.sentences
+    scfg = cfg.extract_sentences
     texts = lakehouse.read(BRONZE_TEXTS).select("doc_id", "position", "text")
-    embeddings = sentence_embeddings(lakehouse, scfg.semantic_dedup, cfg.embed)
-    kept, rejects = extract_sentences(texts, scfg, embeddings)
+    kept, rejects = extract_sentences(texts, scfg)
     kept = kept.localCheckpoint(eager=True)
-    if embeddings is not None:
-        n_out = kept.count()
-        n_in = n_out + rejects.where(F.col("step") == "semantic_dedup").count()
-        ceiling = scfg.semantic_dedup.max_removed_share
-        check_removed_share(
-            "sentence semantic dedup", n_in, n_out, ceiling, "sentences.semantic_dedup.max_removed_share"
-        )
     # Rejects first: the sentences table, written last, marks a complete run.
     lakehouse.overwrite(SILVER_SENTENCE_REJECTS, rejects.select(*SILVER_SENTENCE_REJECTS.columns))
     lakehouse.overwrite(SILVER_SENTENCES, kept.select(*SILVER_SENTENCES.columns))
     steps = sentence_funnel(lakehouse)
     write_funnel(lakehouse, STAGE, steps)
-    # Last, after everything computed from the embeddings as they were when the stage started.
+    # Embeddings of sentences no longer extracted go; those of semantic duplicates stay (in silver.sentences here).
     prune_embeddings(lakehouse, SILVER_SENTENCE_EMBEDDINGS, lakehouse.read(SILVER_SENTENCES), "sentence_id")
     summary = SentencesSummary(
         steps=tuple(steps),

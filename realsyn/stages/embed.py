@@ -33,12 +33,14 @@ from realsyn.contracts import (
     SILVER_SENTENCE_EMBEDDINGS,
     Table,
 )
-from realsyn.funnel import REASON, FunnelStep, write_funnel
+from realsyn.funnel import REASON, FunnelStep, Models, write_funnel
 from realsyn.tables import Lakehouse
 from realsyn.workers import keep_zip_directories, task_device
 from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
 
 log = logging.getLogger(__name__)
+
+STAGE = "embed"
 
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
@@ -226,9 +228,6 @@ def _embed_side(
         results.unpersist()
     embedded = lakehouse.read(output).filter(F.col("model_id") == spec.name).count()
     rejected = lakehouse.read(rejects).filter(F.col("model_id") == spec.name).count()
-    write_funnel(
-        lakehouse, f"embed_{kind}[{spec.name}]", [FunnelStep("decode_and_embed", embedded + rejected, embedded)]
-    )
     return EmbedCounts(input_table, computed, embedded, rejected)
 
 
@@ -274,4 +273,10 @@ def run_embed(lakehouse: Lakehouse, cfg: Config) -> EmbedSummary:
         )
         if on and counts is None
     )
+    steps = [
+        FunnelStep(kind, counts.embedded + counts.rejected, counts.embedded)
+        for kind, counts in (("images", images), ("sentences", sentences))
+        if counts is not None
+    ]
+    write_funnel(lakehouse, STAGE, steps, Models(model_id=spec.name))
     return EmbedSummary(spec.name, images, sentences, spec.random_init, missing)

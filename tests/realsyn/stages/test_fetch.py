@@ -17,11 +17,11 @@ import deltalake
 import pytest
 from PIL import Image
 
-from jobs.fetch_images import main as fetch_job
+from jobs.fetch import main as fetch_job
 from realsyn.config import Config, FetchConfig, StorageConfig
 from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
-from realsyn.fetch import fetch_options, run_fetch_images
 from realsyn.ids import bytes_id, stable_id
+from realsyn.stages.fetch import fetch_options, run_fetch
 from realsyn.tables import Lakehouse
 from udfs.fetch import STATUSES
 from udfs.fetch_schema import FetchOptions
@@ -162,7 +162,7 @@ def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp
     # 7 distinct URLs: two commit batches. Local files are read under file_roots only.
     cfg = _config(lakehouse.storage, commit_every=4, file_roots=[str(tmp_path)])
 
-    summary = run_fetch_images(lakehouse, cfg)
+    summary = run_fetch(lakehouse, cfg)
 
     id_a, id_b = bytes_id(IMAGES["/a.jpg"]), bytes_id(IMAGES["/b.jpg"])
     expected = {
@@ -183,13 +183,13 @@ def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp
 
     # A rerun has nothing to do: no request, no commit.
     version = lakehouse.delta(BRONZE_FETCHED_IMAGES).history(1).collect()[0]["version"]
-    assert run_fetch_images(lakehouse, cfg).pending == 0
+    assert run_fetch(lakehouse, cfg).pending == 0
     assert lakehouse.delta(BRONZE_FETCHED_IMAGES).history(1).collect()[0]["version"] == version
     assert sum(server.hits.values()) == 6
 
     # --retry-failed refetches the transient failure only, and replaces its row.
     server.unstable = False
-    retried = run_fetch_images(lakehouse, cfg, retry_failed=True)
+    retried = run_fetch(lakehouse, cfg, retry_failed=True)
     assert (retried.pending, retried.by_status) == (1, {"ok": 1})
     assert _table(lakehouse) == {**expected, stable_id(unstable): (unstable, "ok", 200, False, 1, id_b, 64, 64, "jpeg")}
     assert server.hits == Counter({"/a.jpg": 1, "/b.jpg": 1, "/missing": 1, "/unstable": 3, "/to-metadata": 1})
@@ -242,7 +242,7 @@ def test_mmc4_urls_all_end_with_a_final_status(lakehouse: Lakehouse, mmc4_path: 
     _write_refs(lakehouse, refs)
     cfg = _config(lakehouse.storage, allow_networks=[])  # the real defaults of safety, short timeouts
     started = time.monotonic()
-    summary = run_fetch_images(lakehouse, cfg)
+    summary = run_fetch(lakehouse, cfg)
     took = time.monotonic() - started
 
     rows = lakehouse.read(BRONZE_FETCHED_IMAGES).select("url_id", "url", "status", "image_id", "content").collect()
@@ -258,7 +258,7 @@ def test_mmc4_urls_all_end_with_a_final_status(lakehouse: Lakehouse, mmc4_path: 
 
 
 def test_no_image_refs_is_a_no_op(lakehouse: Lakehouse) -> None:
-    summary = run_fetch_images(lakehouse, Config(storage=lakehouse.storage))
+    summary = run_fetch(lakehouse, Config(storage=lakehouse.storage))
     assert (summary.pending, summary.by_status, lakehouse.exists(BRONZE_FETCHED_IMAGES)) == (0, {}, False)
 
 
@@ -271,7 +271,7 @@ def test_counts_are_read_back_when_the_tasks_counts_disagree_with_the_merge(
     a, missing = server.url("/a.jpg"), server.url("/missing")
     _write_refs(lakehouse, [("d1", 0, a), ("d1", 1, missing), ("d2", 0, a)])
 
-    summary = run_fetch_images(lakehouse, _config(lakehouse.storage))
+    summary = run_fetch(lakehouse, _config(lakehouse.storage))
 
     assert (summary.pending, summary.by_status, summary.bytes) == (2, {"ok": 1, "http_error": 1}, len(IMAGES["/a.jpg"]))
     assert {r["url"]: r["status"] for r in lakehouse.read(BRONZE_FETCHED_IMAGES).collect()} == {

@@ -50,7 +50,7 @@ from realsyn.contracts import (
     SILVER_SENTENCES,
     SILVER_TAGS,
 )
-from realsyn.funnel import REASON, FunnelStep, write_funnel
+from realsyn.funnel import REASON, FunnelStep, Models, write_funnel
 from realsyn.tables import Lakehouse
 from realsyn.workers import keep_zip_directories, task_device
 from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
@@ -436,9 +436,8 @@ def run_generate(lakehouse: Lakehouse, cfg: Config) -> GenerateSummary:
             spark.conf.set(ARROW_BATCH_CONF, before)
     summary = _summary(lakehouse, models, gcfg, computed, captioned, tokens, n_tags, random_weights)
     steps = _funnel(summary)
-    write_funnel(
-        lakehouse, f"generate[{model_id}|{models.captioner.name}|{models.llm.name}|{gcfg.prompt_version}]", steps
-    )
+    used = Models(model_id, models.captioner.name, models.llm.name, gcfg.prompt_version)
+    write_funnel(lakehouse, "generate", steps, used)
     return summary
 
 

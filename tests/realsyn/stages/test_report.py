@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from realsyn.balance import run_balance
+from realsyn.stages.balance import run_balance
 from realsyn.config import Config
-from realsyn.report import run_report
+from realsyn.stages.report import run_report
 from realsyn.tables import Lakehouse
 from tests.gold_data import Img, write_inputs
 

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from PIL import ImageEnhance
 from pyspark.sql import SparkSession
 
-from realsyn.config import Config, ConfigError
+from realsyn.config import Config
 from realsyn.contracts import (
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
     FUNNEL,
-    SILVER_IMAGE_EMBEDDINGS,
     SILVER_IMAGE_REJECTS,
     SILVER_IMAGES,
 )
 from realsyn.ids import bytes_id, stable_id
-from realsyn.images import run_extract_images
+from realsyn.stages.extract_images import run_extract_images
 from realsyn.tables import Lakehouse
 from tests.photos import crop, encode, photo
 from tests.tables import rows_frame
@@ -189,62 +187,3 @@ def test_extract_images_end_to_end(spark: SparkSession, lakehouse: Lakehouse) ->
     run_extract_images(lakehouse, cfg)
     exact = {r["reject_id"] for r in lakehouse.read(SILVER_IMAGE_REJECTS).where("step = 'exact_dedup'").collect()}
     assert exact == {*urls("rocket-1", "rocket-2", "rocket-3")[1:], stable_id(late)}
-
-
-def test_semantic_dedup_uses_image_embeddings_when_present(spark: SparkSession, lakehouse: Lakehouse) -> None:
-    contents = {n: encode(photo(n), "JPEG", quality=90) for n in ["astronaut", "coffee", "china", "flower"]}
-    url_ids = _write_bronze(spark, lakehouse, contents)
-    iid = {n: bytes_id(c) for n, c in contents.items()}
-    # Planted vectors: astronaut and china nearly the same direction (cosine ~0.9999), the others orthogonal;
-    # flower has no embedding and passes through. Another model's vectors must be ignored.
-    emb = [
-        (iid["astronaut"], "m", [1.0, 0.0, 0.0]),
-        (iid["china"], "m", [0.99995, 0.01, 0.0]),
-        (iid["coffee"], "m", [0.0, 0.0, 1.0]),
-        (iid["coffee"], "other", [1.0, 0.0, 0.0]),
-    ]
-    lakehouse.overwrite(
-        SILVER_IMAGE_EMBEDDINGS, spark.createDataFrame(emb, "image_id string, model_id string, embedding array<float>")
-    )
-    cfg = Config.model_validate(
-        {
-            "storage": {"root": lakehouse.storage.root},
-            "images": {"perceptual_dedup": {"enabled": False}, "semantic_dedup": {"model_id": "m"}},
-        }
-    )
-    run_extract_images(lakehouse, cfg)
-    got = {r["image_id"]: (r["url_ids"], r["doc_ids"]) for r in lakehouse.read(SILVER_IMAGES).collect()}
-    # china (640 x 427) outranks astronaut (512 x 512) by resolution and takes over its URL and documents.
-    assert got == {
-        iid["china"]: (sorted([url_ids["astronaut"], url_ids["china"]]), ["d-all", "d00", "d02"]),
-        iid["coffee"]: ([url_ids["coffee"]], ["d01"]),
-        iid["flower"]: ([url_ids["flower"]], ["d03"]),
-    }
-    rejects = [
-        (r["step"], r["reason"], r["image_id"], r["duplicate_of"])
-        for r in lakehouse.read(SILVER_IMAGE_REJECTS).collect()
-    ]
-    assert rejects == [("semantic_dedup", "semantic_duplicate", iid["astronaut"], iid["china"])]
-    funnel = [
-        (r["step"], r["rows_in"], r["rows_out"])
-        for r in lakehouse.read(FUNNEL).where("stage = 'extract_images'").orderBy("step_index").collect()
-    ]
-    assert funnel == [("quality", 4, 4), ("exact_dedup", 4, 4), ("semantic_dedup", 4, 3)]
-    # The embeddings stay in step with silver.images: the duplicate's rows are gone, of every model.
-    embedded = sorted((r["image_id"], r["model_id"]) for r in lakehouse.read(SILVER_IMAGE_EMBEDDINGS).collect())
-    assert embedded == sorted([(iid["china"], "m"), (iid["coffee"], "m"), (iid["coffee"], "other")])
-
-
-def test_several_embedding_models_and_none_configured_stop_the_run(spark: SparkSession, lakehouse: Lakehouse) -> None:
-    contents = {n: encode(photo(n), "JPEG", quality=90) for n in ["astronaut", "coffee"]}
-    _write_bronze(spark, lakehouse, contents)
-    emb = [(bytes_id(contents["astronaut"]), "m", [1.0, 0.0]), (bytes_id(contents["coffee"]), "other", [0.0, 1.0])]
-    lakehouse.overwrite(
-        SILVER_IMAGE_EMBEDDINGS, spark.createDataFrame(emb, "image_id string, model_id string, embedding array<float>")
-    )
-    cfg = Config.model_validate(
-        {"storage": {"root": lakehouse.storage.root}, "images": {"perceptual_dedup": {"enabled": False}}}
-    )
-    with pytest.raises(ConfigError, match=r"images\.semantic_dedup\.model_id: .*several models \(m, other"):
-        run_extract_images(lakehouse, cfg)
-    assert not lakehouse.exists(SILVER_IMAGES)  # stopped before writing anything

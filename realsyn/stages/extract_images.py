@@ -1,11 +1,11 @@
-"""Image extraction (paper section 3.1): quality filter, exact, perceptual and semantic dedup -> silver.images.
+"""Stage extract_images (paper section 3.1): quality filter, exact and perceptual dedup -> silver.images.
 
 Input: ``bronze.fetched_images`` rows with ``status = 'ok'`` (one per URL) and ``bronze.image_refs`` (which
 documents use which URL). Steps, each writing what it drops to ``silver.image_rejects`` with one reason:
 
 1. quality (one row per URL): ``undecodable`` (Pillow cannot read the header), ``too_small`` (shorter side
-   < ``images.min_short_side``), ``aspect_ratio`` (long / short side > ``images.max_aspect_ratio``). Sizes are
-   read from the bytes, not trusted from the fetcher.
+   < ``extract_images.min_short_side``), ``aspect_ratio`` (long / short side > ``extract_images.max_aspect_ratio``).
+   Sizes are read from the bytes, not trusted from the fetcher.
 2. exact dedup: URLs whose bytes are identical are one image (``image_id`` = hash of the bytes) that keeps every
    URL and document; the extra URL rows are rejected as ``exact_duplicate`` (their references live on). The URL
    that stood for the image in the last run stands again, so a URL added later never takes its place; a new
@@ -13,18 +13,16 @@ documents use which URL). Steps, each writing what it drops to ``silver.image_re
 3. perceptual dedup: 64-bit pHash; images whose hashes differ in at most ``max_distance`` bits are linked,
    candidate pairs come from banding (:mod:`udfs.images`), groups are connected components
    (:mod:`realsyn.components`). Images whose bytes decode only partially are rejected as ``undecodable``.
-4. semantic dedup (only where ``silver.image_embeddings`` holds the configured model, or a single model when
-   none is configured; several models and no ``images.semantic_dedup.model_id`` stop the run naming that key):
-   CLIP image cosine within k-means clusters (:mod:`realsyn.semdedup`).
 
-Representative of a duplicate group (steps 3 and 4): the largest resolution (width * height), then the
-smallest ``image_id``. The representative takes over the URLs and documents of the whole group, and the other
-members are rejected as ``near_duplicate`` / ``semantic_duplicate`` with ``duplicate_of`` naming it.
+Representative of a near-duplicate group: the largest resolution (width * height), then the smallest
+``image_id``. The representative takes over the URLs and documents of the whole group, and the other members are
+rejected as ``near_duplicate`` with ``duplicate_of`` naming it. Semantic dedup, which needs the embeddings, is a
+stage of its own after embed (:mod:`realsyn.stages.semantic_dedup`), with the same rule.
 
 Rows in (fetched URLs) = rows of ``silver.images`` + rows of ``silver.image_rejects``. A reject's key
 (``reject_id``) is the ``url_id`` of a URL dropped at quality or exact dedup, the ``image_id`` of an image dropped
 by a later step: the same bytes at two URLs are two rejects. The per-step counts go
-to ``gold.funnel`` under stage ``images``. Both silver tables are replaced atomically on every run, so a rerun
+to ``gold.funnel`` under stage ``extract_images``. Both silver tables are replaced atomically on every run, so a rerun
 (or a retry after a crash) gives identical tables.
 """
 
@@ -41,11 +39,12 @@ from pyspark.sql import types as T
 from realsyn.components import (
     COMPONENT,
     REPRESENTATIVE,
+    by_resolution,
     choose_representatives,
     connected_components,
     merge_into_representatives,
 )
-from realsyn.config import Config, EmbedConfig, ImagePerceptualDedupConfig, ImagesConfig, SemanticDedupConfig
+from realsyn.config import Config, ExtractImagesConfig, ImagePerceptualDedupConfig
 from realsyn.contracts import (
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
@@ -57,15 +56,8 @@ from realsyn.contracts import (
 )
 from realsyn.funnel import FunnelStep, first_reason, format_funnel, split, write_funnel
 from realsyn.ids import bytes_id_col
-from realsyn.semdedup import (
-    SemDedupParams,
-    check_removed_share,
-    prune_embeddings,
-    semantic_dedup,
-    usable_embeddings,
-)
+from realsyn.semdedup import prune_embeddings
 from realsyn.tables import Lakehouse
-from realsyn.vectors import resolve_model_id
 
 STAGE = "extract_images"
 PHASH = "phash"
@@ -117,7 +109,7 @@ def url_rows(fetched: DataFrame, refs: DataFrame) -> DataFrame:
     )
 
 
-def quality_reason(cfg: ImagesConfig) -> Column:
+def quality_reason(cfg: ExtractImagesConfig) -> Column:
     """The first failed quality check of a row with width/height, or null to keep it."""
     w, h = F.col("width"), F.col("height")
     short, long = F.least(w, h), F.greatest(w, h)
@@ -130,7 +122,7 @@ def quality_reason(cfg: ImagesConfig) -> Column:
     )
 
 
-def quality_detail(cfg: ImagesConfig) -> Column:
+def quality_detail(cfg: ExtractImagesConfig) -> Column:
     """What the quality check measured on a rejected row: its size, and the side or ratio that failed."""
     w, h = F.col("width"), F.col("height")
     short, long = F.least(w, h), F.greatest(w, h)
@@ -250,10 +242,6 @@ def _merge_groups(df: DataFrame, step: str, reason: str) -> tuple[DataFrame, Dat
     return kept.select(*SILVER_IMAGES.columns), rejects
 
 
-def _by_resolution() -> list[Column]:
-    return [F.desc(F.col("width").cast("long") * F.col("height").cast("long"))]
-
-
 def perceptual_dedup(images: DataFrame, cfg: ImagePerceptualDedupConfig) -> tuple[DataFrame, DataFrame]:
     """(kept, rejects): one representative per group of perceptual near-duplicates.
 
@@ -268,45 +256,9 @@ def perceptual_dedup(images: DataFrame, cfg: ImagePerceptualDedupConfig) -> tupl
     pairs = phash_pairs(hashes, cfg)
     labels = connected_components(pairs, "src", "dst", vertices=hashes)
     grouped = ok.join(labels.withColumnRenamed("id", PHASH), PHASH).drop(PHASH)
-    grouped = choose_representatives(grouped, COMPONENT, "image_id", _by_resolution())
+    grouped = choose_representatives(grouped, COMPONENT, "image_id", by_resolution())
     kept, dup_rejects = _merge_groups(grouped, "perceptual_dedup", "near_duplicate")
     return kept, broken_rejects.unionByName(dup_rejects)
-
-
-def semantic_image_dedup(
-    images: DataFrame, embeddings: DataFrame, cfg: SemanticDedupConfig
-) -> tuple[DataFrame, DataFrame]:
-    """(kept, rejects): one representative per group of semantic duplicates among images with an embedding.
-
-    ``embeddings`` has image_id and embedding of one model; images without one are kept unchanged.
-    """
-    with_emb = images.join(embeddings.select("image_id", "embedding"), "image_id")
-    without = images.join(embeddings.select("image_id"), "image_id", "left_anti")
-    params = SemDedupParams(
-        threshold=cfg.min_cosine,
-        items_per_cluster=cfg.items_per_cluster,
-        clusters_per_item=cfg.clusters_per_item,
-        seed=cfg.seed,
-    )
-    grouped = semantic_dedup(with_emb, "image_id", "embedding", _by_resolution(), params).drop("embedding")
-    kept, rejects = _merge_groups(grouped, "semantic_dedup", "semantic_duplicate")
-    return kept.unionByName(without.select(*SILVER_IMAGES.columns)), rejects
-
-
-def _embeddings_of(lakehouse: Lakehouse, cfg: SemanticDedupConfig, embed: EmbedConfig) -> DataFrame | None:
-    """The image embeddings of the configured model (or of the only model present), or None when the step cannot
-    run.
-
-    Raises ConfigError naming ``images.semantic_dedup.model_id`` when several models have image embeddings and
-    that key does not pick one, as every stage that reads embeddings does.
-    """
-    if not cfg.enabled or not lakehouse.exists(SILVER_IMAGE_EMBEDDINGS):
-        return None
-    table = lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
-    model_id = resolve_model_id(table, cfg.model_id, "images.semantic_dedup.model_id")
-    if model_id is None or not usable_embeddings(model_id, embed, "images"):
-        return None
-    return table.where(F.col("model_id") == model_id)
 
 
 @dataclass(frozen=True)
@@ -326,7 +278,7 @@ class ImagesSummary:
 
 def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     """Read the fetched images and their references, write silver.images, silver.image_rejects and the funnel."""
-    icfg = cfg.images
+    icfg = cfg.extract_images
     for name in (BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS):
         if not lakehouse.exists(name):
             raise RuntimeError(f"{name} does not exist: run the stage that writes it first")
@@ -350,16 +302,6 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
         steps.append(FunnelStep("perceptual_dedup", images.count(), kept.count()))
         images, rejects = kept, [*rejects, rej]
 
-    embeddings = _embeddings_of(lakehouse, icfg.semantic_dedup, cfg.embed)
-    if embeddings is not None:
-        kept, rej = semantic_image_dedup(images, embeddings, icfg.semantic_dedup)
-        kept = kept.localCheckpoint(eager=True)
-        n_in, n_out = images.count(), kept.count()
-        ceiling = icfg.semantic_dedup.max_removed_share
-        check_removed_share("image semantic dedup", n_in, n_out, ceiling, "images.semantic_dedup.max_removed_share")
-        steps.append(FunnelStep("semantic_dedup", n_in, n_out))
-        images, rejects = kept, [*rejects, rej]
-
     all_rejects = rejects[0]
     for r in rejects[1:]:
         all_rejects = all_rejects.unionByName(r)
@@ -369,6 +311,6 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
         all_rejects.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in SILVER_IMAGE_REJECTS.schema]),
     )
     write_funnel(lakehouse, STAGE, steps)
-    # Last: the rejects above are computed from the embeddings as they were when the stage started.
+    # Embeddings of images no longer extracted go; those of semantic duplicates stay (still in silver.images here).
     prune_embeddings(lakehouse, SILVER_IMAGE_EMBEDDINGS, lakehouse.read(SILVER_IMAGES), "image_id")
     return ImagesSummary(steps)

@@ -23,14 +23,14 @@ from realsyn.contracts import (
     SILVER_SENTENCES,
     SILVER_TAGS,
 )
-from realsyn.generate import resolve_models, run_generate, tag_vocabulary
+from realsyn.stages.generate import resolve_models, run_generate, tag_vocabulary
 from realsyn.tables import Lakehouse
 from tests.photos import encode, photo
 from tests.tables import rows_frame
 from udfs import captioner, clip, llm, tagger
 from udfs.models import get_spec, load_registry
 
-REGISTRY = Path(__file__).resolve().parents[2] / "conf" / "models.yaml"
+REGISTRY = Path(__file__).resolve().parents[3] / "conf" / "models.yaml"
 SENTENCES = {
     "s1": "A farmer drives a tractor across the field.",
     "s2": "The tractor stops near the river.",
@@ -176,7 +176,10 @@ def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, 
     }
     funnel = [
         (r.step, r.rows_in, r.rows_out)
-        for r in lakehouse.read(FUNNEL).filter("stage like 'generate[%|v1]'").orderBy("step_index").collect()
+        for r in lakehouse.read(FUNNEL)
+        .filter("stage = 'generate' and prompt_version = 'v1'")
+        .orderBy("step_index")
+        .collect()
     ]
     assert funnel == [("retrieved_text", 6, 4), ("caption", 4, 3), ("llm_rewrite", 3, 3), ("similarity_band", 3, 3)]
 

@@ -21,7 +21,7 @@ leaves hold fewer than k sentences in all gets fewer than k rows. Ties in score 
 model_id, rank (1 = best), sentence_id, score, leaf_id); image embeddings that are null, of another length than
 the tree's, not finite or all zero go to ``silver.retrieval_rejects`` with a reason each instead.
 
-With ``retrieval.device`` "auto" or "cuda" each task descends the tree and scores its groups on the GPU Spark
+With ``retrieve.device`` "auto" or "cuda" each task descends the tree and scores its groups on the GPU Spark
 assigned to it (udfs.tree's torch path; the tree crosses to each GPU once per Python worker); "cpu" is numpy. A
 GPU rounds its products differently from a CPU, so run the stage on one kind: where the plan's tasks and the
 join's ran on different kinds, an image at a near-tie may probe a leaf that no image probed in the plan, and its
@@ -42,7 +42,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from realsyn.config import Config, RetrievalConfig
+from realsyn.config import Config, RetrieveConfig
 from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_IMAGES,
@@ -54,7 +54,7 @@ from realsyn.contracts import (
     SILVER_SENTENCES,
     Table,
 )
-from realsyn.funnel import FunnelStep, write_funnel
+from realsyn.funnel import FunnelStep, Models, write_funnel
 from realsyn.tables import Lakehouse
 from realsyn.tree import shipped, tree_from_centroids
 from realsyn.vectors import hash_uniform, resolve_model_id, usable_embeddings
@@ -64,7 +64,7 @@ from udfs.tree import Prefilter, Tree, calibrate_margin, descend, probe_counts, 
 from udfs.vectors import arrow_matrix, matrix_column
 
 # The config key of the device policy, named when "cuda" finds no GPU.
-DEVICE_KEY = "retrieval.device"
+DEVICE_KEY = "retrieve.device"
 
 # An embedding in the axes of a retrieval prefilter (udfs.tree.Prefilter).
 LOW_FIELD = T.StructField("embedding_low", T.ArrayType(T.FloatType(), containsNull=False), False)
@@ -119,7 +119,7 @@ def image_leaves(
     ``prefilter``, the image in its axes as ``embedding_low``, projected once per image, not once per leaf).
 
     ``load`` returns the tree of ``dim``-wide leaves inside the tasks (``realsyn.tree.shipped``); ``device``
-    is the policy of ``retrieval.device``.
+    is the policy of ``retrieve.device``.
     """
     fields = [images.schema[id_col], images.schema[embedding_col], T.StructField("leaf_id", T.LongType(), False)]
     if prefilter is not None:
@@ -162,7 +162,7 @@ def _plan(
     sentences: DataFrame,
     load: Callable[[], Tree],
     dim: int,
-    cfg: RetrievalConfig,
+    cfg: RetrieveConfig,
     image_col: str,
     embedding_col: str,
 ) -> tuple[Probing, list[tuple[int, int, int]], ProbeStats]:
@@ -217,7 +217,7 @@ def retrieve(
     images: DataFrame,
     sentences: DataFrame,
     tree: Tree,
-    cfg: RetrievalConfig,
+    cfg: RetrieveConfig,
     image_col: str = "image_id",
     sentence_col: str = "sentence_id",
     embedding_col: str = "embedding",
@@ -236,7 +236,7 @@ def retrieve_with_stats(
     images: DataFrame,
     sentences: DataFrame,
     tree: Tree,
-    cfg: RetrievalConfig,
+    cfg: RetrieveConfig,
     image_col: str = "image_id",
     sentence_col: str = "sentence_id",
     embedding_col: str = "embedding",
@@ -359,7 +359,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
             None, 0, 0, 0, note=f"{', '.join(map(str, missing))} not there yet; nothing to retrieve"
         )
     image_embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
-    model_id = resolve_model_id(image_embeddings, cfg.retrieval.model_id, "retrieval.model_id")
+    model_id = resolve_model_id(image_embeddings, cfg.retrieve.model_id, "retrieve.model_id")
     if model_id is None:
         return RetrievalSummary(None, 0, 0, 0, note=f"{SILVER_IMAGE_EMBEDDINGS} is empty; nothing to retrieve")
     tree = tree_from_centroids(lakehouse.read(SILVER_SENTENCE_CENTROIDS), model_id)
@@ -384,7 +384,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
         .select("sentence_id", "embedding", "leaf_id"),
         SILVER_SENTENCES,
     )
-    result, probes = retrieve_with_stats(images, sentences, tree, cfg.retrieval)
+    result, probes = retrieve_with_stats(images, sentences, tree, cfg.retrieve)
     result = result.select("image_id", F.lit(model_id).alias("model_id"), "rank", "sentence_id", "score", "leaf_id")
     lakehouse.replace_partition(SILVER_RETRIEVAL, result, "model_id", model_id)
     written = lakehouse.read(SILVER_RETRIEVAL).filter(F.col("model_id") == model_id)
@@ -395,9 +395,9 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
         FunnelStep("usable_embedding", n_usable + rejected, n_usable),
         FunnelStep("retrieve", n_usable, n_images),  # images that got at least one sentence
     ]
-    write_funnel(lakehouse, f"retrieve[{model_id}]", steps)
+    write_funnel(lakehouse, "retrieve", steps, Models(model_id=model_id))
     return RetrievalSummary(
-        model_id, n_images, n_sentences, n_rows, cfg.retrieval.top_k, probes, tree.n_leaves, rejected
+        model_id, n_images, n_sentences, n_rows, cfg.retrieve.top_k, probes, tree.n_leaves, rejected
     )
 
 

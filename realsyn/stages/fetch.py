@@ -39,7 +39,7 @@ from udfs.fetch_schema import FetchOptions
 
 log = logging.getLogger(__name__)
 
-STAGE = "fetch_images"
+STAGE = "fetch"
 
 
 @dataclass
@@ -66,7 +66,7 @@ class FetchSummary:
         statuses = ", ".join(f"{k} {v:,}" for k, v in sorted(self.by_status.items(), key=lambda kv: -kv[1]))
         rate = self.fetched / self.seconds if self.seconds else 0.0
         return (
-            f"fetch_images{' --retry-failed' if self.retry_failed else ''}: {self.fetched:,} of {self.pending:,} "
+            f"fetch{' --retry-failed' if self.retry_failed else ''}: {self.fetched:,} of {self.pending:,} "
             f"pending URLs fetched in {self.seconds:,.1f} s ({rate:,.0f} URLs/s, "
             f"{self.bytes / max(self.seconds, 1e-9) / 1e6:,.2f} MB/s): {statuses or 'nothing to do'}"
         )
@@ -120,7 +120,7 @@ def fetch_urls(
 
     def fetch_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         def report(progress: FetchProgress) -> None:
-            print(f"realsyn.fetch task: {progress.line()}", file=sys.stderr, flush=True)
+            print(f"realsyn.stages.fetch task: {progress.line()}", file=sys.stderr, flush=True)
 
         returned: dict[str, list[int]] = {}
         for batch in fetch_arrow(batches, options, rows_per_batch, report, interval):
@@ -147,7 +147,7 @@ def _batch_stats(lakehouse: Lakehouse, part: DataFrame, committed_after: datetim
     )
 
 
-def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = False) -> FetchSummary:
+def run_fetch(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = False) -> FetchSummary:
     """Fetch every image URL of bronze.image_refs without a final status into bronze.fetched_images.
 
     ``retry_failed`` also refetches URLs whose last failure was transient, replacing their rows.
@@ -168,15 +168,13 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
     try:
         summary.pending = pending.count()
         if summary.pending == 0:
-            log.info("fetch_images: no pending URL")
+            log.info("fetch: no pending URL")
             write_funnel(lakehouse, STAGE, fetch_funnel(lakehouse))
             return summary
         n_batches = math.ceil(summary.pending / fcfg.commit_every)
         tasks = fcfg.tasks or spark.sparkContext.defaultParallelism
         tasks = max(1, min(tasks, math.ceil(summary.pending / n_batches)))
-        log.info(
-            "fetch_images: %d pending URLs in %d commit batch(es) of %d task(s)", summary.pending, n_batches, tasks
-        )
+        log.info("fetch: %d pending URLs in %d commit batch(es) of %d task(s)", summary.pending, n_batches, tasks)
         batch_of = F.pmod(F.xxhash64("url_id"), F.lit(n_batches))
         for b in range(n_batches):
             part = pending.filter(batch_of == b) if n_batches > 1 else pending
@@ -197,9 +195,7 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
             n_returned = sum(n for n, _ in returned.values())
             if written != n_returned:
                 # A task ran twice or another run committed some of these URLs first: count what was committed.
-                log.info(
-                    "fetch_images: tasks returned %d rows, MERGE wrote %d: counting from the table", n_returned, written
-                )
+                log.info("fetch: tasks returned %d rows, MERGE wrote %d: counting from the table", n_returned, written)
                 returned = {
                     r["status"]: [int(r["n"]), int(r["b"] or 0)] for r in _batch_stats(lakehouse, part, committed_after)
                 }
@@ -209,7 +205,7 @@ def run_fetch_images(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = Fal
             summary.seconds = time.monotonic() - started
             ok = summary.ok
             log.info(
-                "fetch_images: batch %d/%d committed; running ok %d, failed %d, %.1f MB, %.2f MB/s, %.0f URLs/s",
+                "fetch: batch %d/%d committed; running ok %d, failed %d, %.1f MB, %.2f MB/s, %.0f URLs/s",
                 b + 1,
                 n_batches,
                 ok,

@@ -15,7 +15,7 @@ from pyspark.testing import assertDataFrameEqual
 from realsyn.config import Config, ConfigError, IngestConfig, IngestInput, StorageConfig
 from realsyn.contracts import BRONZE_DOCUMENTS, BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS, BRONZE_TEXTS
 from realsyn.ids import stable_id
-from realsyn.ingest import run_ingest
+from realsyn.stages.ingest import run_ingest
 from realsyn.tables import Lakehouse
 
 TABLES = (BRONZE_DOCUMENTS, BRONZE_TEXTS, BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS)

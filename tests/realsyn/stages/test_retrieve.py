@@ -10,16 +10,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-import realsyn.retrieval
-from realsyn.clustering import run_cluster_sentences, train_tree
-from realsyn.config import ClusterConfig, Config, RetrievalConfig
+import realsyn.stages.retrieve
+from realsyn.clustering import train_tree
+from realsyn.config import ClusterConfig, Config, RetrieveConfig
 from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_RETRIEVAL,
     SILVER_RETRIEVAL_REJECTS,
     SILVER_SENTENCE_EMBEDDINGS,
 )
-from realsyn.retrieval import retrieve, run_retrieve
+from realsyn.stages.cluster_sentences import run_cluster_sentences
+from realsyn.stages.retrieve import retrieve, run_retrieve
 from realsyn.tables import Lakehouse
 from tests.tables import write_foreign
 from udfs.tree import Tree, calibrate_margin, descend, probe_counts
@@ -53,7 +54,7 @@ def test_hand_worked_top_k(spark: SparkSession) -> None:
     # q1 = (0.8, 0.6): coarse 0 (0.8 > -0.8); leaves 1 (1.0) then 0 (0.8).
     #   sentences: c 1.0, b 0.96, a 0.8, e 0.6
     # q2 = (-0.6, 0.8): coarse 1 (0.6 > -0.6); only leaf 2, whose one sentence d scores 0.6 (< k rows)
-    cfg = RetrievalConfig(top_k=3, probe_leaves=2, coarse_probe=1, probe_spread=1)
+    cfg = RetrieveConfig(top_k=3, probe_leaves=2, coarse_probe=1, probe_spread=1)
     got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg)
     expected = spark.createDataFrame(
         [("q1", 1, "c", 1.0, 1), ("q1", 2, "b", 0.96, 1), ("q1", 3, "a", 0.8, 0), ("q2", 1, "d", 0.6, 2)],
@@ -62,7 +63,7 @@ def test_hand_worked_top_k(spark: SparkSession) -> None:
     assertDataFrameEqual(got, expected, rtol=1e-6)
 
     # one probed leaf: q1 only sees leaf 1 (c, b, e); chunks of one sentence and one image change nothing
-    narrow = RetrievalConfig(
+    narrow = RetrieveConfig(
         top_k=3, probe_leaves=1, coarse_probe=2, max_group_sentences=1, max_group_images=1, probe_spread=1
     )
     got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), narrow)
@@ -110,7 +111,7 @@ class Clustered:
 
 def test_adaptive_probing_probes_the_calibrated_leaves(spark: SparkSession) -> None:
     case = Clustered.make(spark)
-    cfg = RetrievalConfig(top_k=3, probe_leaves=4, probe_spread=2, coarse_probe=4, max_group_sentences=9)
+    cfg = RetrieveConfig(top_k=3, probe_leaves=4, probe_spread=2, coarse_probe=4, max_group_sentences=9)
     assert cfg.probe_bounds == (2, 8)
     got = retrieve(case.images, case.with_leaves, case.tree, cfg).toPandas().sort_values(["image_id", "rank"])
 
@@ -130,7 +131,7 @@ def test_adaptive_probing_probes_the_calibrated_leaves(spark: SparkSession) -> N
     assert got["sentence_id"].tolist() == reference(counts)
 
     # a spread of 1 probes exactly probe_leaves everywhere
-    fixed = RetrievalConfig(top_k=3, probe_leaves=4, probe_spread=1, coarse_probe=4)
+    fixed = RetrieveConfig(top_k=3, probe_leaves=4, probe_spread=1, coarse_probe=4)
     got = retrieve(case.images, case.with_leaves, case.tree, fixed).toPandas().sort_values(["image_id", "rank"])
     assert got["sentence_id"].tolist() == reference(np.full(len(case.q), 4))
 
@@ -140,11 +141,11 @@ def test_all_leaves_probed_equals_brute_force(
     spark: SparkSession, monkeypatch: pytest.MonkeyPatch, plan_sample: int | None
 ) -> None:
     if plan_sample is not None:  # chunks planned from the probes of ~10 of the 60 images: the same result
-        monkeypatch.setattr(realsyn.retrieval, "PLAN_SAMPLE_IMAGES", plan_sample)
+        monkeypatch.setattr(realsyn.stages.retrieve, "PLAN_SAMPLE_IMAGES", plan_sample)
     case = Clustered.make(spark)
     s, q, sent_ids, images, tree, with_leaves = case.s, case.q, case.sent_ids, case.images, case.tree, case.with_leaves
     leaf_ids = case.leaf_ids.tolist()
-    cfg = RetrievalConfig(
+    cfg = RetrieveConfig(
         top_k=3, probe_leaves=tree.n_leaves, coarse_probe=4, max_group_sentences=7, max_group_images=5, probe_spread=1
     )
     got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
@@ -177,11 +178,11 @@ def test_a_sampled_plan_loses_no_leaf(spark: SparkSession, monkeypatch: pytest.M
         [(f"s{i:03d}", v, leaf) for i, (v, leaf) in enumerate(zip(s.tolist(), leaf_ids, strict=True))],
         "sentence_id string, embedding array<float>, leaf_id long",
     )
-    cfg = RetrievalConfig(
+    cfg = RetrieveConfig(
         top_k=3, probe_leaves=2, coarse_probe=4, max_group_sentences=7, max_group_images=3, probe_spread=1
     )
     exact_plan = retrieve(images, with_leaves, tree, cfg).collect()
-    monkeypatch.setattr(realsyn.retrieval, "PLAN_SAMPLE_IMAGES", 5)
+    monkeypatch.setattr(realsyn.stages.retrieve, "PLAN_SAMPLE_IMAGES", 5)
     sampled_plan = retrieve(images, with_leaves, tree, cfg)
     assert len(exact_plan) == 180
     assertDataFrameEqual(sampled_plan, exact_plan)
@@ -205,7 +206,7 @@ def test_prefiltered_join_equals_brute_force_when_the_axes_hold_the_data(spark: 
     images = spark.createDataFrame(
         [(f"i{i:03d}", v) for i, v in enumerate(q.tolist())], "image_id string, embedding array<float>"
     )
-    cfg = RetrievalConfig(
+    cfg = RetrieveConfig(
         top_k=3, probe_leaves=tree.n_leaves, coarse_probe=3, prefilter_dim=6, shortlist=4, probe_spread=1
     )
     got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
@@ -216,24 +217,24 @@ def test_prefiltered_join_equals_brute_force_when_the_axes_hold_the_data(spark: 
 
 
 def test_shortlist_must_hold_top_k() -> None:
-    with pytest.raises(ValueError, match=r"retrieval\.shortlist"):
-        RetrievalConfig(top_k=5, shortlist=4, prefilter_dim=64)
-    assert RetrievalConfig(top_k=5, shortlist=4, prefilter_dim=0).shortlist == 4  # no prefilter, no shortlist
+    with pytest.raises(ValueError, match=r"retrieve\.shortlist"):
+        RetrieveConfig(top_k=5, shortlist=4, prefilter_dim=64)
+    assert RetrieveConfig(top_k=5, shortlist=4, prefilter_dim=0).shortlist == 4  # no prefilter, no shortlist
 
 
 def test_probe_bounds_follow_the_spread() -> None:
-    assert RetrievalConfig(probe_leaves=44, probe_spread=2).probe_bounds == (22, 88)
-    assert RetrievalConfig(probe_leaves=45, probe_spread=1.5).probe_bounds == (30, 68)
-    assert RetrievalConfig(probe_leaves=3, probe_spread=1).probe_bounds == (3, 3)
-    assert RetrievalConfig(probe_leaves=1, probe_spread=4).probe_bounds == (1, 4)
+    assert RetrieveConfig(probe_leaves=44, probe_spread=2).probe_bounds == (22, 88)
+    assert RetrieveConfig(probe_leaves=45, probe_spread=1.5).probe_bounds == (30, 68)
+    assert RetrieveConfig(probe_leaves=3, probe_spread=1).probe_bounds == (3, 3)
+    assert RetrieveConfig(probe_leaves=1, probe_spread=4).probe_bounds == (1, 4)
     with pytest.raises(ValueError, match="probe_spread"):
-        RetrievalConfig(probe_spread=0.5)
+        RetrieveConfig(probe_spread=0.5)
 
 
 def test_retrieval_runs_where_the_device_policy_says(spark: SparkSession) -> None:
     import torch
 
-    cfg = RetrievalConfig(top_k=3, probe_leaves=2, coarse_probe=1, probe_spread=1)
+    cfg = RetrieveConfig(top_k=3, probe_leaves=2, coarse_probe=1, probe_spread=1)
     auto = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg.model_copy(update={"device": "auto"}))
     # the hand-worked answer of test_hand_worked_top_k, on the tasks' GPU where there is one, else the CPU
     expected = spark.createDataFrame(
@@ -245,13 +246,13 @@ def test_retrieval_runs_where_the_device_policy_says(spark: SparkSession) -> Non
         return
     # "cuda" reaches the tasks that descend the tree: without a GPU they stop, naming the key
     cuda = cfg.model_copy(update={"device": "cuda"})
-    with pytest.raises(Exception, match=r"retrieval\.device: device is 'cuda' but no CUDA device"):
+    with pytest.raises(Exception, match=r"retrieve\.device: device is 'cuda' but no CUDA device"):
         retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cuda).collect()
 
 
 def test_empty_images_give_no_rows(spark: SparkSession) -> None:
     images = spark.createDataFrame([], "image_id string, embedding array<float>")
-    got = retrieve(images, hand_sentences(spark), hand_tree(), RetrievalConfig())
+    got = retrieve(images, hand_sentences(spark), hand_tree(), RetrieveConfig())
     assert got.collect() == []
 
 
@@ -263,8 +264,8 @@ def embedding_table(spark: SparkSession, key: str, x: np.ndarray, model_id: str)
 def test_run_retrieve_end_to_end_and_rerun(spark: SparkSession, lakehouse: Lakehouse) -> None:
     cfg = Config(
         storage=lakehouse.storage,
-        cluster=ClusterConfig(leaf_size=10, coarse_clusters=2),
-        retrieval=RetrievalConfig(top_k=2, probe_leaves=2, coarse_probe=2, probe_spread=1),
+        cluster_sentences=ClusterConfig(leaf_size=10, coarse_clusters=2),
+        retrieve=RetrieveConfig(top_k=2, probe_leaves=2, coarse_probe=2, probe_spread=1),
     )
     assert run_retrieve(lakehouse, cfg).rows == 0  # nothing there yet
     assert not lakehouse.exists(SILVER_RETRIEVAL)

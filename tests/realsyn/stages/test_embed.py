@@ -23,7 +23,7 @@ from realsyn.contracts import (
     SILVER_SENTENCE_EMBEDDINGS,
     SILVER_SENTENCES,
 )
-from realsyn.embed import embed_images, embed_sentences, resolve_model, run_embed
+from realsyn.stages.embed import embed_images, embed_sentences, resolve_model, run_embed
 from realsyn.tables import Lakehouse
 from tests.tables import rows_frame
 from udfs import clip, decode
@@ -167,8 +167,8 @@ def test_run_embed_writes_tables_rejects_and_reruns_incrementally(
     ]
     funnel = sorted(tuple(r) for r in lakehouse.read(FUNNEL).collect())
     assert funnel == [
-        ("embed_images[tiny-random]", 0, "decode_and_embed", 6, 5, 1),
-        ("embed_sentences[tiny-random]", 0, "decode_and_embed", 8, 7, 1),
+        ("embed", "tiny-random", None, None, None, 0, "images", 6, 5, 1),
+        ("embed", "tiny-random", None, None, None, 1, "sentences", 8, 7, 1),
     ]
     versions = {
         name: lakehouse.delta(name).history(1).collect()[0]["version"]
@@ -233,7 +233,7 @@ def test_registry_path_is_found_from_another_directory(monkeypatch: pytest.Monke
 
 ZIP_CHECK = """
 import importlib, sys, time, zipfile, zipimport
-from realsyn.embed import keep_zip_directories
+from realsyn.stages.embed import keep_zip_directories
 
 archive = sys.argv[1]
 with zipfile.ZipFile(archive, "w") as z:
@@ -267,7 +267,7 @@ def test_zip_directories_are_reread_only_when_the_archive_changes(tmp_path: Path
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     # One read before the patch; none while the archive is unchanged; one after it changed.
     assert out.stdout.split() == ["1", "2", "1", "2"]

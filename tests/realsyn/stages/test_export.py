@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from realsyn.balance import run_balance
 from realsyn.config import Config, ConfigError
 from realsyn.contracts import GOLD_DATASET, SILVER_IMAGES
-from realsyn.export import RELEASE_COLUMNS, run_export
+from realsyn.stages.balance import run_balance
+from realsyn.stages.export import RELEASE_COLUMNS, run_export
 from realsyn.tables import Lakehouse
 from tests.gold_data import Img, write_inputs
 

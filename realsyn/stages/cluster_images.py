@@ -1,0 +1,33 @@
+"""Stage cluster_images: hierarchical k-means of the image embeddings of one model
+(:mod:`realsyn.clustering`) into ``silver.image_centroids`` and ``silver.image_clusters``, the leaf of every
+image (the clusters balance sampling draws from); unusable embeddings go to ``silver.image_cluster_rejects``."""
+
+from __future__ import annotations
+
+from realsyn.clustering import ClusterSummary, Subject, run_cluster
+from realsyn.config import Config
+from realsyn.contracts import (
+    SILVER_IMAGE_CENTROIDS,
+    SILVER_IMAGE_CLUSTER_REJECTS,
+    SILVER_IMAGE_CLUSTERS,
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGES,
+)
+from realsyn.tables import Lakehouse
+
+STAGE = "cluster_images"
+IMAGES = Subject(
+    "images",
+    "image_id",
+    SILVER_IMAGE_EMBEDDINGS,
+    SILVER_IMAGE_CENTROIDS,
+    SILVER_IMAGE_CLUSTERS,
+    SILVER_IMAGE_CLUSTER_REJECTS,
+    STAGE,
+    SILVER_IMAGES,
+)
+
+
+def run_cluster_images(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
+    """Train (or reuse) the image tree of one model and give every image its leaf."""
+    return run_cluster(lakehouse, cfg.cluster_images, IMAGES)

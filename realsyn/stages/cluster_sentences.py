@@ -1,0 +1,33 @@
+"""Stage cluster_sentences: hierarchical k-means of the sentence embeddings of one model
+(:mod:`realsyn.clustering`) into ``silver.sentence_centroids`` and ``silver.sentence_clusters``, the leaf of every
+sentence (the tree retrieval descends); unusable embeddings go to ``silver.sentence_cluster_rejects``."""
+
+from __future__ import annotations
+
+from realsyn.clustering import ClusterSummary, Subject, run_cluster
+from realsyn.config import Config
+from realsyn.contracts import (
+    SILVER_SENTENCE_CENTROIDS,
+    SILVER_SENTENCE_CLUSTER_REJECTS,
+    SILVER_SENTENCE_CLUSTERS,
+    SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCES,
+)
+from realsyn.tables import Lakehouse
+
+STAGE = "cluster_sentences"
+SENTENCES = Subject(
+    "sentences",
+    "sentence_id",
+    SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_CENTROIDS,
+    SILVER_SENTENCE_CLUSTERS,
+    SILVER_SENTENCE_CLUSTER_REJECTS,
+    STAGE,
+    SILVER_SENTENCES,
+)
+
+
+def run_cluster_sentences(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:
+    """Train (or reuse) the sentence tree of one model and give every sentence its leaf."""
+    return run_cluster(lakehouse, cfg.cluster_sentences, SENTENCES)
