@@ -7,11 +7,11 @@ host and with torch on ``--device`` (the GPU where there is one, else torch's CP
 torch path costs on a CPU), each limited to ``--threads`` CPU threads (a Spark task owns one core), and checks
 that the two return the same top-k lists.
 
-The tree is drawn from the data rather than trained (the coarse centroids and the leaves are rows of the
-sentences, each leaf under its nearest coarse centroid): the kernels' cost depends on the tree's shape (coarse
-clusters, leaves per coarse cluster, sentences per leaf), which follows the stage's defaults (cluster_sentences.leaf_size,
-about sqrt(leaves) coarse clusters), not on how good its centroids are. Recall is bench/retrieval.py's measure.
-The Spark shuffle that brings each image to its leaves stays where it is whatever the device: bench/retrieval.py
+The tree is drawn from the data rather than trained (the coarse centroids and the leaves are rows of the sentences,
+each leaf under its nearest coarse centroid): the kernels' cost depends on the tree's shape (coarse clusters, leaves
+per coarse cluster, sentences per leaf), which follows the stage's defaults (cluster_sentences.leaf_size, about
+sqrt(leaves) coarse clusters), not on how good its centroids are. Recall is bench/retrieval.py's measure. The Spark
+shuffle that brings each image to its leaves stays where it is whatever the device: bench/retrieval.py
 measures how much of the stage's time the kernels are.
 
     python bench/retrieval_device.py            # 1M sentences x 100k images, dim 512 (bench/retrieval.py's size)

@@ -5,9 +5,11 @@ perceptual-hash steps (udfs.images), the encoders (udfs.clip) and the captioner 
 
 - the header check, :func:`read_header`: the header only is parsed (no pixel data read); empty bytes, bytes that
   are no image and more than ``max_pixels`` pixels are refused; :func:`exif_orientation` reads the orientation
-  without decoding;
-- the decode bound, :func:`bound_decode`: the decoded pixels stay within ``max_decoded_bytes`` (a JPEG over it is
-  decoded at a reduced DCT scale, another format is refused);
+  without decoding, :meth:`ImageHeader.displayed` the size as displayed;
+- the decode bound, :func:`bound_decode` and :func:`load_bounded`: the decoded pixels stay within
+  ``max_decoded_bytes`` (a JPEG over it is decoded at a reduced DCT scale, another format is refused);
+- the validation of a candidate image, :func:`validate_image` (the fetcher's check: header, then every byte of the
+  image data decoded, JPEGs at 1/8 scale) and its second half :func:`validate_pixels`;
 - the conversion, :func:`to_rgb`: EXIF orientation applied, transparency on white, 16-bit scaled to 8;
 - :func:`decode_image`, all of these for one image, and the GPU JPEG path behind the same header check
   (:func:`route_jpeg`, :func:`decode_jpegs`: nvJPEG through torchvision).
@@ -99,6 +101,10 @@ class ImageHeader:
         """Width times height, as stored."""
         return self.width * self.height
 
+    def displayed(self, orientation: int) -> tuple[int, int]:
+        """Width and height as displayed under EXIF ``orientation``: swapped where it turns the image (5 to 8)."""
+        return (self.height, self.width) if orientation in (5, 6, 7, 8) else (self.width, self.height)
+
 
 def read_header(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
     """Identify ``data`` from its own bytes and parse its header (cheap: no pixel data is read).
@@ -142,6 +148,14 @@ def exif_orientation(img: Image.Image) -> int:
     return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1  # a bad value: as stored
 
 
+def display_orientation(img: Image.Image) -> int:
+    """:func:`exif_orientation`, or 1 (as stored) where the EXIF block does not parse: as :func:`to_rgb` shows the
+    image (a broken EXIF block leaves the pixels usable)."""
+    with contextlib.suppress(Exception):
+        return exif_orientation(img)
+    return 1
+
+
 # ------------------------------------------------------------------------------------------------ the decode
 
 
@@ -169,6 +183,71 @@ def bound_decode(img: Any, max_bytes: int, min_side: int = 64) -> str | None:
         if decoded_bytes(img) <= max_bytes:
             return None
     return f"decoding {img.size[0]}x{img.size[1]} {img.mode} takes {full / 1e6:,.0f} MB > {max_bytes / 1e6:,.0f} MB"
+
+
+def load_bounded(img: Any, max_bytes: int, min_side: int = 64) -> None:
+    """Decode the pixels of ``img`` (opened, not loaded) within ``max_bytes`` (:func:`bound_decode`); raise
+    Rejected (too many pixels) for an image that cannot be decoded within the bound. Pillow's own errors (a
+    truncated or corrupt image) are raised as they are (:func:`decode_failure` says what they mean)."""
+    too_big = bound_decode(img, max_bytes, min_side)
+    if too_big is not None:
+        raise Rejected(REASON_TOO_MANY_PIXELS, too_big)
+    img.load()
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What validating a candidate image found: ``reason`` None when it decodes whole, else a ``REASON_*`` constant
+    and its ``detail``; width and height as displayed (where the header was read) and the format."""
+
+    reason: str | None = None
+    detail: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+
+
+def validate_pixels(header: ImageHeader, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> ImageCheck:
+    """Decode the image of ``header`` (then closed) to prove its data whole; width and height as displayed.
+
+    JPEG is decoded at reduced DCT scale, which still reads every byte of the image data. Another image whose
+    decoded pixels would take more than ``max_decoded_bytes`` is refused (too many pixels) without decoding.
+    """
+    img, fmt = header.image, header.format
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            orientation = exif_orientation(img)
+            if fmt == "JPEG":
+                img.draft(None, (max(1, header.width // 8), max(1, header.height // 8)))
+            width, height = header.displayed(orientation)
+            load_bounded(img, max_decoded_bytes)
+        except Rejected as r:  # over the decode bound: the size is known
+            return ImageCheck(r.reason, r.detail, width, height, fmt)
+        except Exception as e:
+            failure = decode_failure(e)
+            return ImageCheck(failure.reason, failure.detail, format=fmt)
+        finally:
+            img.close()
+    return ImageCheck(None, None, width, height, fmt)
+
+
+def validate_image(
+    data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> ImageCheck:
+    """Check ``data`` with Pillow: refuse non-images, undecodable data and images over ``max_pixels``.
+
+    The pixel limit is checked from the header (:func:`read_header`) before decoding (:func:`validate_pixels`).
+    Width and height are as displayed (after the EXIF orientation).
+    """
+    try:
+        header = read_header(data, max_pixels)
+    except Rejected as r:
+        return ImageCheck(r.reason, r.detail)
+    return validate_pixels(header, max_decoded_bytes)
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -227,10 +306,7 @@ def decode_image(
     try:
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
-        too_big = bound_decode(img, max_decoded_bytes, max(draft_size or 0, 448))
-        if too_big is not None:
-            raise Rejected(REASON_TOO_MANY_PIXELS, too_big)
-        img.load()
+        load_bounded(img, max_decoded_bytes, max(draft_size or 0, 448))
         return to_rgb(img)
     except Rejected:
         raise
@@ -258,10 +334,7 @@ def route_jpeg(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Jpeg
     if img.format != "JPEG" or img.mode not in ("RGB", "L"):
         return None
     assert data is not None  # read_header rejects empty bytes
-    orientation = 1
-    with contextlib.suppress(Exception):  # a broken EXIF block leaves the pixels usable, as in to_rgb
-        orientation = exif_orientation(img)
-    return Jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation)
+    return Jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), display_orientation(img))
 
 
 def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -53,7 +53,7 @@ class FetchOptions:
     decode_threads: int = 2
 
 
-# One row per URL (:class:`udfs.fetch.FetchResult` and its url_id): what :func:`udfs.fetch.fetch_arrow` yields.
+# One row per URL (:class:`udfs.fetch.FetchResult` and its url_id): what :func:`udfs.fetch_arrow.fetch_arrow` yields.
 ARROW_SCHEMA = pa.schema(
     [
         ("url_id", pa.string()),

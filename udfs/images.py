@@ -13,7 +13,6 @@ share at least one emitted key (a key halfway between their bands), so grouping 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import warnings
 
@@ -24,8 +23,8 @@ import pandas as pd
 from udfs.decode import (
     DEFAULT_MAX_DECODED_BYTES,
     Rejected,
-    bound_decode,
-    exif_orientation,
+    display_orientation,
+    load_bounded,
     open_image,
     read_header,
     to_rgb,
@@ -47,11 +46,8 @@ def image_info(content: bytes | None, max_pixels: int = 178_956_970) -> tuple[in
         header = read_header(content, max_pixels)
     except Rejected:
         return None, None, None
-    orientation = 1
-    with contextlib.suppress(Exception):  # a broken EXIF block: as stored, as udfs.decode.to_rgb shows it
-        orientation = exif_orientation(header.image)
+    width, height = header.displayed(display_orientation(header.image))
     header.image.close()
-    width, height = (header.height, header.width) if orientation in (5, 6, 7, 8) else (header.width, header.height)
     return int(width), int(height), (header.format.lower() if header.format else None)
 
 
@@ -87,9 +83,7 @@ def phash(content: bytes | None, hash_size: int = 8, max_decoded_bytes: int = DE
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with open_image(content) as im:
-                if bound_decode(im, max_decoded_bytes, 4 * hash_size) is not None:
-                    return None
-                im.load()
+                load_bounded(im, max_decoded_bytes, 4 * hash_size)
                 bits = imagehash.phash(to_rgb(im), hash_size=hash_size).hash.flatten()
     except Exception:
         return None

@@ -29,13 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from udfs.models import (
     ModelSpec,
     Precision,
+    build_causal_lm,
     cache_key,
     cached,
-    hf_error,
     hf_source,
-    resolve_dtype,
+    inline_config,
     run_halving,
-    tiny_token_ids,
     tiny_tokenizer,
 )
 
@@ -178,34 +177,15 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 def load_transformers_llm(spec: ModelSpec, device: str, precision: Precision, batch_size: int) -> TransformersLLM:
     """Load an llm entry with transformers onto ``device`` (no caching; see :func:`get_llm`)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    dev = torch.device(device)
-    if spec.config is not None:
-        tokenizer = tiny_tokenizer(chat=True)
-        raw = dict(spec.config)
-        config = AutoConfig.for_model(raw.pop("model_type"), **{**raw, **tiny_token_ids(tokenizer)})
-        torch.manual_seed(spec.seed)
-        model = AutoModelForCausalLM.from_config(config)
-    else:
-        source, kwargs = hf_source(spec)
-        try:
-            if spec.random_init:
-                torch.manual_seed(spec.seed)
-                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source, **kwargs))
-            else:
-                model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        except OSError as e:
-            raise hf_error(spec, e) from e
+    model, tokenizer = build_causal_lm(spec, device, precision, chat=True)
     if tokenizer.chat_template is None:
         raise ValueError(f"model {spec.name!r}: its tokenizer has no chat template (an instruction-tuned model has)")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = resolve_dtype(precision, dev, spec.half)
-    model = model.to(device=dev, dtype=dtype).eval()
-    log.info("loaded llm %s on %s (%s)", spec.name, dev, dtype)
+    dev = torch.device(device)
+    log.info("loaded llm %s on %s (%s)", spec.name, dev, model.dtype)
     return TransformersLLM(spec.name, model, tokenizer, dev, batch_size)
 
 
@@ -254,11 +234,8 @@ def vllm_model_dir(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
         if spec.cache_dir is not None:
             extra["download_dir"] = spec.cache_dir
         return source, extra
-    from transformers import AutoConfig
-
     tokenizer = tiny_tokenizer(chat=True)
-    raw = dict(spec.config)
-    config = AutoConfig.for_model(raw.pop("model_type"), **{**raw, **tiny_token_ids(tokenizer)})
+    config = inline_config(spec, tokenizer)
     folder = Path(tempfile.mkdtemp(prefix=f"realsyn-vllm-{spec.name}-"))
     config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

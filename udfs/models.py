@@ -3,16 +3,17 @@
 One registry file (conf/models.yaml) names every model the pipeline runs, of three kinds: ``clip`` encoders (the
 embed stage, the tagger and the similarity filter), ``captioner`` image-to-text models and ``llm`` chat models
 (the generate stage). A fourth kind, ``lm``, is a plain causal LM that scores text: the perplexity filter builds
-its entry from ``sentences.perplexity.model`` (udfs.sentences.causal_lm_spec). An entry says where the weights
+its entry from ``extract_sentences.perplexity.model`` (udfs.sentences.causal_lm_spec). An entry says where the weights
 come from (an open_clip name and tag or checkpoint, a Hugging Face Hub id or local directory, a pinned revision),
 whether the model may run in half precision, and, for tests and the offline demo, an inline architecture config
 to build with random weights. Tiny random captioners and LLMs get a tokenizer built here from a fixed character
 alphabet (no download), with a chat template for LLMs.
 
 Loading goes through :func:`cached`, once per Python process and key (spaCy pipelines too, through
-:func:`load_spacy`); :func:`pick_device` maps the GPU Spark assigned to a task to a torch device; :func:`run_halving`
-runs a batch in slices and halves the slice on every out-of-memory error. No Spark here; heavy imports happen
-inside the functions that need them.
+:func:`load_spacy`); :func:`build_causal_lm` builds the causal LMs (the generate stage's ``llm``, with a chat
+template, and the perplexity ``lm``); :func:`pick_device` maps the GPU Spark assigned to a task to a torch device;
+:func:`run_halving` runs a batch in slices and halves the slice on every out-of-memory error. No Spark here; heavy
+imports happen inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -382,3 +383,46 @@ def hf_source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     if spec.revision is not None and not local.is_dir():
         kwargs["revision"] = spec.revision
     return (str(local) if local.is_dir() else source), kwargs
+
+
+# ------------------------------------------------------------------------------------------ causal language models
+
+
+def inline_config(spec: ModelSpec, tokenizer: Any) -> Any:
+    """The transformers config of the inline ``config`` of ``spec`` (its ``model_type`` and fields), with the ids
+    of the special tokens and the vocabulary size of the locally built ``tokenizer``."""
+    from transformers import AutoConfig
+
+    raw = dict(spec.config or {})
+    return AutoConfig.for_model(raw.pop("model_type"), **{**raw, **tiny_token_ids(tokenizer)})
+
+
+def build_causal_lm(spec: ModelSpec, device: str, precision: Precision, chat: bool) -> tuple[Any, Any]:
+    """(model, tokenizer) of a causal-LM entry (an ``llm`` or an ``lm``), in eval mode on ``device`` in the dtype
+    :func:`resolve_dtype` gives ``precision``; not cached (callers go through :func:`cached`).
+
+    An inline config is built with random weights (seeded) and the locally built tokenizer, with its chat template
+    where ``chat``; a Hub id or local directory is loaded with its own tokenizer (the weights in that dtype, or
+    random ones with ``random_init``). A model that cannot be found raises ModelNotAvailable.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dev = torch.device(device)
+    dtype = resolve_dtype(precision, dev, spec.half)
+    if spec.config is not None:
+        tokenizer = tiny_tokenizer(chat=chat)
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(inline_config(spec, tokenizer))
+    else:
+        source, kwargs = hf_source(spec)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            if spec.random_init:
+                torch.manual_seed(spec.seed)
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source, **kwargs))
+            else:
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        except OSError as e:
+            raise hf_error(spec, e) from e
+    return model.to(device=dev, dtype=dtype).eval(), tokenizer

@@ -44,15 +44,11 @@ import pandas as pd
 from udfs.models import (
     ModelSpec,
     Precision,
+    build_causal_lm,
     cache_key,
     cached,
-    hf_error,
-    hf_source,
     load_spacy,
-    resolve_dtype,
     run_halving,
-    tiny_token_ids,
-    tiny_tokenizer,
 )
 
 if TYPE_CHECKING:
@@ -346,7 +342,8 @@ def cat_features(texts: pd.Series, parser: str, batch_size: int = 256) -> pd.Dat
 
 
 def causal_lm_spec(name_or_path: str) -> ModelSpec:
-    """The registry entry of the perplexity LM ``sentences.perplexity.model`` names (a Hub id or a local folder).
+    """The registry entry of the perplexity LM that ``extract_sentences.perplexity.model`` names (a Hub id or a
+    local folder).
 
     It stays in float32 on GPUs too (``half: false``): the [min, max] window is a window of float32 scores.
     """
@@ -355,36 +352,12 @@ def causal_lm_spec(name_or_path: str) -> ModelSpec:
 
 def load_causal_lm(model: str | ModelSpec, device: str = "cpu", precision: Precision = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) of a causal LM (a Hub id, a local folder or an ``lm`` entry), in eval mode on
-    ``device``; loaded once per Python process, device and precision (udfs.models.cached)."""
+    ``device``; loaded once per Python process, device and precision (udfs.models.cached, built by
+    udfs.models.build_causal_lm without a chat template)."""
     spec = model if isinstance(model, ModelSpec) else causal_lm_spec(model)
-    return cached(cache_key(spec, "lm", device, precision), lambda: _load_causal_lm(spec, device, precision))
-
-
-def _load_causal_lm(spec: ModelSpec, device: str, precision: Precision) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    dev = torch.device(device)
-    dtype = resolve_dtype(precision, dev, spec.half)
-    if spec.config is not None:
-        tokenizer = tiny_tokenizer(chat=False)
-        raw = dict(spec.config)
-        config = AutoConfig.for_model(raw.pop("model_type"), **{**raw, **tiny_token_ids(tokenizer)})
-        torch.manual_seed(spec.seed)
-        lm = AutoModelForCausalLM.from_config(config)
-    else:
-        source, kwargs = hf_source(spec)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            if spec.random_init:
-                torch.manual_seed(spec.seed)
-                lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source, **kwargs))
-            else:
-                lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-        except OSError as e:
-            raise hf_error(spec, e) from e
-    lm = lm.to(device=dev, dtype=dtype).eval()
-    return lm, tokenizer
+    return cached(
+        cache_key(spec, "lm", device, precision), lambda: build_causal_lm(spec, device, precision, chat=False)
+    )
 
 
 def perplexity(

@@ -34,7 +34,7 @@ from realsyn.config import Config, ConfigError, FetchConfig
 from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse
-from udfs.fetch import FetchProgress, StatusCounts, count_statuses, fetch_arrow
+from udfs.fetch_arrow import FetchProgress, StatusCounts, count_statuses, fetch_arrow
 from udfs.fetch_schema import FetchOptions
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ def fetch_urls(
 ) -> DataFrame:
     """Fetch the ``url`` of every row of ``urls`` (``url_id``, ``url``) inside the tasks; one row per URL.
 
-    ``counts`` (an accumulator of :class:`udfs.fetch.StatusCounts`) receives the rows and bytes per status that
-    each task returned, once the task has returned them all.
+    ``counts`` (an accumulator of :class:`udfs.fetch_arrow.StatusCounts`) receives the rows and bytes per status
+    that each task returned, once the task has returned them all.
     """
     options = fetch_options(fcfg, prefix)
     rows_per_batch = fcfg.rows_per_batch

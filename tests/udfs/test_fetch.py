@@ -1,234 +1,26 @@
-"""udfs.fetch against a real HTTP server on loopback that serves good, broken and hostile answers."""
+"""udfs.fetch end to end: against a real HTTP server on loopback that serves good, broken and hostile answers, and
+on files, data: URIs and object stores."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import io
 import os
 import socket
-import struct
-import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pytest
-from aiohttp import web
-from PIL import Image
-from sklearn.datasets import load_sample_image
 
 from realsyn.ids import bytes_id
+from tests.udfs.loopback import BODIES, OPTS, RAW_REPLIES, LoopbackServer
 from udfs import fetch as F
-from udfs.fetch_schema import ARROW_SCHEMA, DEFAULT_SCHEMES, FetchOptions
-
-LOOPBACK = ("127.0.0.0/8", "::1/128")
-# Small timeouts so that every hostile endpoint ends within a few seconds.
-OPTS = FetchOptions(
-    connect_timeout_s=1.0,
-    read_timeout_s=0.5,
-    total_timeout_s=1.5,
-    max_attempts=2,
-    backoff_base_s=0.05,
-    backoff_max_s=0.1,
-    max_retry_after_s=2.0,
-    max_redirects=3,
-    max_bytes=1_000_000,
-    max_pixels=50_000_000,
-    allow_networks=LOOPBACK,
-    allowed_schemes=(*DEFAULT_SCHEMES, "memory"),
-)
-
-
-def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels, with a few bytes of data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-PHOTO = Image.fromarray(load_sample_image("china.jpg")).resize((160, 107))
-rotated = Image.fromarray(load_sample_image("flower.jpg")).resize((40, 20))
-exif = Image.Exif()
-exif[0x0112] = 6  # rotate 90° clockwise to display: stored 40x20, shown 20x40
-BODIES = {
-    "jpeg": (_encode(PHOTO, "JPEG", quality=85), "image/jpeg"),
-    "png": (_encode(PHOTO, "PNG"), "image/png"),
-    "webp": (_encode(PHOTO, "WEBP"), "image/webp"),
-    "gif": (_encode(PHOTO.convert("P"), "GIF"), "image/gif"),
-    "cmyk": (_encode(PHOTO.convert("CMYK"), "JPEG"), "image/jpeg"),
-    "png16": (_encode(Image.fromarray(np.arange(48 * 32, dtype=np.uint16).reshape(32, 48) * 40), "PNG"), "image/png"),
-    "exif": (_encode(rotated, "JPEG", exif=exif), "image/jpeg"),
-    "html": (b"<!doctype html><html><body><img src=x.jpg></body></html>", "image/jpeg"),
-    "bomb": (_bomb_png(100_000, 100_000), "image/png"),
-}
-BODIES["wrong-type"] = (BODIES["png"][0], "text/html")
-BODIES["truncated"] = (BODIES["jpeg"][0][: len(BODIES["jpeg"][0]) // 2], "image/jpeg")
-
-
-def _raw_reply(length: int, body: bytes, *headers: bytes) -> bytes:
-    head = [b"HTTP/1.1 200 OK", b"Content-Type: image/jpeg", b"Content-Length: %d" % length, *headers]
-    return b"\r\n".join([*head, b"", body])
-
-
-# Replies that no HTTP framework sends, written as raw bytes by LoopbackServer's second port.
-JPEG = BODIES["jpeg"][0]
-RAW_REPLIES = {
-    "longer": _raw_reply(len(JPEG) - 100, JPEG),  # 100 bytes more than Content-Length
-    "longer-close": _raw_reply(len(JPEG) - 100, JPEG, b"Connection: close"),
-    "not-http": b"SSH-2.0-OpenSSH_9.6\r\n",
-    "shorter": _raw_reply(len(JPEG) + 100, JPEG),  # the connection closes 100 bytes before Content-Length
-}
-
-
-class LoopbackServer:
-    """An aiohttp server on 127.0.0.1 in a background thread, and a raw one (:data:`RAW_REPLIES`) on a second port;
-    counts the requests per path."""
-
-    def __init__(self) -> None:
-        self.hits: Counter[str] = Counter()
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    def url(self, path: str) -> str:
-        """Absolute URL of ``path`` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def raw_url(self, name: str) -> str:
-        """URL of the raw reply ``name`` of :data:`RAW_REPLIES`."""
-        return f"http://127.0.0.1:{self.raw_port}/{name}"
-
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        app.router.add_route("GET", "/{name}", self._handle)
-        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.raw = self.loop.run_until_complete(asyncio.start_server(self._raw, "127.0.0.1", 0))
-        self.raw_port = self.raw.sockets[0].getsockname()[1]
-        ready.set()
-        self.loop.run_forever()
-
-    def stop(self) -> None:
-        """Stop the server and its thread."""
-
-        async def shutdown() -> None:
-            self.raw.close()
-            await self.runner.cleanup()
-            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-    async def _raw(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        name = (await reader.readuntil(b"\r\n\r\n")).split(b" ", 2)[1].decode().strip("/")
-        self.hits[f"raw/{name}"] += 1
-        writer.write(RAW_REPLIES[name])  # one write: on loopback the client reads the reply in one piece
-        await writer.drain()
-        writer.close()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        key = f"{name}?{request.query_string}"
-        self.hits[key] += 1
-        n = self.hits[key]
-        if name in BODIES:
-            body, ctype = BODIES[name]
-            return web.Response(body=body, content_type=ctype)
-        if name == "missing":
-            return web.Response(status=404, text="not here")
-        if name == "auth":  # the image only with Basic auth user:pw (sent from the URL's userinfo)
-            expected = "Basic " + base64.b64encode(b"user:pw").decode()
-            if request.headers.get("Authorization") != expected:
-                return web.Response(status=401)
-            return web.Response(body=BODIES["png"][0], content_type="image/png")
-        if name == "flaky":  # 500 first, then the image
-            return web.Response(status=500) if n == 1 else web.Response(body=BODIES["jpeg"][0])
-        if name == "always-503":
-            return web.Response(status=503)
-        if name == "rate-limited":  # 429 with Retry-After: 1 first, then the image
-            if n == 1:
-                return web.Response(status=429, headers={"Retry-After": "1"})
-            return web.Response(body=BODIES["png"][0], content_type="image/png")
-        if name == "rate-limited-long":
-            return web.Response(status=429, headers={"Retry-After": "3600"})
-        if name == "drip":  # one byte every 0.2 s: each read is in time, the whole is not
-            resp = web.StreamResponse(headers={"Content-Type": "image/jpeg", "Content-Length": "200"})
-            await resp.prepare(request)
-            for _ in range(200):
-                await resp.write(b"\xff")
-                await asyncio.sleep(0.2)
-            return resp
-        if name == "never":
-            await asyncio.sleep(30)
-            return web.Response(status=204)
-        if name == "huge":  # no Content-Length: the limit must hold while streaming
-            resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
-            await resp.prepare(request)
-            for _ in range(50):
-                await resp.write(b"\0" * 1_000_000)
-            return resp
-        if name == "huge-declared":
-            return web.Response(body=b"\0" * 2_000_000, content_type="image/jpeg")
-        if name == "loop":
-            raise web.HTTPFound(f"/loop?{n}")
-        if name == "to-metadata":
-            raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
-        if name == "to-private":
-            raise web.HTTPFound("http://10.0.0.1/x.jpg")
-        if name == "to-localhost-name":
-            raise web.HTTPFound(f"http://localhost:{self.port}/jpeg")
-        if name == "to-file":
-            raise web.HTTPFound("file:///etc/passwd")
-        if name == "to-bad-punycode":
-            raise web.HTTPFound("http://xn--abc-.example/x.jpg")
-        if name == "to-jpeg":
-            raise web.HTTPMovedPermanently("/jpeg")
-        if name == "noai":
-            body, ctype = BODIES["jpeg"]
-            return web.Response(body=body, content_type=ctype, headers={"X-Robots-Tag": "noindex, noai"})
-        if name == "noimageai-for-us":
-            body, ctype = BODIES["jpeg"]
-            return web.Response(body=body, content_type=ctype, headers={"X-Robots-Tag": "realsyn: noimageai"})
-        if name == "noai-for-others":
-            body, ctype = BODIES["jpeg"]
-            return web.Response(body=body, content_type=ctype, headers={"X-Robots-Tag": "otherbot: noai"})
-        return web.Response(status=400)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[LoopbackServer]:
-    """A loopback server for the tests of this module."""
-    srv = LoopbackServer()
-    yield srv
-    srv.stop()
+from udfs import readers
+from udfs.fetch_arrow import fetch_arrow
 
 
 def _summary(r: F.FetchResult) -> tuple[object, ...]:
@@ -358,35 +150,6 @@ def test_a_host_that_is_not_valid_punycode_is_an_invalid_url(
     assert looked_up == []  # refused before any DNS lookup
 
 
-@pytest.mark.parametrize(
-    ("address", "reason"),
-    [
-        ("169.254.169.254", "link-local"),
-        ("127.0.0.1", "loopback"),
-        ("10.1.2.3", "private"),
-        ("172.16.0.1", "private"),
-        ("192.168.1.1", "private"),
-        ("100.64.0.1", "not-global"),
-        ("224.0.0.1", "multicast"),
-        ("240.0.0.1", "reserved"),
-        ("0.0.0.0", "unspecified"),
-        ("::1", "loopback"),
-        ("fe80::1", "link-local"),
-        ("fd00::1", "private"),
-        ("::ffff:169.254.169.254", "link-local"),
-        ("8.8.8.8", None),
-        ("2606:4700::1111", None),
-    ],
-)
-def test_blocked_reason(address: str, reason: str | None) -> None:
-    assert F.blocked_reason(address) == reason
-
-
-def test_allow_list_overrides_the_rules() -> None:
-    allow = F.parse_networks(["10.0.0.0/8"])
-    assert (F.blocked_reason("10.9.9.9", allow), F.blocked_reason("192.168.0.1", allow)) == (None, "private")
-
-
 def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
     jpeg, png = BODIES["jpeg"][0], BODIES["png"][0]
     (tmp_path / "a b.jpg").write_bytes(jpeg)
@@ -429,6 +192,14 @@ def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
         (F.INVALID_URL, None, None),
         (F.BLOCKED, None, None),
     ]
+
+
+def test_empty_content_and_unreadable_files_end_in_their_status(tmp_path: Path) -> None:
+    opts = replace(OPTS, file_roots=(str(tmp_path),))
+    empty, folder = F.fetch_batch(["data:image/png;base64,", str(tmp_path)], opts)
+    assert (empty.status, empty.error, empty.retryable) == (F.NOT_AN_IMAGE, "not a recognised image format", False)
+    assert (folder.status, folder.retryable) == (F.IO_ERROR, False)
+    assert (folder.error or "").startswith("IsADirectoryError: ")
 
 
 def test_local_files_and_objects_are_refused_without_roots_and_prefixes(tmp_path: Path) -> None:
@@ -568,7 +339,7 @@ def test_dbfs_references_read_from_the_mount(tmp_path: Path, monkeypatch: pytest
     jpeg = BODIES["jpeg"][0]
     (tmp_path / "FileStore" / "photos").mkdir(parents=True)
     (tmp_path / "FileStore" / "photos" / "a.jpg").write_bytes(jpeg)
-    monkeypatch.setattr(F, "DBFS_MOUNT", str(tmp_path))  # as /dbfs on a Databricks node
+    monkeypatch.setattr(readers, "DBFS_MOUNT", str(tmp_path))  # as /dbfs on a Databricks node
     urls = ["dbfs:/FileStore/photos/a.jpg", "dbfs:///FileStore/photos/a.jpg", "dbfs:/FileStore/absent.jpg"]
     results = F.fetch_batch(urls, replace(OPTS, object_prefixes=("dbfs:/FileStore/",)))
     assert [(r.status, r.image_id) for r in results] == [
@@ -588,42 +359,6 @@ def test_content_to_files(tmp_path: Path) -> None:
     assert Path(r.content_path).read_bytes() == jpeg
 
 
-def test_same_content_from_many_threads_at_once(tmp_path: Path) -> None:
-    # The same image at many URLs: every writer must succeed and leave one whole file, no temporary ones.
-    jpeg = BODIES["jpeg"][0]
-    image_id = bytes_id(jpeg)
-    for round_ in range(5):
-        prefix = str(tmp_path / f"store{round_}")
-        start = threading.Barrier(16)
-
-        def write(_: int, prefix: str = prefix, start: threading.Barrier = start) -> str:
-            start.wait()
-            return F.store_content(prefix, image_id, "JPEG", jpeg)
-
-        with ThreadPoolExecutor(16) as pool:
-            paths = set(pool.map(write, range(16)))
-        assert paths == {f"{prefix}/{image_id[:2]}/{image_id}.jpg"}
-        assert Path(paths.pop()).read_bytes() == jpeg
-        assert [p.name for p in (tmp_path / f"store{round_}" / image_id[:2]).iterdir()] == [f"{image_id}.jpg"]
-
-
-def test_fetch_arrow_keeps_keys_and_schema(server: LoopbackServer) -> None:
-    batch = pa.RecordBatch.from_pydict(
-        {"url_id": ["a", "b", "c"], "url": [server.url("/png"), server.url("/missing"), server.url("/gif")]}
-    )
-    reports: list[str] = []
-    out = pa.Table.from_batches(
-        list(F.fetch_arrow([batch], OPTS, rows_per_batch=2, progress=lambda p: reports.append(p.line())))
-    )
-    assert out.schema == ARROW_SCHEMA
-    rows = sorted(
-        zip(out["url_id"].to_pylist(), out["status"].to_pylist(), out["http_status"].to_pylist(), strict=True)
-    )
-    assert rows == [("a", F.OK, 200), ("b", F.HTTP_ERROR, 404), ("c", F.OK, 200)]
-    png, gif = len(BODIES["png"][0]), len(BODIES["gif"][0])
-    assert reports[-1].startswith("fetched 3: ok 2, failed 1, ") and f"{(png + gif) / 1e6:,.1f} MB" in reports[-1]
-
-
 def test_credentials_are_used_for_the_fetch_and_never_stored(server: LoopbackServer) -> None:
     signed = "?X-Amz-Signature=s3cr3tsig&w=1&token=t0ken"
     urls = {
@@ -632,7 +367,7 @@ def test_credentials_are_used_for_the_fetch_and_never_stored(server: LoopbackSer
         "plain": server.url("/png"),
     }
     batch = pa.RecordBatch.from_pydict({"url_id": list(urls), "url": list(urls.values())})
-    out = {r["url_id"]: r for r in pa.Table.from_batches(list(F.fetch_arrow([batch], OPTS))).to_pylist()}
+    out = {r["url_id"]: r for r in pa.Table.from_batches(list(fetch_arrow([batch], OPTS))).to_pylist()}
     assert out["auth"]["status"] == F.OK  # the userinfo reached the server as Basic auth
     assert out["auth"]["url"] == server.url("/auth?w=1")
     assert out["timeout"]["status"] == F.TIMEOUT
@@ -650,87 +385,10 @@ def test_credentials_are_used_for_the_fetch_and_never_stored(server: LoopbackSer
     assert result.status == F.OK
 
 
-def test_helpers() -> None:
-    assert F.parse_retry_after("7") == 7.0
-    assert (
-        F.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", F.datetime(2015, 10, 21, 7, 27, 30, tzinfo=F.timezone.utc))
-        == 30.0
-    )
-    assert F.parse_retry_after("soon") is None
-    assert F.opted_out(["noindex, NoAI"], "realsyn", ["noai"]) is True
-    assert F.opted_out(["googlebot: noai"], "realsyn", ["noai"]) is False
-    assert F.opted_out(["realsyn: noai"], "realsyn", ["noai"]) is True
-    assert F.opted_out(["noindex"], "realsyn", ["noai", "noimageai"]) is False
+def test_is_transient() -> None:
     assert [F.is_transient(s, h) for s, h in [(F.TIMEOUT, None), (F.HTTP_ERROR, 429), (F.HTTP_ERROR, 502)]] == [
         True
     ] * 3
     assert [F.is_transient(s, h) for s, h in [(F.HTTP_ERROR, 404), (F.BLOCKED, None), (F.DNS_ERROR, None)]] == [
         False
     ] * 3
-
-
-CHINA = Image.fromarray(load_sample_image("china.jpg"))  # 640 x 427: large enough to be decoded at 1/8 scale
-
-
-@pytest.mark.parametrize(("mode", "progressive"), [("RGB", False), ("RGB", True), ("CMYK", False)])
-def test_reduced_scale_jpeg_check_still_reads_the_whole_stream(mode: str, progressive: bool) -> None:
-    data = _encode(CHINA.convert(mode), "JPEG", quality=90, progressive=progressive)
-    assert F.validate_image(data, 50_000_000) == F.ImageCheck(F.OK, None, 640, 427, "JPEG")
-    # Cut in the first half, in the last rows of entropy-coded data, and only the end-of-image marker missing.
-    for cut in (len(data) // 3, len(data) - 64, len(data) - 2):
-        check = F.validate_image(data[:cut], 50_000_000)
-        assert (check.status, check.format) == (F.DECODE_ERROR, "JPEG"), cut
-        assert "truncated" in (check.error or ""), cut
-
-
-@pytest.mark.parametrize("bits", [8, 16])
-def test_truncated_png_is_a_decode_error(bits: int) -> None:
-    img = CHINA if bits == 8 else Image.fromarray(np.asarray(CHINA.convert("L"), dtype=np.uint16) * 257)
-    data = _encode(img, "PNG")
-    assert F.validate_image(data, 50_000_000) == F.ImageCheck(F.OK, None, 640, 427, "PNG")
-    for cut in (len(data) // 2, len(data) - 100):  # both inside the compressed image data
-        check = F.validate_image(data[:cut], 50_000_000)
-        assert (check.status, check.format) == (F.DECODE_ERROR, "PNG"), cut
-
-
-def test_status_counts() -> None:
-    rows = [
-        {"url_id": "a", "url": "u1", "status": F.OK, "n_bytes": 10},
-        {"url_id": "b", "url": "u2", "status": F.HTTP_ERROR, "http_status": 404},
-        {"url_id": "c", "url": "u3", "status": F.OK, "n_bytes": 5},
-    ]
-    counts: dict[str, list[int]] = {}
-    F.count_statuses(pa.RecordBatch.from_pylist(rows, schema=ARROW_SCHEMA), counts)
-    assert counts == {F.OK: [2, 15], F.HTTP_ERROR: [1, 0]}
-    param = F.StatusCounts()
-    total = param.addInPlace(param.zero({}), counts)
-    assert param.addInPlace(total, {F.OK: [1, 7], F.TIMEOUT: [1, 0]}) == {
-        F.OK: [3, 22],
-        F.HTTP_ERROR: [1, 0],
-        F.TIMEOUT: [1, 0],
-    }
-
-
-def test_images_under_the_pixel_limit_but_huge_decoded_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 81M pixels pass max_pixels (89.5M), but the decoded PNG would take ~324 MB.
-    big = Image.new("RGB", (9000, 9000), (10, 20, 30))
-    png, jpeg = _encode(big, "PNG"), _encode(big, "JPEG")
-    check = F.validate_image(png, 89_478_485)
-    assert (check.status, check.width, check.height, check.format) == (F.TOO_MANY_PIXELS, 9000, 9000, "PNG")
-    assert "324 MB > 134 MB" in (check.error or "")
-    # A JPEG is checked at 1/8 scale (~5 MB) and passes; a higher bound lets the PNG through too.
-    assert F.validate_image(jpeg, 89_478_485) == F.ImageCheck(F.OK, None, 9000, 9000, "JPEG")
-    assert F.validate_image(png, 89_478_485, max_decoded_bytes=400_000_000).status == F.OK
-    # A refused image's size is as displayed, as an accepted one's is: EXIF orientation 6 turns 9000x4000 upright.
-    turned = io.BytesIO()
-    Image.new("RGB", (9000, 4000), (10, 20, 30)).save(turned, "PNG", exif=exif)
-    check = F.validate_image(turned.getvalue(), 89_478_485, max_decoded_bytes=100_000_000)
-    assert (check.status, check.width, check.height) == (F.TOO_MANY_PIXELS, 4000, 9000)
-    # The refusal decodes nothing (the header check too: Pillow's PNG EXIF lookup would decode the whole image).
-    from PIL import PngImagePlugin
-
-    def no_decode(self: object) -> None:
-        raise AssertionError("decoded")
-
-    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
-    assert F.validate_image(png, 89_478_485).status == F.TOO_MANY_PIXELS
