@@ -9,13 +9,15 @@
 # <job> is a file jobs/<job>.py. The code is built into a wheel, which is also a zip that --py-files takes.
 # Delta's jars are added with --packages unless REALSYN_DELTA_PACKAGES=0 (clusters that ship Delta, such as
 # Databricks or EMR with Delta enabled); a --packages among the spark-submit options gets Delta appended. The model
-# registry conf/models.yaml goes with --files (appended to a --files given). SPARK_SUBMIT picks the spark-submit
-# binary (default: the one on PATH, else the project virtualenv's).
+# registry conf/models.yaml and conf/cluster.yaml, the base file of conf/emr.yaml and conf/databricks.yaml, go with
+# --files (appended to a --files given): in cluster deploy mode ship the config too (-- --files conf/emr.yaml) and
+# pass --conf emr.yaml. SPARK_SUBMIT picks the spark-submit binary (default: the one on PATH, else the project
+# virtualenv's).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ $# -lt 1 || "$1" == -* ]]; then
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 job="$1"; shift
@@ -53,9 +55,10 @@ if [[ "${REALSYN_DELTA_PACKAGES:-1}" != "0" ]]; then
   [[ -z "$packages" ]] || extra+=(--packages "$packages")
 fi
 # The model registry travels with the application: the driver may run in another folder (or, in cluster deploy
-# mode, on another node) and imports the code from the zip, which holds no conf/.
-files="$here/conf/models.yaml"
-for i in "${!spark_args[@]}"; do  # a caller's --files gets the registry appended
+# mode, on another node) and imports the code from the zip, which holds no conf/. So does the base file of the
+# cluster configs, which a config shipped with --files names as a file beside it (the driver's working directory).
+files="$here/conf/models.yaml,$here/conf/cluster.yaml"
+for i in "${!spark_args[@]}"; do  # a caller's --files gets the registry and the base appended
   if [[ "${spark_args[$i]}" == "--files" ]]; then spark_args[i + 1]="${spark_args[i + 1]},$files"; files=""; fi
 done
 [[ -z "$files" ]] || extra+=(--files "$files")

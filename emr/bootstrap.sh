@@ -4,7 +4,8 @@
 #
 #   aws emr create-cluster ... --bootstrap-actions Path=s3://my-bucket/realsyn/bootstrap.sh,Args=[s3://my-bucket/realsyn]
 #
-# Argument: the S3 prefix that holds the wheel (realsyn-*.whl), realsyn.zip, jobs/ and conf/ (see the README).
+# Argument: the S3 prefix that holds the wheel (realsyn-*.whl), realsyn.zip, jobs/ and conf/ (see the README): the
+# steps read conf/emr.yaml, its base file conf/cluster.yaml beside it and the registry conf/models.yaml.
 # realsyn needs Python >= 3.10 and the cluster's Spark to be the version pyproject pins (4.0); emr/configurations.json
 # points PYSPARK_PYTHON at the interpreter installed here.
 set -euo pipefail

@@ -393,7 +393,7 @@ def run_cluster(lakehouse: Lakehouse, cfg: ClusterConfig, subject: Subject) -> C
     if not lakehouse.exists(subject.embeddings):
         return ClusterSummary(None, 0, 0, 0, 0, False, note=f"{subject.embeddings} does not exist yet", **named)
     embeddings = lakehouse.read(subject.embeddings)
-    model_id = resolve_model_id(embeddings, cfg.model_id, f"{subject.section}.model_id")
+    model_id = resolve_model_id(embeddings, cfg.embedding_model, f"{subject.section}.embedding_model")
     rows = embeddings.filter(F.col("model_id") == model_id).select(subject.id_col, "embedding") if model_id else None
     if rows is not None and lakehouse.exists(subject.kept):
         # Rows a later dedup removed from the extraction table keep their embedding, but leave the dataset.

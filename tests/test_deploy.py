@@ -2,7 +2,8 @@
 
 Both run the pipeline one stage per task (``realsyn-pipeline --only <stage>``); their task graph must be the
 pipeline's stage graph, every task's parameters must load as a config, and the bundle's job must be a valid job
-definition (``databricks-bundles``' typed resources reject unknown or misspelt fields, offline).
+definition (``databricks-bundles``' typed resources reject unknown or misspelt fields, offline). A config built on a
+base file reaches the job with that file beside it, wherever the job reads it from a path.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import yaml
 from databricks.bundles.jobs import Job
 
-from realsyn.config import load_config
+from realsyn.config import load_config, read_config_files
 from realsyn.pipeline import STAGES as PIPELINE_STAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +88,9 @@ def test_bundle_job_is_the_stage_graph() -> None:
         assert only == task["task_key"]
         cfg = load_config(conf, sets)  # every --set names a valid key with a valid value
         assert cfg.storage.catalog == "main.realsyn"
+        assert [f.path.name for f in read_config_files(conf)] == ["databricks.yaml", "cluster.yaml"]
+        for f in read_config_files(conf):  # the bundle uploads its folder's files: the base must be one of them
+            assert f.path.resolve().is_relative_to(REPO) and not ignored_by_git(f.path), f.path
         assert Path(cfg.embed.registry).is_file()
         cluster = clusters[task["job_cluster_key"]]
         gpus = cluster.get("spark_conf", {}).get("spark.task.resource.gpu.amount")
@@ -113,9 +117,30 @@ def test_emr_steps_run_the_stages_in_dependency_order() -> None:
         assert STAGES[only] <= done, f"{only} runs before {STAGES[only] - done}"
         done.add(only)
         load_config(conf, sets)
+        for f in read_config_files(conf):  # bootstrap.sh copies conf/* to EMR_HOME/conf on every node
+            assert f.path.resolve().parent == REPO / "conf", f.path
         gpu = "spark.task.resource.gpu.amount=1" in args
         assert gpu == (only in GPU_STAGES), only
     assert done == set(STAGES)
+
+
+def ignored_by_git(path: Path) -> bool:
+    """Whether git (and so ``databricks bundle deploy``, which syncs what git does not ignore) ignores ``path``."""
+    return subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO, check=False).returncode == 0
+
+
+def test_emr_bootstrap_copies_every_config_file() -> None:
+    copied = re.findall(r'--include "([^"]+)"', (REPO / "emr" / "bootstrap.sh").read_text())
+    assert "conf/*" in copied
+
+
+@pytest.mark.parametrize("name", ["emr.yaml", "databricks.yaml"])
+def test_spark_submit_ships_the_base_files_of_the_cluster_configs(name: str) -> None:
+    shipped = re.search(r'^files="([^"]+)"$', (REPO / "spark-submit.sh").read_text(), flags=re.MULTILINE)
+    assert shipped is not None
+    names = {Path(f.replace("$here", str(REPO))).name for f in shipped[1].split(",")}
+    bases = [f.path for f in read_config_files(REPO / "conf" / name)[1:]]
+    assert bases and {b.name for b in bases} <= names
 
 
 def test_emr_configurations() -> None:

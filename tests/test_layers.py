@@ -22,7 +22,7 @@ from realsyn.pipeline import STAGE_NAMES
 REPO = Path(__file__).resolve().parents[1]
 
 ORCHESTRATION = frozenset({"cli", "pipeline"})
-BASE = frozenset({"config", "contracts"})
+BASE = frozenset({"config", "config_sections", "contracts"})
 # The fetcher, every module of it (udfs.fetch_schema, its options and row schema, is what config and contracts may
 # read), and the CLIP pipelines.
 FETCHER = frozenset(

@@ -359,7 +359,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
             None, 0, 0, 0, note=f"{', '.join(map(str, missing))} not there yet; nothing to retrieve"
         )
     image_embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS)
-    model_id = resolve_model_id(image_embeddings, cfg.retrieve.model_id, "retrieve.model_id")
+    model_id = resolve_model_id(image_embeddings, cfg.retrieve.embedding_model, "retrieve.embedding_model")
     if model_id is None:
         return RetrievalSummary(None, 0, 0, 0, note=f"{SILVER_IMAGE_EMBEDDINGS} is empty; nothing to retrieve")
     tree = tree_from_centroids(lakehouse.read(SILVER_SENTENCE_CENTROIDS), model_id)

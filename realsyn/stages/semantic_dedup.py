@@ -12,7 +12,7 @@ without an embedding are kept as they are.
 
 A side does not run when it is switched off, when its tables do not exist yet, or when its embeddings come from a
 model with random weights (they say nothing about content; the summary says which). Several models and no
-``model_id`` stop the run naming that key, as every stage that reads embeddings does.
+``embedding_model`` stop the run naming that key, as every stage that reads embeddings does.
 
 Retry safety, one commit per table: the rejects are merged in first (keyed by id, so a rerun adds nothing), then
 the silver table is replaced with the kept rows, its commit noted with the model, the embeddings' version and the
@@ -180,7 +180,7 @@ def run_side(lakehouse: Lakehouse, side: Side, cfg: Config) -> SideResult:
     if why is not None:
         return SideResult(side.name, not_run=why)
     table = lakehouse.read(side.embeddings)
-    model_id = resolve_model_id(table, scfg.model_id, f"{side.key}.model_id")
+    model_id = resolve_model_id(table, scfg.embedding_model, f"{side.key}.embedding_model")
     if model_id is None:
         return SideResult(side.name, not_run=f"{side.embeddings.name} is empty")
     why = refusal(model_id, cfg.embed)

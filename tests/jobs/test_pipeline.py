@@ -116,7 +116,7 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     assert {r["image_id"] for r in dataset} == set(kept)
     dataset_rejects = {r["image_id"] for r in table(lake, "gold.dataset_rejects")}
     assert dataset_rejects | set(kept) == images and not dataset_rejects & set(kept)
-    for scale in ("all", "cap3", "n50"):
+    for scale in ("all", "cap3", "n30"):
         assert (lake / "exports" / scale / "webdataset" / "sizes.json").is_file(), scale
         assert any((lake / "exports" / scale / "parquet").glob("*.parquet")), scale
     assert (lake / "report" / "index.html").is_file()

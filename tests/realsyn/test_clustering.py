@@ -245,7 +245,7 @@ def test_unusable_embeddings_become_rejects_and_the_rest_is_clustered(
     assert lakehouse.read(SILVER_SENTENCE_CLUSTERS).count() == 120
 
     # only unusable rows: rejects written, no tree trained
-    only_bad = config(lakehouse, model_id="broken", retrain=True)
+    only_bad = config(lakehouse, embedding_model="broken", retrain=True)
     write_embeddings(lakehouse, bad.withColumn("model_id", F.lit("broken")))
     summary = run_cluster_sentences(lakehouse, only_bad)
     assert (summary.rows, summary.rejected, summary.leaves, summary.trained) == (7, 7, 0, False)
@@ -276,9 +276,9 @@ def test_several_models_need_a_configured_model_id(spark: SparkSession, lakehous
     x = l2_normalize(np.eye(DIM)[:2])
     both = embeddings_df(spark, x, model_id="a").unionByName(embeddings_df(spark, x, model_id="b"))
     write_embeddings(lakehouse, both)
-    with pytest.raises(ConfigError, match=r"cluster_sentences\.model_id"):
+    with pytest.raises(ConfigError, match=r"cluster_sentences\.embedding_model"):
         run_cluster_sentences(lakehouse, config(lakehouse))
-    summary = run_cluster_sentences(lakehouse, config(lakehouse, model_id="b", leaf_size=1))
+    summary = run_cluster_sentences(lakehouse, config(lakehouse, embedding_model="b", leaf_size=1))
     assert (summary.model_id, summary.rows, summary.leaves) == ("b", 2, 2)
     assert {r["model_id"] for r in lakehouse.read(SILVER_SENTENCE_CLUSTERS).collect()} == {"b"}
 

