@@ -164,7 +164,7 @@ class SparkUdfs:
         self.text_df = self.spark.read.parquet(f"{folder}/sentences")
 
     def _run(self, df: Any, arrow_batch: int) -> float:
-        from realsyn.stages.embed import ARROW_BATCH_CONF
+        from realsyn.spark import ARROW_BATCH_CONF
 
         self.spark.conf.set(ARROW_BATCH_CONF, str(arrow_batch))
         start = time.perf_counter()

@@ -86,8 +86,8 @@ def run_spark(spec: Any, blobs: list[bytes], args: argparse.Namespace) -> float:
     from pyspark.sql import types as T
 
     from realsyn.config import EmbedConfig, SparkConfig
-    from realsyn.spark import get_spark
-    from realsyn.stages.embed import ARROW_BATCH_CONF, embed_images
+    from realsyn.spark import ARROW_BATCH_CONF, get_spark
+    from realsyn.stages.embed import embed_images
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_spark(

@@ -2,7 +2,7 @@
 
 Both sides write for the same prompts (the stage's prompt template over synthetic retrieved texts, captions and
 tags), with the same model, batch size and a fixed number of new tokens per prompt (min = max, so the work is the
-same whatever the random weights write). The Spark side runs ``realsyn.stages.generate.rewrite_frame`` (the stage's
+same whatever the random weights write). The Spark side runs ``realsyn.synthetic_frames.rewrite_frame`` (the stage's
 mapInPandas UDF: chat template, left padding, batched greedy generate, output checks) on a local session (one task
 per core) into a no-op sink, after a warm-up job that starts the Python workers and loads the model in them; the
 bare side is one process rendering the same chats and calling ``model.generate`` batch by batch, with 1 and with
@@ -100,7 +100,8 @@ class Udf:
     def _run(self, df: Any) -> tuple[float, int]:
         from pyspark.sql import functions as F
 
-        from realsyn.stages.generate import ARROW_BATCH_CONF, rewrite_frame
+        from realsyn.spark import ARROW_BATCH_CONF
+        from realsyn.synthetic_frames import rewrite_frame
 
         self.spark.conf.set(ARROW_BATCH_CONF, str(self.cfg.arrow_batch_size))
         out = rewrite_frame(df, self.cfg, self.spec)

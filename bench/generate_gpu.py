@@ -7,7 +7,7 @@ tokenizer): every prompt gets exactly ``--new-tokens`` (default 64) output token
 whatever the random weights write. Side by side in one run:
 
 - bare: one ``vllm.LLM`` in this process, ``generate`` over all prompts at once (greedy);
-- UDF: ``realsyn.stages.generate.rewrite_frame`` on a local Spark session with one task (the GPU's), which starts one
+- UDF: ``realsyn.synthetic_frames.rewrite_frame`` on a local Spark session with one task (the GPU's), which starts one
   engine in its Python worker and hands it each Arrow batch (``--arrow-batch`` prompts), after a warm-up job.
 
 Then the captioner: ``blip-base``-shaped random weights are not available offline, so ``--captioner`` defaults to
@@ -105,8 +105,8 @@ def udf_tokens_per_s(spec: Any, cfg: Any, rows: list[tuple[str, str, str, list[s
     from pyspark.sql import functions as F
 
     from realsyn.config import SparkConfig
-    from realsyn.spark import get_spark
-    from realsyn.stages.generate import ARROW_BATCH_CONF, rewrite_frame
+    from realsyn.spark import ARROW_BATCH_CONF, get_spark
+    from realsyn.synthetic_frames import rewrite_frame
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_spark(

@@ -14,6 +14,8 @@ from realsyn.config import SparkConfig
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+# Rows per Arrow batch a pandas / Arrow UDF receives (what a model batch is cut from).
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 # Warnings and errors of the driver JVM, with the logger's name (shipped with the package).
 LOG4J2_PROPERTIES = Path(__file__).with_name("log4j2.properties")
 

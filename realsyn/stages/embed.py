@@ -23,8 +23,8 @@ import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
+from realsyn.clip_frames import TextEmbedding, clip_text_frame, embedded_rows, embedding_schema
 from realsyn.config import Config, ConfigError, EmbedConfig, registry_path
 from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDING_REJECTS,
@@ -34,6 +34,7 @@ from realsyn.contracts import (
     Table,
 )
 from realsyn.funnel import REASON, FunnelStep, Models, write_funnel
+from realsyn.spark import ARROW_BATCH_CONF
 from realsyn.tables import Lakehouse
 from realsyn.workers import keep_zip_directories, task_device
 from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
@@ -41,21 +42,6 @@ from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, l
 log = logging.getLogger(__name__)
 
 STAGE = "embed"
-
-ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
-
-
-def _result_schema(key: str) -> T.StructType:
-    """What the UDF yields: a vector or a reason per id (exactly one of the two is set)."""
-    return T.StructType(
-        [
-            T.StructField(key, T.StringType(), False),
-            T.StructField("model_id", T.StringType(), False),
-            T.StructField("embedding", T.ArrayType(T.FloatType(), False), True),
-            T.StructField(REASON, T.StringType(), True),
-            T.StructField("detail", T.StringType(), True),
-        ]
-    )
 
 
 def resolve_model(cfg: EmbedConfig) -> ModelSpec:
@@ -78,22 +64,6 @@ def _task_device(cfg: EmbedConfig) -> str:
     return task_device(cfg.device)
 
 
-def _results_frame(key: str, model_id: str, batch: object) -> pd.DataFrame:
-    from udfs.clip import EmbeddedBatch
-
-    assert isinstance(batch, EmbeddedBatch)
-    n_ok, n_bad = len(batch.ids), len(batch.rejected_ids)
-    return pd.DataFrame(
-        {
-            key: list(batch.ids) + list(batch.rejected_ids),
-            "model_id": [model_id] * (n_ok + n_bad),
-            "embedding": list(batch.vectors[:n_ok]) + [None] * n_bad,
-            REASON: [None] * n_ok + list(batch.reasons),
-            "detail": [None] * n_ok + list(batch.details),
-        }
-    )
-
-
 def embed_images(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
     """(image_id, content) -> (image_id, model_id, embedding | null, reason | null, detail)."""
 
@@ -114,24 +84,15 @@ def embed_images(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
             draft=cfg.jpeg_draft,
             decode=cfg.image_decode,
         ):
-            yield _results_frame("image_id", spec.name, batch)
+            yield embedded_rows("image_id", spec.name, batch)
 
-    return df.select("image_id", "content").mapInPandas(run, _result_schema("image_id"))
+    return df.select("image_id", "content").mapInPandas(run, embedding_schema("image_id"))
 
 
 def embed_sentences(df: DataFrame, cfg: EmbedConfig, spec: ModelSpec) -> DataFrame:
     """(sentence_id, text) -> (sentence_id, model_id, embedding | null, reason | null, detail)."""
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from udfs.clip import embed_texts, get_encoder
-
-        keep_zip_directories()
-        encoder = get_encoder(spec, _task_device(cfg), cfg.precision)
-        items = ((i, t) for frame in frames for i, t in zip(frame["sentence_id"], frame["text"], strict=True))
-        for batch in embed_texts(encoder, items, cfg.text_batch_size, prefetch=cfg.prefetch_batches):
-            yield _results_frame("sentence_id", spec.name, batch)
-
-    return df.select("sentence_id", "text").mapInPandas(run, _result_schema("sentence_id"))
+    how = TextEmbedding(spec, cfg.device, "embed.device", cfg.precision, cfg.text_batch_size, cfg.prefetch_batches)
+    return clip_text_frame(df, how, "sentence_id", "text")
 
 
 def not_yet_embedded(df: DataFrame, done: list[DataFrame], key: str, model_id: str) -> DataFrame:

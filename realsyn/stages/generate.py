@@ -27,16 +27,12 @@ is meaningless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from realsyn.config import Config, ConfigError, GenerateConfig, registry_path
 from realsyn.contracts import (
@@ -51,37 +47,19 @@ from realsyn.contracts import (
     SILVER_TAGS,
 )
 from realsyn.funnel import REASON, FunnelStep, Models, write_funnel
+from realsyn.spark import ARROW_BATCH_CONF
+from realsyn.synthetic_frames import caption_frame, embed_tag_frame, rewrite_frame, score_frame, tag_frame
 from realsyn.tables import Lakehouse
-from realsyn.workers import keep_zip_directories, task_device
+from realsyn.tag_vocabulary import tag_vocabulary
 from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 REASON_NO_RETRIEVED_TEXT = "no_retrieved_text"
 # Reasons by the step that gives them (the funnel's steps); the caption step passes on the decoder's reasons.
 LLM_REASONS = ("invalid_utf8", "empty_output", "prompt_echo", "truncated", "over_long")
 BAND_REASONS = ("too_similar_ocr_like", "too_dissimilar", "text_not_embeddable")
-
-_REWRITE_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType(), False),
-        T.StructField("syn_text", T.StringType(), True),
-        T.StructField(REASON, T.StringType(), True),
-        T.StructField("detail", T.StringType(), True),
-        T.StructField("n_tokens", T.IntegerType(), False),
-    ]
-)
-_SCORE_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType(), False),
-        T.StructField("cosine", T.FloatType(), True),
-        T.StructField(REASON, T.StringType(), True),
-        T.StructField("detail", T.StringType(), True),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -126,215 +104,6 @@ def resolve_models(cfg: Config) -> GenerateModels:
             "generate.similarity_band (the paper's [0.51, 0.61] holds for EVA02-CLIP only)"
         )
     return GenerateModels(clip, captioner, llm, (float(band[0]), float(band[1])))
-
-
-# ------------------------------------------------------------------------------------------------ the UDFs
-
-
-def caption_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec, max_pixels: int) -> DataFrame:
-    """(image_id, content) -> gold.captions rows (caption, or a reason and detail)."""
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from udfs.captioner import caption_images, get_captioner
-
-        keep_zip_directories()
-        captioner = get_captioner(spec, task_device(gcfg.device, "generate.device"), gcfg.precision)
-        items = ((i, c) for frame in frames for i, c in zip(frame["image_id"], frame["content"], strict=True))
-        for batch in caption_images(
-            captioner, items, gcfg.caption_batch_size, gcfg.caption_max_new_tokens, max_pixels=max_pixels
-        ):
-            n_ok, n_bad = len(batch.ids), len(batch.rejected_ids)
-            yield pd.DataFrame(
-                {
-                    "image_id": batch.ids + batch.rejected_ids,
-                    "captioner_id": [spec.name] * (n_ok + n_bad),
-                    "caption": batch.captions + [None] * n_bad,
-                    REASON: [None] * n_ok + batch.reasons,
-                    "detail": [None] * n_ok + batch.details,
-                }
-            )
-
-    return df.select("image_id", "content").mapInPandas(run, GOLD_CAPTIONS.schema)
-
-
-def tag_frame(df: DataFrame, gcfg: GenerateConfig, model_id: str, tags: list[str], vectors: np.ndarray) -> DataFrame:
-    """(image_id, embedding) -> gold.image_tags rows, against the vocabulary ``tags`` / ``vectors``."""
-    top_t, min_z, min_cosine = gcfg.tags.top_t, gcfg.tags.min_z, gcfg.tags.min_cosine
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from udfs.tagger import top_tags
-
-        for frame in frames:
-            if frame.empty:
-                continue
-            images = np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
-            choices = top_tags(images, vectors, top_t, min_z, min_cosine)
-            yield pd.DataFrame(
-                {
-                    "image_id": frame["image_id"].to_numpy(),
-                    "model_id": model_id,
-                    "tags": [[tags[i] for i in c.indexes] for c in choices],
-                    "cosines": [c.cosines for c in choices],
-                }
-            )
-
-    return df.select("image_id", "embedding").mapInPandas(run, GOLD_IMAGE_TAGS.schema)
-
-
-def rewrite_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec) -> DataFrame:
-    """(image_id, retrieved_text, caption, tags) -> (image_id, syn_text | null, reason, detail, n_tokens)."""
-    from udfs.llm import PromptTemplate
-
-    template = PromptTemplate(gcfg.prompt_version, gcfg.system_prompt, gcfg.user_prompt)
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from udfs.llm import check_output, get_llm
-
-        keep_zip_directories()
-        llm = get_llm(
-            spec,
-            task_device(gcfg.device, "generate.device"),
-            gcfg.precision,
-            backend=gcfg.backend,
-            batch_size=gcfg.llm_batch_size,
-            gpu_memory_utilization=gcfg.vllm_gpu_memory_utilization,
-            max_model_len=gcfg.vllm_max_model_len,
-        )
-        for frame in frames:
-            if frame.empty:
-                continue
-            chats = [
-                template.messages(r, c, list(t))
-                for r, c, t in zip(frame["retrieved_text"], frame["caption"], frame["tags"], strict=True)
-            ]
-            gens = llm.generate(chats, gcfg.max_new_tokens, gcfg.min_new_tokens)
-            checked = [
-                check_output(g, chat, gcfg.max_output_words, gcfg.reject_truncated, gcfg.max_new_tokens)
-                for g, chat in zip(gens, chats, strict=True)
-            ]
-            yield pd.DataFrame(
-                {
-                    "image_id": frame["image_id"].to_numpy(),
-                    "syn_text": [c.text for c in checked],
-                    REASON: [c.reason for c in checked],
-                    "detail": [c.detail for c in checked],
-                    "n_tokens": [g.n_tokens for g in gens],
-                }
-            )
-
-    return df.select("image_id", "retrieved_text", "caption", "tags").mapInPandas(run, _REWRITE_SCHEMA)
-
-
-def score_frame(
-    df: DataFrame, gcfg: GenerateConfig, precision: str, text_batch: int, spec: ModelSpec, band: tuple[float, float]
-) -> DataFrame:
-    """(image_id, syn_text, embedding) -> (image_id, cosine, reason, detail): the synthetic text embedded by
-    the CLIP model's text tower (udfs.clip.embed_texts, as the embed stage embeds sentences), dotted with the image's
-    unit vector, and judged against ``band`` (udfs.similarity.band_reason)."""
-    low, high = band
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from udfs.clip import embed_texts, get_encoder
-        from udfs.similarity import band_detail, band_reason
-
-        keep_zip_directories()
-        encoder = get_encoder(spec, task_device(gcfg.device, "generate.device"), precision)  # type: ignore[arg-type]
-        for frame in frames:
-            if frame.empty:
-                continue
-            images = dict(zip(frame["image_id"], frame["embedding"], strict=True))
-            cosine: dict[str, float | None] = dict.fromkeys(frame["image_id"])
-            items = zip(frame["image_id"], frame["syn_text"], strict=True)
-            for batch in embed_texts(encoder, items, text_batch):
-                for key, vec in zip(batch.ids, batch.vectors, strict=True):
-                    if images[key] is not None:
-                        cosine[key] = float(np.dot(vec, np.asarray(images[key], dtype=np.float32)))
-            reasons = [band_reason(c, low, high) for c in cosine.values()]
-            yield pd.DataFrame(
-                {
-                    "image_id": list(cosine),
-                    "cosine": list(cosine.values()),
-                    REASON: reasons,
-                    "detail": [
-                        None if r is None else band_detail(c, low, high)
-                        for c, r in zip(cosine.values(), reasons, strict=True)
-                    ],
-                }
-            )
-
-    return df.select("image_id", "syn_text", "embedding").mapInPandas(run, _SCORE_SCHEMA)
-
-
-def embed_tag_frame(df: DataFrame, gcfg: GenerateConfig, precision: str, text_batch: int, spec: ModelSpec) -> DataFrame:
-    """(tag, source, frequency, prompt) -> silver.tags rows: each prompt embedded once by the CLIP text tower."""
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from udfs.clip import embed_texts, get_encoder
-
-        keep_zip_directories()
-        encoder = get_encoder(spec, task_device(gcfg.device, "generate.device"), precision)  # type: ignore[arg-type]
-        for frame in frames:
-            if frame.empty:
-                continue
-            rows = frame.set_index("tag")
-            vectors: dict[str, np.ndarray] = {}
-            for batch in embed_texts(encoder, zip(frame["tag"], frame["prompt"], strict=True), text_batch):
-                vectors.update(zip(batch.ids, batch.vectors, strict=True))
-            tags = [t for t in frame["tag"] if t in vectors]
-            yield pd.DataFrame(
-                {
-                    "tag": tags,
-                    "model_id": spec.name,
-                    "source": rows.loc[tags, "source"].to_numpy(),
-                    "frequency": rows.loc[tags, "frequency"].to_numpy(),
-                    "prompt": rows.loc[tags, "prompt"].to_numpy(),
-                    "embedding": [vectors[t] for t in tags],
-                }
-            )
-
-    return df.select("tag", "source", "frequency", "prompt").mapInPandas(run, SILVER_TAGS.schema)
-
-
-# --------------------------------------------------------------------------------------------- the vocabulary
-
-
-def mined_tag_counts(sentences: DataFrame, parser: str, batch_size: int) -> DataFrame:
-    """(tag, frequency): how many sentences hold each noun / noun phrase (udfs.tagger.doc_phrases)."""
-    schema = T.StructType([T.StructField("sentence_id", T.StringType()), T.StructField("tag", T.StringType())])
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from udfs.tagger import mine_phrases
-
-        for frame in frames:
-            phrases = mine_phrases(frame["text"].fillna("").tolist(), parser, batch_size)
-            ids = [i for i, found in zip(frame["sentence_id"], phrases, strict=True) for _ in found]
-            yield pd.DataFrame({"sentence_id": ids, "tag": [p for found in phrases for p in found]})
-
-    found = sentences.select("sentence_id", "text").mapInPandas(run, schema).distinct()
-    return found.groupBy("tag").agg(F.count(F.lit(1)).cast("long").alias("frequency"))
-
-
-def tag_vocabulary(sentences: DataFrame, gcfg: GenerateConfig) -> DataFrame:
-    """(tag, source, frequency): the base list (frequency = sentences holding it) and the ``mined_top_n`` most
-    frequent mined tags with at least ``min_document_frequency`` sentences that are not in the base list (ties in
-    frequency go to the smaller tag)."""
-    from udfs.tagger import base_tags
-
-    tcfg = gcfg.tags
-    spark = sentences.sparkSession
-    base = spark.createDataFrame([(t,) for t in (base_tags() if tcfg.base else [])], "tag string")
-    counts = mined_tag_counts(sentences, tcfg.parser, tcfg.parse_batch_size)
-    base_rows = base.join(counts, "tag", "left").select(
-        "tag", F.lit("base").alias("source"), F.coalesce("frequency", F.lit(0)).cast("long").alias("frequency")
-    )
-    mined = (
-        counts.filter(F.col("frequency") >= tcfg.min_document_frequency)
-        .join(base, "tag", "left_anti")
-        .orderBy(F.col("frequency").desc(), F.col("tag"))
-        .limit(tcfg.mined_top_n)
-        .select("tag", F.lit("mined").alias("source"), "frequency")
-    )
-    return base_rows.unionByName(mined)
 
 
 def ensure_tags(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec) -> tuple[int, bool]:

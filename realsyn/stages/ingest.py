@@ -1,11 +1,7 @@
 """Bronze ingest: OBELICS and MMC4 dumps -> documents, texts and image references, with every bad input rejected.
 
-Both layouts are first normalised to one document shape (source, url, texts with positions, images with
-positions); validation then works on that shape, so each check is written once.
-
-Positions: in OBELICS a position is the index in the interleaved ``texts`` / ``images`` lists. In MMC4 texts and
-images are separate lists, so a text's position is its index in ``text_list`` and an image's position is its
-index in ``image_info``; ``matched_text_index`` links an MMC4 image to its text.
+Both layouts are first read into one document shape (:mod:`realsyn.document_layouts`); validation then works on
+that shape, so each check is written once.
 
 Unreadable files: an input file that Spark cannot read (a truncated ``.jsonl.gz``, a non-parquet file in a parquet
 folder, a shard whose columns have other types) becomes one reject row of kind ``file`` (reason
@@ -19,76 +15,23 @@ re-ingesting a dump (or ingesting an overlapping one) add nothing.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import re
-import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from realsyn.config import Config, ConfigError, IngestConfig, IngestInput
+from realsyn.config import Config, ConfigError, IngestConfig
 from realsyn.contracts import BRONZE_DOCUMENTS, BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS, BRONZE_TEXTS
+from realsyn.document_layouts import Limits, read_documents
 from realsyn.funnel import FunnelStep, first_reason, write_funnel
 from realsyn.ids import stable_id_col
+from realsyn.input_files import failed_file, list_input_files
 from realsyn.tables import Lakehouse
 
 log = logging.getLogger(__name__)
-
-_MMC4_IMAGE = T.StructType(
-    [
-        T.StructField("image_name", T.StringType()),
-        T.StructField("raw_url", T.StringType()),
-        # Read as text and converted per field: one malformed value rejects that field, not the document.
-        T.StructField("matched_text_index", T.StringType()),
-        T.StructField("matched_sim", T.StringType()),
-        T.StructField("face_detections", T.StringType()),
-    ]
-)
-MMC4_SCHEMA = T.StructType(
-    [
-        T.StructField("url", T.StringType()),
-        T.StructField("text_list", T.ArrayType(T.StringType())),
-        T.StructField("image_info", T.ArrayType(_MMC4_IMAGE)),
-        T.StructField("_corrupt", T.StringType()),
-    ]
-)
-OBELICS_SCHEMA = T.StructType(
-    [
-        T.StructField("images", T.ArrayType(T.StringType())),
-        T.StructField("texts", T.ArrayType(T.StringType())),
-        T.StructField("metadata", T.StringType()),
-        T.StructField("general_metadata", T.StringType()),
-        T.StructField("_corrupt", T.StringType()),
-    ]
-)
-
-TEXT_ITEM = T.StructType(
-    [
-        T.StructField("position", T.IntegerType()),
-        T.StructField("text", T.StringType()),
-        # The JSON type of the value in the input (STRING, DOUBLE, OBJECT...; null for parquet, typed already).
-        T.StructField("json_type", T.StringType()),
-    ]
-)
-IMAGE_ITEM = T.StructType(
-    [
-        T.StructField("position", T.IntegerType()),
-        T.StructField("url", T.StringType()),
-        T.StructField("alt_text", T.StringType()),
-        T.StructField("matched_text_index", T.IntegerType()),
-        T.StructField("matched_sim", T.DoubleType()),
-        T.StructField("meta", T.StringType()),
-        T.StructField("field_reason", T.StringType()),
-        T.StructField("field_detail", T.StringType()),
-    ]
-)
 
 UNREADABLE_FILE = "unreadable_file"
 # Each unreadable file costs one more attempt at the read; a run with more than this many stops.
@@ -109,306 +52,6 @@ class IngestSummary:
             f"documents read {self.documents_read:,} = new {self.documents_new:,} "
             f"+ already present {self.documents_already_present:,} + rejected {self.documents_rejected:,}"
         )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading: one row per input record with its raw text and a parse failure reason (or null).
-
-
-# Strict JSON, as Python's json module reads it (Spark allows single quotes by default), and strings of any length:
-# Jackson stops at 20,000,000 characters, which a data: URI image can pass. NaN / Infinity (written by Python's json
-# module, found in MMC4's matched_sim) are read.
-_JSON_OPTIONS = {"allowSingleQuotes": "false", "maxStringLen": str(2**31 - 1)}
-
-
-# Local files are read without Hadoop's checksum layer: it names a file's checksum ".<name>.crc", which is not a
-# valid path when the name holds ":" (read as a URI scheme), and input dumps have no checksum files anyway.
-_READ_OPTIONS = {"fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem", "fs.file.impl.disable.cache": "true"}
-
-
-def _one_json_value(raw: Column, value_type: str) -> Column:
-    """Whether ``raw`` is one strict JSON value of ``value_type`` with nothing after it.
-
-    Spark's JSON parsers stop after the first value and ignore what follows. Wrapped in ``[...]``, content after
-    the value fails to parse unless it starts with "]" (more values, after ",", make the array longer);
-    wrapped in ``{"k": ...}``, it fails unless it starts with "}" or ",". Only a line with nothing after its value
-    passes both. A value of type ``struct<>`` is checked without being built (its strings are skipped).
-    """
-    in_array = F.from_json(F.concat(F.lit("["), raw, F.lit("]")), f"array<{value_type}>", _JSON_OPTIONS)
-    in_object = F.from_json(
-        F.concat(F.lit('{"k":'), raw, F.lit("}")),
-        f"struct<k: {value_type}, _corrupt: string>",
-        {**_JSON_OPTIONS, "columnNameOfCorruptRecord": "_corrupt"},
-    )
-    return F.coalesce((F.size(in_array) == 1) & in_object["_corrupt"].isNull(), F.lit(False))
-
-
-def _read_jsonl(reader: DataFrameReader, files: list[str], schema: T.StructType, texts_field: str) -> DataFrame:
-    lines = reader.text(files).select(
-        # A UTF-8 byte-order mark (first line of a file written by some editors) is not part of the JSON.
-        F.regexp_replace("value", "^\ufeff", "").alias("raw"),
-        F.is_valid_utf8("value").alias("valid_utf8"),  # before the replace, which would mend invalid bytes
-        F.col("_metadata.file_path").alias("input_file"),
-        # Where the line is: its split's first byte and its order in the task; see _line_keys.
-        F.col("_metadata.file_block_start").alias("block_start"),
-        F.monotonically_increasing_id().alias("row_seq"),
-    )
-    lines = lines.filter(F.trim("raw") != "")
-    # The JSON types of the texts (and of an MMC4 url), which from_json would read as strings (2.5 as "2.5").
-    url = ", url: variant" if "url" in schema.names else ""
-    types = F.from_json("raw", f"struct<{texts_field}: array<variant>{url}>", _JSON_OPTIONS)
-    parsed = lines.select(
-        "*",
-        F.from_json("raw", schema, {**_JSON_OPTIONS, "columnNameOfCorruptRecord": "_corrupt"}).alias("rec"),
-        F.transform(types[texts_field], F.schema_of_variant).alias("text_types"),
-        (_not_a_string(types["url"]) if url else F.lit(False)).alias("url_not_a_string"),
-    )
-    trimmed = F.trim("raw")
-    is_object = trimmed.startswith("{")
-    reason = first_reason(
-        [
-            (~F.col("valid_utf8"), "invalid_utf8"),
-            (trimmed == "null", "null_document"),
-            (
-                ~F.when(is_object, _one_json_value(F.col("raw"), "struct<>")).otherwise(
-                    _one_json_value(F.col("raw"), "variant")
-                ),
-                "malformed_json",
-            ),
-            (~is_object, "not_a_json_object"),
-            (F.col("rec._corrupt").isNotNull() | F.col("url_not_a_string"), "schema_mismatch"),
-        ]
-    )
-    return parsed.withColumn("parse_reason", reason)
-
-
-def _not_a_string(value: Column) -> Column:
-    """Whether a variant holds something other than a JSON string or null (an object as a URL)."""
-    return ~F.coalesce(F.schema_of_variant(value).isin("STRING", "VOID"), F.lit(True))
-
-
-def _read_parquet(reader: DataFrameReader, files: list[str], schema: T.StructType) -> DataFrame:
-    file_schema = T.StructType([f for f in schema.fields if f.name != "_corrupt"])
-    df = reader.schema(file_schema).parquet(*files)
-    fields = []
-    for field in schema.fields:
-        if field.name == "_corrupt":
-            fields.append(F.lit(None).cast("string").alias("_corrupt"))
-        elif field.name in df.columns:
-            fields.append(F.col(field.name).cast(field.dataType).alias(field.name))
-        else:
-            fields.append(F.lit(None).cast(field.dataType).alias(field.name))
-    rec = F.struct(*fields)
-    raw = F.to_json(F.struct(*[F.col(c) for c in df.columns]))
-    strings = [F.col(c) for c in ("metadata", "general_metadata") if c in df.columns]
-    array_strings = [F.col(c) for c in ("texts", "images") if c in df.columns]
-    valid = F.lit(True)
-    for col in strings:
-        valid = valid & F.coalesce(F.is_valid_utf8(col), F.lit(True))
-    for col in array_strings:
-        valid = valid & F.coalesce(
-            F.forall(col, lambda s: F.coalesce(F.is_valid_utf8(s), F.lit(True))),
-            F.lit(True),
-        )
-    return df.select(
-        raw.alias("raw"),
-        F.col("_metadata.file_path").alias("input_file"),
-        F.lit(0).cast("long").alias("block_start"),
-        F.col("_metadata.row_index").alias("row_seq"),
-        F.lit(None).cast("array<string>").alias("text_types"),
-        rec.alias("rec"),
-        F.when(~valid, F.lit("invalid_utf8")).alias("parse_reason"),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Normalising both layouts to: url, meta, texts array<TEXT_ITEM>, images array<IMAGE_ITEM>, layout_reason.
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Items per document above which a document is rejected before any per-item work is done."""
-
-    max_texts: int
-    max_images: int
-
-
-def _zipped_texts(texts: Column, n_texts: Column) -> Column:
-    """``texts`` zipped with their JSON types (``text_types``), as many as there are texts.
-
-    Each element's type comes zipped with it: a lambda that read ``text_types`` by index would let Spark inline
-    the line's whole parse into the lambda and redo it per element (quadratic in the line's length).
-    """
-    types = F.coalesce(F.col("text_types"), F.array().cast("array<string>"))
-    return F.slice(F.arrays_zip(texts.alias("text"), types.alias("json_type")), 1, n_texts)
-
-
-def _normalise_mmc4(df: DataFrame, limits: Limits) -> DataFrame:
-    text_list = F.coalesce(F.col("rec.text_list"), F.array().cast("array<string>"))
-    image_info = F.coalesce(F.col("rec.image_info"), F.array().cast(T.ArrayType(_MMC4_IMAGE)))
-    n_texts, n_images = F.size(text_list), F.size(image_info)
-    within = (n_texts <= limits.max_texts) & (n_images <= limits.max_images)
-    texts = F.transform(
-        _zipped_texts(text_list, n_texts),
-        lambda x, i: F.struct(
-            i.cast("int").alias("position"), x["text"].alias("text"), x["json_type"].alias("json_type")
-        ),
-    )
-
-    def image_item(x: Column, i: Column) -> Column:
-        index, sim = x["matched_text_index"], x["matched_sim"]
-        index_value = index.try_cast("int")
-        sim_value = sim.try_cast("double")
-        bad_index = index.isNotNull() & index_value.isNull()
-        bad_sim = sim.isNotNull() & (sim_value.isNull() | F.isnan(sim_value) | (F.abs(sim_value) == float("inf")))
-        field_reason = first_reason([(bad_index, "invalid_matched_text_index"), (bad_sim, "invalid_matched_sim")])
-        return F.struct(
-            i.cast("int").alias("position"),
-            x["raw_url"].alias("url"),
-            F.lit(None).cast("string").alias("alt_text"),
-            F.when(~bad_index, index_value).alias("matched_text_index"),
-            F.when(~bad_sim, sim_value).alias("matched_sim"),
-            F.to_json(
-                F.struct(x["image_name"].alias("image_name"), x["face_detections"].alias("face_detections"))
-            ).alias("meta"),
-            field_reason.alias("field_reason"),
-            # from_json keeps a non-numeric number (NaN) as its quoted JSON text
-            F.regexp_replace(F.when(bad_index, index).when(bad_sim, sim), '^"|"$', "").alias("field_detail"),
-        )
-
-    images = F.transform(image_info, image_item)
-    return df.select(
-        "raw",
-        "input_file",
-        "block_start",
-        "row_seq",
-        "parse_reason",
-        F.col("rec.url").alias("url"),
-        F.lit(None).cast("string").alias("meta"),
-        _unless(within, texts, TEXT_ITEM).alias("texts"),
-        _unless(within, images, IMAGE_ITEM).alias("images"),
-        n_texts.alias("n_texts"),
-        n_images.alias("n_images"),
-        F.lit(None).cast("string").alias("layout_reason"),
-    )
-
-
-def _unless(within: Column, items: Column, item: T.StructType) -> Column:
-    """``items`` as an array of ``item`` when ``within`` the limits, else empty (the document is rejected)."""
-    return F.when(within, items.cast(T.ArrayType(item))).otherwise(F.array().cast(T.ArrayType(item)))
-
-
-def _normalise_obelics(df: DataFrame, limits: Limits) -> DataFrame:
-    imgs = F.coalesce(F.col("rec.images"), F.array().cast("array<string>"))
-    txts = F.coalesce(F.col("rec.texts"), F.array().cast("array<string>"))
-    n_texts = F.size(F.filter(txts, lambda t: t.isNotNull()))
-    n_images = F.size(F.filter(imgs, lambda t: t.isNotNull()))
-    within = (n_texts <= limits.max_texts) & (n_images <= limits.max_images)
-    meta = F.from_json(F.col("rec.metadata"), T.ArrayType(T.StringType()))
-    meta_ok = meta.isNotNull() & (F.size(meta) == F.size(imgs))
-    # Every per-position value is zipped in (see _zipped_texts): nothing inside a lambda parses the line again.
-    metas = F.when(meta_ok, meta).otherwise(F.array().cast("array<string>"))
-    types = F.coalesce(F.col("text_types"), F.array().cast("array<string>"))
-    positions = F.greatest(F.size(imgs), F.size(txts))
-    items = F.slice(
-        F.arrays_zip(imgs.alias("image"), txts.alias("text"), types.alias("json_type"), metas.alias("meta")),
-        1,
-        positions,
-    )
-    indexed = F.transform(
-        items,
-        lambda x, i: F.struct(
-            i.cast("int").alias("position"),
-            x["image"].alias("image"),
-            x["text"].alias("text"),
-            x["json_type"].alias("json_type"),
-            x["meta"].alias("meta"),
-        ),
-    )
-    texts = F.transform(
-        F.filter(indexed, lambda x: x["text"].isNotNull()),
-        lambda x: F.struct(x["position"].alias("position"), x["text"].alias("text"), x["json_type"].alias("json_type")),
-    )
-
-    def image_item(x: Column) -> Column:
-        return F.struct(
-            x["position"].alias("position"),
-            x["image"].alias("url"),
-            F.get_json_object(x["meta"], "$.alt_text").alias("alt_text"),
-            F.lit(None).cast("int").alias("matched_text_index"),
-            F.lit(None).cast("double").alias("matched_sim"),
-            x["meta"].alias("meta"),
-            F.lit(None).cast("string").alias("field_reason"),
-            F.lit(None).cast("string").alias("field_detail"),
-        )
-
-    images = F.transform(F.filter(indexed, lambda x: x["image"].isNotNull()), image_item)
-    both = F.exists(indexed, lambda x: x["image"].isNotNull() & x["text"].isNotNull())
-    neither = F.exists(indexed, lambda x: x["image"].isNull() & x["text"].isNull())
-    url_json = F.from_json(F.col("rec.general_metadata"), "struct<url: variant>", _JSON_OPTIONS)["url"]
-    layout_reason = first_reason(
-        [
-            (_not_a_string(url_json), "schema_mismatch"),
-            (F.size(imgs) != F.size(txts), "unequal_list_lengths"),
-            (both, "position_with_text_and_image"),
-            (neither, "position_with_neither_text_nor_image"),
-        ]
-    )
-    return df.select(
-        "raw",
-        "input_file",
-        "block_start",
-        "row_seq",
-        "parse_reason",
-        F.get_json_object("rec.general_metadata", "$.url").alias("url"),
-        F.col("rec.general_metadata").alias("meta"),
-        _unless(within, texts, TEXT_ITEM).alias("texts"),
-        _unless(within, images, IMAGE_ITEM).alias("images"),
-        n_texts.alias("n_texts"),
-        n_images.alias("n_images"),
-        F.when(within, layout_reason).alias("layout_reason"),
-    )
-
-
-_GLOB_CHARACTERS = re.compile(r"[{}\[\]*?\\]")
-
-
-def _path_groups(files: list[str]) -> list[tuple[list[str], dict[str, str]]]:
-    """``files`` as groups of paths that Spark reads each file of once, with the reader options of each group.
-
-    Spark reads a path holding any of ``{}[]*?\\`` as a glob pattern: a name with ``{}`` or ``[]`` would match no
-    file (or another one), one with ``*`` or ``?`` other files too. Those characters are escaped. Hadoop's glob
-    cannot give back a name that also holds ":" (it parses the name as a URI), so such a file is read alone with
-    globbing off (Spark's ``__globPaths__``, right for one path only: with several it repeats them).
-    """
-    together: list[str] = []
-    alone: list[tuple[list[str], dict[str, str]]] = []
-    for path in files:
-        scheme, colon, rest = path.partition(":")
-        if not _GLOB_CHARACTERS.search(rest):
-            together.append(path)
-        elif ":" in rest:
-            alone.append(([path], {"__globPaths__": "false"}))
-        else:
-            together.append(scheme + colon + _GLOB_CHARACTERS.sub(r"\\\g<0>", rest))
-    return ([(together, {})] if together else []) + alone
-
-
-def read_documents(spark: SparkSession, inp: IngestInput, limits: Limits, files: list[str] | None = None) -> DataFrame:
-    """One input dump (``files`` of it, default: all) as normalised documents (not yet validated), with source
-    and layout columns; a document over ``limits`` keeps its counts but no texts or images."""
-    schema = MMC4_SCHEMA if inp.layout == "mmc4" else OBELICS_SCHEMA
-    texts_field = "text_list" if inp.layout == "mmc4" else "texts"
-    parts = []
-    for paths, options in _path_groups(files) if files is not None else [([inp.path], {})]:
-        reader = spark.read.options(**_READ_OPTIONS, **options)
-        if inp.format == "jsonl":
-            parts.append(_read_jsonl(reader, paths, schema, texts_field))
-        else:
-            parts.append(_read_parquet(reader, paths, schema))
-    df = functools.reduce(DataFrame.unionByName, parts)
-    normalised = _normalise_mmc4(df, limits) if inp.layout == "mmc4" else _normalise_obelics(df, limits)
-    return normalised.select(F.lit(inp.source).alias("source"), F.lit(inp.layout).alias("layout"), "*")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -525,68 +168,6 @@ def _rejects(df: DataFrame, kind: str, raw: Column, raw_chars: int) -> DataFrame
     )
 
 
-def _input_files(spark: SparkSession, cfg: IngestConfig) -> list[list[str]]:
-    """The data files of every input (folders listed recursively, hidden and ``_`` files skipped); fail before
-    any work when an input path does not exist."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
-    listed: list[list[str]] = []
-    for i, inp in enumerate(cfg.inputs):
-        path = jvm.org.apache.hadoop.fs.Path(inp.path)
-        fs = path.getFileSystem(hadoop_conf)
-        matches = fs.globStatus(path)
-        if matches is None or len(matches) == 0:
-            raise ConfigError(f"ingest.inputs[{i}].path: no such file or folder: {inp.path}")
-        files: list[str] = []
-        for status in matches:
-            folder = str(status.getPath().toString())
-            if status.isFile():
-                files.append(folder)
-            elif status.getPath().toUri().getScheme() == "file":
-                files.extend(f"{folder}/{name}" for name in _local_files(str(status.getPath().toUri().getPath())))
-            else:
-                found = fs.listFiles(status.getPath(), True)
-                while found.hasNext():
-                    child = str(found.next().getPath().toString())
-                    if not any(part.startswith((".", "_")) for part in child[len(folder) :].split("/") if part):
-                        files.append(child)
-        listed.append(sorted(set(files)))
-    return listed
-
-
-def _local_files(root: str) -> list[str]:
-    """The files under local folder ``root`` (hidden and ``_`` ones skipped), relative to it. Links are followed,
-    but not into a folder already listed or one holding ``root``: a link such as ``loop -> ..`` would list the
-    input again, once per level (and two of them without end)."""
-    top = Path(root).resolve()
-    seen = {top}
-    files: list[str] = []
-
-    def fail(error: OSError) -> None:
-        raise error
-
-    for folder, dirs, names in os.walk(root, onerror=fail, followlinks=True):
-        relative = Path(folder).relative_to(root)
-        files += [(relative / n).as_posix() for n in names if not n.startswith((".", "_"))]
-        kept = []
-        for d in sorted(dirs):
-            real = (Path(folder) / d).resolve()
-            if not d.startswith((".", "_")) and real not in seen and real not in top.parents:
-                seen.add(real)
-                kept.append(d)
-        dirs[:] = kept
-    return files
-
-
-def _failed_file(error: Exception, files: list[str]) -> str | None:
-    """The input file an error of a Spark read names (the longest match), or None. Spark may name a file by its URI
-    (``file:///a%20b.jsonl`` for ``file:/a b.jsonl``), so the error is searched with percent-escapes decoded too."""
-    texts = (str(error), urllib.parse.unquote(str(error)))
-    named = [f for f in files if any(f.split(":", 1)[-1] in text for text in texts)]
-    return max(named, key=len) if named else None
-
-
 def _line_keys(docs: DataFrame) -> DataFrame:
     """The rejected documents with ``line_key``: the first byte of the file split the line is in, and the line's
     number within that split (the parquet row index for parquet), so every input line has a key of its own."""
@@ -620,7 +201,7 @@ def read_all(spark: SparkSession, icfg: IngestConfig) -> tuple[DataFrame, dict[t
     Spark reads lazily, so a corrupt file shows only when the read runs: the documents are read and counted; a
     failure that names one input file sets that file aside and reads again without it.
     """
-    listed = _input_files(spark, icfg)
+    listed = list_input_files(spark, icfg.inputs)
     limits = Limits(icfg.max_texts_per_document, icfg.max_images_per_document)
     bad: dict[tuple[str, str], str] = {}
     while True:
@@ -647,7 +228,7 @@ def read_all(spark: SparkSession, icfg: IngestConfig) -> tuple[DataFrame, dict[t
             if docs is not None:
                 docs.unpersist()
             candidates = [(inp.source, f) for inp, files in zip(icfg.inputs, readable, strict=True) for f in files]
-            path = _failed_file(e, [f for _, f in candidates])
+            path = failed_file(e, [f for _, f in candidates])
             if path is None or len(bad) >= MAX_UNREADABLE_FILES:
                 raise
             source = next(src for src, f in candidates if f == path)

@@ -233,7 +233,7 @@ def test_registry_path_is_found_from_another_directory(monkeypatch: pytest.Monke
 
 ZIP_CHECK = """
 import importlib, sys, time, zipfile, zipimport
-from realsyn.stages.embed import keep_zip_directories
+from realsyn.workers import keep_zip_directories
 
 archive = sys.argv[1]
 with zipfile.ZipFile(archive, "w") as z:

@@ -23,22 +23,15 @@ from realsyn.contracts import (
     SILVER_SENTENCES,
     SILVER_TAGS,
 )
-from realsyn.stages.generate import resolve_models, run_generate, tag_vocabulary
+from realsyn.stages.generate import resolve_models, run_generate
 from realsyn.tables import Lakehouse
 from tests.photos import encode, photo
+from tests.realsyn.test_tag_vocabulary import SENTENCES
 from tests.tables import rows_frame
 from udfs import captioner, clip, llm, tagger
 from udfs.models import get_spec, load_registry
 
 REGISTRY = Path(__file__).resolve().parents[3] / "conf" / "models.yaml"
-SENTENCES = {
-    "s1": "A farmer drives a tractor across the field.",
-    "s2": "The tractor stops near the river.",
-    "s3": "A festival crowd gathers by the river.",
-    "s4": "The farmer sleeps.",
-    "s5": "A red tractor crosses the bridge.",
-    "s6": "People in the festival crowd cheered loudly.",
-}
 PHOTOS = {"p_astronaut": "astronaut", "p_coffee": "coffee", "p_chelsea": "chelsea", "p_rocket": "rocket"}
 # p_rocket has no retrieved text; p_bad has bytes no decoder opens; p_gone points at a sentence no longer there.
 RETRIEVED = {"p_astronaut": "s1", "p_coffee": "s3", "p_chelsea": "s5", "p_bad": "s4", "p_gone": "s_missing"}
@@ -49,24 +42,6 @@ def config(root: Path, **generate: object) -> Config:
     """Tiny models on CPU, mined tags only (the base list would cost seconds of embedding)."""
     fields = {"tags": TAGS, "device": "cpu", "max_new_tokens": 12, "reject_truncated": False, **generate}
     return Config(storage=StorageConfig(root=str(root)), generate=GenerateConfig(**fields))  # type: ignore[arg-type]
-
-
-def test_mined_vocabulary_counts_sentences_and_drops_base_duplicates(lakehouse: Lakehouse) -> None:
-    sentences = lakehouse.spark.createDataFrame(list(SENTENCES.items()), "sentence_id string, text string")
-    cfg = GenerateConfig(tags=GenerateTagsConfig(mined_top_n=2, min_document_frequency=1))
-    rows = {(r.tag, r.source, r.frequency) for r in tag_vocabulary(sentences, cfg).collect()}
-    # The single nouns but 'people' are RAM base tags: they stay base rows with their frequency, never mined rows;
-    # of the two mined tags held by one sentence, the smaller wins the tie.
-    assert {r for r in rows if r[1] == "mined"} == {("festival crowd", "mined", 2), ("people", "mined", 1)}
-    assert {("tractor", "base", 3), ("farmer", "base", 2), ("abacus", "base", 0)} <= rows
-    strict = GenerateConfig(tags=GenerateTagsConfig(base=False, mined_top_n=5, min_document_frequency=2))
-    assert {(r.tag, r.source, r.frequency) for r in tag_vocabulary(sentences, strict).collect()} == {
-        ("tractor", "mined", 3),
-        ("crowd", "mined", 2),
-        ("farmer", "mined", 2),
-        ("festival", "mined", 2),
-        ("festival crowd", "mined", 2),
-    }
 
 
 def test_unknown_or_wrong_kind_of_model_and_missing_band_fail_before_work(tmp_path: Path) -> None:
