@@ -3,12 +3,16 @@
 ``run_report`` writes ``index.html`` into ``report.output`` (default ``<storage.root>/report``) with, as files next
 to it (so the page opens from disk, no server):
 
-- ``funnel.png``: rows in and kept per step of every stage in ``gold.funnel`` (the paper's Figure 2);
+- ``funnel.png``: the paper's Figure 2 from ``gold.funnel``: the image chain (documents, references, fetched, after
+  each filter and dedup, embedded, retrieved, with a synthetic text, each balance scale) and the sentence chain
+  (texts, occurrences, filters, dedups, embedded) as bars in pipeline order (``realsyn.funnel_figure``); the page's
+  table lists every funnel row in the same order, with the models of the stages that ran some;
 - ``texts_per_image.png``: how many of text1..text3 and syn_text each gold.dataset row has (every row), and the
   CLIP BPE tokens of its four texts together (a hash sample of ``report.sample_rows`` rows; open_clip's tokenizer,
   whose vocabulary ships with the package);
-- ``cluster_sizes.png``: leaf cluster sizes of gold.dataset sorted from the largest, before balancing and in every
-  scale, and their max / median;
+- ``cluster_sizes.png``: leaf cluster sizes of gold.dataset sorted from the largest, before balancing (a wide light
+  line) and in every scale (a narrow line with a marker of its own), so that a scale equal to "before" still shows
+  both; and their max / median;
 - ``samples/``: thumbnails of ``report.sample_images`` rows (a hash sample) shown with their four texts.
 
 Everything is computed from aggregates or bounded samples; only those reach the driver. With the demo's
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,17 @@ from pyspark.sql import functions as F
 
 from realsyn.config import Config, ConfigError
 from realsyn.contracts import FUNNEL, GOLD_DATASET, RETRIEVED_TEXTS, SCALE_PREFIX, SILVER_IMAGES
+from realsyn.funnel_figure import (
+    DATASET_KEY_COLUMNS,
+    MODEL_COLUMNS,
+    Chain,
+    dataset_key,
+    image_chain,
+    in_pipeline_order,
+    linear_axis,
+    plot_chains,
+    sentence_chain,
+)
 from realsyn.tables import Lakehouse
 from udfs.balance import max_over_median
 
@@ -50,18 +66,24 @@ def report_root(cfg: Config) -> Path:
 
 @dataclass(frozen=True)
 class ReportSummary:
-    """Where the report went and what it shows."""
+    """Where the report went and what it shows, counted from what was drawn."""
 
     page: str
-    stages: int
+    stages: int  # stages of the funnel table, drawn in pipeline order
+    funnel_steps: int  # rows of the funnel table
+    chains: tuple[Chain, ...]  # the panels of funnel.png as drawn
     rows: int
     scales: tuple[tuple[str, int, float], ...]
     sample_images: int
 
     def __str__(self) -> str:
         scales = ", ".join(f"{n} {rows:,} rows (max/median cluster {r:.2f})" for n, rows, r in self.scales)
+        figure = ", ".join(
+            f"{c.title} {len(c.bars)} bars ({'linear' if c.linear else 'log'} axis)" for c in self.chains
+        )
         return (
-            f"report: {self.page}: funnel of {self.stages} stages, {self.rows:,} gold.dataset rows"
+            f"report: {self.page}: funnel of {self.stages} stages in pipeline order ({self.funnel_steps} steps; "
+            f"figure: {figure}), {self.rows:,} gold.dataset rows"
             + (f", scales {scales}" if scales else "")
             + f", {self.sample_images} sample images"
         )
@@ -76,30 +98,10 @@ def _plt() -> Any:
     return plt
 
 
-def plot_funnel(rows: list[dict[str, Any]], path: Path) -> None:
-    """One panel per stage: rows in (light) and kept (dark) per step, on a log scale."""
+def plot_funnel(chains: Sequence[Chain], path: Path) -> None:
+    """The paper's Figure 2: the image chain over the sentence chain (``realsyn.funnel_figure.plot_chains``)."""
     plt = _plt()
-    stages: dict[str, list[dict[str, Any]]] = {}
-    for r in sorted(rows, key=lambda r: (r["stage"], r["step_index"])):
-        stages.setdefault(r["stage"], []).append(r)
-    n = max(1, len(stages))
-    heights = [max(1, len(steps)) * 0.35 + 0.6 for steps in stages.values()] or [1.0]
-    fig, axes = plt.subplots(n, 1, figsize=(9, sum(heights) + 0.5), gridspec_kw={"height_ratios": heights})
-    axes = np.atleast_1d(axes)
-    for ax, (stage, steps) in zip(axes, stages.items(), strict=False):
-        y = np.arange(len(steps))[::-1]
-        ax.barh(y, [max(s["rows_in"], 0.8) for s in steps], color="#c6dbef", label="rows in")
-        ax.barh(y, [max(s["rows_out"], 0.8) for s in steps], color="#2171b5", label="kept")
-        ax.set_yticks(y, [s["step"] for s in steps], fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlim(left=0.8)  # bars start at the same place, so their lengths compare
-        ax.set_title(stage, fontsize=9, loc="left")
-        for yy, s in zip(y, steps, strict=True):
-            ax.text(max(s["rows_out"], 1), yy, f" {s['rows_out']:,} / {s['rows_in']:,}", va="center", fontsize=7)
-    if not stages:
-        axes[0].text(0.5, 0.5, "gold.funnel is empty", ha="center")
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig = plot_chains(chains)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -121,19 +123,55 @@ def plot_texts(texts_hist: dict[int, int], tokens: list[int], path: Path) -> Non
     plt.close(fig)
 
 
+# Scales after "before balancing": colour and marker of each, in turn.
+SCALE_STYLES = (("#08519c", "s"), ("#e6550d", "^"), ("#31a354", "D"), ("#756bb1", "v"), ("#636363", "x"))
+MARKERS_UP_TO = 60  # leaves per series drawn with markers; more draw as lines alone
+
+
 def plot_cluster_sizes(before: np.ndarray, after: dict[str, np.ndarray], path: Path) -> None:
-    """Leaf sizes sorted from the largest: before balancing and per scale (log y)."""
+    """Leaf sizes sorted from the largest, each leaf a flat step one rank wide: before balancing a wide light line
+    under every scale's narrow line with a marker of its own, so series that coincide all stay visible (a single leaf
+    is a segment, not a dot). Linear y from 0 where the sizes allow (the funnel's rule), log otherwise; integer
+    ticks and limits that leave room even when every leaf has the same size."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    for label, sizes in [("before balancing", before), *after.items()]:
-        nz = np.sort(sizes[sizes > 0])[::-1]
-        if nz.size:
-            ax.plot(np.arange(1, nz.size + 1), nz, marker="." if nz.size < 50 else None, label=label)
-    ax.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
+    series = [
+        (label, np.sort(sizes[sizes > 0])[::-1]) for label, sizes in [("before balancing", before), *after.items()]
+    ]
+    drawn = [(label, nz) for label, nz in series if nz.size]
+    for i, (label, nz) in enumerate(series):
+        if not nz.size:
+            continue
+        x = np.arange(1, nz.size + 1)
+        leaves = "leaf" if nz.size == 1 else "leaves"
+        text = f"{label}: {nz.size:,} {leaves}, {int(nz.sum()):,} images, max/median {max_over_median(nz):.2f}"
+        if i == 0:
+            color, marker, lw, ms = "#9ecae1", "o", 7.0, 12.0
+        else:
+            color, marker = SCALE_STYLES[(i - 1) % len(SCALE_STYLES)]
+            lw, ms = 1.6, 6.0
+        ax.stairs(nz, np.arange(0.5, nz.size + 1), baseline=None, color=color, lw=lw, zorder=1 + i)
+        ax.plot(x, nz, ls="none", marker=marker if nz.size <= MARKERS_UP_TO else None, ms=ms, color=color, zorder=1 + i)
+        ax.plot([], [], color=color, lw=lw, marker=marker, ms=ms * 0.7, label=text)  # the legend's line
+    values = np.concatenate([nz for _, nz in drawn]) if drawn else np.array([1])
+    top = int(values.max())
+    if linear_axis(values.tolist()):
+        ax.set_ylim(0, top * 1.15 + 0.5)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    else:
+        ax.set_yscale("log")
+        ax.set_ylim(values.min() / 1.6, top * 1.6)
+    widest = max((nz.size for _, nz in drawn), default=1)
+    ax.set_xlim(0.5, widest + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("leaf clusters, largest first")
     ax.set_ylabel("images in the cluster")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    if drawn:
+        fig.legend(fontsize=8, loc="outside upper center", ncol=2, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "gold.dataset is empty", ha="center", transform=ax.transAxes)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -157,6 +195,21 @@ def token_counts(rows: list[dict[str, Any]]) -> list[int]:
     return [sum(len(tok.encode(r[c])) for c in TEXT_COLUMNS if r.get(c)) for r in rows]
 
 
+def funnel_table(rows: list[dict[str, Any]]) -> str:
+    """The funnel rows as an HTML table in pipeline order; a model column only where some row names a model."""
+    esc = html.escape
+    models = [c for c in MODEL_COLUMNS if any(r.get(c) is not None for r in rows)]
+    head = "".join(f"<th>{c}</th>" for c in ["stage", *models, "step"]) + "<th>in</th><th>kept</th><th>rejected</th>"
+    body = "".join(
+        f"<tr><td>{esc(r['stage'])}</td>"
+        + "".join(f"<td>{esc(str(r[c])) if r.get(c) is not None else ''}</td>" for c in models)
+        + f"<td>{esc(r['step'])}</td><td class=n>{r['rows_in']:,}</td><td class=n>{r['rows_out']:,}</td>"
+        f"<td class=n>{r['rows_rejected']:,}</td></tr>"
+        for r in rows
+    )
+    return f'<table id="funnel"><tr>{head}</tr>{body}</table>'
+
+
 def _page(
     funnel_rows: list[dict[str, Any]],
     n_rows: int,
@@ -165,40 +218,38 @@ def _page(
     samples: list[dict[str, Any]],
 ) -> str:
     esc = html.escape
-    funnel_table = "".join(
-        f"<tr><td>{esc(r['stage'])}</td><td>{esc(r['step'])}</td><td>{r['rows_in']:,}</td>"
-        f"<td>{r['rows_out']:,}</td><td>{r['rows_rejected']:,}</td></tr>"
-        for r in sorted(funnel_rows, key=lambda r: (r["stage"], r["step_index"]))
-    )
     scale_rows = "".join(
-        f"<tr><td>{esc(n)}</td><td>{rows:,}</td><td>{ratio:.2f}</td></tr>" for n, rows, ratio in scales
+        f"<tr><td>{esc(n)}</td><td class=n>{rows:,}</td><td class=n>{ratio:.2f}</td></tr>" for n, rows, ratio in scales
     )
     cards = []
     for s in samples:
         texts = "".join(f"<dt>{c}</dt><dd>{esc(s[c]) if s.get(c) else '<i>none</i>'}</dd>" for c in TEXT_COLUMNS)
         cards.append(
             f'<figure><img src="{esc(s["thumb"])}" alt="{esc(s["image_id"])}">'
-            f'<figcaption><a href="{esc(s["raw_image_url"] or "")}">{esc(s["image_id"])}</a> · leaf '
-            f"{s['leaf_id']}<dl>{texts}</dl></figcaption></figure>"
+            f'<figcaption><a href="{esc(s["raw_image_url"] or "")}" title="{esc(s["image_id"])}">'
+            f"{esc(s['image_id'])}</a> · leaf {s['leaf_id']}<dl>{texts}</dl></figcaption></figure>"
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>realsyn dataset report</title>
 <style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222; }}
+img {{ max-width: 100%; height: auto; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; }}
-td:nth-child(n+3) {{ text-align: right; }} .note {{ background: #fff4d6; padding: 0.6em 1em; }}
+td.n {{ text-align: right; font-variant-numeric: tabular-nums; }} .note {{ background: #fff4d6; padding: 0.6em 1em; }}
 .grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 12px; }}
-figure {{ margin: 0; border: 1px solid #ddd; padding: 6px; }} figure img {{ max-width: 100%; }}
+figure {{ margin: 0; border: 1px solid #ddd; padding: 6px; min-width: 0; overflow-wrap: anywhere; }}
+figure img {{ display: block; margin: 0 auto 4px; }}
 dt {{ font-weight: bold; font-size: 12px; }} dd {{ margin: 0 0 4px 0; font-size: 12px; }}
 </style></head><body>
 <h1>realsyn dataset report</h1>
 <p class="note">Produced by realsyn. On the demo corpus and in the tests, the embedding, captioning, tagging and
 language models are tiny models with random weights: retrieved texts, synthetic texts, token counts and clusters
 are then meaningless as data and only show that the pipeline ran end to end.</p>
-<h2>Funnel</h2><p>Rows in, kept and rejected per step of every stage (<code>gold.funnel</code>; the paper's
-Figure 2).</p>
-<img src="funnel.png" alt="funnel of every stage">
-<table><tr><th>stage</th><th>step</th><th>in</th><th>kept</th><th>rejected</th></tr>{funnel_table}</table>
+<h2>Funnel</h2><p>The paper's Figure 2 from <code>gold.funnel</code>: images and sentences left after each step, in
+pipeline order (steps that did not run are left out). Below it, rows in, kept and rejected per step of every stage,
+in pipeline order.</p>
+<img src="funnel.png" alt="funnel: images and sentences after each step">
+{funnel_table(funnel_rows)}
 <h2>Texts and tokens per image</h2><p>{n_rows:,} rows in <code>gold.dataset</code>.</p>
 <img src="texts_per_image.png" alt="texts and tokens per image">
 <h2>Cluster sizes before and after balancing</h2>
@@ -218,9 +269,14 @@ def run_report(lakehouse: Lakehouse, cfg: Config) -> ReportSummary:
     rcfg = cfg.report
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
-    funnel_rows = [r.asDict() for r in lakehouse.read(FUNNEL).collect()] if lakehouse.exists(FUNNEL) else []
+    funnel = [r.asDict() for r in lakehouse.read(FUNNEL).collect()] if lakehouse.exists(FUNNEL) else []
+    funnel_rows = [dict(r) for r in in_pipeline_order(funnel)]
     dataset = lakehouse.read(GOLD_DATASET)
     scale_cols = [c for c in dataset.columns if c.startswith(SCALE_PREFIX)]
+    # The models gold.dataset was made with pick the funnel rows of stages that several models ran.
+    first = dataset.select(*DATASET_KEY_COLUMNS.values()).limit(1).collect()
+    key = dataset_key(first[0].asDict() if first else None)
+    chains = (image_chain(funnel_rows, key), sentence_chain(funnel_rows, key))
 
     n_texts = F.lit(0)
     for c in TEXT_COLUMNS:
@@ -249,7 +305,7 @@ def run_report(lakehouse: Lakehouse, cfg: Config) -> ReportSummary:
             row["thumb"] = name
             samples.append(row)
 
-    plot_funnel(funnel_rows, out / "funnel.png")
+    plot_funnel(chains, out / "funnel.png")
     plot_texts(texts_hist, tokens, out / "texts_per_image.png")
     plot_cluster_sizes(before, after, out / "cluster_sizes.png")
     scales = [(name, int(sizes.sum()), max_over_median(sizes)) for name, sizes in after.items()]
@@ -257,5 +313,12 @@ def run_report(lakehouse: Lakehouse, cfg: Config) -> ReportSummary:
     tmp = out / "index.html.tmp"
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out / "index.html")
-    stages = len({r["stage"] for r in funnel_rows})
-    return ReportSummary(str(out / "index.html"), stages, int(before.sum()), tuple(scales), len(samples))
+    return ReportSummary(
+        page=str(out / "index.html"),
+        stages=len({r["stage"] for r in funnel_rows}),
+        funnel_steps=len(funnel_rows),
+        chains=chains,
+        rows=int(before.sum()),
+        scales=tuple(scales),
+        sample_images=len(samples),
+    )

@@ -23,16 +23,18 @@ def jpeg(colour: str) -> bytes:
 
 
 def tiny_lakehouse(root: Path) -> None:
+    # Written in alphabetical order of stage, as the old notebook showed it; pipeline order puts ingest first.
     write_deltalake(
         str(root / "gold" / "funnel"),
         pd.DataFrame(
             {
-                "stage": ["balance", "balance", "images"],
-                "step_index": pd.array([0, 1, 0], "int32"),
-                "step": ["synthetic_text", "scale[one]", "quality"],
-                "rows_in": [4, 3, 9],
-                "rows_out": [3, 2, 4],
-                "rows_rejected": [1, 1, 5],
+                "stage": ["balance", "balance", "extract_images", "ingest", "ingest"],
+                "model_id": pd.array([None] * 5, "string"),
+                "step_index": pd.array([0, 1, 0, 0, 1], "int32"),
+                "step": ["synthetic_text", "scale[one]", "quality", "documents", "image_refs"],
+                "rows_in": [4, 3, 9, 5, 12],
+                "rows_out": [3, 2, 4, 5, 9],
+                "rows_rejected": [1, 1, 5, 0, 3],
             }
         ),
     )
@@ -75,5 +77,10 @@ def test_notebook_runs_on_a_tiny_lakehouse(tmp_path: Path, caplog: pytest.LogCap
     assert str(tmp_path / "lake") in text
     assert "3 rows in gold.dataset" in text
     assert "SYNTHETIC-B" in text and "no_synthetic_text" in text
+    funnel = next(o["data"]["text/plain"] for o in outputs if "step_index" in o.get("data", {}).get("text/plain", ""))
+    first_block = funnel.split("\n\n")[0]  # pandas wraps wide frames into blocks of columns
+    steps = [line.split()[3] for line in first_block.splitlines()[1:]]  # index, stage, step_index, step, ...
+    assert steps == ["documents", "image_refs", "quality", "synthetic_text", "scale[one]"], funnel
+    assert "model_id" not in funnel  # a model column only where some stage names a model
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 3  # funnel, cluster sizes, sample images
