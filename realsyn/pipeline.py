@@ -336,7 +336,8 @@ def _run(
 ) -> PipelineSummary:
     from realsyn.spark import get_spark
 
-    say(console, f"realsyn pipeline run {run_id}: {', '.join(s.name for s in stages)}")
+    header = f"realsyn pipeline run {run_id}: {', '.join(s.name for s in stages)}"
+    say(console, "\n".join(wrap(header, CONSOLE_WIDTH, "", 2)))
     say(console, f"  log: {log_file}")
     if lock is not None and lock.took_over is not None:
         say(console, f"  took over the lock of run {lock.took_over.get('run_id', '?')}, which is no longer running")

@@ -131,7 +131,7 @@ def test_the_pipeline_on_a_small_corpus(reference: tuple[Path, str]) -> None:
     assert len(re.findall(r"^ {6}export to .*: all: [0-9,]+ rows", summaries, re.M)) == 1
     assert len(re.findall(r"^ {6}report: ", summaries, re.M)) == 1
     end = console[console.index("rows per table:") :].splitlines()
-    assert all(len(line) <= 120 for line in end), end
+    assert all(len(line) <= 120 for line in console.splitlines()), [x for x in console.splitlines() if len(x) > 120]
     assert re.match(r"  bronze  documents 12, ", end[1]) and re.search(r"^report page: +\S+index.html$", console, re.M)
 
     # One row per stage in gold.runs, with the row counts measured before and after it.
