@@ -449,7 +449,7 @@ def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_pro
         t2 = time.perf_counter()
         cfg = RetrieveConfig(top_k=k, probe_leaves=p, coarse_probe=coarse_probe)
         out = f"{tmp}/retrieval.parquet"
-        retrieve(images, spark.read.parquet(assigned), tree, cfg).write.parquet(out)
+        retrieve(images, spark.read.parquet(assigned), tree, cfg)[0].write.parquet(out)
         t3 = time.perf_counter()
         got = spark.read.parquet(out).select("image_id", "rank", "sentence_id").toPandas()
         leaf_of = spark.read.parquet(assigned).select("sentence_id", "leaf_id").toPandas()

@@ -47,7 +47,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.config import ClusterConfig
-from realsyn.contracts import Table
+from realsyn.contracts import TABLES, Table
 from realsyn.funnel import FunnelStep, Models, write_funnel
 from realsyn.tables import Lakehouse
 from realsyn.tree import centroids_frame, shipped, tree_from_centroids
@@ -109,7 +109,7 @@ def train_tree(
     id_col: str = "id",
     embedding_col: str = "embedding",
     n_rows: int | None = None,
-    section: str = "cluster",
+    section: str = "cluster_sentences",
 ) -> Tree:
     """Train the two-level tree on ``df`` (one row per id, unit-norm embeddings); an empty ``df`` gives no leaves.
 
@@ -170,7 +170,7 @@ def train_tree(
 
 
 def boundary_pass(
-    rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, embedding_col: str, section: str = "cluster"
+    rows: DataFrame, tree: Tree, cfg: ClusterConfig, id_col: str, embedding_col: str, section: str = "cluster_sentences"
 ) -> Tree:
     """One boundary pass over ``rows`` (training uses the fine level's sample): the fine level of every coarse
     cluster retrained against its neighbours.
@@ -337,6 +337,24 @@ class Subject:
     rejects: Table
     section: str
     kept: Table  # the extraction table of the rows still in the dataset: embeddings of others are not clustered
+
+    @classmethod
+    def of(cls, item: str, section: str) -> Subject:
+        """The subject of ``item`` ("sentence" or "image"): its silver tables by the contracts' names."""
+
+        def silver(name: str) -> Table:
+            return TABLES[f"silver.{name}"]
+
+        return cls(
+            f"{item}s",
+            f"{item}_id",
+            silver(f"{item}_embeddings"),
+            silver(f"{item}_centroids"),
+            silver(f"{item}_clusters"),
+            silver(f"{item}_cluster_rejects"),
+            section,
+            silver(f"{item}s"),
+        )
 
 
 @dataclass(frozen=True)

@@ -19,38 +19,28 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.config import IngestInput
+from realsyn.contracts import STRING, STRINGS, schema
 from realsyn.funnel import first_reason
 from realsyn.input_files import READ_OPTIONS, path_groups
 from realsyn.strict_json import JSON_OPTIONS, not_a_string, one_json_value
 
-_MMC4_IMAGE = T.StructType(
-    [
-        T.StructField("image_name", T.StringType()),
-        T.StructField("raw_url", T.StringType()),
-        # Read as text and converted per field: one malformed value rejects that field, not the document.
-        T.StructField("matched_text_index", T.StringType()),
-        T.StructField("matched_sim", T.StringType()),
-        T.StructField("face_detections", T.StringType()),
-    ]
+_MMC4_IMAGE = schema(
+    ("image_name", STRING),
+    ("raw_url", STRING),
+    # Read as text and converted per field: one malformed value rejects that field, not the document.
+    ("matched_text_index", STRING),
+    ("matched_sim", STRING),
+    ("face_detections", STRING),
 )
-MMC4_SCHEMA = T.StructType(
-    [
-        T.StructField("url", T.StringType()),
-        T.StructField("text_list", T.ArrayType(T.StringType())),
-        T.StructField("image_info", T.ArrayType(_MMC4_IMAGE)),
-        T.StructField("_corrupt", T.StringType()),
-    ]
+MMC4_SCHEMA = schema(
+    ("url", STRING), ("text_list", STRINGS), ("image_info", T.ArrayType(_MMC4_IMAGE)), ("_corrupt", STRING)
 )
-OBELICS_SCHEMA = T.StructType(
-    [
-        T.StructField("images", T.ArrayType(T.StringType())),
-        T.StructField("texts", T.ArrayType(T.StringType())),
-        T.StructField("metadata", T.StringType()),
-        T.StructField("general_metadata", T.StringType()),
-        T.StructField("_corrupt", T.StringType()),
-    ]
+OBELICS_SCHEMA = schema(
+    ("images", STRINGS), ("texts", STRINGS), ("metadata", STRING), ("general_metadata", STRING), ("_corrupt", STRING)
 )
 
+# What each layout's reader keeps of the line a document came from (rejects quote it; ids follow its place).
+LINE_COLUMNS = ("raw", "input_file", "block_start", "row_seq", "parse_reason")
 TEXT_ITEM = T.StructType(
     [
         T.StructField("position", T.IntegerType()),
@@ -207,11 +197,7 @@ def _normalise_mmc4(df: DataFrame, limits: Limits) -> DataFrame:
 
     images = F.transform(image_info, image_item)
     return df.select(
-        "raw",
-        "input_file",
-        "block_start",
-        "row_seq",
-        "parse_reason",
+        *LINE_COLUMNS,
         F.col("rec.url").alias("url"),
         F.lit(None).cast("string").alias("meta"),
         _unless(within, texts, TEXT_ITEM).alias("texts"),
@@ -284,11 +270,7 @@ def _normalise_obelics(df: DataFrame, limits: Limits) -> DataFrame:
         ]
     )
     return df.select(
-        "raw",
-        "input_file",
-        "block_start",
-        "row_seq",
-        "parse_reason",
+        *LINE_COLUMNS,
         F.get_json_object("rec.general_metadata", "$.url").alias("url"),
         F.col("rec.general_metadata").alias("meta"),
         _unless(within, texts, TEXT_ITEM).alias("texts"),

@@ -83,8 +83,8 @@ IMAGE_LINKS: tuple[Link, ...] = (
     Link("after quality filter", "extract_images", "quality"),
     Link("after exact dedup", "extract_images", "exact_dedup"),
     Link("after perceptual dedup", "extract_images", "perceptual_dedup"),
-    Link("after semantic dedup", "semantic_dedup", "images"),
     Link("embedded", "embed", "images"),
+    Link("after semantic dedup", "semantic_dedup", "images"),
     Link("with retrieved texts", "retrieve", "retrieve"),
     Link("with a kept synthetic text", "generate", "similarity_band"),
     Link("in gold.dataset", "balance", "cluster_images"),
@@ -95,8 +95,8 @@ SENTENCE_LINKS: tuple[Link, ...] = (
     Link("after filters", "extract_sentences", "exact_dedup", "rows_in"),
     Link("distinct after exact dedup", "extract_sentences", "exact_dedup"),
     Link("after near dedup", "extract_sentences", "near_dedup"),
-    Link("after semantic dedup", "semantic_dedup", "sentences"),
     Link("embedded", "embed", "sentences"),
+    Link("after semantic dedup", "semantic_dedup", "sentences"),
 )
 
 

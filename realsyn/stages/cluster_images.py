@@ -6,26 +6,10 @@ from __future__ import annotations
 
 from realsyn.clustering import ClusterSummary, Subject, run_cluster
 from realsyn.config import Config
-from realsyn.contracts import (
-    SILVER_IMAGE_CENTROIDS,
-    SILVER_IMAGE_CLUSTER_REJECTS,
-    SILVER_IMAGE_CLUSTERS,
-    SILVER_IMAGE_EMBEDDINGS,
-    SILVER_IMAGES,
-)
 from realsyn.tables import Lakehouse
 
 STAGE = "cluster_images"
-IMAGES = Subject(
-    "images",
-    "image_id",
-    SILVER_IMAGE_EMBEDDINGS,
-    SILVER_IMAGE_CENTROIDS,
-    SILVER_IMAGE_CLUSTERS,
-    SILVER_IMAGE_CLUSTER_REJECTS,
-    STAGE,
-    SILVER_IMAGES,
-)
+IMAGES = Subject.of("image", STAGE)
 
 
 def run_cluster_images(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:

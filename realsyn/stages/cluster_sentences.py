@@ -6,26 +6,10 @@ from __future__ import annotations
 
 from realsyn.clustering import ClusterSummary, Subject, run_cluster
 from realsyn.config import Config
-from realsyn.contracts import (
-    SILVER_SENTENCE_CENTROIDS,
-    SILVER_SENTENCE_CLUSTER_REJECTS,
-    SILVER_SENTENCE_CLUSTERS,
-    SILVER_SENTENCE_EMBEDDINGS,
-    SILVER_SENTENCES,
-)
 from realsyn.tables import Lakehouse
 
 STAGE = "cluster_sentences"
-SENTENCES = Subject(
-    "sentences",
-    "sentence_id",
-    SILVER_SENTENCE_EMBEDDINGS,
-    SILVER_SENTENCE_CENTROIDS,
-    SILVER_SENTENCE_CLUSTERS,
-    SILVER_SENTENCE_CLUSTER_REJECTS,
-    STAGE,
-    SILVER_SENTENCES,
-)
+SENTENCES = Subject.of("sentence", STAGE)
 
 
 def run_cluster_sentences(lakehouse: Lakehouse, cfg: Config) -> ClusterSummary:

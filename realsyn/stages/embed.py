@@ -196,36 +196,21 @@ def run_embed(lakehouse: Lakehouse, cfg: Config) -> EmbedSummary:
     """Embed every image and sentence not yet embedded with ``embed.model``; return the counts."""
     ecfg = cfg.embed
     spec = resolve_model(ecfg)
-    images = (
-        _embed_side(
-            lakehouse,
-            ecfg,
-            spec,
-            kind="images",
-            input_table=ecfg.image_input,
-            key="image_id",
-            output=SILVER_IMAGE_EMBEDDINGS,
-            rejects=SILVER_IMAGE_EMBEDDING_REJECTS,
-            arrow_batch=ecfg.image_arrow_batch_size,
+    sides = {
+        "images": (ecfg.images, ecfg.image_input, "image_id", SILVER_IMAGE_EMBEDDINGS, SILVER_IMAGE_EMBEDDING_REJECTS,
+                   ecfg.image_arrow_batch_size),
+        "sentences": (ecfg.sentences, ecfg.sentence_input, "sentence_id", SILVER_SENTENCE_EMBEDDINGS,
+                      SILVER_SENTENCE_EMBEDDING_REJECTS, ecfg.text_arrow_batch_size),
+    }  # fmt: skip
+    counts = {
+        kind: _embed_side(
+            lakehouse, ecfg, spec, kind=kind, input_table=table, key=key, output=out, rejects=rej, arrow_batch=batch
         )
-        if ecfg.images
+        if on
         else None
-    )
-    sentences = (
-        _embed_side(
-            lakehouse,
-            ecfg,
-            spec,
-            kind="sentences",
-            input_table=ecfg.sentence_input,
-            key="sentence_id",
-            output=SILVER_SENTENCE_EMBEDDINGS,
-            rejects=SILVER_SENTENCE_EMBEDDING_REJECTS,
-            arrow_batch=ecfg.text_arrow_batch_size,
-        )
-        if ecfg.sentences
-        else None
-    )
+        for kind, (on, table, key, out, rej, batch) in sides.items()
+    }
+    images, sentences = counts["images"], counts["sentences"]
     missing = tuple(
         table
         for on, table, counts in (

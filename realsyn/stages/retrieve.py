@@ -221,27 +221,15 @@ def retrieve(
     image_col: str = "image_id",
     sentence_col: str = "sentence_id",
     embedding_col: str = "embedding",
-) -> DataFrame:
-    """Top ``cfg.top_k`` sentences per image: (image, rank, sentence, score, leaf_id), rank 1 = best.
+) -> tuple[DataFrame, ProbeStats]:
+    """Top ``cfg.top_k`` sentences per image: (image, rank, sentence, score, leaf_id), rank 1 = best; and how many
+    leaves the images probe on average (measured while planning).
 
     ``images`` has (image_col, embedding); ``sentences`` has (sentence_col, embedding, leaf_id) with leaves of
     ``tree``. Both sides hold unit-norm embeddings of one model. With ``cfg.prefilter_dim`` > 0 each leaf group
     pre-scores its sentences in that many principal axes of the leaf centroids and scores each image's
     ``cfg.shortlist`` best exactly (udfs.tree.Prefilter); scores are exact cosines either way.
     """
-    return retrieve_with_stats(images, sentences, tree, cfg, image_col, sentence_col, embedding_col)[0]
-
-
-def retrieve_with_stats(
-    images: DataFrame,
-    sentences: DataFrame,
-    tree: Tree,
-    cfg: RetrieveConfig,
-    image_col: str = "image_id",
-    sentence_col: str = "sentence_id",
-    embedding_col: str = "embedding",
-) -> tuple[DataFrame, ProbeStats]:
-    """:func:`retrieve`, and how many leaves the images probe on average (measured while planning)."""
     spark = images.sparkSession
     k = cfg.top_k
     dim = tree.leaves.shape[1]
@@ -384,7 +372,7 @@ def run_retrieve(lakehouse: Lakehouse, cfg: Config) -> RetrievalSummary:
         .select("sentence_id", "embedding", "leaf_id"),
         SILVER_SENTENCES,
     )
-    result, probes = retrieve_with_stats(images, sentences, tree, cfg.retrieve)
+    result, probes = retrieve(images, sentences, tree, cfg.retrieve)
     result = result.select("image_id", F.lit(model_id).alias("model_id"), "rank", "sentence_id", "score", "leaf_id")
     lakehouse.replace_partition(SILVER_RETRIEVAL, result, "model_id", model_id)
     written = lakehouse.read(SILVER_RETRIEVAL).filter(F.col("model_id") == model_id)

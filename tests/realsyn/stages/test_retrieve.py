@@ -55,7 +55,7 @@ def test_hand_worked_top_k(spark: SparkSession) -> None:
     #   sentences: c 1.0, b 0.96, a 0.8, e 0.6
     # q2 = (-0.6, 0.8): coarse 1 (0.6 > -0.6); only leaf 2, whose one sentence d scores 0.6 (< k rows)
     cfg = RetrieveConfig(top_k=3, probe_leaves=2, coarse_probe=1, probe_spread=1)
-    got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg)
+    got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg)[0]
     expected = spark.createDataFrame(
         [("q1", 1, "c", 1.0, 1), ("q1", 2, "b", 0.96, 1), ("q1", 3, "a", 0.8, 0), ("q2", 1, "d", 0.6, 2)],
         RESULT_COLUMNS,
@@ -66,7 +66,7 @@ def test_hand_worked_top_k(spark: SparkSession) -> None:
     narrow = RetrieveConfig(
         top_k=3, probe_leaves=1, coarse_probe=2, max_group_sentences=1, max_group_images=1, probe_spread=1
     )
-    got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), narrow)
+    got = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), narrow)[0]
     expected = spark.createDataFrame(
         [("q1", 1, "c", 1.0, 1), ("q1", 2, "b", 0.96, 1), ("q1", 3, "e", 0.6, 1), ("q2", 1, "d", 0.6, 2)],
         RESULT_COLUMNS,
@@ -113,7 +113,7 @@ def test_adaptive_probing_probes_the_calibrated_leaves(spark: SparkSession) -> N
     case = Clustered.make(spark)
     cfg = RetrieveConfig(top_k=3, probe_leaves=4, probe_spread=2, coarse_probe=4, max_group_sentences=9)
     assert cfg.probe_bounds == (2, 8)
-    got = retrieve(case.images, case.with_leaves, case.tree, cfg).toPandas().sort_values(["image_id", "rank"])
+    got = retrieve(case.images, case.with_leaves, case.tree, cfg)[0].toPandas().sort_values(["image_id", "rank"])
 
     # the reference: the margin that gives these 60 images 4 leaves on average, then brute force over the leaves
     # each image probes
@@ -132,7 +132,7 @@ def test_adaptive_probing_probes_the_calibrated_leaves(spark: SparkSession) -> N
 
     # a spread of 1 probes exactly probe_leaves everywhere
     fixed = RetrieveConfig(top_k=3, probe_leaves=4, probe_spread=1, coarse_probe=4)
-    got = retrieve(case.images, case.with_leaves, case.tree, fixed).toPandas().sort_values(["image_id", "rank"])
+    got = retrieve(case.images, case.with_leaves, case.tree, fixed)[0].toPandas().sort_values(["image_id", "rank"])
     assert got["sentence_id"].tolist() == reference(np.full(len(case.q), 4))
 
 
@@ -148,7 +148,7 @@ def test_all_leaves_probed_equals_brute_force(
     cfg = RetrieveConfig(
         top_k=3, probe_leaves=tree.n_leaves, coarse_probe=4, max_group_sentences=7, max_group_images=5, probe_spread=1
     )
-    got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
+    got = retrieve(images, with_leaves, tree, cfg)[0].toPandas().sort_values(["image_id", "rank"])
     sims = q @ s.T
     best = np.argsort(-sims, axis=1, kind="stable")[:, :3]
     expected_ids = [sent_ids[j] for j in best.ravel()]
@@ -181,9 +181,9 @@ def test_a_sampled_plan_loses_no_leaf(spark: SparkSession, monkeypatch: pytest.M
     cfg = RetrieveConfig(
         top_k=3, probe_leaves=2, coarse_probe=4, max_group_sentences=7, max_group_images=3, probe_spread=1
     )
-    exact_plan = retrieve(images, with_leaves, tree, cfg).collect()
+    exact_plan = retrieve(images, with_leaves, tree, cfg)[0].collect()
     monkeypatch.setattr(realsyn.stages.retrieve, "PLAN_SAMPLE_IMAGES", 5)
-    sampled_plan = retrieve(images, with_leaves, tree, cfg)
+    sampled_plan = retrieve(images, with_leaves, tree, cfg)[0]
     assert len(exact_plan) == 180
     assertDataFrameEqual(sampled_plan, exact_plan)
 
@@ -209,7 +209,7 @@ def test_prefiltered_join_equals_brute_force_when_the_axes_hold_the_data(spark: 
     cfg = RetrieveConfig(
         top_k=3, probe_leaves=tree.n_leaves, coarse_probe=3, prefilter_dim=6, shortlist=4, probe_spread=1
     )
-    got = retrieve(images, with_leaves, tree, cfg).toPandas().sort_values(["image_id", "rank"])
+    got = retrieve(images, with_leaves, tree, cfg)[0].toPandas().sort_values(["image_id", "rank"])
     sims = q @ s.T
     best = np.argsort(-sims, axis=1, kind="stable")[:, :3]
     assert got["sentence_id"].tolist() == [sent_ids[j] for j in best.ravel()]
@@ -235,7 +235,9 @@ def test_retrieval_runs_where_the_device_policy_says(spark: SparkSession) -> Non
     import torch
 
     cfg = RetrieveConfig(top_k=3, probe_leaves=2, coarse_probe=1, probe_spread=1)
-    auto = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg.model_copy(update={"device": "auto"}))
+    auto = retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cfg.model_copy(update={"device": "auto"}))[
+        0
+    ]
     # the hand-worked answer of test_hand_worked_top_k, on the tasks' GPU where there is one, else the CPU
     expected = spark.createDataFrame(
         [("q1", 1, "c", 1.0, 1), ("q1", 2, "b", 0.96, 1), ("q1", 3, "a", 0.8, 0), ("q2", 1, "d", 0.6, 2)],
@@ -247,12 +249,12 @@ def test_retrieval_runs_where_the_device_policy_says(spark: SparkSession) -> Non
     # "cuda" reaches the tasks that descend the tree: without a GPU they stop, naming the key
     cuda = cfg.model_copy(update={"device": "cuda"})
     with pytest.raises(Exception, match=r"retrieve\.device: device is 'cuda' but no CUDA device"):
-        retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cuda).collect()
+        retrieve(hand_images(spark), hand_sentences(spark), hand_tree(), cuda)[0].collect()
 
 
 def test_empty_images_give_no_rows(spark: SparkSession) -> None:
     images = spark.createDataFrame([], "image_id string, embedding array<float>")
-    got = retrieve(images, hand_sentences(spark), hand_tree(), RetrieveConfig())
+    got = retrieve(images, hand_sentences(spark), hand_tree(), RetrieveConfig())[0]
     assert got.collect() == []
 
 
