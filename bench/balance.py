@@ -54,7 +54,7 @@ def sample_once(df: object, seed: int, n: int) -> tuple[float, float, dict[str, 
     """Time one sampling pass; returns (spark seconds, kernel seconds, per-scale leaf counts, sizes before)."""
     from pyspark.sql import functions as F
 
-    from realsyn.config import BalanceConfig
+    from realsyn.config_sections import BalanceConfig
     from realsyn.stages.balance import scale_column, selection_order, with_scales
     from udfs.balance import capped, water_fill
 
@@ -83,7 +83,7 @@ def export_rows(spark: object, lakehouse_root: str, m: int) -> tuple[object, obj
     import pandas as pd
     from PIL import Image
 
-    from realsyn.config import Config
+    from realsyn.config_sections import Config
     from realsyn.contracts import SILVER_IMAGES
     from realsyn.tables import Lakehouse
 
@@ -159,7 +159,7 @@ def main() -> None:
     m = 4_000 if args.quick else args.export_samples
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from realsyn.config import SparkConfig
+    from realsyn.config_sections import SparkConfig
     from realsyn.spark import get_spark
     from realsyn.stages.export import write_webdataset
     from udfs.balance import max_over_median

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from realsyn.config import SentenceCatConfig
+from realsyn.config_sections import SentenceCatConfig
 from udfs.sentences import cat_features
 
 LABELS = Path(__file__).resolve().parents[1] / "tests" / "data" / "cat_labelled.tsv"

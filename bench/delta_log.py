@@ -4,7 +4,7 @@
 Every read and commit of a Delta table rebuilds or filters the table's log state in that many Spark tasks. On two
 cores and tables of a few files, 50 tasks of nearly nothing each cost more than the work, and the demo pipeline
 runs ~1,100 Spark jobs. Both runs use one demo corpus (``jobs.pipeline`` in its own process, a fresh lake each,
-as ``bench/scaling.py`` runs it); their tables are compared row by row (``tests.faults.differences``), so the
+as ``bench/scaling.py`` runs it); their tables are compared row by row (``tests.support.faults.differences``), so the
 setting is shown to change the time and nothing else.
 
 Prints each run's stages (seconds from ``gold.runs``, share of the stage with no Spark task running), the tables
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.scaling import report, run_size  # noqa: E402
-from tests.faults import differences  # noqa: E402
+from tests.support.faults import differences  # noqa: E402
 
 KEY = "spark.conf.spark.databricks.delta.snapshotPartitions"
 

@@ -258,7 +258,7 @@ def job_config(root: Path, concurrency: int, tasks: int) -> dict[str, object]:
 
 def write_refs(cfg: dict[str, object], urls: list[str]) -> None:
     """Write ``urls`` to bronze.image_refs of a fresh lakehouse (four images per document)."""
-    from realsyn.config import Config
+    from realsyn.config_sections import Config
     from realsyn.contracts import BRONZE_IMAGE_REFS
     from realsyn.ids import stable_id
     from realsyn.spark import get_spark
@@ -281,7 +281,7 @@ def run_realsyn(
 
     Returns (seconds, statuses, MB, CPU seconds of the run by kind of process, see :func:`cpu_seconds`).
     """
-    from realsyn.config import Config
+    from realsyn.config_sections import Config
     from realsyn.spark import get_spark
     from realsyn.stages.fetch import run_fetch
     from realsyn.tables import Lakehouse

@@ -141,7 +141,7 @@ class SparkUdfs:
     def __init__(self, spec: Any, cfg: Any, blobs: list[bytes], texts: list[str], partitions: int, folder: str):
         from pyspark.sql import types as T
 
-        from realsyn.config import SparkConfig
+        from realsyn.config_sections import SparkConfig
         from realsyn.spark import get_spark
 
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     n_texts = args.sentences or (512 if args.quick else 4096)
     args.rounds = args.rounds or (2 if args.quick else 3)
 
-    from realsyn.config import EmbedConfig
+    from realsyn.config_sections import EmbedConfig
     from realsyn.stages.embed import resolve_model
 
     cfg = EmbedConfig(

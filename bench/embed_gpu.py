@@ -85,7 +85,7 @@ def run_spark(spec: Any, blobs: list[bytes], args: argparse.Namespace) -> float:
     """Images/s of the stage's UDF on a local session with one task (reading the JPEGs from parquet)."""
     from pyspark.sql import types as T
 
-    from realsyn.config import EmbedConfig, SparkConfig
+    from realsyn.config_sections import EmbedConfig, SparkConfig
     from realsyn.spark import ARROW_BATCH_CONF, get_spark
     from realsyn.stages.embed import embed_images
 

@@ -43,7 +43,7 @@ def load_texts(folder: Path, copies: int) -> list[tuple[str, int, str]]:
 
 def single_process(rows: list[tuple[str, int, str]], parser: str) -> tuple[int, int]:
     """Split + filters + exact dedup in this process: (sentence occurrences, distinct sentences kept)."""
-    from realsyn.config import ExtractSentencesConfig
+    from realsyn.config_sections import ExtractSentencesConfig
     from udfs import sentences as S
 
     cfg = ExtractSentencesConfig()
@@ -77,7 +77,7 @@ def spark_run(spark: object, rows: list[tuple[str, int, str]], partitions: int) 
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from realsyn.config import ExtractSentencesConfig, SentencePerplexityConfig
+    from realsyn.config_sections import ExtractSentencesConfig, SentencePerplexityConfig
     from realsyn.stages.extract_sentences import filter_sentences, group_occurrences, split_occurrences
 
     assert isinstance(spark, SparkSession)
@@ -93,7 +93,7 @@ def spark_run(spark: object, rows: list[tuple[str, int, str]], partitions: int) 
 
 def bench_sentences(args: argparse.Namespace) -> float:
     """Time both sides on the same texts; print rates and return the Spark / single-process ratio."""
-    from realsyn.config import ExtractSentencesConfig, SparkConfig
+    from realsyn.config_sections import ExtractSentencesConfig, SparkConfig
     from realsyn.spark import get_spark
 
     parser = ExtractSentencesConfig().cat.parser

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from deltalake import DeltaTable  # noqa: E402
 
 from realsyn.pipeline import STAGE_NAMES  # noqa: E402
-from tests.faults import Moment, differences, pipeline_argv, run_and_kill, run_to_end  # noqa: E402
+from tests.support.faults import Moment, differences, pipeline_argv, run_and_kill, run_to_end  # noqa: E402
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ class Udf:
     """The stage's rewrite UDF on a local session, one task per core, into a no-op sink."""
 
     def __init__(self, spec: Any, cfg: Any, rows: list[tuple[str, str, str, list[str]]], partitions: int, folder: str):
-        from realsyn.config import SparkConfig
+        from realsyn.config_sections import SparkConfig
         from realsyn.spark import get_spark
 
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     new_tokens = args.new_tokens or (24 if args.quick else 64)
     rounds = args.rounds or (2 if args.quick else 3)
 
-    from realsyn.config import GenerateConfig
+    from realsyn.config_sections import GenerateConfig
     from udfs.llm import PromptTemplate
     from udfs.models import get_spec, load_registry
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("bench/generate_gpu.py needs a CUDA GPU")
     sys.path.insert(0, str(REGISTRY.parents[1]))
     from bench.generate import inputs
-    from realsyn.config import GenerateConfig
+    from realsyn.config_sections import GenerateConfig
     from udfs.llm import PromptTemplate, get_llm
     from udfs.models import get_spec, load_registry
 
@@ -104,7 +104,7 @@ def udf_tokens_per_s(spec: Any, cfg: Any, rows: list[tuple[str, str, str, list[s
     """Generated tokens per second through the stage's rewrite UDF on a one-task local session."""
     from pyspark.sql import functions as F
 
-    from realsyn.config import SparkConfig
+    from realsyn.config_sections import SparkConfig
     from realsyn.spark import ARROW_BATCH_CONF, get_spark
     from realsyn.synthetic_frames import rewrite_frame
 

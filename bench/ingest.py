@@ -37,7 +37,7 @@ def write_inputs(folder: Path, n: int) -> tuple[Path, Path]:
 
 def timed_ingest(spark: object, root: Path, inputs: list[Path], n: int) -> float:
     """Seconds of one run_ingest of ``inputs`` into a fresh lake under ``root``; checks the long document's texts."""
-    from realsyn.config import Config, IngestConfig, IngestInput, StorageConfig
+    from realsyn.config_sections import Config, IngestConfig, IngestInput, StorageConfig
     from realsyn.contracts import BRONZE_TEXTS
     from realsyn.stages.ingest import run_ingest
     from realsyn.tables import Lakehouse
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     n = 20_000 if args.quick else args.texts
 
-    from realsyn.config import SparkConfig
+    from realsyn.config_sections import SparkConfig
     from realsyn.spark import get_spark
 
     conf = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"}

@@ -47,7 +47,7 @@ def mean_distance(x: np.ndarray, centroids: np.ndarray, rows: np.ndarray, labels
 def ours(spark: object, path: str, x: np.ndarray, leaf_size: int, tmp: str, tag: str) -> dict[str, float]:
     """Train + assign with realsyn.clustering; seconds, number of leaves, loss."""
     from realsyn.clustering import assign_leaves, train_tree
-    from realsyn.config import ClusterConfig
+    from realsyn.config_sections import ClusterConfig
 
     df = spark.read.parquet(path)  # type: ignore[attr-defined]
     t = time.perf_counter()

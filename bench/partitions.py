@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval import stage_tree, synthetic
 
-from realsyn.config import ClusterConfig
+from realsyn.config_sections import ClusterConfig
 from udfs.tree import descend
 from udfs.vectors import top_p
 

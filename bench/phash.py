@@ -56,7 +56,7 @@ def spark_search(spark: object, h: np.ndarray, max_distance: int, bands: int, ou
     """Time realsyn.stages.extract_images.phash_pairs over ``h`` (written to parquet); (seconds, pairs found)."""
     import pandas as pd
 
-    from realsyn.config import ImagePerceptualDedupConfig
+    from realsyn.config_sections import ImagePerceptualDedupConfig
     from realsyn.stages.extract_images import phash_pairs
 
     cfg = ImagePerceptualDedupConfig(max_distance=max_distance, bands=bands)
@@ -81,7 +81,7 @@ def main() -> None:
     n = 5_000 if args.quick else args.n
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from realsyn.config import SparkConfig
+    from realsyn.config_sections import SparkConfig
     from realsyn.spark import get_spark
 
     spark = get_spark(

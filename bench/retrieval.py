@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from realsyn.config import ClusterConfig, RetrieveConfig
+from realsyn.config_sections import ClusterConfig, RetrieveConfig
 from udfs.tree import Prefilter, Tree, calibrate_margin, descend, nearest_leaf, probe_counts, top_k_prefiltered
 from udfs.vectors import l2_normalize, matrix_column, merge_top_k
 
@@ -395,7 +395,7 @@ def timed_full_retrieval(
 # ---------------------------------------------------------------- the Spark stage
 def local_spark(app: str) -> Any:
     """A local[2] Spark session like the tests use, with a larger driver and Arrow batches of 4096 rows."""
-    from realsyn.config import SparkConfig
+    from realsyn.config_sections import SparkConfig
     from realsyn.spark import get_spark
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -433,7 +433,7 @@ def spark_stage(s: np.ndarray, q: np.ndarray, leaf_size: int, p: int, coarse_pro
     import faiss
 
     from realsyn.clustering import assign_leaves, train_tree
-    from realsyn.config import ClusterConfig, RetrieveConfig
+    from realsyn.config_sections import ClusterConfig, RetrieveConfig
     from realsyn.stages.retrieve import retrieve
 
     spark = local_spark("bench-retrieval")

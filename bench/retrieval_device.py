@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from retrieval import Descent, grouped_top_k, merged, synthetic
 
-from realsyn.config import ClusterConfig, RetrieveConfig
+from realsyn.config_sections import ClusterConfig, RetrieveConfig
 from udfs.tree import Tree, descend, nearest_leaf
 from udfs.vectors import assign
 

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
-from realsyn.config import Config, ConfigError, load_config
+from realsyn.config import ConfigError, load_config
+from realsyn.config_sections import Config
 from realsyn.tables import Lakehouse
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.config import ClusterConfig
+from realsyn.config_sections import ClusterConfig
 from realsyn.contracts import TABLES, Table
 from realsyn.funnel import FunnelStep, Models, write_funnel
 from realsyn.tables import Lakehouse

@@ -3,7 +3,7 @@
 :func:`load_config` reads a file and the chain of base files it names (a top-level ``base: cluster.yaml``, relative
 to the file that names it), merges them (mappings key by key with the naming file winning; lists and other values
 replaced whole), applies ``--set section.key=value`` overrides and validates the result against :class:`Config`,
-whose section models live in :mod:`realsyn.config_sections` and are re-exported here. An error names the key and
+whose section models live in :mod:`realsyn.config_sections`. An error names the key and
 where its value came from: the file that set it (the base file or the one built on it) or the ``--set``. Languages,
 models and paths the config names are checked to exist before any work (:func:`check_references`); the model
 registry file of ``embed.registry`` is found by :func:`registry_path`.
@@ -22,97 +22,16 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from realsyn.config_sections import (
-    DEFAULT_SYSTEM_PROMPT,
-    DEFAULT_USER_PROMPT,
-    EXPORT_FORMATS,
-    BalanceConfig,
-    BalanceScaleConfig,
-    ClusterConfig,
     Config,
-    DemoCorpusConfig,
     EmbedConfig,
-    ExportConfig,
-    ExportFormat,
-    ExtractImagesConfig,
-    ExtractSentencesConfig,
-    FetchConfig,
-    GenerateConfig,
-    GenerateTagsConfig,
-    ImagePerceptualDedupConfig,
-    IngestConfig,
-    IngestInput,
-    PipelineConfig,
-    ReportConfig,
-    RetrieveConfig,
-    Section,
-    SemanticDedupConfig,
-    SemanticDedupStageConfig,
-    SentenceCatConfig,
-    SentenceNearDedupConfig,
-    SentencePerplexityConfig,
-    SparkConfig,
-    StorageConfig,
 )
 from udfs.models import RegistryError, load_registry
-
-__all__ = [
-    "BASE_KEY",
-    "DEFAULT_SYSTEM_PROMPT",
-    "DEFAULT_USER_PROMPT",
-    "EXPORT_FORMATS",
-    "PROJECT_ROOT",
-    "BalanceConfig",
-    "BalanceScaleConfig",
-    "ClusterConfig",
-    "Config",
-    "ConfigError",
-    "ConfigFile",
-    "DemoCorpusConfig",
-    "EmbedConfig",
-    "ExportConfig",
-    "ExportFormat",
-    "ExtractImagesConfig",
-    "ExtractSentencesConfig",
-    "FetchConfig",
-    "GenerateConfig",
-    "GenerateTagsConfig",
-    "ImagePerceptualDedupConfig",
-    "IngestConfig",
-    "IngestInput",
-    "PipelineConfig",
-    "ReportConfig",
-    "RetrieveConfig",
-    "Section",
-    "SemanticDedupConfig",
-    "SemanticDedupStageConfig",
-    "SentenceCatConfig",
-    "SentenceNearDedupConfig",
-    "SentencePerplexityConfig",
-    "SparkConfig",
-    "StorageConfig",
-    "check_references",
-    "load_config",
-    "merge",
-    "read_config_files",
-    "registry_path",
-]
 
 # The folder of the source checkout (or of the editable install): where a relative embed.registry is looked up
 # after the working directory.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The top-level key of a config file that names the file it builds on.
 BASE_KEY = "base"
-# Keys renamed since earlier config files: the old name fails as an unknown key, and the message gives the new one.
-RENAMED = {
-    f"{section}.model_id": f"{section}.embedding_model"
-    for section in (
-        "cluster_sentences",
-        "cluster_images",
-        "retrieve",
-        "semantic_dedup.images",
-        "semantic_dedup.sentences",
-    )
-}
 
 
 class ConfigError(ValueError):
@@ -333,8 +252,7 @@ def _describe(error: ErrorDetails) -> str:
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"
     got = error.get("input")
     shown = "" if error["type"] in {"missing", "value_error"} or isinstance(got, dict) else f" (got {got!r})"
-    renamed = f" (renamed: {RENAMED[key]})" if error["type"] == "extra_forbidden" and key in RENAMED else ""
-    return f"{key}: {error['msg']}{shown}{renamed}"
+    return f"{key}: {error['msg']}{shown}"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from pyspark import SparkContext
 
-from realsyn.config import Config
+from realsyn.config_sections import Config
 from realsyn.lock import lock_path
 
 log = logging.getLogger(__name__)

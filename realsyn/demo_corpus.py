@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from realsyn.config import Config, DemoCorpusConfig, IngestInput
+from realsyn.config_sections import Config, DemoCorpusConfig, IngestInput
 
 DOCS_PER_SHARD = 10_000
 MANIFEST = "manifest.json"

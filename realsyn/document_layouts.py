@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.config import IngestInput
+from realsyn.config_sections import IngestInput
 from realsyn.contracts import STRING, STRINGS, schema
 from realsyn.funnel import first_reason
 from realsyn.input_files import READ_OPTIONS, path_groups

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from realsyn.config import ConfigError, IngestInput
+from realsyn.config import ConfigError
+from realsyn.config_sections import IngestInput
 
 # Local files are read without Hadoop's checksum layer: it names a file's checksum ".<name>.crc", which is not a
 # valid path when the name holds ":" (read as a URI scheme), and input dumps have no checksum files anyway.

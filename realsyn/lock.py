@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from realsyn.config import StorageConfig
+from realsyn.config_sections import StorageConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from realsyn.config import Config
+from realsyn.config_sections import Config
 from realsyn.console import (
     CONSOLE_WIDTH,
     SparkProgress,

@@ -13,7 +13,7 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from realsyn import __version__
-from realsyn.config import Config
+from realsyn.config_sections import Config
 from realsyn.contracts import RUNS, Table
 from realsyn.tables import Lakehouse
 

@@ -28,7 +28,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.components import group_duplicates
-from realsyn.config import EmbedConfig, registry_path
+from realsyn.config import registry_path
+from realsyn.config_sections import EmbedConfig
 from realsyn.contracts import Table
 from realsyn.tables import Lakehouse
 from realsyn.vectors import hash_sample, sorted_matrix, with_nearest

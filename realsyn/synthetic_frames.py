@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.clip_frames import TextEmbedding, clip_text_frame, text_embedding_rows
-from realsyn.config import GenerateConfig
+from realsyn.config_sections import GenerateConfig
 from realsyn.contracts import GOLD_CAPTIONS, GOLD_IMAGE_TAGS, SILVER_TAGS
 from realsyn.funnel import REASON
 from realsyn.workers import keep_zip_directories, task_device

@@ -17,7 +17,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from realsyn.config import ConfigError, StorageConfig
+from realsyn.config import ConfigError
+from realsyn.config_sections import StorageConfig
 from realsyn.contracts import TABLE_PROPERTIES, Table
 
 # A file of a committed table version in _delta_log: a commit (NNN.json) or a checkpoint (NNN.checkpoint[...].parquet).

@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.config import GenerateConfig
+from realsyn.config_sections import GenerateConfig
 
 
 def mined_tag_counts(sentences: DataFrame, parser: str, batch_size: int) -> DataFrame:

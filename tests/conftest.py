@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from realsyn.config import SparkConfig, StorageConfig
+from realsyn.config_sections import SparkConfig, StorageConfig
 from realsyn.spark import get_spark
 from realsyn.tables import Lakehouse
 

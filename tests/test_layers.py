@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from realsyn.config import Config
+from realsyn.config_sections import Config
 from realsyn.pipeline import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """CLIP-style embedding of image bytes and sentences: model loading, preprocessing, batched inference.
 
 Pure functions over Python / numpy batches; no Spark here. Image bytes are decoded by udfs.decode (Pillow, or
-JPEGs on the model's device). The Spark stage (realsyn/embed.py) wraps
+JPEGs on the model's device). The Spark stage (realsyn/stages/embed.py) wraps
 :func:`embed_images` and :func:`embed_texts` in iterator UDFs and picks the device from the task's resources.
 
 Models come from the registry of udfs/models.py (conf/models.yaml, entries of kind ``clip``): open_clip models by

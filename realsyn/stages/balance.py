@@ -41,7 +41,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.config import BalanceConfig, Config
+from realsyn.config_sections import BalanceConfig, Config
 from realsyn.contracts import (
     BRONZE_IMAGE_REFS,
     GOLD_DATASET,

@@ -5,7 +5,7 @@ image (the clusters balance sampling draws from); unusable embeddings go to ``si
 from __future__ import annotations
 
 from realsyn.clustering import ClusterSummary, Subject, run_cluster
-from realsyn.config import Config
+from realsyn.config_sections import Config
 from realsyn.tables import Lakehouse
 
 STAGE = "cluster_images"

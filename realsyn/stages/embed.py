@@ -25,7 +25,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from realsyn.clip_frames import TextEmbedding, clip_text_frame, embedded_rows, embedding_schema
-from realsyn.config import Config, ConfigError, EmbedConfig, registry_path
+from realsyn.config import ConfigError, registry_path
+from realsyn.config_sections import Config, EmbedConfig
 from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDING_REJECTS,
     SILVER_IMAGE_EMBEDDINGS,

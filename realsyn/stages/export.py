@@ -41,7 +41,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from realsyn.config import Config, ConfigError
+from realsyn.config import ConfigError
+from realsyn.config_sections import Config
 from realsyn.contracts import GOLD_DATASET, SILVER_IMAGES, scale_column
 from realsyn.tables import Lakehouse, create_table_at
 from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, shard_name, write_shards

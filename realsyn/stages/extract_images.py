@@ -44,7 +44,7 @@ from realsyn.components import (
     connected_components,
     merge_into_representatives,
 )
-from realsyn.config import Config, ExtractImagesConfig, ImagePerceptualDedupConfig
+from realsyn.config_sections import Config, ExtractImagesConfig, ImagePerceptualDedupConfig
 from realsyn.contracts import (
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,

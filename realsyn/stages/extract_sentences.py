@@ -40,14 +40,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from realsyn.components import group_duplicates, merge_into_representatives
-from realsyn.config import (
+from realsyn.config import ConfigError, check_references
+from realsyn.config_sections import (
     Config,
-    ConfigError,
     ExtractSentencesConfig,
     SentenceCatConfig,
     SentenceNearDedupConfig,
     SentencePerplexityConfig,
-    check_references,
 )
 from realsyn.contracts import (
     BRONZE_TEXTS,

@@ -30,7 +30,8 @@ from pyspark import Accumulator, AccumulatorParam, StorageLevel
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from realsyn.config import Config, ConfigError, FetchConfig
+from realsyn.config import ConfigError
+from realsyn.config_sections import Config, FetchConfig
 from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse

@@ -34,7 +34,8 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from realsyn.config import Config, ConfigError, GenerateConfig, registry_path
+from realsyn.config import ConfigError, registry_path
+from realsyn.config_sections import Config, GenerateConfig
 from realsyn.contracts import (
     GOLD_CAPTIONS,
     GOLD_IMAGE_TAGS,

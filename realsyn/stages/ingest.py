@@ -23,7 +23,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from realsyn.config import Config, ConfigError, IngestConfig
+from realsyn.config import ConfigError
+from realsyn.config_sections import Config, IngestConfig
 from realsyn.contracts import BRONZE_DOCUMENTS, BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS, BRONZE_TEXTS
 from realsyn.document_layouts import Limits, read_documents
 from realsyn.funnel import FunnelStep, first_reason, write_funnel

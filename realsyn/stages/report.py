@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from pyspark.sql import functions as F
 
-from realsyn.config import Config, ConfigError
+from realsyn.config import ConfigError
+from realsyn.config_sections import Config
 from realsyn.contracts import FUNNEL, GOLD_DATASET, RETRIEVED_TEXTS, SCALE_PREFIX, SILVER_IMAGES
 from realsyn.funnel_figure import (
     DATASET_KEY_COLUMNS,

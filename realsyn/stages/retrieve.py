@@ -42,7 +42,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from realsyn.config import Config, RetrieveConfig
+from realsyn.config_sections import Config, RetrieveConfig
 from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_IMAGES,

@@ -32,7 +32,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from realsyn.components import REPRESENTATIVE, by_resolution, merge_into_representatives
-from realsyn.config import Config, SemanticDedupConfig
+from realsyn.config_sections import Config, SemanticDedupConfig
 from realsyn.contracts import (
     REASON,
     SILVER_IMAGE_EMBEDDINGS,

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from realsyn.config import IngestInput, load_config
+from realsyn.config import load_config
+from realsyn.config_sections import IngestInput
 from realsyn.contracts import (
     BRONZE_DOCUMENTS,
     BRONZE_FETCHED_IMAGES,

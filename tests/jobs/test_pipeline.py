@@ -23,7 +23,7 @@ from deltalake import DeltaTable
 from realsyn.contracts import TABLES
 from realsyn.notebook import execute_notebook
 from realsyn.pipeline import STAGE_NAMES
-from tests.faults import Moment, clean_env, differences, pipeline_argv, run_and_kill, run_to_end
+from tests.support.faults import Moment, clean_env, differences, pipeline_argv, run_and_kill, run_to_end
 
 # Whole pipeline runs on 2 shared cores: well past the suite's default per-test timeout.
 pytestmark = pytest.mark.timeout(3600)

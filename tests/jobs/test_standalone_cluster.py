@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
-from tests.standalone import Cluster, standalone_cluster
+from tests.support.standalone import Cluster, standalone_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 # The job submitted to both masters (jobs/<JOB>.py).

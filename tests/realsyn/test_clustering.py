@@ -17,10 +17,10 @@ from realsyn.clustering import (
     refine_tree,
     train_tree,
 )
-from realsyn.config import ClusterConfig, Config, ConfigError
+from realsyn.config import ConfigError
+from realsyn.config_sections import ClusterConfig, Config
 from realsyn.contracts import (
     FUNNEL,
-    LEVEL_COARSE,
     LEVEL_LEAF,
     SILVER_IMAGE_CENTROIDS,
     SILVER_IMAGE_CLUSTERS,
@@ -33,10 +33,7 @@ from realsyn.contracts import (
 from realsyn.stages.cluster_images import run_cluster_images
 from realsyn.stages.cluster_sentences import run_cluster_sentences
 from realsyn.tables import Lakehouse
-from realsyn.tree import centroids_frame, tree_from_centroids
-from realsyn.vectors import with_nearest
-from realsyn.workers import array_device
-from tests.tables import write_foreign
+from tests.support.tables import write_foreign
 from udfs.kmeans import refined, spherical_kmeans, sums_by_label
 from udfs.tree import Tree, boundary_rows, descend, nearest_leaf
 from udfs.vectors import l2_normalize, mean_cosine_distance
@@ -107,16 +104,12 @@ def test_skewed_coarse_clusters_get_leaves_in_proportion(spark: SparkSession) ->
     assert len(pairs) == 6 == len({leaf for _, leaf in pairs}) == len({label for label, _ in pairs})
 
 
-def test_kmeans_runs_where_the_device_policy_says(spark: SparkSession) -> None:
+def test_device_cuda_reaches_the_tasks_that_train_the_leaves(spark: SparkSession) -> None:
     import torch
 
-    assert array_device("cpu", "cluster_sentences.device") is None
     if torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA device: auto and cuda resolve to it")
-    assert array_device("auto", "cluster_sentences.device") is None  # no GPU here: the CPU (faiss)
-    with pytest.raises(RuntimeError, match=r"cluster_images\.device: .*no CUDA device"):
-        array_device("cuda", "cluster_images.device")
-    # "cuda" reaches the tasks that train the leaves: on a machine without a GPU they stop, naming the key
+        pytest.skip("this machine has a CUDA device: cuda resolves to it")
+    # on a machine without a GPU the tasks that train the leaves stop, naming the key
     x, _ = planted_tree_points([[40, 40], [40, 40]])
     cfg = ClusterConfig(leaf_size=40, coarse_clusters=2, device="cuda")
     with pytest.raises(Exception, match=r"cluster_images\.device: device is 'cuda' but no CUDA device"):
@@ -128,26 +121,6 @@ def test_empty_input_gives_an_empty_tree(spark: SparkSession) -> None:
     tree = train_tree(df, ClusterConfig(), "sentence_id")
     assert tree.n_leaves == 0
     assert coarse_cluster_count(1_000_000, ClusterConfig(leaf_size=400)) == 50
-
-
-def test_centroids_round_trip(spark: SparkSession) -> None:
-    eye = np.eye(4, dtype=np.float32)
-    tree = Tree.from_parts(eye[:2], [eye[[0, 2]], eye[[1]]])
-    frame = centroids_frame(spark, tree, "m", np.array([5, 7, 11]))
-    back = tree_from_centroids(frame, "m")
-    np.testing.assert_array_equal(back.coarse, tree.coarse)
-    np.testing.assert_array_equal(back.leaves, tree.leaves)
-    np.testing.assert_array_equal(back.parent, [0, 0, 1])
-    rows = {(r["level"], r["centroid_id"]): (r["parent_id"], r["size"], r["vector"]) for r in frame.collect()}
-    as_list = eye.tolist()
-    assert rows == {
-        (LEVEL_COARSE, 0): (None, 12, as_list[0]),
-        (LEVEL_COARSE, 1): (None, 11, as_list[1]),
-        (LEVEL_LEAF, 0): (0, 5, as_list[0]),
-        (LEVEL_LEAF, 1): (0, 7, as_list[2]),
-        (LEVEL_LEAF, 2): (1, 11, as_list[1]),
-    }
-    assert tree_from_centroids(frame, "other").n_leaves == 0
 
 
 def write_embeddings(lakehouse: Lakehouse, df: DataFrame) -> None:
@@ -381,7 +354,7 @@ def test_partial_sums_fold_to_the_same_totals_past_the_row_cap(monkeypatch: pyte
     assert list(clustering._summed(iter([]))) == []
 
 
-def test_a_tree_past_the_inline_limit_reaches_the_tasks_as_a_mapped_file(
+def test_leaves_are_assigned_and_refined_alike_with_a_tree_shipped_as_a_mapped_file(
     spark: SparkSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     x, labels = planted_tree_points([[30, 30], [30]])
@@ -413,15 +386,3 @@ def test_run_cluster_images_writes_the_image_tree(spark: SparkSession, lakehouse
     sizes = lakehouse.read(SILVER_IMAGE_CENTROIDS).filter(F.col("level") == LEVEL_LEAF).select("size").collect()
     assert sorted(r["size"] for r in sizes) == [30, 30, 30]
     assert not lakehouse.exists(SILVER_SENTENCE_CENTROIDS)
-
-
-def test_each_row_gets_its_nearest_centroids_best_first(spark: SparkSession) -> None:
-    centroids = np.eye(3, dtype=np.float32)
-    rows = [("a", [0.9, 0.4, 0.1]), ("b", [0.1, 0.2, 0.95]), ("c", [0.3, 0.9, 0.5])]
-    df = spark.createDataFrame(rows, "id string, embedding array<float>").repartition(2)
-    one = sorted((r["id"], r["cluster"]) for r in with_nearest(df, centroids, "embedding", "cluster").collect())
-    assert one == [("a", 0), ("b", 2), ("c", 1)]
-    # p = 2: one row per each of the two nearest (semantic dedup's clusters_per_item), best first within a row.
-    two = [(r["id"], r["cluster"]) for r in with_nearest(df, centroids, "embedding", "cluster", p=2).collect()]
-    assert sorted(two) == [("a", 0), ("a", 1), ("b", 1), ("b", 2), ("c", 1), ("c", 2)]
-    assert [c for i, c in two if i == "c"] == [1, 2]

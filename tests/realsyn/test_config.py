@@ -11,7 +11,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from realsyn.config import Config, ConfigError, FetchConfig, load_config, merge, read_config_files
+from realsyn.config import ConfigError, load_config, merge, read_config_files
+from realsyn.config_sections import Config, FetchConfig
 from udfs.models import DevicePolicy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,16 +242,6 @@ def test_a_broken_chain_of_base_files_names_the_file(tmp_path: Path, files: dict
     write_files(tmp_path, files)
     with pytest.raises(ConfigError, match=message):
         load_config(tmp_path / "env.yaml")
-
-
-def test_an_old_key_name_says_its_new_one(tmp_path: Path) -> None:
-    path = tmp_path / "env.yaml"
-    path.write_text("storage:\n  root: /x\ncluster_sentences:\n  model_id: m\n")
-    with pytest.raises(
-        ConfigError, match=r"cluster_sentences\.model_id: Extra .*renamed: cluster_sentences\.embedding_model"
-    ):
-        load_config(path)
-    assert load_config(path, ["cluster_sentences={embedding_model: m}"]).cluster_sentences.embedding_model == "m"
 
 
 def test_the_base_keys_of_the_shipped_files_are_relative() -> None:

@@ -22,7 +22,7 @@ from realsyn.contracts import (
     same_type,
 )
 from realsyn.tables import Lakehouse
-from tests.tables import rows_frame
+from tests.support.tables import rows_frame
 
 REPO = Path(__file__).resolve().parents[2]
 RETRIEVED = {"image_id": "i1", "model_id": "m", "rank": 1, "sentence_id": "s1", "score": 0.5, "leaf_id": 3}

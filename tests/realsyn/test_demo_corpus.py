@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from realsyn.config import DemoCorpusConfig
+from realsyn.config_sections import DemoCorpusConfig
 from realsyn.demo_corpus import PHOTOS, generate
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
-from realsyn.config import IngestInput
+from realsyn.config_sections import IngestInput
 from realsyn.document_layouts import IMAGE_ITEM, TEXT_ITEM, Limits, read_documents
 
 LIMITS = Limits(max_texts=10, max_images=10)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from realsyn.config import ConfigError, IngestInput
+from realsyn.config import ConfigError
+from realsyn.config_sections import IngestInput
 from realsyn.input_files import failed_file, list_input_files, path_groups
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from realsyn.config import StorageConfig
+from realsyn.config_sections import StorageConfig
 from realsyn.lock import PipelineLock, PipelineLocked, S3PipelineLock, lock_path, lock_url, pipeline_lock
 
 REPO = Path(__file__).resolve().parents[2]

@@ -62,7 +62,7 @@ def test_an_empty_input_has_no_duplicates(spark: SparkSession) -> None:
 
 
 def test_random_weight_models_never_drive_dedup() -> None:
-    from realsyn.config import EmbedConfig
+    from realsyn.config_sections import EmbedConfig
     from realsyn.semdedup import refusal
 
     embed = EmbedConfig()  # conf/models.yaml

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pyspark.sql import SparkSession
 
-from realsyn.config import GenerateConfig, GenerateTagsConfig
+from realsyn.config_sections import GenerateConfig, GenerateTagsConfig
 from realsyn.contracts import SILVER_TAGS
 from realsyn.synthetic_frames import embed_tag_frame, score_frame, tag_frame
 from udfs import clip, similarity, tagger

@@ -10,7 +10,8 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from realsyn.config import Config, ConfigError, DemoCorpusConfig, StorageConfig, load_config
+from realsyn.config import ConfigError, load_config
+from realsyn.config_sections import Config, DemoCorpusConfig, StorageConfig
 from realsyn.contracts import (
     BRONZE_DOCUMENTS,
     BRONZE_IMAGE_REFS,
@@ -25,7 +26,7 @@ from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.stages.extract_sentences import run_extract_sentences
 from realsyn.stages.ingest import run_ingest
 from realsyn.tables import Lakehouse
-from tests.tables import rows_frame
+from tests.support.tables import rows_frame
 
 REPO = Path(__file__).resolve().parents[2]
 DOCUMENT = {"doc_id": "d1", "source": "s", "layout": "mmc4", "input_file": "f", "n_texts": 1, "n_images": 0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from realsyn.config import GenerateConfig, GenerateTagsConfig
+from realsyn.config_sections import GenerateConfig, GenerateTagsConfig
 from realsyn.tables import Lakehouse
 from realsyn.tag_vocabulary import tag_vocabulary
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.photos import encode, photo
+from tests.support.photos import encode, photo
 from udfs import captioner as cap
 from udfs.decode import REASON_EMPTY_IMAGE, REASON_NOT_AN_IMAGE, decode_image
 from udfs.models import get_spec, load_registry

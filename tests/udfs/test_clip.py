@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.photos import encode, photo
+from tests.support.photos import encode, photo
 from udfs import clip, decode, models
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import fsspec
 
-from tests.photos import encode, photo
+from tests.support.photos import encode, photo
 from udfs.content_store import store_content
 from udfs.ids import bytes_id
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.photos import encode, photo
+from tests.support.photos import encode, photo
 from udfs import decode
 
 

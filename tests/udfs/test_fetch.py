@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from realsyn.ids import bytes_id
-from tests.udfs.loopback import BODIES, OPTS, RAW_REPLIES, LoopbackServer
+from tests.support.loopback import BODIES, OPTS, RAW_REPLIES, LoopbackServer
 from udfs import fetch as F
 from udfs import readers
 from udfs.fetch_arrow import fetch_arrow

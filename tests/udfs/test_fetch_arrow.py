@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from tests.udfs.loopback import BODIES, OPTS, LoopbackServer
+from tests.support.loopback import BODIES, OPTS, LoopbackServer
 from udfs import fetch as F
 from udfs.fetch_arrow import StatusCounts, count_statuses, fetch_arrow
 from udfs.fetch_schema import ARROW_SCHEMA

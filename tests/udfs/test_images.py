@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
-from tests.photos import crop, encode, photo
+from tests.support.photos import crop, encode, photo
 from udfs.decode import EXIF_ORIENTATION
 from udfs.images import (
     band_keys,

@@ -11,11 +11,12 @@ from pyspark.sql import Row
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from realsyn.config import Config, ConfigError, load_config
+from realsyn.config import ConfigError, load_config
+from realsyn.config_sections import Config
 from realsyn.contracts import FUNNEL, GOLD_DATASET, GOLD_DATASET_REJECTS
 from realsyn.stages.balance import run_balance
 from realsyn.tables import Lakehouse
-from tests.gold_data import Img, picture, write_inputs
+from tests.support.gold_data import Img, picture, write_inputs
 
 BALANCE_STEP = ("step_index", "step", "rows_in", "rows_out", "rows_rejected")
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,8 @@ from PIL import Image
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from realsyn.config import Config, ConfigError, EmbedConfig, StorageConfig
+from realsyn.config import ConfigError
+from realsyn.config_sections import Config, EmbedConfig, StorageConfig
 from realsyn.contracts import (
     FUNNEL,
     SILVER_IMAGE_EMBEDDING_REJECTS,
@@ -25,7 +24,7 @@ from realsyn.contracts import (
 )
 from realsyn.stages.embed import embed_images, embed_sentences, resolve_model, run_embed
 from realsyn.tables import Lakehouse
-from tests.tables import rows_frame
+from tests.support.tables import rows_frame
 from udfs import clip, decode
 
 IMAGES_SCHEMA = T.StructType([T.StructField("image_id", T.StringType()), T.StructField("content", T.BinaryType())])
@@ -229,45 +228,3 @@ def test_missing_inputs_are_skipped(lakehouse: Lakehouse, storage: StorageConfig
 def test_registry_path_is_found_from_another_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     assert resolve_model(CFG).name == "tiny-random"
-
-
-ZIP_CHECK = """
-import importlib, sys, time, zipfile, zipimport
-from realsyn.workers import keep_zip_directories
-
-archive = sys.argv[1]
-with zipfile.ZipFile(archive, "w") as z:
-    z.writestr("first_mod.py", "X = 1")
-sys.path.insert(0, archive)
-import first_mod
-
-reads = []
-read_directory = zipimport._read_directory
-zipimport._read_directory = lambda path: reads.append(path) or read_directory(path)
-importlib.invalidate_caches()
-keep_zip_directories()
-keep_zip_directories()
-importlib.invalidate_caches()
-importlib.invalidate_caches()
-unchanged = len(reads)
-time.sleep(0.01)
-with zipfile.ZipFile(archive, "a") as z:
-    z.writestr("second_mod.py", "Y = 2")
-importlib.invalidate_caches()
-import second_mod
-
-print(unchanged, len(reads), first_mod.X, second_mod.Y)
-"""
-
-
-def test_zip_directories_are_reread_only_when_the_archive_changes(tmp_path: Path) -> None:
-    # In a fresh interpreter: the patch is process-wide, as it is in a Spark Python worker.
-    out = subprocess.run(
-        [sys.executable, "-c", ZIP_CHECK, str(tmp_path / "lib.zip")],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[3],
-    )
-    # One read before the patch; none while the archive is unchanged; one after it changed.
-    assert out.stdout.split() == ["1", "2", "1", "2"]

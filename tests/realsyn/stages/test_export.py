@@ -14,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from realsyn.config import Config, ConfigError
+from realsyn.config import ConfigError
+from realsyn.config_sections import Config
 from realsyn.contracts import GOLD_DATASET, SILVER_IMAGES
 from realsyn.stages.balance import run_balance
 from realsyn.stages.export import RELEASE_COLUMNS, run_export
 from realsyn.tables import Lakehouse
-from tests.gold_data import Img, write_inputs
+from tests.support.gold_data import Img, write_inputs
 
 TEXTS = {
     "a": ["A dog runs on the beach.", "t2", "t3", "syn a"],

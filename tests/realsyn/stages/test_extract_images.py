@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from PIL import ImageEnhance
 from pyspark.sql import SparkSession
 
-from realsyn.config import Config
+from realsyn.config_sections import Config
 from realsyn.contracts import (
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
@@ -18,8 +18,8 @@ from realsyn.contracts import (
 from realsyn.ids import bytes_id, stable_id
 from realsyn.stages.extract_images import run_extract_images
 from realsyn.tables import Lakehouse
-from tests.photos import crop, encode, photo
-from tests.tables import rows_frame
+from tests.support.photos import crop, encode, photo
+from tests.support.tables import rows_frame
 
 
 def _inputs() -> dict[str, bytes]:

@@ -16,7 +16,7 @@ from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from realsyn.config import (
+from realsyn.config_sections import (
     Config,
     EmbedConfig,
     ExtractSentencesConfig,
@@ -43,6 +43,7 @@ from realsyn.stages.extract_sentences import (
 )
 from realsyn.stages.ingest import run_ingest
 from realsyn.tables import Lakehouse
+from tests.support.tasks import FakeTask
 from udfs.sentences import split_sentences
 
 NO_LM = SentencePerplexityConfig(enabled=False)
@@ -188,19 +189,6 @@ def test_perplexity_filter_in_spark(spark: SparkSession, tmp_path: Path) -> None
     )
 
 
-class _GpuTask:
-    """A stand-in for the TaskContext of a task Spark gave the GPU with physical index ``address``."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    def resources(self) -> dict[str, object]:
-        return {"gpu": type("Gpu", (), {"addresses": [self.address]})()}
-
-    def cpus(self) -> int:
-        return 1
-
-
 @pytest.mark.parametrize(
     ("address", "visible", "device"),
     [
@@ -219,7 +207,7 @@ def test_perplexity_runs_on_the_assigned_gpu_as_seen_through_cuda_visible_device
     import udfs.sentences
     from realsyn.workers import task_device
 
-    monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: _GpuTask(address)))
+    monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: FakeTask(address)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

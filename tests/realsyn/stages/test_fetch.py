@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from jobs.fetch import main as fetch_job
-from realsyn.config import Config, FetchConfig, StorageConfig
+from realsyn.config_sections import Config, FetchConfig, StorageConfig
 from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
 from realsyn.ids import bytes_id, stable_id
 from realsyn.stages.fetch import fetch_options, run_fetch

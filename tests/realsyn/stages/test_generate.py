@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realsyn.config import Config, ConfigError, GenerateConfig, GenerateTagsConfig, StorageConfig, load_config
+from realsyn.config import ConfigError, load_config
+from realsyn.config_sections import Config, GenerateConfig, GenerateTagsConfig, StorageConfig
 from realsyn.contracts import (
     FUNNEL,
     GOLD_CAPTIONS,
@@ -25,9 +26,9 @@ from realsyn.contracts import (
 )
 from realsyn.stages.generate import resolve_models, run_generate
 from realsyn.tables import Lakehouse
-from tests.photos import encode, photo
 from tests.realsyn.test_tag_vocabulary import SENTENCES
-from tests.tables import rows_frame
+from tests.support.photos import encode, photo
+from tests.support.tables import rows_frame
 from udfs import captioner, clip, llm, tagger
 from udfs.models import get_spec, load_registry
 

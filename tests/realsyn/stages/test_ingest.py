@@ -12,7 +12,8 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from realsyn.config import Config, ConfigError, IngestConfig, IngestInput, StorageConfig
+from realsyn.config import ConfigError
+from realsyn.config_sections import Config, IngestConfig, IngestInput, StorageConfig
 from realsyn.contracts import BRONZE_DOCUMENTS, BRONZE_IMAGE_REFS, BRONZE_INGEST_REJECTS, BRONZE_TEXTS
 from realsyn.ids import stable_id
 from realsyn.stages.ingest import run_ingest

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from realsyn.config import Config
+from realsyn.config_sections import Config
 from realsyn.contracts import FUNNEL
 from realsyn.funnel_figure import STAGE_ORDER
 from realsyn.stages.balance import run_balance
 from realsyn.stages.report import ReportSummary, run_report
 from realsyn.tables import Lakehouse
-from tests.gold_data import Img, write_inputs
+from tests.support.gold_data import Img, write_inputs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Records on the <body>, after the load event: every image's src and natural width (0: it did not load); stage and

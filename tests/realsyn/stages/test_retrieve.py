@@ -12,7 +12,7 @@ from pyspark.testing import assertDataFrameEqual
 
 import realsyn.stages.retrieve
 from realsyn.clustering import train_tree
-from realsyn.config import ClusterConfig, Config, RetrieveConfig
+from realsyn.config_sections import ClusterConfig, Config, RetrieveConfig
 from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_RETRIEVAL,
@@ -22,7 +22,7 @@ from realsyn.contracts import (
 from realsyn.stages.cluster_sentences import run_cluster_sentences
 from realsyn.stages.retrieve import retrieve, run_retrieve
 from realsyn.tables import Lakehouse
-from tests.tables import write_foreign
+from tests.support.tables import write_foreign
 from udfs.tree import Tree, calibrate_margin, descend, probe_counts
 from udfs.vectors import l2_normalize
 

@@ -6,7 +6,8 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from realsyn.config import Config, ConfigError
+from realsyn.config import ConfigError
+from realsyn.config_sections import Config
 from realsyn.contracts import (
     FUNNEL,
     SILVER_IMAGE_EMBEDDINGS,
@@ -19,7 +20,7 @@ from realsyn.contracts import (
 from realsyn.semdedup import ImplausibleDedupError
 from realsyn.stages.semantic_dedup import run_semantic_dedup
 from realsyn.tables import Lakehouse
-from tests.tables import rows_frame
+from tests.support.tables import rows_frame
 
 # Four images: b and c nearly parallel (cosine ~0.99995), a orthogonal to both, d without an embedding. c has the
 # larger resolution, so it leads the group and takes over b's URLs and documents.

@@ -22,7 +22,7 @@ from typing import Any
 
 from deltalake import DeltaTable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAYERS = ("bronze", "silver", "gold")
 # Tables whose content names the run rather than the data: left out of the comparison.
 RUN_SPECIFIC = {"gold.runs"}

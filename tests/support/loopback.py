@@ -15,7 +15,7 @@ from aiohttp import web
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from tests.photos import encode
+from tests.support.photos import encode
 from udfs.fetch_schema import DEFAULT_SCHEMES, FetchOptions
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")

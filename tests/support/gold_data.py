@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from realsyn.config import Config
+from realsyn.config_sections import Config
 from realsyn.contracts import (
     BRONZE_IMAGE_REFS,
     GOLD_SYNTHETIC_TEXT_REJECTS,
