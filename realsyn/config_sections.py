@@ -438,6 +438,7 @@ class ExportConfig(Section):
     formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS))
     samples_per_shard: int = Field(default=10_000, gt=0)
     ids_per_range: int = Field(default=1_000_000, gt=0)
+    release_texts: bool = False  # texts as the published release writes them (udfs.release_text)
 
 
 class ReportConfig(Section):

@@ -12,6 +12,13 @@ whole gold.dataset, any other name a scale of ``balance.scales``):
 - ``<scale>/delta/``: the gold.dataset rows of the scale as a Delta table (deletion vectors off), for deltalake,
   DuckDB's ``delta_scan`` and Spark.
 
+``README.md`` in the export folder is the dataset card (:mod:`realsyn.dataset_card`), rewritten on every run: its
+``configs`` name each finished scale's parquet files, so ``datasets.load_dataset(<folder>, name=<scale>)`` reads
+it; the rest says what made the data.
+
+With ``export.release_texts`` every format gets the texts as the published release writes them (text1..text3
+lower-cased and word-tokenised, syn_text lower-cased; :mod:`udfs.release_text`), so realsyn output mixes with it.
+
 Samples are numbered in image_id order (ids are hashes, so the order is random with respect to content): ids are
 range-partitioned and sorted, each partition's count is collected (one number per range of
 ``export.ids_per_range`` ids) and prefix sums give every id its global index, so shard k holds indices
@@ -36,19 +43,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from realsyn.config import ConfigError
+from realsyn.config import ConfigError, registry_path
 from realsyn.config_sections import Config
-from realsyn.contracts import GOLD_DATASET, SILVER_IMAGES, scale_column
+from realsyn.contracts import BRONZE_DOCUMENTS, FUNNEL, GOLD_DATASET, SILVER_IMAGES, scale_column
+from realsyn.dataset_card import CardFacts, ModelUsed, card
+from realsyn.funnel_figure import STAGE_ORDER
 from realsyn.tables import Lakehouse, create_table_at
+from udfs.models import load_registry
 from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, shard_name, write_shards
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
 ALL = "all"
+CARD = "README.md"  # in the export folder: the dataset card (realsyn.dataset_card)
 MANIFEST = "_export.json"  # in each scale's folder: the table versions and settings it was exported from
 _LOCAL_BITS = 33  # monotonically_increasing_id: partition id in the upper 31 bits, row in partition in the lower 33
 
@@ -197,6 +210,20 @@ def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Co
     return n, len(sizes), sum(int(r["bytes"]) for r in written)
 
 
+def as_released(rows: DataFrame) -> DataFrame:
+    """``rows`` with their texts written as the published release writes them: text1..text3 lower-cased and
+    word-tokenised (:func:`udfs.release_text.realistic`), syn_text lower-cased."""
+
+    @F.pandas_udf(T.StringType())  # type: ignore[call-overload]
+    def realistic(texts: pd.Series) -> pd.Series:
+        from udfs.release_text import realistic_series
+
+        return realistic_series(texts)
+
+    texts = {c: realistic(F.col(c)) for c in RELEASE_COLUMNS if c.startswith("text")}
+    return rows.withColumns({**texts, "syn_text": F.lower("syn_text")})
+
+
 def write_delta(lakehouse: Lakehouse, rows: DataFrame, path: str) -> None:
     """Overwrite the Delta table at ``path`` with ``rows`` (created with realsyn's table properties)."""
     create_table_at(lakehouse.spark, path, rows.schema)
@@ -225,7 +252,10 @@ def run_export(lakehouse: Lakehouse, cfg: Config, scales: Sequence[str] | None =
             out.append(ScaleExport(name, n, shards, shard_bytes, 0.0, tuple(cfg.export.formats), unchanged=True))
             continue
         remove_manifest(folder)  # from here until the new one is written, the folder is not a finished export
-        rows = scale_rows(dataset, name).localCheckpoint(eager=True)
+        rows = scale_rows(dataset, name)
+        if cfg.export.release_texts:
+            rows = as_released(rows)
+        rows = rows.localCheckpoint(eager=True)
         n, shards, shard_bytes = rows.count(), 0, 0
         if "parquet" in cfg.export.formats:
             rows.select(*RELEASE_COLUMNS).write.mode("overwrite").parquet(f"{folder}/parquet")
@@ -235,7 +265,54 @@ def run_export(lakehouse: Lakehouse, cfg: Config, scales: Sequence[str] | None =
             write_delta(lakehouse, rows, f"{folder}/delta")
         write_manifest(folder, {"source": manifest, "written": [n, shards, shard_bytes]})
         out.append(ScaleExport(name, n, shards, shard_bytes, time.perf_counter() - start, tuple(cfg.export.formats)))
+    write_card(root, card_facts(lakehouse, cfg, root))
     return ExportSummary(root, tuple(out))
+
+
+def card_facts(lakehouse: Lakehouse, cfg: Config, root: str) -> CardFacts:
+    """What the dataset card says: the finished parquet exports under ``root``, and what made gold.dataset."""
+    scales = {}
+    for name in scales_to_export(cfg):
+        done = read_manifest(f"{root}/{name}")
+        if done is not None and "parquet" in done["source"]["export"]["formats"]:
+            scales[name] = int(done["written"][0])
+    order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
+    funnel = []
+    if lakehouse.exists(FUNNEL):
+        rows = lakehouse.read(FUNNEL).collect()
+        rows.sort(key=lambda r: (order.get(r["stage"], len(order)), str(r["model_id"]), r["step_index"]))
+        funnel = [(r["stage"], r["step"], int(r["rows_in"]), int(r["rows_out"])) for r in rows]
+    lineage = lakehouse.read(GOLD_DATASET).select("model_id", "captioner_id", "llm_id", "prompt_version").distinct()
+    used = lineage.collect()
+    registry = load_registry(registry_path(cfg.embed.registry))
+    models = []
+    for role, column in (("image and text encoder", "model_id"), ("captioner", "captioner_id"), ("llm", "llm_id")):
+        for name in sorted({r[column] for r in used if r[column]}):
+            spec = registry.get(name)
+            source = None if spec is None else spec.source or spec.pretrained or spec.architecture
+            models.append(ModelUsed(role, name, source, None if spec is None else spec.revision,
+                                    spec is not None and spec.random_init))  # fmt: skip
+    sources = []
+    if lakehouse.exists(BRONZE_DOCUMENTS):
+        by_source = lakehouse.read(BRONZE_DOCUMENTS).groupBy("source", "layout").count().collect()
+        sources = sorted((r["source"], r["layout"], int(r["count"])) for r in by_source)
+    return CardFacts(
+        scales=scales,
+        funnel=funnel,
+        models=models,
+        prompt_versions=sorted({r["prompt_version"] for r in used if r["prompt_version"]}),
+        balance=cfg.balance.model_dump(mode="json"),
+        sources=sources,
+        release_texts=cfg.export.release_texts,
+    )
+
+
+def write_card(root: str, facts: CardFacts) -> None:
+    """Write the dataset card ``README.md`` into ``root`` (replaced whole)."""
+    import fsspec
+
+    with fsspec.open(f"{root}/{CARD}", "w", encoding="utf-8") as f:
+        f.write(card(facts))
 
 
 def read_manifest(folder: str) -> dict[str, Any] | None:

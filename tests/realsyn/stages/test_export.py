@@ -165,3 +165,48 @@ def test_unknown_scale_is_a_config_error(lakehouse: Lakehouse) -> None:
     cfg = make_cfg(lakehouse, scales=["huge"])
     with pytest.raises(ConfigError, match=r"export\.scales: unknown scale\(s\) huge; known: all, tiny"):
         run_export(lakehouse, cfg)
+
+
+def test_release_texts_are_written_as_the_release_writes_them(lakehouse: Lakehouse) -> None:
+    import webdataset as wds
+
+    cfg = make_cfg(lakehouse, scales=["all"], formats=["parquet", "webdataset"], release_texts=True)
+    write_inputs(lakehouse, cfg, corpus(), leaf_parents={0: 0, 1: 0})
+    run_balance(lakehouse, cfg)
+    run_export(lakehouse, cfg)
+    root = Path(lakehouse.storage.root or "") / "exports" / "all"
+    rows = {r["raw_image_url"]: r for r in pq.read_table(root / "parquet").to_pylist()}
+    a = rows["http://x/a.jpg"]
+    # Realistic texts lower-cased and word-tokenised, the synthetic text lower-cased only.
+    assert (a["text1"], a["text2"], a["syn_text"]) == ("a dog runs on the beach .", "t2", "syn a")
+    assert rows["http://x/h.gif"]["text1"] == "a gif stored as gif ."
+    assert rows["http://x/b.jpg"]["syn_text"] == "syn b ✓"
+    shards = sorted(str(p) for p in (root / "webdataset").glob("*.tar"))
+    txt = {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(shards, shardshuffle=False)}
+    assert sorted(txt.values()) == sorted(r["text1"] for r in rows.values())
+    # gold.dataset keeps the texts as they were written.
+    kept = lakehouse.read(GOLD_DATASET).where("raw_image_url = 'http://x/a.jpg'").first()
+    assert kept is not None and kept["text1"] == TEXTS["a"][0]
+
+
+def test_the_dataset_card_loads_each_scale_with_datasets(
+    lakehouse: Lakehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    cfg = make_cfg(lakehouse, scales=["all", "tiny"], formats=["parquet"])
+    write_inputs(lakehouse, cfg, corpus(), leaf_parents={0: 0, 1: 0})
+    run_balance(lakehouse, cfg)
+    run_export(lakehouse, cfg)
+    root = Path(lakehouse.storage.root or "") / "exports"
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "config_name: tiny" in readme and "| m |" in readme  # the scale, and the embedding model's row
+    gold = lakehouse.read(GOLD_DATASET)
+    for scale, rows in (("all", gold), ("tiny", gold.where("scale_tiny"))):
+        loaded = datasets.load_dataset(str(root), name=scale, split="train", cache_dir=str(tmp_path / "cache"))
+        assert loaded.column_names == RELEASE_COLUMNS
+        want = sorted(tuple(r[c] for c in RELEASE_COLUMNS) for r in rows.collect())
+        assert sorted(tuple(r[c] for c in RELEASE_COLUMNS) for r in loaded) == want, scale
