@@ -1,7 +1,9 @@
 """Extraction benchmark: sentences per second through split + filters + exact dedup, Spark vs one process.
 
-Both sides run the same functions of ``udfs.sentences`` on the same texts (the real MMC4 sample, repeated
-``--copies`` times under new document ids) with the paper's thresholds: Punkt split and normalisation, emoji /
+Both sides run the same functions of ``udfs.sentences`` on the same texts (``--corpus mmc4``: the real MMC4 sample,
+repeated ``--copies`` times under new document ids; ``--corpus generated``: every text of a corpus of ``--documents``
+documents of ``realsyn.corpus_generator``, in both layouts, written under ``--corpus-dir`` unless it is there already)
+with the paper's thresholds: Punkt split and normalisation, emoji /
 URL / word-count filters, the CAT parse (spaCy), word entropy over the whole corpus, exact dedup. Perplexity is
 left out on both sides (GPT-2-large cannot be loaded here, and a tiny random model would not show its cost).
 Each side runs once on a small warm-up first (JVM, Python workers, parser loading), then is timed.
@@ -38,6 +40,28 @@ def load_texts(folder: Path, copies: int) -> list[tuple[str, int, str]]:
                 for line in f:
                     doc = json.loads(line)
                     rows.extend((f"{copy}:{doc['url']}", i, t) for i, t in enumerate(doc["text_list"]))
+    return rows
+
+
+def load_generated(folder: Path, documents: int, seed: int, spark: object) -> list[tuple[str, int, str]]:
+    """(doc_id, position, text) rows of every document of the generated corpus under ``folder`` (written first,
+    by Spark tasks, unless a corpus of the same settings is there)."""
+    import pyarrow.parquet as pq
+
+    from realsyn.config_sections import GeneratedCorpusConfig
+    from realsyn.corpus_generator import generate_corpus
+
+    generate_corpus(GeneratedCorpusConfig(documents=documents, seed=seed), folder, spark)  # type: ignore[arg-type]
+    rows: list[tuple[str, int, str]] = []
+    for path in sorted((folder / "mmc4").glob("*.jsonl")):
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                doc = json.loads(line)
+                rows.extend((doc["url"], i, t) for i, t in enumerate(doc["text_list"]))
+    for path in sorted((folder / "obelics").glob("*.parquet")):
+        for doc in pq.read_table(path, columns=["texts", "general_metadata"]).to_pylist():
+            url = json.loads(doc["general_metadata"])["url"]
+            rows.extend((url, i, t) for i, t in enumerate(doc["texts"]) if t is not None)
     return rows
 
 
@@ -97,8 +121,6 @@ def bench_sentences(args: argparse.Namespace) -> float:
     from realsyn.spark import get_spark
 
     parser = ExtractSentencesConfig().cat.parser
-    rows = load_texts(args.mmc4, args.copies)
-    warmup = load_texts(args.mmc4, 1)[:200]
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_spark(
         SparkConfig(
@@ -115,6 +137,14 @@ def bench_sentences(args: argparse.Namespace) -> float:
         )
     )
     spark.sparkContext.setLogLevel("ERROR")
+    if args.corpus == "generated":
+        start = time.perf_counter()
+        rows = load_generated(args.corpus_dir, args.documents, args.seed, spark)
+        took = time.perf_counter() - start
+        print(f"generated corpus: {args.documents} documents in {args.corpus_dir} ({took:.1f} s)")
+    else:
+        rows = load_texts(args.mmc4, args.copies)
+    warmup = load_texts(args.mmc4, 1)[:200] if args.corpus == "mmc4" else rows[:200]
 
     single_process(warmup, parser)
     t0 = time.perf_counter()
@@ -142,9 +172,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--copies", type=int, default=8, help="times the sample is repeated (ignored with --quick)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--mmc4", type=Path, default=DEFAULT_MMC4, help="folder of MMC4 jsonl files")
+    parser.add_argument("--corpus", choices=("mmc4", "generated"), default="mmc4", help="whose texts are extracted")
+    parser.add_argument("--documents", type=int, default=10_000, help="documents of the generated corpus")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
+    parser.add_argument(
+        "--corpus-dir", type=Path, default=None, help="folder of the generated corpus (default: a temporary one)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.copies = 1
+        args.documents = min(args.documents, 300)
+    if args.corpus_dir is None:
+        args.corpus_dir = Path(tempfile.mkdtemp(prefix="bench-extract-corpus-"))
     ratio = bench_sentences(args)
     print(f"sentences_per_s_ratio: {ratio:.3f}")
 

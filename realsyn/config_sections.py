@@ -92,6 +92,73 @@ class DemoCorpusConfig(Section):
     seed: int = 0
 
 
+# The RealSyn extraction funnel (arXiv 2502.12513, section 3.1), from which the generated corpus's shares are derived
+# (realsyn.corpus_generator's docstring shows the derivation): images 336M -> 285M after the quality filters -> 198M
+# after dedup; sentences 2.13B -> 1.82B after emoji / URL / length -> 1.16B after CAT, entropy and perplexity ->
+# 0.84B after dedup.
+_IMAGE_QUALITY_DROP = (336 - 285) / 336
+_IMAGE_DEDUP_DROP = (285 - 198) / 336
+_SENTENCE_BASIC_DROP = (2.13 - 1.82) / 2.13
+_SENTENCE_QUALITY_DROP = (1.82 - 1.16) / 2.13
+_SENTENCE_DEDUP_DROP = (1.16 - 0.84) / 2.13
+# Of the basic drops, the real MMC4 sample (../shared/data) drops 6 for emoji, 9 for URLs and 55 for word count.
+_MMC4_BASIC = {"emoji": 6, "url": 9, "word_count": 55}
+_TOO_MANY_WORDS = 0.005
+
+
+class CorpusImageShares(Section):
+    """Shares of the generated corpus's images by kind (``realsyn.corpus_images``): ``broken`` of all image URLs,
+    the others of the images that decode; the rest of those are new, distinct pictures."""
+
+    broken: float = Field(default=0.01, ge=0, lt=1)
+    too_small: float = Field(default=round(_IMAGE_QUALITY_DROP * 2 / 3, 4), ge=0, le=1)
+    aspect_ratio: float = Field(default=round(_IMAGE_QUALITY_DROP / 3, 4), ge=0, le=1)
+    exact_duplicate: float = Field(default=round(_IMAGE_DEDUP_DROP / 2, 4), ge=0, le=1)
+    near_duplicate: float = Field(default=round(_IMAGE_DEDUP_DROP / 2, 4), ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _room_for_normal(self) -> CorpusImageShares:
+        if self.too_small + self.aspect_ratio + self.exact_duplicate + self.near_duplicate >= 1:
+            raise ValueError("images: too_small + aspect_ratio + exact_duplicate + near_duplicate must stay below 1")
+        return self
+
+
+class CorpusSentenceShares(Section):
+    """Shares of the generated corpus's sentence occurrences by kind (``realsyn.corpus_text``); the rest are normal
+    sentences that pass every filter."""
+
+    emoji: float = Field(default=round(_SENTENCE_BASIC_DROP * _MMC4_BASIC["emoji"] / 70, 4), ge=0, le=1)
+    url: float = Field(default=round(_SENTENCE_BASIC_DROP * _MMC4_BASIC["url"] / 70, 4), ge=0, le=1)
+    too_short: float = Field(
+        default=round(_SENTENCE_BASIC_DROP * _MMC4_BASIC["word_count"] / 70 - _TOO_MANY_WORDS, 4), ge=0, le=1
+    )
+    too_long: float = Field(default=_TOO_MANY_WORDS, ge=0, le=1)
+    no_verb: float = Field(default=round(_SENTENCE_QUALITY_DROP, 4), ge=0, le=1)
+    boilerplate: float = Field(default=round(_SENTENCE_DEDUP_DROP / 2, 4), ge=0, le=1)
+    exact_copy: float = Field(default=round(_SENTENCE_DEDUP_DROP / 4, 4), ge=0, le=1)
+    near_duplicate: float = Field(default=round(_SENTENCE_DEDUP_DROP / 4, 4), ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _room_for_normal(self) -> CorpusSentenceShares:
+        if sum(self.model_dump().values()) >= 1:
+            raise ValueError("sentences: the shares must add up to less than 1 (the rest are normal sentences)")
+        return self
+
+
+class GeneratedCorpusConfig(Section):
+    """A corpus of any size in the OBELICS (parquet) and MMC4 (jsonl) layouts, drawn by ``realsyn.corpus_generator``
+    with set shares of what each filter of the pipeline drops. OBELICS: 141M documents, 353M images, 115B tokens."""
+
+    documents: int = Field(default=1_000, gt=0)
+    seed: int = Field(default=0, ge=0)
+    layout: Literal["obelics", "mmc4", "both"] = "both"
+    documents_per_shard: int = Field(default=1_000, gt=0)
+    images_per_document: float = Field(default=round(353 / 141, 2), ge=1)
+    characters_per_document: int = Field(default=2_900, gt=0)
+    images: CorpusImageShares = Field(default_factory=CorpusImageShares)
+    sentences: CorpusSentenceShares = Field(default_factory=CorpusSentenceShares)
+
+
 class ClusterConfig(Section):
     """Hierarchical spherical k-means of one kind of embedding (sections ``cluster_sentences`` and
     ``cluster_images``) into a centroids table and a table of the leaf of every row."""
