@@ -1,4 +1,5 @@
-"""Synthetic text per image: captioner + tagger + LLM rewrite, then the image / text similarity filter."""
+"""Synthetic text per image: captioner + tagger + LLM rewrite (or one VLM, generate.mode: vlm), then the image / text
+similarity filter."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from realsyn.config_sections import (
     Config,
     EmbedConfig,
 )
-from udfs.models import RegistryError, load_registry
+from udfs.models import ModelKind, RegistryError, get_spec, load_registry
 
 # The folder of the source checkout (or of the editable install): where a relative embed.registry is looked up
 # after the working directory.
@@ -199,6 +199,7 @@ def check_references(cfg: Config) -> list[tuple[str, str]]:
                 )
             )
     problems += _embed_model_problems(cfg.embed)
+    problems += _generate_model_problems(cfg)
     perplexity = scfg.perplexity
     if perplexity.enabled and _looks_like_path(perplexity.model) and not Path(perplexity.model).exists():
         problems.append(("extract_sentences.perplexity.model", f"no model folder at {perplexity.model!r}"))
@@ -219,6 +220,28 @@ def _embed_model_problems(embed: EmbedConfig) -> list[tuple[str, str]]:
     if embed.model not in registry:
         return [("embed.model", f"{embed.model!r} is not in {path}; known models: {', '.join(sorted(registry))}")]
     return []
+
+
+def _generate_model_problems(cfg: Config) -> list[tuple[str, str]]:
+    """The generate stage's entries of its mode (``captioner`` and ``llm``, or ``vlm``) must be in the registry, of
+    their kind; the entries of the other mode are not read, so they are not checked. An unreadable registry is
+    embed.registry's problem (:func:`_embed_model_problems`)."""
+    path = registry_path(cfg.embed.registry)
+    try:
+        registry = load_registry(path)
+    except RegistryError:
+        return []
+    g = cfg.generate
+    wanted: list[tuple[str, str, ModelKind]] = [("generate.vlm", g.vlm, "vlm")]
+    if g.mode == "pipeline":
+        wanted = [("generate.captioner", g.captioner, "captioner"), ("generate.llm", g.llm, "llm")]
+    problems = []
+    for key, name, kind in wanted:
+        try:
+            get_spec(registry, name, str(path), kind=kind)
+        except RegistryError as e:
+            problems.append((key, str(e)))
+    return problems
 
 
 def registry_path(registry: str) -> Path:

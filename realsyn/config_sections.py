@@ -14,20 +14,23 @@ Two keys mean the same wherever they appear:
   the GPU Spark assigned to the task, else the process's current GPU, else the CPU; "cpu" the CPU only; "cuda" as
   "auto" but a task without a GPU fails naming the key (``realsyn.workers.task_device``).
 
-Model registry names (``embed.model``, ``generate.captioner``, ``generate.llm``) are entries of the registry
-file ``embed.registry``; ``extract_sentences.perplexity.model`` is a Hub id or a folder, outside the registry.
+Model registry names (``embed.model``, ``generate.captioner``, ``generate.llm``, ``generate.vlm``) are entries of
+the registry file ``embed.registry``; ``extract_sentences.perplexity.model`` is a Hub id or a folder, outside the
+registry.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from udfs.fetch_schema import FetchOptions
 from udfs.llm import PLACEHOLDERS
 from udfs.models import DevicePolicy, Precision
+from udfs.vlm import prompt_problems
 
 
 class Section(BaseModel):
@@ -418,18 +421,42 @@ class GenerateTagsConfig(Section):
         return self
 
 
-class GenerateConfig(Section):
-    """Synthetic text (paper section 3.3): captioner + tagger + LLM rewrite, then the image / text similarity filter.
+@dataclass(frozen=True)
+class GenerationKey:
+    """The key of ``gold.synthetic_texts`` (and its rejects, and ``gold.dataset``'s lineage) besides image_id: the
+    field names are the column names. Made by :meth:`GenerateConfig.key` only."""
 
-    ``captioner``, ``llm`` and ``prompt_version`` are part of the key of ``gold.synthetic_texts``: a new value
-    regenerates under the new key and leaves the rows of the old one in place.
+    model_id: str
+    captioner_id: str
+    llm_id: str
+    prompt_version: str
+
+    def columns(self) -> dict[str, str]:
+        """Column name -> value, in the tables' column order."""
+        return asdict(self)
+
+
+class GenerateConfig(Section):
+    """Synthetic text (paper section 3.3), in one of two modes, then the image / text similarity filter.
+
+    ``pipeline``: captioner + tagger + LLM rewrite (the paper's). ``vlm``: one vision-language model reads the image
+    and the retrieved text and writes the text in one pass. The models and the prompt version of the mode are part
+    of the key of ``gold.synthetic_texts`` (:meth:`key`): a new value regenerates under the new key and leaves the
+    rows of the old one in place.
     """
 
+    mode: Literal["pipeline", "vlm"] = "pipeline"
     captioner: str = Field(default="tiny-random-captioner", min_length=1)
     llm: str = Field(default="tiny-random-llm", min_length=1)
     prompt_version: str = Field(default="v1", min_length=1)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     user_prompt: str = DEFAULT_USER_PROMPT
+    vlm: str = Field(default="tiny-random-vlm", min_length=1)
+    vlm_prompt_version: str = Field(default="vlm-v1", min_length=1)
+    vlm_system_prompt: str = DEFAULT_VLM_SYSTEM_PROMPT
+    vlm_user_prompt: str = DEFAULT_VLM_USER_PROMPT
+    vlm_batch_size: int = Field(default=8, gt=0)
+    vlm_image_pixels: int = Field(default=200_704, gt=0)
     backend: Literal["transformers", "vllm"] = "transformers"
     device: DevicePolicy = "auto"
     precision: Precision = "auto"
@@ -456,11 +483,37 @@ class GenerateConfig(Section):
             raise ValueError(f"generate.similarity_band must be [low, high] in [-1, 1], got {self.similarity_band}")
         return self
 
+    @field_validator("vlm_user_prompt")
+    @classmethod
+    def _valid_vlm_prompt(cls, user: str) -> str:
+        problems = prompt_problems(user)
+        if problems:
+            raise ValueError("generate.vlm_user_prompt " + "; ".join(problems))
+        return user
+
+    def key(self, model_id: str) -> GenerationKey:
+        """The key the stage writes under and every reader selects by, for the CLIP model ``model_id``
+        (``embed.model``). pipeline: captioner_id = ``captioner``, llm_id = ``llm``, prompt_version =
+        ``prompt_version``. vlm: captioner_id = llm_id = ``vlm`` (one model captions and writes; a registry name
+        is one entry of one kind, so no pipeline key can equal it), prompt_version = ``vlm_prompt_version``."""
+        if self.mode == "vlm":
+            return GenerationKey(model_id, self.vlm, self.vlm, self.vlm_prompt_version)
+        return GenerationKey(model_id, self.captioner, self.llm, self.prompt_version)
+
 
 class BalanceScaleConfig(Section):
-    """One named subset of gold.dataset: at most ``cap`` images per leaf cluster, or ``target`` images in all
-    (the cap found by water-filling; ``hierarchical`` splits the target top-down over the tree's levels)."""
+    """One named subset of gold.dataset, balanced over image clusters, vocabulary entries or image concepts.
 
+    ``by: clusters`` (the paper): at most ``cap`` images per leaf cluster, or ``target`` images in all (the cap
+    found by water-filling; ``hierarchical`` splits the target top-down over the tree's levels).
+    ``by: entries`` (MetaCLIP): entries of ``vocabulary`` matched in the four texts; an entry keeps each of its
+    pairs with probability ``min(1, t / count)``; set ``t`` or a ``target`` size.
+    ``by: concepts`` (inverse concept frequency): each image's ``top_k`` tags of gold.image_tags, ``target`` images
+    drawn with weights the inverse of their concepts' frequency.
+    ``unmatched`` (entries, concepts): pairs without any concept are dropped, or balanced as one concept of their own.
+    """
+
+    by: Literal["clusters", "entries", "concepts"] = "clusters"
     cap: int | None = Field(default=None, ge=0)
     target: int | None = Field(default=None, ge=0)
     hierarchical: bool = False

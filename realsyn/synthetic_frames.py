@@ -1,5 +1,6 @@
-"""The Spark frames of the generate stage's models: captioner, CLIP zero-shot tagger, LLM rewrite, and the image /
-synthetic-text similarity band (udfs.captioner, udfs.tagger, udfs.llm, udfs.similarity in ``mapInPandas``).
+"""The Spark frames of the generate stage's models: captioner, CLIP zero-shot tagger, LLM rewrite, the VLM of vlm
+mode, and the image / synthetic-text similarity band (udfs.captioner, udfs.tagger, udfs.llm, udfs.vlm,
+udfs.similarity in ``mapInPandas``).
 
 Each model loads once per Python worker on the device of the running task (``generate.device``); the CLIP text
 tower embeds tag prompts and synthetic texts as the embed stage embeds sentences (:mod:`realsyn.clip_frames`).
@@ -133,6 +134,53 @@ def rewrite_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec) -> DataF
             )
 
     return df.select("image_id", "retrieved_text", "caption", "tags").mapInPandas(run, _REWRITE_SCHEMA)
+
+
+def vlm_frame(df: DataFrame, gcfg: GenerateConfig, spec: ModelSpec, max_pixels: int) -> DataFrame:
+    """(image_id, content, retrieved_text, tags) -> (image_id, syn_text | null, reason, detail, n_tokens): the VLM
+    writes each image's text from its pixels and retrieved text (udfs.vlm.write_texts, one call per Arrow batch);
+    bytes the decoder refuses (``max_pixels``: embed.max_image_pixels) are rejected with its reason."""
+    from udfs.vlm import VlmLimits, VlmPrompt
+
+    prompt = VlmPrompt(gcfg.vlm_prompt_version, gcfg.vlm_system_prompt, gcfg.vlm_user_prompt)
+    limits = VlmLimits(
+        gcfg.max_new_tokens,
+        gcfg.min_new_tokens,
+        gcfg.max_output_words,
+        gcfg.reject_truncated,
+        max_pixels,
+        gcfg.vlm_image_pixels,
+    )
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from udfs.vlm import get_vlm, write_texts
+
+        keep_zip_directories()
+        vlm = get_vlm(
+            spec,
+            task_device(gcfg.device, "generate.device"),
+            gcfg.precision,
+            backend=gcfg.backend,
+            batch_size=gcfg.vlm_batch_size,
+            gpu_memory_utilization=gcfg.vllm_gpu_memory_utilization,
+            max_model_len=gcfg.vllm_max_model_len,
+        )
+        for frame in frames:
+            if frame.empty:
+                continue
+            rows = list(zip(frame["image_id"], frame["content"], frame["retrieved_text"], frame["tags"], strict=True))
+            written = write_texts(vlm, rows, prompt, limits)
+            yield pd.DataFrame(
+                {
+                    "image_id": [w.key for w in written],
+                    "syn_text": [w.text for w in written],
+                    REASON: [w.reason for w in written],
+                    "detail": [w.detail for w in written],
+                    "n_tokens": [w.n_tokens for w in written],
+                }
+            )
+
+    return df.select("image_id", "content", "retrieved_text", "tags").mapInPandas(run, _REWRITE_SCHEMA)
 
 
 def score_frame(

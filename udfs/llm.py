@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -135,7 +135,7 @@ class TransformersLLM:
         import torch
 
         enc = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-        eos = _eos_ids(self.model, self.tokenizer)
+        eos = eos_ids(self.model, self.tokenizer)
 
         def run(lo: int, hi: int) -> list[Generation]:
             ids = enc["input_ids"][lo:hi]
@@ -152,19 +152,22 @@ class TransformersLLM:
                     eos_token_id=eos,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
-            return [self._decode(row, eos) for row in out[:, keep:].tolist()]
+            return [decode_generation(self.tokenizer, row, eos) for row in out[:, keep:].tolist()]
 
         outputs, self.max_batch = run_halving(len(prompts), self.max_batch, run, self.model_id, self.device)
         return [g for chunk in outputs for g in chunk]
 
-    def _decode(self, ids: list[int], eos: list[int]) -> Generation:
-        end = next((i for i, t in enumerate(ids) if t in eos), None)
-        kept = ids if end is None else ids[:end]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Generation(text, len(kept) + (0 if end is None else 1), end is not None)
+
+def decode_generation(tokenizer: Any, ids: list[int], eos: Sequence[int]) -> Generation:
+    """The Generation of the new token ids of one row: text up to the first end token (special tokens removed),
+    tokens counted with that end token, finished when there was one (after it comes only padding)."""
+    end = next((i for i, t in enumerate(ids) if t in eos), None)
+    kept = ids if end is None else ids[:end]
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    return Generation(text, len(kept) + (0 if end is None else 1), end is not None)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every token id that ends a reply: the generation config's (Llama-3 lists several) and the tokenizer's."""
     found: list[int] = []
     for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
@@ -223,9 +226,10 @@ class VllmLLM:
         return results
 
 
-def vllm_model_dir(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+def vllm_model_dir(spec: ModelSpec, save_inline: Callable[[Path], None] | None = None) -> tuple[str, dict[str, Any]]:
     """Where vLLM loads ``spec`` from, and how: a Hub id or directory; an inline config (random weights) is
-    written with the local chat tokenizer to a temporary directory and loaded with dummy (random) weights."""
+    written to a temporary directory by ``save_inline`` (default: the config with the local chat tokenizer) and
+    loaded with dummy (random) weights."""
     if spec.config is None:
         source, kwargs = hf_source(spec)
         extra: dict[str, Any] = {"load_format": "dummy"} if spec.random_init else {}
@@ -234,18 +238,27 @@ def vllm_model_dir(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
         if spec.cache_dir is not None:
             extra["download_dir"] = spec.cache_dir
         return source, extra
-    tokenizer = tiny_tokenizer(chat=True)
-    config = inline_config(spec, tokenizer)
     folder = Path(tempfile.mkdtemp(prefix=f"realsyn-vllm-{spec.name}-"))
-    config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    if save_inline is None:
+        tokenizer = tiny_tokenizer(chat=True)
+        inline_config(spec, tokenizer).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    else:
+        save_inline(folder)
     return str(folder), {"load_format": "dummy"}
 
 
-def load_vllm(
-    spec: ModelSpec, device: str, precision: Precision, gpu_memory_utilization: float, max_model_len: int
-) -> VllmLLM:
-    """Start a vLLM engine for ``spec`` on the task's GPU (no caching; see :func:`get_llm`)."""
+def start_vllm_engine(
+    spec: ModelSpec,
+    device: str,
+    precision: Precision,
+    gpu_memory_utilization: float,
+    max_model_len: int,
+    save_inline: Callable[[Path], None] | None = None,
+    **engine_args: Any,
+) -> Any:
+    """A ``vllm.LLM`` engine for ``spec`` pinned to the task's GPU (:func:`vllm_model_dir` says from where);
+    ``engine_args`` go to the engine as they are (a VLM's ``limit_mm_per_prompt``)."""
     try:
         from vllm import LLM
     except ImportError as e:
@@ -256,18 +269,26 @@ def load_vllm(
         index = int(device.split(":", 1)[1])
         visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
-    model, extra = vllm_model_dir(spec)
+    model, extra = vllm_model_dir(spec, save_inline)
     dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(
         precision, "auto" if spec.half else "float32"
     )
-    engine = LLM(
+    return LLM(
         model=model,
         dtype=dtype,
         seed=spec.seed,
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
         **extra,
+        **engine_args,
     )
+
+
+def load_vllm(
+    spec: ModelSpec, device: str, precision: Precision, gpu_memory_utilization: float, max_model_len: int
+) -> VllmLLM:
+    """Start a vLLM engine for ``spec`` on the task's GPU (no caching; see :func:`get_llm`)."""
+    engine = start_vllm_engine(spec, device, precision, gpu_memory_utilization, max_model_len)
     tokenizer = engine.get_tokenizer()
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"model {spec.name!r}: its tokenizer has no chat template (an instruction-tuned model has)")

@@ -1,13 +1,14 @@
 """The model registry and what every model stage shares: device choice, loading once per worker, OOM halving.
 
-One registry file (conf/models.yaml) names every model the pipeline runs, of three kinds: ``clip`` encoders (the
-embed stage, the tagger and the similarity filter), ``captioner`` image-to-text models and ``llm`` chat models
-(the generate stage). A fourth kind, ``lm``, is a plain causal LM that scores text: the perplexity filter builds
-its entry from ``extract_sentences.perplexity.model`` (udfs.sentences.causal_lm_spec). An entry says where the weights
+One registry file (conf/models.yaml) names every model the pipeline runs, of four kinds: ``clip`` encoders (the
+embed stage, the tagger and the similarity filter), ``captioner`` image-to-text models, ``llm`` chat models and
+``vlm`` vision-language chat models (the generate stage). A fifth kind, ``lm``, is a plain causal LM that scores
+text: the perplexity filter builds its entry from ``extract_sentences.perplexity.model``
+(udfs.sentences.causal_lm_spec). An entry says where the weights
 come from (an open_clip name and tag or checkpoint, a Hugging Face Hub id or local directory, a pinned revision),
 whether the model may run in half precision, and, for tests and the offline demo, an inline architecture config
-to build with random weights. Tiny random captioners and LLMs get a tokenizer built here from a fixed character
-alphabet (no download), with a chat template for LLMs.
+to build with random weights. Tiny random captioners, LLMs and VLMs get a tokenizer built here from a fixed
+character alphabet (no download), with a chat template for LLMs (udfs.vlm adds the image tokens of VLMs).
 
 Loading goes through :func:`cached`, once per Python process and key (spaCy pipelines too, through
 :func:`load_spacy`); :func:`build_causal_lm` builds the causal LMs (the generate stage's ``llm``, with a chat
@@ -35,7 +36,10 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 DevicePolicy = Literal["auto", "cpu", "cuda"]
-ModelKind = Literal["clip", "captioner", "llm", "lm"]
+ModelKind = Literal["clip", "captioner", "llm", "vlm", "lm"]
+# The architectures an inline ``vlm`` config may have: udfs.vlm builds their processor locally (image processor,
+# image tokens, chat template), which is specific to each.
+INLINE_VLM_TYPES = ("qwen2_vl",)
 
 T = TypeVar("T")
 
@@ -55,13 +59,13 @@ class ModelSpec(BaseModel):
 
     name: str = Field(min_length=1)
     # What the model does: clip (image and text encoder), captioner (image -> text), llm (chat / instruction LM),
-    # lm (a plain causal LM that scores text: the perplexity filter).
+    # vlm (chat model that reads an image and text), lm (a plain causal LM that scores text: the perplexity filter).
     kind: ModelKind = "clip"
     family: Literal["open_clip", "hf"]
     # open_clip: a built-in architecture name ("ViT-B-32", "EVA02-L-14"), or "hf-hub:org/repo" / "local-dir:/path".
     architecture: str | None = None
     # open_clip: an inline architecture (embed_dim, vision_cfg, text_cfg) instead of a named one.
-    # hf captioner / llm: an inline transformers config (with its model_type) to build with random weights.
+    # hf captioner / llm / vlm: an inline transformers config (with its model_type) to build with random weights.
     config: dict[str, Any] | None = None
     # open_clip: a pretrained tag of the architecture ("openai", "laion2b_s34b_b79k") or a checkpoint file path.
     pretrained: str | None = None
@@ -107,6 +111,11 @@ class ModelSpec(BaseModel):
                 raise ValueError("an inline transformers 'config' needs its 'model_type'")
             if self.architecture is not None or self.pretrained is not None:
                 raise ValueError("an hf model takes 'source' or 'config' (not architecture / pretrained)")
+            if self.kind == "vlm" and self.config is not None and self.config["model_type"] not in INLINE_VLM_TYPES:
+                raise ValueError(
+                    f"an inline vlm config is built for model_type {', '.join(INLINE_VLM_TYPES)} (its processor is "
+                    f"made locally), not {self.config['model_type']!r}; name other VLMs by 'source'"
+                )
         if self.similarity_band is not None:
             low, high = self.similarity_band
             if self.kind != "clip":
@@ -308,11 +317,12 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(chat: bool) -> Any:
+def tiny_tokenizer(chat: bool, extra_special: Sequence[str] = ()) -> Any:
     """A character-level fast tokenizer over printable ASCII, built without any download.
 
     Ids 0-5 are the special tokens (pad, unk, bos ``<s>``, eos ``</s>``, and the chat markers ``<|start|>`` /
-    ``<|end|>``); with ``chat`` the tokenizer has a chat template and ``<|end|>`` ends a reply.
+    ``<|end|>``); with ``chat`` the tokenizer has a chat template and ``<|end|>`` ends a reply. ``extra_special``
+    tokens (a VLM's image markers) get the ids after the alphabet, so the ids above do not move.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -334,6 +344,8 @@ def tiny_tokenizer(chat: bool) -> Any:
         bos_token="<s>",
         eos_token="<|end|>" if chat else "</s>",
     )
+    if extra_special:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special)})
     if chat:
         tokenizer.chat_template = TINY_CHAT_TEMPLATE
     return tokenizer

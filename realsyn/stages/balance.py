@@ -1,9 +1,9 @@
 """Semantic balance sampling (paper section 3.4) and the gold dataset table.
 
 ``run_balance`` joins every image of ``silver.images`` with its kept synthetic text (``gold.synthetic_texts``
-under the configured key: ``embed.model``, ``generate.captioner``, ``generate.llm``, ``generate.prompt_version``),
-its retrieved texts (``silver.retrieval`` + ``silver.sentences``, by rank) and its leaf of the image k-means tree
-(``silver.image_clusters``, ``silver.image_centroids``). An image without one of these goes to
+under the generate stage's key, ``GenerateConfig.key``: ``embed.model`` and the models and prompt version of the
+generation mode), its retrieved texts (``silver.retrieval`` + ``silver.sentences``, by rank) and its leaf of the
+image k-means tree (``silver.image_clusters``, ``silver.image_centroids``). An image without one of these goes to
 ``gold.dataset_rejects`` with a reason; the rest is ``gold.dataset``, one row per image. Reasons, first failing
 check wins:
 
@@ -120,11 +120,13 @@ def _require(lakehouse: Lakehouse, *names: Table) -> None:
 
 
 def _key_filter(cfg: Config) -> Column:
+    """The rows of the generate stage's key (GenerateConfig.key: the models and prompt version of its mode)."""
+    key = cfg.generate.key(cfg.embed.model)
     return (
-        (F.col("model_id") == cfg.embed.model)
-        & (F.col("captioner_id") == cfg.generate.captioner)
-        & (F.col("llm_id") == cfg.generate.llm)
-        & (F.col("prompt_version") == cfg.generate.prompt_version)
+        (F.col("model_id") == key.model_id)
+        & (F.col("captioner_id") == key.captioner_id)
+        & (F.col("llm_id") == key.llm_id)
+        & (F.col("prompt_version") == key.prompt_version)
     )
 
 
@@ -334,12 +336,7 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
     model_id = cfg.embed.model
     every = pairs(lakehouse, cfg).localCheckpoint(eager=True)
     kept, rejected = split(every)
-    key_cols = [
-        F.lit(model_id).alias("model_id"),
-        F.lit(cfg.generate.captioner).alias("captioner_id"),
-        F.lit(cfg.generate.llm).alias("llm_id"),
-        F.lit(cfg.generate.prompt_version).alias("prompt_version"),
-    ]
+    key_cols = [F.lit(value).alias(column) for column, value in cfg.generate.key(model_id).columns().items()]
     rejects = rejected.select("image_id", REASON, "detail", *key_cols, "doc_ids")
     counts = {r[REASON]: int(r["count"]) for r in rejected.groupBy(REASON).count().collect()}
     n_images = every.count()

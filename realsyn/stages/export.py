@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,13 +56,14 @@ from realsyn.contracts import BRONZE_DOCUMENTS, FUNNEL, GOLD_DATASET, SILVER_IMA
 from realsyn.dataset_card import CardFacts, ModelUsed, card
 from realsyn.funnel_figure import STAGE_ORDER
 from realsyn.tables import Lakehouse, create_table_at
-from udfs.models import load_registry
+from udfs.models import ModelSpec, load_registry
 from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, shard_name, write_shards
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
 ALL = "all"
 CARD = "README.md"  # in the export folder: the dataset card (realsyn.dataset_card)
 MANIFEST = "_export.json"  # in each scale's folder: the table versions and settings it was exported from
+VLM_ROLE = "vision-language model (captioner and llm in one)"  # the dataset card's role of a vlm entry
 _LOCAL_BITS = 33  # monotonically_increasing_id: partition id in the upper 31 bits, row in partition in the lower 33
 
 
@@ -269,6 +270,23 @@ def run_export(lakehouse: Lakehouse, cfg: Config, scales: Sequence[str] | None =
     return ExportSummary(root, tuple(out))
 
 
+def models_used(lineage: Sequence[Mapping[str, Any]], registry: Mapping[str, ModelSpec]) -> list[ModelUsed]:
+    """The models of the card from gold.dataset's key columns (``lineage``: its distinct rows), by role: the
+    encoder (model_id), captioner and LLM; a vlm entry (vlm mode, where it is both captioner_id and llm_id:
+    GenerateConfig.key) once, as :data:`VLM_ROLE`. A name the registry no longer has is listed without a source."""
+    models: list[ModelUsed] = []
+    for role, column in (("image and text encoder", "model_id"), ("captioner", "captioner_id"), ("llm", "llm_id")):
+        for name in sorted({r[column] for r in lineage if r[column]}):
+            spec = registry.get(name)
+            shown = VLM_ROLE if spec is not None and spec.kind == "vlm" else role
+            if any(m.role == shown and m.name == name for m in models):
+                continue
+            source = None if spec is None else spec.source or spec.pretrained or spec.architecture
+            models.append(ModelUsed(shown, name, source, None if spec is None else spec.revision,
+                                    spec is not None and spec.random_init))  # fmt: skip
+    return models
+
+
 def card_facts(lakehouse: Lakehouse, cfg: Config, root: str) -> CardFacts:
     """What the dataset card says: the finished parquet exports under ``root``, and what made gold.dataset."""
     scales = {}
@@ -284,14 +302,7 @@ def card_facts(lakehouse: Lakehouse, cfg: Config, root: str) -> CardFacts:
         funnel = [(r["stage"], r["step"], int(r["rows_in"]), int(r["rows_out"])) for r in rows]
     lineage = lakehouse.read(GOLD_DATASET).select("model_id", "captioner_id", "llm_id", "prompt_version").distinct()
     used = lineage.collect()
-    registry = load_registry(registry_path(cfg.embed.registry))
-    models = []
-    for role, column in (("image and text encoder", "model_id"), ("captioner", "captioner_id"), ("llm", "llm_id")):
-        for name in sorted({r[column] for r in used if r[column]}):
-            spec = registry.get(name)
-            source = None if spec is None else spec.source or spec.pretrained or spec.architecture
-            models.append(ModelUsed(role, name, source, None if spec is None else spec.revision,
-                                    spec is not None and spec.random_init))  # fmt: skip
+    models = models_used([r.asDict() for r in used], load_registry(registry_path(cfg.embed.registry)))
     sources = []
     if lakehouse.exists(BRONZE_DOCUMENTS):
         by_source = lakehouse.read(BRONZE_DOCUMENTS).groupBy("source", "layout").count().collect()

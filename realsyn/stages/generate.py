@@ -1,7 +1,8 @@
-"""Generate stage (paper section 3.3): captioner + tagger + LLM rewrite, then the image / text similarity filter.
+"""Generate stage (paper section 3.3): captioner + tagger + LLM rewrite (or one VLM), then the similarity filter.
 
 For every image of ``silver.images`` not yet done under the key (image_id, model_id, captioner_id, llm_id,
-prompt_version), where model_id is ``embed.model`` (the CLIP model of the embeddings and of ``silver.retrieval``):
+prompt_version) of :meth:`GenerateConfig.key`, where model_id is ``embed.model`` (the CLIP model of the embeddings and
+of ``silver.retrieval``), in ``generate.mode: pipeline``:
 
 1. the top retrieved text (rank 1 of ``silver.retrieval``, its text from ``silver.sentences``); none:
    reject ``no_retrieved_text``;
@@ -17,17 +18,24 @@ prompt_version), where model_id is ``embed.model`` (the CLIP model of the embedd
    image lies in the model's ``similarity_band`` go to ``gold.synthetic_texts``, the others to
    ``gold.synthetic_text_rejects`` as ``too_similar_ocr_like`` / ``too_dissimilar``.
 
+In ``generate.mode: vlm`` steps 2 and 4 are one: a vision-language model (``generate.vlm``) gets the decoded image
+(the embed stage's decoder; an undecodable image is a reject with its reason), the retrieved text and the VLM prompt,
+and writes the text under the same checks; tags (step 3) are computed as in pipeline mode (balance's concept scales
+read them) and go into the prompt only where ``generate.vlm_user_prompt`` holds ``{tags}``. The key holds the VLM's
+name as captioner_id and llm_id and ``vlm_prompt_version``; the rows have an empty caption (no captioner ran).
+
 Every write is a MERGE on its key, so a killed run resumes where it stopped and a rerun computes nothing; a new
-prompt version, captioner or LLM computes everything again under its own key and leaves the old rows alone
-(captions and tags are reused where their own key is unchanged). Models load once per Python worker on the GPU
-Spark assigned to the task. With the tiny random-weight models of tests and the demo, every caption, tag and text
-is meaningless.
+prompt version, captioner, LLM, VLM or mode computes everything again under its own key and leaves the old rows
+alone (captions and tags are reused where their own key is unchanged). Models load once per Python worker on the
+GPU Spark assigned to the task. With the tiny random-weight models of tests and the demo, every caption, tag and
+text is meaningless.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import reduce
 
 import numpy as np
 from pyspark import StorageLevel
@@ -35,7 +43,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from realsyn.config import ConfigError, registry_path
-from realsyn.config_sections import Config, GenerateConfig
+from realsyn.config_sections import Config, GenerationKey
 from realsyn.contracts import (
     GOLD_CAPTIONS,
     GOLD_IMAGE_TAGS,
@@ -49,32 +57,42 @@ from realsyn.contracts import (
 )
 from realsyn.funnel import REASON, FunnelStep, Models, write_funnel
 from realsyn.spark import ARROW_BATCH_CONF
-from realsyn.synthetic_frames import caption_frame, embed_tag_frame, rewrite_frame, score_frame, tag_frame
+from realsyn.synthetic_frames import caption_frame, embed_tag_frame, rewrite_frame, score_frame, tag_frame, vlm_frame
 from realsyn.tables import Lakehouse
 from realsyn.tag_vocabulary import tag_vocabulary
-from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
+from udfs.models import ModelKind, ModelSpec, RegistryError, check_local_files, get_spec, load_registry
 
 log = logging.getLogger(__name__)
 
 
 REASON_NO_RETRIEVED_TEXT = "no_retrieved_text"
-# Reasons by the step that gives them (the funnel's steps); the caption step passes on the decoder's reasons.
+# Reasons by the step that gives them (the funnel's steps); the caption step (vlm mode: the decode step) passes on
+# the decoder's reasons.
 LLM_REASONS = ("invalid_utf8", "empty_output", "prompt_echo", "truncated", "over_long")
 BAND_REASONS = ("too_similar_ocr_like", "too_dissimilar", "text_not_embeddable")
+# gold.synthetic_texts.caption of vlm mode (the column is not nullable): no captioner ran, the VLM read the image.
+NO_CAPTION = ""
 
 
 @dataclass(frozen=True)
 class GenerateModels:
-    """The three registry entries of a run and the similarity band it keeps."""
+    """The registry entries of a run (those of its mode; the others None) and the similarity band it keeps."""
 
     clip: ModelSpec
-    captioner: ModelSpec
-    llm: ModelSpec
     band: tuple[float, float]
+    captioner: ModelSpec | None = None
+    llm: ModelSpec | None = None
+    vlm: ModelSpec | None = None
+
+    @property
+    def used(self) -> list[ModelSpec]:
+        """Every entry the run loads."""
+        return [s for s in (self.clip, self.captioner, self.llm, self.vlm) if s is not None]
 
 
 def resolve_models(cfg: Config) -> GenerateModels:
-    """The registry entries named by ``embed.model``, ``generate.captioner`` and ``generate.llm``, and the band.
+    """The registry entries of ``embed.model`` and of the mode (``generate.captioner`` and ``generate.llm``, or
+    ``generate.vlm``), and the band.
 
     Raises ConfigError naming the key and registry file when an entry is absent or of the wrong kind, or when the
     CLIP entry has no ``similarity_band`` and ``generate.similarity_band`` is not set; ModelNotAvailable when a
@@ -85,26 +103,30 @@ def resolve_models(cfg: Config) -> GenerateModels:
         registry = load_registry(path)
     except RegistryError as e:
         raise ConfigError(f"embed.registry: {e}") from None
-    specs: list[ModelSpec] = []
-    for key, name, kind in (
-        ("embed.model", cfg.embed.model, "clip"),
-        ("generate.captioner", cfg.generate.captioner, "captioner"),
-        ("generate.llm", cfg.generate.llm, "llm"),
-    ):
+    gcfg = cfg.generate
+    wanted: list[tuple[str, str, ModelKind]] = [("embed.model", cfg.embed.model, "clip")]
+    if gcfg.mode == "vlm":
+        wanted.append(("generate.vlm", gcfg.vlm, "vlm"))
+    else:
+        wanted += [("generate.captioner", gcfg.captioner, "captioner"), ("generate.llm", gcfg.llm, "llm")]
+    specs: dict[ModelKind, ModelSpec] = {}
+    for key, name, kind in wanted:
         try:
-            specs.append(get_spec(registry, name, str(path), kind=kind))  # type: ignore[arg-type]
+            specs[kind] = get_spec(registry, name, str(path), kind=kind)
         except RegistryError as e:
             raise ConfigError(f"{key}: {e}") from None
-    for spec in specs:
+    for spec in specs.values():
         check_local_files(spec)
-    clip, captioner, llm = specs
-    band = cfg.generate.similarity_band or clip.similarity_band
+    clip = specs["clip"]
+    band = gcfg.similarity_band or clip.similarity_band
     if band is None:
         raise ConfigError(
             f"generate.similarity_band: model {clip.name!r} of {path} has no similarity_band; set one there or in "
             "generate.similarity_band (the paper's [0.51, 0.61] holds for EVA02-CLIP only)"
         )
-    return GenerateModels(clip, captioner, llm, (float(band[0]), float(band[1])))
+    return GenerateModels(
+        clip, (float(band[0]), float(band[1])), specs.get("captioner"), specs.get("llm"), specs.get("vlm")
+    )
 
 
 def ensure_tags(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec) -> tuple[int, bool]:
@@ -129,8 +151,10 @@ def ensure_tags(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec) -> tuple[int
 
 @dataclass(frozen=True)
 class GenerateSummary:
-    """What :func:`run_generate` did, under one key (model, captioner, LLM, prompt version)."""
+    """What :func:`run_generate` did, under one key (model, captioner, LLM, prompt version; vlm mode: the VLM is
+    captioner and LLM)."""
 
+    mode: str
     model_id: str
     captioner_id: str
     llm_id: str
@@ -145,9 +169,14 @@ class GenerateSummary:
 
     def __str__(self) -> str:
         reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(self.rejected.items())) or "none"
+        if self.mode == "vlm":
+            models = f"{self.model_id} | vlm {self.llm_id}"
+            work = f"{self.tokens:,} tokens generated"
+        else:
+            models = f"{self.model_id} | {self.captioner_id} | {self.llm_id}"
+            work = f"{self.captioned:,} captioned, {self.tokens:,} tokens generated"
         text = (
-            f"generate [{self.model_id} | {self.captioner_id} | {self.llm_id} | prompt {self.prompt_version}]: "
-            f"{self.computed:,} images this run ({self.captioned:,} captioned, {self.tokens:,} tokens generated); "
+            f"generate [{models} | prompt {self.prompt_version}]: {self.computed:,} images this run ({work}); "
             f"{self.kept:,} synthetic texts kept in total, rejected: {reasons}; tag vocabulary {self.tags:,}"
         )
         if self.random_weights:
@@ -155,26 +184,16 @@ class GenerateSummary:
         return text
 
 
-def _key_columns(models: GenerateModels, gcfg: GenerateConfig) -> list[Column]:
-    return [
-        F.lit(models.clip.name).alias("model_id"),
-        F.lit(models.captioner.name).alias("captioner_id"),
-        F.lit(models.llm.name).alias("llm_id"),
-        F.lit(gcfg.prompt_version).alias("prompt_version"),
-    ]
+def _key_columns(key: GenerationKey) -> list[Column]:
+    return [F.lit(value).alias(column) for column, value in key.columns().items()]
 
 
-def _of_key(df: DataFrame, models: GenerateModels, gcfg: GenerateConfig) -> DataFrame:
-    return df.filter(
-        (F.col("model_id") == models.clip.name)
-        & (F.col("captioner_id") == models.captioner.name)
-        & (F.col("llm_id") == models.llm.name)
-        & (F.col("prompt_version") == gcfg.prompt_version)
-    )
+def _of_key(df: DataFrame, key: GenerationKey) -> DataFrame:
+    return df.filter(reduce(Column.__and__, [F.col(c) == v for c, v in key.columns().items()]))
 
 
-def _rejects(df: DataFrame, models: GenerateModels, gcfg: GenerateConfig) -> DataFrame:
-    return df.select("image_id", *_key_columns(models, gcfg), F.col(REASON), F.col("detail"))
+def _rejects(df: DataFrame, key: GenerationKey) -> DataFrame:
+    return df.select("image_id", *_key_columns(key), F.col(REASON), F.col("detail"))
 
 
 def _with_arrow_batch(df: DataFrame, rows: int) -> None:
@@ -183,38 +202,39 @@ def _with_arrow_batch(df: DataFrame, rows: int) -> None:
 
 def run_generate(lakehouse: Lakehouse, cfg: Config) -> GenerateSummary:
     """Write a synthetic text or a reject for every image of silver.images not yet done under the current key."""
-    gcfg = cfg.generate
     models = resolve_models(cfg)
-    model_id = models.clip.name
-    low, high = models.band
-    random_weights = any(s.random_init for s in (models.clip, models.captioner, models.llm))
+    key = cfg.generate.key(models.clip.name)
+    random_weights = any(s.random_init for s in models.used)
     for table in (GOLD_SYNTHETIC_TEXTS, GOLD_SYNTHETIC_TEXT_REJECTS, GOLD_CAPTIONS, GOLD_IMAGE_TAGS):
         lakehouse.create_if_absent(table)
     needed = [SILVER_IMAGES, SILVER_IMAGE_EMBEDDINGS, SILVER_RETRIEVAL, SILVER_SENTENCES]
     missing = [n for n in needed if not lakehouse.exists(n)]
     if missing:
         log.warning("generate: %s not there yet; nothing to generate", ", ".join(map(str, missing)))
-        return _summary(lakehouse, models, gcfg, 0, 0, 0, 0, random_weights)
+        return _summary(lakehouse, cfg, key, 0, 0, 0, 0, random_weights)
     spark = lakehouse.spark
     before = spark.conf.get(ARROW_BATCH_CONF, None)
     try:
-        computed, captioned, tokens, n_tags = _generate(lakehouse, cfg, models, low, high)
+        computed, captioned, tokens, n_tags = _generate(lakehouse, cfg, models, key)
     finally:
         if before is None:
             spark.conf.unset(ARROW_BATCH_CONF)
         else:
             spark.conf.set(ARROW_BATCH_CONF, before)
-    summary = _summary(lakehouse, models, gcfg, computed, captioned, tokens, n_tags, random_weights)
-    steps = _funnel(summary)
-    used = Models(model_id, models.captioner.name, models.llm.name, gcfg.prompt_version)
-    write_funnel(lakehouse, "generate", steps, used)
+    summary = _summary(lakehouse, cfg, key, computed, captioned, tokens, n_tags, random_weights)
+    used = Models(key.model_id, key.captioner_id, key.llm_id, key.prompt_version)
+    write_funnel(lakehouse, "generate", _funnel(summary), used)
     return summary
 
 
+def _prompt_uses_tags(cfg: Config) -> bool:
+    """Whether the texts are written from the tags: always in pipeline mode; in vlm mode where its prompt asks."""
+    return cfg.generate.mode == "pipeline" or "{tags}" in cfg.generate.vlm_user_prompt
+
+
 def _generate(
-    lakehouse: Lakehouse, cfg: Config, models: GenerateModels, low: float, high: float
+    lakehouse: Lakehouse, cfg: Config, models: GenerateModels, key: GenerationKey
 ) -> tuple[int, int, int, int]:
-    gcfg = cfg.generate
     model_id = models.clip.name
     retrieved = (
         lakehouse.read(SILVER_RETRIEVAL)
@@ -225,9 +245,9 @@ def _generate(
         F.col("sentence_id").alias("retrieved_sentence_id"), F.col("text").alias("retrieved_text")
     )
     done = (
-        _of_key(lakehouse.read(GOLD_SYNTHETIC_TEXTS), models, gcfg)
+        _of_key(lakehouse.read(GOLD_SYNTHETIC_TEXTS), key)
         .select("image_id")
-        .unionByName(_of_key(lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS), models, gcfg).select("image_id"))
+        .unionByName(_of_key(lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS), key).select("image_id"))
     )
     todo = (
         lakehouse.read(SILVER_IMAGES)
@@ -241,7 +261,9 @@ def _generate(
     try:
         computed = todo.count()
         if computed == 0:
-            n_tags = lakehouse.read(SILVER_TAGS).filter(F.col("model_id") == model_id).count()
+            n_tags = 0
+            if lakehouse.exists(SILVER_TAGS):
+                n_tags = lakehouse.read(SILVER_TAGS).filter(F.col("model_id") == model_id).count()
             return 0, 0, 0, n_tags
         no_text = todo.filter(F.col("retrieved_text").isNull()).select(
             "image_id",
@@ -251,12 +273,24 @@ def _generate(
             .alias("detail"),
         )
         if no_text.limit(1).count():
-            lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(no_text, models, gcfg))
+            lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(no_text, key))
         with_text = todo.filter(F.col("retrieved_text").isNotNull())
-        captioned = _caption(lakehouse, cfg, models.captioner, with_text)
+        # Tags in both modes: vlm mode's prompt may not use them, but they are the stage's product (gold.image_tags,
+        # silver.tags) that balance's concept scales read.
         n_tags, _ = ensure_tags(lakehouse, cfg, models.clip)
         _tag(lakehouse, cfg, models.clip, with_text)
-        tokens = _rewrite_and_filter(lakehouse, cfg, models, with_text, low, high)
+        captioned = 0
+        if models.vlm is not None:
+            written, ready = _vlm_write(lakehouse, cfg, models.vlm, with_text)
+        else:
+            assert models.captioner is not None and models.llm is not None
+            captioned = _caption(lakehouse, cfg, models.captioner, with_text)
+            written, ready = _rewrite(lakehouse, cfg, models.captioner, models.llm, key, with_text)
+        written = written.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            tokens = _filter_and_write(lakehouse, cfg, models, key, written, ready)
+        finally:
+            written.unpersist()
     finally:
         todo.unpersist()
     return computed, captioned, tokens, n_tags
@@ -304,13 +338,28 @@ def _tag(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec, images: DataFrame) 
     lakehouse.insert_new(GOLD_IMAGE_TAGS, tag_frame(need, cfg.generate, spec.name, tags, vectors))
 
 
-def _rewrite_and_filter(
-    lakehouse: Lakehouse, cfg: Config, models: GenerateModels, images: DataFrame, low: float, high: float
-) -> int:
+def _with_tags(lakehouse: Lakehouse, cfg: Config, model_id: str, images: DataFrame) -> DataFrame:
+    """``images`` with their tags of gold.image_tags (an empty list where none, or where the prompt uses none)."""
+    if not _prompt_uses_tags(cfg):
+        return images.withColumn("tags", F.array().cast("array<string>"))
+    image_tags = lakehouse.read(GOLD_IMAGE_TAGS).filter(F.col("model_id") == model_id)
+    return images.join(image_tags.select("image_id", "tags"), "image_id", "left").withColumn(
+        "tags", F.coalesce(F.col("tags"), F.array().cast("array<string>"))
+    )
+
+
+def _rewrite(
+    lakehouse: Lakehouse,
+    cfg: Config,
+    captioner: ModelSpec,
+    llm: ModelSpec,
+    key: GenerationKey,
+    images: DataFrame,
+) -> tuple[DataFrame, DataFrame]:
+    """Pipeline mode: images without a caption become rejects; the others are rewritten by the LLM. Returns the
+    rewrite's rows (image_id, syn_text, reason, detail, n_tokens) and what they were written from."""
     gcfg = cfg.generate
-    captions = lakehouse.read(GOLD_CAPTIONS).filter(F.col("captioner_id") == models.captioner.name)
-    image_tags = lakehouse.read(GOLD_IMAGE_TAGS).filter(F.col("model_id") == models.clip.name)
-    embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS).filter(F.col("model_id") == models.clip.name)
+    captions = lakehouse.read(GOLD_CAPTIONS).filter(F.col("captioner_id") == captioner.name)
     joined = images.join(captions.select("image_id", "caption", REASON, "detail"), "image_id", "left")
     no_caption = joined.filter(F.col("caption").isNull()).select(
         "image_id",
@@ -318,78 +367,98 @@ def _rewrite_and_filter(
         F.coalesce(F.col("detail"), F.lit("")).alias("detail"),
     )
     if no_caption.limit(1).count():
-        lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(no_caption, models, gcfg))
-    ready = (
-        joined.filter(F.col("caption").isNotNull())
-        .drop(REASON, "detail")
-        .join(image_tags.select("image_id", "tags"), "image_id", "left")
-        .withColumn("tags", F.coalesce(F.col("tags"), F.array().cast("array<string>")))
-    )
+        lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(no_caption, key))
+    ready = _with_tags(lakehouse, cfg, key.model_id, joined.filter(F.col("caption").isNotNull()).drop(REASON, "detail"))
     if gcfg.partitions:
         ready = ready.repartition(gcfg.partitions)
     _with_arrow_batch(ready, gcfg.arrow_batch_size)
-    written = rewrite_frame(ready, gcfg, models.llm).persist(StorageLevel.MEMORY_AND_DISK)
+    return rewrite_frame(ready, gcfg, llm), ready
+
+
+def _vlm_write(lakehouse: Lakehouse, cfg: Config, vlm: ModelSpec, images: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """vlm mode: the VLM writes every image's text from its bytes and retrieved text (decoder rejects among the
+    rows). Returns those rows (image_id, syn_text, reason, detail, n_tokens) and what they were written from."""
+    gcfg = cfg.generate
+    ready = _with_tags(lakehouse, cfg, cfg.embed.model, images).withColumn("caption", F.lit(NO_CAPTION))
+    with_bytes = ready.join(
+        lakehouse.read(SILVER_IMAGES).select("image_id", "content").dropDuplicates(["image_id"]), "image_id"
+    )
+    if gcfg.partitions:
+        with_bytes = with_bytes.repartition(gcfg.partitions)
+    _with_arrow_batch(with_bytes, gcfg.arrow_batch_size)
+    return vlm_frame(with_bytes, gcfg, vlm, cfg.embed.max_image_pixels), ready
+
+
+def _filter_and_write(
+    lakehouse: Lakehouse,
+    cfg: Config,
+    models: GenerateModels,
+    key: GenerationKey,
+    written: DataFrame,
+    ready: DataFrame,
+) -> int:
+    """Reject what the writer's checks rejected, score the rest against the band, write kept texts and rejects under
+    ``key``; the tokens generated. ``written``: (image_id, syn_text, reason, detail, n_tokens); ``ready``: what
+    each text was written from (retrieved sentence and text, caption, tags)."""
+    gcfg = cfg.generate
+    embeddings = lakehouse.read(SILVER_IMAGE_EMBEDDINGS).filter(F.col("model_id") == models.clip.name)
+    stats = written.agg(F.count(F.lit(1)).alias("n"), F.sum("n_tokens").alias("tokens")).first()
+    if stats is None or not stats["n"]:
+        return 0
+    tokens = int(stats["tokens"] or 0)
+    bad = written.filter(F.col(REASON).isNotNull()).select("image_id", REASON, "detail")
+    if bad.limit(1).count():
+        lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(bad, key))
+    good = written.filter(F.col(REASON).isNull()).select("image_id", "syn_text")
+    with_vectors = good.join(embeddings.select("image_id", "embedding"), "image_id", "left")
+    scored = (
+        score_frame(with_vectors, gcfg, cfg.embed.precision, cfg.embed.text_batch_size, models.clip, models.band)
+        .join(good, "image_id")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     try:
-        stats = written.agg(F.count(F.lit(1)).alias("n"), F.sum("n_tokens").alias("tokens")).first()
-        if stats is None or not stats["n"]:
-            return 0
-        tokens = int(stats["tokens"] or 0)
-        bad = written.filter(F.col(REASON).isNotNull()).select("image_id", REASON, "detail")
-        if bad.limit(1).count():
-            lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(bad, models, gcfg))
-        good = written.filter(F.col(REASON).isNull()).select("image_id", "syn_text")
-        with_vectors = good.join(embeddings.select("image_id", "embedding"), "image_id", "left")
-        scored = (
-            score_frame(with_vectors, gcfg, cfg.embed.precision, cfg.embed.text_batch_size, models.clip, (low, high))
-            .join(good, "image_id")
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
-        try:
-            out = scored.filter(F.col(REASON).isNotNull()).select("image_id", REASON, "detail")
-            if out.limit(1).count():
-                lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(out, models, gcfg))
-            kept = (
-                scored.filter(F.col(REASON).isNull())
-                .join(
-                    ready.select("image_id", "retrieved_sentence_id", "retrieved_text", "caption", "tags"), "image_id"
-                )
-                .select(
-                    "image_id",
-                    *_key_columns(models, gcfg),
-                    "retrieved_sentence_id",
-                    "retrieved_text",
-                    "caption",
-                    "tags",
-                    "syn_text",
-                    F.col("cosine").cast("float").alias("cosine"),
-                )
+        out = scored.filter(F.col(REASON).isNotNull()).select("image_id", REASON, "detail")
+        if out.limit(1).count():
+            lakehouse.insert_new(GOLD_SYNTHETIC_TEXT_REJECTS, _rejects(out, key))
+        kept = (
+            scored.filter(F.col(REASON).isNull())
+            .join(ready.select("image_id", "retrieved_sentence_id", "retrieved_text", "caption", "tags"), "image_id")
+            .select(
+                "image_id",
+                *_key_columns(key),
+                "retrieved_sentence_id",
+                "retrieved_text",
+                "caption",
+                "tags",
+                "syn_text",
+                F.col("cosine").cast("float").alias("cosine"),
             )
-            if kept.limit(1).count():
-                lakehouse.insert_new(GOLD_SYNTHETIC_TEXTS, kept)
-        finally:
-            scored.unpersist()
+        )
+        if kept.limit(1).count():
+            lakehouse.insert_new(GOLD_SYNTHETIC_TEXTS, kept)
     finally:
-        written.unpersist()
+        scored.unpersist()
     return tokens
 
 
 def _summary(
     lakehouse: Lakehouse,
-    models: GenerateModels,
-    gcfg: GenerateConfig,
+    cfg: Config,
+    key: GenerationKey,
     computed: int,
     captioned: int,
     tokens: int,
     n_tags: int,
     random_weights: bool,
 ) -> GenerateSummary:
-    kept = _of_key(lakehouse.read(GOLD_SYNTHETIC_TEXTS), models, gcfg).count()
-    reasons = _of_key(lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS), models, gcfg).groupBy(REASON).count().collect()
+    kept = _of_key(lakehouse.read(GOLD_SYNTHETIC_TEXTS), key).count()
+    reasons = _of_key(lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS), key).groupBy(REASON).count().collect()
     return GenerateSummary(
-        models.clip.name,
-        models.captioner.name,
-        models.llm.name,
-        gcfg.prompt_version,
+        cfg.generate.mode,
+        key.model_id,
+        key.captioner_id,
+        key.llm_id,
+        key.prompt_version,
         computed,
         captioned,
         n_tags,
@@ -401,19 +470,21 @@ def _summary(
 
 
 def _funnel(summary: GenerateSummary) -> list[FunnelStep]:
-    """Images under the key through the four steps: retrieved text, caption, rewrite, similarity band."""
+    """Images under the key through the four steps: retrieved text, caption, rewrite, similarity band (vlm mode:
+    retrieved text, image decode, VLM, similarity band)."""
     rejected = summary.rejected
     by_llm = sum(n for r, n in rejected.items() if r in LLM_REASONS)
     by_band = sum(n for r, n in rejected.items() if r in BAND_REASONS)
     no_text = rejected.get(REASON_NO_RETRIEVED_TEXT, 0)
-    by_caption = sum(rejected.values()) - by_llm - by_band - no_text
+    by_image = sum(rejected.values()) - by_llm - by_band - no_text
     total = summary.kept + sum(rejected.values())
+    image_step, writer_step = ("decode_image", "vlm_write") if summary.mode == "vlm" else ("caption", "llm_rewrite")
     steps = []
     rows = total
     for step, dropped in (
         ("retrieved_text", no_text),
-        ("caption", by_caption),
-        ("llm_rewrite", by_llm),
+        (image_step, by_image),
+        (writer_step, by_llm),
         ("similarity_band", by_band),
     ):
         steps.append(FunnelStep(step, rows, rows - dropped))

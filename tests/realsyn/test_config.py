@@ -330,11 +330,46 @@ def test_cat_parser_off_is_not_checked(tmp_path: Path) -> None:
             r"--set fetch\.object_prefixes over .*not an object-store",
         ),
         ("- a\n- b\n", [], r"top level must be a mapping"),
+        (
+            "storage:\n  root: /x\ngenerate:\n  vlm_user_prompt: 'Describe {caption}'\n",
+            [],
+            r"env\.yaml: generate\.vlm_user_prompt: Value error, generate\.vlm_user_prompt must hold "
+            r"\{retrieved_text\}; holds \{caption\}, which vlm mode does not fill in",
+        ),
+        (
+            "storage:\n  root: /x\ngenerate:\n  mode: vlm\n",
+            ["generate.vlm=tiny-random-llm"],
+            r"--set generate\.vlm over .*env\.yaml: generate\.vlm: model 'tiny-random-llm' of .*models\.yaml is a llm, "
+            r"not a vlm; known: .*tiny-random-vlm",
+        ),
+        (
+            "storage:\n  root: /x\ngenerate:\n  llm: nope\n",
+            [],
+            r"env\.yaml: generate\.llm: model 'nope' is not in",
+        ),
+        ("storage:\n  root: /x\ngenerate:\n  mode: vlm-ish\n", [], r"env\.yaml: generate\.mode: Input should be"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), overrides)
+
+
+def test_generation_key_holds_the_models_and_prompt_version_of_the_mode(tmp_path: Path) -> None:
+    pipeline = load_config(write(tmp_path, "storage:\n  root: /x\n"), ["generate.vlm=not-read-in-pipeline-mode"])
+    assert pipeline.generate.key("clip").columns() == {
+        "model_id": "clip",
+        "captioner_id": "tiny-random-captioner",
+        "llm_id": "tiny-random-llm",
+        "prompt_version": "v1",
+    }
+    vlm = load_config(write(tmp_path, "storage:\n  root: /x\n"), ["generate.mode=vlm", "generate.llm=not-read"])
+    assert vlm.generate.key("clip").columns() == {
+        "model_id": "clip",
+        "captioner_id": "tiny-random-vlm",
+        "llm_id": "tiny-random-vlm",
+        "prompt_version": "vlm-v1",
+    }
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def write_inputs(
 ) -> None:
     """Write the input tables of the balance stage for ``images`` under ``cfg``'s model and generation key."""
     model = cfg.embed.model
-    key = (model, cfg.generate.captioner, cfg.generate.llm, cfg.generate.prompt_version)
+    key = tuple(cfg.generate.key(model).columns().values())
     image_rows, ref_rows, retrieval_rows, syn_rows, rej_rows, cluster_rows, emb_rows = [], [], [], [], [], [], []
     sentences: dict[str, str] = {}
     for img in images:

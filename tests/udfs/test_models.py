@@ -20,6 +20,9 @@ def test_registry_holds_every_kind_and_old_entries_default_to_clip() -> None:
     assert reg["blip-base"].source == "Salesforce/blip-image-captioning-base"
     assert reg["llama-3-8b-instruct"].kind == "llm"
     assert models.get_spec(reg, "tiny-random-llm", kind="llm").config is not None
+    assert reg["qwen2-vl-2b-instruct"].kind == "vlm"
+    assert reg["qwen2-vl-2b-instruct"].source == "Qwen/Qwen2-VL-2B-Instruct"
+    assert models.get_spec(reg, "tiny-random-vlm", kind="vlm").random_init
     with pytest.raises(models.RegistryError, match=r"'tiny-random' .* is a clip, not a llm; known: .*tiny-random-llm"):
         models.get_spec(reg, "tiny-random", "conf/models.yaml", kind="llm")
 
@@ -32,6 +35,10 @@ def test_registry_holds_every_kind_and_old_entries_default_to_clip() -> None:
         ({"kind": "captioner", "family": "hf"}, "exactly one of 'source' and an inline 'config'"),
         ({"kind": "captioner", "family": "open_clip", "architecture": "ViT-B-32"}, "is a clip encoder"),
         ({"kind": "llm", "family": "hf", "source": "x/y", "similarity_band": [0.1, 0.2]}, "belongs to clip"),
+        (
+            {"kind": "vlm", "family": "hf", "random_init": True, "config": {"model_type": "llava"}},
+            "inline vlm config is built for model_type qwen2_vl .* not 'llava'",
+        ),
         (
             {"family": "open_clip", "architecture": "ViT-B-32", "random_init": True, "similarity_band": [0.7, 0.2]},
             "low",
@@ -101,6 +108,11 @@ def test_tiny_tokenizer_round_trips_ascii_and_renders_its_chat_template() -> Non
     assert rendered == "<|start|>system\nS<|end|>\n<|start|>user\nU<|end|>\n<|start|>assistant\n"
     ids_of = models.tiny_token_ids(tok)
     assert ids_of == {"pad_token_id": 0, "unk_token_id": 1, "bos_token_id": 2, "eos_token_id": 5, "vocab_size": 102}
+    # Extra special tokens (a VLM's image markers) come after the alphabet and are single tokens; nothing moves.
+    vlm_tok = models.tiny_tokenizer(chat=True, extra_special=("<|image_pad|>", "<|video_pad|>"))
+    assert vlm_tok(text, add_special_tokens=False)["input_ids"] == ids
+    assert vlm_tok("a<|image_pad|>", add_special_tokens=False)["input_ids"] == [ids[text.index("a")], 102]
+    assert models.tiny_token_ids(vlm_tok)["vocab_size"] == 104
 
 
 def test_spacy_pipeline_is_loaded_once_per_name_for_cat_and_the_tagger(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,10 +17,12 @@ from PIL import Image
 from realsyn.config import ConfigError
 from realsyn.config_sections import Config
 from realsyn.contracts import GOLD_DATASET, SILVER_IMAGES
+from realsyn.dataset_card import ModelUsed
 from realsyn.stages.balance import run_balance
-from realsyn.stages.export import RELEASE_COLUMNS, run_export
+from realsyn.stages.export import RELEASE_COLUMNS, VLM_ROLE, models_used, run_export
 from realsyn.tables import Lakehouse
 from tests.support.gold_data import Img, write_inputs
+from udfs.models import load_registry
 
 TEXTS = {
     "a": ["A dog runs on the beach.", "t2", "t3", "syn a"],
@@ -36,6 +38,18 @@ def corpus() -> list[Img]:
         Img("b", [("d1", 1, "http://x/b.jpg")], 0, TEXTS["b"][:3], TEXTS["b"][3], seed=2),
         Img("c", [("d2", 0, "http://x/c.png")], 1, TEXTS["c"][:3], TEXTS["c"][3], fmt="PNG", seed=3),
         Img("h", [("d2", 1, "http://x/h.gif")], 1, TEXTS["h"][:3], TEXTS["h"][3], fmt="GIF", seed=4),
+    ]
+
+
+def test_the_card_lists_a_vlm_once_in_a_role_of_its_own() -> None:
+    registry = load_registry(Path(__file__).resolve().parents[3] / "conf" / "models.yaml")
+    vlm_key = {"model_id": "tiny-random", "captioner_id": "tiny-random-vlm", "llm_id": "tiny-random-vlm"}
+    pipeline_key = {"model_id": "tiny-random", "captioner_id": "blip-base", "llm_id": "gone-from-the-registry"}
+    assert models_used([vlm_key, pipeline_key], registry) == [
+        ModelUsed("image and text encoder", "tiny-random", None, None, random_init=True),
+        ModelUsed("captioner", "blip-base", "Salesforce/blip-image-captioning-base"),
+        ModelUsed(VLM_ROLE, "tiny-random-vlm", None, None, random_init=True),
+        ModelUsed("llm", "gone-from-the-registry"),
     ]
 
 

@@ -1,4 +1,4 @@
-"""Generate stage in Spark with the tiny random captioner, CLIP and LLM (their outputs are meaningless as data).
+"""Generate stage in Spark with the tiny random captioner, CLIP, LLM and VLM (their outputs are meaningless as data).
 
 The expected rows come from the same models called directly, without Spark: what the stage must write.
 """
@@ -24,12 +24,13 @@ from realsyn.contracts import (
     SILVER_SENTENCES,
     SILVER_TAGS,
 )
+from realsyn.stages.balance import _key_filter
 from realsyn.stages.generate import resolve_models, run_generate
 from realsyn.tables import Lakehouse
 from tests.realsyn.test_tag_vocabulary import SENTENCES
 from tests.support.photos import encode, photo
 from tests.support.tables import rows_frame
-from udfs import captioner, clip, llm, tagger
+from udfs import captioner, clip, llm, tagger, vlm
 from udfs.models import get_spec, load_registry
 
 REGISTRY = Path(__file__).resolve().parents[3] / "conf" / "models.yaml"
@@ -53,6 +54,10 @@ def test_unknown_or_wrong_kind_of_model_and_missing_band_fail_before_work(tmp_pa
     cfg = load_config(REGISTRY.parent / "local.yaml", ["embed.model=small-random"])
     with pytest.raises(ConfigError, match=r"generate.similarity_band: model 'small-random' .* has no similarity_band"):
         resolve_models(cfg)
+    with pytest.raises(ConfigError, match=r"generate.vlm: model 'tiny-random-captioner' .* is a captioner, not a vlm"):
+        resolve_models(config(tmp_path, mode="vlm", vlm="tiny-random-captioner"))
+    models = resolve_models(config(tmp_path, mode="vlm", captioner="not-read-in-vlm-mode"))
+    assert [s.name for s in models.used] == ["tiny-random", "tiny-random-vlm"]
 
 
 def expected(images: dict[str, bytes], cfg: GenerateConfig) -> dict[str, dict[str, object]]:
@@ -86,16 +91,24 @@ def expected(images: dict[str, bytes], cfg: GenerateConfig) -> dict[str, dict[st
     return out
 
 
-def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, tmp_path: Path) -> None:
-    spark = lakehouse.spark
-    images = {k: encode(photo(v)) for k, v in PHOTOS.items()} | {"p_bad": b"\x89PNG broken"}
-    images["p_gone"] = encode(photo("camera"))
-    cfg = config(Path(lakehouse.storage.root or ""), similarity_band=(-1.0, 1.0))
-    want = expected(images, cfg.generate)
+def stage_images() -> dict[str, bytes]:
+    """The images of the stage tests: PHOTOS, p_bad (no decoder opens it), p_gone (its sentence is gone)."""
+    return {k: encode(photo(v)) for k, v in PHOTOS.items()} | {
+        "p_bad": b"\x89PNG broken",
+        "p_gone": encode(photo("camera")),
+    }
+
+
+def image_vectors(images: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """The tiny CLIP's embedding of every image; p_bad gets a unit vector (the embed stage would have rejected it)."""
     enc = clip.load_encoder(get_spec(load_registry(REGISTRY), "tiny-random"), "cpu")
-    vectors = {k: want[k]["image_vec"] for k in want}
-    vectors |= {k: next(clip.embed_images(enc, [(k, images[k])], 1)).vectors[0] for k in ("p_rocket", "p_gone")}
-    vectors["p_bad"] = np.full(32, 32**-0.5, dtype=np.float32)  # the embed stage would have rejected it
+    vectors = {k: next(clip.embed_images(enc, [(k, v)], 1)).vectors[0] for k, v in images.items() if k != "p_bad"}
+    return vectors | {"p_bad": np.full(32, 32**-0.5, dtype=np.float32)}
+
+
+def write_stage_inputs(lakehouse: Lakehouse, images: dict[str, bytes], vectors: dict[str, np.ndarray]) -> None:
+    """silver.images, silver.image_embeddings, silver.sentences and silver.retrieval (RETRIEVED, plus a rank-2 row)."""
+    spark = lakehouse.spark
     image_rows = [{"image_id": k, "content": v} for k, v in images.items()]
     lakehouse.overwrite(SILVER_IMAGES, rows_frame(spark, SILVER_IMAGES, image_rows))
     lakehouse.overwrite(
@@ -115,6 +128,13 @@ def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, 
             "image_id string, model_id string, rank int, sentence_id string, score float, leaf_id long",
         ),
     )
+
+
+def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, tmp_path: Path) -> None:
+    images = stage_images()
+    cfg = config(Path(lakehouse.storage.root or ""), similarity_band=(-1.0, 1.0))
+    want = expected(images, cfg.generate)
+    write_stage_inputs(lakehouse, images, image_vectors(images))
 
     first = run_generate(lakehouse, cfg)
     key = ("tiny-random", "tiny-random-captioner", "tiny-random-llm", "v1")
@@ -189,6 +209,89 @@ def test_generate_end_to_end_rerun_and_new_prompt_version(lakehouse: Lakehouse, 
     assert v2_kept.image_id == by_cosine[mid_c]
     v1_rows = lakehouse.read(GOLD_SYNTHETIC_TEXTS).filter("prompt_version = 'v1'")
     assert sorted(map(str, v1_rows.collect())) == before[GOLD_SYNTHETIC_TEXTS]
+
+
+def expected_vlm(images: dict[str, bytes], vectors: dict[str, np.ndarray], cfg: GenerateConfig) -> dict[str, object]:
+    """image_id -> (syn_text, cosine) of every image with a retrieved text and decodable bytes, from the VLM and the
+    CLIP text tower called directly."""
+    reg = load_registry(REGISTRY)
+    enc = clip.load_encoder(get_spec(reg, "tiny-random"), "cpu")
+    writer = vlm.load_transformers_vlm(get_spec(reg, cfg.vlm, kind="vlm"), "cpu", "auto", batch_size=1)
+    prompt = vlm.VlmPrompt(cfg.vlm_prompt_version, cfg.vlm_system_prompt, cfg.vlm_user_prompt)
+    limits = vlm.VlmLimits(
+        cfg.max_new_tokens, max_words=cfg.max_output_words, reject_truncated=False, image_pixels=cfg.vlm_image_pixels
+    )
+    rows: list[tuple[str, bytes, str, list[str]]] = [
+        (k, images[k], SENTENCES[RETRIEVED[k]], []) for k in ("p_astronaut", "p_coffee", "p_chelsea")
+    ]
+    out: dict[str, object] = {}
+    for w in vlm.write_texts(writer, rows, prompt, limits):
+        assert w.text is not None
+        [text_vec] = next(clip.embed_texts(enc, [(w.key, w.text)], 1)).vectors
+        out[w.key] = (w.text, pytest.approx(float(np.dot(text_vec, vectors[w.key])), abs=1e-5))
+    return out
+
+
+def test_vlm_mode_writes_under_its_own_key_and_switching_back_mixes_nothing(lakehouse: Lakehouse) -> None:
+    spark = lakehouse.spark
+    root = Path(lakehouse.storage.root or "")
+    images = stage_images()
+    vectors = image_vectors(images)
+    write_stage_inputs(lakehouse, images, vectors)
+    # What an earlier pipeline-mode run left: a row for every image under the pipeline key (written here directly).
+    pipeline = config(root, similarity_band=(-1.0, 1.0))
+    pipeline_key = pipeline.generate.key("tiny-random").columns()
+    made_of = {"retrieved_sentence_id": "s1", "retrieved_text": "t", "caption": "c", "tags": [], "cosine": 0.1}
+    kept = [{"image_id": k, **pipeline_key, **made_of, "syn_text": "old"} for k in PHOTOS if k != "p_rocket"]
+    gone = [{"image_id": k, **pipeline_key, "reason": "no_retrieved_text"} for k in ("p_rocket", "p_bad", "p_gone")]
+    lakehouse.overwrite(GOLD_SYNTHETIC_TEXTS, rows_frame(spark, GOLD_SYNTHETIC_TEXTS, kept))
+    lakehouse.overwrite(GOLD_SYNTHETIC_TEXT_REJECTS, rows_frame(spark, GOLD_SYNTHETIC_TEXT_REJECTS, gone))
+
+    # One task: one Python worker loads the VLM (two would load it twice on this 2-core runner).
+    cfg = config(root, mode="vlm", similarity_band=(-1.0, 1.0), vlm_image_pixels=1024, vlm_batch_size=2, partitions=1)
+    want = expected_vlm(images, vectors, cfg.generate)
+    first = run_generate(lakehouse, cfg)
+    assert str(first).startswith("generate [tiny-random | vlm tiny-random-vlm | prompt vlm-v1]: 6 images this run")
+    assert (first.computed, first.captioned, first.tags, first.kept) == (6, 0, 10, 3)
+    assert first.rejected == {"no_retrieved_text": 2, "not_an_image": 1}
+    key = {"model_id": "tiny-random", "captioner_id": "tiny-random-vlm", "llm_id": "tiny-random-vlm"}
+    key |= {"prompt_version": "vlm-v1"}
+    vlm_rows = lakehouse.read(GOLD_SYNTHETIC_TEXTS).filter(_key_filter(cfg)).collect()
+    assert {r.image_id: (r.syn_text, r.cosine) for r in vlm_rows} == want
+    for row in vlm_rows:
+        assert {c: row[c] for c in key} == key
+        assert (row.retrieved_sentence_id, row.caption, row.tags) == (RETRIEVED[row.image_id], "", [])
+    rejects = lakehouse.read(GOLD_SYNTHETIC_TEXT_REJECTS).filter(_key_filter(cfg)).collect()
+    assert {r.image_id: (r.reason, r.detail) for r in rejects} == {
+        "p_rocket": ("no_retrieved_text", "no rank-1 row in silver.retrieval"),
+        "p_gone": ("no_retrieved_text", "sentence not in silver.sentences: s_missing"),
+        "p_bad": ("not_an_image", "not a recognised image format"),
+    }
+    # No captioner ran; the tagger did (balance reads its tags), but the default VLM prompt has no {tags}.
+    assert lakehouse.read(GOLD_CAPTIONS).count() == 0
+    tagged = {r.image_id for r in lakehouse.read(GOLD_IMAGE_TAGS).collect()}
+    assert tagged == {"p_astronaut", "p_coffee", "p_chelsea", "p_bad"}
+    funnel = lakehouse.read(FUNNEL).filter("stage = 'generate'").orderBy("step_index").collect()
+    assert [(r.captioner, r.llm, r.prompt_version, r.step, r.rows_in, r.rows_out) for r in funnel] == [
+        ("tiny-random-vlm", "tiny-random-vlm", "vlm-v1", step, rows_in, rows_out)
+        for step, rows_in, rows_out in [
+            ("retrieved_text", 6, 4),
+            ("decode_image", 4, 3),
+            ("vlm_write", 3, 3),
+            ("similarity_band", 3, 3),
+        ]
+    ]
+
+    # A rerun computes nothing; switching back to pipeline mode finds its own rows done and changes no row.
+    tables = (GOLD_SYNTHETIC_TEXTS, GOLD_SYNTHETIC_TEXT_REJECTS, GOLD_IMAGE_TAGS, SILVER_TAGS)
+    before = {t: sorted(map(str, lakehouse.read(t).collect())) for t in tables}
+    again = run_generate(lakehouse, cfg)
+    assert (again.computed, again.tokens, again.kept) == (0, 0, 3)
+    back = run_generate(lakehouse, pipeline)
+    assert (back.computed, back.kept, back.rejected) == (0, 3, {"no_retrieved_text": 3})
+    assert {t: sorted(map(str, lakehouse.read(t).collect())) for t in tables} == before
+    old = lakehouse.read(GOLD_SYNTHETIC_TEXTS).filter(_key_filter(pipeline)).collect()
+    assert sorted((r.image_id, r.syn_text) for r in old) == sorted((k, "old") for k in PHOTOS if k != "p_rocket")
 
 
 def test_prompt_without_its_placeholders_fails_naming_the_key() -> None:
