@@ -7,7 +7,13 @@
    near-linear growth is the goal (exponent of t(N) ~ N^e printed). The quota kernels (udfs.balance) on the
    collected sizes are timed apart.
 2. Zipf-skewed sizes: max / median leaf size before sampling and in each scale after it.
-3. Export: realsyn.stages.export.write_webdataset (Spark tasks writing shards) against a plain single-process tarfile
+3. Concept-balanced scales (realsyn.concept_sampling) on pairs whose texts name Zipf(1)-distributed entries of a
+   vocabulary of N / 100 two-word entries (--mentions of the three texts, default 1, name one entry each among
+   filler words; the other texts are fillers alone): the whole MetaCLIP path (n-gram join of the texts with the
+   vocabulary, counts, per-pair t*, the exact top-N cut) for a target of N / 10, and the inverse-frequency path for
+   the same target, at --concept-rows (default 10M; --quick 200k). Rows/s and the share of matches held by the top
+   1% of entries before and after.
+4. Export: realsyn.stages.export.write_webdataset (Spark tasks writing shards) against a plain single-process tarfile
    writer over the same rows (read into the process with toArrow, then written), M small JPEGs
    (default 20,000; --quick 4,000), samples/s of each.
 
@@ -78,6 +84,77 @@ def sample_once(df: object, seed: int, n: int) -> tuple[float, float, dict[str, 
     return seconds, kernel, after, sizes
 
 
+def concept_pairs(spark: object, n: int, entries: int, seed: int, mentions: int = 1) -> tuple[object, object]:
+    """(pairs with texts text1..text3 and syn_text, vocabulary of ``entries`` two-word entries), both cached.
+
+    The first ``mentions`` texts name one entry each, drawn with Zipf(1) probabilities (as in :func:`assignments`),
+    among filler words.
+    """
+    from pyspark.sql import functions as F
+
+    def entry(salt: int) -> object:
+        x = F.exp(F.rand(seed + salt) * F.lit(math.log(entries + 1)))
+        i = F.least(F.floor(x) - 1, F.lit(entries - 1)).cast("long")
+        return F.concat(F.lit("e"), i.cast("string"), F.lit(" k"), (i % 7).cast("string"))
+
+    filler = [F.concat(F.lit("w"), F.floor(F.rand(seed + 100 + j) * 5000).cast("string")) for j in range(4)]
+    texts = [
+        F.concat_ws(" ", filler[0], filler[1], *([entry(t)] if t <= mentions else []), filler[2], filler[3]).alias(
+            f"text{t}"
+        )
+        for t in (1, 2, 3)
+    ]
+    pairs = spark.range(n).select(  # type: ignore[attr-defined]
+        F.sha2(F.col("id").cast("string"), 256).substr(1, 32).alias("image_id"),
+        *texts,
+        F.lit("a synthetic text").alias("syn_text"),
+    )
+    pairs = pairs.cache()
+    pairs.count()
+    vocab = spark.range(entries).select(  # type: ignore[attr-defined]
+        F.concat(F.lit("e"), F.col("id").cast("string"), F.lit(" k"), (F.col("id") % 7).cast("string")).alias("entry")
+    )
+    return pairs, vocab
+
+
+def concept_sampling_once(pairs: object, vocab_rows: object, target: int, seed: int) -> dict[str, tuple[float, ...]]:
+    """Both concept paths over ``pairs``: {path: (seconds, rows kept, head share before, after)}."""
+    from pyspark.sql import functions as F
+
+    from realsyn.concept_sampling import (
+        concept_keys,
+        entry_keys,
+        entry_matches,
+        smallest,
+        vocabulary,
+        with_unmatched,
+    )
+    from udfs.concepts import head_share
+
+    out = {}
+    t = time.perf_counter()
+    vocab, longest = vocabulary(vocab_rows, "entry")  # type: ignore[arg-type]
+    matches = entry_matches(pairs, ["text1", "text2", "text3", "syn_text"], vocab, longest)  # type: ignore[arg-type]
+    matches = with_unmatched(pairs, matches, "drop").localCheckpoint(eager=True)  # type: ignore[arg-type]
+    match_s = time.perf_counter() - t
+    for path, keyed in (("entries", entry_keys), ("concepts", concept_keys)):
+        t = time.perf_counter()
+        keys = keyed(pairs, matches, seed).localCheckpoint(eager=True)  # type: ignore[arg-type]
+        cut = smallest(keys, target)
+        member = cut.member() if cut is not None else F.lit(True)
+        kept = keys.filter(member).select("image_id")
+        counts = (
+            matches.join(kept.withColumn("_in", F.lit(1)), "image_id", "left")
+            .groupBy("concept")
+            .agg(F.count(F.lit(1)).alias("before"), F.count("_in").alias("after"))
+            .toPandas()
+        )
+        rows = kept.count()
+        seconds = time.perf_counter() - t + (match_s if path == "entries" else 0.0)
+        out[path] = (seconds, float(rows), head_share(counts["before"]), head_share(counts["after"]))
+    return out
+
+
 def export_rows(spark: object, lakehouse_root: str, m: int) -> tuple[object, object, object]:
     """A lakehouse with ``m`` small JPEGs in silver.images and matching gold-like rows; (lakehouse, rows, cfg)."""
     import pandas as pd
@@ -110,6 +187,7 @@ def export_rows(spark: object, lakehouse_root: str, m: int) -> tuple[object, obj
                 "text3": "third text",
                 "syn_text": [f"synthetic text {i}" for i in range(m)],
                 "raw_image_url": [f"https://example.org/{i}.jpg" for i in range(m)],
+                "url_redacted": False,
                 "coarse_id": 0,
                 "leaf_id": np.arange(m) % 97,
             }
@@ -149,14 +227,17 @@ def plain_tar_writer(lakehouse: object, rows: object, out: Path, per_shard: int)
 
 
 def main() -> None:
-    """Run the three parts and print the figures, the target scale's max / median last."""
+    """Run the four parts and print the figures, the target scale's max / median last."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="N = 200k, 400k and 4,000 exported samples")
     parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 2_000_000, 5_000_000, 10_000_000])
     parser.add_argument("--export-samples", type=int, default=20_000)
+    parser.add_argument("--concept-rows", type=int, default=10_000_000)
+    parser.add_argument("--mentions", type=int, default=1, choices=(1, 2, 3), help="texts of a pair naming an entry")
     args = parser.parse_args()
     sizes = [200_000, 400_000] if args.quick else args.sizes
     m = 4_000 if args.quick else args.export_samples
+    concept_rows = 200_000 if args.quick else args.concept_rows
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from realsyn.config_sections import SparkConfig
@@ -202,6 +283,21 @@ def main() -> None:
     for name, counts in after.items():
         print(f"  {name}: {int(counts.sum()):,} rows, max/median after {max_over_median(counts):.2f}")
 
+    pairs, vocab_rows = concept_pairs(spark, 20_000, 200, 1)
+    concept_sampling_once(pairs, vocab_rows, 2_000, 0)  # warm-up
+    pairs.unpersist()  # type: ignore[attr-defined]
+    pairs, vocab_rows = concept_pairs(spark, concept_rows, max(1, concept_rows // 100), 3, args.mentions)
+    concepts = concept_sampling_once(pairs, vocab_rows, concept_rows // 10, 0)
+    pairs.unpersist()  # type: ignore[attr-defined]
+    for path, (seconds, kept, before_share, after_share) in concepts.items():
+        what = "match + t* + cut" if path == "entries" else "weights + keys + cut (matches reused)"
+        print(
+            f"{path} scale over {concept_rows:,} pairs ({args.mentions} entry mention(s) each), "
+            f"{concept_rows // 100:,} Zipf(1) entries, target "
+            f"{concept_rows // 10:,}: {int(kept):,} kept in {seconds:.1f} s ({concept_rows / seconds:,.0f} pairs/s, "
+            f"{what}); top 1% of entries hold {before_share:.1%} of matches before, {after_share:.1%} after"
+        )
+
     with tempfile.TemporaryDirectory() as tmp:
         lakehouse, rows, cfg = export_rows(spark, f"{tmp}/lake", m)
         write_webdataset(lakehouse, rows, f"{tmp}/warm", cfg)  # type: ignore[arg-type]
@@ -214,6 +310,7 @@ def main() -> None:
             f"({spark_s:.2f} s), single-process tarfile {m / plain_s:,.0f} samples/s ({plain_s:.2f} s), "
             f"ratio {plain_s / spark_s:.2f}x"
         )
+    print(f"entries_head_share_after: {concepts['entries'][3]:.3f}")
     print(f"balance_max_over_median_after: {max_over_median(after['n10pct']):.2f}")
 
 

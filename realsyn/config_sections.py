@@ -398,6 +398,14 @@ DEFAULT_SYSTEM_PROMPT = (
     "description only."
 )
 DEFAULT_USER_PROMPT = "Retrieved text: {retrieved_text}\nCaption: {caption}\nTags: {tags}"
+DEFAULT_VLM_SYSTEM_PROMPT = (
+    "You write one description of an image for training an image-text model. You see the image and get a "
+    "real-world text retrieved for it from web pages. Keep the real-world details of the retrieved text (names, "
+    "places, events, numbers) that the image does not contradict; correct what it contradicts; describe what is "
+    "visible; add no information that neither the image nor the text gives; write one fluent text instead of "
+    "listing or concatenating. Answer with the description only."
+)
+DEFAULT_VLM_USER_PROMPT = "Retrieved text: {retrieved_text}"
 
 
 class GenerateTagsConfig(Section):
@@ -517,14 +525,30 @@ class BalanceScaleConfig(Section):
     cap: int | None = Field(default=None, ge=0)
     target: int | None = Field(default=None, ge=0)
     hierarchical: bool = False
+    t: float | None = Field(default=None, gt=0)
+    vocabulary: str = Field(default="tags", min_length=1)
+    top_k: int = Field(default=3, gt=0)
+    unmatched: Literal["drop", "own_entry"] = "drop"
 
     @model_validator(mode="after")
     def _one_size(self) -> BalanceScaleConfig:
-        if (self.cap is None) == (self.target is None):
-            raise ValueError("set exactly one of cap (images per cluster) and target (images in all)")
-        if self.hierarchical and self.target is None:
-            raise ValueError("hierarchical quotas need a target, not a cap")
+        given = {k for k in ("cap", "target", "t") if getattr(self, k) is not None}
+        sizes = {"clusters": ("cap", "target"), "entries": ("t", "target"), "concepts": ("target",)}[self.by]
+        if len(given) != 1 or not given <= set(sizes):
+            raise ValueError(f"by: {self.by} takes exactly one of {' and '.join(sizes)}, got {sorted(given) or 'none'}")
+        if self.hierarchical and not (self.by == "clusters" and self.target is not None):
+            raise ValueError("hierarchical quotas need by: clusters and a target")
         return self
+
+    def settings(self) -> dict[str, object]:
+        """The keys that mean something for this scale's ``by``, with their values (defaults included)."""
+        keys = {
+            "clusters": ("cap", "target", "hierarchical"),
+            "entries": ("t", "target", "vocabulary", "unmatched"),
+            "concepts": ("target", "top_k", "unmatched"),
+        }[self.by]
+        values = self.model_dump(mode="json")
+        return {"by": self.by, **{k: values[k] for k in keys if values[k] is not None}}
 
 
 class BalanceConfig(Section):

@@ -487,6 +487,21 @@ GOLD_DATASET_REJECTS = _table(
     "no_synthetic_text, no_retrieved_text, no_cluster)",
 )
 
+GOLD_CONCEPT_COUNTS = _table(
+    "gold.concept_counts",
+    schema(
+        ("scale", STRING, False),
+        ("by", STRING, False),
+        ("concept", STRING, False),
+        ("rank", INT, False),
+        ("count_before", LONG, False),
+        ("count_after", LONG, False),
+    ),
+    ("scale", "concept"),
+    "per concept of every entries / concepts scale: its rank by pairs in gold.dataset (1 = most), those pairs "
+    "(count_before) and those in the scale (count_after)",
+)
+
 # Gold: per-stage row counts (rows in, kept, rejected) for the whole pipeline, and the runs.
 # What tells the funnels of one stage apart: a stage that runs models keeps one funnel per model (and prompt).
 FUNNEL_IDENTITY = ("stage", "model_id", "captioner", "llm", "prompt_version")

@@ -48,6 +48,7 @@ from realsyn.contracts import (
     BRONZE_INGEST_REJECTS,
     BRONZE_TEXTS,
     GOLD_CAPTIONS,
+    GOLD_CONCEPT_COUNTS,
     GOLD_DATASET,
     GOLD_DATASET_REJECTS,
     GOLD_IMAGE_TAGS,
@@ -186,7 +187,7 @@ STAGES: tuple[Stage, ...] = (
         ("generate", "cluster_images"),
         balance.run_balance,
         reads=(GOLD_SYNTHETIC_TEXTS, SILVER_IMAGE_CLUSTERS),
-        writes=(GOLD_DATASET, GOLD_DATASET_REJECTS),
+        writes=(GOLD_DATASET, GOLD_DATASET_REJECTS, GOLD_CONCEPT_COUNTS),
     ),
     Stage(
         "export",

@@ -20,20 +20,25 @@ to that many rows, optionally top-down over the tree's levels). Because all scal
 smaller quotas everywhere is a subset of a larger one. Only cluster sizes (one row per leaf) reach the driver;
 members are ranked in a window per leaf and compared with the quota in the same pass.
 
+Scales ``by: entries`` (MetaCLIP) and ``by: concepts`` (inverse concept frequency) balance over what the pairs show
+instead: entries of a vocabulary matched in the four texts, or each image's top tags of ``gold.image_tags``
+(:mod:`realsyn.concept_sampling`, docs/dataset.md). ``gold.concept_counts`` holds, per such scale and concept, the
+pairs before and in the scale.
+
 ``raw_image_url``: an image can sit at several URLs in several documents. The row names the URL of its
 reference with the smallest (doc_id, position): a pick that does not depend on the order documents arrived in.
 ``source_refs`` lists every (doc_id, position, url) in that order. URLs are stored without userinfo and without the
 query parameters of ``fetch.redact_query_params`` (signatures, tokens: :mod:`udfs.urls`); ``url_redacted`` says
 that ``raw_image_url`` lost some.
 
-Both gold tables are overwritten in one commit each and the funnel rows of stage ``balance`` replaced, so a rerun
+The gold tables are overwritten in one commit each and the funnel rows of stage ``balance`` replaced, so a rerun
 gives the same tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -41,11 +46,25 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from realsyn.config_sections import BalanceConfig, Config
+from realsyn.concept_sampling import (
+    Cut,
+    concept_keys,
+    entry_keys,
+    entry_matches,
+    smallest,
+    tag_concepts,
+    threshold_cut,
+    vocabulary,
+    with_unmatched,
+)
+from realsyn.config import ConfigError
+from realsyn.config_sections import BalanceConfig, BalanceScaleConfig, Config
 from realsyn.contracts import (
     BRONZE_IMAGE_REFS,
+    GOLD_CONCEPT_COUNTS,
     GOLD_DATASET,
     GOLD_DATASET_REJECTS,
+    GOLD_IMAGE_TAGS,
     GOLD_SYNTHETIC_TEXT_REJECTS,
     GOLD_SYNTHETIC_TEXTS,
     LEVEL_LEAF,
@@ -56,12 +75,14 @@ from realsyn.contracts import (
     SILVER_IMAGES,
     SILVER_RETRIEVAL,
     SILVER_SENTENCES,
+    SILVER_TAGS,
     Table,
     scale_column,
 )
 from realsyn.funnel import REASON, FunnelStep, first_reason, split, write_funnel
 from realsyn.tables import Lakehouse
 from udfs.balance import capped, hierarchical_quotas, max_over_median, water_fill
+from udfs.concepts import head_share
 from udfs.urls import SECRET_QUERY_PARAMS, redact_urls
 
 STAGE = "balance"
@@ -73,7 +94,9 @@ NO_CLUSTER = "no_cluster"
 
 @dataclass(frozen=True)
 class ScaleSummary:
-    """One scale: rows kept, non-empty clusters, and the max / median cluster size before and after sampling."""
+    """One scale: rows kept, non-empty clusters, and the max / median cluster size before and after sampling;
+    for an entries / concepts scale also its concepts, the share of matches in the top 1% of them before and
+    after, and the MetaCLIP t that an entries scale's target came to."""
 
     name: str
     rule: str
@@ -81,6 +104,25 @@ class ScaleSummary:
     clusters: int
     max_over_median_before: float
     max_over_median_after: float
+    concepts: int = 0
+    head_share_before: float = 0.0
+    head_share_after: float = 0.0
+    t: float | None = None
+
+    def __str__(self) -> str:
+        plural = "s" * (self.clusters != 1)
+        text = (
+            f"{self.name} ({self.rule}): {self.rows:,} images in {self.clusters:,} cluster{plural}, "
+            f"max/median cluster size {self.max_over_median_before:.2f} -> {self.max_over_median_after:.2f}"
+        )
+        if self.concepts:
+            text += (
+                f", top 1% of {self.concepts:,} concepts hold {self.head_share_before:.1%} -> "
+                f"{self.head_share_after:.1%} of matches"
+            )
+        if self.t is not None:
+            text += f", t found {self.t:,.3g}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -94,12 +136,7 @@ class BalanceSummary:
 
     def __str__(self) -> str:
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejected.items())) or "none"
-        scales = "; ".join(
-            f"{s.name} ({s.rule}): {s.rows:,} images in {s.clusters:,} cluster{'s' * (s.clusters != 1)}, "
-            "max/median cluster size "
-            f"{s.max_over_median_before:.2f} -> {s.max_over_median_after:.2f}"
-            for s in self.scales
-        )
+        scales = "; ".join(str(s) for s in self.scales)
         return (
             f"balance: {self.images:,} images of silver.images -> {self.kept:,} rows in gold.dataset, "
             f"{self.images - self.kept:,} in gold.dataset_rejects ({reasons})"
@@ -279,9 +316,11 @@ def selection_order(df: DataFrame, lakehouse: Lakehouse, cfg: BalanceConfig, mod
 
 
 def scale_quotas(parents: np.ndarray, sizes: np.ndarray, cfg: BalanceConfig) -> dict[str, np.ndarray]:
-    """Quota per leaf of every configured scale, from each leaf's size and coarse id (``parents``)."""
+    """Quota per leaf of every cluster scale (``by: clusters``), from each leaf's size and coarse id (``parents``)."""
     out: dict[str, np.ndarray] = {}
     for name, scale in cfg.scales.items():
+        if scale.by != "clusters":
+            continue
         if scale.cap is not None:
             out[name] = capped(sizes, scale.cap)
         elif scale.hierarchical:
@@ -315,13 +354,110 @@ def with_scales(ranked: DataFrame, leaf_ids: list[int], quotas: dict[str, np.nda
 
 def _rule(name: str, cfg: BalanceConfig) -> str:
     s = cfg.scales[name]
+    size = f"target {s.target:,}" if s.target is not None else f"t {s.t:g}" if s.t is not None else f"cap {s.cap}"
+    if s.by == "entries":
+        return f"entries of {s.vocabulary}, {size}, unmatched {s.unmatched}"
+    if s.by == "concepts":
+        return f"top-{s.top_k} concepts, inverse frequency, {size}, unmatched {s.unmatched}"
     if s.cap is not None:
-        return f"cap {s.cap}"
-    return f"target {s.target:,}{' top-down' if s.hierarchical else ''}, {cfg.selection}"
+        return size
+    return f"{size}{' top-down' if s.hierarchical else ''}, {cfg.selection}"
+
+
+# ------------------------------------------------------------------------- scales by entries and concepts
+
+
+@dataclass(frozen=True)
+class ConceptScale:
+    """One entries / concepts scale, computed: who is in it, its concepts' counts, the cut that chose them."""
+
+    name: str
+    members: DataFrame  # image_id, scale_<name>
+    counts: DataFrame  # concept, count_before, count_after
+    cut: Cut | None
+
+
+def _vocabularies(lakehouse: Lakehouse, cfg: Config) -> dict[str, tuple[DataFrame, int]]:
+    """The vocabulary of every entries scale, read before any other work: a missing file names its key."""
+    out: dict[str, tuple[DataFrame, int]] = {}
+    spark = lakehouse.spark
+    for name, scale in cfg.balance.scales.items():
+        if scale.by != "entries" or scale.vocabulary in out:
+            continue
+        if scale.vocabulary == "tags":
+            if not lakehouse.exists(SILVER_TAGS):
+                raise RuntimeError(
+                    f"{SILVER_TAGS} does not exist: balance.scales.{name} matches the generate stage's tags; run "
+                    "the generate stage first or name a vocabulary file"
+                )
+            entries = lakehouse.read(SILVER_TAGS).filter(F.col("model_id") == cfg.embed.model).select("tag")
+            out["tags"] = vocabulary(entries, "tag")
+            continue
+        try:
+            lines = spark.read.text(scale.vocabulary)
+            lines.limit(1).collect()
+        except Exception as e:  # AnalysisException: a path that does not exist
+            raise ConfigError(
+                f"balance.scales.{name}.vocabulary: cannot read {scale.vocabulary}: {str(e).splitlines()[0]}"
+            ) from None
+        entries = lines.filter(~F.trim("value").startswith("#"))
+        out[scale.vocabulary] = vocabulary(entries, "value")
+    return out
+
+
+def concept_scale(
+    kept: DataFrame,
+    name: str,
+    scale: BalanceScaleConfig,
+    lakehouse: Lakehouse,
+    cfg: Config,
+    vocabularies: dict[str, tuple[DataFrame, int]],
+) -> ConceptScale:
+    """Members and concept counts of one entries / concepts scale over the rows of ``kept``."""
+    seed = cfg.balance.seed
+    ids = kept.select("image_id", *[f"text{r}" for r in range(1, RETRIEVED_TEXTS + 1)], "syn_text")
+    if scale.by == "entries":
+        vocab, longest = vocabularies[scale.vocabulary]
+        texts = [*[f"text{r}" for r in range(1, RETRIEVED_TEXTS + 1)], "syn_text"]
+        matches = entry_matches(ids, texts, vocab, longest)
+    else:
+        tags = tag_concepts(lakehouse.read(GOLD_IMAGE_TAGS), cfg.embed.model, scale.top_k)
+        matches = tags.join(ids.select("image_id"), "image_id")
+    matches = with_unmatched(ids, matches, scale.unmatched).localCheckpoint(eager=True)
+    keyed = entry_keys(ids, matches, seed) if scale.by == "entries" else concept_keys(ids, matches, seed)
+    keys = keyed.localCheckpoint(eager=True)
+    cut = threshold_cut(scale.t) if scale.t is not None else smallest(keys, int(scale.target or 0))
+    member = cut.member() if cut is not None else F.col("key") < F.lit(float("inf"))
+    members = keys.select("image_id", member.alias(scale_column(name)))
+    counts = (
+        matches.join(members, "image_id")
+        .groupBy("concept")
+        .agg(
+            F.count(F.lit(1)).alias("count_before"),
+            F.sum(F.col(scale_column(name)).cast("long")).alias("count_after"),
+        )
+    )
+    return ConceptScale(name, members, counts, cut)
+
+
+def concept_counts_table(lakehouse: Lakehouse, scales: Sequence[ConceptScale], cfg: BalanceConfig) -> DataFrame:
+    """gold.concept_counts rows of every entries / concepts scale, ranked by pairs before sampling (none without)."""
+    if not scales:
+        return lakehouse.spark.createDataFrame([], GOLD_CONCEPT_COUNTS.schema)
+    union = None
+    for s in scales:
+        rows = s.counts.select(F.lit(s.name).alias("scale"), F.lit(cfg.scales[s.name].by).alias("by"), "*")
+        union = rows if union is None else union.unionByName(rows)
+    assert union is not None
+    rank = F.row_number().over(Window.partitionBy("scale").orderBy(F.col("count_before").desc(), "concept"))
+    return union.withColumn("rank", rank.cast("int")).select(*GOLD_CONCEPT_COUNTS.columns)
 
 
 def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
-    """Write gold.dataset (kept pairs with their scales), gold.dataset_rejects and the balance funnel rows."""
+    """Write gold.dataset (kept pairs with their scales), gold.dataset_rejects, gold.concept_counts and the balance
+    funnel rows."""
+    bcfg = cfg.balance
+    by_concepts = [n for n, s in bcfg.scales.items() if s.by == "concepts"]
     _require(
         lakehouse,
         SILVER_IMAGES,
@@ -331,8 +467,9 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
         SILVER_IMAGE_CLUSTERS,
         SILVER_IMAGE_CENTROIDS,
         GOLD_SYNTHETIC_TEXTS,
+        *([GOLD_IMAGE_TAGS] if by_concepts else []),
     )
-    bcfg = cfg.balance
+    vocabularies = _vocabularies(lakehouse, cfg)
     model_id = cfg.embed.model
     every = pairs(lakehouse, cfg).localCheckpoint(eager=True)
     kept, rejected = split(every)
@@ -348,6 +485,14 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
     quotas = scale_quotas(parents, sizes, bcfg)
 
     ranked = with_scales(selection_order(kept, lakehouse, bcfg, model_id), leaf_ids, quotas)
+    by_meaning = [
+        concept_scale(kept, name, scale, lakehouse, cfg, vocabularies)
+        for name, scale in bcfg.scales.items()
+        if scale.by != "clusters"
+    ]
+    for s in by_meaning:
+        column = scale_column(s.name)
+        ranked = ranked.join(s.members, "image_id", "left").withColumn(column, F.coalesce(column, F.lit(False)))
     dataset = ranked.select(
         "image_id",
         "raw_image_url",
@@ -357,7 +502,7 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
         "coarse_id",
         "leaf_id",
         "cluster_rank",
-        *[scale_column(n) for n in quotas],
+        *[scale_column(n) for n in bcfg.scales],
         F.col("cosine").cast("float").alias("syn_cosine"),
         "retrieved_sentence_ids",
         "retrieval_scores",
@@ -370,28 +515,58 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
     )
     lakehouse.overwrite(GOLD_DATASET, dataset)
     lakehouse.overwrite(GOLD_DATASET_REJECTS, rejects.select(*GOLD_DATASET_REJECTS.columns))
+    lakehouse.overwrite(GOLD_CONCEPT_COUNTS, concept_counts_table(lakehouse, by_meaning, bcfg))
 
     n_kept = int(sizes.sum())
     steps = _funnel_steps(n_images, counts, n_kept)
     scales = []
-    if quotas:
-        # Measured on the written table: members of every scale per leaf.
+    if bcfg.scales:
+        # Measured on the written tables: members of every scale per leaf, and per concept.
         per_leaf = (
             lakehouse.read(GOLD_DATASET)
             .groupBy("leaf_id")
-            .agg(*[F.sum(F.col(scale_column(n)).cast("long")).alias(n) for n in quotas])
+            .agg(*[F.sum(F.col(scale_column(n)).cast("long")).alias(n) for n in bcfg.scales])
             .collect()
         )
-        for name in quotas:
+        concepts = _concept_counts(lakehouse) if by_meaning else {}
+        cuts = {s.name: s.cut for s in by_meaning}
+        for name in bcfg.scales:
             members = np.array([int(r[name]) for r in per_leaf], np.int64)
             rows = int(members.sum())
             steps.append(FunnelStep(f"scale[{name}]", n_kept, rows))
-            after = max_over_median(members)
-            scales.append(
-                ScaleSummary(name, _rule(name, bcfg), rows, int((members > 0).sum()), max_over_median(sizes), after)
+            summary = ScaleSummary(
+                name,
+                _rule(name, bcfg),
+                rows,
+                int((members > 0).sum()),
+                max_over_median(sizes),
+                max_over_median(members),
             )
+            if name in concepts:
+                before, after = concepts[name]
+                scale = bcfg.scales[name]
+                cut = cuts[name]
+                # MetaCLIP's t that a target comes to (a given t is in the rule already).
+                t = cut.key if scale.t is None and cut is not None and scale.by == "entries" else None
+                summary = replace(
+                    summary,
+                    concepts=int((before > 0).sum()),
+                    head_share_before=head_share(before),
+                    head_share_after=head_share(after),
+                    t=t,
+                )
+            scales.append(summary)
     write_funnel(lakehouse, STAGE, steps)
     return BalanceSummary(n_images, n_kept, counts, tuple(scales))
+
+
+def _concept_counts(lakehouse: Lakehouse) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per scale of gold.concept_counts: the pairs of each concept before and after, in rank order."""
+    table = lakehouse.read(GOLD_CONCEPT_COUNTS).select("scale", "rank", "count_before", "count_after").toPandas()
+    out = {}
+    for name, rows in table.sort_values(["scale", "rank"]).groupby("scale"):
+        out[str(name)] = (rows["count_before"].to_numpy(np.int64), rows["count_after"].to_numpy(np.int64))
+    return out
 
 
 def _funnel_steps(n_images: int, counts: dict[str, int], n_kept: int) -> list[FunnelStep]:

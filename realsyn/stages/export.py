@@ -312,7 +312,10 @@ def card_facts(lakehouse: Lakehouse, cfg: Config, root: str) -> CardFacts:
         funnel=funnel,
         models=models,
         prompt_versions=sorted({r["prompt_version"] for r in used if r["prompt_version"]}),
-        balance=cfg.balance.model_dump(mode="json"),
+        balance={
+            **cfg.balance.model_dump(mode="json", exclude={"scales"}),
+            "scales": {name: scale.settings() for name, scale in cfg.balance.scales.items()},
+        },
         sources=sources,
         release_texts=cfg.export.release_texts,
     )

@@ -13,6 +13,9 @@ to it (so the page opens from disk, no server):
 - ``cluster_sizes.png``: leaf cluster sizes of gold.dataset sorted from the largest, before balancing (a wide light
   line) and in every scale (a narrow line with a marker of its own), so that a scale equal to "before" still shows
   both; and their max / median;
+- ``concepts.png`` (when a scale balances by entries or concepts): pairs per concept of ``gold.concept_counts`` by
+  rank, log-log, before and after each such scale; the table beside it gives the share of matches that fall in the
+  most frequent 1% of concepts before and after (a Zipf head holds much of it, a flat spread about 1%);
 - ``samples/``: thumbnails of ``report.sample_images`` rows (a hash sample) shown with their four texts.
 
 Everything is computed from aggregates or bounded samples; only those reach the driver. With the demo's
@@ -33,7 +36,15 @@ from pyspark.sql import functions as F
 
 from realsyn.config import ConfigError
 from realsyn.config_sections import Config
-from realsyn.contracts import FUNNEL, GOLD_DATASET, RETRIEVED_TEXTS, SCALE_PREFIX, SILVER_IMAGES
+from realsyn.contracts import (
+    FUNNEL,
+    GOLD_CONCEPT_COUNTS,
+    GOLD_DATASET,
+    RETRIEVED_TEXTS,
+    SCALE_PREFIX,
+    SILVER_IMAGES,
+    scale_column,
+)
 from realsyn.funnel_figure import (
     DATASET_KEY_COLUMNS,
     MODEL_COLUMNS,
@@ -47,6 +58,7 @@ from realsyn.funnel_figure import (
 )
 from realsyn.tables import Lakehouse
 from udfs.balance import max_over_median
+from udfs.concepts import head_share
 
 TEXT_COLUMNS = [f"text{r}" for r in range(1, RETRIEVED_TEXTS + 1)] + ["syn_text"]
 THUMBNAIL_PX = 256
@@ -66,6 +78,17 @@ def report_root(cfg: Config) -> Path:
 
 
 @dataclass(frozen=True)
+class ConceptHead:
+    """One entries / concepts scale: concepts with a match, and the top 1%'s share of matches before and after."""
+
+    scale: str
+    by: str
+    concepts: int
+    before: float
+    after: float
+
+
+@dataclass(frozen=True)
 class ReportSummary:
     """Where the report went and what it shows, counted from what was drawn."""
 
@@ -76,9 +99,14 @@ class ReportSummary:
     rows: int
     scales: tuple[tuple[str, int, float], ...]
     sample_images: int
+    concept_scales: tuple[ConceptHead, ...] = ()
 
     def __str__(self) -> str:
         scales = ", ".join(f"{n} {rows:,} rows (max/median cluster {r:.2f})" for n, rows, r in self.scales)
+        heads = ", ".join(
+            f"{c.scale} {c.before:.1%} -> {c.after:.1%} of matches in the top 1% of {c.concepts:,} concepts"
+            for c in self.concept_scales
+        )
         figure = ", ".join(
             f"{c.title} {len(c.bars)} bars ({'linear' if c.linear else 'log'} axis)" for c in self.chains
         )
@@ -86,6 +114,7 @@ class ReportSummary:
             f"report: {self.page}: funnel of {self.stages} stages in pipeline order ({self.funnel_steps} steps; "
             f"figure: {figure}), {self.rows:,} gold.dataset rows"
             + (f", scales {scales}" if scales else "")
+            + (f", concepts: {heads}" if heads else "")
             + f", {self.sample_images} sample images"
         )
 
@@ -177,6 +206,38 @@ def plot_cluster_sizes(before: np.ndarray, after: dict[str, np.ndarray], path: P
     plt.close(fig)
 
 
+def concept_distributions(lakehouse: Lakehouse) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Per scale of gold.concept_counts: (by, pairs per concept before, after), in rank order (none without)."""
+    if not lakehouse.exists(GOLD_CONCEPT_COUNTS):
+        return {}
+    table = lakehouse.read(GOLD_CONCEPT_COUNTS).select("scale", "by", "rank", "count_before", "count_after")
+    out = {}
+    for name, rows in table.toPandas().sort_values(["scale", "rank"]).groupby("scale"):
+        before = rows["count_before"].to_numpy(np.int64)
+        out[str(name)] = (str(rows["by"].iloc[0]), before, rows["count_after"].to_numpy(np.int64))
+    return out
+
+
+def plot_concepts(distributions: dict[str, tuple[str, np.ndarray, np.ndarray]], path: Path) -> None:
+    """Pairs per concept by rank, log-log, before and after: one panel per entries / concepts scale."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(distributions), figsize=(4.5 * len(distributions), 3.4), squeeze=False)
+    for ax, (name, (by, before, after)) in zip(axes[0], distributions.items(), strict=True):
+        for label, counts, color, width in (("before", before, "#9ecae1", 4.0), ("after", after, "#08519c", 1.6)):
+            nz = np.sort(counts[counts > 0])[::-1]
+            share = head_share(nz)
+            ax.plot(np.arange(1, nz.size + 1), nz, color=color, lw=width, label=f"{label}: top 1% hold {share:.0%}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{name} (by {by})", fontsize=10)
+        ax.set_xlabel("concept rank")
+        ax.set_ylabel("pairs with the concept")
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def thumbnail(content: bytes) -> bytes:
     """A JPEG of at most THUMBNAIL_PX on the long side."""
     from PIL import Image
@@ -217,8 +278,23 @@ def _page(
     scales: list[tuple[str, int, float]],
     before_ratio: float,
     samples: list[dict[str, Any]],
+    heads: Sequence[ConceptHead] = (),
 ) -> str:
     esc = html.escape
+    concepts = ""
+    if heads:
+        head_rows = "".join(
+            f"<tr><td>{esc(c.scale)}</td><td>{esc(c.by)}</td><td class=n>{c.concepts:,}</td>"
+            f"<td class=n>{c.before:.1%}</td><td class=n>{c.after:.1%}</td></tr>"
+            for c in heads
+        )
+        concepts = f"""<h2>Concepts before and after balancing</h2>
+<p>Pairs per concept (vocabulary entries matched in the texts, or top tags), most frequent first, from
+<code>gold.concept_counts</code>; and the share of all matches held by the most frequent 1% of concepts.</p>
+<table><tr><th>scale</th><th>by</th><th>concepts</th><th>top 1% before</th><th>top 1% after</th></tr>{head_rows}
+</table>
+<img src="concepts.png" alt="pairs per concept by rank, before and after balancing">
+"""
     scale_rows = "".join(
         f"<tr><td>{esc(n)}</td><td class=n>{rows:,}</td><td class=n>{ratio:.2f}</td></tr>" for n, rows, ratio in scales
     )
@@ -257,7 +333,7 @@ in pipeline order.</p>
 <p>Max / median leaf size before balancing: {before_ratio:.2f}.</p>
 <table><tr><th>scale</th><th>rows</th><th>max / median cluster size</th></tr>{scale_rows}</table>
 <img src="cluster_sizes.png" alt="cluster sizes before and after balancing">
-<h2>Sample pairs</h2><div class="grid">{"".join(cards)}</div>
+{concepts}<h2>Sample pairs</h2><div class="grid">{"".join(cards)}</div>
 </body></html>
 """
 
@@ -310,7 +386,13 @@ def run_report(lakehouse: Lakehouse, cfg: Config) -> ReportSummary:
     plot_texts(texts_hist, tokens, out / "texts_per_image.png")
     plot_cluster_sizes(before, after, out / "cluster_sizes.png")
     scales = [(name, int(sizes.sum()), max_over_median(sizes)) for name, sizes in after.items()]
-    page = _page(funnel_rows, int(before.sum()), scales, max_over_median(before), samples)
+    distributions = {n: d for n, d in concept_distributions(lakehouse).items() if scale_column(n) in scale_cols}
+    heads = [
+        ConceptHead(n, by, int((b > 0).sum()), head_share(b), head_share(a)) for n, (by, b, a) in distributions.items()
+    ]
+    if distributions:
+        plot_concepts(distributions, out / "concepts.png")
+    page = _page(funnel_rows, int(before.sum()), scales, max_over_median(before), samples, heads)
     tmp = out / "index.html.tmp"
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out / "index.html")
@@ -322,4 +404,5 @@ def run_report(lakehouse: Lakehouse, cfg: Config) -> ReportSummary:
         rows=int(before.sum()),
         scales=tuple(scales),
         sample_images=len(samples),
+        concept_scales=tuple(heads),
     )

@@ -52,7 +52,7 @@ class Img:
     content: bytes | None = None
 
 
-def _write(lakehouse: Lakehouse, table: Table, rows: list[tuple]) -> None:
+def write_rows(lakehouse: Lakehouse, table: Table, rows: list[tuple]) -> None:
     """One plain Delta write of ``rows`` (tuples of ``table``'s columns) per input table (one commit)."""
     df = lakehouse.spark.createDataFrame(rows, table.schema)
     df.write.format("delta").mode("overwrite").save(lakehouse.location(table))
@@ -97,14 +97,14 @@ def write_inputs(
         if img.embedding is not None:
             emb_rows.append((img.image_id, model, [float(v) for v in img.embedding]))
 
-    _write(lakehouse, SILVER_IMAGES, image_rows)
-    _write(lakehouse, BRONZE_IMAGE_REFS, ref_rows)
-    _write(lakehouse, SILVER_SENTENCES, [(sid, text, ["d"], 1) for sid, text in sentences.items()])
-    _write(lakehouse, SILVER_RETRIEVAL, retrieval_rows)
+    write_rows(lakehouse, SILVER_IMAGES, image_rows)
+    write_rows(lakehouse, BRONZE_IMAGE_REFS, ref_rows)
+    write_rows(lakehouse, SILVER_SENTENCES, [(sid, text, ["d"], 1) for sid, text in sentences.items()])
+    write_rows(lakehouse, SILVER_RETRIEVAL, retrieval_rows)
     if synthetic_texts:
-        _write(lakehouse, GOLD_SYNTHETIC_TEXTS, syn_rows)
-        _write(lakehouse, GOLD_SYNTHETIC_TEXT_REJECTS, rej_rows)
-    _write(lakehouse, SILVER_IMAGE_CLUSTERS, cluster_rows)
+        write_rows(lakehouse, GOLD_SYNTHETIC_TEXTS, syn_rows)
+        write_rows(lakehouse, GOLD_SYNTHETIC_TEXT_REJECTS, rej_rows)
+    write_rows(lakehouse, SILVER_IMAGE_CLUSTERS, cluster_rows)
     dim = len(next(iter(leaf_vectors.values()))) if leaf_vectors else 2
     coarse = sorted(set(leaf_parents.values()))
     centroid_rows = [(model, LEVEL_COARSE, c, None, [0.0] * dim, 0) for c in coarse]
@@ -112,5 +112,5 @@ def write_inputs(
         (model, LEVEL_LEAF, leaf, parent, (leaf_vectors or {}).get(leaf, [0.0] * dim), 0)
         for leaf, parent in sorted(leaf_parents.items())
     ]
-    _write(lakehouse, SILVER_IMAGE_CENTROIDS, centroid_rows)
-    _write(lakehouse, SILVER_IMAGE_EMBEDDINGS, emb_rows)
+    write_rows(lakehouse, SILVER_IMAGE_CENTROIDS, centroid_rows)
+    write_rows(lakehouse, SILVER_IMAGE_EMBEDDINGS, emb_rows)

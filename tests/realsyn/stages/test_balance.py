@@ -12,11 +12,11 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from realsyn.config import ConfigError, load_config
-from realsyn.config_sections import Config
-from realsyn.contracts import FUNNEL, GOLD_DATASET, GOLD_DATASET_REJECTS
+from realsyn.config_sections import BalanceScaleConfig, Config
+from realsyn.contracts import FUNNEL, GOLD_CONCEPT_COUNTS, GOLD_DATASET, GOLD_DATASET_REJECTS, GOLD_IMAGE_TAGS
 from realsyn.stages.balance import run_balance
 from realsyn.tables import Lakehouse
-from tests.support.gold_data import Img, picture, write_inputs
+from tests.support.gold_data import Img, picture, write_inputs, write_rows
 
 BALANCE_STEP = ("step_index", "step", "rows_in", "rows_out", "rows_rejected")
 
@@ -194,3 +194,168 @@ def test_bad_scale_config_names_the_key(tmp_path: Any) -> None:
     conf.write_text("storage: {root: x}\nbalance: {scales: {Big-One: {cap: 2}}}\n")
     with pytest.raises(ConfigError, match=r"balance.*Big-One"):
         load_config(conf)
+
+
+# Texts with known entries of the vocabulary "cat", "red car", "dog": whole words, case-folded, in any of the four
+# texts. "Cats" and "scatter" are no match.
+ENTRY_TEXTS = (
+    [["A cat sat on the mat."]] * 12
+    + [["The RED car stopped."]] * 3
+    + [["A dog and a cat."]] * 2
+    + [["Cats scatter."]] * 3
+)
+
+
+def entry_corpus() -> list[Img]:
+    imgs = [
+        Img(f"p{i:02d}", [("d", i, f"http://x/{i}.jpg")], 10, texts, f"syn {i}", seed=i)
+        for i, texts in enumerate(ENTRY_TEXTS)
+    ]
+    # One match in the synthetic text only, written with a hyphen.
+    imgs.append(Img("p20", [("d", 20, "http://x/20.jpg")], 10, ["Nothing to see."], "It is a Red-Car!", seed=20))
+    # No n-gram spans two texts: "red" ends one, "car" begins the next.
+    imgs.append(Img("p21", [("d", 21, "http://x/21.jpg")], 10, ["Painted red", "Car keys."], "keys", seed=21))
+    return imgs
+
+
+def draws(lakehouse: Lakehouse, ids: list[str], seed: int) -> dict[str, float]:
+    """The documented draw of every pair: the low 53 bits of xxhash64(image_id, seed), as a uniform in (0, 1)."""
+    rows = lakehouse.spark.createDataFrame([(i,) for i in ids], "id string").select(
+        "id", F.xxhash64("id", F.lit(seed)).alias("h")
+    )
+    return {r["id"]: ((r["h"] & ((1 << 53) - 1)) + 0.5) / 2**53 for r in rows.collect()}
+
+
+def test_entries_scales_keep_each_pair_with_metaclip_probability(lakehouse: Lakehouse, tmp_path: Any) -> None:
+    vocab = tmp_path / "entries.txt"
+    vocab.write_text("# entries\ncat\nRed car\ndog\nunicorn\n")
+    common = {"by": "entries", "vocabulary": str(vocab)}
+    scales = {
+        "meta": {**common, "t": 3},
+        "meta7": {**common, "target": 7},
+        "own": {**common, "t": 3, "unmatched": "own_entry"},
+    }
+    cfg = make_cfg(lakehouse, scales={"missing": {"by": "entries", "t": 3, "vocabulary": str(tmp_path / "no.txt")}})
+    images = entry_corpus()
+    write_inputs(lakehouse, cfg, images, leaf_parents={10: 0})
+    with pytest.raises(ConfigError, match=r"balance\.scales\.missing\.vocabulary: cannot read .*no\.txt"):
+        run_balance(lakehouse, cfg)
+    assert not lakehouse.exists(GOLD_DATASET)
+
+    cfg = make_cfg(lakehouse, scales=scales)
+    summary = run_balance(lakehouse, cfg)
+    counts = {
+        (r["scale"], r["concept"]): (r["rank"], r["count_before"])
+        for r in lakehouse.read(GOLD_CONCEPT_COUNTS).collect()
+    }
+    assert {c: v for (s, c), v in counts.items() if s == "meta"} == {"cat": (1, 14), "red car": (2, 4), "dog": (3, 2)}
+    assert counts[("own", "<unmatched>")] == (2, 4)  # after cat (14), tied with red car (4) and first by name
+
+    ids = [img.image_id for img in images]
+    u = draws(lakehouse, ids, 0)
+    entries = {i: [] for i in ids}  # type: dict[str, list[int]]
+    for i in range(12):
+        entries[f"p{i:02d}"] = [14]
+    for i in (12, 13, 14, 20):
+        entries[f"p{i:02d}"] = [4]
+    for i in (15, 16):
+        entries[f"p{i:02d}"] = [14, 2]
+    own = {**entries, **{f"p{i:02d}": [4] for i in (17, 18, 19, 21)}}
+
+    def p(cs: list[int], t: float) -> float:
+        return 1 - float(np.prod([1 - min(1.0, t / c) for c in cs])) if cs else 0.0
+
+    dataset = lakehouse.read(GOLD_DATASET)
+    got = {name: {r["image_id"] for r in dataset.filter(F.col(f"scale_{name}")).collect()} for name in scales}
+    assert got["meta"] == {i for i in ids if u[i] < p(entries[i], 3)}
+    assert got["own"] == {i for i in ids if u[i] < p(own[i], 3)}
+    assert {"p15", "p16"} <= got["meta"]  # the dog has 2 < t pairs: both are kept whatever the cat says
+
+    # A target keeps the pairs that enter at the 7 smallest t: u * count for one entry; for cat (14) and dog (2)
+    # below t = 2, (1 - t/14)(1 - t/2) = 1 - u gives t^2 - 16 t + 28 u = 0.
+    def t_star(i: str) -> float:
+        cs = entries[i]
+        if not cs:
+            return np.inf
+        return u[i] * cs[0] if len(cs) == 1 else 8 - np.sqrt(64 - 28 * u[i])
+
+    assert got["meta7"] == set(sorted(ids, key=t_star)[:7])
+    found = next(s for s in summary.scales if s.name == "meta7")
+    assert found.rows == 7 and found.t == pytest.approx(sorted(map(t_star, ids))[6])
+    meta = next(s for s in summary.scales if s.name == "meta")
+    assert meta.concepts == 3 and meta.head_share_before == pytest.approx(14 / 20) and meta.t is None
+    assert "top 1% of 3 concepts hold 70.0%" in str(summary)
+
+    # Another seed draws another sample of the same size.
+    reseeded = make_cfg(lakehouse, scales=scales, seed=1)
+    run_balance(lakehouse, reseeded)
+    again = {r["image_id"] for r in lakehouse.read(GOLD_DATASET).filter(F.col("scale_meta7")).collect()}
+    assert len(again) == 7 and again != got["meta7"]
+
+
+def test_concepts_scale_draws_by_inverse_concept_frequency(lakehouse: Lakehouse) -> None:
+    scales = {"inv": {"by": "concepts", "target": 6, "top_k": 1}}
+    cfg = make_cfg(lakehouse, scales=scales)
+    images = [Img(f"q{i:02d}", [("d", i, f"http://x/{i}.jpg")], 10, ["t"], "s", seed=i) for i in range(21)]
+    write_inputs(lakehouse, cfg, images, leaf_parents={10: 0})
+    with pytest.raises(RuntimeError, match=r"gold\.image_tags does not exist"):
+        run_balance(lakehouse, cfg)
+    # 16 images of a common concept, 4 of a rare one (their second tag is beyond top_k), one without a tag.
+    tags = {f"q{i:02d}": ["common", "rare"] if i < 16 else ["rare"] for i in range(20)}
+    tags["q20"] = []
+    write_rows(
+        lakehouse,
+        GOLD_IMAGE_TAGS,
+        [(i, "m", t, [0.3] * len(t)) for i, t in tags.items()] + [("q00", "other-model", ["rare"], [0.9])],
+    )
+    run_balance(lakehouse, cfg)
+
+    u = draws(lakehouse, list(tags), 0)
+    weight = {i: 1 / 16 if t[:1] == ["common"] else 1 / 4 for i, t in tags.items() if t}
+    expected = sorted(weight, key=lambda i: (-np.log(u[i]) / weight[i], i))[:6]
+    got = {r["image_id"] for r in lakehouse.read(GOLD_DATASET).filter(F.col("scale_inv")).collect()}
+    assert got == set(expected)
+    counts = {
+        r["concept"]: (r["count_before"], r["count_after"]) for r in lakehouse.read(GOLD_CONCEPT_COUNTS).collect()
+    }
+    assert counts == {
+        "common": (16, sum(tags[i] == ["common", "rare"] for i in got)),
+        "rare": (4, sum(tags[i] == ["rare"] for i in got)),
+    }
+
+
+def test_concept_scale_config_names_the_key(tmp_path: Any) -> None:
+    conf = tmp_path / "c.yaml"
+    for scale, message in (
+        ("{by: entries, cap: 3}", "by: entries takes exactly one of t and target"),
+        ("{by: concepts, t: 3}", "by: concepts takes exactly one of target"),
+        ("{by: entries, target: 3, hierarchical: true}", "hierarchical quotas need by: clusters"),
+        ("{by: words, target: 3}", "by"),
+    ):
+        conf.write_text(f"storage: {{root: x}}\nbalance: {{scales: {{s: {scale}}}}}\n")
+        with pytest.raises(ConfigError, match=rf"c\.yaml: balance\.scales\.s.*{message}"):
+            load_config(conf)
+
+
+def test_a_scale_describes_itself_by_the_keys_of_its_kind() -> None:
+    assert BalanceScaleConfig(cap=3).settings() == {"by": "clusters", "cap": 3, "hierarchical": False}
+    assert BalanceScaleConfig(by="entries", t=20_000).settings() == {
+        "by": "entries", "t": 20_000.0, "vocabulary": "tags", "unmatched": "drop"
+    }  # fmt: skip
+    assert BalanceScaleConfig(by="concepts", target=9, top_k=2).settings() == {
+        "by": "concepts", "target": 9, "top_k": 2, "unmatched": "drop"
+    }  # fmt: skip
+
+
+def test_a_vlm_run_pairs_and_names_the_vlm_key(lakehouse: Lakehouse) -> None:
+    cfg = Config.model_validate(
+        {
+            "storage": {"root": lakehouse.storage.root},
+            "embed": {"model": "m"},
+            "generate": {"mode": "vlm", "vlm": "a-vlm", "vlm_prompt_version": "vv"},
+        }
+    )
+    write_inputs(lakehouse, cfg, tiny_corpus()[:3], leaf_parents={10: 0, 11: 1})
+    run_balance(lakehouse, cfg)
+    lineage = lakehouse.read(GOLD_DATASET).select("image_id", "model_id", "captioner_id", "llm_id", "prompt_version")
+    assert sorted(tuple(r) for r in lineage.collect()) == [(i, "m", "a-vlm", "a-vlm", "vv") for i in "abc"]

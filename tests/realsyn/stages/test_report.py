@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from realsyn.config_sections import Config
-from realsyn.contracts import FUNNEL
+from realsyn.contracts import FUNNEL, GOLD_CONCEPT_COUNTS
 from realsyn.funnel_figure import STAGE_ORDER
 from realsyn.stages.balance import run_balance
-from realsyn.stages.report import ReportSummary, run_report
+from realsyn.stages.report import ConceptHead, ReportSummary, run_report
 from realsyn.tables import Lakehouse
 from tests.support.gold_data import Img, write_inputs
 
@@ -115,8 +115,15 @@ def probe(page: Path, html_text: str | None = None) -> dict[str, Any]:
     return found
 
 
+# gold.concept_counts of the entries scale "meta": 200 entries with Zipf counts before, capped at 20 after.
+CONCEPT_COUNTS = [(f"entry{i}", 1000 // (i + 1), min(20, 1000 // (i + 1))) for i in range(200)]
+
+
 def make_cfg(lakehouse: Lakehouse) -> Config:
-    scales: dict[str, Any] = {"one": {"cap": 1}}
+    vocabulary = Path(lakehouse.storage.root or "") / "entries.txt"
+    vocabulary.parent.mkdir(parents=True, exist_ok=True)
+    vocabulary.write_text("two\nthree\n")
+    scales: dict[str, Any] = {"one": {"cap": 1}, "meta": {"by": "entries", "t": 2, "vocabulary": str(vocabulary)}}
     return Config.model_validate(
         {
             "storage": {"root": lakehouse.storage.root},
@@ -153,6 +160,8 @@ def report_on_a_known_run(lakehouse: Lakehouse) -> ReportSummary:
         rows.append((stage, model_id, *generation, index, step, rows_in, rows_out, rows_in - rows_out))
     random.Random(0).shuffle(rows)
     lakehouse.overwrite(FUNNEL, lakehouse.spark.createDataFrame(rows, FUNNEL.schema))
+    concepts = [("meta", "entries", c, i + 1, before, after) for i, (c, before, after) in enumerate(CONCEPT_COUNTS)]
+    lakehouse.overwrite(GOLD_CONCEPT_COUNTS, lakehouse.spark.createDataFrame(concepts, GOLD_CONCEPT_COUNTS.schema))
     return run_report(lakehouse, cfg)
 
 
@@ -163,7 +172,11 @@ def test_the_report_draws_both_chains_in_pipeline_order(lakehouse: Lakehouse) ->
     assert sentence.pairs() == SENTENCE_CHAIN
     assert image.linear and not sentence.linear  # 30 / 2 vs 120,000 / 44
     assert summary.stages == 10 and summary.funnel_steps == len(RUN)
-    assert summary.rows == 5 and summary.sample_images == 3 and summary.scales == (("one", 2, 1.0),)
+    assert summary.rows == 5 and summary.sample_images == 3 and summary.scales[0] == ("one", 2, 1.0)
+    # The top 1% of 200 entries is the two largest: 1000 + 500 matches before, 20 + 20 after.
+    before, after = [c[1] for c in CONCEPT_COUNTS], [c[2] for c in CONCEPT_COUNTS]
+    assert summary.concept_scales == (ConceptHead("meta", "entries", 200, 1500 / sum(before), 40 / sum(after)),)
+    assert "meta 25.9% -> 1.7% of matches in the top 1% of 200 concepts" in str(summary)
     assert str(summary).startswith(f"report: {summary.page}: funnel of 10 stages in pipeline order (28 steps; ")
     assert "figure: images 12 bars (linear axis), sentences 6 bars (log axis))" in str(summary)
 
@@ -191,7 +204,7 @@ def test_report_page_loads_every_image(lakehouse: Lakehouse) -> None:
 
     found = probe(page)
     srcs = [src for src, _ in found["images"]]
-    assert srcs[:3] == ["funnel.png", "texts_per_image.png", "cluster_sizes.png"]
+    assert srcs[:4] == ["funnel.png", "texts_per_image.png", "cluster_sizes.png", "concepts.png"]
     assert len([s for s in srcs if s.startswith("samples/")]) == 3
     assert all(width > 0 for _, width in found["images"]), found["images"]
     # The funnel as the browser shows it: stages in pipeline order, each stage's steps in order.
@@ -200,7 +213,7 @@ def test_report_page_loads_every_image(lakehouse: Lakehouse) -> None:
         s for s in STAGE_ORDER if s in {r[0] for r in RUN}
     ]
     assert found["funnel"][:3] == [["ingest", "documents"], ["ingest", "texts"], ["ingest", "image_refs"]]
-    assert found["funnel"][-1] == ["balance", "scale[one]"]
+    assert found["funnel"][-1] == ["balance", "scale[one]"]  # RUN's funnel: balance's own rows were replaced
     assert found["overflow"] == [0, 0, 0], "a sample card's content reaches past its edge"
 
     # The probe can fail: a missing file reports width 0, and an unbreakable id overflows a card without the CSS.
