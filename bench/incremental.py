@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from deltalake import DeltaTable  # noqa: E402
 
 from bench.scaling import report, run_size  # noqa: E402
-from realsyn.config import DemoCorpusConfig  # noqa: E402
+from realsyn.config_sections import DemoCorpusConfig  # noqa: E402
 from realsyn.demo_corpus import generate  # noqa: E402
 
 NEW_DOCUMENTS = 10

@@ -1,0 +1,76 @@
+"""bench/scaling.py's pure parts: cores of a master, the corpus switch, Spark event-log totals per stage window."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_scaling", REPO / "bench" / "scaling.py")
+assert _spec is not None and _spec.loader is not None
+scaling = importlib.util.module_from_spec(_spec)
+sys.modules["bench_scaling"] = scaling
+_spec.loader.exec_module(scaling)
+
+
+def test_master_cores() -> None:
+    assert scaling.master_cores("local[2]") == 2
+    assert scaling.master_cores("local[4, 3]") == 4
+    assert scaling.master_cores("local") == 1
+    assert scaling.master_cores("local[*]") == os.cpu_count()
+    assert scaling.master_cores("spark://127.0.0.1:7077") is None
+
+
+def test_the_demo_corpus_sets_its_size_and_an_unknown_corpus_stops(tmp_path: Path) -> None:
+    assert scaling.corpus_sets("demo", 1000, tmp_path) == [
+        f"demo.output={tmp_path}",
+        "demo.documents=1000",
+        "demo.synthetic_images=200",
+    ]
+    with pytest.raises(SystemExit, match="no-such-corpus"):
+        scaling.corpus_sets("no-such-corpus", 1000, tmp_path)
+
+
+def _task_end(finish_ms: int, shuffle_write: int, cpu_ns: int) -> str:
+    return json.dumps(
+        {
+            "Event": "SparkListenerTaskEnd",
+            "Stage ID": 0,
+            "Task Info": {"Finish Time": finish_ms},
+            "Task Metrics": {
+                "Executor CPU Time": cpu_ns,
+                "Executor Run Time": 1500,
+                "Shuffle Write Metrics": {"Shuffle Bytes Written": shuffle_write},
+                "Shuffle Read Metrics": {"Remote Bytes Read": 0, "Local Bytes Read": 7},
+                "Input Metrics": {"Bytes Read": 100},
+                "Output Metrics": {"Bytes Written": 50},
+            },
+        }
+    )
+
+
+def test_event_log_tasks_count_in_the_window_they_end_in(tmp_path: Path) -> None:
+    rolled = tmp_path / "eventlog_v2_local-1"  # Spark 4 writes a folder of rolled files
+    rolled.mkdir()
+    lines = [
+        json.dumps({"Event": "SparkListenerJobStart", "Job ID": 0}),
+        _task_end(1_000_500, 10, 2_000_000_000),
+        _task_end(1_001_500, 20, 1_000_000_000),
+        _task_end(1_003_000, 40, 1_000_000_000),
+        _task_end(1_009_000, 80, 1_000_000_000),  # after every window: counted nowhere
+    ]
+    (rolled / "events_1_local-1").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    totals = scaling.event_log_metrics(tmp_path, {"ingest": (1000.0, 1002.0), "fetch": (1002.0, 1004.0)})
+    assert totals["ingest"]["tasks"] == 2
+    assert totals["ingest"]["shuffle_write_bytes"] == 30
+    assert totals["ingest"]["shuffle_read_bytes"] == 14
+    assert totals["ingest"]["executor_cpu_s"] == pytest.approx(3.0)
+    assert totals["fetch"]["tasks"] == 1
+    assert totals["fetch"]["shuffle_write_bytes"] == 40
+    assert totals["fetch"]["input_bytes"] == 100
+    assert totals["fetch"]["executor_run_s"] == pytest.approx(1.5)
