@@ -33,7 +33,7 @@ check() {  # check NAME SECONDS COMMAND...: run, keep the log, note the exit sta
 head -n 20 "$out/machine.txt"
 
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-check tests_gpu 150 "$py" -m pytest -q -p no:cacheprovider --noconftest -m gpu tests/udfs/test_clip.py tests/udfs/test_llm.py
+check tests_gpu 150 "$py" -m pytest -q -p no:cacheprovider --noconftest -m gpu tests/udfs/test_clip.py tests/udfs/test_llm.py tests/udfs/test_vlm.py
 check tests_kmeans 45 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/udfs/test_kmeans.py
 check kmeans_device 60 "$py" bench/kmeans_device.py
 check retrieval_device 45 "$py" bench/retrieval_device.py --quick
