@@ -1,4 +1,5 @@
-"""Concept-balanced scales in Spark: which concepts each pair has, a sampling key per pair, the smallest keys.
+"""Concept-balanced scales in Spark: which concepts each pair has, a sampling key per pair, the smallest keys, and
+the counts per concept read back from gold.concept_counts.
 
 Two ways to balance a scale by what its pairs show rather than by image clusters (``balance.scales.<name>.by``):
 
@@ -31,6 +32,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from realsyn.contracts import GOLD_CONCEPT_COUNTS
+from realsyn.tables import Lakehouse
 from udfs.concepts import entry_thresholds
 
 UNMATCHED = "<unmatched>"
@@ -192,3 +195,15 @@ def smallest(keys: DataFrame, n: int) -> Cut | None:
 def threshold_cut(t: float) -> Cut:
     """The cut of a fixed MetaCLIP ``t``: every pair whose t* lies below it."""
     return Cut(float(np.nextafter(t, -math.inf)), "\U0010ffff")
+
+
+def concept_distributions(lakehouse: Lakehouse) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Per scale of gold.concept_counts: (by, pairs per concept before, after), in rank order (none without)."""
+    if not lakehouse.exists(GOLD_CONCEPT_COUNTS):
+        return {}
+    table = lakehouse.read(GOLD_CONCEPT_COUNTS).select("scale", "by", "rank", "count_before", "count_after")
+    out = {}
+    for name, rows in table.toPandas().sort_values(["scale", "rank"]).groupby("scale"):
+        before = rows["count_before"].to_numpy(np.int64)
+        out[str(name)] = (str(rows["by"].iloc[0]), before, rows["count_after"].to_numpy(np.int64))
+    return out

@@ -48,6 +48,7 @@ from pyspark.sql import types as T
 
 from realsyn.concept_sampling import (
     Cut,
+    concept_distributions,
     concept_keys,
     entry_keys,
     entry_matches,
@@ -528,7 +529,7 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
             .agg(*[F.sum(F.col(scale_column(n)).cast("long")).alias(n) for n in bcfg.scales])
             .collect()
         )
-        concepts = _concept_counts(lakehouse) if by_meaning else {}
+        concepts = concept_distributions(lakehouse) if by_meaning else {}
         cuts = {s.name: s.cut for s in by_meaning}
         for name in bcfg.scales:
             members = np.array([int(r[name]) for r in per_leaf], np.int64)
@@ -543,7 +544,7 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
                 max_over_median(members),
             )
             if name in concepts:
-                before, after = concepts[name]
+                _, before, after = concepts[name]
                 scale = bcfg.scales[name]
                 cut = cuts[name]
                 # MetaCLIP's t that a target comes to (a given t is in the rule already).
@@ -558,15 +559,6 @@ def run_balance(lakehouse: Lakehouse, cfg: Config) -> BalanceSummary:
             scales.append(summary)
     write_funnel(lakehouse, STAGE, steps)
     return BalanceSummary(n_images, n_kept, counts, tuple(scales))
-
-
-def _concept_counts(lakehouse: Lakehouse) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per scale of gold.concept_counts: the pairs of each concept before and after, in rank order."""
-    table = lakehouse.read(GOLD_CONCEPT_COUNTS).select("scale", "rank", "count_before", "count_after").toPandas()
-    out = {}
-    for name, rows in table.sort_values(["scale", "rank"]).groupby("scale"):
-        out[str(name)] = (rows["count_before"].to_numpy(np.int64), rows["count_after"].to_numpy(np.int64))
-    return out
 
 
 def _funnel_steps(n_images: int, counts: dict[str, int], n_kept: int) -> list[FunnelStep]:

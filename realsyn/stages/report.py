@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 from pyspark.sql import functions as F
 
+from realsyn.concept_sampling import concept_distributions
 from realsyn.config import ConfigError
 from realsyn.config_sections import Config
 from realsyn.contracts import (
     FUNNEL,
-    GOLD_CONCEPT_COUNTS,
     GOLD_DATASET,
     RETRIEVED_TEXTS,
     SCALE_PREFIX,
@@ -204,18 +204,6 @@ def plot_cluster_sizes(before: np.ndarray, after: dict[str, np.ndarray], path: P
         ax.text(0.5, 0.5, "gold.dataset is empty", ha="center", transform=ax.transAxes)
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def concept_distributions(lakehouse: Lakehouse) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
-    """Per scale of gold.concept_counts: (by, pairs per concept before, after), in rank order (none without)."""
-    if not lakehouse.exists(GOLD_CONCEPT_COUNTS):
-        return {}
-    table = lakehouse.read(GOLD_CONCEPT_COUNTS).select("scale", "by", "rank", "count_before", "count_after")
-    out = {}
-    for name, rows in table.toPandas().sort_values(["scale", "rank"]).groupby("scale"):
-        before = rows["count_before"].to_numpy(np.int64)
-        out[str(name)] = (str(rows["by"].iloc[0]), before, rows["count_after"].to_numpy(np.int64))
-    return out
 
 
 def plot_concepts(distributions: dict[str, tuple[str, np.ndarray, np.ndarray]], path: Path) -> None:
