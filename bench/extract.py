@@ -1,17 +1,23 @@
-"""Extraction benchmark: sentences per second through split + filters + exact dedup, Spark vs one process.
+"""Extraction benchmark: the Spark stages' CPU work against one process running the same ``udfs`` functions over the
+same rows, on two cores.
 
-Both sides run the same functions of ``udfs.sentences`` on the same texts (``--corpus mmc4``: the real MMC4 sample,
-repeated ``--copies`` times under new document ids; ``--corpus generated``: every text of a corpus of ``--documents``
-documents of ``realsyn.corpus_generator``, in both layouts, written under ``--corpus-dir`` unless it is there already)
-with the paper's thresholds: Punkt split and normalisation, emoji /
-URL / word-count filters, the CAT parse (spaCy), word entropy over the whole corpus, exact dedup. Perplexity is
-left out on both sides (GPT-2-large cannot be loaded here, and a tiny random model would not show its cost).
-Each side runs once on a small warm-up first (JVM, Python workers, parser loading), then is timed.
+``--parts sentences`` (the default): sentences per second through split + filters + exact dedup. Both sides run the
+same functions of ``udfs.sentences`` on the same texts (``--corpus mmc4``: the real MMC4 sample, repeated
+``--copies`` times under new document ids; ``--corpus generated``: every text of a corpus of ``--documents``
+documents of ``realsyn.corpus_generator``, in both layouts, written under ``--corpus-dir`` unless it is there
+already) with the paper's thresholds: Punkt split and normalisation, emoji / URL / word-count filters, the CAT parse
+(spaCy), word entropy over the whole corpus, exact dedup. Perplexity is left out on both sides (GPT-2-large cannot
+be loaded here, and a tiny random model would not show its cost).
 
-Prints both rates and, last, ``sentences_per_s_ratio: <spark / single process>``.
+``--parts images`` (generated corpus only): images per second through the image extraction stage, every image file
+of the corpus as one fetched URL (read from one parquet file by both sides): header read and quality filter, exact
+dedup (sha256 of the bytes), perceptual hash, banded near-duplicate search and connected components. The Spark side
+is the stage's own function (``realsyn.stages.extract_images.extract_images``, its images and rejects computed in
+full); the one process runs ``udfs.images`` and scipy's connected components.
 
-The image side of the extraction benchmark (perceptual-hash search scaling) is ``bench/phash.py``; sections
-of this script are independent functions, so more can be added beside ``bench_sentences``.
+Each side runs once on a small warm-up first (JVM, Python workers, parser loading), then is timed; the four counts
+(or the sentence counts) of both sides must agree, or the script fails. Prints both rates per part and, last,
+``images_per_s_ratio`` and ``sentences_per_s_ratio: <spark / single process>`` for the parts run.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+FETCHED_FIELDS = (("url_id", "string"), ("status", "string"), ("image_id", "string"), ("content", "binary"))
 DEFAULT_MMC4 = Path(os.environ.get("REALSYN_SHARED_DATA", REPO.parent / "shared" / "data")) / "mmc4"
 
 
@@ -43,15 +50,21 @@ def load_texts(folder: Path, copies: int) -> list[tuple[str, int, str]]:
     return rows
 
 
-def load_generated(folder: Path, documents: int, seed: int, spark: object) -> list[tuple[str, int, str]]:
-    """(doc_id, position, text) rows of every document of the generated corpus under ``folder`` (written first,
-    by Spark tasks, unless a corpus of the same settings is there)."""
-    import pyarrow.parquet as pq
-
+def generated_corpus(folder: Path, documents: int, seed: int, spark: object) -> None:
+    """Write a generated corpus of ``documents`` under ``folder`` by Spark tasks, unless one of the same settings is
+    there."""
     from realsyn.config_sections import GeneratedCorpusConfig
     from realsyn.corpus_generator import generate_corpus
 
+    start = time.perf_counter()
     generate_corpus(GeneratedCorpusConfig(documents=documents, seed=seed), folder, spark)  # type: ignore[arg-type]
+    print(f"generated corpus: {documents} documents in {folder} ({time.perf_counter() - start:.1f} s)")
+
+
+def load_generated(folder: Path) -> list[tuple[str, int, str]]:
+    """(doc_id, position, text) rows of every document of the generated corpus under ``folder``."""
+    import pyarrow.parquet as pq
+
     rows: list[tuple[str, int, str]] = []
     for path in sorted((folder / "mmc4").glob("*.jsonl")):
         with path.open(encoding="utf-8") as f:
@@ -115,12 +128,11 @@ def spark_run(spark: object, rows: list[tuple[str, int, str]], partitions: int) 
     return occurrences, n_kept
 
 
-def bench_sentences(args: argparse.Namespace) -> float:
-    """Time both sides on the same texts; print rates and return the Spark / single-process ratio."""
-    from realsyn.config_sections import ExtractSentencesConfig, SparkConfig
+def bench_spark(partitions: int) -> object:
+    """The benchmark's Spark session: local[2], Arrow on, no UI."""
+    from realsyn.config_sections import SparkConfig
     from realsyn.spark import get_spark
 
-    parser = ExtractSentencesConfig().cat.parser
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_spark(
         SparkConfig(
@@ -129,7 +141,7 @@ def bench_sentences(args: argparse.Namespace) -> float:
             conf={
                 "spark.ui.enabled": "false",
                 "spark.ui.showConsoleProgress": "false",
-                "spark.sql.shuffle.partitions": str(args.partitions),
+                "spark.sql.shuffle.partitions": str(partitions),
                 "spark.sql.execution.arrow.pyspark.enabled": "true",
                 "spark.driver.memory": "4g",
                 "spark.local.dir": tempfile.mkdtemp(prefix="bench-extract-"),
@@ -137,13 +149,15 @@ def bench_sentences(args: argparse.Namespace) -> float:
         )
     )
     spark.sparkContext.setLogLevel("ERROR")
-    if args.corpus == "generated":
-        start = time.perf_counter()
-        rows = load_generated(args.corpus_dir, args.documents, args.seed, spark)
-        took = time.perf_counter() - start
-        print(f"generated corpus: {args.documents} documents in {args.corpus_dir} ({took:.1f} s)")
-    else:
-        rows = load_texts(args.mmc4, args.copies)
+    return spark
+
+
+def bench_sentences(args: argparse.Namespace, spark: object) -> float:
+    """Time both sides on the same texts; print rates and return the Spark / single-process ratio."""
+    from realsyn.config_sections import ExtractSentencesConfig
+
+    parser = ExtractSentencesConfig().cat.parser
+    rows = load_generated(args.corpus_dir) if args.corpus == "generated" else load_texts(args.mmc4, args.copies)
     warmup = load_texts(args.mmc4, 1)[:200] if args.corpus == "mmc4" else rows[:200]
 
     single_process(warmup, parser)
@@ -155,7 +169,6 @@ def bench_sentences(args: argparse.Namespace) -> float:
     t0 = time.perf_counter()
     occ_spark, kept_spark = spark_run(spark, rows, args.partitions)
     spark_s = time.perf_counter() - t0
-    spark.stop()
 
     if (occ_single, kept_single) != (occ_spark, kept_spark):
         raise SystemExit(f"results differ: single {occ_single}/{kept_single} vs spark {occ_spark}/{kept_spark}")
@@ -163,6 +176,114 @@ def bench_sentences(args: argparse.Namespace) -> float:
     print(f"single process: {single_s:.1f} s  {occ_single / single_s:.0f} sentences/s")
     print(f"spark local[2]: {spark_s:.1f} s  {occ_spark / spark_s:.0f} sentences/s")
     return (occ_spark / spark_s) / (occ_single / single_s)
+
+
+def image_rows(folder: Path, out: Path, limit: int | None = None) -> Path:
+    """Every image file (the first ``limit``) of the generated corpus under ``folder`` as one fetched URL each
+    (``url_id``, ``status`` ok, ``image_id`` null, ``content``), written to ``out/fetched.parquet``, and a reference
+    of each URL from one document (``out/refs.parquet``): what ``bronze.fetched_images`` and ``bronze.image_refs``
+    hold for them. Untimed: the fetch stage's work."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(p for p in (folder / "images").rglob("*") if p.is_file())[:limit]
+    names = [p.relative_to(folder).as_posix() for p in files]
+    out.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([(name, pa.type_for_alias(kind)) for name, kind in FETCHED_FIELDS])
+    with pq.ParquetWriter(out / "fetched.parquet", schema) as writer:
+        for start in range(0, len(files), 2_000):
+            chunk = slice(start, start + 2_000)
+            writer.write_table(
+                pa.table(
+                    {
+                        "url_id": names[chunk],
+                        "status": ["ok"] * len(names[chunk]),
+                        "image_id": pa.nulls(len(names[chunk]), pa.string()),
+                        "content": [p.read_bytes() for p in files[chunk]],
+                    },
+                    schema=schema,
+                ),
+                row_group_size=500,
+            )
+    pq.write_table(pa.table({"url_id": names, "doc_id": [n.split("/")[1] for n in names]}), out / "refs.parquet")
+    return out
+
+
+def images_single(folder: Path) -> tuple[int, int, int, int]:
+    """Quality filter, exact dedup and perceptual dedup of ``folder``'s fetched images in this process with the
+    ``udfs.images`` functions the stage runs: (URLs, passed quality, distinct images, kept after perceptual)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from realsyn.config_sections import ExtractImagesConfig
+    from udfs.ids import bytes_id
+    from udfs.images import band_keys, hamming, image_info_batch, phash_batch
+
+    cfg = ExtractImagesConfig()
+    contents = pq.read_table(folder / "fetched.parquet", columns=["content"]).column("content").to_pandas()
+    info = image_info_batch(contents)
+    w, h = info["width"].astype("float"), info["height"].astype("float")
+    short, long = np.minimum(w, h), np.maximum(w, h)
+    passed = contents[(short >= cfg.min_short_side) & (long <= short * cfg.max_aspect_ratio)]
+    distinct = pd.Series(dict(zip((bytes_id(c) for c in passed), passed, strict=True)))
+    hashes = phash_batch(distinct).dropna().unique().astype(np.int64)
+    pd_cfg = cfg.perceptual_dedup
+    keys = band_keys(hashes, pd_cfg.bands, pd_cfg.max_distance)
+    owner = np.repeat(np.arange(hashes.size), keys.shape[1])
+    buckets = pd.Series(owner).groupby(keys.reshape(-1)).agg(list)
+    src: list[int] = []
+    dst: list[int] = []
+    for members in buckets[buckets.map(len) > 1]:
+        m = np.array(sorted(set(members)))
+        i, j = np.triu_indices(m.size, k=1)
+        close = hamming(hashes[m[i]], hashes[m[j]]) <= pd_cfg.max_distance
+        src.extend(m[i][close])
+        dst.extend(m[j][close])
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(hashes.size, hashes.size))
+    kept, _ = connected_components(graph, directed=False)
+    return len(contents), len(passed), len(distinct), int(kept)
+
+
+def images_spark(spark: object, folder: Path) -> tuple[int, int, int, int]:
+    """The stage's own computation (``realsyn.stages.extract_images.extract_images``) on the same rows, both of its
+    outputs computed in full (written to Spark's no-op sink instead of Delta): the same four counts."""
+    from pyspark.sql import SparkSession
+
+    from realsyn.config_sections import ExtractImagesConfig
+    from realsyn.stages.extract_images import extract_images
+
+    assert isinstance(spark, SparkSession)
+    fetched = spark.read.parquet(str(folder / "fetched.parquet"))
+    refs = spark.read.parquet(str(folder / "refs.parquet"))
+    images, rejects, steps = extract_images(fetched, refs, ExtractImagesConfig())
+    for frame in (images, rejects):
+        frame.write.format("noop").mode("overwrite").save()
+    quality, exact, perceptual = steps
+    spark.catalog.clearCache()
+    return quality.rows_in, quality.rows_out, exact.rows_out, perceptual.rows_out
+
+
+def bench_images(args: argparse.Namespace, spark: object) -> float:
+    """Time both sides on the generated corpus's images; print rates and return the Spark / one-process ratio."""
+    work = Path(tempfile.mkdtemp(prefix="bench-extract-images-"))
+    rows, warmup = image_rows(args.corpus_dir, work / "all"), image_rows(args.corpus_dir, work / "warmup", 200)
+    images_single(warmup)
+    images_spark(spark, warmup)
+    t0 = time.perf_counter()
+    single = images_single(rows)
+    single_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    in_spark = images_spark(spark, rows)
+    spark_s = time.perf_counter() - t0
+    if single != in_spark:
+        raise SystemExit(f"results differ (URLs, quality, exact, perceptual): single {single} vs spark {in_spark}")
+    urls, passed, distinct, kept = single
+    print(f"images: {urls} URLs, {passed} pass quality, {distinct} distinct, {kept} kept after perceptual dedup")
+    print(f"single process: {single_s:.1f} s  {urls / single_s:.0f} images/s")
+    print(f"spark local[2]: {spark_s:.1f} s  {urls / spark_s:.0f} images/s")
+    return single_s / spark_s
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,14 +299,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--corpus-dir", type=Path, default=None, help="folder of the generated corpus (default: a temporary one)"
     )
+    parser.add_argument(
+        "--parts",
+        default="sentences",
+        help="comma-separated: images (the generated corpus only), sentences; sentences' figure is printed last",
+    )
     args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if set(parts) - {"images", "sentences"} or ("images" in parts and args.corpus != "generated"):
+        parser.error(f"--parts {args.parts}: images and sentences, images with --corpus generated only")
     if args.quick:
         args.copies = 1
         args.documents = min(args.documents, 300)
     if args.corpus_dir is None:
         args.corpus_dir = Path(tempfile.mkdtemp(prefix="bench-extract-corpus-"))
-    ratio = bench_sentences(args)
-    print(f"sentences_per_s_ratio: {ratio:.3f}")
+    spark = bench_spark(args.partitions)
+    if args.corpus == "generated":
+        generated_corpus(args.corpus_dir, args.documents, args.seed, spark)
+    figures = {}
+    if "images" in parts:
+        figures["images_per_s_ratio"] = bench_images(args, spark)
+    if "sentences" in parts:
+        figures["sentences_per_s_ratio"] = bench_sentences(args, spark)
+    spark.stop()  # type: ignore[attr-defined]
+    for name, value in figures.items():
+        print(f"{name}: {value:.3f}")
 
 
 if __name__ == "__main__":

@@ -242,13 +242,19 @@ def _merge_groups(df: DataFrame, step: str, reason: str) -> tuple[DataFrame, Dat
     return kept.select(*SILVER_IMAGES.columns), rejects
 
 
-def perceptual_dedup(images: DataFrame, cfg: ImagePerceptualDedupConfig) -> tuple[DataFrame, DataFrame]:
-    """(kept, rejects): one representative per group of perceptual near-duplicates.
+def with_phash(images: DataFrame) -> DataFrame:
+    """``images`` with the perceptual hash of their content in column ``phash`` (null: the image cannot be fully
+    decoded)."""
+    return images.withColumn(PHASH, _phash(F.col("content")))
+
+
+def perceptual_dedup(hashed: DataFrame, cfg: ImagePerceptualDedupConfig) -> tuple[DataFrame, DataFrame]:
+    """(kept, rejects): one representative per group of perceptual near-duplicates of ``hashed``, images with
+    their ``phash`` (:func:`with_phash`; checkpointed by the caller, since the search reads it several times).
 
     Images that cannot be fully decoded for hashing are rejected as ``undecodable``. Identical hashes are
     collapsed before the search, so many copies of one picture cost one vertex, not a quadratic clique.
     """
-    hashed = images.withColumn(PHASH, _phash(F.col("content")))
     hashed = hashed.withColumn(REASON, F.when(F.col(PHASH).isNull(), F.lit("undecodable")))
     ok, broken = split(hashed)
     broken_rejects = _reject_rows(broken, "perceptual_dedup", F.col(REASON))
@@ -276,21 +282,22 @@ class ImagesSummary:
         return format_funnel(self.steps, "image extraction")
 
 
-def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
-    """Read the fetched images and their references, write silver.images, silver.image_rejects and the funnel."""
-    icfg = cfg.extract_images
-    for name in (BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS):
-        if not lakehouse.exists(name):
-            raise RuntimeError(f"{name} does not exist: run the stage that writes it first")
-    urls = url_rows(lakehouse.read(BRONZE_FETCHED_IMAGES), lakehouse.read(BRONZE_IMAGE_REFS))
+def extract_images(
+    fetched: DataFrame, refs: DataFrame, icfg: ExtractImagesConfig, stood: DataFrame | None = None
+) -> tuple[DataFrame, DataFrame, list[FunnelStep]]:
+    """(images, rejects, funnel steps) of the fetched images (``bronze.fetched_images`` rows) and their references
+    (``bronze.image_refs``); ``stood``: the URLs that stood for an image last run (:func:`urls_that_stood`).
+
+    Each step's survivors are checkpointed once, so no Python UDF runs twice over a row: the image header read, the
+    perceptual hash (in the pass that checkpoints the exact dedup's survivors) and nothing else.
+    """
+    urls = url_rows(fetched, refs)
     urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)
     passed, bad = split(urls)
     quality_rejects = _reject_rows(bad, "quality", F.col(REASON), detail=quality_detail(icfg))
-    stood = None
-    if lakehouse.exists(SILVER_IMAGES) and lakehouse.exists(SILVER_IMAGE_REJECTS):
-        stood = urls_that_stood(lakehouse.read(SILVER_IMAGES), lakehouse.read(SILVER_IMAGE_REJECTS))
-        stood = stood.localCheckpoint(eager=True)  # read before this stage overwrites both tables
     images, exact_rejects = exact_dedup(passed, stood)
+    if icfg.perceptual_dedup.enabled:
+        images = with_phash(images)
     images = images.localCheckpoint(eager=True)
     n_passed = passed.count()
     steps = [FunnelStep("quality", urls.count(), n_passed), FunnelStep("exact_dedup", n_passed, images.count())]
@@ -305,11 +312,23 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
     all_rejects = rejects[0]
     for r in rejects[1:]:
         all_rejects = all_rejects.unionByName(r)
-    lakehouse.overwrite(SILVER_IMAGES, images.select(*SILVER_IMAGES.columns))
-    lakehouse.overwrite(
-        SILVER_IMAGE_REJECTS,
-        all_rejects.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in SILVER_IMAGE_REJECTS.schema]),
-    )
+    columns = [F.col(f.name).cast(f.dataType).alias(f.name) for f in SILVER_IMAGE_REJECTS.schema]
+    return images.select(*SILVER_IMAGES.columns), all_rejects.select(*columns), steps
+
+
+def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
+    """Read the fetched images and their references, write silver.images, silver.image_rejects and the funnel."""
+    for name in (BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS):
+        if not lakehouse.exists(name):
+            raise RuntimeError(f"{name} does not exist: run the stage that writes it first")
+    stood = None
+    if lakehouse.exists(SILVER_IMAGES) and lakehouse.exists(SILVER_IMAGE_REJECTS):
+        stood = urls_that_stood(lakehouse.read(SILVER_IMAGES), lakehouse.read(SILVER_IMAGE_REJECTS))
+        stood = stood.localCheckpoint(eager=True)  # read before this stage overwrites both tables
+    fetched, refs = lakehouse.read(BRONZE_FETCHED_IMAGES), lakehouse.read(BRONZE_IMAGE_REFS)
+    images, rejects, steps = extract_images(fetched, refs, cfg.extract_images, stood)
+    lakehouse.overwrite(SILVER_IMAGES, images)
+    lakehouse.overwrite(SILVER_IMAGE_REJECTS, rejects)
     write_funnel(lakehouse, STAGE, steps)
     # Embeddings of images no longer extracted go; those of semantic duplicates stay (still in silver.images here).
     prune_embeddings(lakehouse, SILVER_IMAGE_EMBEDDINGS, lakehouse.read(SILVER_IMAGES), "image_id")

@@ -1,0 +1,29 @@
+"""bench/extract.py's one-process image side: on a generated corpus it drops exactly what the generator planted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from realsyn.config_sections import GeneratedCorpusConfig
+from realsyn.corpus_generator import MANIFEST, generate_corpus
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_extract", REPO / "bench" / "extract.py")
+assert _spec is not None and _spec.loader is not None
+extract = importlib.util.module_from_spec(_spec)
+sys.modules["bench_extract"] = extract
+_spec.loader.exec_module(extract)
+
+
+def test_the_one_process_image_funnel_drops_what_was_planted(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    generate_corpus(GeneratedCorpusConfig(documents=40, seed=5), corpus)
+    planted = json.loads((corpus / MANIFEST).read_text(encoding="utf-8"))["counts"]
+    urls, passed, distinct, kept = extract.images_single(extract.image_rows(corpus, tmp_path / "rows"))
+    assert urls == sum(1 for p in (corpus / "images").rglob("*") if p.is_file())
+    assert urls - passed == planted["images.too_small"] + planted["images.aspect_ratio"] + planted["images.broken"]
+    assert passed - distinct == planted["images.exact_duplicate"]
+    assert distinct - kept == planted["images.near_duplicate"]
