@@ -42,7 +42,9 @@ def main() -> None:
         lakes = {}
         for partitions in (50, 2):
             print(f"\nsnapshotPartitions {partitions}:")
-            result = run_size(n, Path(tmp), args.conf, [f'{KEY}="{partitions}"'], tag=f"-p{partitions}")
+            result = run_size(
+                n, Path(tmp), args.conf, [f'{KEY}="{partitions}"'], tag=f"-p{partitions}", corpus="photos"
+            )
             seconds[partitions], _ = report(result)
             lakes[partitions] = Path(str(result["lake"]))
         differing = differences(lakes[50], lakes[2])

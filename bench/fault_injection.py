@@ -41,7 +41,11 @@ def main() -> None:
     per_stage = 1 if args.quick else args.moments
     seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000
     rng = random.Random(seed)
-    sets = (f"demo.documents={args.documents}", f"demo.synthetic_images={max(4, args.documents // 3)}")
+    sets = (
+        "demo.kind=photos",
+        f"demo.documents={args.documents}",
+        f"demo.synthetic_images={max(4, args.documents // 3)}",
+    )
     with tempfile.TemporaryDirectory(prefix="realsyn-faults-") as tmp:
         work = Path(tmp)
         raw, ref, lake, out = work / "raw", work / "reference", work / "lake", work / "console.txt"

@@ -37,7 +37,9 @@ NEW_DOCUMENTS = 10
 def add_documents(raw: Path, work: Path, n: int) -> None:
     """Write ``n`` MMC4 documents of a second demo corpus into ``raw/mmc4/increment.jsonl``, their images copied
     to ``raw/increment-images/`` (under the fetch's file root) and their document URLs made new."""
-    extra = generate(DemoCorpusConfig(output=str(work / "extra"), documents=2 * n, synthetic_images=n, seed=7))
+    extra = generate(
+        DemoCorpusConfig(kind="photos", output=str(work / "extra"), documents=2 * n, synthetic_images=n, seed=7)
+    )
     images = raw / "increment-images"
     shutil.copytree(extra / "images", images)
     old, new = (extra / "images").resolve().as_uri(), images.resolve().as_uri()
@@ -72,19 +74,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="realsyn-incremental-") as tmp:
         work = Path(tmp)
         print(f"full run, {n} documents:")
-        full, _ = report(run_size(n, work, args.conf))
+        full, _ = report(run_size(n, work, args.conf, corpus="photos"))
         lake = work / f"lake-{n}"
         before = versions(lake)
 
-        add_documents(work / f"raw-{n}", work, NEW_DOCUMENTS)
+        add_documents(work / f"raw-photos-{n}", work, NEW_DOCUMENTS)
         print(f"\nrerun with {NEW_DOCUMENTS} new documents:")
-        increment, _ = report(run_size(n, work, args.conf))
+        increment, _ = report(run_size(n, work, args.conf, corpus="photos"))
         after = versions(lake)
         written = sorted(t for t, v in after.items() if before.get(t) != v and t != "gold/runs")
         print(f"tables with a new version: {len(written)} ({', '.join(written)})")
 
         print("\nrerun with nothing new:")
-        nothing, _ = report(run_size(n, work, args.conf))
+        nothing, _ = report(run_size(n, work, args.conf, corpus="photos"))
         final = versions(lake)
         rewritten = sorted(t for t, v in final.items() if after.get(t) != v and t != "gold/runs")
         print(f"tables with a new version: {len(rewritten)}{' (' + ', '.join(rewritten) + ')' if rewritten else ''}")

@@ -1,11 +1,14 @@
 """Scaling benchmark: the whole pipeline job (tiny random-weight models) on corpora of growing size.
 
-For each size n a corpus of n documents is generated (:func:`corpus_sets`; ``--corpus demo``, the default, is
-``realsyn.demo_corpus`` with ``demo.documents = n`` and ``n / 5`` drawn images, so that the images grow with the
-documents; its real photographs are a fixed set), then ``jobs.pipeline`` runs in its own process on a fresh lake, as
-``make run`` does. Read back from ``gold.runs``: seconds per stage, rows in and out per table, and the share of
-each stage's wall time during which no Spark task was running (driver-side planning, Delta log and commit work, job
-scheduling: Spark job overhead rather than work; sampled every 0.25 s by the pipeline's progress thread).
+For each size n the pipeline's demo corpus is n documents (:func:`corpus_sets`): ``--corpus generated``, the
+default, is ``realsyn.corpus_generator`` (distinct images and sentences at every size, in the shares of the RealSyn
+funnel), ``--corpus photos`` the photographs corpus of ``realsyn.demo_corpus`` (a fixed pool of texts and photographs,
+so that everything after extraction costs about the same at every size). ``jobs.pipeline`` runs in its own process
+on a fresh lake, as ``make run`` does, and generates the corpus first (its Spark tasks write the shards; a corpus
+left in ``--work`` by an earlier run of the same size is kept). Read back from ``gold.runs``: seconds per stage,
+rows in and out per table, and the share of each stage's wall time during which no Spark task was running
+(driver-side planning, Delta log and commit work, job scheduling: Spark job overhead rather than work; sampled every
+0.25 s by the pipeline's progress thread).
 
 Measured beside the run, per stage (the stage's window of ``gold.runs``'s started_at / ended_at):
 
@@ -65,6 +68,7 @@ SCHEMA = "realsyn-scaling/2"
 SAMPLE_S = 0.25
 LAYERS = ("bronze", "silver", "gold")
 KINDS = ("driver_python", "driver_jvm", "python_worker", "other")
+CORPORA = ("generated", "photos")
 
 
 def short(n: int) -> str:
@@ -73,29 +77,14 @@ def short(n: int) -> str:
 
 
 def corpus_sets(corpus: str, n: int, raw: Path) -> list[str]:
-    """The ``--set`` items that make ``jobs.pipeline`` generate and ingest an n-document corpus of kind ``corpus``
-    under ``raw``.
-
-    ``demo``: ``realsyn.demo_corpus``. Any other kind is passed through only where the pipeline's config has it: a
-    section named as the corpus with ``documents`` and ``output`` keys, chosen by ``pipeline.corpus``; otherwise
-    the run stops naming what is missing.
-    """
-    if corpus == "demo":
-        return [f"demo.output={raw}", f"demo.documents={n}", f"demo.synthetic_images={n // 5}"]
-    from realsyn.config_sections import Config, PipelineConfig
-
-    section = Config.model_fields.get(corpus)
-    keys = set(getattr(section.annotation, "model_fields", {})) if section is not None else set()
-    missing = [f"{corpus}.{key}" for key in ("documents", "output") if key not in keys]
-    missing += [] if "corpus" in PipelineConfig.model_fields else ["pipeline.corpus"]
-    if missing:
-        raise SystemExit(f"--corpus {corpus}: the pipeline config has no {', '.join(missing)}; corpora: demo")
-    return [
-        "pipeline.demo_corpus=false",
-        f"pipeline.corpus={corpus}",
-        f"{corpus}.documents={n}",
-        f"{corpus}.output={raw}",
-    ]
+    """The ``--set`` items that make ``jobs.pipeline`` generate and ingest an n-document demo corpus of kind
+    ``corpus`` (``demo.kind``) under ``raw``: ``generated`` (distinct images and sentences at every size) or
+    ``photos`` (with ``n / 5`` drawn images, so that its images grow with the documents; its texts and photographs
+    are a fixed pool)."""
+    if corpus not in CORPORA:
+        raise SystemExit(f"--corpus {corpus}: the demo corpus kinds are {', '.join(CORPORA)}")
+    sets = [f"demo.kind={corpus}", f"demo.output={raw}", f"demo.documents={n}"]
+    return sets + ([f"demo.synthetic_images={n // 5}"] if corpus == "photos" else [])
 
 
 def master_cores(master: str) -> int | None:
@@ -160,7 +149,8 @@ class TreeSampler:
             try:
                 with proc.oneshot():
                     key = (proc.pid, proc.create_time())
-                    if key not in self._kinds:
+                    # "other" is looked at again: spark-submit's shell script becomes the JVM by exec, same process.
+                    if self._kinds.get(key, "other") == "other":
                         self._kinds[key] = kind = process_kind(proc, self.root)
                         self.commands.setdefault(kind, " ".join(proc.cmdline())[:300])
                     kind = self._kinds[key]
@@ -343,7 +333,7 @@ def run_size(
     conf: Path,
     extra: Sequence[str] = (),
     tag: str = "",
-    corpus: str = "demo",
+    corpus: str = "generated",
     cores: int | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline on an n-document corpus (``extra``: more ``--set`` items, ``tag``: a name for this run's
@@ -351,7 +341,7 @@ def run_size(
     gold.runs with their rates, memory, CPU and Spark task metrics, table and export sizes, the funnel."""
     from realsyn.config import load_config
 
-    lake, raw = work / f"lake-{n}{tag}", work / f"raw-{n}"
+    lake, raw = work / f"lake-{n}{tag}", work / f"raw-{corpus}-{n}"
     events = Path(tempfile.mkdtemp(prefix=f"events-{n}{tag}-", dir=work))
     sets = [f"storage.root={lake}", *corpus_sets(corpus, n, raw)]
     sets += [
@@ -495,7 +485,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 and 1k documents instead of 1k, 10k and 100k")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
     parser.add_argument("--conf", type=Path, default=REPO / "conf" / "local.yaml")
-    parser.add_argument("--corpus", default="demo", help="the corpus generator (corpus_sets); default demo")
+    parser.add_argument("--corpus", choices=CORPORA, default="generated", help="the demo corpus's kind (demo.kind)")
     parser.add_argument("--cores", type=int, default=None, help="task slots, where spark.master is not local[N]")
     parser.add_argument("--json", type=Path, default=None, help="output file (default bench/results/scaling-...)")
     parser.add_argument("--work", type=Path, default=None, help="keep corpora, lakes and event logs here")
@@ -515,6 +505,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="realsyn-scaling-") as tmp:
         work = Path(tmp) if args.work is None else args.work.resolve()
         work.mkdir(parents=True, exist_ok=True)
+        if stale := [str(work / f"lake-{n}") for n in sizes if (work / f"lake-{n}").exists()]:
+            raise SystemExit(
+                f"--work {work} holds a lake of an earlier run ({', '.join(stale)}): its stages would be "
+                "skipped, not measured; remove it or name another --work (corpora there are reused)"
+            )
         for n in sizes:
             result = run_size(n, work, args.conf, corpus=args.corpus, cores=args.cores)
             total, idle = report(result)

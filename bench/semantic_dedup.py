@@ -81,7 +81,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="realsyn-semdedup-") as tmp:
         work = Path(tmp)
         sets = [f"storage.root={work / 'lake'}", f"demo.output={work / 'raw'}", f"demo.documents={n}"]
-        sets += [f"demo.synthetic_images={n // 5}", 'spark.conf.spark.ui.showConsoleProgress="false"']
+        sets += [
+            "demo.kind=photos",
+            f"demo.synthetic_images={n // 5}",
+            'spark.conf.spark.ui.showConsoleProgress="false"',
+        ]
         cfg = with_demo_inputs(load_config(REPO / "conf" / "local.yaml", sets))
         generate(cfg.demo)
         spark = get_spark(cfg.spark)

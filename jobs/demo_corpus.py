@@ -1,4 +1,4 @@
-"""Generate the embedded demo corpus (both layouts, real photographs and drawings) under demo.output."""
+"""Generate the demo corpus of demo.kind (generated or photos, both layouts) under demo.output."""
 
 from __future__ import annotations
 

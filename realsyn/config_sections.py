@@ -86,15 +86,6 @@ class IngestConfig(Section):
     raw_chars_in_rejects: int = Field(default=2_000, ge=0)
 
 
-class DemoCorpusConfig(Section):
-    """The small interleaved corpus that realsyn generates for local runs and tests."""
-
-    output: str = "./lakehouse/raw/demo"
-    documents: int = Field(default=300, gt=0)
-    synthetic_images: int = Field(default=60, ge=0)
-    seed: int = 0
-
-
 # The RealSyn extraction funnel (arXiv 2502.12513, section 3.1), from which the generated corpus's shares are derived
 # (realsyn.corpus_generator's docstring shows the derivation): images 336M -> 285M after the quality filters -> 198M
 # after dedup; sentences 2.13B -> 1.82B after emoji / URL / length -> 1.16B after CAT, entropy and perplexity ->
@@ -148,18 +139,51 @@ class CorpusSentenceShares(Section):
         return self
 
 
-class GeneratedCorpusConfig(Section):
-    """A corpus of any size in the OBELICS (parquet) and MMC4 (jsonl) layouts, drawn by ``realsyn.corpus_generator``
-    with set shares of what each filter of the pipeline drops. OBELICS: 141M documents, 353M images, 115B tokens."""
+class CorpusShape(Section):
+    """How the documents of a generated corpus look, whatever its size: layout, shard size, images and text per
+    document (OBELICS: 141M documents, 353M images, 115B tokens), and the shares of what each filter drops."""
 
-    documents: int = Field(default=1_000, gt=0)
-    seed: int = Field(default=0, ge=0)
     layout: Literal["obelics", "mmc4", "both"] = "both"
     documents_per_shard: int = Field(default=1_000, gt=0)
     images_per_document: float = Field(default=round(353 / 141, 2), ge=1)
     characters_per_document: int = Field(default=2_900, gt=0)
     images: CorpusImageShares = Field(default_factory=CorpusImageShares)
     sentences: CorpusSentenceShares = Field(default_factory=CorpusSentenceShares)
+
+
+class GeneratedCorpusConfig(CorpusShape):
+    """A corpus of any size in the OBELICS (parquet) and MMC4 (jsonl) layouts, drawn by ``realsyn.corpus_generator``
+    with set shares of what each filter of the pipeline drops."""
+
+    documents: int = Field(default=1_000, gt=0)
+    seed: int = Field(default=0, ge=0)
+
+
+class DemoCorpusConfig(Section):
+    """The corpus a local run generates and ingests instead of ``ingest.inputs`` (``pipeline.demo_corpus``).
+
+    ``generated`` (the default): ``realsyn.corpus_generator``, distinct images and sentences at any size, in the
+    shape of ``generated``. ``photos``: ``realsyn.demo_corpus``, real photographs with the sentences that describe
+    them among distractors, plus ``synthetic_images`` drawn ones; its texts and photographs are a fixed pool, so it
+    shows what a model with real weights retrieves but not what a larger corpus costs."""
+
+    kind: Literal["generated", "photos"] = "generated"
+    output: str = "./lakehouse/raw/demo"
+    documents: int = Field(default=100, gt=0)
+    seed: int = Field(default=0, ge=0)
+    synthetic_images: int = Field(default=60, ge=0)
+    generated: CorpusShape = Field(default_factory=CorpusShape)
+
+    @model_validator(mode="after")
+    def _keys_of_its_kind(self) -> DemoCorpusConfig:
+        other = {"generated": "synthetic_images", "photos": "generated"}[self.kind]
+        if other in self.model_fields_set:
+            raise ValueError(f"demo.{other} does not apply to demo.kind {self.kind!r}")
+        return self
+
+    def generated_config(self) -> GeneratedCorpusConfig:
+        """The generator's settings of this corpus (kind ``generated``)."""
+        return GeneratedCorpusConfig(**self.generated.model_dump(), documents=self.documents, seed=self.seed)
 
 
 class ClusterConfig(Section):

@@ -428,9 +428,9 @@ def _shares(counts: Counter[str], prefix: str, kinds: Sequence[str]) -> dict[str
 
 
 def generate_corpus(cfg: GeneratedCorpusConfig, out: str | Path, spark: SparkSession | None = None) -> dict[str, Any]:
-    """Write the corpus of ``cfg`` under ``out`` (by Spark tasks with ``spark``, else in this process) and its
-    manifest; return the manifest. A corpus already there with the same settings is kept as it is; anything else in
-    ``out/images``, ``out/mmc4`` and ``out/obelics`` is replaced."""
+    """Write the corpus of ``cfg`` under ``out`` (by Spark tasks with ``spark`` where it has more than one shard,
+    else in this process) and its manifest; return the manifest. A corpus already there with the same settings is
+    kept as it is; anything else in ``out/images``, ``out/mmc4`` and ``out/obelics`` is replaced."""
     folder = Path(out).resolve()
     settings = {"generator": GENERATOR, "version": VERSION, **cfg.model_dump()}
     marker = folder / MANIFEST
@@ -443,7 +443,7 @@ def generate_corpus(cfg: GeneratedCorpusConfig, out: str | Path, spark: SparkSes
         shutil.rmtree(folder / name, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     vocabulary = build_vocabulary()
-    if spark is None:
+    if spark is None or shard_count(cfg) == 1:
         per_shard = [write_shard(cfg, s, folder, vocabulary) for s in range(shard_count(cfg))]
     else:
         per_shard = _spark_shards(spark, cfg, folder, vocabulary)
@@ -463,6 +463,20 @@ def generate_corpus(cfg: GeneratedCorpusConfig, out: str | Path, spark: SparkSes
     text = json.dumps(manifest, indent=2) + "\n"
     _atomic_write(marker, lambda p: p.write_text(text, encoding="utf-8"))
     return manifest
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """What a manifest says was written: documents by layout, shards, images and their bytes, sentences."""
+    counts = manifest["counts"]
+    images = sum(counts.get(f"images.{k}", 0) for k in corpus_images.KINDS)
+    sentences = sum(counts.get(f"sentences.{k}", 0) for k in corpus_text.KINDS)
+    documents = counts.get("documents.mmc4", 0) + counts.get("documents.obelics", 0)
+    return (
+        f"{documents:,} documents ({counts.get('documents.mmc4', 0):,} MMC4, "
+        f"{counts.get('documents.obelics', 0):,} OBELICS) in {manifest['shards']} shard"
+        f"{'' if manifest['shards'] == 1 else 's'}, {images:,} images "
+        f"({counts.get('images.bytes', 0) / 1e6:,.1f} MB), {sentences:,} sentences"
+    )
 
 
 def _with_overrides(cfg: GeneratedCorpusConfig, overrides: Sequence[str]) -> GeneratedCorpusConfig:
@@ -517,15 +531,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"spark {spark.version} ({spark.sparkContext.master}); log {log}", flush=True)
     manifest = generate_corpus(cfg, args.out, spark)
     elapsed = time.monotonic() - start
-    counts = manifest["counts"]
-    images = sum(counts.get(f"images.{k}", 0) for k in corpus_images.KINDS)
-    sentences = sum(counts.get(f"sentences.{k}", 0) for k in corpus_text.KINDS)
-    print(
-        f"corpus: {cfg.documents:,} documents ({counts.get('documents.mmc4', 0):,} MMC4, "
-        f"{counts.get('documents.obelics', 0):,} OBELICS) in {manifest['shards']} shards, {images:,} images "
-        f"({counts.get('images.bytes', 0) / 1e6:,.1f} MB), {sentences:,} sentences, in {elapsed:.1f} s "
-        f"-> {Path(args.out).resolve() / MANIFEST}"
-    )
+    print(f"corpus: {summary(manifest)}, in {elapsed:.1f} s -> {Path(args.out).resolve() / MANIFEST}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""The embedded demo corpus: a small, seeded, interleaved corpus in both MMC4 and OBELICS layouts.
+"""The corpus a local run generates and ingests (``pipeline.demo_corpus``), of kind ``demo.kind``: ``generated``
+(:mod:`realsyn.corpus_generator`, distinct content at any size, the default) or ``photos`` (this module): a small,
+seeded, interleaved corpus in both MMC4 and OBELICS layouts.
 
-Images are real photographs that ship inside PyPI packages (scikit-image's data folder, scikit-learn's sample
+Photos: images are real photographs that ship inside PyPI packages (scikit-image's data folder, scikit-learn's sample
 images) plus procedurally drawn shapes, written as files and referenced by ``file://`` URI. Each image is
 described by a sentence near it; around them are distractor texts of the kinds the extraction filters must drop
 (URLs, emoji, boilerplate, too short, too long) and repeated sentences for the dedup steps. Some images are
@@ -14,12 +16,16 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from realsyn.config_sections import Config, DemoCorpusConfig, IngestInput
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 DOCS_PER_SHARD = 10_000
 MANIFEST = "manifest.json"
@@ -239,8 +245,19 @@ def _obelics_document(rng: random.Random, index: int, images: list[DemoImage]) -
     }
 
 
-def generate(cfg: DemoCorpusConfig) -> Path:
-    """Write the corpus under ``cfg.output`` (``mmc4/``, ``obelics/``, ``images/``) unless it is there already.
+def generate(cfg: DemoCorpusConfig, spark: SparkSession | None = None) -> Path:
+    """Write the corpus of ``cfg.kind`` under ``cfg.output`` unless it is there already; its folder. ``spark``: the
+    generated kind writes its shards in Spark tasks (the photos kind is small and written here)."""
+    if cfg.kind == "generated":
+        from realsyn.corpus_generator import generate_corpus
+
+        generate_corpus(cfg.generated_config(), cfg.output, spark)
+        return Path(cfg.output)
+    return _write_photos(cfg)
+
+
+def _write_photos(cfg: DemoCorpusConfig) -> Path:
+    """Write the photos corpus under ``cfg.output`` (``mmc4/``, ``obelics/``, ``images/``) unless it is there already.
 
     Half the documents use each layout. The same config always gives the same files; a finished corpus is
     marked by a manifest, so a rerun after a kill regenerates only an unfinished one.
@@ -275,10 +292,15 @@ def with_demo_inputs(cfg: Config) -> Config:
     """``cfg`` with the ingest inputs pointing at the demo corpus written under ``cfg.demo.output``, and that
     folder among ``fetch.file_roots`` (the corpus references its images by ``file://`` URIs there)."""
     out = Path(cfg.demo.output)
-    inputs = [
-        IngestInput(path=str(out / "mmc4"), layout="mmc4", format="jsonl", source="demo-mmc4"),
-        IngestInput(path=str(out / "obelics"), layout="obelics", format="parquet", source="demo-obelics"),
-    ]
+    if cfg.demo.kind == "generated":
+        from realsyn.corpus_generator import ingest_inputs
+
+        inputs = ingest_inputs(out, cfg.demo.generated.layout)
+    else:
+        inputs = [
+            IngestInput(path=str(out / "mmc4"), layout="mmc4", format="jsonl", source="demo-mmc4"),
+            IngestInput(path=str(out / "obelics"), layout="obelics", format="parquet", source="demo-obelics"),
+        ]
     roots = list(cfg.fetch.file_roots)
     if not any(Path(r).resolve() == out.resolve() for r in roots):
         roots.append(str(out))

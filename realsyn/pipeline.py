@@ -19,6 +19,7 @@ and the stage's summary (realsyn.console).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from realsyn.config_sections import Config
 from realsyn.console import (
@@ -104,6 +105,9 @@ from realsyn.stages import (
     semantic_dedup,
 )
 from realsyn.tables import Lakehouse
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +336,22 @@ def run_config(cfg: Config) -> Config:
     return with_demo_inputs(cfg)
 
 
+def demo_corpus(cfg: Config, spark: SparkSession) -> str:
+    """Write the demo corpus of ``cfg.demo`` (unless it is there already); what it holds and how long that took."""
+    from realsyn.demo_corpus import generate
+
+    t0 = time.monotonic()
+    out = generate(cfg.demo, spark)
+    seconds = time.monotonic() - t0
+    if cfg.demo.kind == "generated":
+        from realsyn.corpus_generator import MANIFEST, summary
+
+        held = summary(json.loads((out / MANIFEST).read_text(encoding="utf-8")))
+    else:
+        held = f"{cfg.demo.documents:,} documents"
+    return f"{out} ({cfg.demo.kind}: {held}; {seconds:.1f} s)"
+
+
 def _run(
     cfg: Config, stages: Sequence[Stage], run_id: str, log_file: Path, lock: Lock | None, console: TextIO
 ) -> PipelineSummary:
@@ -343,16 +363,12 @@ def _run(
     if lock is not None and lock.took_over is not None:
         say(console, f"  took over the lock of run {lock.took_over.get('run_id', '?')}, which is no longer running")
     cfg = run_config(cfg)
-    if cfg.pipeline.demo_corpus and any(s.name == "ingest" for s in stages):
-        from realsyn.demo_corpus import generate
-
-        t0 = time.monotonic()
-        out = generate(cfg.demo)
-        say(console, f"  demo corpus: {out} ({cfg.demo.documents:,} documents, {time.monotonic() - t0:.1f} s)")
     t0 = time.monotonic()
     spark = get_spark(cfg.spark, jvm_log=log_file)
     spark.sparkContext.setLogLevel("WARN")
     say(console, f"  spark {spark.version} ({spark.sparkContext.master}) ready in {time.monotonic() - t0:.1f} s")
+    if cfg.pipeline.demo_corpus and any(s.name == "ingest" for s in stages):
+        say(console, "\n".join(wrap(f"  demo corpus: {demo_corpus(cfg, spark)}", CONSOLE_WIDTH, "", 4)))
     lakehouse = Lakehouse(spark, cfg.storage)
     cfg_hash, version = config_hash(cfg), code_version()
     log.info("run %s: config %s, code %s, stages %s", run_id, cfg_hash, version, [s.name for s in stages])

@@ -283,6 +283,30 @@ class GpuMeasurement:
         return cls(device, date, source, {k: float(v) for k, v in raw.items()})
 
 
+def _run_context(size: dict[str, Any]) -> str:
+    """Wall time and load average of one size's run, where the JSON has them; else its stages' seconds."""
+    if size.get("wall_s") is None:
+        return f"stages {sum(float(m['seconds']) for m in size['measured']):,.0f} s"
+    text = f"wall {size['wall_s']:.0f} s"
+    load = size.get("load_average")
+    if load:
+        text += f", load average {load['before'][0]:.1f} before and {load['after'][0]:.1f} after"
+    return text
+
+
+# What each corpus of bench/scaling.py (its JSON's "corpus") means for the figures measured on it.
+CORPUS_CAVEATS = {
+    "generated": (
+        "on the generated corpus (realsyn.corpus_generator: distinct drawn images and sentences at every size, with "
+        "the RealSyn funnel's shares of what each filter drops), so every stage sees the corpus grow."
+    ),
+    "photos": (
+        "on the photos demo corpus (texts from a fixed pool, photographs from a fixed set): distinct sentences and "
+        "images stop growing with the documents, so stages after extraction see little of the corpus's growth."
+    ),
+}
+
+
 def default_gpu_rates() -> dict[str, dict[str, Figure]]:
     """GPU throughputs per device where nothing was measured here, each with its basis and source.
 
@@ -700,9 +724,8 @@ def render(
         f"documents of the `{document.get('corpus')}` corpus with `{document.get('conf')}` (tiny random-weight "
         f"models), on {host.get('logical_cpus')} CPUs ({host.get('cpu_model')}, "
         f"{host.get('memory_bytes', 0) / 2**30:.0f} GiB, {host.get('platform')}), Spark master `{size['master']}` = "
-        f"{size['cores']} cores. The model uses the largest size, **{size['documents']:,} documents** (wall "
-        f"{size['wall_s']:.0f} s, load average {size['load_average']['before'][0]:.1f} before and "
-        f"{size['load_average']['after'][0]:.1f} after: other work shared the machine).\n"
+        f"{size['cores']} cores. The model uses the largest size, **{size['documents']:,} documents** "
+        f"({_run_context(size)}).{' ' + document['note'] if document.get('note') else ''}\n"
     )
     if dominated:
         add(
@@ -922,8 +945,7 @@ def render(
     add(
         f"- **Measured** here: stage seconds, rows, memory, CPU, Spark task metrics and table sizes of "
         f"`jobs.pipeline` on a {host.get('logical_cpus')}-CPU machine (`{size['master']}`) with tiny random-weight "
-        "models, on the demo corpus (texts from a fixed pool, photographs from a fixed set): distinct sentences and "
-        "images stop growing with the documents, so stages after extraction see little of the corpus's growth. "
+        f"models, {CORPUS_CAVEATS.get(str(document.get('corpus')), CORPUS_CAVEATS['photos'])} "
         "On the GPU side only the H200 embedding run of docs/benchmarks.md was measured by this project.\n"
         "- **Extrapolated**: every core-hour is a per-core rate from 2 cores applied linearly to 10^8-10^9 rows. "
         "Rates at 2 cores need not hold at 1,000: Spark's shuffle at scale spills and crosses the network (here it "
@@ -934,8 +956,13 @@ def render(
         "- **GPU throughputs** are published figures or estimates from FLOP ratios unless a GPU measurement file "
         "says otherwise; published LLM figures use FP8 and other prompts, the config's bf16 is slower. Kernel "
         "GPU-hours at peak rates are lower bounds.\n"
-        "- **Sizes** are the demo's bytes per row (short texts, small drawn and sample images) widened for vectors; "
-        "real documents, sentences and images are longer.\n"
+        "- **Sizes** are the measured corpus's bytes per row widened for vectors"
+        + (
+            " (drawn images at the generator's sizes, sentences of OBELICS's length)"
+            if document.get("corpus") == "generated"
+            else " (short texts, small drawn and sample images); real documents, sentences and images are longer"
+        )
+        + ".\n"
         "- **Prices** are On-Demand list prices as quoted above (not re-read here); spot, savings plans "
         "and the June 2025 GPU cuts lower them: verify current pricing.\n"
     )

@@ -75,7 +75,7 @@ def submit(root: str, raw: Path, documents: int, cwd: Path, extra: list[str], en
     )
     for item in sets:
         argv += ["--set", item]
-    argv += ["--set", "demo.synthetic_images=4", "--", "--master", "local[2]", *extra]
+    argv += ["--set", "demo.kind=photos", "--set", "demo.synthetic_images=4", "--", "--master", "local[2]", *extra]
     for key, value in SPARK_CONF.items():
         argv += ["--conf", f"{key}={value}"]
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYSPARK_PYTHON"}}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,12 +29,13 @@ def test_master_cores() -> None:
     assert scaling.master_cores("spark://127.0.0.1:7077") is None
 
 
-def test_the_demo_corpus_sets_its_size_and_an_unknown_corpus_stops(tmp_path: Path) -> None:
-    assert scaling.corpus_sets("demo", 1000, tmp_path) == [
+def test_each_corpus_kind_sets_its_size_and_an_unknown_corpus_stops(tmp_path: Path) -> None:
+    assert scaling.corpus_sets("generated", 1000, tmp_path) == [
+        "demo.kind=generated",
         f"demo.output={tmp_path}",
         "demo.documents=1000",
-        "demo.synthetic_images=200",
     ]
+    assert scaling.corpus_sets("photos", 1000, tmp_path)[-1] == "demo.synthetic_images=200"
     with pytest.raises(SystemExit, match="no-such-corpus"):
         scaling.corpus_sets("no-such-corpus", 1000, tmp_path)
 
@@ -74,3 +78,22 @@ def test_event_log_tasks_count_in_the_window_they_end_in(tmp_path: Path) -> None
     assert totals["fetch"]["shuffle_write_bytes"] == 40
     assert totals["fetch"]["input_bytes"] == 100
     assert totals["fetch"]["executor_run_s"] == pytest.approx(1.5)
+
+
+def test_a_process_that_execs_into_a_worker_is_counted_as_one() -> None:
+    # spark-submit is a shell script that becomes the JVM by exec: same pid, same start time, new command line.
+    script = f'sleep 0.5; exec {sys.executable} -c "import time; time.sleep(5)" pyspark.$KIND'
+    child = subprocess.Popen(["sh", "-c", script], env={**os.environ, "KIND": "daemon"})
+    try:
+        sampler = scaling.TreeSampler(os.getpid())
+        sampler.sample()
+        assert sampler.samples[-1].rss["python_worker"] == 0
+        deadline = time.monotonic() + 5
+        while "pyspark.daemon" not in " ".join(psutil.Process(child.pid).cmdline()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sampler.sample()
+        assert sampler.samples[-1].rss["python_worker"] > 0
+        assert "pyspark.daemon" in sampler.commands["python_worker"]
+    finally:
+        child.kill()
+        child.wait()

@@ -68,7 +68,7 @@ def submit(master: str, cwd: Path, raw: Path) -> subprocess.CompletedProcess[str
     """``./spark-submit.sh JOB`` from ``cwd`` with a relative storage.root, on the demo corpus under ``raw``."""
     cwd.mkdir(parents=True)
     argv = [str(REPO / "spark-submit.sh"), JOB, "--conf", str(REPO / "conf" / "local.yaml")]
-    for item in ("storage.root=lake", f"demo.output={raw}", "demo.documents=12", "demo.synthetic_images=4"):
+    for item in ("storage.root=lake", f"demo.output={raw}", "demo.documents=12"):
         argv += ["--set", item]
     argv += ["--until", UNTIL, "--", "--master", master]
     for key, value in SPARK_CONF.items():

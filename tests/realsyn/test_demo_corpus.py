@@ -1,4 +1,5 @@
-"""The demo corpus is deterministic and every image is described by the text matched to it."""
+"""The demo corpus of either kind: the photos corpus is deterministic and every image is described by the text
+matched to it; the generated kind is the corpus generator's, read by the inputs the run points ingest at."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
+from pydantic import ValidationError
 
+from realsyn.config import load_config
 from realsyn.config_sections import DemoCorpusConfig
-from realsyn.demo_corpus import PHOTOS, generate
+from realsyn.corpus_generator import MANIFEST
+from realsyn.demo_corpus import PHOTOS, generate, with_demo_inputs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_all(folder: Path) -> dict[str, bytes]:
@@ -17,8 +24,12 @@ def read_all(folder: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_same_corpus_and_captions_match(tmp_path: Path) -> None:
-    first = generate(DemoCorpusConfig(output=str(tmp_path / "a"), documents=21, synthetic_images=5, seed=3))
-    second = generate(DemoCorpusConfig(output=str(tmp_path / "b"), documents=21, synthetic_images=5, seed=3))
+    first = generate(
+        DemoCorpusConfig(kind="photos", output=str(tmp_path / "a"), documents=21, synthetic_images=5, seed=3)
+    )
+    second = generate(
+        DemoCorpusConfig(kind="photos", output=str(tmp_path / "b"), documents=21, synthetic_images=5, seed=3)
+    )
     texts_a = read_all(first).values()
     texts_b = [t.replace(b"/b/images/", b"/a/images/") for t in read_all(second).values()]
     assert list(texts_a) == texts_b
@@ -44,9 +55,33 @@ def test_same_seed_same_corpus_and_captions_match(tmp_path: Path) -> None:
 
 
 def test_finished_corpus_is_not_rewritten(tmp_path: Path) -> None:
-    cfg = DemoCorpusConfig(output=str(tmp_path / "c"), documents=4, synthetic_images=1)
+    cfg = DemoCorpusConfig(kind="photos", output=str(tmp_path / "c"), documents=4, synthetic_images=1)
     out = generate(cfg)
     shard = out / "mmc4" / "docs_shard_00000.jsonl"
     stamp = shard.stat().st_mtime_ns
     generate(cfg)
     assert shard.stat().st_mtime_ns == stamp
+
+
+def test_the_generated_kind_is_the_generators_corpus_and_what_ingest_reads(tmp_path: Path) -> None:
+    demo = DemoCorpusConfig(output=str(tmp_path / "g"), documents=6, seed=2)
+    out = generate(demo)
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    assert manifest["settings"]["documents"] == 6 and manifest["settings"]["seed"] == 2
+    assert manifest["counts"]["documents.mmc4"] + manifest["counts"]["documents.obelics"] == 6
+    cfg = with_demo_inputs(load_config(REPO / "conf" / "local.yaml").model_copy(update={"demo": demo}))
+    assert [(i.path, i.layout) for i in cfg.ingest.inputs] == [
+        (str(out / "mmc4"), "mmc4"),
+        (str(out / "obelics"), "obelics"),
+    ]
+    assert str(out) in cfg.fetch.file_roots
+    docs = [json.loads(line) for p in sorted((out / "mmc4").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert len(docs) == 3
+    assert all(Path(i["raw_url"].removeprefix("file://")).is_relative_to(out) for d in docs for i in d["image_info"])
+
+
+def test_a_key_of_the_other_kind_is_refused_naming_it() -> None:
+    with pytest.raises(ValidationError, match=r"demo\.synthetic_images does not apply to demo\.kind .generated."):
+        DemoCorpusConfig(synthetic_images=4)
+    with pytest.raises(ValidationError, match=r"demo\.generated does not apply to demo\.kind .photos."):
+        DemoCorpusConfig(kind="photos", generated={"layout": "mmc4"})

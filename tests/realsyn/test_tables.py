@@ -44,7 +44,7 @@ WRITTEN = (
 
 def demo_config(tmp_path: Path, storage: StorageConfig) -> Config:
     """conf/local.yaml on a 12-document demo corpus under ``tmp_path``, with ``storage``."""
-    demo = DemoCorpusConfig(output=str(tmp_path / "raw"), documents=12, synthetic_images=4)
+    demo = DemoCorpusConfig(kind="photos", output=str(tmp_path / "raw"), documents=12, synthetic_images=4)
     out = generate(demo)
     broken = out / "mmc4" / "broken.jsonl"  # one malformed line, so that bronze.ingest_rejects has a row
     if not broken.exists():

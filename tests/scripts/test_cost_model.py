@@ -198,6 +198,10 @@ def test_the_page_shows_the_figures_and_the_start_up_warning() -> None:
     assert "| ingest | documents: 118,000,000 (documents) | 25.0 (start-up dominated) | 1,311 |" in page
     assert "**1,000 documents**" in page
     assert "verify current pricing" in page
+    assert "on the photos demo corpus (texts from a fixed pool" in page  # an older file's "demo" is that corpus
+    doc["corpus"] = "generated"
+    page = cm.render(doc, "test.json", PAPER, cm.default_gpu_rates(), GEN, TREE, [], "python scripts/cost_model.py")
+    assert "on the generated corpus (realsyn.corpus_generator" in page and "fixed pool" not in page
 
 
 def test_a_gpu_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
