@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -80,20 +81,35 @@ def test_event_log_tasks_count_in_the_window_they_end_in(tmp_path: Path) -> None
     assert totals["fetch"]["executor_run_s"] == pytest.approx(1.5)
 
 
+def _descendants_until(pid: int, ready: Callable[[list[str]], bool]) -> None:
+    """Wait (at most 5 s) until the command lines of ``pid``'s descendants satisfy ``ready``."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            lines = [" ".join(c.cmdline()) for c in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            lines = []
+        if ready(lines):
+            return
+        time.sleep(0.02)
+
+
 def test_a_process_that_execs_into_a_worker_is_counted_as_one() -> None:
-    # spark-submit is a shell script that becomes the JVM by exec: same pid, same start time, new command line.
-    script = f'sleep 0.5; exec {sys.executable} -c "import time; time.sleep(5)" pyspark.$KIND'
-    child = subprocess.Popen(["sh", "-c", script], env={**os.environ, "KIND": "daemon"})
+    # spark-submit is a shell script that becomes the JVM by exec: same pid, same start time, new command line. The
+    # tree sampled is a shell of its own, so that other children of this process (a test's Spark) do not count.
+    script = f'(sleep 1; exec {sys.executable} -c "import time; time.sleep(5)" pyspark.$KIND) & wait'
+    parent = subprocess.Popen(["sh", "-c", script], env={**os.environ, "KIND": "daemon"})
     try:
-        sampler = scaling.TreeSampler(os.getpid())
+        _descendants_until(parent.pid, lambda lines: len(lines) > 0)
+        sampler = scaling.TreeSampler(parent.pid)
         sampler.sample()
-        assert sampler.samples[-1].rss["python_worker"] == 0
-        deadline = time.monotonic() + 5
-        while "pyspark.daemon" not in " ".join(psutil.Process(child.pid).cmdline()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert sampler.samples[-1].rss["python_worker"] == 0 and sampler.samples[-1].rss["other"] > 0
+        _descendants_until(parent.pid, lambda lines: any("pyspark.daemon" in line for line in lines))
         sampler.sample()
         assert sampler.samples[-1].rss["python_worker"] > 0
         assert "pyspark.daemon" in sampler.commands["python_worker"]
     finally:
-        child.kill()
-        child.wait()
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
