@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from realsyn.config_sections import GeneratedCorpusConfig
 from realsyn.corpus_generator import MANIFEST, generate_corpus
+from tests.support.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("bench_extract", REPO / "bench" / "extract.py")
-assert _spec is not None and _spec.loader is not None
-extract = importlib.util.module_from_spec(_spec)
-sys.modules["bench_extract"] = extract
-_spec.loader.exec_module(extract)
+extract = load_script("bench_extract", REPO / "bench" / "extract.py")
 
 
 def test_the_one_process_image_funnel_drops_what_was_planted(tmp_path: Path) -> None:

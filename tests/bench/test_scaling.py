@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,12 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("bench_scaling", REPO / "bench" / "scaling.py")
-assert _spec is not None and _spec.loader is not None
-scaling = importlib.util.module_from_spec(_spec)
-sys.modules["bench_scaling"] = scaling
-_spec.loader.exec_module(scaling)
+scaling = load_script("bench_scaling", REPO / "bench" / "scaling.py")
 
 
 def test_master_cores() -> None:

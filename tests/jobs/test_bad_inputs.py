@@ -4,7 +4,6 @@ with a reason, and a funnel that reconciles inside every stage and from one stag
 from __future__ import annotations
 
 import base64
-import importlib.util
 import itertools
 import threading
 from collections import Counter
@@ -48,13 +47,11 @@ from realsyn.stages.ingest import run_ingest
 from realsyn.stages.retrieve import run_retrieve
 from realsyn.stages.semantic_dedup import run_semantic_dedup
 from realsyn.tables import Lakehouse
+from tests.support.scripts import load_script
 from udfs.urls import redact_url
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("make_bad_inputs", REPO / "tests/data/bad_inputs/make_bad_inputs.py")
-assert _spec is not None and _spec.loader is not None
-corpus = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(corpus)
+corpus = load_script("make_bad_inputs", REPO / "tests/data/bad_inputs/make_bad_inputs.py")
 
 # The server listens on 127.0.0.2, the only address allowed: a redirect to 127.0.0.1 must still be refused.
 HOST = "127.0.0.2"

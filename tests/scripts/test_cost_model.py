@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("cost_model", REPO / "scripts" / "cost_model.py")
-assert _spec is not None and _spec.loader is not None
-cm = importlib.util.module_from_spec(_spec)
-sys.modules["cost_model"] = cm
-_spec.loader.exec_module(cm)
+cm = load_script("cost_model", REPO / "scripts" / "cost_model.py")
 
 PAPER = cm.PaperScale()
 TREE = cm.TreeShape(

