@@ -261,7 +261,6 @@ def images_spark(spark: object, folder: Path) -> tuple[int, int, int, int]:
     for frame in (images, rejects):
         frame.write.format("noop").mode("overwrite").save()
     quality, exact, perceptual = steps
-    spark.catalog.clearCache()
     return quality.rows_in, quality.rows_out, exact.rows_out, perceptual.rows_out
 
 
