@@ -15,9 +15,16 @@ dedup (sha256 of the bytes), perceptual hash, banded near-duplicate search and c
 is the stage's own function (``realsyn.stages.extract_images.extract_images``, its images and rejects computed in
 full); the one process runs ``udfs.images`` and scipy's connected components.
 
-Each side runs once on a small warm-up first (JVM, Python workers, parser loading), then is timed; the four counts
+``--parts ingest`` (generated corpus only): documents per second through the ingest stage
+(``realsyn.stages.ingest.run_ingest``, both layouts of the corpus into a new lake) on ``local[1]`` against
+``local[2]``: ingest is Spark SQL only, no ``udfs`` function runs in it, so its one-process reference is the stage
+on one core.
+
+Each side runs once on a small warm-up first (JVM, Python workers, parser loading; ingest: a whole run into another
+lake), then is timed; the four counts
 (or the sentence counts) of both sides must agree, or the script fails. Prints both rates per part and, last,
-``images_per_s_ratio`` and ``sentences_per_s_ratio: <spark / single process>`` for the parts run.
+``ingest_per_s_ratio``, ``images_per_s_ratio`` and ``sentences_per_s_ratio: <spark / single process>`` for the
+parts run, in that order.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 FETCHED_FIELDS = (("url_id", "string"), ("status", "string"), ("image_id", "string"), ("content", "binary"))
+PARTS = ("ingest", "images", "sentences")  # in the order their figures are printed
 DEFAULT_MMC4 = Path(os.environ.get("REALSYN_SHARED_DATA", REPO.parent / "shared" / "data")) / "mmc4"
 
 
@@ -128,15 +136,15 @@ def spark_run(spark: object, rows: list[tuple[str, int, str]], partitions: int) 
     return occurrences, n_kept
 
 
-def bench_spark(partitions: int) -> object:
-    """The benchmark's Spark session: local[2], Arrow on, no UI."""
+def bench_spark(partitions: int, master: str = "local[2]") -> object:
+    """The benchmark's Spark session: ``master`` (two cores by default), Arrow on, no UI."""
     from realsyn.config_sections import SparkConfig
     from realsyn.spark import get_spark
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_spark(
         SparkConfig(
-            master="local[2]",
+            master=master,
             app_name="bench-extract",
             conf={
                 "spark.ui.enabled": "false",
@@ -257,9 +265,9 @@ def images_spark(spark: object, folder: Path) -> tuple[int, int, int, int]:
     assert isinstance(spark, SparkSession)
     fetched = spark.read.parquet(str(folder / "fetched.parquet"))
     refs = spark.read.parquet(str(folder / "refs.parquet"))
-    images, rejects, steps = extract_images(fetched, refs, ExtractImagesConfig())
-    for frame in (images, rejects):
-        frame.write.format("noop").mode("overwrite").save()
+    with extract_images(fetched, refs, ExtractImagesConfig()) as (images, rejects, steps):
+        for frame in (images, rejects):
+            frame.write.format("noop").mode("overwrite").save()
     quality, exact, perceptual = steps
     return quality.rows_in, quality.rows_out, exact.rows_out, perceptual.rows_out
 
@@ -285,6 +293,40 @@ def bench_images(args: argparse.Namespace, spark: object) -> float:
     return single_s / spark_s
 
 
+def timed_ingest(spark: object, corpus: Path, lake: Path) -> tuple[float, int]:
+    """Seconds of the ingest stage (``realsyn.stages.ingest.run_ingest``) of the generated corpus under ``corpus``
+    (both layouts, as the pipeline configures them) into a new lake at ``lake``, and the documents it added."""
+    from realsyn.config_sections import Config, GeneratedCorpusConfig, IngestConfig, StorageConfig
+    from realsyn.corpus_generator import ingest_inputs
+    from realsyn.stages.ingest import run_ingest
+    from realsyn.tables import Lakehouse
+
+    storage = StorageConfig(root=str(lake))
+    inputs = ingest_inputs(corpus, GeneratedCorpusConfig().layout)
+    cfg = Config(storage=storage, ingest=IngestConfig(inputs=inputs))
+    start = time.perf_counter()
+    summary = run_ingest(Lakehouse(spark, storage), cfg)  # type: ignore[arg-type]
+    return time.perf_counter() - start, summary.documents_new
+
+
+def bench_ingest(args: argparse.Namespace) -> float:
+    """Time the ingest stage on one core (``local[1]``) and on two (``local[2]``), each in a session of its own after
+    a warm-up run; return the two-core / one-core rate ratio. Ingest is Spark SQL only (JSON and parquet reads,
+    validation, Delta merges): no ``udfs`` function runs in it, so its one-process reference is the stage itself on
+    one core."""
+    work = Path(tempfile.mkdtemp(prefix="bench-extract-ingest-"))
+    seconds = {}
+    for master in ("local[1]", "local[2]"):
+        spark = bench_spark(args.partitions, master)
+        timed_ingest(spark, args.corpus_dir, work / f"warm-{master[6]}")
+        seconds[master], added = timed_ingest(spark, args.corpus_dir, work / f"lake-{master[6]}")
+        spark.stop()  # type: ignore[attr-defined]
+        if added != args.documents:
+            raise SystemExit(f"ingest on {master} added {added} documents, the corpus has {args.documents}")
+        print(f"ingest {master}: {seconds[master]:.1f} s  {added / seconds[master]:.0f} documents/s")
+    return seconds["local[1]"] / seconds["local[2]"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run the sentence benchmark, print the key figure last."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -301,12 +343,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--parts",
         default="sentences",
-        help="comma-separated: images (the generated corpus only), sentences; sentences' figure is printed last",
+        help="comma-separated: ingest, images (both on the generated corpus only), sentences; figures are printed in "
+        "that order",
     )
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if set(parts) - {"images", "sentences"} or ("images" in parts and args.corpus != "generated"):
-        parser.error(f"--parts {args.parts}: images and sentences, images with --corpus generated only")
+    if set(parts) - set(PARTS) or (set(parts) - {"sentences"} and args.corpus != "generated"):
+        parser.error(f"--parts {args.parts}: ingest, images and sentences; ingest and images with --corpus generated")
     if args.quick:
         args.copies = 1
         args.documents = min(args.documents, 300)
@@ -317,12 +360,15 @@ def main(argv: list[str] | None = None) -> None:
         generated_corpus(args.corpus_dir, args.documents, args.seed, spark)
     figures = {}
     if "images" in parts:
-        figures["images_per_s_ratio"] = bench_images(args, spark)
+        figures["images"] = bench_images(args, spark)
     if "sentences" in parts:
-        figures["sentences_per_s_ratio"] = bench_sentences(args, spark)
+        figures["sentences"] = bench_sentences(args, spark)
     spark.stop()  # type: ignore[attr-defined]
-    for name, value in figures.items():
-        print(f"{name}: {value:.3f}")
+    if "ingest" in parts:  # in sessions of its own, one core and two
+        figures["ingest"] = bench_ingest(args)
+    for part in PARTS:
+        if part in figures:
+            print(f"{part}_per_s_ratio: {figures[part]:.3f}")
 
 
 if __name__ == "__main__":

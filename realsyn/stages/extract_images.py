@@ -29,6 +29,7 @@ to ``gold.funnel`` under stage ``extract_images``. Both silver tables are replac
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
@@ -63,6 +64,9 @@ STAGE = "extract_images"
 PHASH = "phash"
 DUPLICATE_OF = "duplicate_of"
 STEP = "step"
+CONTENT_URL = "content_url"
+# The columns of an image before its bytes are joined back: content_url names the URL whose bytes are its bytes.
+_IMAGE_META = ("image_id", CONTENT_URL, "width", "height", "format", "url_ids", "doc_ids")
 
 
 _INFO_TYPE = T.StructType(
@@ -91,22 +95,32 @@ def _phash(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
 
 
 def url_rows(fetched: DataFrame, refs: DataFrame) -> DataFrame:
-    """One row per successfully fetched URL with its bytes, size read from the bytes, and its documents.
+    """One row per successfully fetched URL with its size read from the bytes and its documents, not the bytes.
 
-    Columns: url_id, image_id, content, width, height, format, doc_ids (sorted, distinct; empty when
-    no reference names the URL).
+    Columns: url_id, image_id, width, height, format, doc_ids (sorted, distinct; empty when no reference names the
+    URL). The header is read in the pass that scans the bytes, so no later shuffle carries them.
     """
     docs = refs.groupBy("url_id").agg(F.array_sort(F.collect_set("doc_id")).alias("doc_ids"))
     ok = fetched.where(F.col("status") == "ok").select(
-        "url_id", F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"), "content"
+        "url_id",
+        F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"),
+        _image_info(F.col("content")).alias("_info"),
     )
-    info = _image_info(F.col("content"))
     return (
         ok.join(docs, "url_id", "left")
         .withColumn("doc_ids", F.coalesce(F.col("doc_ids"), F.array().cast("array<string>")))
-        .withColumn("_info", info)
-        .select("url_id", "image_id", "content", "_info.width", "_info.height", "_info.format", "doc_ids")
+        .select("url_id", "image_id", "_info.width", "_info.height", "_info.format", "doc_ids")
     )
+
+
+def with_content(images: DataFrame, fetched: DataFrame) -> DataFrame:
+    """``images`` (one row per image, its bytes at ``content_url``) with its bytes in column ``content``.
+
+    The stage's one join with the bytes: ``images`` is the small side (cached by the caller, so that Spark knows its
+    size) and is broadcast where it fits, so the fetched bytes are read where they lie and filtered, not shuffled.
+    """
+    contents = fetched.where(F.col("status") == "ok").select(F.col("url_id").alias(CONTENT_URL), "content")
+    return images.join(contents, CONTENT_URL)
 
 
 def quality_reason(cfg: ExtractImagesConfig) -> Column:
@@ -166,6 +180,8 @@ def _reject_rows(
 def exact_dedup(urls: DataFrame, stood_before: DataFrame | None = None) -> tuple[DataFrame, DataFrame]:
     """(images, rejects): one image per content hash with all its URLs and documents; extra URL rows rejected.
 
+    ``urls``: rows of :func:`url_rows` that passed quality. An image's ``content_url`` is the URL that stands for it.
+
     The URL that stood for the image in the last run (``stood_before``: a ``url_id`` column, see
     :func:`urls_that_stood`) stands for it again, so URLs added later never displace it; an image new to this run
     takes its smallest url_id, which two runs on the same input choose alike whatever order the fetch took. The
@@ -182,7 +198,13 @@ def exact_dedup(urls: DataFrame, stood_before: DataFrame | None = None) -> tuple
     )
     joined = urls.drop("_before").join(groups, "image_id")
     images = joined.where(F.col("url_id") == F.col("_first_url")).select(
-        "image_id", "content", "width", "height", "format", "url_ids", F.col("all_doc_ids").alias("doc_ids")
+        "image_id",
+        F.col("url_id").alias(CONTENT_URL),
+        "width",
+        "height",
+        "format",
+        "url_ids",
+        F.col("all_doc_ids").alias("doc_ids"),
     )
     rejects = _reject_rows(
         joined.where(F.col("url_id") != F.col("_first_url")),
@@ -239,13 +261,13 @@ def _merge_groups(df: DataFrame, step: str, reason: str) -> tuple[DataFrame, Dat
     """
     kept, others = merge_into_representatives(df, "image_id", unions=("url_ids", "doc_ids"))
     rejects = _reject_rows(others, step, F.lit(reason), duplicate_of=F.col(REPRESENTATIVE))
-    return kept.select(*SILVER_IMAGES.columns), rejects
+    return kept.select(*_IMAGE_META), rejects
 
 
-def with_phash(images: DataFrame) -> DataFrame:
-    """``images`` with the perceptual hash of their content in column ``phash`` (null: the image cannot be fully
-    decoded)."""
-    return images.withColumn(PHASH, _phash(F.col("content")))
+def with_phash(images: DataFrame, fetched: DataFrame) -> DataFrame:
+    """``images`` with the perceptual hash of their bytes (read from ``fetched`` at ``content_url``) in column
+    ``phash`` (null: the image cannot be fully decoded), without the bytes."""
+    return with_content(images, fetched).withColumn(PHASH, _phash(F.col("content"))).drop("content")
 
 
 def perceptual_dedup(hashed: DataFrame, cfg: ImagePerceptualDedupConfig) -> tuple[DataFrame, DataFrame]:
@@ -259,10 +281,11 @@ def perceptual_dedup(hashed: DataFrame, cfg: ImagePerceptualDedupConfig) -> tupl
     ok, broken = split(hashed)
     broken_rejects = _reject_rows(broken, "perceptual_dedup", F.col(REASON))
     hashes = ok.select(PHASH).distinct()
-    pairs = phash_pairs(hashes, cfg)
+    pairs = phash_pairs(hashes, cfg).localCheckpoint(eager=True)
     labels = connected_components(pairs, "src", "dst", vertices=hashes)
     grouped = ok.join(labels.withColumnRenamed("id", PHASH), PHASH).drop(PHASH)
-    grouped = choose_representatives(grouped, COMPONENT, "image_id", by_resolution())
+    # Checkpointed: both the kept images and the rejects read the groups.
+    grouped = choose_representatives(grouped, COMPONENT, "image_id", by_resolution()).localCheckpoint(eager=True)
     kept, dup_rejects = _merge_groups(grouped, "perceptual_dedup", "near_duplicate")
     return kept, broken_rejects.unionByName(dup_rejects)
 
@@ -282,38 +305,45 @@ class ImagesSummary:
         return format_funnel(self.steps, "image extraction")
 
 
+@contextmanager
 def extract_images(
     fetched: DataFrame, refs: DataFrame, icfg: ExtractImagesConfig, stood: DataFrame | None = None
-) -> tuple[DataFrame, DataFrame, list[FunnelStep]]:
+) -> Iterator[tuple[DataFrame, DataFrame, list[FunnelStep]]]:
     """(images, rejects, funnel steps) of the fetched images (``bronze.fetched_images`` rows) and their references
-    (``bronze.image_refs``); ``stood``: the URLs that stood for an image last run (:func:`urls_that_stood`).
+    (``bronze.image_refs``); ``stood``: the URLs that stood for an image last run (:func:`urls_that_stood`). Write
+    the two frames inside the ``with`` block: the kept images' metadata is cached until it ends.
 
-    Each step's survivors are checkpointed once, so no Python UDF runs twice over a row: the image header read, the
-    perceptual hash (in the pass that checkpoints the exact dedup's survivors) and nothing else.
+    The bytes are read three times: by the header read of every URL, by the perceptual hash of each distinct image
+    (one URL per exact-dedup group) and by the final join of the kept images with their bytes; every step between
+    works on metadata. The images' side of the two joins with the bytes is cached, so Spark knows its size (about
+    200 bytes per image) and broadcasts it while it is under ``spark.sql.autoBroadcastJoinThreshold`` (10 MB by
+    default, some 50,000 images): the bytes then go through no shuffle. Above it, each of the two joins shuffles the
+    bytes once; raise the threshold where executors have the memory. Each step's survivors are materialised once, so
+    no Python UDF runs twice over a row.
     """
     urls = url_rows(fetched, refs)
     urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)
     passed, bad = split(urls)
     quality_rejects = _reject_rows(bad, "quality", F.col(REASON), detail=quality_detail(icfg))
     images, exact_rejects = exact_dedup(passed, stood)
-    if icfg.perceptual_dedup.enabled:
-        images = with_phash(images)
-    images = images.localCheckpoint(eager=True)
-    n_passed = passed.count()
-    steps = [FunnelStep("quality", urls.count(), n_passed), FunnelStep("exact_dedup", n_passed, images.count())]
-    rejects = [quality_rejects, exact_rejects]
+    images = images.cache()
+    n_urls, n_passed, n_images = urls.count(), passed.count(), images.count()
+    steps = [FunnelStep("quality", n_urls, n_passed), FunnelStep("exact_dedup", n_passed, n_images)]
+    rejects = quality_rejects.unionByName(exact_rejects)
 
     if icfg.perceptual_dedup.enabled:
-        kept, rej = perceptual_dedup(images, icfg.perceptual_dedup)
-        kept = kept.localCheckpoint(eager=True)
-        steps.append(FunnelStep("perceptual_dedup", images.count(), kept.count()))
-        images, rejects = kept, [*rejects, rej]
+        hashed = with_phash(images, fetched).localCheckpoint(eager=True)
+        images.unpersist()
+        kept, near_rejects = perceptual_dedup(hashed, icfg.perceptual_dedup)
+        images = kept.cache()
+        steps.append(FunnelStep("perceptual_dedup", n_images, images.count()))
+        rejects = rejects.unionByName(near_rejects)
 
-    all_rejects = rejects[0]
-    for r in rejects[1:]:
-        all_rejects = all_rejects.unionByName(r)
     columns = [F.col(f.name).cast(f.dataType).alias(f.name) for f in SILVER_IMAGE_REJECTS.schema]
-    return images.select(*SILVER_IMAGES.columns), all_rejects.select(*columns), steps
+    try:
+        yield with_content(images, fetched).select(*SILVER_IMAGES.columns), rejects.select(*columns), steps
+    finally:
+        images.unpersist()
 
 
 def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
@@ -326,9 +356,9 @@ def run_extract_images(lakehouse: Lakehouse, cfg: Config) -> ImagesSummary:
         stood = urls_that_stood(lakehouse.read(SILVER_IMAGES), lakehouse.read(SILVER_IMAGE_REJECTS))
         stood = stood.localCheckpoint(eager=True)  # read before this stage overwrites both tables
     fetched, refs = lakehouse.read(BRONZE_FETCHED_IMAGES), lakehouse.read(BRONZE_IMAGE_REFS)
-    images, rejects, steps = extract_images(fetched, refs, cfg.extract_images, stood)
-    lakehouse.overwrite(SILVER_IMAGES, images)
-    lakehouse.overwrite(SILVER_IMAGE_REJECTS, rejects)
+    with extract_images(fetched, refs, cfg.extract_images, stood) as (images, rejects, steps):
+        lakehouse.overwrite(SILVER_IMAGES, images)
+        lakehouse.overwrite(SILVER_IMAGE_REJECTS, rejects)
     write_funnel(lakehouse, STAGE, steps)
     # Embeddings of images no longer extracted go; those of semantic duplicates stay (still in silver.images here).
     prune_embeddings(lakehouse, SILVER_IMAGE_EMBEDDINGS, lakehouse.read(SILVER_IMAGES), "image_id")
