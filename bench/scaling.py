@@ -489,6 +489,13 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=None, help="task slots, where spark.master is not local[N]")
     parser.add_argument("--json", type=Path, default=None, help="output file (default bench/results/scaling-...)")
     parser.add_argument("--work", type=Path, default=None, help="keep corpora, lakes and event logs here")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run, as jobs.pipeline takes it (repeatable; kept in the JSON)",
+    )
     args = parser.parse_args()
     sizes = args.sizes or ([100, 1_000] if args.quick else [1_000, 10_000, 100_000])
     out = args.json or default_json(sizes)
@@ -498,6 +505,7 @@ def main() -> None:
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "conf": shown(args.conf),
         "corpus": args.corpus,
+        "overrides": args.set,
         "host": host(),
         "sizes": [],
     }
@@ -511,7 +519,7 @@ def main() -> None:
                 "skipped, not measured; remove it or name another --work (corpora there are reused)"
             )
         for n in sizes:
-            result = run_size(n, work, args.conf, corpus=args.corpus, cores=args.cores)
+            result = run_size(n, work, args.conf, args.set, corpus=args.corpus, cores=args.cores)
             total, idle = report(result)
             per_doc[n] = total / n
             print(f"time per document at {n:,}: {per_doc[n] * 1000:.2f} ms; no task running {idle / total:.0%} of it")

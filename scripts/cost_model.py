@@ -719,10 +719,11 @@ def render(
     add("## What was measured\n")
     counts = [format(s["documents"], ",") for s in document["sizes"]]
     counts_text = " and ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
+    overrides = "".join(f" `--set {o}`" for o in document.get("overrides") or [])
     add(
         f"`bench/scaling.py` ran `jobs.pipeline` on {counts_text} "
-        f"documents of the `{document.get('corpus')}` corpus with `{document.get('conf')}` (tiny random-weight "
-        f"models), on {host.get('logical_cpus')} CPUs ({host.get('cpu_model')}, "
+        f"documents of the `{document.get('corpus')}` corpus with `{document.get('conf')}`{overrides}"
+        f" (tiny random-weight models), on {host.get('logical_cpus')} CPUs ({host.get('cpu_model')}, "
         f"{host.get('memory_bytes', 0) / 2**30:.0f} GiB, {host.get('platform')}), Spark master `{size['master']}` = "
         f"{size['cores']} cores. The model uses the largest size, **{size['documents']:,} documents** "
         f"({_run_context(size)}).{' ' + document['note'] if document.get('note') else ''}\n"

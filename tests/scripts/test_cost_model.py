@@ -198,6 +198,10 @@ def test_the_page_shows_the_figures_and_the_start_up_warning() -> None:
     doc["corpus"] = "generated"
     page = cm.render(doc, "test.json", PAPER, cm.default_gpu_rates(), GEN, TREE, [], "python scripts/cost_model.py")
     assert "on the generated corpus (realsyn.corpus_generator" in page and "fixed pool" not in page
+    assert "--set" not in page
+    doc["overrides"] = ["generate.max_new_tokens=8"]  # bench/scaling.py --set: the page names what it changed
+    page = cm.render(doc, "test.json", PAPER, cm.default_gpu_rates(), GEN, TREE, [], "python scripts/cost_model.py")
+    assert "`--set generate.max_new_tokens=8` (tiny random-weight models)" in " ".join(page.split())
 
 
 def test_a_gpu_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
