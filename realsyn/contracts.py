@@ -285,6 +285,9 @@ BRONZE_FETCHED_IMAGES = _table(
 )
 
 # Silver: images and sentences after filters and dedup, and what the filters and dedup dropped.
+# silver.images holds the bytes too: its writing tasks read them where bronze.fetched_images stores them, one file
+# each, so an optimized write would only shuffle them once more (840 MB of shuffle for 14,593 images at 10k
+# documents, docs/benchmarks.md).
 SILVER_IMAGES = _table(
     "silver.images",
     schema(
@@ -298,6 +301,7 @@ SILVER_IMAGES = _table(
     ),
     ("image_id",),
     "kept images with all their URLs and documents",
+    properties={"delta.autoOptimize.optimizeWrite": "false"},
 )
 SILVER_IMAGE_REJECTS = _table(
     "silver.image_rejects",

@@ -360,7 +360,12 @@ def run_report(lakehouse: Lakehouse, cfg: Config) -> ReportSummary:
     picks = (
         dataset.orderBy(order).limit(rcfg.sample_images).select("image_id", "raw_image_url", "leaf_id", *TEXT_COLUMNS)
     )
-    content = lakehouse.read(SILVER_IMAGES).select("image_id", "content")
+    # Only the picked images' bytes leave the scan: the picks (a few dozen ids) are broadcast to it.
+    content = (
+        lakehouse.read(SILVER_IMAGES)
+        .select("image_id", "content")
+        .join(F.broadcast(picks.select("image_id")), "image_id", "left_semi")
+    )
     samples = []
     for r in picks.join(content, "image_id", "left").orderBy(order).collect():
         row = r.asDict()
