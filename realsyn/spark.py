@@ -49,6 +49,21 @@ def _process_output_to(log: Path) -> Iterator[None]:
             os.close(f)
 
 
+@contextmanager
+def session_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """Set one SQL setting of ``spark`` for the duration (plans are made and run inside), then restore it."""
+    conf = spark.conf
+    before = conf.get(key, None)
+    conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            conf.unset(key)
+        else:
+            conf.set(key, before)
+
+
 def get_spark(cfg: SparkConfig, jvm_log: Path | None = None) -> SparkSession:
     """Return the active session, or build one with Delta enabled.
 

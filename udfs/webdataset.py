@@ -150,30 +150,47 @@ class _Shard:
         return self.name, self.samples, size
 
 
-def write_shards(batches: Iterable[pa.RecordBatch], folder: str) -> Iterator[pa.RecordBatch]:
+def rows_of(batches: Iterable[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
+    """The rows of ``batches``, one dict each."""
+    for batch in batches:
+        yield from batch.to_pylist()
+
+
+def paired(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """One sample per two adjacent rows of ``rows`` (sorted by (``shard``, ``idx``)) that share (shard, idx): the
+    sample's texts and its bytes, each row null where the other holds a value. A sample with one part only is an
+    error: its texts or its image went missing between the tables."""
+    pending: dict[str, Any] | None = None
+    for row in rows:
+        if pending is None:
+            pending = row
+        elif (row["shard"], row["idx"]) == (pending["shard"], pending["idx"]):
+            yield {k: pending.get(k) if pending.get(k) is not None else v for k, v in row.items()}
+            pending = None
+        else:
+            raise ValueError(f"sample {pending['idx']} ({pending.get('key') or pending.get('image_id')}) has one part")
+    if pending is not None:
+        raise ValueError(f"sample {pending['idx']} ({pending.get('key') or pending.get('image_id')}) has one part")
+
+
+def write_shards(rows: Iterable[dict[str, Any]], folder: str) -> Iterator[pa.RecordBatch]:
     """Write rows sorted by (``shard``, ``idx``) into one tar per shard index under ``folder``.
 
-    Columns: ``shard`` (int), ``key``, ``content`` (bytes), ``format``, ``width``, ``height`` (of the stored
-    image) and the JSON_FIELDS. Yields one (shard, samples, bytes) row per shard written. Rows of one shard must
-    all come to the same call.
+    Keys: ``shard`` (int), ``key``, ``content`` (bytes), ``format``, ``width``, ``height`` (of the stored image)
+    and the JSON_FIELDS. Yields one (shard, samples, bytes) row per shard written. Rows of one shard must all come
+    to the same call.
     """
     current: _Shard | None = None
-    done: list[tuple[str, int, int]] = []
-    for batch in batches:
-        for row in batch.to_pylist():
-            if current is None or current.name != shard_name(int(row["shard"])):
-                if current is not None:
-                    done.append(current.close())
-                current = _Shard(folder, int(row["shard"]))
-            current.write(row)
-        if done:
-            yield pa.RecordBatch.from_pylist(
-                [{"shard": s, "samples": n, "bytes": b} for s, n, b in done], schema=RESULT_SCHEMA
-            )
-            done = []
+    for row in rows:
+        if current is None or current.name != shard_name(int(row["shard"])):
+            if current is not None:
+                yield _written(current.close())
+            current = _Shard(folder, int(row["shard"]))
+        current.write(row)
     if current is not None:
-        done.append(current.close())
-    if done:
-        yield pa.RecordBatch.from_pylist(
-            [{"shard": s, "samples": n, "bytes": b} for s, n, b in done], schema=RESULT_SCHEMA
-        )
+        yield _written(current.close())
+
+
+def _written(shard: tuple[str, int, int]) -> pa.RecordBatch:
+    name, samples, size = shard
+    return pa.RecordBatch.from_pylist([{"shard": name, "samples": samples, "bytes": size}], schema=RESULT_SCHEMA)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
@@ -35,7 +34,7 @@ from realsyn.contracts import (
     Table,
 )
 from realsyn.funnel import REASON, FunnelStep, Models, write_funnel
-from realsyn.spark import ARROW_BATCH_CONF
+from realsyn.spark import ARROW_BATCH_CONF, session_conf
 from realsyn.tables import Lakehouse
 from realsyn.workers import keep_zip_directories, task_device
 from udfs.models import ModelSpec, RegistryError, check_local_files, get_spec, load_registry
@@ -104,20 +103,6 @@ def not_yet_embedded(df: DataFrame, done: list[DataFrame], key: str, model_id: s
     return df
 
 
-@contextmanager
-def _session_conf(df: DataFrame, key: str, value: str) -> Iterator[None]:
-    conf = df.sparkSession.conf
-    before = conf.get(key, None)
-    conf.set(key, value)
-    try:
-        yield
-    finally:
-        if before is None:
-            conf.unset(key)
-        else:
-            conf.set(key, before)
-
-
 @dataclass(frozen=True)
 class EmbedCounts:
     """What one side (images or sentences) of one run did."""
@@ -176,7 +161,7 @@ def _embed_side(
     stage = embed_images if kind == "images" else embed_sentences
     results = todo.transform(lambda d: stage(d, cfg, spec)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        with _session_conf(results, ARROW_BATCH_CONF, str(arrow_batch)):
+        with session_conf(results.sparkSession, ARROW_BATCH_CONF, str(arrow_batch)):
             computed = results.count()
         if computed:
             ok = results.filter(F.col(REASON).isNull()).select(key, "model_id", "embedding")

@@ -39,12 +39,14 @@ import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -57,7 +59,7 @@ from realsyn.dataset_card import CardFacts, ModelUsed, card
 from realsyn.funnel_figure import STAGE_ORDER
 from realsyn.tables import Lakehouse, create_table_at
 from udfs.models import ModelSpec, load_registry
-from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, shard_name, write_shards
+from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, paired, rows_of, shard_name, write_shards
 
 RELEASE_COLUMNS = ["raw_image_url", "text1", "text2", "text3", "syn_text"]
 ALL = "all"
@@ -153,47 +155,56 @@ def numbered(ids: DataFrame, ids_per_range: int, n: int) -> DataFrame:
     )
 
 
+@contextmanager
+def shard_samples(images: DataFrame, rows: DataFrame, per_shard: int, ids_per_range: int) -> Iterator[DataFrame]:
+    """The WebDataset samples of ``rows`` (gold.dataset rows) and their bytes from ``images`` (silver.images), as
+    :func:`udfs.webdataset.paired` reads them: every sample in two rows, its texts and its bytes, next to each
+    other, each shard in one partition, sorted by (shard, idx). Run the frame inside the block.
+
+    The bytes of an exported image cross the network once, on their way to the task that writes its shard, and the
+    bytes of the images not exported not at all: the samples' keys (image_id, shard, idx; a few dozen bytes each)
+    are cached, so Spark knows their size and broadcasts them to the scan of the images where they fit under
+    ``spark.sql.autoBroadcastJoinThreshold`` (above it the bytes go through one more shuffle, by image_id). Texts
+    and bytes then go to their shard in one repartition of their union: no join of the two, which would shuffle
+    the bytes again by the join's key.
+    """
+    n = rows.count()
+    keys = (
+        numbered(rows.select("image_id"), ids_per_range, n)
+        .withColumn("shard", (F.col("idx") / per_shard).cast("long"))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    try:
+        keys.count()
+        on_bytes = (
+            images.select("image_id", "content", "format", "width", "height")
+            .join(keys, "image_id")
+            .select("shard", "idx", F.col("image_id").alias("key"), "content", "format", "width", "height")
+        )
+        on_texts = rows.select(*JSON_FIELDS).join(keys, "image_id")
+        yield (
+            on_bytes.unionByName(on_texts, allowMissingColumns=True)
+            .repartition(max(1, math.ceil(n / per_shard)), "shard")
+            .sortWithinPartitions("shard", "idx")
+        )
+    finally:
+        keys.unpersist()
+
+
 def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Config) -> tuple[int, int, int]:
     """Write ``rows`` (gold.dataset rows) as shards under ``folder``; returns (samples, shards, bytes)."""
     import fsspec
 
     per_shard = cfg.export.samples_per_shard
     n = rows.count()
-    idx = numbered(rows.select("image_id"), cfg.export.ids_per_range, n)
-    content = lakehouse.read(SILVER_IMAGES).select(
-        "image_id",
-        "content",
-        F.col("format").alias("_stored_format"),
-        F.col("width").alias("_stored_width"),
-        F.col("height").alias("_stored_height"),
-    )
-    samples = (
-        rows.select("image_id", *[c for c in JSON_FIELDS if c != "image_id"])
-        .join(idx, "image_id")
-        .join(content, "image_id")
-        .select(
-            (F.col("idx") / per_shard).cast("long").alias("shard"),
-            "idx",
-            F.col("image_id").alias("key"),
-            "content",
-            F.col("_stored_format").alias("format"),
-            F.col("_stored_width").alias("width"),
-            F.col("_stored_height").alias("height"),
-            *JSON_FIELDS,
-        )
-    )
     n_shards = max(1, math.ceil(n / per_shard))
     target = folder
 
     def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return write_shards(batches, target)
+        return write_shards(paired(rows_of(batches)), target)
 
-    written = (
-        samples.repartition(n_shards, "shard")
-        .sortWithinPartitions("shard", "idx")
-        .mapInArrow(write, from_arrow_schema(RESULT_SCHEMA))
-        .collect()
-    )
+    with shard_samples(lakehouse.read(SILVER_IMAGES), rows, per_shard, cfg.export.ids_per_range) as samples:
+        written = samples.mapInArrow(write, from_arrow_schema(RESULT_SCHEMA)).collect()
     sizes = {r["shard"]: int(r["samples"]) for r in sorted(written, key=lambda r: r["shard"])}
     fs, base = fsspec.core.url_to_fs(folder)
     fs.makedirs(base, exist_ok=True)

@@ -300,9 +300,9 @@ def _caption(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec, images: DataFra
     gcfg = cfg.generate
     have = lakehouse.read(GOLD_CAPTIONS).filter(F.col("captioner_id") == spec.name).select("image_id")
     need = images.select("image_id").join(have, "image_id", "left_anti")
-    need = need.join(
-        lakehouse.read(SILVER_IMAGES).select("image_id", "content").dropDuplicates(["image_id"]), "image_id"
-    )
+    # image_id is silver.images' key. need's ids come from the persisted todo, whose size Spark knows: they are
+    # broadcast where they fit, so the bytes are read where they lie and no image's bytes are shuffled.
+    need = need.join(lakehouse.read(SILVER_IMAGES).select("image_id", "content"), "image_id")
     if gcfg.partitions:
         need = need.repartition(gcfg.partitions)
     _with_arrow_batch(need, gcfg.arrow_batch_size)
@@ -380,9 +380,7 @@ def _vlm_write(lakehouse: Lakehouse, cfg: Config, vlm: ModelSpec, images: DataFr
     rows). Returns those rows (image_id, syn_text, reason, detail, n_tokens) and what they were written from."""
     gcfg = cfg.generate
     ready = _with_tags(lakehouse, cfg, cfg.embed.model, images).withColumn("caption", F.lit(NO_CAPTION))
-    with_bytes = ready.join(
-        lakehouse.read(SILVER_IMAGES).select("image_id", "content").dropDuplicates(["image_id"]), "image_id"
-    )
+    with_bytes = ready.join(lakehouse.read(SILVER_IMAGES).select("image_id", "content"), "image_id")
     if gcfg.partitions:
         with_bytes = with_bytes.repartition(gcfg.partitions)
     _with_arrow_batch(with_bytes, gcfg.arrow_batch_size)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from udfs.ids import bytes_id
-from udfs.webdataset import IMG2DATASET_FIELDS, JSON_FIELDS, write_shards
+from udfs.webdataset import IMG2DATASET_FIELDS, JSON_FIELDS, paired, rows_of, write_shards
 
 
 def encode(size: tuple[int, int], fmt: str, color: tuple[int, int, int]) -> bytes:
@@ -75,7 +76,7 @@ def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
 
 
 def test_json_has_img2dataset_keys_and_realsyn_keys(tmp_path: Path) -> None:
-    written = list(write_shards([pa.RecordBatch.from_pylist(rows())], str(tmp_path)))
+    written = list(write_shards(rows(), str(tmp_path)))
     assert pa.Table.from_batches(written).to_pylist()[0]["samples"] == 3
     samples = read_tar(tmp_path / "00000.tar")
 
@@ -119,5 +120,31 @@ def test_json_has_img2dataset_keys_and_realsyn_keys(tmp_path: Path) -> None:
 
 def test_shards_are_byte_identical_across_writes(tmp_path: Path) -> None:
     for run in ("a", "b"):
-        list(write_shards([pa.RecordBatch.from_pylist(rows())], str(tmp_path / run)))
+        list(write_shards(rows(), str(tmp_path / run)))
     assert (tmp_path / "a" / "00000.tar").read_bytes() == (tmp_path / "b" / "00000.tar").read_bytes()
+
+
+BYTES_PART = ("key", "content", "format", "width", "height")
+
+
+def parts(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A sample's two rows as the export's union gives them: its bytes, and its texts (the rest null in each)."""
+    on_bytes = {k: (v if k in BYTES_PART or k in ("shard", "idx") else None) for k, v in row.items()}
+    on_texts = {k: (None if k in BYTES_PART else v) for k, v in row.items()}
+    return on_bytes, on_texts
+
+
+def test_a_samples_texts_and_bytes_are_paired_in_either_order_across_batches() -> None:
+    samples = rows()
+    split = []
+    for i, row in enumerate(samples):
+        on_bytes, on_texts = parts(row)
+        split += [on_bytes, on_texts] if i % 2 else [on_texts, on_bytes]
+    # Batches cut between the two parts of a sample.
+    batches = [pa.RecordBatch.from_pylist(split[:3]), pa.RecordBatch.from_pylist(split[3:])]
+    assert list(paired(rows_of(batches))) == samples
+    # A sample whose image (or texts) went missing is an error, not a short shard.
+    with pytest.raises(ValueError, match=r"sample 1 \(.*\) has one part"):
+        list(paired(split[:2] + split[3:]))
+    with pytest.raises(ValueError, match=r"sample 2 \(.*\) has one part"):
+        list(paired(split[:-1]))

@@ -13,16 +13,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from pyspark.sql import DataFrame
 
 from realsyn.config import ConfigError
 from realsyn.config_sections import Config
 from realsyn.contracts import GOLD_DATASET, SILVER_IMAGES
 from realsyn.dataset_card import ModelUsed
 from realsyn.stages.balance import run_balance
-from realsyn.stages.export import RELEASE_COLUMNS, VLM_ROLE, models_used, run_export
+from realsyn.stages.export import RELEASE_COLUMNS, VLM_ROLE, models_used, run_export, shard_samples
 from realsyn.tables import Lakehouse
 from tests.support.gold_data import Img, write_inputs
+from tests.support.plans import above_the_bytes, physical_plan
 from udfs.models import load_registry
+from udfs.webdataset import paired
 
 TEXTS = {
     "a": ["A dog runs on the beach.", "t2", "t3", "syn a"],
@@ -173,6 +176,53 @@ def test_exports_round_trip_through_real_readers(lakehouse: Lakehouse) -> None:
     in_tiny = {k for k, row in gold.items() if row["scale_tiny"]}
     assert sorted(tiny) == sorted(TEXTS[k][0] for k in in_tiny)
     assert json.loads((root / "tiny" / "webdataset" / "sizes.json").read_text()) == {"00000.tar": 2}
+
+
+def one_partition_per_shard_in_order(samples: list[tuple[int, int, int, str, str]]) -> bool:
+    """Whether the rows of every shard of (partition, shard, idx, ...) rows lie in one partition (a partition may
+    hold several shards), each partition's rows sorted by (shard, idx)."""
+    partitions = {shard: {p for p, s, *_ in samples if s == shard} for _, shard, *_ in samples}
+    in_order = [[(s, idx) for p, s, idx, *_ in samples if p == q] for q in {p for p, *_ in samples}]
+    return all(len(ps) == 1 for ps in partitions.values()) and all(rows == sorted(rows) for rows in in_order)
+
+
+def test_the_bytes_are_shuffled_once_by_shard_and_the_texts_meet_them_there(lakehouse: Lakehouse) -> None:
+    from pyspark.sql import functions as F
+
+    cfg = make_cfg(lakehouse, scales=["all"])
+    write_inputs(lakehouse, cfg, corpus(), leaf_parents={0: 0, 1: 0})
+    run_balance(lakehouse, cfg)
+    images, rows = lakehouse.read(SILVER_IMAGES), lakehouse.read(GOLD_DATASET)
+    spark = rows.sparkSession
+
+    def shards_of(samples: DataFrame) -> tuple[list[str], list[tuple[int, int, int, str, str]]]:
+        """The operators above the bytes' scan, and (partition, shard, idx, key, text1) of every sample in the
+        order a writer task reads them, its two rows paired."""
+        got = samples.withColumn("p", F.spark_partition_id()).collect()
+        by_partition = [[r.asDict() for r in got if r["p"] == p] for p in sorted({r["p"] for r in got})]
+        pairs = [(s["p"], s["shard"], s["idx"], s["key"], s["text1"]) for rows in by_partition for s in paired(rows)]
+        return above_the_bytes(physical_plan(samples)), pairs
+
+    with shard_samples(images, rows, per_shard=2, ids_per_range=1000) as samples:
+        path, got = shards_of(samples)
+    # The keys are broadcast to the scan of the bytes; the one exchange the bytes go through is by shard.
+    assert path.index("BroadcastHashJoin") < path.index("Exchange") and path.count("Exchange") == 1, path
+    # Samples numbered 0..3 in image_id order, two per shard, each shard in one partition, sorted, with its texts.
+    keys = sorted(TEXTS)
+    assert sorted((shard, idx, key, text) for _, shard, idx, key, text in got) == [
+        (i // 2, i, k, TEXTS[k][0]) for i, k in enumerate(keys)
+    ]
+    assert one_partition_per_shard_in_order(got)
+    # Where the keys do not fit under the broadcast threshold, the bytes go through a shuffle by image_id first;
+    # the samples are the same.
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        with shard_samples(images, rows, per_shard=2, ids_per_range=1000) as samples:
+            path, again = shards_of(samples)
+    finally:
+        spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+    assert path.count("Exchange") == 2 and "SortMergeJoin" in path, path
+    assert sorted(r[1:] for r in again) == sorted(r[1:] for r in got) and one_partition_per_shard_in_order(again)
 
 
 def test_unknown_scale_is_a_config_error(lakehouse: Lakehouse) -> None:

@@ -19,6 +19,7 @@ from realsyn.ids import bytes_id, stable_id
 from realsyn.stages.extract_images import extract_images, run_extract_images
 from realsyn.tables import Lakehouse
 from tests.support.photos import crop, encode, photo
+from tests.support.plans import above_the_bytes, physical_plan
 from tests.support.tables import rows_frame
 
 
@@ -189,26 +190,9 @@ def test_extract_images_end_to_end(spark: SparkSession, lakehouse: Lakehouse) ->
     assert exact == {*urls("rocket-1", "rocket-2", "rocket-3")[1:], stable_id(late)}
 
 
-def _physical_plan(frame: DataFrame) -> str:
-    return str(frame._jdf.queryExecution().executedPlan().toString())
-
-
-def _above_the_bytes(plan: str) -> list[str]:
-    """The operators of ``plan`` from the scan that reads the image bytes up to the root, nearest first."""
-    lines = plan.splitlines()
-    depth = [len(line) - len(line.lstrip(" :+-")) for line in lines]
-    at = next(i for i, line in enumerate(lines) if "FileScan" in line and "content" in line)
-    chain = []
-    for i in range(at - 1, -1, -1):
-        if depth[i] < depth[at]:
-            chain.append(lines[i].lstrip(" :+-").split(" ")[0])
-            at = i
-    return chain
-
-
 def _join_with_the_bytes(frame: DataFrame) -> list[str]:
     """The operators between the bytes' scan and the first join above it, and that join."""
-    chain = _above_the_bytes(_physical_plan(frame))
+    chain = above_the_bytes(physical_plan(frame))
     return chain[: next(i for i, op in enumerate(chain) if op.endswith("Join")) + 1]
 
 
@@ -221,7 +205,7 @@ def test_the_bytes_meet_the_kept_images_in_a_broadcast_join_not_a_shuffle(
         # The bytes are read, filtered and joined to the broadcast metadata of the kept images where they lie.
         path = _join_with_the_bytes(images)
         assert path[-1] == "BroadcastHashJoin" and not any("Exchange" in op for op in path), path
-        assert "FileScan" not in _physical_plan(rejects)
+        assert "FileScan" not in physical_plan(rejects)
         assert images.count() == 6
     # Under a threshold that rules out broadcasting, the same rows come through a shuffle of the bytes.
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
