@@ -316,10 +316,11 @@ def bench_ingest(args: argparse.Namespace) -> float:
     one core."""
     work = Path(tempfile.mkdtemp(prefix="bench-extract-ingest-"))
     seconds = {}
-    for master in ("local[1]", "local[2]"):
+    for cores in (1, 2):
+        master = f"local[{cores}]"
         spark = bench_spark(args.partitions, master)
-        timed_ingest(spark, args.corpus_dir, work / f"warm-{master[6]}")
-        seconds[master], added = timed_ingest(spark, args.corpus_dir, work / f"lake-{master[6]}")
+        timed_ingest(spark, args.corpus_dir, work / f"warm-{cores}-cores")
+        seconds[master], added = timed_ingest(spark, args.corpus_dir, work / f"lake-{cores}-cores")
         spark.stop()  # type: ignore[attr-defined]
         if added != args.documents:
             raise SystemExit(f"ingest on {master} added {added} documents, the corpus has {args.documents}")

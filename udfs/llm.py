@@ -177,6 +177,14 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return found
 
 
+def pad_left(tokenizer: Any) -> None:
+    """Set ``tokenizer`` up for batched generation: prompts padded on the left (their ends aligned where generation
+    starts), with the end token as padding where the model defines no pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
 def load_transformers_llm(spec: ModelSpec, device: str, precision: Precision, batch_size: int) -> TransformersLLM:
     """Load an llm entry with transformers onto ``device`` (no caching; see :func:`get_llm`)."""
     import torch
@@ -184,9 +192,7 @@ def load_transformers_llm(spec: ModelSpec, device: str, precision: Precision, ba
     model, tokenizer = build_causal_lm(spec, device, precision, chat=True)
     if tokenizer.chat_template is None:
         raise ValueError(f"model {spec.name!r}: its tokenizer has no chat template (an instruction-tuned model has)")
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    pad_left(tokenizer)
     dev = torch.device(device)
     log.info("loaded llm %s on %s (%s)", spec.name, dev, model.dtype)
     return TransformersLLM(spec.name, model, tokenizer, dev, batch_size)

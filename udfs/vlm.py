@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from udfs.decode import DEFAULT_MAX_PIXELS, Rejected, decode_image
-from udfs.llm import NO_TAGS, Generation, Message, check_output, decode_generation, eos_ids, start_vllm_engine
+from udfs.llm import (
+    NO_TAGS,
+    Generation,
+    Message,
+    check_output,
+    decode_generation,
+    eos_ids,
+    pad_left,
+    start_vllm_engine,
+)
 from udfs.models import (
     ModelSpec,
     Precision,
@@ -283,10 +292,7 @@ def load_transformers_vlm(spec: ModelSpec, device: str, precision: Precision, ba
             raise hf_error(spec, e) from e
     if getattr(processor, "chat_template", None) is None:
         raise ValueError(f"model {spec.name!r}: its processor has no chat template (an instruction-tuned VLM has)")
-    tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    pad_left(processor.tokenizer)
     model = model.to(device=dev, dtype=dtype).eval()
     log.info("loaded vlm %s on %s (%s)", spec.name, dev, dtype)
     return TransformersVLM(spec.name, model, processor, dev, dtype, batch_size)
