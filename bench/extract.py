@@ -230,13 +230,25 @@ def images_single(folder: Path) -> tuple[int, int, int, int]:
     from udfs.images import band_keys, hamming, image_info_batch, phash_batch
 
     cfg = ExtractImagesConfig()
-    contents = pq.read_table(folder / "fetched.parquet", columns=["content"]).column("content").to_pandas()
-    info = image_info_batch(contents)
-    w, h = info["width"].astype("float"), info["height"].astype("float")
-    short, long = np.minimum(w, h), np.maximum(w, h)
-    passed = contents[(short >= cfg.min_short_side) & (long <= short * cfg.max_aspect_ratio)]
-    distinct = pd.Series(dict(zip((bytes_id(c) for c in passed), passed, strict=True)))
-    hashes = phash_batch(distinct).dropna().unique().astype(np.int64)
+    urls = passed = 0
+    distinct: set[str] = set()
+    found = []
+    # A row group at a time (image_rows writes 500 rows each): only the ids and the hashes stay in memory.
+    for batch in pq.ParquetFile(folder / "fetched.parquet").iter_batches(columns=["content"]):
+        contents = batch.column("content").to_pandas()
+        info = image_info_batch(contents)
+        w, h = info["width"].astype("float"), info["height"].astype("float")
+        short, long = np.minimum(w, h), np.maximum(w, h)
+        good = contents[(short >= cfg.min_short_side) & (long <= short * cfg.max_aspect_ratio)]
+        new = {}
+        for content in good:
+            image_id = bytes_id(content)
+            if image_id not in distinct:
+                distinct.add(image_id)
+                new[image_id] = content
+        found.append(phash_batch(pd.Series(new, dtype=object)).dropna().to_numpy(np.int64))
+        urls, passed = urls + len(contents), passed + len(good)
+    hashes = np.unique(np.concatenate(found))
     pd_cfg = cfg.perceptual_dedup
     keys = band_keys(hashes, pd_cfg.bands, pd_cfg.max_distance)
     owner = np.repeat(np.arange(hashes.size), keys.shape[1])
@@ -251,7 +263,7 @@ def images_single(folder: Path) -> tuple[int, int, int, int]:
         dst.extend(m[j][close])
     graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(hashes.size, hashes.size))
     kept, _ = connected_components(graph, directed=False)
-    return len(contents), len(passed), len(distinct), int(kept)
+    return urls, passed, len(distinct), int(kept)
 
 
 def images_spark(spark: object, folder: Path) -> tuple[int, int, int, int]:
