@@ -57,6 +57,7 @@ from realsyn.config_sections import Config
 from realsyn.contracts import BRONZE_DOCUMENTS, FUNNEL, GOLD_DATASET, SILVER_IMAGES, scale_column
 from realsyn.dataset_card import CardFacts, ModelUsed, card
 from realsyn.funnel_figure import STAGE_ORDER
+from realsyn.spark import session_conf
 from realsyn.tables import Lakehouse, create_table_at
 from udfs.models import ModelSpec, load_registry
 from udfs.webdataset import JSON_FIELDS, RESULT_SCHEMA, paired, rows_of, shard_name, write_shards
@@ -66,6 +67,10 @@ ALL = "all"
 CARD = "README.md"  # in the export folder: the dataset card (realsyn.dataset_card)
 MANIFEST = "_export.json"  # in each scale's folder: the table versions and settings it was exported from
 VLM_ROLE = "vision-language model (captioner and llm in one)"  # the dataset card's role of a vlm entry
+# The writer's Arrow batches are cut at this many bytes (Spark >= 4.0; rows per batch alone would let 10,000 images
+# of a few hundred KB each into one Python worker at once).
+ARROW_BYTES_CONF = "spark.sql.execution.arrow.maxBytesPerBatch"
+WRITER_BATCH_BYTES = 64 << 20
 _LOCAL_BITS = 33  # monotonically_increasing_id: partition id in the upper 31 bits, row in partition in the lower 33
 
 
@@ -203,7 +208,10 @@ def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Co
     def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return write_shards(paired(rows_of(batches)), target)
 
-    with shard_samples(lakehouse.read(SILVER_IMAGES), rows, per_shard, cfg.export.ids_per_range) as samples:
+    with (
+        shard_samples(lakehouse.read(SILVER_IMAGES), rows, per_shard, cfg.export.ids_per_range) as samples,
+        session_conf(rows.sparkSession, ARROW_BYTES_CONF, str(WRITER_BATCH_BYTES)),
+    ):
         written = samples.mapInArrow(write, from_arrow_schema(RESULT_SCHEMA)).collect()
     sizes = {r["shard"]: int(r["samples"]) for r in sorted(written, key=lambda r: r["shard"])}
     fs, base = fsspec.core.url_to_fs(folder)
