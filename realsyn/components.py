@@ -7,7 +7,9 @@ Algorithm: alternating large-star / small-star (Kiveris et al. 2014, "Connected 
 Beyond"), entirely in DataFrames; the driver only sees one small count per round. Both steps rewire edges
 towards smaller vertex ids without ever changing which vertices are connected; at the fixed point every
 component is a star whose centre is its smallest vertex id. O(log^2 n) rounds are proven enough, and the
-rounds needed in practice grow like log n (a random-order chain of 2,000 vertices takes 7 to 9).
+rounds needed in practice grow like log n (a random-order chain of 2,000 vertices takes 7 to 9). Each round is
+a few Spark jobs, so a graph of at most ``driver_edges`` edges (:data:`DRIVER_EDGES` by default, tens of MB) is
+instead collected once and solved on the driver by scipy's connected components: the same labels, in one job.
 
 Determinism: the component id is the smallest vertex id of the component under Spark's ordering of the id
 column (lexicographic for strings, numeric for integers), whatever the partitioning or the order of edges.
@@ -22,10 +24,13 @@ from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 VERTEX = "id"
 COMPONENT = "component"
 REPRESENTATIVE = "representative"
+# Graphs with at most this many distinct edges are solved on the driver (two ids per edge: ~100 MB of strings).
+DRIVER_EDGES = 1_000_000
 
 
 class ComponentsDidNotConverge(RuntimeError):
@@ -43,6 +48,7 @@ def connected_components(
     dst: str = "dst",
     vertices: DataFrame | None = None,
     max_iterations: int = 64,
+    driver_edges: int = DRIVER_EDGES,
 ) -> DataFrame:
     """Connected components of the undirected graph given by ``edges``: a DataFrame ``(id, component)``.
 
@@ -51,7 +57,8 @@ def connected_components(
     those without edges come back as their own component. ``component`` is the smallest vertex id of the
     component. Raises :class:`ComponentsDidNotConverge` when the edge set still changes after
     ``max_iterations`` rounds (a round is one large-star and one small-star step; O(log^2 n) rounds are
-    proven enough, and a handful suffice in practice).
+    proven enough, and a handful suffice in practice). A graph of at most ``driver_edges`` distinct edges is
+    solved on the driver instead (:func:`_centres_on_driver`), with the same result.
     """
     pairs = edges.select(F.col(src).alias("a"), F.col(dst).alias("b")).where(
         F.col("a").isNotNull() & F.col("b").isNotNull()
@@ -64,6 +71,19 @@ def connected_components(
 
     # Each edge once, as (larger, smaller), without self loops.
     current = _checkpoint(_oriented(pairs))
+    if current.count() <= driver_edges:
+        centre = _centres_on_driver(current)
+    else:
+        centre = _centres_in_rounds(current, max_iterations)
+    return all_vertices.join(centre, all_vertices[VERTEX] == centre["a"], "left").select(
+        VERTEX, F.coalesce(F.col("m"), F.col(VERTEX)).alias(COMPONENT)
+    )
+
+
+def _centres_in_rounds(oriented: DataFrame, max_iterations: int) -> DataFrame:
+    """(a, m): the smallest vertex m of the component of every vertex a that is not the smallest, by large-star /
+    small-star rounds over the ``oriented`` edges until nothing changes."""
+    current = oriented
     for _ in range(max_iterations):
         updated = _checkpoint(_small_star(_large_star(current)))
         changed = updated.exceptAll(current).union(current.exceptAll(updated)).limit(1).count()
@@ -73,10 +93,29 @@ def connected_components(
     else:
         raise ComponentsDidNotConverge(f"connected components still changing after {max_iterations} rounds")
     # At the fixed point every component is a star around its smallest vertex: (member, centre) edges.
-    centre = current.groupBy("a").agg(F.min("b").alias("m"))
-    return all_vertices.join(centre, all_vertices[VERTEX] == centre["a"], "left").select(
-        VERTEX, F.coalesce(F.col("m"), F.col(VERTEX)).alias(COMPONENT)
-    )
+    return current.groupBy("a").agg(F.min("b").alias("m"))
+
+
+def _centres_on_driver(oriented: DataFrame) -> DataFrame:
+    """(a, m): the smallest vertex m of the component of every vertex a with an edge, from the ``oriented`` edges
+    collected to the driver. Ids are sorted as Spark sorts them (numbers by value, strings by code point, which
+    is UTF-8's byte order), so m is the vertex the rounds would choose."""
+    import numpy as np
+    import pandas as pd
+    from scipy.sparse import coo_matrix, csgraph
+
+    id_type = oriented.schema["a"].dataType
+    schema = T.StructType([T.StructField("a", id_type, False), T.StructField("m", id_type, False)])
+    edges = oriented.toPandas()
+    if edges.empty:
+        return oriented.sparkSession.createDataFrame([], schema)
+    codes, ids = pd.factorize(pd.concat([edges["a"], edges["b"]], ignore_index=True), sort=True)
+    n, k = len(ids), len(edges)
+    graph = coo_matrix((np.ones(k, dtype=np.int8), (codes[:k], codes[k:])), shape=(n, n))
+    _, label = csgraph.connected_components(graph, directed=False)
+    smallest = pd.Series(np.arange(n)).groupby(label).transform("min").to_numpy()  # codes are in id order
+    ids = np.asarray(ids)
+    return oriented.sparkSession.createDataFrame(pd.DataFrame({"a": ids, "m": ids[smallest]}), schema)
 
 
 def _oriented(pairs: DataFrame) -> DataFrame:
