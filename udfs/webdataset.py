@@ -168,9 +168,13 @@ def paired(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             yield {k: pending.get(k) if pending.get(k) is not None else v for k, v in row.items()}
             pending = None
         else:
-            raise ValueError(f"sample {pending['idx']} ({pending.get('key') or pending.get('image_id')}) has one part")
+            raise _one_part(pending)
     if pending is not None:
-        raise ValueError(f"sample {pending['idx']} ({pending.get('key') or pending.get('image_id')}) has one part")
+        raise _one_part(pending)
+
+
+def _one_part(row: dict[str, Any]) -> ValueError:
+    return ValueError(f"sample {row['idx']} ({row.get('key') or row.get('image_id')}) has one part")
 
 
 def write_shards(rows: Iterable[dict[str, Any]], folder: str) -> Iterator[pa.RecordBatch]:

@@ -160,11 +160,18 @@ def numbered(ids: DataFrame, ids_per_range: int, n: int) -> DataFrame:
     )
 
 
+def shard_count(n: int, per_shard: int) -> int:
+    """Shards of ``n`` samples, ``per_shard`` each (the last one fewer); one, empty, for no samples."""
+    return max(1, math.ceil(n / per_shard))
+
+
 @contextmanager
-def shard_samples(images: DataFrame, rows: DataFrame, per_shard: int, ids_per_range: int) -> Iterator[DataFrame]:
-    """The WebDataset samples of ``rows`` (gold.dataset rows) and their bytes from ``images`` (silver.images), as
-    :func:`udfs.webdataset.paired` reads them: every sample in two rows, its texts and its bytes, next to each
-    other, each shard in one partition, sorted by (shard, idx). Run the frame inside the block.
+def shard_samples(
+    images: DataFrame, rows: DataFrame, n: int, per_shard: int, ids_per_range: int
+) -> Iterator[DataFrame]:
+    """The WebDataset samples of ``rows`` (the ``n`` gold.dataset rows to export) and their bytes from ``images``
+    (silver.images), as :func:`udfs.webdataset.paired` reads them: every sample in two rows, its texts and its
+    bytes, next to each other, each shard in one partition, sorted by (shard, idx). Run the frame inside the block.
 
     The bytes of an exported image cross the network once, on their way to the task that writes its shard, and the
     bytes of the images not exported not at all: the samples' keys (image_id, shard, idx; a few dozen bytes each)
@@ -173,7 +180,6 @@ def shard_samples(images: DataFrame, rows: DataFrame, per_shard: int, ids_per_ra
     and bytes then go to their shard in one repartition of their union: no join of the two, which would shuffle
     the bytes again by the join's key.
     """
-    n = rows.count()
     keys = (
         numbered(rows.select("image_id"), ids_per_range, n)
         .withColumn("shard", (F.col("idx") / per_shard).cast("long"))
@@ -189,7 +195,7 @@ def shard_samples(images: DataFrame, rows: DataFrame, per_shard: int, ids_per_ra
         on_texts = rows.select(*JSON_FIELDS).join(keys, "image_id")
         yield (
             on_bytes.unionByName(on_texts, allowMissingColumns=True)
-            .repartition(max(1, math.ceil(n / per_shard)), "shard")
+            .repartition(shard_count(n, per_shard), "shard")
             .sortWithinPartitions("shard", "idx")
         )
     finally:
@@ -202,14 +208,14 @@ def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Co
 
     per_shard = cfg.export.samples_per_shard
     n = rows.count()
-    n_shards = max(1, math.ceil(n / per_shard))
+    n_shards = shard_count(n, per_shard)
     target = folder
 
     def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return write_shards(paired(rows_of(batches)), target)
 
     with (
-        shard_samples(lakehouse.read(SILVER_IMAGES), rows, per_shard, cfg.export.ids_per_range) as samples,
+        shard_samples(lakehouse.read(SILVER_IMAGES), rows, n, per_shard, cfg.export.ids_per_range) as samples,
         session_conf(rows.sparkSession, ARROW_BYTES_CONF, str(WRITER_BATCH_BYTES)),
     ):
         written = samples.mapInArrow(write, from_arrow_schema(RESULT_SCHEMA)).collect()

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from realsyn.config import ConfigError
 from realsyn.config_sections import Config
@@ -187,8 +188,6 @@ def one_partition_per_shard_in_order(samples: list[tuple[int, int, int, str, str
 
 
 def test_the_bytes_are_shuffled_once_by_shard_and_the_texts_meet_them_there(lakehouse: Lakehouse) -> None:
-    from pyspark.sql import functions as F
-
     cfg = make_cfg(lakehouse, scales=["all"])
     write_inputs(lakehouse, cfg, corpus(), leaf_parents={0: 0, 1: 0})
     run_balance(lakehouse, cfg)
@@ -203,7 +202,7 @@ def test_the_bytes_are_shuffled_once_by_shard_and_the_texts_meet_them_there(lake
         pairs = [(s["p"], s["shard"], s["idx"], s["key"], s["text1"]) for rows in by_partition for s in paired(rows)]
         return above_the_bytes(physical_plan(samples)), pairs
 
-    with shard_samples(images, rows, per_shard=2, ids_per_range=1000) as samples:
+    with shard_samples(images, rows, rows.count(), per_shard=2, ids_per_range=1000) as samples:
         path, got = shards_of(samples)
     # The keys are broadcast to the scan of the bytes; the one exchange the bytes go through is by shard.
     assert path.index("BroadcastHashJoin") < path.index("Exchange") and path.count("Exchange") == 1, path
@@ -217,7 +216,7 @@ def test_the_bytes_are_shuffled_once_by_shard_and_the_texts_meet_them_there(lake
     # the samples are the same.
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
     try:
-        with shard_samples(images, rows, per_shard=2, ids_per_range=1000) as samples:
+        with shard_samples(images, rows, rows.count(), per_shard=2, ids_per_range=1000) as samples:
             path, again = shards_of(samples)
     finally:
         spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
