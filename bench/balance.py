@@ -300,9 +300,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         lakehouse, rows, cfg = export_rows(spark, f"{tmp}/lake", m)
-        write_webdataset(lakehouse, rows, f"{tmp}/warm", cfg)  # type: ignore[arg-type]
+        n = rows.count()
+        write_webdataset(lakehouse, rows, n, f"{tmp}/warm", cfg)  # type: ignore[arg-type]
         t = time.perf_counter()
-        n, shards, _ = write_webdataset(lakehouse, rows, f"{tmp}/wds", cfg)  # type: ignore[arg-type]
+        shards, _ = write_webdataset(lakehouse, rows, n, f"{tmp}/wds", cfg)  # type: ignore[arg-type]
         spark_s = time.perf_counter() - t
         plain_s = plain_tar_writer(lakehouse, rows, Path(tmp) / "plain", 1000)
         print(

@@ -202,12 +202,11 @@ def shard_samples(
         keys.unpersist()
 
 
-def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Config) -> tuple[int, int, int]:
-    """Write ``rows`` (gold.dataset rows) as shards under ``folder``; returns (samples, shards, bytes)."""
+def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, n: int, folder: str, cfg: Config) -> tuple[int, int]:
+    """Write the ``n`` rows of ``rows`` (gold.dataset rows) as shards under ``folder``; returns (shards, bytes)."""
     import fsspec
 
     per_shard = cfg.export.samples_per_shard
-    n = rows.count()
     n_shards = shard_count(n, per_shard)
     target = folder
 
@@ -233,7 +232,7 @@ def write_webdataset(lakehouse: Lakehouse, rows: DataFrame, folder: str, cfg: Co
     with fs.open(tmp, "w") as f:
         json.dump(sizes, f, indent=1, sort_keys=True)
     fs.mv(tmp, f"{base}/sizes.json")
-    return n, len(sizes), sum(int(r["bytes"]) for r in written)
+    return len(sizes), sum(int(r["bytes"]) for r in written)
 
 
 def as_released(rows: DataFrame) -> DataFrame:
@@ -286,7 +285,7 @@ def run_export(lakehouse: Lakehouse, cfg: Config, scales: Sequence[str] | None =
         if "parquet" in cfg.export.formats:
             rows.select(*RELEASE_COLUMNS).write.mode("overwrite").parquet(f"{folder}/parquet")
         if "webdataset" in cfg.export.formats:
-            n, shards, shard_bytes = write_webdataset(lakehouse, rows, f"{folder}/webdataset", cfg)
+            shards, shard_bytes = write_webdataset(lakehouse, rows, n, f"{folder}/webdataset", cfg)
         if "delta" in cfg.export.formats:
             write_delta(lakehouse, rows, f"{folder}/delta")
         write_manifest(folder, {"source": manifest, "written": [n, shards, shard_bytes]})

@@ -56,7 +56,7 @@ from realsyn.contracts import (
     SILVER_TAGS,
 )
 from realsyn.funnel import REASON, FunnelStep, Models, write_funnel
-from realsyn.spark import ARROW_BATCH_CONF
+from realsyn.spark import ARROW_BATCH_CONF, session_conf
 from realsyn.synthetic_frames import caption_frame, embed_tag_frame, rewrite_frame, score_frame, tag_frame, vlm_frame
 from realsyn.tables import Lakehouse
 from realsyn.tag_vocabulary import tag_vocabulary
@@ -212,15 +212,9 @@ def run_generate(lakehouse: Lakehouse, cfg: Config) -> GenerateSummary:
     if missing:
         log.warning("generate: %s not there yet; nothing to generate", ", ".join(map(str, missing)))
         return _summary(lakehouse, cfg, key, 0, 0, 0, 0, random_weights)
-    spark = lakehouse.spark
-    before = spark.conf.get(ARROW_BATCH_CONF, None)
-    try:
+    # Each model pass sets its own Arrow batch size; the session's is restored afterwards.
+    with session_conf(lakehouse.spark, ARROW_BATCH_CONF, str(cfg.generate.arrow_batch_size)):
         computed, captioned, tokens, n_tags = _generate(lakehouse, cfg, models, key)
-    finally:
-        if before is None:
-            spark.conf.unset(ARROW_BATCH_CONF)
-        else:
-            spark.conf.set(ARROW_BATCH_CONF, before)
     summary = _summary(lakehouse, cfg, key, computed, captioned, tokens, n_tags, random_weights)
     used = Models(key.model_id, key.captioner_id, key.llm_id, key.prompt_version)
     write_funnel(lakehouse, "generate", _funnel(summary), used)
