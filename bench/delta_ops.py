@@ -1,12 +1,13 @@
 """The fixed cost of one Delta operation on a small table, as every stage pays it on local Spark.
 
 On the demo corpus a stage's seconds are mostly fixed cost: the 12-document pipeline runs some 1,300 Spark jobs,
-most of them Delta's (a MERGE is about nine: the table's log state, the files to read, the write, the new
-snapshot). This benchmark times the table operations the stages are made of, in one warm session with the Spark
-settings of ``--conf`` (conf/local.yaml), each over ``--repeat`` operations on tables of 20 rows of
-``bronze.texts``: creating an empty table as its contract declares it, the first ``Lakehouse.insert_new`` into it (a
-MERGE), a later ``insert_new``, a plain append of the same rows (a write with no MERGE), ``Lakehouse.version`` and
-a count. A warm-up round runs first, so the JVM's start and first compilations are outside the figures.
+about 500 of them labelled as Delta's own in Spark's event log (a table's log state, the files a query reads, a
+MERGE's steps; a MERGE is about nine jobs), most of the rest the stages' writes and counts. This benchmark
+times the table operations the stages are made of, in one warm session with the Spark settings of ``--conf``
+(conf/local.yaml), each over ``--repeat`` operations on tables of 20 rows of ``bronze.texts``: creating an
+empty table as its contract declares it, the first ``Lakehouse.insert_new`` into it (a MERGE), a later
+``insert_new``, a plain append of the same rows (a write with no MERGE), ``Lakehouse.version`` and a count. A
+warm-up round runs first, so the JVM's start and first compilations are outside the figures.
 
 Prints each operation's mean seconds and, last, ``merge_over_append: <insert_new / append>``: what the MERGE that
 makes every write idempotent costs over a blind write of the same rows.
