@@ -151,8 +151,8 @@ def unchanged_since(
 
 
 def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs: Sequence[StageRun]) -> None:
-    """Write ``runs`` as rows of gold.runs in one commit (a MERGE on run id and stage: a retried write adds
-    nothing)."""
+    """Write ``runs`` as rows of gold.runs in one commit: an append, since no other commit can hold rows of
+    ``run_id`` (each run mints its own, and records each stage once)."""
     rows = [
         (
             run_id,
@@ -173,4 +173,4 @@ def record(lakehouse: Lakehouse, run_id: str, cfg_hash: str, version: str, runs:
         for run in runs
     ]
     if rows:
-        lakehouse.insert_new(RUNS, lakehouse.spark.createDataFrame(rows, RUNS.schema))
+        lakehouse.append(RUNS, lakehouse.spark.createDataFrame(rows, RUNS.schema))

@@ -78,6 +78,29 @@ def test_a_log_without_a_commit_is_cleared_and_a_committed_one_kept(spark: Spark
     assert sorted(r.image_id for r in lakehouse.read(table).collect()) == ["a", "b", "c"]
 
 
+def test_a_version_is_the_one_the_history_gives_through_every_kind_of_write(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    schema = f"realsyn_{uuid.uuid4().hex[:8]}"
+    spark.sql(f"CREATE SCHEMA spark_catalog.{schema} LOCATION '{tmp_path / 'warehouse' / schema}'")
+    try:
+        for storage in (StorageConfig(root=str(tmp_path / "lake")), StorageConfig(catalog=f"spark_catalog.{schema}")):
+            lakehouse = Lakehouse(spark, storage)
+            table = SILVER_IMAGE_CLUSTERS
+            a, b, c = (spark.createDataFrame([(x, "m", i)], table.schema) for i, x in enumerate("abc"))
+            writes = [("insert_new", a), ("insert_new", a), ("append", b), ("replace_partition", a)]
+            writes += [("overwrite", b), ("insert_new", a), ("append", c)]  # the second insert_new adds nothing
+            # Past version 10, where Delta writes a checkpoint.
+            for method, rows in writes + writes:
+                extra = ("model_id", "m") if method == "replace_partition" else ()
+                getattr(lakehouse, method)(table, rows, *extra)
+                assert lakehouse.version(table) == lakehouse.delta(table).history(1).first()["version"], storage
+            assert lakehouse.version(table) > 10, storage
+            assert sorted(r.image_id for r in lakehouse.read(table).collect()) == ["a", "b", "c"], storage
+    finally:
+        spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{schema} CASCADE")
+
+
 def test_catalog_mode_gives_the_tables_of_path_mode(spark: SparkSession, tmp_path: Path) -> None:
     schema = f"realsyn_{uuid.uuid4().hex[:8]}"
     # The schema's folder is under tmp_path, so its managed tables are too (the warehouse dir is the cwd's).
