@@ -11,7 +11,7 @@ rows the job reports, printing rows per table.
 
 The same corpus is then run with ``storage.root`` on the local disk (``--compare``, on by default), and every
 table read by delta-rs from S3 must equal its local twin (floats within 1e-5: see
-tests/jobs/test_standalone_cluster.py for why). This is a script, not a test, because the AWS SDK bundle alone is a
+tests/support/standalone.py for why). This is a script, not a test, because the AWS SDK bundle alone is a
 ~600 MB download on a clean machine. Usage: ``python scripts/s3a_run.py [--documents 12] [--no-compare]``; the
 last line is ``s3a_tables_equal: <n>/<n>``.
 """
@@ -32,7 +32,7 @@ import pyspark
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.jobs.test_standalone_cluster import SPARK_CONF, VOLATILE, assert_same_rows  # noqa: E402
+from tests.support.standalone import SPARK_CONF, VOLATILE, assert_same_rows  # noqa: E402
 
 BUCKET = "realsyn-demo"
 KEY, SECRET, REGION = "testing", "testing", "us-east-1"

@@ -1,8 +1,14 @@
 """`make run`'s job, run as users run it (its own process and Spark application), on a small demo corpus.
 
-One uninterrupted run is the reference; a second lake is built by a run that is SIGKILLed at a random moment inside
-a random stage (or inside one of its Delta commits) and resumed with ``--from``, and must end with the same tables.
-While a run holds the lake, a second pipeline on it refuses to start.
+One uninterrupted run is the reference; a copy of it as it was when a random stage started is taken on by a run
+that is SIGKILLed at a random moment inside that stage (or inside one of its Delta commits) and resumed with
+``--from``, and must end with the same tables. While a run holds the lake, a second pipeline on it refuses to start.
+
+The same job submitted by ``./spark-submit.sh`` to a standalone cluster (a master and two workers of one core, on
+loopback, from pyspark's own distribution) ends with the reference's tables too. Its executors are separate JVMs with
+their own Python workers and working directories (under each worker's work dir), so nothing the driver holds in
+memory, in its working directory or on its ``sys.path`` reaches them except through Spark: the code goes as the
+wheel zip (``--py-files``), the model registry with ``--files``.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -23,7 +31,16 @@ from deltalake import DeltaTable
 from realsyn.contracts import TABLES
 from realsyn.notebook import execute_notebook
 from realsyn.pipeline import STAGE_NAMES
-from tests.support.faults import Moment, clean_env, differences, pipeline_argv, run_and_kill, run_to_end
+from tests.support.faults import (
+    Moment,
+    clean_env,
+    differences,
+    lake_before,
+    pipeline_argv,
+    run_and_kill,
+    run_to_end,
+)
+from tests.support.standalone import SPARK_CONF, Cluster, assert_same_rows, standalone_cluster, tables
 
 # Whole pipeline runs on 2 shared cores: well past the suite's default per-test timeout.
 pytestmark = pytest.mark.timeout(3600)
@@ -31,6 +48,11 @@ pytestmark = pytest.mark.timeout(3600)
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf" / "local.yaml"
 SMALL = ("demo.documents=12",)  # conf/local.yaml's generated corpus, as `make run` ingests it
+# The stages run on the standalone cluster. In `make test`: documents to embeddings, the stages whose executors read
+# input files, fetch, run pandas UDFs and load models from the shipped registry. The long form,
+# REALSYN_STANDALONE_UNTIL=cluster_images, adds semantic dedup, k-means, retrieval and image clusters (trees shipped
+# to executors with addFile); docs/cluster.md has its figures.
+UNTIL = os.environ.get("REALSYN_STANDALONE_UNTIL", "embed")
 
 
 def unwrapped(console: str) -> str:
@@ -206,8 +228,9 @@ def test_a_killed_run_resumed_with_from_ends_with_the_same_tables(
     reference: tuple[Path, str], raw: Path, tmp_path: Path
 ) -> None:
     """One SIGKILL, at a random moment of a random stage or inside one of its Delta commits; the run resumed with
-    ``--from`` that stage ends with the reference's tables. bench/fault_injection.py is the long form (several
-    kills in every stage, each resumed run killed again)."""
+    ``--from`` the stage it was killed in ends with the reference's tables. The killed run starts ``--from`` the
+    stage, on the reference lake as it was when the reference run started it. bench/fault_injection.py is the long
+    form (runs from scratch, several kills in every stage, each resumed run killed again)."""
     ref_lake, _ = reference
     seconds = {r["stage"]: float(r["seconds"]) for r in table(ref_lake, "gold.runs") if r["status"] == "ok"}
     seed = int(os.environ.get("REALSYN_FAULT_SEED", time.time_ns() % 1_000_000))
@@ -233,8 +256,9 @@ def test_a_killed_run_resumed_with_from_ends_with_the_same_tables(
         assert done.returncode == 3, context + done.stderr[-2000:]
         assert "another realsyn pipeline is running on these tables" in done.stderr
 
+    lake_before(ref_lake, stage, lake)
     resume_from = run_and_kill(
-        pipeline_argv(CONF, lake, raw, SMALL), lake, moment, out, while_running=second_pipeline_refuses
+        pipeline_argv(CONF, lake, raw, SMALL, "--from", stage), lake, moment, out, while_running=second_pipeline_refuses
     )
     context += f", killed in {resume_from}"
     if resume_from is not None:  # else it finished before the moment came
@@ -242,7 +266,8 @@ def test_a_killed_run_resumed_with_from_ends_with_the_same_tables(
         assert run_to_end(argv, out) == 0, context + out.read_text()[-4000:]
     assert differences(ref_lake, lake) == [], context
 
-    # gold.runs holds the killed run up to its last finished stage, and the resumed run from its --from on.
+    # gold.runs holds the reference run up to the stage, the killed run up to its last finished stage, and the
+    # resumed run from its --from on.
     runs = table(lake, "gold.runs")
     by_run: dict[str, list[str]] = {}
     for r in sorted(runs, key=lambda r: (str(r["run_id"]), int(str(r["stage_index"])))):
@@ -250,3 +275,54 @@ def test_a_killed_run_resumed_with_from_ends_with_the_same_tables(
     last = by_run[max(by_run)]
     assert last == list(STAGE_NAMES[STAGE_NAMES.index(resume_from) :] if resume_from else STAGE_NAMES), context
     assert all(r["status"] in {"ok", "skipped"} for r in runs), context
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A master and two workers of one core and 1.5 GB each, stopped by their pids when the module ends."""
+    with standalone_cluster(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="1536m") as c:
+        yield c
+
+
+def test_the_job_submitted_to_a_standalone_cluster_ends_with_the_reference_tables(
+    reference: tuple[Path, str], raw: Path, cluster: Cluster, tmp_path: Path
+) -> None:
+    ref_lake, _ = reference
+    cwd = tmp_path / "remote"  # a relative storage.root, under the submitting shell's folder
+    cwd.mkdir()
+    argv = [str(REPO / "spark-submit.sh"), "pipeline", "--conf", str(CONF)]
+    for item in ("storage.root=lake", f"demo.output={raw}", *SMALL):
+        argv += ["--set", item]
+    argv += ["--until", UNTIL, "--", "--master", cluster.master_url]
+    for key, value in SPARK_CONF.items():
+        argv += ["--conf", f"{key}={value}"]
+    # Neither the driver's nor the workers' environment points Python at the checkout.
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYSPARK_PYTHON", "VIRTUAL_ENV"}}
+    env.update(PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    assert done.returncode == 0, f"{done.stderr[-4000:]}\n{cluster.log_tail()}"
+
+    # The job ran on both workers, in executors of their own (a work dir per application and executor).
+    for work in cluster.work_dirs:
+        executors = [d for d in work.glob("app-*/*") if d.is_dir()]
+        assert len(executors) == 1, executors
+        assert "Finished task" in (executors[0] / "stderr").read_text(errors="replace")
+
+    # The reference's lake as it was when its run had finished the same stages.
+    after = STAGE_NAMES.index(UNTIL) + 1
+    local = ref_lake if after == len(STAGE_NAMES) else tmp_path / "local"
+    if after < len(STAGE_NAMES):
+        lake_before(ref_lake, STAGE_NAMES[after], local)
+    want, got = tables(local), tables(cwd / "lake")
+    assert sorted(got) == sorted(want)
+    assert {"bronze/documents", "silver/image_embeddings", "silver/sentence_embeddings", "gold/funnel"} <= set(want)
+    assert UNTIL != "cluster_images" or {"silver/retrieval", "silver/image_clusters"} <= set(want)
+    for name in want:
+        # Reject tables may be empty on the demo corpus; every other table has rows to compare.
+        assert want[name] or name.endswith("rejects"), f"{name} is empty"
+        if name == "gold/runs":
+            # The storage roots differ (relative and absolute), hence the config hashes; the reference runs from the
+            # checkout, whose code version names its commit, the cluster run from the wheel, whose version does not.
+            for row in (*want[name], *got[name]):
+                del row["config_hash"], row["code_version"]
+        assert_same_rows(name, got[name], want[name])

@@ -1,9 +1,11 @@
-"""spark-submit.sh packages the code and runs a job end to end in a separate Spark application."""
+"""A single stage's job, run as its own process and Spark application; spark-submit.sh's refusal of an unknown job.
+
+spark-submit.sh itself (the wheel, Delta's packages, the shipped registry) submits the pipeline job to a standalone
+cluster in tests/jobs/test_pipeline.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +16,13 @@ from deltalake import DeltaTable
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_spark_submit_runs_ingest(tmp_path: Path) -> None:
+def test_unknown_job_is_refused() -> None:
+    result = subprocess.run([str(REPO / "spark-submit.sh"), "no_such_job"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "no job named 'no_such_job'" in result.stderr
+
+
+def test_a_single_stage_job_ingests_and_prints_what_the_pipeline_prints(tmp_path: Path) -> None:
     docs = tmp_path / "in" / "docs.jsonl"
     docs.parent.mkdir()
     docs.write_text(
@@ -23,48 +31,6 @@ def test_spark_submit_runs_ingest(tmp_path: Path) -> None:
         )
         + "\n{broken\n"
     )
-    conf = tmp_path / "job.yaml"
-    conf.write_text(
-        f"storage:\n  root: {tmp_path / 'lake'}\n"
-        f"ingest:\n  inputs:\n    - path: {docs.parent}\n      layout: mmc4\n      source: s\n"
-    )
-    env = {**os.environ, "PYTHON": sys.executable}
-    result = subprocess.run(
-        [
-            str(REPO / "spark-submit.sh"),
-            "ingest",
-            "--conf",
-            str(conf),
-            "--",
-            "--master",
-            "local[1]",
-            "--conf",
-            "spark.ui.enabled=false",
-            "--conf",
-            "spark.sql.shuffle.partitions=2",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "documents read 5 = new 4 + already present 0 + rejected 1" in result.stdout
-    texts = DeltaTable(str(tmp_path / "lake" / "bronze" / "texts")).to_pandas()
-    assert sorted(texts["text"]) == ["A.", "A.", "A.", "A.", "B.", "B.", "B.", "B."]
-
-
-def test_unknown_job_is_refused() -> None:
-    result = subprocess.run([str(REPO / "spark-submit.sh"), "no_such_job"], capture_output=True, text=True, check=False)
-    assert result.returncode == 2
-    assert "no job named 'no_such_job'" in result.stderr
-
-
-def test_a_single_stage_job_prints_what_the_pipeline_prints(tmp_path: Path) -> None:
-    docs = tmp_path / "in" / "docs.jsonl"
-    docs.parent.mkdir()
-    docs.write_text(json.dumps({"url": "https://s.example/0", "text_list": ["A."], "image_info": []}) + "\n")
     conf = tmp_path / "job.yaml"
     conf.write_text(
         f"storage:\n  root: {tmp_path / 'lake'}\nspark:\n  conf:\n    spark.ui.enabled: 'false'\n"
@@ -83,7 +49,9 @@ def test_a_single_stage_job_prints_what_the_pipeline_prints(tmp_path: Path) -> N
     # The log's name, the stage's summary and its time; Spark's and Ivy's output went to the log, as in the pipeline.
     log = re.search(r"^realsyn ingest: log (\S+)$", result.stdout, re.M)
     assert log is not None and Path(log[1]).parent == tmp_path / "lake" / "_logs", console
-    assert "documents read 1 = new 1 + already present 0 + rejected 0" in result.stdout
+    assert "documents read 5 = new 4 + already present 0 + rejected 1" in result.stdout
+    texts = DeltaTable(str(tmp_path / "lake" / "bronze" / "texts")).to_pandas()
+    assert sorted(texts["text"]) == ["A.", "A.", "A.", "A.", "B.", "B.", "B.", "B."]
     assert re.search(r"^realsyn ingest: done in [0-9.]+ s$", result.stdout, re.M)
     for noise in ("WARN", "::", "Ivy", "[Stage", "Traceback"):
         assert noise not in console, noise

@@ -1,6 +1,8 @@
 """Fault injection for the pipeline job: run it as its own process group, SIGKILL it inside a stage, compare tables.
 
 Shared by tests/jobs/test_pipeline.py (a short form) and bench/fault_injection.py (every stage, more moments).
+A killed run may start from scratch, or from a copy of a reference lake as it was when the reference run started
+the moment's stage (:func:`lake_before`), which spares the test the stages before it.
 A moment is a stage and a way to pick the instant inside it: ``delay`` kills a given number of seconds after the
 stage started (as its log line says), ``commit`` kills as soon as the ``nth`` new file appears under the tables
 of the stage's output (a Parquet file of a commit not written yet, or the commit file itself).
@@ -9,8 +11,10 @@ of the stage's output (a Parquet file of a commit not written yet, or the commit
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +139,46 @@ def run_and_kill(
     kill_group(proc)
     stages = started_stages(log)
     return stages[-1] if stages else None
+
+
+def lake_before(reference: Path, stage: str, dest: Path) -> None:
+    """Copy ``reference``, the lake of one uninterrupted run, to ``dest`` as it was when that run started ``stage``.
+
+    Every Delta table keeps the versions committed before that instant (commit files, checkpoints and their
+    checksums of later versions are removed; their data files stay, unreferenced, as a killed writer leaves them); a table
+    first created later is removed, and so is every other file (exports, the report, the run log) written later.
+    """
+    runs = DeltaTable(str(reference / "gold" / "runs")).to_pyarrow_table().to_pylist()
+    started = [r["started_at"] for r in runs if r["stage"] == stage]
+    if len(started) != 1:
+        raise ValueError(f"{reference} holds {len(started)} runs of {stage}, not one")
+    instant_ms = started[0].timestamp() * 1000
+    shutil.copytree(reference, dest)  # copy2: modification times are kept
+    tables = sorted(log.parent for log in dest.rglob("_delta_log"))
+    for table in tables:
+        log = table / "_delta_log"
+        versions = {}
+        for commit in log.glob("*.json"):
+            first = json.loads(commit.read_text(encoding="utf-8").splitlines()[0])
+            versions[int(commit.stem)] = first["commitInfo"]["timestamp"]
+        kept = [v for v, at in versions.items() if at <= instant_ms]
+        if not kept:
+            shutil.rmtree(table)
+            continue
+        (log / "_last_checkpoint").unlink(missing_ok=True)  # Delta finds the newest checkpoint by listing
+        for f in log.iterdir():
+            name = f.name.removeprefix(".")  # Hadoop's local file system keeps a checksum in .<file>.crc
+            if name[:20].isdigit() and int(name[:20]) > max(kept):
+                f.unlink()
+    tables = [t for t in tables if t.exists()]
+    empty = {d for d in dest.rglob("*") if d.is_dir() and not any(d.iterdir())}
+    for f in [f for f in dest.rglob("*") if f.is_file()]:
+        inside_table = any(t in f.parents for t in tables)
+        if not inside_table and f.stat().st_mtime * 1000 > instant_ms:
+            f.unlink()
+    for d in sorted((d for d in dest.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+        if d not in empty and not any(d.iterdir()):  # emptied above: made after the instant
+            d.rmdir()
 
 
 def run_to_end(argv: Sequence[str], out: Path, timeout_s: float = 900) -> int:

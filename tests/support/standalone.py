@@ -4,11 +4,15 @@ One master and N workers, each a JVM of its own (``bin/spark-class org.apache.sp
 Worker}``), bound to 127.0.0.1 only. Every worker has its own work directory (the executors' working directories
 live under it) and its own local directories, so executors share the filesystem with the driver but not its working
 directory. The processes are stopped by their pids.
+
+A cluster run's tables are compared with a local run's by :func:`assert_same_rows`: equal rows in any order, floats
+within a tolerance.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -19,11 +23,39 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyspark
+from deltalake import DeltaTable
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
+
+# Spark settings of a run on the cluster: the partitioning of conf/local.yaml's local[2] runs (whose tables it is
+# compared with), so that both plans split the data alike; two executors of one core each make the same default
+# parallelism as local[2].
+SPARK_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.executor.memory": "1g",
+    "spark.driver.memory": "2g",
+    # The driver listens on loopback too (by default it takes the address of the host name's interface).
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+}
+# Columns that differ between any two runs: fetch times, and each pipeline run's id and timings in gold.runs (its
+# stages, statuses, row counts, table versions and code version must match; the config hash too where both runs
+# have the same storage root).
+VOLATILE = {
+    "bronze/fetched_images": {"fetched_at", "elapsed_ms"},
+    "gold/runs": {"run_id", "started_at", "ended_at", "seconds", "task_busy_share"},
+}
+# Floats (embedding components, cosines, centroid coordinates) are compared within this absolute tolerance: the CPU
+# kernels of a forward pass may sum in another order when a batch holds other rows, and aggregations add partial
+# sums in the order tasks finish, which moves the last bits of a float32. Every other value must be equal.
+FLOAT_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -125,3 +157,47 @@ def standalone_cluster(
         yield cluster
     finally:
         _stop(procs)
+
+
+def tables(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every Delta table under ``root`` (``layer/table``) as rows, volatile columns left out."""
+    found = {}
+    for log in sorted(root.glob("*/*/_delta_log")):
+        name = f"{log.parent.parent.name}/{log.parent.name}"
+        drop = VOLATILE.get(name, set())
+        rows = DeltaTable(str(log.parent)).to_pyarrow_table().to_pylist()
+        found[name] = [{k: v for k, v in row.items() if k not in drop} for row in rows]
+    return found
+
+
+def canonical(row: dict[str, Any]) -> str:
+    """A sortable text of a row without its floats (rows are unique on their keys, none of which is a float)."""
+
+    def value(v: Any) -> Any:
+        if isinstance(v, float):
+            return None
+        if isinstance(v, list):
+            return [value(x) for x in v]
+        if isinstance(v, dict):
+            return {k: value(x) for k, x in sorted(v.items())}
+        return v
+
+    return repr({k: value(v) for k, v in sorted(row.items())})
+
+
+def close(a: Any, b: Any) -> bool:
+    """Equal, except that floats (also inside lists) may differ by FLOAT_TOLERANCE."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= FLOAT_TOLERANCE)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def assert_same_rows(name: str, got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    """Equal rows in any order: floats within FLOAT_TOLERANCE, every other value exactly."""
+    assert len(got) == len(want), name
+    for g, w in zip(sorted(got, key=canonical), sorted(want, key=canonical), strict=True):
+        assert g.keys() == w.keys(), name
+        for column in g:
+            assert close(g[column], w[column]), (name, column, g[column], w[column])
