@@ -144,8 +144,8 @@ def run_and_kill(
 def lake_before(reference: Path, stage: str, dest: Path) -> None:
     """Copy ``reference``, the lake of one uninterrupted run, to ``dest`` as it was when that run started ``stage``.
 
-    Every Delta table keeps the versions committed before that instant (commit files, checkpoints and their
-    checksums of later versions are removed; their data files stay, unreferenced, as a killed writer leaves them); a table
+    Every Delta table keeps the versions committed before that instant (later versions' commit files, checkpoints
+    and their checksums are removed; their data files stay, unreferenced, as a killed writer leaves them); a table
     first created later is removed, and so is every other file (exports, the report, the run log) written later.
     """
     runs = DeltaTable(str(reference / "gold" / "runs")).to_pyarrow_table().to_pylist()
