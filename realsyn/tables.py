@@ -135,8 +135,9 @@ class Lakehouse:
     def version(self, table: Table | str) -> int:
         """The current Delta version of ``table`` (from its log; no data is read).
 
-        A path table's version is the highest commit file in its log folder, a listing that runs no Spark job
-        (history(1) costs one, about 0.16 s on a warm local session); a catalog table's comes from its history.
+        A path table's version is the highest commit file in its log folder, a listing that runs no Spark job (0.009 s
+        on a warm local session against 0.116 s for history(1), bench/delta_ops.py); a catalog table's comes from its
+        history.
         """
         if self._by_path:
             names = _log_files(self.spark, self.location(table)) or []
@@ -174,7 +175,6 @@ class Lakehouse:
         if self._by_path:
             create_table_at(self.spark, loc, table.schema, table.partition_by, props)
             return
-
         # Delta's table builder parses at most two name parts; a DataFrameWriterV2 takes catalog.schema.table.
         writer = self.spark.createDataFrame([], table.schema).writeTo(loc).using("delta")
         for key, value in props.items():

@@ -46,8 +46,8 @@ SPARK_CONF = {
     "spark.driver.bindAddress": "127.0.0.1",
 }
 # Columns that differ between any two runs: fetch times, and each pipeline run's id and timings in gold.runs (its
-# stages, statuses, row counts, table versions and code version must match; the config hash too where both runs
-# have the same storage root).
+# stages, statuses, row counts and table versions must match; its config hash and code version too where both runs
+# have the same storage root and run the same package).
 VOLATILE = {
     "bronze/fetched_images": {"fetched_at", "elapsed_ms"},
     "gold/runs": {"run_id", "started_at", "ended_at", "seconds", "task_busy_share"},
