@@ -234,8 +234,10 @@ def images_single(folder: Path) -> tuple[int, int, int, int]:
     distinct: set[str] = set()
     found = []
     # A row group at a time (image_rows writes 500 rows each): only the ids and the hashes stay in memory.
-    for batch in pq.ParquetFile(folder / "fetched.parquet").iter_batches(columns=["content"]):
-        contents = batch.column("content").to_pandas()
+    # (ParquetFile.iter_batches keeps what it has read allocated, pyarrow 26: 2.8 GB after 60,000 of these rows.)
+    parquet = pq.ParquetFile(folder / "fetched.parquet")
+    for group in range(parquet.num_row_groups):
+        contents = parquet.read_row_group(group, columns=["content"]).column("content").to_pandas()
         info = image_info_batch(contents)
         w, h = info["width"].astype("float"), info["height"].astype("float")
         short, long = np.minimum(w, h), np.maximum(w, h)
