@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
@@ -28,13 +29,18 @@ _COMMITTED = re.compile(r"[0-9]{20}\.(json|checkpoint\..*parquet|checkpoint\.par
 _COMMIT = re.compile(r"([0-9]{20})\.json")
 
 
-def _log_files(spark: SparkSession, location: str) -> list[str] | None:
-    """The names of the files in ``location``'s ``_delta_log`` (a Hadoop FS listing, no Spark job); None when it
-    has no log folder."""
+def _log_folder(spark: SparkSession, location: str) -> tuple[Any, Any]:
+    """The Hadoop file system and path of ``location``'s ``_delta_log`` folder."""
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     log = jvm.org.apache.hadoop.fs.Path(f"{location.rstrip('/')}/_delta_log")
-    fs = log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), log
+
+
+def _log_files(spark: SparkSession, location: str) -> list[str] | None:
+    """The names of the files in ``location``'s ``_delta_log`` (a Hadoop FS listing, no Spark job); None when it
+    has no log folder."""
+    fs, log = _log_folder(spark, location)
     if not fs.exists(log):
         return None
     return [str(status.getPath().getName()) for status in fs.listStatus(log)]
@@ -50,10 +56,8 @@ def clear_uncommitted_log(spark: SparkSession, location: str) -> bool:
     names = _log_files(spark, location)
     if names is None or any(_COMMITTED.fullmatch(name) for name in names):
         return False
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    log = jvm.org.apache.hadoop.fs.Path(f"{location.rstrip('/')}/_delta_log")
-    return bool(log.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(log, True))
+    fs, log = _log_folder(spark, location)
+    return bool(fs.delete(log, True))
 
 
 def create_table_at(

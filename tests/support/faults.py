@@ -165,10 +165,11 @@ def lake_before(reference: Path, stage: str, dest: Path) -> None:
         if not kept:
             shutil.rmtree(table)
             continue
+        last = max(kept)
         (log / "_last_checkpoint").unlink(missing_ok=True)  # Delta finds the newest checkpoint by listing
         for f in log.iterdir():
             name = f.name.removeprefix(".")  # Hadoop's local file system keeps a checksum in .<file>.crc
-            if name[:20].isdigit() and int(name[:20]) > max(kept):
+            if name[:20].isdigit() and int(name[:20]) > last:
                 f.unlink()
     tables = [t for t in tables if t.exists()]
     empty = {d for d in dest.rglob("*") if d.is_dir() and not any(d.iterdir())}
