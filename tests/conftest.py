@@ -32,7 +32,11 @@ def pytest_configure(config: pytest.Config) -> None:
     jar = f"io.delta_delta-spark_2.13-{version('delta-spark')}.jar"
     if any(Path.home().glob(f".ivy2*/jars/{jar}")):
         return
-    start = "from realsyn.config import SparkConfig as C; from realsyn.spark import get_spark; get_spark(C()).stop()"
+    # Named from the imports above, so that a class moved to another module cannot break the string unseen.
+    start = (
+        f"from {SparkConfig.__module__} import SparkConfig as C; from {get_spark.__module__} import get_spark; "
+        "get_spark(C()).stop()"
+    )
     subprocess.run([sys.executable, "-c", start], cwd=REPO, check=True, capture_output=True, timeout=600)
 
 
