@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from deltalake import DeltaTable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,9 +32,13 @@ def test_a_single_stage_job_ingests_and_prints_what_the_pipeline_prints(tmp_path
         )
         + "\n{broken\n"
     )
+    # Spark as conf/local.yaml sets it up: with Spark's 200 shuffle partitions and Delta's 50 log-state ones, this
+    # job of five lines would run some 2,000 tasks.
+    local = yaml.safe_load((REPO / "conf" / "local.yaml").read_text(encoding="utf-8"))["spark"]["conf"]
+    spark_conf = "".join(f"    {key}: '{value}'\n" for key, value in local.items())
     conf = tmp_path / "job.yaml"
     conf.write_text(
-        f"storage:\n  root: {tmp_path / 'lake'}\nspark:\n  conf:\n    spark.ui.enabled: 'false'\n"
+        f"storage:\n  root: {tmp_path / 'lake'}\nspark:\n  conf:\n{spark_conf}"
         f"ingest:\n  inputs:\n    - path: {docs.parent}\n      layout: mmc4\n      source: s\n"
     )
     result = subprocess.run(
