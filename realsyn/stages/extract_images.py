@@ -5,7 +5,8 @@ documents use which URL). Steps, each writing what it drops to ``silver.image_re
 
 1. quality (one row per URL): ``undecodable`` (Pillow cannot read the header), ``too_small`` (shorter side
    < ``extract_images.min_short_side``), ``aspect_ratio`` (long / short side > ``extract_images.max_aspect_ratio``).
-   Sizes are read from the bytes, not trusted from the fetcher.
+   Sizes are the fetch stage's (read from the bytes with ``udfs.decode``, as displayed); a row without them has
+   them read from its bytes here.
 2. exact dedup: URLs whose bytes are identical are one image (``image_id`` = hash of the bytes) that keeps every
    URL and document; the extra URL rows are rejected as ``exact_duplicate`` (their references live on). The URL
    that stood for the image in the last run stands again, so a URL added later never takes its place; a new
@@ -95,21 +96,35 @@ def _phash(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
 
 
 def url_rows(fetched: DataFrame, refs: DataFrame) -> DataFrame:
-    """One row per successfully fetched URL with its size read from the bytes and its documents, not the bytes.
+    """One row per successfully fetched URL with its id, size and format and its documents, not the bytes.
 
     Columns: url_id, image_id, width, height, format, doc_ids (sorted, distinct; empty when no reference names the
-    URL). The header is read in the pass that scans the bytes, so no later shuffle carries them.
+    URL). The fetch stage stores the id (hash of the bytes) and the size and format as displayed, read with the
+    same ``udfs.decode`` functions as here, in every row it fetched; those rows are not read past these columns. A
+    row without them (``bronze.fetched_images`` written by another tool or an earlier version) has them read from
+    its bytes.
     """
     docs = refs.groupBy("url_id").agg(F.array_sort(F.collect_set("doc_id")).alias("doc_ids"))
-    ok = fetched.where(F.col("status") == "ok").select(
-        "url_id",
-        F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"),
-        _image_info(F.col("content")).alias("_info"),
+    ok = fetched.where(F.col("status") == "ok")
+    header = ("image_id", "width", "height", "format")
+    stored = F.lit(True)
+    for name in header:
+        stored &= F.col(name).isNotNull()
+    known = ok.where(stored).select("url_id", *header)
+    read = (
+        ok.where(~stored)
+        .select(
+            "url_id",
+            F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"),
+            _image_info(F.col("content")).alias("_info"),
+        )
+        .select("url_id", "image_id", "_info.width", "_info.height", "_info.format")
     )
     return (
-        ok.join(docs, "url_id", "left")
+        known.unionByName(read)
+        .join(docs, "url_id", "left")
         .withColumn("doc_ids", F.coalesce(F.col("doc_ids"), F.array().cast("array<string>")))
-        .select("url_id", "image_id", "_info.width", "_info.height", "_info.format", "doc_ids")
+        .select("url_id", "image_id", "width", "height", "format", "doc_ids")
     )
 
 
@@ -313,13 +328,13 @@ def extract_images(
     (``bronze.image_refs``); ``stood``: the URLs that stood for an image last run (:func:`urls_that_stood`). Write
     the two frames inside the ``with`` block: the kept images' metadata is cached until it ends.
 
-    The bytes are read three times: by the header read of every URL, by the perceptual hash of each distinct image
-    (one URL per exact-dedup group) and by the final join of the kept images with their bytes; every step between
-    works on metadata. The images' side of the two joins with the bytes is cached, so Spark knows its size (about
-    200 bytes per image) and broadcasts it while it is under ``spark.sql.autoBroadcastJoinThreshold`` (10 MB by
-    default, some 50,000 images): the bytes then go through no shuffle. Above it, each of the two joins shuffles the
-    bytes once; raise the threshold where executors have the memory. Each step's survivors are materialised once, so
-    no Python UDF runs twice over a row.
+    The bytes are read twice: by the perceptual hash of each distinct image (one URL per exact-dedup group) and by
+    the final join of the kept images with their bytes (and once more for the header of a URL the fetch stage stored
+    none for, :func:`url_rows`); every step between works on metadata. The images' side of the two joins with the
+    bytes is cached, so Spark knows its size (about 200 bytes per image) and broadcasts it while it is under
+    ``spark.sql.autoBroadcastJoinThreshold`` (10 MB by default, some 50,000 images): the bytes then go through no
+    shuffle. Above it, each of the two joins shuffles the bytes once; raise the threshold where executors have the
+    memory. Each step's survivors are materialised once, so no Python UDF runs twice over a row.
     """
     urls = url_rows(fetched, refs)
     urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)

@@ -16,7 +16,7 @@ from realsyn.contracts import (
     SILVER_IMAGES,
 )
 from realsyn.ids import bytes_id, stable_id
-from realsyn.stages.extract_images import extract_images, run_extract_images
+from realsyn.stages.extract_images import extract_images, run_extract_images, url_rows
 from realsyn.tables import Lakehouse
 from tests.support.photos import crop, encode, photo
 from tests.support.plans import above_the_bytes, physical_plan
@@ -216,3 +216,26 @@ def test_the_bytes_meet_the_kept_images_in_a_broadcast_join_not_a_shuffle(
             assert images.count() == 6
     finally:
         spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+
+
+def test_a_url_with_the_fetch_stages_header_is_not_read_again(spark: SparkSession) -> None:
+    """The fetch stage stores the id, size and format of every image it fetched: url_rows takes them and reads the
+    bytes only of rows without them (another tool's table, an earlier version's rows)."""
+    chelsea = encode(photo("chelsea").resize((300, 200)))
+    stored = {"image_id": bytes_id(chelsea), "width": 300, "height": 200, "format": "png"}
+    rows = [
+        # As the fetch stage writes it; the bytes here are no image, so a header read would give no size at all.
+        {"url_id": "stored", "status": "ok", **stored, "content": b"<html>not read</html>"},
+        {"url_id": "bare", "status": "ok", "content": chelsea},  # no header stored: read from the bytes
+        {"url_id": "half", "status": "ok", "image_id": "kept-id", "width": 1, "content": chelsea},
+        {"url_id": "failed", "status": "http_error"},
+    ]
+    fetched = rows_frame(spark, BRONZE_FETCHED_IMAGES, rows)
+    refs = rows_frame(spark, BRONZE_IMAGE_REFS, [{"doc_id": "d1", "position": 0, "url": "u", "url_id": "bare"}])
+    got = {r["url_id"]: r.asDict() for r in url_rows(fetched, refs).collect()}
+    assert got == {
+        "stored": {"url_id": "stored", **stored, "doc_ids": []},
+        "bare": {"url_id": "bare", **stored, "doc_ids": ["d1"]},
+        # A row missing part of the header is read whole; an id it has is kept (the fetch stage's hash).
+        "half": {"url_id": "half", **stored, "image_id": "kept-id", "doc_ids": []},
+    }
