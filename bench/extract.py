@@ -13,7 +13,9 @@ be loaded here, and a tiny random model would not show its cost).
 of the corpus as one fetched URL (read from one parquet file by both sides): header read and quality filter, exact
 dedup (sha256 of the bytes), perceptual hash, banded near-duplicate search and connected components. The Spark side
 is the stage's own function (``realsyn.stages.extract_images.extract_images``, its images and rejects computed in
-full); the one process runs ``udfs.images`` and scipy's connected components.
+full); the one process runs ``udfs.images`` and scipy's connected components. Under each side's rate: its CPU
+seconds (the one process's; the Spark side's split into this process, Spark's JVM and Spark's Python workers)
+against the seconds its cores had.
 
 ``--parts ingest`` (generated corpus only): documents per second through the ingest stage
 (``realsyn.stages.ingest.run_ingest``, both layouts of the corpus into a new lake) on ``local[1]`` against
@@ -41,7 +43,15 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-FETCHED_FIELDS = (("url_id", "string"), ("status", "string"), ("image_id", "string"), ("content", "binary"))
+FETCHED_FIELDS = (
+    ("url_id", "string"),
+    ("status", "string"),
+    ("image_id", "string"),
+    ("width", "int32"),
+    ("height", "int32"),
+    ("format", "string"),
+    ("content", "binary"),
+)
 PARTS = ("ingest", "images", "sentences")  # in the order their figures are printed
 DEFAULT_MMC4 = Path(os.environ.get("REALSYN_SHARED_DATA", REPO.parent / "shared" / "data")) / "mmc4"
 
@@ -188,11 +198,16 @@ def bench_sentences(args: argparse.Namespace, spark: object) -> float:
 
 def image_rows(folder: Path, out: Path, limit: int | None = None) -> Path:
     """Every image file (the first ``limit``) of the generated corpus under ``folder`` as one fetched URL each
-    (``url_id``, ``status`` ok, ``image_id`` null, ``content``), written to ``out/fetched.parquet``, and a reference
-    of each URL from one document (``out/refs.parquet``): what ``bronze.fetched_images`` and ``bronze.image_refs``
-    hold for them. Untimed: the fetch stage's work."""
+    (``url_id``, ``status`` ok, ``image_id``, ``width``, ``height``, ``format``, ``content``), written to
+    ``out/fetched.parquet``, and a reference of each URL from one document (``out/refs.parquet``): what
+    ``bronze.fetched_images`` and ``bronze.image_refs`` hold for them. Untimed: the fetch stage's work, which
+    stores the hash of the bytes and the header as the ``udfs`` functions read them (no size where the bytes
+    are no image: the fetch stage would not mark those ok, so both sides read them again)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from udfs.ids import bytes_id
+    from udfs.images import image_info
 
     files = sorted(p for p in (folder / "images").rglob("*") if p.is_file())[:limit]
     names = [p.relative_to(folder).as_posix() for p in files]
@@ -201,13 +216,18 @@ def image_rows(folder: Path, out: Path, limit: int | None = None) -> Path:
     with pq.ParquetWriter(out / "fetched.parquet", schema) as writer:
         for start in range(0, len(files), 2_000):
             chunk = slice(start, start + 2_000)
+            contents = [p.read_bytes() for p in files[chunk]]
+            headers = [image_info(c) for c in contents]
             writer.write_table(
                 pa.table(
                     {
                         "url_id": names[chunk],
-                        "status": ["ok"] * len(names[chunk]),
-                        "image_id": pa.nulls(len(names[chunk]), pa.string()),
-                        "content": [p.read_bytes() for p in files[chunk]],
+                        "status": ["ok"] * len(contents),
+                        "image_id": [bytes_id(c) for c in contents],
+                        "width": [h[0] for h in headers],
+                        "height": [h[1] for h in headers],
+                        "format": [h[2] for h in headers],
+                        "content": contents,
                     },
                     schema=schema,
                 ),
@@ -236,20 +256,29 @@ def images_single(folder: Path) -> tuple[int, int, int, int]:
     # A row group at a time (image_rows writes 500 rows each): only the ids and the hashes stay in memory.
     # (ParquetFile.iter_batches keeps what it has read allocated, pyarrow 26: 2.8 GB after 60,000 of these rows.)
     parquet = pq.ParquetFile(folder / "fetched.parquet")
+    header = ["image_id", "width", "height", "format"]
     for group in range(parquet.num_row_groups):
-        contents = parquet.read_row_group(group, columns=["content"]).column("content").to_pandas()
-        info = image_info_batch(contents)
-        w, h = info["width"].astype("float"), info["height"].astype("float")
+        rows = parquet.read_row_group(group).to_pandas()
+        # As the stage: the fetch stage's header where it stored one, else the header read from the bytes.
+        missing = rows[header].isna().any(axis=1)
+        if missing.any():
+            read = image_info_batch(rows.loc[missing, "content"])
+            for name in ("width", "height"):  # pandas' nullable Int32 as the float column of a parquet int with nulls
+                rows.loc[missing, name] = read[name].astype("float").to_numpy()
+            rows.loc[missing, "format"] = read["format"].astype(object).to_numpy()
+            rows.loc[missing, "image_id"] = rows.loc[missing, "image_id"].fillna(
+                rows.loc[missing, "content"].map(bytes_id)
+            )
+        w, h = rows["width"].astype("float"), rows["height"].astype("float")
         short, long = np.minimum(w, h), np.maximum(w, h)
-        good = contents[(short >= cfg.min_short_side) & (long <= short * cfg.max_aspect_ratio)]
+        good = rows[(short >= cfg.min_short_side) & (long <= short * cfg.max_aspect_ratio)]
         new = {}
-        for content in good:
-            image_id = bytes_id(content)
+        for image_id, content in zip(good["image_id"], good["content"], strict=True):
             if image_id not in distinct:
                 distinct.add(image_id)
                 new[image_id] = content
         found.append(phash_batch(pd.Series(new, dtype=object)).dropna().to_numpy(np.int64))
-        urls, passed = urls + len(contents), passed + len(good)
+        urls, passed = urls + len(rows), passed + len(good)
     hashes = np.unique(np.concatenate(found))
     pd_cfg = cfg.perceptual_dedup
     keys = band_keys(hashes, pd_cfg.bands, pd_cfg.max_distance)
@@ -286,24 +315,58 @@ def images_spark(spark: object, folder: Path) -> tuple[int, int, int, int]:
     return quality.rows_in, quality.rows_out, exact.rows_out, perceptual.rows_out
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process, by its Spark JVM and by Spark's Python workers.
+    Workers that ended are counted through the process that waited for them: the daemon that forked them, or the
+    JVM, which started the daemon (the JVM's children are only Python workers here)."""
+    import psutil
+
+    me = psutil.Process()
+    used = dict.fromkeys(("this process", "JVM", "Python workers"), 0.0)
+    times = me.cpu_times()
+    used["this process"] = times.user + times.system
+    for proc in me.children(recursive=True):
+        try:
+            with proc.oneshot():
+                times, cmd = proc.cpu_times(), proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if cmd and Path(cmd[0]).name == "java":
+            used["JVM"] += times.user + times.system
+            used["Python workers"] += times.children_user + times.children_system
+        elif "pyspark.daemon" in cmd or "pyspark.worker" in cmd:  # forked workers keep the daemon's command line
+            used["Python workers"] += times.user + times.system + times.children_user + times.children_system
+    return used
+
+
+def print_cpu(seconds: float, before: dict[str, float], after: dict[str, float]) -> None:
+    """Where the Spark side's CPU seconds went, against the two cores' seconds of its wall time."""
+    spent = {kind: after[kind] - before[kind] for kind in before}
+    parts = ", ".join(f"{kind} {value:.1f}" for kind, value in spent.items())
+    print(f"  spark local[2] CPU s: {parts}; {sum(spent.values()):.1f} of the two cores' {2 * seconds:.1f}")
+
+
 def bench_images(args: argparse.Namespace, spark: object) -> float:
-    """Time both sides on the generated corpus's images; print rates and return the Spark / one-process ratio."""
+    """Time both sides on the generated corpus's images; print rates, where each side's CPU went, and return the
+    Spark / one-process ratio."""
     work = Path(tempfile.mkdtemp(prefix="bench-extract-images-"))
     rows, warmup = image_rows(args.corpus_dir, work / "all"), image_rows(args.corpus_dir, work / "warmup", 200)
     images_single(warmup)
     images_spark(spark, warmup)
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     single = images_single(rows)
-    single_s = time.perf_counter() - t0
+    single_s, cpu1 = time.perf_counter() - t0, cpu_seconds()
     t0 = time.perf_counter()
     in_spark = images_spark(spark, rows)
-    spark_s = time.perf_counter() - t0
+    spark_s, cpu2 = time.perf_counter() - t0, cpu_seconds()
     if single != in_spark:
         raise SystemExit(f"results differ (URLs, quality, exact, perceptual): single {single} vs spark {in_spark}")
     urls, passed, distinct, kept = single
     print(f"images: {urls} URLs, {passed} pass quality, {distinct} distinct, {kept} kept after perceptual dedup")
     print(f"single process: {single_s:.1f} s  {urls / single_s:.0f} images/s")
+    print(f"  single process CPU s: {cpu1['this process'] - cpu0['this process']:.1f} of one core's {single_s:.1f}")
     print(f"spark local[2]: {spark_s:.1f} s  {urls / spark_s:.0f} images/s")
+    print_cpu(spark_s, cpu1, cpu2)
     return single_s / spark_s
 
 
