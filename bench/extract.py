@@ -10,12 +10,12 @@ already) with the paper's thresholds: Punkt split and normalisation, emoji / URL
 be loaded here, and a tiny random model would not show its cost).
 
 ``--parts images`` (generated corpus only): images per second through the image extraction stage, every image file
-of the corpus as one fetched URL (read from one parquet file by both sides): header read and quality filter, exact
-dedup (sha256 of the bytes), perceptual hash, banded near-duplicate search and connected components. The Spark side
-is the stage's own function (``realsyn.stages.extract_images.extract_images``, its images and rejects computed in
-full); the one process runs ``udfs.images`` and scipy's connected components. Under each side's rate: its CPU
-seconds (the one process's; the Spark side's split into this process, Spark's JVM and Spark's Python workers)
-against the seconds its cores had.
+of the corpus as one fetched URL (read from one parquet file by both sides, with the hash and header the fetch stage
+stores): quality filter, exact dedup, perceptual hash, banded near-duplicate search and connected components. The
+Spark side is the stage's own function (``realsyn.stages.extract_images.extract_images``, its images and rejects
+computed in full); the one process runs ``udfs.images`` and scipy's connected components. Under each side's rate:
+its CPU seconds (the one process's; the Spark side's split into this process, Spark's JVM and Spark's Python
+workers) against the seconds its cores had.
 
 ``--parts ingest`` (generated corpus only): documents per second through the ingest stage
 (``realsyn.stages.ingest.run_ingest``, both layouts of the corpus into a new lake) on ``local[1]`` against
