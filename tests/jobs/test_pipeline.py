@@ -1,8 +1,9 @@
 """`make run`'s job, run as users run it (its own process and Spark application), on a small demo corpus.
 
-One uninterrupted run is the reference; a copy of it as it was when a random stage started is taken on by a run
-that is SIGKILLed at a random moment inside that stage (or inside one of its Delta commits) and resumed with
-``--from``, and must end with the same tables. While a run holds the lake, a second pipeline on it refuses to start.
+One uninterrupted run is the reference; a copy of it as it was when a random stage started is taken on by a run of
+that stage that is SIGKILLed at a random moment inside it (or inside one of its Delta commits) and resumed with
+``--from``, and must end with the tables the reference had after the stage. While a run holds the lake, a second
+pipeline on it refuses to start.
 
 The same job submitted by ``./spark-submit.sh`` to a standalone cluster (a master and two workers of one core, on
 loopback, from pyspark's own distribution) ends with the reference's tables too. Its executors are separate JVMs with
@@ -228,9 +229,10 @@ def test_a_killed_run_resumed_with_from_ends_with_the_same_tables(
     reference: tuple[Path, str], raw: Path, tmp_path: Path
 ) -> None:
     """One SIGKILL, at a random moment of a random stage or inside one of its Delta commits; the run resumed with
-    ``--from`` the stage it was killed in ends with the reference's tables. The killed run starts ``--from`` the
-    stage, on the reference lake as it was when the reference run started it. bench/fault_injection.py is the long
-    form (runs from scratch, several kills in every stage, each resumed run killed again)."""
+    ``--from`` the stage it was killed in ends with the tables the reference run had when it finished that stage.
+    Both runs are that one stage (``--from`` and ``--until`` it), on the reference lake as it was when the reference
+    run started it: the stages after it read the same tables as the reference's did. bench/fault_injection.py is
+    the long form (runs from scratch to the end, several kills in every stage, each resumed run killed again)."""
     ref_lake, _ = reference
     seconds = {r["stage"]: float(r["seconds"]) for r in table(ref_lake, "gold.runs") if r["status"] == "ok"}
     seed = int(os.environ.get("REALSYN_FAULT_SEED", time.time_ns() % 1_000_000))
@@ -257,23 +259,25 @@ def test_a_killed_run_resumed_with_from_ends_with_the_same_tables(
         assert "another realsyn pipeline is running on these tables" in done.stderr
 
     lake_before(ref_lake, stage, lake)
-    resume_from = run_and_kill(
-        pipeline_argv(CONF, lake, raw, SMALL, "--from", stage), lake, moment, out, while_running=second_pipeline_refuses
-    )
+    argv = pipeline_argv(CONF, lake, raw, SMALL, "--from", stage, "--until", stage)
+    resume_from = run_and_kill(argv, lake, moment, out, while_running=second_pipeline_refuses)
     context += f", killed in {resume_from}"
     if resume_from is not None:  # else it finished before the moment came
-        argv = pipeline_argv(CONF, lake, raw, SMALL, "--from", resume_from)
         assert run_to_end(argv, out) == 0, context + out.read_text()[-4000:]
-    assert differences(ref_lake, lake) == [], context
+    after = STAGE_NAMES.index(stage) + 1
+    expected = ref_lake
+    if after < len(STAGE_NAMES):
+        expected = tmp_path / "expected"
+        lake_before(ref_lake, STAGE_NAMES[after], expected)
+    assert differences(expected, lake) == [], context
 
-    # gold.runs holds the reference run up to the stage, the killed run up to its last finished stage, and the
-    # resumed run from its --from on.
+    # gold.runs holds the reference run up to the stage, the killed run up to its last finished stage (none), and
+    # the resumed run: the stage alone.
     runs = table(lake, "gold.runs")
     by_run: dict[str, list[str]] = {}
     for r in sorted(runs, key=lambda r: (str(r["run_id"]), int(str(r["stage_index"])))):
         by_run.setdefault(str(r["run_id"]), []).append(str(r["stage"]))
-    last = by_run[max(by_run)]
-    assert last == list(STAGE_NAMES[STAGE_NAMES.index(resume_from) :] if resume_from else STAGE_NAMES), context
+    assert by_run[max(by_run)] == [stage], context
     assert all(r["status"] in {"ok", "skipped"} for r in runs), context
 
 
