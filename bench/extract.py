@@ -20,7 +20,10 @@ workers) against the seconds its cores had.
 ``--parts ingest`` (generated corpus only): documents per second through the ingest stage
 (``realsyn.stages.ingest.run_ingest``, both layouts of the corpus into a new lake) on ``local[1]`` against
 ``local[2]``: ingest is Spark SQL only, no ``udfs`` function runs in it, so its one-process reference is the stage
-on one core.
+on one core. ``local[1]`` alone is not one core: its one task thread leaves the second core to the JVM's compiler and
+garbage collector threads (docs/benchmarks.md measures how much). So the reference runs with every thread of this
+process and of Spark's JVM and Python workers pinned to one CPU (``sched_setaffinity``), and each side's CPU
+seconds are printed under its rate.
 
 Each side runs once on a small warm-up first (JVM, Python workers, parser loading; ingest: a whole run into another
 lake), then is timed; the four counts
@@ -38,6 +41,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pandas as pd
@@ -339,11 +344,13 @@ def cpu_seconds() -> dict[str, float]:
     return used
 
 
-def print_cpu(seconds: float, before: dict[str, float], after: dict[str, float]) -> None:
-    """Where the Spark side's CPU seconds went, against the two cores' seconds of its wall time."""
+def print_cpu(seconds: float, before: dict[str, float], after: dict[str, float], master: str = "local[2]") -> None:
+    """Where a Spark side's CPU seconds went, against its cores' seconds of its wall time (a side may use more: the
+    JVM's compiler and garbage collector threads are not Spark tasks)."""
+    cores = int(master.removeprefix("local[").removesuffix("]"))
     spent = {kind: after[kind] - before[kind] for kind in before}
     parts = ", ".join(f"{kind} {value:.1f}" for kind, value in spent.items())
-    print(f"  spark local[2] CPU s: {parts}; {sum(spent.values()):.1f} of the two cores' {2 * seconds:.1f}")
+    print(f"  spark {master} CPU s: {parts}; {sum(spent.values()):.1f} of {cores} core(s)' {cores * seconds:.1f}")
 
 
 def bench_images(args: argparse.Namespace, spark: object) -> float:
@@ -386,22 +393,53 @@ def timed_ingest(spark: object, corpus: Path, lake: Path) -> tuple[float, int]:
     return time.perf_counter() - start, summary.documents_new
 
 
+@contextmanager
+def pinned(cores: int) -> Iterator[None]:
+    """Every thread of this process and of its children (Spark's JVM, its Python daemon and workers) on the first
+    ``cores`` CPUs this process may use while the block runs; threads and processes they start inherit it. Every
+    thread is given back all of them afterwards."""
+    import psutil
+
+    allowed = os.sched_getaffinity(0)
+
+    def pin(cpus: set[int]) -> None:
+        me = psutil.Process()
+        for proc in (me, *me.children(recursive=True)):
+            try:
+                threads = proc.threads()
+            except psutil.NoSuchProcess:
+                continue
+            for thread in threads:
+                with suppress(ProcessLookupError):  # a thread that ended in between
+                    os.sched_setaffinity(thread.id, cpus)
+
+    pin(set(sorted(allowed)[:cores]))
+    try:
+        yield
+    finally:
+        pin(allowed)
+
+
 def bench_ingest(args: argparse.Namespace) -> float:
     """Time the ingest stage on one core (``local[1]``) and on two (``local[2]``), each in a session of its own after
     a warm-up run; return the two-core / one-core rate ratio. Ingest is Spark SQL only (JSON and parquet reads,
     validation, Delta merges): no ``udfs`` function runs in it, so its one-process reference is the stage itself on
-    one core."""
+    one core, every thread of the run pinned to one CPU."""
     work = Path(tempfile.mkdtemp(prefix="bench-extract-ingest-"))
     seconds = {}
     for cores in (1, 2):
         master = f"local[{cores}]"
-        spark = bench_spark(args.partitions, master)
-        timed_ingest(spark, args.corpus_dir, work / f"warm-{cores}-cores")
-        seconds[master], added = timed_ingest(spark, args.corpus_dir, work / f"lake-{cores}-cores")
-        spark.stop()  # type: ignore[attr-defined]
+        with pinned(cores):
+            spark = bench_spark(args.partitions, master)
+            timed_ingest(spark, args.corpus_dir, work / f"warm-{cores}-cores")
+            before = cpu_seconds()
+            seconds[master], added = timed_ingest(spark, args.corpus_dir, work / f"lake-{cores}-cores")
+            after = cpu_seconds()
+            spark.stop()  # type: ignore[attr-defined]
         if added != args.documents:
             raise SystemExit(f"ingest on {master} added {added} documents, the corpus has {args.documents}")
         print(f"ingest {master}: {seconds[master]:.1f} s  {added / seconds[master]:.0f} documents/s")
+        print_cpu(seconds[master], before, after, master)
     return seconds["local[1]"] / seconds["local[2]"]
 
 

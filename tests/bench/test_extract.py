@@ -1,11 +1,16 @@
 """bench/extract.py on a generated corpus: the one-process image side drops exactly what the generator planted, and
-the ingest side ingests every document."""
+the ingest side ingests every document; its one-core reference runs on one CPU."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 
 from realsyn.config_sections import GeneratedCorpusConfig
@@ -34,3 +39,37 @@ def test_the_ingest_side_ingests_every_generated_document(spark: SparkSession, t
     assert added == 40 and seconds > 0
     _, again = extract.timed_ingest(spark, corpus, tmp_path / "lake")  # the same lake: nothing is new
     assert again == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_pinned_holds_every_thread_and_child_on_one_cpu_and_gives_them_back() -> None:
+    allowed = os.sched_getaffinity(0)
+    seen: list[set[int]] = []
+    asked, answered = threading.Event(), threading.Event()
+
+    def running_before() -> None:  # a thread started before the pin, asked inside the block
+        asked.wait(30)
+        seen.append(os.sched_getaffinity(0))
+        answered.set()
+
+    thread = threading.Thread(target=running_before)
+    thread.start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with extract.pinned(1):
+            one = {min(allowed)}
+            asked.set()
+            answered.wait(30)
+            assert seen == [one]
+            assert os.sched_getaffinity(0) == one and os.sched_getaffinity(child.pid) == one
+            grandchild = subprocess.run(
+                [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert grandchild.stdout.strip() == str(sorted(one))
+        assert os.sched_getaffinity(0) == allowed and os.sched_getaffinity(child.pid) == allowed
+    finally:
+        child.kill()
+        thread.join(30)
