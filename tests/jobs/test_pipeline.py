@@ -271,8 +271,8 @@ def test_a_killed_run_resumed_with_from_ends_with_the_same_tables(
         lake_before(ref_lake, STAGE_NAMES[after], expected)
     assert differences(expected, lake) == [], context
 
-    # gold.runs holds the reference run up to the stage, the killed run up to its last finished stage (none), and
-    # the resumed run: the stage alone.
+    # gold.runs holds the reference run's stages before this one, and the stage alone for the last run (the resumed
+    # one, or the killed one where it finished before the moment); a run killed in its stage wrote no row for it.
     runs = table(lake, "gold.runs")
     by_run: dict[str, list[str]] = {}
     for r in sorted(runs, key=lambda r: (str(r["run_id"]), int(str(r["stage_index"])))):
