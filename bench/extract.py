@@ -344,13 +344,12 @@ def cpu_seconds() -> dict[str, float]:
     return used
 
 
-def print_cpu(seconds: float, before: dict[str, float], after: dict[str, float], master: str = "local[2]") -> None:
-    """Where a Spark side's CPU seconds went, against its cores' seconds of its wall time (a side may use more: the
-    JVM's compiler and garbage collector threads are not Spark tasks)."""
-    cores = int(master.removeprefix("local[").removesuffix("]"))
+def print_cpu(seconds: float, before: dict[str, float], after: dict[str, float], cores: int = 2) -> None:
+    """Where a ``local[cores]`` side's CPU seconds went, against its cores' seconds of its wall time (a side may use
+    more: the JVM's compiler and garbage collector threads are not Spark tasks)."""
     spent = {kind: after[kind] - before[kind] for kind in before}
     parts = ", ".join(f"{kind} {value:.1f}" for kind, value in spent.items())
-    print(f"  spark {master} CPU s: {parts}; {sum(spent.values()):.1f} of {cores} core(s)' {cores * seconds:.1f}")
+    print(f"  spark local[{cores}] CPU s: {parts}; {sum(spent.values()):.1f} of {cores} core(s)' {cores * seconds:.1f}")
 
 
 def bench_images(args: argparse.Namespace, spark: object) -> float:
@@ -439,7 +438,7 @@ def bench_ingest(args: argparse.Namespace) -> float:
         if added != args.documents:
             raise SystemExit(f"ingest on {master} added {added} documents, the corpus has {args.documents}")
         print(f"ingest {master}: {seconds[master]:.1f} s  {added / seconds[master]:.0f} documents/s")
-        print_cpu(seconds[master], before, after, master)
+        print_cpu(seconds[master], before, after, cores)
     return seconds["local[1]"] / seconds["local[2]"]
 
 
