@@ -125,7 +125,7 @@ def single_process(rows: list[tuple[str, int, str]], parser: str) -> tuple[int, 
         & (feats["n_words"] <= cfg.max_words)
     )
     survivors = distinct[ok]
-    cat = S.cat_features(survivors, parser, cfg.cat.batch_size)
+    cat = S.cat_features(survivors, parser, cfg.cat.batch_size, phrases=True)  # as the stage parses
     survivors = survivors[(cat["complexity"] >= cfg.cat.min_complexity) & cat["has_action"]]
     entropy = survivors.map(lambda t: S.word_entropy(S.words(t), counts, total))
     kept = survivors[entropy >= cfg.min_word_entropy]
@@ -145,7 +145,7 @@ def spark_run(spark: object, rows: list[tuple[str, int, str]], partitions: int) 
     texts = spark.createDataFrame(rows, "doc_id string, position int, text string").repartition(partitions)
     distinct = group_occurrences(split_occurrences(texts, cfg)).persist()
     occurrences = int(distinct.agg(F.sum("n_occurrences")).first()[0])  # type: ignore[index]
-    kept, _ = filter_sentences(distinct, cfg)
+    kept, _, _ = filter_sentences(distinct, cfg)
     n_kept = kept.count()
     spark.catalog.clearCache()
     return occurrences, n_kept

@@ -340,6 +340,13 @@ SILVER_SENTENCE_REJECTS = _table(
     ("sentence_id",),
     "sentences a filter or a dedup step dropped: the step, one reason, the kept duplicate",
 )
+SILVER_SENTENCE_PHRASES = _table(
+    "silver.sentence_phrases",
+    schema(("sentence_id", STRING), ("parser", STRING), ("phrases", STRINGS)),
+    ("sentence_id",),
+    "nouns and noun phrases of each kept sentence, read off the CAT filter's parse by `parser`: the tagger's "
+    "vocabulary counts them instead of parsing the sentences again",
+)
 
 # Silver: embeddings (key: id + model_id) and what could not be embedded.
 SILVER_IMAGE_EMBEDDINGS, SILVER_IMAGE_EMBEDDING_REJECTS = _embedding_tables("image", "image_id")

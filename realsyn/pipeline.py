@@ -70,6 +70,7 @@ from realsyn.contracts import (
     SILVER_SENTENCE_CLUSTERS,
     SILVER_SENTENCE_EMBEDDING_REJECTS,
     SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_PHRASES,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
 )
@@ -142,7 +143,7 @@ STAGES: tuple[Stage, ...] = (
         ("ingest",),
         extract_sentences.run_extract_sentences,
         reads=(BRONZE_TEXTS,),
-        writes=(SILVER_SENTENCES, SILVER_SENTENCE_REJECTS),
+        writes=(SILVER_SENTENCES, SILVER_SENTENCE_REJECTS, SILVER_SENTENCE_PHRASES),
     ),
     Stage(
         "embed",

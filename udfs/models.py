@@ -253,8 +253,8 @@ def cache_key(spec: ModelSpec, *parts: Hashable) -> tuple[Hashable, ...]:
 
 
 # The components spaCy pipelines load: every one but NER, which no user needs. The tagger's phrase mining needs the
-# lemmatizer; CAT does not run it (udfs.sentences.cat_features disables it per call), so one pipeline object per
-# name serves both, and CAT's parses are those of a pipeline without the lemmatizer.
+# lemmatizer; CAT alone does not run it (udfs.sentences.cat_features disables it per call unless it also reads the
+# phrases), so one pipeline object per name serves both.
 SPACY_EXCLUDE = ("ner",)
 
 

@@ -50,6 +50,7 @@ from udfs.models import (
     load_spacy,
     run_halving,
 )
+from udfs.tagger import doc_phrases
 
 if TYPE_CHECKING:
     from nltk.tokenize.punkt import PunktSentenceTokenizer
@@ -327,14 +328,24 @@ def has_action(doc: Any) -> bool:
     return any(_is_verb(tok) for tok in doc)
 
 
-def cat_features(texts: pd.Series, parser: str, batch_size: int = 256) -> pd.DataFrame:
-    """Columns ``complexity`` (int) and ``has_action`` (bool) for a Series of sentences, parsed in batches."""
+def cat_features(texts: pd.Series, parser: str, batch_size: int = 256, phrases: bool = False) -> pd.DataFrame:
+    """Columns ``complexity`` (int) and ``has_action`` (bool) for a Series of sentences, parsed in batches.
+
+    With ``phrases``, also ``phrases``: the tagger's nouns and noun phrases of each sentence
+    (:func:`udfs.tagger.doc_phrases`) read off the same parse, so the tag vocabulary need not parse the sentences
+    again; the lemmatizer then runs too (it changes neither complexity nor action).
+    """
     nlp = load_spacy(parser)
-    complexity, action = [], []
-    for doc in nlp.pipe((str(t) for t in texts), batch_size=batch_size, disable=list(CAT_DISABLED)):
+    complexity, action, found = [], [], []
+    for doc in nlp.pipe((str(t) for t in texts), batch_size=batch_size, disable=[] if phrases else list(CAT_DISABLED)):
         complexity.append(scene_graph_complexity(doc))
         action.append(has_action(doc))
-    return pd.DataFrame({"complexity": complexity, "has_action": action}, index=texts.index)
+        if phrases:
+            found.append(doc_phrases(doc))
+    columns: dict[str, Any] = {"complexity": complexity, "has_action": action}
+    if phrases:
+        columns["phrases"] = found
+    return pd.DataFrame(columns, index=texts.index)
 
 
 # ---------------------------------------------------------------------------------------------------------------

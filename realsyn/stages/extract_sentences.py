@@ -22,7 +22,11 @@ measured) and, for duplicates, the ``duplicate_of`` sentence that absorbed it (i
 merged into that sentence).
 Exact duplicates are not rows of their own: they are the ``n_occurrences`` of the kept sentence.
 
-Retry safety: both silver tables are replaced in one commit each, and the funnel rows of the stage are replaced
+The CAT filter's parse also reads each sentence's nouns and noun phrases (``udfs.tagger.doc_phrases``); those of the
+kept sentences go to ``silver.sentence_phrases`` with the parser's name, and the generate stage's tag vocabulary
+counts them instead of parsing every sentence a second time (with CAT off the table is empty and it parses them).
+
+Retry safety: the three silver tables are replaced in one commit each, and the funnel rows of the stage are replaced
 after them; word probabilities depend on the whole corpus, so the stage recomputes from bronze.texts.
 Intermediate results are local checkpoints: the parser and the language model run once per sentence, and query
 plans stay small however many steps are chained.
@@ -53,6 +57,7 @@ from realsyn.contracts import (
     DETAIL,
     REASON,
     SILVER_SENTENCE_EMBEDDINGS,
+    SILVER_SENTENCE_PHRASES,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
 )
@@ -84,7 +89,13 @@ _FEATURES = T.StructType(
         T.StructField("words", T.ArrayType(T.StringType())),
     ]
 )
-_CAT = T.StructType([T.StructField("complexity", T.IntegerType()), T.StructField("has_action", T.BooleanType())])
+_CAT = T.StructType(
+    [
+        T.StructField("complexity", T.IntegerType()),
+        T.StructField("has_action", T.BooleanType()),
+        T.StructField("phrases", T.ArrayType(T.StringType())),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,8 @@ def basic_reason(cfg: ExtractSentencesConfig) -> Column:
 
 
 def add_cat(sentences: DataFrame, cfg: SentenceCatConfig) -> DataFrame:
-    """Add ``complexity`` and ``has_action`` from a dependency parse (parser loaded once per Python worker)."""
+    """Add ``complexity``, ``has_action`` and the tagger's ``phrases`` from one dependency parse (parser loaded once
+    per Python worker)."""
     parser, batch_size = cfg.parser, cfg.batch_size
 
     @F.pandas_udf(_CAT)  # type: ignore[call-overload]
@@ -168,7 +180,7 @@ def add_cat(sentences: DataFrame, cfg: SentenceCatConfig) -> DataFrame:
         from udfs.sentences import cat_features
 
         for batch in batches:
-            yield cat_features(batch, parser, batch_size)
+            yield cat_features(batch, parser, batch_size, phrases=True)
 
     return sentences.withColumn("_c", cat_udf("text")).select("*", "_c.*").drop("_c")
 
@@ -260,11 +272,12 @@ def _as_rejects(
     )
 
 
-def filter_sentences(sentences: DataFrame, cfg: ExtractSentencesConfig) -> tuple[DataFrame, DataFrame]:
-    """Apply every enabled filter to distinct sentences: (kept sentences, rejects with one reason each).
+def filter_sentences(sentences: DataFrame, cfg: ExtractSentencesConfig) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Apply every enabled filter to distinct sentences: (kept sentences, rejects with one reason each, phrases).
 
     Corpus word counts are taken over all occurrences before any filter ("the whole corpus"); the total is the
-    one number brought to the driver.
+    one number brought to the driver. ``phrases`` holds silver.sentence_phrases rows of every sentence the CAT filter
+    parsed (none when it is off).
     """
     featured = add_basic_features(sentences).localCheckpoint(eager=True)
     counts = word_counts(featured)
@@ -274,10 +287,12 @@ def filter_sentences(sentences: DataFrame, cfg: ExtractSentencesConfig) -> tuple
     n_words = F.when(F.col("n_words") == 1, F.lit("1 word")).otherwise(F.format_string("%d words", "n_words"))
     words = F.when(F.col(REASON).isin(*dict(FILTER_STEPS)["word_count"]), n_words)
     all_rejects = [_as_rejects(rejects, detail=words)]
+    phrases = sentences.sparkSession.createDataFrame([], SILVER_SENTENCE_PHRASES.schema)
     if cfg.cat.enabled:
         # Checkpointed before the split so that the parser runs once for kept and rejected rows alike.
         parsed = add_cat(kept, cfg.cat).withColumn(REASON, cat_reason(cfg.cat)).localCheckpoint(eager=True)
-        kept, rejects = split(parsed)
+        phrases = parsed.select("sentence_id", F.lit(cfg.cat.parser).alias("parser"), "phrases")
+        kept, rejects = split(parsed.drop("phrases"))
         parse = F.format_string("complexity %d, action %s", "complexity", F.col("has_action").cast("string"))
         all_rejects.append(_as_rejects(rejects, detail=parse))
     kept, rejects = split(
@@ -294,7 +309,7 @@ def filter_sentences(sentences: DataFrame, cfg: ExtractSentencesConfig) -> tuple
     out = all_rejects[0]
     for more in all_rejects[1:]:
         out = out.unionByName(more)
-    return kept.select(*SILVER_SENTENCES.columns), out.localCheckpoint(eager=True)
+    return kept.select(*SILVER_SENTENCES.columns), out.localCheckpoint(eager=True), phrases
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -385,15 +400,16 @@ def _merge_groups(grouped: DataFrame, reason: str) -> tuple[DataFrame, DataFrame
 # The stage
 
 
-def extract_sentences(texts: DataFrame, cfg: ExtractSentencesConfig) -> tuple[DataFrame, DataFrame]:
-    """bronze.texts rows -> (silver.sentences rows, silver.sentence_rejects rows)."""
+def extract_sentences(texts: DataFrame, cfg: ExtractSentencesConfig) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """bronze.texts rows -> (silver.sentences rows, silver.sentence_rejects rows, silver.sentence_phrases rows of
+    every sentence the CAT filter parsed, kept or not)."""
     distinct = group_occurrences(split_occurrences(texts, cfg))
-    kept, rejects = filter_sentences(distinct, cfg)
+    kept, rejects, phrases = filter_sentences(distinct, cfg)
     if cfg.near_dedup.enabled:
         kept = kept.localCheckpoint(eager=True)
         kept, near = merge_duplicates(kept, near_duplicate_pairs(kept, cfg.near_dedup), "near_duplicate")
         rejects = rejects.unionByName(near)
-    return kept, rejects
+    return kept, rejects, phrases
 
 
 def sentence_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
@@ -424,16 +440,19 @@ def sentence_funnel(lakehouse: Lakehouse) -> list[FunnelStep]:
 
 
 def run_extract_sentences(lakehouse: Lakehouse, cfg: Config) -> SentencesSummary:
-    """Read bronze.texts, write silver.sentences, silver.sentence_rejects and the stage's funnel rows."""
+    """Read bronze.texts, write silver.sentences, silver.sentence_rejects, silver.sentence_phrases and the stage's
+    funnel rows."""
     problems = check_references(cfg)  # a config built in code has not been through load_config
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(f"{key}: {why}" for key, why in problems))
     scfg = cfg.extract_sentences
     texts = lakehouse.read(BRONZE_TEXTS).select("doc_id", "position", "text")
-    kept, rejects = extract_sentences(texts, scfg)
+    kept, rejects, phrases = extract_sentences(texts, scfg)
     kept = kept.localCheckpoint(eager=True)
-    # Rejects first: the sentences table, written last, marks a complete run.
+    # Rejects and phrases first: the sentences table, written last, marks a complete run.
     lakehouse.overwrite(SILVER_SENTENCE_REJECTS, rejects.select(*SILVER_SENTENCE_REJECTS.columns))
+    kept_phrases = phrases.join(kept.select("sentence_id"), "sentence_id", "left_semi")
+    lakehouse.overwrite(SILVER_SENTENCE_PHRASES, kept_phrases.select(*SILVER_SENTENCE_PHRASES.columns))
     lakehouse.overwrite(SILVER_SENTENCES, kept.select(*SILVER_SENTENCES.columns))
     steps = sentence_funnel(lakehouse)
     write_funnel(lakehouse, STAGE, steps)

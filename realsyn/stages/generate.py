@@ -10,7 +10,8 @@ of ``silver.retrieval``), in ``generate.mode: pipeline``:
    the embed stage's decoder and captioned greedily; an undecodable image or an empty caption is kept there with
    its reason and becomes a reject here;
 3. tags (``gold.image_tags``, key image_id + model_id): CLIP zero-shot over ``silver.tags`` (the base list and
-   tags mined from ``silver.sentences``, each embedded once by the CLIP text tower) read off the stored image
+   tags mined from ``silver.sentences``, mostly read from ``silver.sentence_phrases``, which the extraction's parse
+   wrote; each tag embedded once by the CLIP text tower) read off the stored image
    embedding; an image with no tag above the threshold gets an empty list and the prompt says ``none``;
 4. the LLM rewrite of retrieved text, caption and tags under the configured prompt (rejects: invalid UTF-8,
    empty, prompt echo only, truncated, over-long);
@@ -52,6 +53,7 @@ from realsyn.contracts import (
     SILVER_IMAGE_EMBEDDINGS,
     SILVER_IMAGES,
     SILVER_RETRIEVAL,
+    SILVER_SENTENCE_PHRASES,
     SILVER_SENTENCES,
     SILVER_TAGS,
 )
@@ -136,7 +138,8 @@ def ensure_tags(lakehouse: Lakehouse, cfg: Config, spec: ModelSpec) -> tuple[int
     present = lakehouse.read(SILVER_TAGS).filter(F.col("model_id") == spec.name).limit(1).count()
     if present and not gcfg.tags.rebuild:
         return lakehouse.read(SILVER_TAGS).filter(F.col("model_id") == spec.name).count(), False
-    vocab = tag_vocabulary(lakehouse.read(SILVER_SENTENCES), gcfg)
+    stored = lakehouse.read(SILVER_SENTENCE_PHRASES) if lakehouse.exists(SILVER_SENTENCE_PHRASES) else None
+    vocab = tag_vocabulary(lakehouse.read(SILVER_SENTENCES), gcfg, stored)
     template = gcfg.tags.prompt_template
     prompts = vocab.withColumn("prompt", F.replace(F.lit(template), F.lit("{tag}"), F.col("tag"))).repartition(
         max(1, lakehouse.spark.sparkContext.defaultParallelism)

