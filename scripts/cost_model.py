@@ -1,7 +1,8 @@
 """Cost model of a realsyn run at the RealSyn paper's scale (arXiv 2502.12513), written as docs/cost.md.
 
-Inputs: one JSON of ``bench/scaling.py`` (required; its largest size is used), optional GPU measurement JSONs
-(:class:`GpuMeasurement`), and the cluster config (``conf/cluster.yaml``: generation lengths, tree shapes).
+Inputs: JSONs of ``bench/scaling.py`` (at least one; their sizes together, the largest used), optional GPU
+measurement JSONs (:class:`GpuMeasurement`), and the cluster config (``conf/cluster.yaml``: generation lengths, tree
+shapes).
 Per stage it extrapolates:
 
 - core-hours: the stage's driving rows at the paper's scale (:data:`DRIVERS`) over the measured rows per second per
@@ -17,7 +18,8 @@ Per stage it extrapolates:
 and prices them on named AWS instances (:data:`INSTANCES`, list prices). Every figure carries its basis
 (measured, published or estimate) and source, and the page lists them.
 
-    python scripts/cost_model.py bench/results/scaling-quick.json [--gpu gpu.json ...] [--out docs/cost.md]
+    python scripts/cost_model.py bench/results/scaling-quick.json [more.json ...] [--gpu gpu.json ...] \
+        [--out docs/cost.md]
 
 A GPU measurement JSON: ``{"device": "H100", "date": "2026-12-06", "source": "bench/embed_gpu.py ...",
 "embed_images_per_s": 1900.0}`` with any of the keys of :data:`GPU_KEYS`; devices ``H100`` and ``A100``.
@@ -209,6 +211,7 @@ TABLE_ROWS: dict[str, Rows] = {
     "silver.sentence_rejects": Rows(
         lambda p: p.sentences_split - p.sentences_final, note="occurrences dropped (upper bound: rows are distinct)"
     ),
+    "silver.sentence_phrases": Rows(lambda p: p.sentences_final, note="sentences after dedup, as silver.sentences"),
     "silver.image_embeddings": Rows(lambda p: p.images_after_quality, note="images embedded (upper bound)"),
     "silver.sentence_embeddings": Rows(lambda p: p.sentences_after_quality, note="sentences embedded (upper bound)"),
     "silver.image_embedding_rejects": Rows(per="silver.image_embeddings", note="per embedded image as measured"),
@@ -1021,25 +1024,51 @@ def shapes_from_config(path: Path, paper: PaperScale) -> tuple[GenerationShape, 
     return gen, tree
 
 
+def merged_sizes(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """One scaling document from several ``(name, JSON)`` of bench/scaling.py: the first one's settings and the sizes
+    of all (of two runs of one size, the later file's), with a ``note`` naming the run behind each size when they
+    come from more than one file. The runs must share corpus, config and overrides."""
+    first = documents[0][1]
+    for name, doc in documents[1:]:
+        for key in ("schema", "corpus", "conf", "overrides"):
+            if doc.get(key) != first.get(key):
+                raise SystemExit(f"{name}: its {key} {doc.get(key)!r} differs from {documents[0][0]}'s")
+    by_size = {s["documents"]: (name, s) for name, doc in documents for s in doc["sizes"]}
+    merged = {**first, "sizes": [by_size[n][1] for n in sorted(by_size)]}
+    if len(documents) > 1:
+        merged["note"] = (
+            "The sizes come from separate runs: "
+            + "; ".join(
+                f"{n:,} documents run {s.get('run_id')} (code `{s.get('code_version')}`) in `{name}`"
+                for n, (name, s) in sorted(by_size.items())
+            )
+            + "."
+        )
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Read the scaling JSON (and GPU JSONs), write docs/cost.md, print the totals."""
+    """Read the scaling JSONs (and GPU JSONs), write docs/cost.md, print the totals."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scaling", type=Path, help="a JSON written by bench/scaling.py")
+    parser.add_argument(
+        "scaling", type=Path, nargs="+", help="JSONs written by bench/scaling.py (their sizes together)"
+    )
     parser.add_argument("--gpu", type=Path, action="append", default=[], help="a GPU measurement JSON")
     parser.add_argument("--config", type=Path, default=REPO / "conf" / "cluster.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "cost.md")
     args = parser.parse_args(argv)
     paper = PaperScale()
-    document = json.loads(args.scaling.read_text(encoding="utf-8"))
+    names = [
+        p.resolve().relative_to(REPO).as_posix() if p.resolve().is_relative_to(REPO) else str(p) for p in args.scaling
+    ]
+    document = merged_sizes(
+        [(n, json.loads(p.read_text(encoding="utf-8"))) for n, p in zip(names, args.scaling, strict=True)]
+    )
     measurements = [GpuMeasurement.load(p) for p in args.gpu]
     rates = gpu_rates(measurements)
     gen, tree = shapes_from_config(args.config, paper)
-    source = (
-        args.scaling.resolve().relative_to(REPO).as_posix()
-        if args.scaling.resolve().is_relative_to(REPO)
-        else str(args.scaling)
-    )
-    command = "python scripts/cost_model.py " + " ".join([source, *(f"--gpu {p}" for p in args.gpu)])
+    source = ", ".join(names)
+    command = "python scripts/cost_model.py " + " ".join([*names, *(f"--gpu {p}" for p in args.gpu)])
     args.out.write_text(render(document, source, paper, rates, gen, tree, measurements, command), encoding="utf-8")
     costs = stage_costs(document, paper, rates, gen, tree)
     total = bill(costs, INSTANCES["m7i.2xlarge"], INSTANCES["p5.48xlarge"])

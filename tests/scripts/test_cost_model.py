@@ -209,3 +209,21 @@ def test_a_gpu_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"device": "H100", "date": "2026-12-06", "images_per_hour": 1}), encoding="utf-8")
     with pytest.raises(SystemExit, match="images_per_hour"):
         cm.GpuMeasurement.load(path)
+
+
+def test_sizes_of_several_runs_are_read_together_and_the_note_names_each_run() -> None:
+    doc = scaling_json()
+    small, large = doc["sizes"]
+    rerun = {**small, "run_id": "r2", "code_version": "v2", "measured": small["measured"][:1]}
+    first = {**doc, "sizes": [small, {**large, "run_id": "r1", "code_version": "v1"}]}
+    merged = cm.merged_sizes([("a.json", first), ("b.json", {**doc, "sizes": [rerun]})])
+    # The 100-document size of the later file replaces the first file's; the largest size stays the first file's.
+    assert [s["documents"] for s in merged["sizes"]] == [100, 1000]
+    assert merged["sizes"][0]["measured"] == small["measured"][:1]
+    assert merged["note"] == (
+        "The sizes come from separate runs: 100 documents run r2 (code `v2`) in `b.json`; "
+        "1,000 documents run r1 (code `v1`) in `a.json`."
+    )
+    assert "note" not in cm.merged_sizes([("a.json", first)])
+    with pytest.raises(SystemExit, match=r"b\.json: its corpus 'generated' differs from a\.json's"):
+        cm.merged_sizes([("a.json", first), ("b.json", {**doc, "corpus": "generated"})])
