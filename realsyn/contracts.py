@@ -280,7 +280,8 @@ BRONZE_FETCHED_IMAGES = _table(
     "bronze.fetched_images",
     from_arrow_schema(FETCHED_IMAGES_ARROW_SCHEMA),
     ("url_id",),
-    "one row per distinct URL: final status, HTTP status, attempts, bytes (or a file path), size, format",
+    "one row per distinct URL: final status, HTTP status, attempts, bytes (or a file path), size, format, and the "
+    "perceptual hash (`udfs.images.phash`) that extract_images groups near-duplicates by",
     properties={"delta.autoOptimize.optimizeWrite": "false"},
 )
 

@@ -20,7 +20,7 @@ from pyspark.sql.types import StructType
 
 from realsyn.config import ConfigError
 from realsyn.config_sections import StorageConfig
-from realsyn.contracts import TABLE_PROPERTIES, Table
+from realsyn.contracts import TABLE_PROPERTIES, ContractError, Table
 
 # A file of a committed table version in _delta_log: a commit (NNN.json) or a checkpoint (NNN.checkpoint[...].parquet).
 _COMMITTED = re.compile(r"[0-9]{20}\.(json|checkpoint\..*parquet|checkpoint\.parquet)")
@@ -161,7 +161,8 @@ class Lakehouse:
         return self.spark.read.table(loc)
 
     def create_if_absent(self, table: Table, properties: Mapping[str, str] | None = None) -> None:
-        """Create ``table`` empty, as its contract declares it, unless it exists (safe from concurrent reruns).
+        """Create ``table`` empty, as its contract declares it, unless it exists (safe from concurrent reruns); an
+        existing table gets the nullable columns its contract added since it was written (:meth:`add_missing_columns`).
 
         ``properties`` are added to the contract's (e.g. ``parquet.block.size``, which Delta passes to the Parquet
         writer of every later write). A table this instance has created or found once is not checked again, so a
@@ -172,7 +173,33 @@ class Lakehouse:
         self.ensure_schema()
         if not self.exists(table):
             self._create(table, {**TABLE_PROPERTIES, **table.properties, **(properties or {})})
+        else:
+            self.add_missing_columns(table)
         self._present.add(table.name)
+
+    def add_missing_columns(self, table: Table) -> list[str]:
+        """Add to the existing ``table`` the nullable columns its contract declares and it lacks (a table written
+        by an earlier version of realsyn); their value is null in every row already there. Returns their names.
+
+        Raises ContractError for a missing column declared NOT NULL, which rows already written cannot hold.
+        """
+        have = set(self.read(table).columns)
+        missing = [f for f in table.schema.fields if f.name not in have]
+        required = [f.name for f in missing if not f.nullable]
+        if required:
+            raise ContractError(
+                f"{table.name}: the table at {self.location(table)} lacks {', '.join(required)}, declared NOT NULL: "
+                "rewrite it with the stage that writes it"
+            )
+        if missing:
+            name = f"delta.`{self.location(table)}`" if self._by_path else self.location(table)
+            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+            try:
+                self.spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({columns})")
+            except AnalysisException:  # a concurrent run added them first
+                if any(f.name not in self.read(table).columns for f in missing):
+                    raise
+        return [f.name for f in missing]
 
     def _create(self, table: Table, props: Mapping[str, str]) -> None:
         loc = self.location(table)

@@ -13,7 +13,7 @@ limits, retries with backoff, redirects followed hop by hop) and :func:`fetch_st
 - :mod:`udfs.readers`: ``data:`` URIs, local files only under ``file_roots``, object stores only under
   ``object_prefixes``, each read in a daemon thread abandoned at the deadline;
 - :mod:`udfs.decode`: the pixel limit checked from the header (decompression bombs), content accepted only when
-  Pillow decodes it, whatever the Content-Type says;
+  Pillow decodes it, whatever the Content-Type says; :mod:`udfs.images`: the perceptual hash of an accepted image;
 - :mod:`udfs.content_store`: accepted images written by content id under ``content_prefix``.
 
 Pure: no Spark import; the Spark stage (``realsyn.stages.fetch``) calls :func:`udfs.fetch_arrow.fetch_arrow`, the
@@ -44,6 +44,7 @@ from udfs.content_store import store_content
 from udfs.fetch_schema import FetchOptions
 from udfs.http_policy import opted_out, parse_retry_after
 from udfs.ids import bytes_id
+from udfs.images import phash
 from udfs.urls import has_userinfo
 
 if sys.version_info >= (3, 11):
@@ -135,6 +136,17 @@ class FetchResult:
     width: int | None = None
     height: int | None = None
     format: str | None = None
+    phash: int | None = None
+
+
+def examine(header: decode.ImageHeader, data: bytes, options: FetchOptions) -> tuple[decode.ImageCheck, int | None]:
+    """Decode the image of ``header`` (read from ``data``) to prove it whole (:func:`udfs.decode.validate_pixels`)
+    and, when it is and ``options.perceptual_hash`` is on, its perceptual hash (:func:`udfs.images.phash` of
+    ``data``, None where that cannot decode it)."""
+    check = decode.validate_pixels(header, options.max_decoded_bytes)
+    if check.reason is not None or not options.perceptual_hash:
+        return check, None
+    return check, phash(data)
 
 
 def is_transient(status: str, http_status: int | None) -> bool:
@@ -304,9 +316,9 @@ class Fetcher:
         except decode.Rejected as r:
             raise _Outcome(_DECODE_STATUS[r.reason], r.detail or "not a recognised image format", http_status) from None
         if header.pixels <= o.inline_decode_pixels:
-            check = decode.validate_pixels(header, o.max_decoded_bytes)
+            check, hashed = examine(header, data, o)
         else:
-            check = await self._in_thread(self._decode, decode.validate_pixels, header, o.max_decoded_bytes)
+            check, hashed = await self._in_thread(self._decode, examine, header, data, o)
         if check.reason is not None:
             raise _Outcome(_DECODE_STATUS[check.reason], check.detail, http_status)
         image_id = bytes_id(data)
@@ -314,6 +326,7 @@ class Fetcher:
         # Lower-case, as in silver.images ("jpeg", "png"): one spelling of a format in every table.
         fmt = check.format.lower() if check.format else None
         result.width, result.height, result.format = check.width, check.height, fmt
+        result.phash = hashed
         if o.content_prefix:
             args = (o.content_prefix, image_id, check.format, data)
             result.content_path = await self._in_thread(self._io, store_content, *args)

@@ -51,6 +51,9 @@ class FetchOptions:
     dns_threads: int = 32
     io_threads: int = 8
     decode_threads: int = 2
+    # Store each accepted image's perceptual hash (udfs.images.phash), which extract_images groups near-duplicates
+    # by: computed here, where the bytes are in hand, it spares that stage a second pass over every image's bytes.
+    perceptual_hash: bool = True
 
 
 # One row per URL (:class:`udfs.fetch.FetchResult` and its url_id): what :func:`udfs.fetch_arrow.fetch_arrow` yields.
@@ -72,5 +75,6 @@ ARROW_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("format", pa.string()),
+        ("phash", pa.int64()),
     ]
 )

@@ -13,7 +13,9 @@ documents use which URL). Steps, each writing what it drops to ``silver.image_re
    image's is its smallest ``url_id`` (whatever order the fetch took).
 3. perceptual dedup: 64-bit pHash; images whose hashes differ in at most ``max_distance`` bits are linked,
    candidate pairs come from banding (:mod:`udfs.images`), groups are connected components
-   (:mod:`realsyn.components`). Images whose bytes decode only partially are rejected as ``undecodable``.
+   (:mod:`realsyn.components`). The hash is the fetch stage's (``udfs.images.phash`` of the bytes, stored in
+   ``bronze.fetched_images.phash``); an image without one has it computed from its bytes here. Images whose bytes
+   decode only partially are rejected as ``undecodable``.
 
 Representative of a near-duplicate group: the largest resolution (width * height), then the smallest
 ``image_id``. The representative takes over the URLs and documents of the whole group, and the other members are
@@ -29,6 +31,7 @@ to ``gold.funnel`` under stage ``extract_images``. Both silver tables are replac
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +64,8 @@ from realsyn.ids import bytes_id_col
 from realsyn.semdedup import prune_embeddings
 from realsyn.tables import Lakehouse
 
+log = logging.getLogger(__name__)
+
 STAGE = "extract_images"
 PHASH = "phash"
 DUPLICATE_OF = "duplicate_of"
@@ -68,6 +73,8 @@ STEP = "step"
 CONTENT_URL = "content_url"
 # The columns of an image before its bytes are joined back: content_url names the URL whose bytes are its bytes.
 _IMAGE_META = ("image_id", CONTENT_URL, "width", "height", "format", "url_ids", "doc_ids")
+# The URL columns the fetch stage stores for every image it fetched, so that this stage need not read the bytes.
+_STORED = ("image_id", "width", "height", "format")
 
 
 _INFO_TYPE = T.StructType(
@@ -96,35 +103,39 @@ def _phash(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
 
 
 def url_rows(fetched: DataFrame, refs: DataFrame) -> DataFrame:
-    """One row per successfully fetched URL with its id, size and format and its documents, not the bytes.
+    """One row per successfully fetched URL with its id, size, format and perceptual hash and its documents, not
+    the bytes.
 
-    Columns: url_id, image_id, width, height, format, doc_ids (sorted, distinct; empty when no reference names the
-    URL). The fetch stage stores the id (hash of the bytes) and the size and format as displayed, read with the
-    same ``udfs.decode`` functions as here, in every row it fetched; those rows are not read past these columns. A
-    row without them (``bronze.fetched_images`` written by another tool or an earlier version) has them read from
-    its bytes.
+    Columns: url_id, image_id, width, height, format, phash (null where not stored), doc_ids (sorted, distinct;
+    empty when no reference names the URL). The fetch stage stores the id (hash of the bytes), the size and format
+    as displayed, read with the same ``udfs.decode`` functions as here, and the perceptual hash in every row it
+    fetched; those rows are not read past these columns. A row without id, size or format
+    (``bronze.fetched_images`` written by another tool or an earlier version) has them read from its bytes; one
+    without a hash has it computed by :func:`with_phash` if it passes quality and exact dedup.
     """
     docs = refs.groupBy("url_id").agg(F.array_sort(F.collect_set("doc_id")).alias("doc_ids"))
     ok = fetched.where(F.col("status") == "ok")
-    header = ("image_id", "width", "height", "format")
+    if PHASH not in ok.columns:  # a table written before the fetch stage stored the hash
+        ok = ok.withColumn(PHASH, F.lit(None).cast("long"))
     stored = F.lit(True)
-    for name in header:
+    for name in _STORED:
         stored &= F.col(name).isNotNull()
-    known = ok.where(stored).select("url_id", *header)
+    known = ok.where(stored).select("url_id", *_STORED, PHASH)
     read = (
         ok.where(~stored)
         .select(
             "url_id",
             F.coalesce(F.col("image_id"), bytes_id_col("content")).alias("image_id"),
             _image_info(F.col("content")).alias("_info"),
+            PHASH,
         )
-        .select("url_id", "image_id", "_info.width", "_info.height", "_info.format")
+        .select("url_id", "image_id", "_info.width", "_info.height", "_info.format", PHASH)
     )
     return (
         known.unionByName(read)
         .join(docs, "url_id", "left")
         .withColumn("doc_ids", F.coalesce(F.col("doc_ids"), F.array().cast("array<string>")))
-        .select("url_id", "image_id", "width", "height", "format", "doc_ids")
+        .select("url_id", *_STORED, PHASH, "doc_ids")
     )
 
 
@@ -218,6 +229,7 @@ def exact_dedup(urls: DataFrame, stood_before: DataFrame | None = None) -> tuple
         "width",
         "height",
         "format",
+        *([PHASH] if PHASH in urls.columns else []),
         "url_ids",
         F.col("all_doc_ids").alias("doc_ids"),
     )
@@ -280,9 +292,13 @@ def _merge_groups(df: DataFrame, step: str, reason: str) -> tuple[DataFrame, Dat
 
 
 def with_phash(images: DataFrame, fetched: DataFrame) -> DataFrame:
-    """``images`` with the perceptual hash of their bytes (read from ``fetched`` at ``content_url``) in column
-    ``phash`` (null: the image cannot be fully decoded), without the bytes."""
-    return with_content(images, fetched).withColumn(PHASH, _phash(F.col("content"))).drop("content")
+    """``images`` (with a ``phash`` column, null where the fetch stage stored none) with the perceptual hash of
+    every image in ``phash``: the stored one, else that of its bytes (read from ``fetched`` at ``content_url``;
+    null: the image cannot be fully decoded). Only the bytes of images without a stored hash are read."""
+    stored = images.where(F.col(PHASH).isNotNull())
+    unhashed = images.where(F.col(PHASH).isNull()).drop(PHASH)
+    computed = with_content(unhashed, fetched).withColumn(PHASH, _phash(F.col("content"))).drop("content")
+    return stored.unionByName(computed)
 
 
 def perceptual_dedup(hashed: DataFrame, cfg: ImagePerceptualDedupConfig) -> tuple[DataFrame, DataFrame]:
@@ -328,13 +344,14 @@ def extract_images(
     (``bronze.image_refs``); ``stood``: the URLs that stood for an image last run (:func:`urls_that_stood`). Write
     the two frames inside the ``with`` block: the kept images' metadata is cached until it ends.
 
-    The bytes are read twice: by the perceptual hash of each distinct image (one URL per exact-dedup group) and by
-    the final join of the kept images with their bytes (and once more for the header of a URL the fetch stage stored
-    none for, :func:`url_rows`); every step between works on metadata. The images' side of the two joins with the
-    bytes is cached, so Spark knows its size (about 200 bytes per image) and broadcasts it while it is under
+    The bytes are read once, by the final join of the kept images with their bytes: the fetch stage stores each
+    image's id, header and perceptual hash. They are read again only for what it did not store (the header of a
+    URL, :func:`url_rows`; the perceptual hash of a distinct image, :func:`with_phash`: rows of an earlier version
+    or another tool); every step between works on metadata. The images' side of a join with the bytes is cached, so
+    Spark knows its size (about 200 bytes per image) and broadcasts it while it is under
     ``spark.sql.autoBroadcastJoinThreshold`` (10 MB by default, some 50,000 images): the bytes then go through no
-    shuffle. Above it, each of the two joins shuffles the bytes once; raise the threshold where executors have the
-    memory. Each step's survivors are materialised once, so no Python UDF runs twice over a row.
+    shuffle. Above it, the join shuffles the bytes once; raise the threshold where executors have the memory. Each
+    step's survivors are materialised once, so no Python UDF runs twice over a row.
     """
     urls = url_rows(fetched, refs)
     urls = urls.withColumn(REASON, quality_reason(icfg)).localCheckpoint(eager=True)
@@ -347,7 +364,11 @@ def extract_images(
     rejects = quality_rejects.unionByName(exact_rejects)
 
     if icfg.perceptual_dedup.enabled:
-        hashed = with_phash(images, fetched).localCheckpoint(eager=True)
+        unhashed = images.where(F.col(PHASH).isNull()).count()
+        log.info(
+            "extract_images: %d of %d images have no stored perceptual hash: hashing their bytes", unhashed, n_images
+        )
+        hashed = (with_phash(images, fetched) if unhashed else images).localCheckpoint(eager=True)
         images.unpersist()
         kept, near_rejects = perceptual_dedup(hashed, icfg.perceptual_dedup)
         images = kept.cache()
@@ -356,7 +377,8 @@ def extract_images(
 
     columns = [F.col(f.name).cast(f.dataType).alias(f.name) for f in SILVER_IMAGE_REJECTS.schema]
     try:
-        yield with_content(images, fetched).select(*SILVER_IMAGES.columns), rejects.select(*columns), steps
+        kept = with_content(images.select(*_IMAGE_META), fetched).select(*SILVER_IMAGES.columns)
+        yield kept, rejects.select(*columns), steps
     finally:
         images.unpersist()
 

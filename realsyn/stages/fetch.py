@@ -1,7 +1,9 @@
 """Image acquisition: bronze.image_refs -> bronze.fetched_images, one row per distinct URL with a final status.
 
 Inside each Spark task, ``udfs.fetch`` keeps many requests in flight on one event loop (per-host limits,
-timeouts, retries of transient failures, SSRF and size protection, decode check). The pending URLs are fetched
+timeouts, retries of transient failures, SSRF and size protection, decode check). Each accepted image's row holds
+its id (hash of the bytes), size and format, and its perceptual hash while ``extract_images.perceptual_dedup`` is
+on: that stage reads them instead of the bytes. The pending URLs are fetched
 in commit batches of ``fetch.commit_every`` URLs; each batch is MERGEd on ``url_id`` (an insert-only MERGE reads
 its source once, so every URL is fetched once), so a job killed mid-run keeps every committed batch, loses only
 the batch in flight, and never duplicates a row. The rows per status that the summary reports are counted by
@@ -73,13 +75,15 @@ class FetchSummary:
         )
 
 
-def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None) -> FetchOptions:
+def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None, perceptual_hash: bool = True) -> FetchOptions:
     """The fetcher options of a config section: every setting the two share (lists as tuples), with images
-    written under ``content_prefix`` if set (the section's own ``content_prefix`` is resolved by the caller)."""
+    written under ``content_prefix`` if set (the section's own ``content_prefix`` is resolved by the caller), and
+    their perceptual hashes stored when ``perceptual_hash`` (``extract_images.perceptual_dedup.enabled``, which
+    reads them)."""
     shared = {f.name for f in dataclasses.fields(FetchOptions)} & set(FetchConfig.model_fields) - {"content_prefix"}
     values: dict[str, Any] = {name: getattr(fcfg, name) for name in shared}
     values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
-    return FetchOptions(**values, content_prefix=content_prefix)
+    return FetchOptions(**values, content_prefix=content_prefix, perceptual_hash=perceptual_hash)
 
 
 def content_prefix(lakehouse: Lakehouse, fcfg: FetchConfig) -> str | None:
@@ -109,13 +113,15 @@ def fetch_urls(
     fcfg: FetchConfig,
     prefix: str | None = None,
     counts: Accumulator[dict[str, list[int]]] | None = None,
+    perceptual_hash: bool = True,
 ) -> DataFrame:
     """Fetch the ``url`` of every row of ``urls`` (``url_id``, ``url``) inside the tasks; one row per URL.
 
     ``counts`` (an accumulator of :class:`udfs.fetch_arrow.StatusCounts`) receives the rows and bytes per status
-    that each task returned, once the task has returned them all.
+    that each task returned, once the task has returned them all. ``perceptual_hash``: store each image's
+    perceptual hash (:func:`fetch_options`).
     """
-    options = fetch_options(fcfg, prefix)
+    options = fetch_options(fcfg, prefix, perceptual_hash)
     rows_per_batch = fcfg.rows_per_batch
     interval = fcfg.progress_interval_s
 
@@ -182,7 +188,8 @@ def run_fetch(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = False) -> 
             committed_after = datetime.now(timezone.utc) - timedelta(minutes=10)  # executor clocks may differ a little
             # StatusCounts follows AccumulatorParam's protocol without importing pyspark (udfs stay Spark-free).
             counts = spark.sparkContext.accumulator({}, cast("AccumulatorParam[dict[str, list[int]]]", StatusCounts()))
-            fetched = fetch_urls(part.repartition(tasks), fcfg, prefix, counts)
+            hashes = cfg.extract_images.perceptual_dedup.enabled
+            fetched = fetch_urls(part.repartition(tasks), fcfg, prefix, counts, hashes)
             if retry_failed:
                 # An update MERGE reads its source twice: materialise it so that no URL is fetched twice.
                 fetched = fetched.persist(StorageLevel.MEMORY_AND_DISK)

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from realsyn.config import ConfigError, load_config
 from realsyn.config_sections import Config, DemoCorpusConfig, StorageConfig
 from realsyn.contracts import (
     BRONZE_DOCUMENTS,
+    BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
     BRONZE_INGEST_REJECTS,
     BRONZE_TEXTS,
@@ -22,11 +24,13 @@ from realsyn.contracts import (
     SILVER_SENTENCE_PHRASES,
     SILVER_SENTENCE_REJECTS,
     SILVER_SENTENCES,
+    ContractError,
+    Table,
 )
 from realsyn.demo_corpus import generate, with_demo_inputs
 from realsyn.stages.extract_sentences import run_extract_sentences
 from realsyn.stages.ingest import run_ingest
-from realsyn.tables import Lakehouse
+from realsyn.tables import Lakehouse, create_table_at
 from tests.support.tables import rows_frame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +82,29 @@ def test_a_log_without_a_commit_is_cleared_and_a_committed_one_kept(spark: Spark
         table, spark.createDataFrame([("c", "m", 1)], table.schema)
     )
     assert sorted(r.image_id for r in lakehouse.read(table).collect()) == ["a", "b", "c"]
+
+
+def test_a_table_of_an_earlier_version_gets_the_columns_its_contract_added(spark: SparkSession, tmp_path: Path) -> None:
+    lakehouse = Lakehouse(spark, StorageConfig(root=str(tmp_path)))
+    table = BRONZE_FETCHED_IMAGES
+    earlier = T.StructType([f for f in table.schema.fields if f.name != "phash"])  # before the fetch stage hashed
+    create_table_at(spark, lakehouse.location(table), earlier)
+    old = {"url_id": "u1", "url": "https://example.org/1", "status": "http_error", "retryable": False}
+    spark.createDataFrame([old], earlier).write.format("delta").mode("append").save(lakehouse.location(table))
+    new = {"url_id": "u2", "url": "https://example.org/2", "status": "ok", "image_id": "i2", "phash": -5}
+    assert lakehouse.insert_new(table, rows_frame(spark, table, [new])) == 1
+    got = {r["url_id"]: r["phash"] for r in lakehouse.read(table).collect()}
+    assert got == {"u1": None, "u2": -5}
+    assert lakehouse.read(table).schema == table.schema
+    # A column declared NOT NULL cannot be added to rows already written: the error names table and column.
+    required = Table(
+        "bronze.fetched_images",
+        T.StructType([*earlier.fields, T.StructField("x", T.LongType(), False)]),
+        ("url_id",),
+        "",
+    )
+    with pytest.raises(ContractError, match=r"bronze.fetched_images: .* lacks x, declared NOT NULL"):
+        Lakehouse(spark, StorageConfig(root=str(tmp_path))).create_if_absent(required)
 
 
 def test_a_version_is_the_one_the_history_gives_through_every_kind_of_write(

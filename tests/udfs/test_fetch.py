@@ -18,9 +18,11 @@ import pytest
 
 from realsyn.ids import bytes_id
 from tests.support.loopback import BODIES, OPTS, RAW_REPLIES, LoopbackServer
+from tests.support.photos import encode, photo
 from udfs import fetch as F
 from udfs import readers
 from udfs.fetch_arrow import fetch_arrow
+from udfs.images import phash
 
 
 def _summary(r: F.FetchResult) -> tuple[object, ...]:
@@ -191,6 +193,22 @@ def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
         (F.INVALID_URL, None, None),
         (F.INVALID_URL, None, None),
         (F.BLOCKED, None, None),
+    ]
+
+
+def test_an_accepted_image_holds_the_perceptual_hash_of_its_bytes(tmp_path: Path) -> None:
+    jpeg, png = BODIES["jpeg"][0], encode(photo("coffee").resize((300, 200)))
+    urls = ["data:image/jpeg;base64," + base64.b64encode(jpeg).decode(), str(tmp_path / "absent.png")]
+    urls.append("data:image/png;base64," + base64.b64encode(png).decode())
+    opts = replace(OPTS, file_roots=(str(tmp_path),))
+    ok_jpeg, missing, ok_png = F.fetch_batch(urls, opts)
+    assert (ok_jpeg.phash, missing.phash, ok_png.phash) == (phash(jpeg), None, phash(png))
+    assert ok_jpeg.phash is not None and ok_jpeg.phash != ok_png.phash
+    # Off (extract_images' perceptual dedup off): nothing is hashed, the rest of the row is the same.
+    unhashed = F.fetch_batch(urls, replace(opts, perceptual_hash=False))
+    assert [r.phash for r in unhashed] == [None, None, None]
+    assert [(r.status, r.image_id, r.width) for r in unhashed] == [
+        (r.status, r.image_id, r.width) for r in (ok_jpeg, missing, ok_png)
     ]
 
 

@@ -12,6 +12,7 @@ from realsyn.contracts import (
     BRONZE_FETCHED_IMAGES,
     BRONZE_IMAGE_REFS,
     FUNNEL,
+    REASON,
     SILVER_IMAGE_REJECTS,
     SILVER_IMAGES,
 )
@@ -21,6 +22,7 @@ from realsyn.tables import Lakehouse
 from tests.support.photos import crop, encode, photo
 from tests.support.plans import above_the_bytes, physical_plan
 from tests.support.tables import rows_frame
+from udfs.images import hamming, image_info, phash
 
 
 def _inputs() -> dict[str, bytes]:
@@ -225,7 +227,7 @@ def test_a_url_with_the_fetch_stages_header_is_not_read_again(spark: SparkSessio
     stored = {"image_id": bytes_id(chelsea), "width": 300, "height": 200, "format": "png"}
     rows = [
         # As the fetch stage writes it; the bytes here are no image, so a header read would give no size at all.
-        {"url_id": "stored", "status": "ok", **stored, "content": b"<html>not read</html>"},
+        {"url_id": "stored", "status": "ok", **stored, "phash": 7, "content": b"<html>not read</html>"},
         {"url_id": "bare", "status": "ok", "content": chelsea},  # no header stored: read from the bytes
         {"url_id": "half", "status": "ok", "image_id": "kept-id", "width": 1, "content": chelsea},
         {"url_id": "failed", "status": "http_error"},
@@ -234,8 +236,44 @@ def test_a_url_with_the_fetch_stages_header_is_not_read_again(spark: SparkSessio
     refs = rows_frame(spark, BRONZE_IMAGE_REFS, [{"doc_id": "d1", "position": 0, "url": "u", "url_id": "bare"}])
     got = {r["url_id"]: r.asDict() for r in url_rows(fetched, refs).collect()}
     assert got == {
-        "stored": {"url_id": "stored", **stored, "doc_ids": []},
-        "bare": {"url_id": "bare", **stored, "doc_ids": ["d1"]},
+        "stored": {"url_id": "stored", **stored, "phash": 7, "doc_ids": []},
+        "bare": {"url_id": "bare", **stored, "phash": None, "doc_ids": ["d1"]},
         # A row missing part of the header is read whole; an id it has is kept (the fetch stage's hash).
-        "half": {"url_id": "half", **stored, "image_id": "kept-id", "doc_ids": []},
+        "half": {"url_id": "half", **stored, "image_id": "kept-id", "phash": None, "doc_ids": []},
     }
+    # A table written before the fetch stage stored the perceptual hash: the same rows, with no hash.
+    older = {r["url_id"]: r.asDict() for r in url_rows(fetched.drop("phash"), refs).collect()}
+    assert older == {**got, "stored": {**got["stored"], "phash": None}}
+
+
+def test_the_fetch_stages_perceptual_hash_is_used_and_only_images_without_one_are_hashed_here(
+    spark: SparkSession,
+) -> None:
+    astronaut, coffee = encode(photo("astronaut")), encode(photo("coffee"))  # 512 x 512, 600 x 400
+    chelsea = encode(photo("chelsea").resize((300, 200)))
+    assert hamming(phash(astronaut), phash(coffee)) > ExtractImagesConfig().perceptual_dedup.max_distance
+
+    def fetched_row(name: str, content: bytes, stored_hash: int | None) -> dict[str, object]:
+        width, height, fmt = image_info(content)
+        header = {"image_id": bytes_id(content), "width": width, "height": height, "format": fmt}
+        return {"url_id": name, "status": "ok", **header, "phash": stored_hash, "content": content}
+
+    rows = [
+        # Stored with the coffee photograph's hash: if the stage reads the stored hash, the two are one picture.
+        fetched_row("astronaut", astronaut, phash(coffee)),
+        fetched_row("coffee", coffee, None),  # none stored: hashed from its bytes here
+        fetched_row("chelsea", chelsea, phash(chelsea)),
+    ]
+    fetched = rows_frame(spark, BRONZE_FETCHED_IMAGES, rows)
+    refs = rows_frame(
+        spark,
+        BRONZE_IMAGE_REFS,
+        [{"doc_id": "d", "position": i, "url": r["url_id"], "url_id": r["url_id"]} for i, r in enumerate(rows)],
+    )
+    with extract_images(fetched, refs, ExtractImagesConfig()) as (images, rejects, steps):
+        kept = {r["image_id"]: r["url_ids"] for r in images.collect()}
+        dropped = {(r["image_id"], r[REASON], r["duplicate_of"]) for r in rejects.collect()}
+    # The larger picture (astronaut) represents the group and takes over the coffee photograph's URL.
+    assert kept == {bytes_id(astronaut): ["astronaut", "coffee"], bytes_id(chelsea): ["chelsea"]}
+    assert dropped == {(bytes_id(coffee), "near_duplicate", bytes_id(astronaut))}
+    assert [(s.step, s.rows_in, s.rows_out) for s in steps][-1] == ("perceptual_dedup", 3, 2)

@@ -134,7 +134,7 @@ def test_every_fetch_setting_reaches_the_fetcher_and_the_defaults_agree() -> Non
     assert fetch_options(FetchConfig()) == FetchOptions()
     # Every option but those the fetcher sizes itself (thread pools) or the stage resolves (content_prefix) comes
     # from a config key: changed there, it arrives changed.
-    internal = {"content_prefix", "dns_threads", "io_threads", "decode_threads"}
+    internal = {"content_prefix", "dns_threads", "io_threads", "decode_threads", "perceptual_hash"}
     changed = {
         f.name: _another(f.name, getattr(FetchOptions(), f.name))
         for f in dataclasses.fields(FetchOptions)
@@ -145,6 +145,8 @@ def test_every_fetch_setting_reaches_the_fetcher_and_the_defaults_agree() -> Non
         name: tuple(v) if isinstance(v, list) else v for name, v in changed.items()
     }
     assert options.content_prefix == "/tmp/images"
+    # The perceptual hash is stored for extract_images' perceptual dedup, and not when that step is off.
+    assert fetch_options(FetchConfig(), perceptual_hash=False).perceptual_hash is False
 
 
 def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp_path: Path) -> None:

@@ -1,0 +1,151 @@
+"""The perceptual hash computed by the fetch stage against the way it was computed before, by extract_images from
+the bytes: fetch + extract_images both ways on the same generated corpus, side by side.
+
+The fetch stage stores each accepted image's perceptual hash (``udfs.images.phash``) while
+``extract_images.perceptual_dedup`` is on, so that extract_images reads the bytes once (the kept images' rows)
+instead of twice (the hash of each distinct image, then the rows). Both ways are timed on one Spark session, on
+copies of one ingested lake:
+
+- before: the fetch stage with the hash off (``perceptual_dedup.enabled`` false for it: rows without a hash, as an
+  earlier version wrote them), then ``run_extract_images``, which hashes the bytes of every distinct image;
+- after: the fetch stage as it runs now, then ``run_extract_images``, which reads the stored hashes.
+
+Both must give the same silver.images and silver.image_rejects (the same function of the same bytes), or the script
+fails. Per way and stage: seconds, the CPU seconds of Spark's JVM and of its Python workers (psutil), and Spark's
+shuffle bytes written (its event log); ``--rounds`` alternates the order. Last line:
+``fetch_extract_images_after_over_before: <seconds after / seconds before>`` (fetch + extract_images, all rounds).
+``--quick``: 1,000 documents instead of ``--documents``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.extract import cpu_seconds  # noqa: E402
+from bench.scaling import event_log_metrics  # noqa: E402
+from realsyn.config import load_config  # noqa: E402
+from realsyn.config_sections import Config  # noqa: E402
+from realsyn.contracts import BRONZE_DOCUMENTS, BRONZE_IMAGE_REFS, SILVER_IMAGE_REJECTS, SILVER_IMAGES  # noqa: E402
+from realsyn.demo_corpus import generate, with_demo_inputs  # noqa: E402
+from realsyn.spark import get_spark  # noqa: E402
+from realsyn.stages.extract_images import run_extract_images  # noqa: E402
+from realsyn.stages.fetch import run_fetch  # noqa: E402
+from realsyn.stages.ingest import run_ingest  # noqa: E402
+from realsyn.tables import Lakehouse  # noqa: E402
+
+WAYS = ("before", "after")
+STAGES = ("fetch", "extract_images")
+
+
+def without_fetch_hash(cfg: Config) -> Config:
+    """``cfg`` with perceptual dedup off, which is what turns the fetch stage's hash off."""
+    section = cfg.extract_images
+    dedup = section.perceptual_dedup.model_copy(update={"enabled": False})
+    return cfg.model_copy(update={"extract_images": section.model_copy(update={"perceptual_dedup": dedup})})
+
+
+def copy_bronze(base: Lakehouse, lake: Path) -> Lakehouse:
+    """A lake at ``lake`` holding a copy of ``base``'s ingested tables (path tables: their logs are relative)."""
+    if lake.exists():
+        shutil.rmtree(lake)
+    for table in (BRONZE_DOCUMENTS, BRONZE_IMAGE_REFS):
+        target = lake / str(table).replace(".", "/")
+        shutil.copytree(base.location(table), target)
+    return Lakehouse(base.spark, base.storage.model_copy(update={"root": str(lake)}))
+
+
+def timed(run: Callable[[], object]) -> tuple[float, dict[str, float], tuple[float, float]]:
+    """(seconds, CPU seconds by process kind, wall-clock window) of ``run()``."""
+    cpu0, t0, w0 = cpu_seconds(), time.perf_counter(), time.time()
+    run()
+    seconds, cpu1, w1 = time.perf_counter() - t0, cpu_seconds(), time.time()
+    return seconds, {kind: cpu1[kind] - cpu0[kind] for kind in cpu0}, (w0, w1)
+
+
+def outcome(lakehouse: Lakehouse) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """silver.images (id, URLs, documents) and silver.image_rejects (id, step, reason, duplicate_of), sorted."""
+    images = lakehouse.read(SILVER_IMAGES).select("image_id", "url_ids", "doc_ids").collect()
+    rejects = lakehouse.read(SILVER_IMAGE_REJECTS).select("reject_id", "step", "reason", "duplicate_of").collect()
+    return sorted(tuple(r) for r in images), sorted(tuple(r) for r in rejects)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 documents")
+    parser.add_argument("--documents", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=1, help="before/after pairs, alternating which runs first")
+    parser.add_argument("--corpus-dir", type=Path, default=None, help="the generated corpus (written unless there)")
+    parser.add_argument("--work", type=Path, default=None, help="lakes and event log here (default: a temp folder)")
+    args = parser.parse_args(argv)
+    n = 1_000 if args.quick else args.documents
+    work = args.work or Path(tempfile.mkdtemp(prefix="realsyn-hash-at-fetch-"))
+    events = work / "events"
+    events.mkdir(parents=True, exist_ok=True)
+    raw = args.corpus_dir or work / "raw"
+    sets = [f"storage.root={work / 'base'}", f"demo.output={raw}", f"demo.documents={n}", "demo.kind=generated"]
+    sets += [
+        'spark.conf.spark.ui.showConsoleProgress="false"',
+        'spark.conf.spark.eventLog.enabled="true"',
+        f'spark.conf.spark.eventLog.dir="{events.as_uri()}"',
+        'spark.conf.spark.eventLog.compress="false"',
+    ]
+    cfg = with_demo_inputs(load_config(REPO / "conf" / "local.yaml", sets))
+    spark = get_spark(cfg.spark)
+    spark.sparkContext.setLogLevel("WARN")
+    generate(cfg.demo, spark)
+    base = Lakehouse(spark, cfg.storage)
+    run_ingest(base, cfg)
+    refs = base.read(BRONZE_IMAGE_REFS).count()
+    print(f"{n:,} generated documents, {refs:,} image references, Spark {spark.sparkContext.master}")
+
+    seconds = {(way, stage): 0.0 for way in WAYS for stage in STAGES}
+    cpu: dict[tuple[str, str], dict[str, float]] = {}
+    windows: dict[str, tuple[float, float]] = {}
+    results: dict[str, tuple[list[tuple[object, ...]], list[tuple[object, ...]]]] = {}
+    for r in range(args.rounds):
+        for way in WAYS if r % 2 == 0 else WAYS[::-1]:
+            lakehouse = copy_bronze(base, work / f"lake-{way}")
+            fetch_cfg = without_fetch_hash(cfg) if way == "before" else cfg
+            for stage, run in (
+                ("fetch", lambda lh=lakehouse, c=fetch_cfg: run_fetch(lh, c)),
+                ("extract_images", lambda lh=lakehouse: run_extract_images(lh, cfg)),
+            ):
+                s, used, window = timed(run)
+                seconds[way, stage] += s
+                cpu[way, stage] = {k: cpu.get((way, stage), {}).get(k, 0.0) + v for k, v in used.items()}
+                windows[f"{way}/{stage}/{r}"] = window
+                print(f"  round {r + 1} {way:6} {stage:14} {s:7.1f} s", flush=True)
+            if results.setdefault(way, outcome(lakehouse)) != outcome(lakehouse):
+                raise SystemExit(f"{way}: two rounds extracted different images or rejects")
+    spark.stop()
+    if results["before"] != results["after"]:
+        raise SystemExit("before and after extracted different images or rejects")
+    images, rejects = results["after"]
+    print(f"both ways: {len(images):,} images kept, {len(rejects):,} rejects, the same rows")
+
+    metrics = event_log_metrics(events, windows)
+    total = {}
+    for way in WAYS:
+        total[way] = sum(seconds[way, stage] for stage in STAGES)
+        for stage in STAGES:
+            shuffle = sum(m["shuffle_write_bytes"] for k, m in metrics.items() if k.startswith(f"{way}/{stage}/"))
+            used = cpu[way, stage]
+            print(
+                f"{way:6} {stage:14} {seconds[way, stage]:7.1f} s  CPU s: JVM {used['JVM']:.1f}, "
+                f"Python workers {used['Python workers']:.1f}  shuffle written {shuffle / 1e6:,.1f} MB"
+            )
+        print(f"{way:6} {'both':14} {total[way]:7.1f} s")
+    print(f"fetch_extract_images_after_over_before: {total['after'] / total['before']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
