@@ -10,8 +10,11 @@ already) with the paper's thresholds: Punkt split and normalisation, emoji / URL
 be loaded here, and a tiny random model would not show its cost).
 
 ``--parts images`` (generated corpus only): images per second through the image extraction stage, every image file
-of the corpus as one fetched URL (read from one parquet file by both sides, with the hash and header the fetch stage
-stores): quality filter, exact dedup, perceptual hash, banded near-duplicate search and connected components. The
+of the corpus as one fetched URL (read from one parquet file by both sides, with the hash of the bytes and the header
+the fetch stage stores, but not its perceptual hash, so that the stage hashes the bytes itself, as it does for rows
+of another tool or an earlier version: its heaviest form; ``bench/hash_at_fetch.py`` measures the pipeline's own
+path, the hash stored by the fetch stage): quality filter, exact dedup, perceptual hash, banded near-duplicate search
+and connected components. The
 Spark side is the stage's own function (``realsyn.stages.extract_images.extract_images``, its images and rejects
 computed in full); the one process runs ``udfs.images`` and scipy's connected components. Under each side's rate:
 its CPU seconds (the one process's; the Spark side's split into this process, Spark's JVM and Spark's Python
@@ -207,7 +210,8 @@ def image_rows(folder: Path, out: Path, limit: int | None = None) -> Path:
     ``out/fetched.parquet``, and a reference of each URL from one document (``out/refs.parquet``): what
     ``bronze.fetched_images`` and ``bronze.image_refs`` hold for them. Untimed: the fetch stage's work, which
     stores the hash of the bytes and the header as the ``udfs`` functions read them (no size where the bytes
-    are no image: the fetch stage would not mark those ok, so both sides read them again)."""
+    are no image: the fetch stage would not mark those ok, so both sides read them again). The perceptual hash,
+    which the fetch stage stores too, is left out: both sides compute it (see the module's docstring)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -141,10 +141,14 @@ class FetchResult:
 
 def examine(header: decode.ImageHeader, data: bytes, options: FetchOptions) -> tuple[decode.ImageCheck, int | None]:
     """Decode the image of ``header`` (read from ``data``) to prove it whole (:func:`udfs.decode.validate_pixels`)
-    and, when it is and ``options.perceptual_hash`` is on, its perceptual hash (:func:`udfs.images.phash` of
-    ``data``, None where that cannot decode it)."""
+    and, when it is, ``options.perceptual_hash`` is on and its size passes the hash's quality bounds
+    (``hash_min_short_side``, ``hash_max_aspect_ratio``: image extraction drops the others unhashed), its perceptual
+    hash (:func:`udfs.images.phash` of ``data``, None where that cannot decode it)."""
     check = decode.validate_pixels(header, options.max_decoded_bytes)
-    if check.reason is not None or not options.perceptual_hash:
+    if check.reason is not None or not options.perceptual_hash or check.width is None or check.height is None:
+        return check, None
+    short, long = sorted((check.width, check.height))
+    if short < options.hash_min_short_side or long > short * options.hash_max_aspect_ratio:
         return check, None
     return check, phash(data)
 

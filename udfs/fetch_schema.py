@@ -51,9 +51,12 @@ class FetchOptions:
     dns_threads: int = 32
     io_threads: int = 8
     decode_threads: int = 2
-    # Store each accepted image's perceptual hash (udfs.images.phash), which extract_images groups near-duplicates
-    # by: computed here, where the bytes are in hand, it spares that stage a second pass over every image's bytes.
-    perceptual_hash: bool = True
+    # Store the perceptual hash (udfs.images.phash) of each accepted image that extract_images' quality filter keeps
+    # (shorter side >= hash_min_short_side, long / short side <= hash_max_aspect_ratio): that stage groups
+    # near-duplicates by it, and hashed here, where the bytes are in hand, it spares the stage a pass over them.
+    perceptual_hash: bool = False
+    hash_min_short_side: int = 0
+    hash_max_aspect_ratio: float = float("inf")
 
 
 # One row per URL (:class:`udfs.fetch.FetchResult` and its url_id): what :func:`udfs.fetch_arrow.fetch_arrow` yields.

@@ -33,7 +33,7 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from realsyn.config import ConfigError
-from realsyn.config_sections import Config, FetchConfig
+from realsyn.config_sections import Config, ExtractImagesConfig, FetchConfig
 from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
 from realsyn.funnel import FunnelStep, write_funnel
 from realsyn.tables import Lakehouse
@@ -75,15 +75,21 @@ class FetchSummary:
         )
 
 
-def fetch_options(fcfg: FetchConfig, content_prefix: str | None = None, perceptual_hash: bool = True) -> FetchOptions:
+def fetch_options(
+    fcfg: FetchConfig, content_prefix: str | None = None, images: ExtractImagesConfig | None = None
+) -> FetchOptions:
     """The fetcher options of a config section: every setting the two share (lists as tuples), with images
     written under ``content_prefix`` if set (the section's own ``content_prefix`` is resolved by the caller), and
-    their perceptual hashes stored when ``perceptual_hash`` (``extract_images.perceptual_dedup.enabled``, which
-    reads them)."""
+    the perceptual hashes of the images that ``images`` (the ``extract_images`` section, whose perceptual dedup reads
+    them) keeps at its quality filter stored while its perceptual dedup is on."""
     shared = {f.name for f in dataclasses.fields(FetchOptions)} & set(FetchConfig.model_fields) - {"content_prefix"}
     values: dict[str, Any] = {name: getattr(fcfg, name) for name in shared}
     values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
-    return FetchOptions(**values, content_prefix=content_prefix, perceptual_hash=perceptual_hash)
+    if images is not None and images.perceptual_dedup.enabled:
+        values["perceptual_hash"] = True
+        values["hash_min_short_side"] = images.min_short_side
+        values["hash_max_aspect_ratio"] = images.max_aspect_ratio
+    return FetchOptions(**values, content_prefix=content_prefix)
 
 
 def content_prefix(lakehouse: Lakehouse, fcfg: FetchConfig) -> str | None:
@@ -113,15 +119,15 @@ def fetch_urls(
     fcfg: FetchConfig,
     prefix: str | None = None,
     counts: Accumulator[dict[str, list[int]]] | None = None,
-    perceptual_hash: bool = True,
+    images: ExtractImagesConfig | None = None,
 ) -> DataFrame:
     """Fetch the ``url`` of every row of ``urls`` (``url_id``, ``url``) inside the tasks; one row per URL.
 
     ``counts`` (an accumulator of :class:`udfs.fetch_arrow.StatusCounts`) receives the rows and bytes per status
-    that each task returned, once the task has returned them all. ``perceptual_hash``: store each image's
-    perceptual hash (:func:`fetch_options`).
+    that each task returned, once the task has returned them all. ``images``: the ``extract_images`` section,
+    for the perceptual hashes (:func:`fetch_options`).
     """
-    options = fetch_options(fcfg, prefix, perceptual_hash)
+    options = fetch_options(fcfg, prefix, images)
     rows_per_batch = fcfg.rows_per_batch
     interval = fcfg.progress_interval_s
 
@@ -188,8 +194,7 @@ def run_fetch(lakehouse: Lakehouse, cfg: Config, retry_failed: bool = False) -> 
             committed_after = datetime.now(timezone.utc) - timedelta(minutes=10)  # executor clocks may differ a little
             # StatusCounts follows AccumulatorParam's protocol without importing pyspark (udfs stay Spark-free).
             counts = spark.sparkContext.accumulator({}, cast("AccumulatorParam[dict[str, list[int]]]", StatusCounts()))
-            hashes = cfg.extract_images.perceptual_dedup.enabled
-            fetched = fetch_urls(part.repartition(tasks), fcfg, prefix, counts, hashes)
+            fetched = fetch_urls(part.repartition(tasks), fcfg, prefix, counts, cfg.extract_images)
             if retry_failed:
                 # An update MERGE reads its source twice: materialise it so that no URL is fetched twice.
                 fetched = fetched.persist(StorageLevel.MEMORY_AND_DISK)

@@ -196,20 +196,24 @@ def test_files_data_uris_and_fsspec(tmp_path: Path) -> None:
     ]
 
 
-def test_an_accepted_image_holds_the_perceptual_hash_of_its_bytes(tmp_path: Path) -> None:
+def test_an_accepted_image_holds_the_perceptual_hash_of_its_bytes_within_the_quality_bounds(tmp_path: Path) -> None:
     jpeg, png = BODIES["jpeg"][0], encode(photo("coffee").resize((300, 200)))
-    urls = ["data:image/jpeg;base64," + base64.b64encode(jpeg).decode(), str(tmp_path / "absent.png")]
-    urls.append("data:image/png;base64," + base64.b64encode(png).decode())
-    opts = replace(OPTS, file_roots=(str(tmp_path),))
-    ok_jpeg, missing, ok_png = F.fetch_batch(urls, opts)
-    assert (ok_jpeg.phash, missing.phash, ok_png.phash) == (phash(jpeg), None, phash(png))
-    assert ok_jpeg.phash is not None and ok_jpeg.phash != ok_png.phash
-    # Off (extract_images' perceptual dedup off): nothing is hashed, the rest of the row is the same.
+    small, strip = encode(photo("coffee").resize((90, 60))), encode(photo("coffee").resize((600, 150)))
+    urls = ["data:image/jpeg;base64," + base64.b64encode(c).decode() for c in (jpeg, png, small, strip)]
+    urls.append(str(tmp_path / "absent.png"))
+    opts = replace(OPTS, file_roots=(str(tmp_path),), perceptual_hash=True)
+    hashed = F.fetch_batch(urls, replace(opts, hash_min_short_side=100, hash_max_aspect_ratio=3.0))
+    # The JPEG is 160 x 107; the 90 x 60 image is under the shorter side, the 600 x 150 one over the aspect ratio:
+    # image extraction drops both at its quality filter, so they are fetched ok but not hashed.
+    assert [r.status for r in hashed] == [F.OK, F.OK, F.OK, F.OK, F.NOT_FOUND]
+    assert [r.phash for r in hashed] == [phash(jpeg), phash(png), None, None, None]
+    assert phash(jpeg) is not None and phash(jpeg) != phash(png)
+    # Without bounds every accepted image is hashed; off, none is, and the rest of each row is the same.
+    unbounded = F.fetch_batch(urls, opts)
+    assert [r.phash for r in unbounded] == [phash(jpeg), phash(png), phash(small), phash(strip), None]
     unhashed = F.fetch_batch(urls, replace(opts, perceptual_hash=False))
-    assert [r.phash for r in unhashed] == [None, None, None]
-    assert [(r.status, r.image_id, r.width) for r in unhashed] == [
-        (r.status, r.image_id, r.width) for r in (ok_jpeg, missing, ok_png)
-    ]
+    assert [r.phash for r in unhashed] == [None] * 5
+    assert [(r.status, r.image_id, r.width) for r in unhashed] == [(r.status, r.image_id, r.width) for r in hashed]
 
 
 def test_empty_content_and_unreadable_files_end_in_their_status(tmp_path: Path) -> None:

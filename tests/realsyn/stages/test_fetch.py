@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from jobs.fetch import main as fetch_job
-from realsyn.config_sections import Config, FetchConfig, StorageConfig
+from realsyn.config_sections import Config, ExtractImagesConfig, FetchConfig, StorageConfig
 from realsyn.contracts import BRONZE_FETCHED_IMAGES, BRONZE_IMAGE_REFS
 from realsyn.ids import bytes_id, stable_id
 from realsyn.stages.fetch import fetch_options, run_fetch
@@ -134,7 +134,8 @@ def test_every_fetch_setting_reaches_the_fetcher_and_the_defaults_agree() -> Non
     assert fetch_options(FetchConfig()) == FetchOptions()
     # Every option but those the fetcher sizes itself (thread pools) or the stage resolves (content_prefix) comes
     # from a config key: changed there, it arrives changed.
-    internal = {"content_prefix", "dns_threads", "io_threads", "decode_threads", "perceptual_hash"}
+    internal = {"content_prefix", "dns_threads", "io_threads", "decode_threads"}
+    internal |= {"perceptual_hash", "hash_min_short_side", "hash_max_aspect_ratio"}  # extract_images' settings
     changed = {
         f.name: _another(f.name, getattr(FetchOptions(), f.name))
         for f in dataclasses.fields(FetchOptions)
@@ -145,8 +146,12 @@ def test_every_fetch_setting_reaches_the_fetcher_and_the_defaults_agree() -> Non
         name: tuple(v) if isinstance(v, list) else v for name, v in changed.items()
     }
     assert options.content_prefix == "/tmp/images"
-    # The perceptual hash is stored for extract_images' perceptual dedup, and not when that step is off.
-    assert fetch_options(FetchConfig(), perceptual_hash=False).perceptual_hash is False
+    # The perceptual hash is stored for extract_images' perceptual dedup, of the images its quality filter keeps.
+    images = ExtractImagesConfig(min_short_side=150, max_aspect_ratio=2.5)
+    hashing = fetch_options(FetchConfig(), images=images)
+    assert (hashing.perceptual_hash, hashing.hash_min_short_side, hashing.hash_max_aspect_ratio) == (True, 150, 2.5)
+    off = images.model_copy(update={"perceptual_dedup": images.perceptual_dedup.model_copy(update={"enabled": False})})
+    assert fetch_options(FetchConfig(), images=off) == FetchOptions()
 
 
 def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp_path: Path) -> None:
