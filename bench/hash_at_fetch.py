@@ -1,19 +1,19 @@
-"""The perceptual hash computed by the fetch stage against the way it was computed before, by extract_images from
-the bytes: fetch + extract_images both ways on the same generated corpus, side by side.
+"""The perceptual hash computed by the fetch stage (``fetch.perceptual_hash`` on) against computed by extract_images
+from the bytes (off): fetch + extract_images both ways on the same generated corpus, side by side.
 
-The fetch stage stores each accepted image's perceptual hash (``udfs.images.phash``) while
-``extract_images.perceptual_dedup`` is on, so that extract_images reads the bytes once (the kept images' rows)
-instead of twice (the hash of each distinct image, then the rows). Both ways are timed on one Spark session, on
-copies of one ingested lake:
+With ``fetch.perceptual_hash`` on, the fetch stage stores the perceptual hash (``udfs.images.phash``) of each
+accepted image that extract_images' quality filter keeps, so that extract_images reads the bytes once (the kept
+images' rows) instead of twice (the hash of each distinct image, then the rows). Both ways are timed on one Spark
+session, on copies of one ingested lake:
 
-- before: the fetch stage with the hash off (``perceptual_dedup.enabled`` false for it: rows without a hash, as an
-  earlier version wrote them), then ``run_extract_images``, which hashes the bytes of every distinct image;
-- after: the fetch stage as it runs now, then ``run_extract_images``, which reads the stored hashes.
+- off: the fetch stage stores no hash (as an earlier version wrote its rows), then ``run_extract_images`` hashes the
+  bytes of every distinct image;
+- on: the fetch stage stores the hashes, then ``run_extract_images`` reads them.
 
-Both must give the same silver.images and silver.image_rejects (the same function of the same bytes), or the script
+Both ways must give the same silver.images and silver.image_rejects (the same function of the same bytes), or the script
 fails. Per way and stage: seconds, the CPU seconds of Spark's JVM and of its Python workers (psutil), and Spark's
 shuffle bytes written (its event log); ``--rounds`` alternates the order. Last line:
-``fetch_extract_images_after_over_before: <seconds after / seconds before>`` (fetch + extract_images, all rounds).
+``fetch_extract_images_on_over_off: <seconds on / seconds off>`` (fetch + extract_images, all rounds).
 ``--quick``: 1,000 documents instead of ``--documents``.
 """
 
@@ -42,15 +42,13 @@ from realsyn.stages.fetch import run_fetch  # noqa: E402
 from realsyn.stages.ingest import run_ingest  # noqa: E402
 from realsyn.tables import Lakehouse  # noqa: E402
 
-WAYS = ("before", "after")
+WAYS = ("off", "on")
 STAGES = ("fetch", "extract_images")
 
 
-def without_fetch_hash(cfg: Config) -> Config:
-    """``cfg`` with perceptual dedup off, which is what turns the fetch stage's hash off."""
-    section = cfg.extract_images
-    dedup = section.perceptual_dedup.model_copy(update={"enabled": False})
-    return cfg.model_copy(update={"extract_images": section.model_copy(update={"perceptual_dedup": dedup})})
+def with_fetch_hash(cfg: Config, on: bool) -> Config:
+    """``cfg`` with ``fetch.perceptual_hash`` set to ``on``."""
+    return cfg.model_copy(update={"fetch": cfg.fetch.model_copy(update={"perceptual_hash": on})})
 
 
 def copy_bronze(base: Lakehouse, lake: Path) -> Lakehouse:
@@ -82,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 documents")
     parser.add_argument("--documents", type=int, default=30_000)
-    parser.add_argument("--rounds", type=int, default=1, help="before/after pairs, alternating which runs first")
+    parser.add_argument("--rounds", type=int, default=1, help="off/on pairs, alternating which runs first")
     parser.add_argument("--corpus-dir", type=Path, default=None, help="the generated corpus (written unless there)")
     parser.add_argument("--work", type=Path, default=None, help="lakes and event log here (default: a temp folder)")
     args = parser.parse_args(argv)
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         for way in WAYS if r % 2 == 0 else WAYS[::-1]:
             lakehouse = copy_bronze(base, work / f"lake-{way}")
-            fetch_cfg = without_fetch_hash(cfg) if way == "before" else cfg
+            fetch_cfg = with_fetch_hash(cfg, way == "on")
             for stage, run in (
                 ("fetch", lambda lh=lakehouse, c=fetch_cfg: run_fetch(lh, c)),
                 ("extract_images", lambda lh=lakehouse: run_extract_images(lh, cfg)),
@@ -127,9 +125,9 @@ def main(argv: list[str] | None = None) -> None:
             if results.setdefault(way, outcome(lakehouse)) != outcome(lakehouse):
                 raise SystemExit(f"{way}: two rounds extracted different images or rejects")
     spark.stop()
-    if results["before"] != results["after"]:
-        raise SystemExit("before and after extracted different images or rejects")
-    images, rejects = results["after"]
+    if results["off"] != results["on"]:
+        raise SystemExit("the two ways extracted different images or rejects")
+    images, rejects = results["on"]
     print(f"both ways: {len(images):,} images kept, {len(rejects):,} rejects, the same rows")
 
     metrics = event_log_metrics(events, windows)
@@ -144,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"Python workers {used['Python workers']:.1f}  shuffle written {shuffle / 1e6:,.1f} MB"
             )
         print(f"{way:6} {'both':14} {total[way]:7.1f} s")
-    print(f"fetch_extract_images_after_over_before: {total['after'] / total['before']:.3f}")
+    print(f"fetch_extract_images_on_over_off: {total['on'] / total['off']:.3f}")
 
 
 if __name__ == "__main__":

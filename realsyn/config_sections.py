@@ -352,6 +352,7 @@ class FetchConfig(Section):
     max_pixels: int = Field(default=_FETCH.max_pixels, gt=0)
     max_decoded_bytes: int = Field(default=_FETCH.max_decoded_bytes, gt=0)
     inline_decode_pixels: int = Field(default=_FETCH.inline_decode_pixels, ge=0)
+    perceptual_hash: bool = True
     user_agent: str = Field(default=_FETCH.user_agent, min_length=1)
     user_agent_token: str = Field(default=_FETCH.user_agent_token, min_length=1)
     opt_out_directives: list[str] = Field(default_factory=lambda: list(_FETCH.opt_out_directives))

@@ -13,9 +13,9 @@ documents use which URL). Steps, each writing what it drops to ``silver.image_re
    image's is its smallest ``url_id`` (whatever order the fetch took).
 3. perceptual dedup: 64-bit pHash; images whose hashes differ in at most ``max_distance`` bits are linked,
    candidate pairs come from banding (:mod:`udfs.images`), groups are connected components
-   (:mod:`realsyn.components`). The hash is the fetch stage's (``udfs.images.phash`` of the bytes, stored in
-   ``bronze.fetched_images.phash``); an image without one has it computed from its bytes here. Images whose bytes
-   decode only partially are rejected as ``undecodable``.
+   (:mod:`realsyn.components`). The hash is ``udfs.images.phash`` of the bytes: the fetch stage's where it stored
+   one (``bronze.fetched_images.phash``, with ``fetch.perceptual_hash`` on), else computed from the bytes here.
+   Images whose bytes decode only partially are rejected as ``undecodable``.
 
 Representative of a near-duplicate group: the largest resolution (width * height), then the smallest
 ``image_id``. The representative takes over the URLs and documents of the whole group, and the other members are
@@ -344,13 +344,13 @@ def extract_images(
     (``bronze.image_refs``); ``stood``: the URLs that stood for an image last run (:func:`urls_that_stood`). Write
     the two frames inside the ``with`` block: the kept images' metadata is cached until it ends.
 
-    The bytes are read once, by the final join of the kept images with their bytes: the fetch stage stores each
-    image's id, header and perceptual hash. They are read again only for what it did not store (the header of a
-    URL, :func:`url_rows`; the perceptual hash of a distinct image, :func:`with_phash`: rows of an earlier version
-    or another tool); every step between works on metadata. The images' side of a join with the bytes is cached, so
+    The bytes are read by the final join of the kept images with their bytes, and before it only for what the
+    fetch stage did not store: the perceptual hash of a distinct image (:func:`with_phash`; stored with
+    ``fetch.perceptual_hash`` on), the header of a URL (:func:`url_rows`; rows of an earlier version or another
+    tool). Every step between works on metadata. The images' side of a join with the bytes is cached, so
     Spark knows its size (about 200 bytes per image) and broadcasts it while it is under
     ``spark.sql.autoBroadcastJoinThreshold`` (10 MB by default, some 50,000 images): the bytes then go through no
-    shuffle. Above it, the join shuffles the bytes once; raise the threshold where executors have the memory. Each
+    shuffle. Above it, each join shuffles the bytes once; raise the threshold where executors have the memory. Each
     step's survivors are materialised once, so no Python UDF runs twice over a row.
     """
     urls = url_rows(fetched, refs)

@@ -2,8 +2,9 @@
 
 Inside each Spark task, ``udfs.fetch`` keeps many requests in flight on one event loop (per-host limits,
 timeouts, retries of transient failures, SSRF and size protection, decode check). Each accepted image's row holds
-its id (hash of the bytes), size and format, and its perceptual hash while ``extract_images.perceptual_dedup`` is
-on: that stage reads them instead of the bytes. The pending URLs are fetched
+its id (hash of the bytes), size and format, and, while ``fetch.perceptual_hash`` is on, its perceptual hash (of the
+images that extract_images' quality filter keeps, while its perceptual dedup is on): that stage reads them instead
+of the bytes. The pending URLs are fetched
 in commit batches of ``fetch.commit_every`` URLs; each batch is MERGEd on ``url_id`` (an insert-only MERGE reads
 its source once, so every URL is fetched once), so a job killed mid-run keeps every committed batch, loses only
 the batch in flight, and never duplicates a row. The rows per status that the summary reports are counted by
@@ -81,12 +82,12 @@ def fetch_options(
     """The fetcher options of a config section: every setting the two share (lists as tuples), with images
     written under ``content_prefix`` if set (the section's own ``content_prefix`` is resolved by the caller), and
     the perceptual hashes of the images that ``images`` (the ``extract_images`` section, whose perceptual dedup reads
-    them) keeps at its quality filter stored while its perceptual dedup is on."""
+    them) keeps at its quality filter stored while ``fetch.perceptual_hash`` and that perceptual dedup are on."""
     shared = {f.name for f in dataclasses.fields(FetchOptions)} & set(FetchConfig.model_fields) - {"content_prefix"}
     values: dict[str, Any] = {name: getattr(fcfg, name) for name in shared}
     values = {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
-    if images is not None and images.perceptual_dedup.enabled:
-        values["perceptual_hash"] = True
+    values["perceptual_hash"] = fcfg.perceptual_hash and images is not None and images.perceptual_dedup.enabled
+    if values["perceptual_hash"] and images is not None:
         values["hash_min_short_side"] = images.min_short_side
         values["hash_max_aspect_ratio"] = images.max_aspect_ratio
     return FetchOptions(**values, content_prefix=content_prefix)

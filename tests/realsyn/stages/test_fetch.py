@@ -152,6 +152,7 @@ def test_every_fetch_setting_reaches_the_fetcher_and_the_defaults_agree() -> Non
     assert (hashing.perceptual_hash, hashing.hash_min_short_side, hashing.hash_max_aspect_ratio) == (True, 150, 2.5)
     off = images.model_copy(update={"perceptual_dedup": images.perceptual_dedup.model_copy(update={"enabled": False})})
     assert fetch_options(FetchConfig(), images=off) == FetchOptions()
+    assert fetch_options(FetchConfig(perceptual_hash=False), images=images) == FetchOptions()
 
 
 def test_fetch_rerun_and_retry_failed(lakehouse: Lakehouse, server: _Server, tmp_path: Path) -> None:
