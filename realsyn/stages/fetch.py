@@ -4,12 +4,11 @@ Inside each Spark task, ``udfs.fetch`` keeps many requests in flight on one even
 timeouts, retries of transient failures, SSRF and size protection, decode check). Each accepted image's row holds
 its id (hash of the bytes), size and format, and, while ``fetch.perceptual_hash`` is on, its perceptual hash (of the
 images that extract_images' quality filter keeps, while its perceptual dedup is on): that stage reads them instead
-of the bytes. The pending URLs are fetched
-in commit batches of ``fetch.commit_every`` URLs; each batch is MERGEd on ``url_id`` (an insert-only MERGE reads
-its source once, so every URL is fetched once), so a job killed mid-run keeps every committed batch, loses only
-the batch in flight, and never duplicates a row. The rows per status that the summary reports are counted by
-the tasks (an accumulator) and checked against the rows the MERGE reports written; only when they differ (a
-task run twice, a concurrent run) are they read back from the table.
+of the bytes. The pending URLs are fetched in commit batches of ``fetch.commit_every`` URLs; each batch is MERGEd
+on ``url_id`` (an insert-only MERGE reads its source once, so every URL is fetched once), so a job killed mid-run
+keeps every committed batch, loses only the batch in flight, and never duplicates a row. The rows per status that
+the summary reports are counted by the tasks (an accumulator) and checked against the rows the MERGE reports
+written; only when they differ (a task run twice, a concurrent run) are they read back from the table.
 
 A rerun fetches only URLs without a row (every row holds a final status). ``retry_failed`` also refetches the
 rows whose failure was transient (``retryable``: timeouts, connection errors, HTTP 429 / 5xx) and replaces them
