@@ -316,6 +316,24 @@ def filter_sentences(sentences: DataFrame, cfg: ExtractSentencesConfig) -> tuple
 # Near dedup
 
 
+def band_buckets(values: DataFrame, bands: int, rows_per_band: int) -> DataFrame:
+    """One row ``(sentence_id, band, bucket)`` per band of each row of ``values`` (``sentence_id``, ``h``: its
+    ``bands * rows_per_band`` MinHash values in order); ``bucket`` hashes the band's values with their positions
+    (xxhash64 of ``[(i, h_i)]``), so two sentences share a bucket of a band when their values there agree.
+
+    Each row's bands are cut from its own array, so no row leaves its partition.
+    """
+    r = rows_per_band
+
+    def band(b: Column) -> Column:
+        cut = F.slice("h", b * r + 1, F.lit(r))
+        with_position = F.transform(cut, lambda h, k: F.struct((b * r + k).alias("i"), h.alias("h")))
+        return F.struct(b.alias("band"), F.xxhash64(with_position).alias("bucket"))
+
+    per_band = F.transform(F.sequence(F.lit(0), F.lit(bands - 1)), band)
+    return values.select("sentence_id", F.explode(per_band).alias("b")).select("sentence_id", "b.band", "b.bucket")
+
+
 def near_duplicate_pairs(sentences: DataFrame, cfg: SentenceNearDedupConfig) -> DataFrame:
     """Pairs ``(src, dst, jaccard)`` of sentences whose shingle sets have Jaccard >= ``cfg.min_jaccard``.
 
@@ -343,15 +361,10 @@ def near_duplicate_pairs(sentences: DataFrame, cfg: SentenceNearDedupConfig) -> 
         inputCol="features", outputCol="hashes", numHashTables=cfg.bands * cfg.rows_per_band, seed=cfg.seed
     )
     hashed = lsh.fit(featured).transform(featured).localCheckpoint(eager=True)
-    values = hashed.select("sentence_id", F.posexplode("hashes").alias("i", "h")).select(
-        "sentence_id",
-        (F.col("i") / cfg.rows_per_band).cast("int").alias("band"),
-        F.col("i"),
-        vector_to_array(F.col("h"))[0].cast("long").alias("h"),
+    values = hashed.select(
+        "sentence_id", F.transform("hashes", lambda v: vector_to_array(v)[0].cast("long")).alias("h")
     )
-    bands = values.groupBy("sentence_id", "band").agg(
-        F.xxhash64(F.array_sort(F.collect_list(F.struct("i", "h")))).alias("bucket")
-    )
+    bands = band_buckets(values, cfg.bands, cfg.rows_per_band)
     leaders = bands.groupBy("band", "bucket").agg(F.min("sentence_id").alias("src"))
     candidates = (
         bands.join(leaders, ["band", "bucket"])

@@ -37,6 +37,7 @@ from realsyn.stages.extract_sentences import (
     STAGE,
     add_perplexity,
     add_word_entropy,
+    band_buckets,
     perplexity_reason,
     run_extract_sentences,
     score_perplexity,
@@ -314,3 +315,23 @@ def test_word_counts_and_entropy_count_every_occurrence(spark: SparkSession) -> 
         "s3": (log_total - math.log(2)) / log_total,
     }
     assert entropy == pytest.approx(expected)
+
+
+def test_band_buckets_agree_exactly_where_a_bands_values_agree(spark: SparkSession) -> None:
+    base = list(range(100, 112))  # 3 bands of 4 values
+    rows = {
+        "a": base,
+        "b": [*base[:4], 0, 0, 0, 0, *base[8:]],  # bands 0 and 2 as a's
+        "c": base[4:8] + base[:4] + base[8:],  # a's band 0 values in band 1, its band 1 values in band 0
+        "d": [7] * 12,
+    }
+    values = spark.createDataFrame(list(rows.items()), "sentence_id string, h array<bigint>")
+    got = {(r["sentence_id"], r["band"]): r["bucket"] for r in band_buckets(values, 3, 4).collect()}
+    assert len(got) == 4 * 3
+    for band in range(3):
+        cut = slice(4 * band, 4 * band + 4)
+        for x in rows:
+            for y in rows:
+                assert (got[x, band] == got[y, band]) == (rows[x][cut] == rows[y][cut]), (x, y, band)
+    # A band's bucket holds its values' positions: the same values in another band are another bucket.
+    assert got["c", 1] != got["a", 0] and got["d", 0] != got["d", 1]
