@@ -122,7 +122,7 @@ def test_the_fetcher_is_every_module_named_for_it() -> None:
     assert {f"udfs.{name}" for name in UDFS} >= LARGE_UDFS, "a module named in LARGE_UDFS is not in udfs/"
     # What udfs.fetch imports, or what imports it, is the fetcher, but for what the base and other stages share.
     users = {f"udfs.{name}" for name, path in UDFS.items() if "udfs.fetch" in udfs_imports(path)}
-    shared = {"udfs.fetch_schema", "udfs.decode", "udfs.ids", "udfs.urls"}
+    shared = {"udfs.fetch_schema", "udfs.decode", "udfs.ids", "udfs.urls", "udfs.images"}  # images: the perceptual hash
     unnamed = (udfs_imports(UDFS["fetch"]) | users) - shared - FETCHER
     assert not unnamed, f"{sorted(unnamed)} belong to the fetcher: name them in FETCHER"
 
