@@ -19,10 +19,8 @@ shuffle bytes written (its event log); ``--rounds`` alternates the order. Last l
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,15 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.extract import cpu_seconds  # noqa: E402
-from bench.scaling import event_log_metrics  # noqa: E402
-from realsyn.config import load_config  # noqa: E402
+from bench.scaling import event_log_metrics, generated_lake, side_by_side_args  # noqa: E402
 from realsyn.config_sections import Config  # noqa: E402
 from realsyn.contracts import BRONZE_DOCUMENTS, BRONZE_IMAGE_REFS, SILVER_IMAGE_REJECTS, SILVER_IMAGES  # noqa: E402
-from realsyn.demo_corpus import generate, with_demo_inputs  # noqa: E402
-from realsyn.spark import get_spark  # noqa: E402
 from realsyn.stages.extract_images import run_extract_images  # noqa: E402
 from realsyn.stages.fetch import run_fetch  # noqa: E402
-from realsyn.stages.ingest import run_ingest  # noqa: E402
 from realsyn.tables import Lakehouse  # noqa: E402
 
 WAYS = ("off", "on")
@@ -77,31 +71,9 @@ def outcome(lakehouse: Lakehouse) -> tuple[list[tuple[object, ...]], list[tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 documents")
-    parser.add_argument("--documents", type=int, default=30_000)
-    parser.add_argument("--rounds", type=int, default=1, help="off/on pairs, alternating which runs first")
-    parser.add_argument("--corpus-dir", type=Path, default=None, help="the generated corpus (written unless there)")
-    parser.add_argument("--work", type=Path, default=None, help="lakes and event log here (default: a temp folder)")
-    args = parser.parse_args(argv)
-    n = 1_000 if args.quick else args.documents
-    work = args.work or Path(tempfile.mkdtemp(prefix="realsyn-hash-at-fetch-"))
-    events = work / "events"
-    events.mkdir(parents=True, exist_ok=True)
-    raw = args.corpus_dir or work / "raw"
-    sets = [f"storage.root={work / 'base'}", f"demo.output={raw}", f"demo.documents={n}", "demo.kind=generated"]
-    sets += [
-        'spark.conf.spark.ui.showConsoleProgress="false"',
-        'spark.conf.spark.eventLog.enabled="true"',
-        f'spark.conf.spark.eventLog.dir="{events.as_uri()}"',
-        'spark.conf.spark.eventLog.compress="false"',
-    ]
-    cfg = with_demo_inputs(load_config(REPO / "conf" / "local.yaml", sets))
-    spark = get_spark(cfg.spark)
-    spark.sparkContext.setLogLevel("WARN")
-    generate(cfg.demo, spark)
-    base = Lakehouse(spark, cfg.storage)
-    run_ingest(base, cfg)
+    args = side_by_side_args(__doc__.splitlines()[0], "off/on", argv)
+    cfg, base, events = generated_lake(args, "realsyn-hash-at-fetch-")
+    work, spark, n = Path(cfg.storage.root).parent, base.spark, args.documents
     refs = base.read(BRONZE_IMAGE_REFS).count()
     print(f"{n:,} generated documents, {refs:,} image references, Spark {spark.sparkContext.master}")
 

@@ -12,9 +12,7 @@ written (its event log); ``--rounds`` alternates the order. Last line:
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,13 +23,8 @@ from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 import realsyn.stages.extract_sentences as stage  # noqa: E402
-from bench.scaling import event_log_metrics  # noqa: E402
-from realsyn.config import load_config  # noqa: E402
+from bench.scaling import event_log_metrics, generated_lake, side_by_side_args  # noqa: E402
 from realsyn.contracts import BRONZE_TEXTS  # noqa: E402
-from realsyn.demo_corpus import generate, with_demo_inputs  # noqa: E402
-from realsyn.spark import get_spark  # noqa: E402
-from realsyn.stages.ingest import run_ingest  # noqa: E402
-from realsyn.tables import Lakehouse  # noqa: E402
 
 WAYS = ("before", "after")
 
@@ -57,32 +50,9 @@ def pairs_of(way: str, sentences: DataFrame, cfg: object) -> set[tuple[str, str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 documents")
-    parser.add_argument("--documents", type=int, default=30_000)
-    parser.add_argument("--rounds", type=int, default=1, help="before/after pairs, alternating which runs first")
-    parser.add_argument("--corpus-dir", type=Path, default=None, help="the generated corpus (written unless there)")
-    parser.add_argument("--work", type=Path, default=None, help="lake and event log here (default: a temp folder)")
-    args = parser.parse_args(argv)
-    n = 1_000 if args.quick else args.documents
-    work = args.work or Path(tempfile.mkdtemp(prefix="realsyn-near-dedup-"))
-    events = work / "events"
-    events.mkdir(parents=True, exist_ok=True)
-    raw = args.corpus_dir or work / "raw"
-    sets = [f"storage.root={work / 'lake'}", f"demo.output={raw}", f"demo.documents={n}", "demo.kind=generated"]
-    sets += [
-        'spark.conf.spark.ui.showConsoleProgress="false"',
-        'spark.conf.spark.eventLog.enabled="true"',
-        f'spark.conf.spark.eventLog.dir="{events.as_uri()}"',
-        'spark.conf.spark.eventLog.compress="false"',
-    ]
-    cfg = with_demo_inputs(load_config(REPO / "conf" / "local.yaml", sets))
-    spark = get_spark(cfg.spark)
-    spark.sparkContext.setLogLevel("WARN")
-    generate(cfg.demo, spark)
-    lakehouse = Lakehouse(spark, cfg.storage)
-    if not lakehouse.exists(BRONZE_TEXTS):
-        run_ingest(lakehouse, cfg)
+    args = side_by_side_args(__doc__.splitlines()[0], "before/after", argv)
+    cfg, lakehouse, events = generated_lake(args, "realsyn-near-dedup-")
+    spark, n = lakehouse.spark, args.documents
     section = cfg.extract_sentences
     occurrences = stage.split_occurrences(lakehouse.read(BRONZE_TEXTS), section).where(F.col("text") != "")
     sentences = stage.group_occurrences(occurrences).select("sentence_id", "text").localCheckpoint(eager=True)

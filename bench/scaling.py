@@ -250,6 +250,54 @@ def event_log_metrics(folder: Path, windows: dict[str, tuple[float, float]]) -> 
     return totals
 
 
+def side_by_side_args(description: str, ways: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of a benchmark that runs two ways (``ways``, e.g. "off/on") side by side on a generated corpus:
+    ``--quick`` (1,000 documents), ``--documents``, ``--rounds``, ``--corpus-dir``, ``--work``; ``documents`` is set to
+    the size to run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="1,000 documents")
+    parser.add_argument("--documents", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=1, help=f"{ways} pairs, alternating which runs first")
+    parser.add_argument("--corpus-dir", type=Path, default=None, help="the generated corpus (written unless there)")
+    parser.add_argument("--work", type=Path, default=None, help="lakes and event log here (default: a temp folder)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.documents = 1_000
+    return args
+
+
+def generated_lake(args: argparse.Namespace, prefix: str) -> tuple[Any, Any, Path]:
+    """(config, lakehouse, event log folder) of a side-by-side benchmark (:func:`side_by_side_args`): one Spark
+    session of conf/local.yaml writing its event log under ``<work>/events``, and the lake ``<work>/lake`` with the
+    generated corpus of ``args.documents`` documents ingested (the corpus written first unless it is there; ingest
+    is retry-safe, so an ingested lake is left as it is)."""
+    from realsyn.config import load_config
+    from realsyn.demo_corpus import generate, with_demo_inputs
+    from realsyn.spark import get_spark
+    from realsyn.stages.ingest import run_ingest
+    from realsyn.tables import Lakehouse
+
+    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
+    events = work / "events"
+    events.mkdir(parents=True, exist_ok=True)
+    raw = args.corpus_dir or work / "raw"
+    sets = [f"storage.root={work / 'lake'}", f"demo.output={raw}", f"demo.documents={args.documents}"]
+    sets += [
+        "demo.kind=generated",
+        'spark.conf.spark.ui.showConsoleProgress="false"',
+        'spark.conf.spark.eventLog.enabled="true"',
+        f'spark.conf.spark.eventLog.dir="{events.as_uri()}"',
+        'spark.conf.spark.eventLog.compress="false"',
+    ]
+    cfg = with_demo_inputs(load_config(REPO / "conf" / "local.yaml", sets))
+    spark = get_spark(cfg.spark)
+    spark.sparkContext.setLogLevel("WARN")
+    generate(cfg.demo, spark)
+    lakehouse = Lakehouse(spark, cfg.storage)
+    run_ingest(lakehouse, cfg)
+    return cfg, lakehouse, events
+
+
 def folder_bytes(folder: Path) -> tuple[int, int]:
     """(bytes, files) of every file under ``folder``."""
     files = [p for p in folder.rglob("*") if p.is_file()]

@@ -229,7 +229,7 @@ def exact_dedup(urls: DataFrame, stood_before: DataFrame | None = None) -> tuple
         "width",
         "height",
         "format",
-        *([PHASH] if PHASH in urls.columns else []),
+        PHASH,
         "url_ids",
         F.col("all_doc_ids").alias("doc_ids"),
     )
